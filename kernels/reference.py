@@ -1,0 +1,46 @@
+"""Plain-PyTorch attention: the oracle for every kernel test and the CPU fallback.
+
+Layout is FlashAttention's: q (batch, seqlen_q, nheads, headdim), k and v
+(batch, seqlen_k, nheads_kv, headdim) with nheads_kv dividing nheads (GQA/MQA).
+Causal masks are aligned bottom-right as in FlashAttention: query i sees key j
+iff j <= i + seqlen_k - seqlen_q.
+"""
+import math
+
+import torch
+
+
+def causal_mask(seqlen_q: int, seqlen_k: int, device=None) -> torch.Tensor:
+    """Boolean (seqlen_q, seqlen_k) mask, True where a query may attend to a key (bottom-right aligned)."""
+    i = torch.arange(seqlen_q, device=device)[:, None]
+    j = torch.arange(seqlen_k, device=device)[None, :]
+    return j <= i + (seqlen_k - seqlen_q)
+
+
+def attention_ref(q, k, v, causal=False, softmax_scale=None, dtype=torch.float64):
+    """Attention computed in `dtype` (float64 by default); returns (out, lse).
+
+    out has q's layout in `dtype`; lse is (batch, nheads, seqlen_q) in `dtype`,
+    natural log. A query row that sees no key (causal with seqlen_q > seqlen_k)
+    gets out = 0 and lse = +inf, FlashAttention's convention, so that
+    exp(s - lse) = 0 in a backward pass.
+    Pass dtype=q.dtype to get a low-precision baseline (PyTorch's own bf16/fp16
+    attention), against which FA-style tests scale their tolerances.
+    """
+    nheads, nheads_kv = q.shape[2], k.shape[2]
+    if nheads % nheads_kv:
+        raise ValueError(f"nheads ({nheads}) must be a multiple of nheads_kv ({nheads_kv})")
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    group = nheads // nheads_kv
+    qd, kd, vd = (t.to(dtype).transpose(1, 2) for t in (q, k, v))  # (b, h, s, d)
+    kd = kd.repeat_interleave(group, dim=1)
+    vd = vd.repeat_interleave(group, dim=1)
+    s = torch.matmul(qd, kd.transpose(-1, -2)) * scale
+    if causal:
+        s = s.masked_fill(~causal_mask(q.shape[1], k.shape[1], q.device), float("-inf"))
+    lse = torch.logsumexp(s.to(torch.float64) if dtype == torch.float64 else s.float(), dim=-1)
+    seen = torch.isfinite(lse)
+    p = torch.softmax(s, dim=-1).masked_fill(~seen[..., None], 0.0)
+    out = torch.matmul(p.to(dtype), vd).transpose(1, 2)
+    lse = lse.masked_fill(~seen, float("inf")).to(dtype)
+    return out, lse
