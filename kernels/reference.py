@@ -44,3 +44,33 @@ def attention_ref(q, k, v, causal=False, softmax_scale=None, dtype=torch.float64
     out = torch.matmul(p.to(dtype), vd).transpose(1, 2)
     lse = lse.masked_fill(~seen, float("inf")).to(dtype)
     return out, lse
+
+
+def attention_backward_ref(dout, q, k, v, out, lse, causal=False, softmax_scale=None, dtype=torch.float64):
+    """FlashAttention's backward formula in `dtype`: (dq, dk, dv) from the given out and natural-log lse.
+
+    P = exp(scale * q k^T - lse), dV = P^T dO, dS = P * (dO V^T - rowsum(dO * out)),
+    dQ = scale * dS K, dK = scale * dS^T Q; GQA sums dK and dV over each group.
+    `out` and `lse` are taken as given, not recomputed, so this is also the
+    straight-through backward of a forward (e.g. FP8) whose out/lse differ from
+    the exact ones. Rows with lse = +inf get P = 0.
+    """
+    batch, seqlen_k, nheads_kv, headdim = k.shape
+    nheads = q.shape[2]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    group = nheads // nheads_kv
+    qd, kd, vd, od, dod = (t.to(dtype).transpose(1, 2) for t in (q, k, v, out, dout))  # (b, h, s, d)
+    kd = kd.repeat_interleave(group, dim=1)
+    vd = vd.repeat_interleave(group, dim=1)
+    s = torch.matmul(qd, kd.transpose(-1, -2)) * scale
+    if causal:
+        s = s.masked_fill(~causal_mask(q.shape[1], seqlen_k, q.device), float("-inf"))
+    p = torch.exp(s - lse.to(dtype)[..., None])
+    dv = torch.matmul(p.transpose(-1, -2), dod)
+    delta = (dod * od).sum(-1, keepdim=True)
+    ds = p * (torch.matmul(dod, vd.transpose(-1, -2)) - delta)
+    dq = torch.matmul(ds, kd) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), qd) * scale
+    dk = dk.reshape(batch, nheads_kv, group, seqlen_k, headdim).sum(2)
+    dv = dv.reshape(batch, nheads_kv, group, seqlen_k, headdim).sum(2)
+    return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)

@@ -1,0 +1,61 @@
+"""python -m experiments.paper NAME [--quick] [--out DIR] [--wandb]: one of the paper's tables or figures, or all.
+
+NAME: fwd (Fig. 5), bwd (Fig. 6), fp8 (Fig. 7), ablation (Table 2), table3 (Table 3), all.
+Each writes OUT/NAME/NAME.{csv,md,png}. The exit code is non-zero when one of
+our kernels failed (its row says ERROR), or when `ablation` is asked for by
+name on a GPU that lacks our Gluon kernels.
+"""
+import argparse
+import shlex
+import sys
+
+from experiments.paper import ablation, bwd, candidates, fp8, fwd, table3
+from experiments.paper.runner import Options
+
+TABLES = {"fwd": fwd, "bwd": bwd, "fp8": fp8, "ablation": ablation, "table3": table3}
+IMPLS = {c.name for c in (*candidates.BF16_ROSTER, *candidates.FP8_ROSTER, *ablation.CONTEXT)} | {
+    c.name for c, _ in ablation.VARIANTS}
+
+
+def _ints(text):
+    return tuple(int(x) for x in text.split(","))
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m experiments.paper", description=__doc__.splitlines()[0])
+    p.add_argument("name", choices=[*TABLES, "all"])
+    p.add_argument("--quick", action="store_true", help="tiny shapes; runs on CPU (CI), timings meaningless")
+    p.add_argument("--out", default="outputs/paper", help="output directory (default: %(default)s)")
+    p.add_argument("--wandb", action="store_true", help="also log each table to W&B (offline unless WANDB_MODE)")
+    p.add_argument("--impls", help="comma-separated implementation names to keep (default: all)")
+    p.add_argument("--headdims", type=_ints, help="comma-separated head dims (default: the paper's)")
+    p.add_argument("--seqlens", type=_ints, help="comma-separated sequence lengths (default: the paper's)")
+    p.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up (default: %(default)s)")
+    p.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time (default: %(default)s)")
+    args = p.parse_args(argv)
+    unknown = set(args.impls.split(",")) - IMPLS if args.impls else set()
+    if unknown:
+        p.error(f"unknown --impls {', '.join(sorted(unknown))}; known: {', '.join(sorted(IMPLS))}")
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    names = list(TABLES) if args.name == "all" else [args.name]
+    codes = {}
+    for name in names:
+        opts = Options(out=args.out, quick=args.quick, wandb=args.wandb,
+                       impls=frozenset(args.impls.split(",")) if args.impls else None,
+                       headdims=args.headdims, seqlens=args.seqlens, warmup_ms=args.warmup_ms,
+                       rep_ms=args.rep_ms, command=shlex.join(["python", "-m", "experiments.paper", *argv]),
+                       explicit=args.name != "all")
+        codes[name] = TABLES[name].run(opts)
+    failed = {n: c for n, c in codes.items() if c}
+    if failed:
+        print(f"non-zero exit codes: {failed}")
+    return max(codes.values())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

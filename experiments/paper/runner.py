@@ -1,0 +1,223 @@
+"""Shared runner of the paper's throughput figures: the problem grid, timing, and one row per measurement.
+
+Timing is `triton.testing.do_bench`'s median after its warm-up, on CUDA only.
+Backward time is the backward pass alone: one forward builds the graph, then
+`out.backward(dout, retain_graph=True)` is timed (gradients reset between
+repetitions), so no forward time is subtracted. TFLOPs/s use the paper's counts
+(kernels.flops: backward = 2.5x forward, causal = half).
+
+On CPU (`--quick`, CI) the same pipeline runs on tiny shapes through the
+reference/interpreter paths with a wall-clock timer: the numbers only prove
+that every step runs.
+"""
+import functools
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from experiments import provenance, writers
+from experiments.paper import outputs
+from experiments.paper.candidates import Unavailable, environment
+from experiments.paper.paper_figures import PAPER_SEQLENS, paper_series
+from kernels.flops import attention_flops, tflops_per_s
+from kernels.reference import attention_ref
+
+TIMING_NOTE = ("median of triton.testing.do_bench after warm-up (CUDA); backward timed alone "
+               "with retain_graph=True; TFLOPs/s by the paper's FLOP counts")
+CPU_TIMING_NOTE = "CPU wall-clock median on tiny shapes: meaningless as speed, proves the pipeline only"
+
+# Paper grid: batch * seqlen = 16k tokens, heads * headdim = 2048.
+TOKENS, HIDDEN = 16384, 2048
+HEADDIMS = (64, 128, 256)
+CAUSALS = (False, True)
+# Quick grid: small enough for the Triton interpreter on one CPU core.
+QUICK_TOKENS, QUICK_HIDDEN, QUICK_HEADDIMS, QUICK_SEQLENS = 64, 64, (64,), (32, 64)
+CPU_REPEATS = 3
+
+ROW_COLUMNS = ("figure", "mode", "dtype", "batch", "seqlen", "nheads", "headdim", "causal", "impl", "kind",
+               "backend", "status", "reason", "ms", "tflops", "max_abs_err", "best_peer", "vs_best_peer")
+
+
+@dataclass(frozen=True)
+class Problem:
+    batch: int
+    seqlen: int
+    nheads: int
+    headdim: int
+    causal: bool
+
+    def flops(self, mode):
+        return attention_flops(self.batch, self.seqlen, self.nheads, self.headdim, self.causal, mode)
+
+
+@dataclass
+class Options:
+    """What the CLI passes to every table; `command` goes into the provenance."""
+    out: Path
+    quick: bool = False
+    wandb: bool = False
+    impls: frozenset = None          # restrict to these candidate names (None: all)
+    headdims: tuple = None           # override the figure's head dims
+    seqlens: tuple = None            # override the figure's sequence lengths
+    warmup_ms: int = 25
+    rep_ms: int = 100
+    command: str = ""
+    explicit: bool = True            # this table was named on the command line (not via `all`)
+
+    @functools.cached_property
+    def provenance(self):
+        return provenance.collect(self.command)
+
+    def device(self):
+        if torch.cuda.is_available():
+            return "cuda"
+        if not self.quick:
+            raise SystemExit("full-size paper figures need a CUDA GPU; use --quick on CPU")
+        return "cpu"
+
+    def pick(self, roster):
+        return [c for c in roster if self.impls is None or c.name in self.impls]
+
+
+def grid(opts):
+    """Problems of a figure: batch * seqlen and heads * headdim fixed as in the paper (tiny in quick mode)."""
+    tokens, hidden = (QUICK_TOKENS, QUICK_HIDDEN) if opts.quick else (TOKENS, HIDDEN)
+    headdims = opts.headdims or (QUICK_HEADDIMS if opts.quick else HEADDIMS)
+    seqlens = opts.seqlens or (QUICK_SEQLENS if opts.quick else PAPER_SEQLENS)
+    return [Problem(max(1, tokens // s), s, max(1, hidden // d), d, c)
+            for c in CAUSALS for d in headdims for s in seqlens]
+
+
+def time_ms(fn, opts, grad_to_none=None):
+    if torch.cuda.is_available():
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=opts.warmup_ms, rep=opts.rep_ms, grad_to_none=grad_to_none,
+                        return_mode="median")
+    fn()
+    samples = []
+    for _ in range(CPU_REPEATS):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def _inputs(problem, dtype, device, requires_grad):
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = (problem.batch, problem.seqlen, problem.nheads, problem.headdim)
+    return [torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_(requires_grad)
+            for _ in range(3)]
+
+
+def _failure(candidate, err):
+    """(status, reason) for an exception: peers and unsupported inputs are skipped, our crashes are errors."""
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    reason = f"{type(err).__name__}: {first_line}"[:200]
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return "oom", "out of memory"
+    if isinstance(err, Unavailable):
+        return "skipped", str(err)
+    if candidate.kind == "peer" or isinstance(err, (ValueError, NotImplementedError)):
+        return "skipped", reason
+    return "error", reason
+
+
+def _time_candidate(cand, problem, q, k, v, ref, mode, opts):
+    """{backend, max_abs_err, ms, tflops} of one candidate; its graph and outputs die with this frame."""
+    with environment(dict(cand.env)):
+        call = cand.build(problem, q, k, v)
+        backend = cand.backend(q.device) if cand.backend else ""
+        out = call()  # the first call compiles and rejects unsupported shapes before any timing
+        err = (out.detach()[:1, :, :1].float() - ref).abs().max().item()
+        if mode == "fwd":
+            ms = time_ms(call, opts)
+        else:
+            dout = torch.randn_like(out)
+            ms = time_ms(lambda: out.backward(dout, retain_graph=True), opts, grad_to_none=[q, k, v])
+    return dict(backend=backend, max_abs_err=err, ms=ms, tflops=tflops_per_s(problem.flops(mode), ms))
+
+
+def measure(problem, candidates, mode, dtype, opts, figure):
+    """One row per candidate for one problem: time, TFLOPs/s, error against a float32 reference."""
+    device = opts.device()
+    q, k, v = _inputs(problem, dtype, device, requires_grad=(mode == "bwd"))
+    # The oracle on batch 0 / head 0 only: a full float32 reference at 16k would not fit.
+    ref, _ = attention_ref(*(t.detach()[:1, :, :1] for t in (q, k, v)), causal=problem.causal, dtype=torch.float32)
+    rows = []
+    for cand in candidates:
+        row = dict(figure=figure, mode=mode, dtype=str(dtype).removeprefix("torch."), batch=problem.batch,
+                   seqlen=problem.seqlen, nheads=problem.nheads, headdim=problem.headdim, causal=problem.causal,
+                   impl=cand.name, kind=cand.kind)
+        try:
+            row.update(status="ok", **_time_candidate(cand, problem, q, k, v, ref, mode, opts))
+        except Exception as err:  # noqa: BLE001 -- one failing implementation must not stop the table
+            row["status"], row["reason"] = _failure(cand, err)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        rows.append(row)
+        speed = f"{row['tflops']:.1f} TFLOPs/s" if "tflops" in row else row.get("reason", "")
+        print(f"[{figure}] {problem} {cand.name}: {row['status']} {speed}", flush=True)
+    _add_peer_ratios(rows)
+    return rows
+
+
+def _add_peer_ratios(rows):
+    peers = [r for r in rows if r["kind"] == "peer" and r["status"] == "ok"]
+    if not peers:
+        return
+    best = max(peers, key=lambda r: r["tflops"])
+    for r in rows:
+        if r["kind"] == "ours" and r["status"] == "ok":
+            r["best_peer"], r["vs_best_peer"] = best["impl"], r["tflops"] / best["tflops"]
+
+
+def paper_rows(figure, paper_figure, mode, problems):
+    """The paper's H100 bars for the panels and sequence lengths we measured, as rows of kind "paper"."""
+    rows = []
+    for hd, causal in sorted({(p.headdim, p.causal) for p in problems}):
+        for series, by_seqlen in paper_series(paper_figure, hd, causal).items():
+            for p in problems:
+                value = by_seqlen.get(p.seqlen)
+                if p.headdim == hd and p.causal == causal and value is not None:
+                    rows.append(dict(figure=figure, mode=mode, dtype="fp16/bf16 or fp8 (paper)", batch=p.batch,
+                                     seqlen=p.seqlen, nheads=p.nheads, headdim=hd, causal=causal,
+                                     impl=f"H100 paper: {series}", kind="paper", status="paper", tflops=value))
+    return rows
+
+
+@dataclass(frozen=True)
+class ThroughputFigure:
+    """One of the paper's throughput figures (5, 6 or 7)."""
+    name: str                 # CLI name and output stem
+    title: str
+    mode: str                 # "fwd" or "bwd" (kernels.flops mode)
+    dtype: torch.dtype        # input dtype handed to every candidate
+    roster: tuple
+    paper: dict               # paper_figures.FIG*
+    paper_key: str            # key into paper_figures.SOURCES / NOTES
+
+
+def run_figure(fig, opts):
+    """Measure the grid, then write CSV, markdown, PNG (and W&B); return the process exit code."""
+    problems = grid(opts)
+    candidates = opts.pick(fig.roster)
+    rows = []
+    for problem in problems:
+        rows += measure(problem, candidates, fig.mode, fig.dtype, opts, fig.name)
+    rows += paper_rows(fig.name, fig.paper, fig.mode, problems)
+    out_dir = Path(opts.out) / fig.name
+    prov = opts.provenance
+    paths = [writers.write_csv(out_dir / f"{fig.name}.csv", rows, ROW_COLUMNS, prov)]
+    md = outputs.throughput_markdown(fig, rows, candidates, problems, prov,
+                                     CPU_TIMING_NOTE if opts.device() == "cpu" else TIMING_NOTE)
+    paths.append(writers.write_text(out_dir / f"{fig.name}.md", md))
+    paths.append(outputs.throughput_plot(out_dir / f"{fig.name}.png", fig, rows, problems, prov))
+    if opts.wandb:
+        writers.log_wandb(fig.name, rows, ROW_COLUMNS, [paths[-1]], prov, out_dir, group="paper")
+    for p in paths:
+        print(f"wrote {p}")
+    return 1 if any(r["status"] == "error" for r in rows) else 0
+

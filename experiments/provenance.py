@@ -1,0 +1,71 @@
+"""Where a result came from: date, command, machine, library versions and commit.
+
+Every table, plot and report the experiments write carries this record, so a
+number can always be traced back to the run that produced it.
+"""
+import datetime
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _triton_version():
+    try:
+        import triton
+    except ImportError:
+        return "absent"
+    return triton.__version__
+
+
+def _git_commit():
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True, text=True, timeout=5,
+    ).stdout.strip()
+    return out.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def device_name():
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def collect(command=None):
+    """The provenance record as a flat dict of strings (it goes into CSV columns and W&B configs)."""
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "gpu": device_name(),
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "cuda": torch.version.cuda or "none",
+        "cudnn": str(cudnn) if cudnn else "none",
+        "python": platform.python_version(),
+        "commit": _git_commit(),
+        "command": command if command is not None else shlex.join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def markdown(record):
+    """Provenance as a markdown bullet list (placed at the top of every markdown output)."""
+    return "\n".join(f"- **{key}**: `{value}`" for key, value in record.items())
+
+
+def one_line(record):
+    """Short form for plot footers."""
+    return (f"{record['gpu']} | torch {record['torch']} | triton {record['triton']} | "
+            f"cuDNN {record['cudnn']} | {record['date']} | {record['command']}")

@@ -1,0 +1,321 @@
+"""One-shot GPU run for the Triton attention kernels: GPU tests, tile sweeps, a table against SDPA.
+
+    PYTHONUNBUFFERED=1 python -m experiments.tune_triton --out $OUT
+
+Stages run as child processes with their own time limits (a hung kernel costs
+its stage, not the run):
+- `tests`: the `gpu`-marked tests of tests/kernels/test_triton_attention.py and test_compile.py.
+- `sweep`: every candidate tile config at one seqlen (default 8k) per head dim
+  and causality, in the paper's setup (batch x seqlen = 16k tokens, hidden 2048,
+  heads = 2048 / headdim, bf16); each config's output is checked against cuDNN
+  SDPA's before it is timed. All candidates compile in parallel first.
+- `table`: the winners (or the tuned tables when no sweep ran) next to SDPA's
+  cuDNN and flash backends over seqlens, forward and backward, in TFLOPs/s
+  (kernels.flops: the FA3 paper's counts) and ratios.
+Times are triton.testing.do_bench medians after warm-up. Everything goes to
+<out>/tune_triton.json and .log; tables are printed last. This is the
+development tool behind kernels/triton/tiles.py (log: docs/tuning-triton.md).
+"""
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENS, HIDDEN = 16384, 2048
+HEAD_DIMS = (64, 128, 256)
+SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
+
+# (block_m, block_n, num_warps, num_stages); pruned on CPU by compiling for sm_90
+# (no spills, shared memory under 227 KB; see docs/tuning-triton.md).
+FWD_CANDIDATES = {
+    64: [(128, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 3)],
+    128: [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3)],
+    256: [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 1)],
+}
+# dK/dV kernel (block_m, block_n, num_warps, num_stages), dQ kernel likewise.
+DKDV_CANDIDATES = {
+    64: [(64, 128, 8, 2), (32, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (32, 64, 4, 3)],
+    128: [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2)],
+    256: [(64, 64, 8, 1), (64, 64, 8, 2), (32, 64, 4, 1), (16, 64, 4, 2)],
+}
+DQ_CANDIDATES = {
+    64: [(128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3)],
+    128: [(128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (64, 128, 4, 2)],
+    256: [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 4, 1), (128, 64, 8, 1)],
+}
+
+
+def _time(fn):
+    import triton
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def _shape(head_dim, seqlen):
+    return TOKENS // seqlen, seqlen, HIDDEN // head_dim  # batch, seqlen, nheads
+
+
+def _inputs(batch, seqlen, nheads, head_dim, seed=0):
+    import torch
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(batch, seqlen, nheads, head_dim, generator=g, device="cuda", dtype=torch.bfloat16)
+            for _ in range(4)]  # q, k, v, dout
+
+
+def _rel(x, ref):
+    return ((x.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+@contextlib.contextmanager
+def _compile_only(workers):
+    """Inside, `kernel[grid](...)` compiles (in parallel threads) instead of launching."""
+    import triton
+    from triton.runtime.jit import JITFunction
+    original = JITFunction.__getitem__
+    JITFunction.__getitem__ = lambda self, grid: functools.partial(self.warmup, grid=grid)
+    try:
+        with triton.AsyncCompileMode(ThreadPoolExecutor(workers), ignore_errors=True):
+            yield
+    finally:
+        JITFunction.__getitem__ = original
+
+
+def _fwd_tiles(c):
+    from kernels.triton.tiles import FwdTiles
+    return FwdTiles(*c)
+
+
+def _bwd_tiles(dkdv, dq, atomic):
+    from kernels.triton.tiles import BwdTiles
+    return BwdTiles(*dkdv, *dq, atomic)
+
+
+def _bwd_candidates(head_dim):
+    """dK/dV variants with the first dQ config, dQ variants with the first dK/dV config, and atomic-dQ variants."""
+    dkdv, dq = DKDV_CANDIDATES[head_dim], DQ_CANDIDATES[head_dim]
+    cands = [_bwd_tiles(c, dq[0], False) for c in dkdv] + [_bwd_tiles(dkdv[0], c, False) for c in dq[1:]]
+    return cands + [_bwd_tiles(c, dq[0], True) for c in dkdv]
+
+
+def sweep_stage(head_dims, seqlen):
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from kernels.flops import attention_flops, tflops_per_s
+    from kernels.triton import attention_backward_triton, attention_forward_triton
+
+    work = []
+    for d in head_dims:
+        batch, s, h = _shape(d, seqlen)
+        q, k, v, do = _inputs(batch, s, h, d)
+        for causal in (False, True):
+            work.append((d, causal, q, k, v, do, [_fwd_tiles(c) for c in FWD_CANDIDATES[d]], _bwd_candidates(d)))
+    t0 = time.time()
+    with _compile_only(os.cpu_count()):
+        for d, causal, q, k, v, do, fwds, bwds in work:
+            out, lse = torch.empty_like(q), torch.zeros(q.shape[0], q.shape[2], q.shape[1], device="cuda")
+            for t in fwds:
+                attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=t)
+            for t in bwds:
+                attention_backward_triton(do, q, k, v, out, lse, d ** -0.5, causal, tiles=t)
+    print(json.dumps(dict(stage="sweep", event="compiled", seconds=round(time.time() - t0, 1))), flush=True)
+
+    for d, causal, q, k, v, do, fwds, bwds in work:
+        batch, s, h = q.shape[0], q.shape[1], q.shape[2]
+        qt, kt, vt = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
+            ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+            ref_grads = torch.autograd.grad(ref, (qt, kt, vt), do.transpose(1, 2))
+        ref, ref_grads = ref.transpose(1, 2), [g.transpose(1, 2) for g in ref_grads]
+        base = dict(stage="sweep", head_dim=d, causal=causal, batch=batch, seqlen=s, nheads=h)
+        out, lse = attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=fwds[0])
+        for kind, cands in (("fwd", fwds), ("bwd", bwds)):
+            flops = attention_flops(batch, s, h, d, causal, kind)
+            for t in cands:
+                row = dict(base, kind=kind, tiles=dataclasses.astuple(t))
+                try:
+                    if kind == "fwd":
+                        fn = functools.partial(attention_forward_triton, q, k, v, d ** -0.5, causal, tiles=t)
+                        row["err"] = _rel(fn()[0], ref)
+                    else:
+                        fn = functools.partial(attention_backward_triton, do, q, k, v, out, lse, d ** -0.5, causal,
+                                               tiles=t)
+                        row["err"] = max(_rel(g, r) for g, r in zip(fn(), ref_grads))
+                    row["ok"] = row["err"] < 5e-2  # bf16 vs bf16; a broken config is off by O(1)
+                    row["ms"] = _time(fn)
+                    row["tflops"] = tflops_per_s(flops, row["ms"])
+                except Exception as e:  # a config that does not fit (shared memory) or fails to compile
+                    row["error"] = f"{type(e).__name__}: {e}"[:300]
+                print(json.dumps(row), flush=True)
+
+
+def table_stage(head_dims, seqlens, winners):
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from kernels.flops import attention_flops, tflops_per_s
+    from kernels.triton import attention_backward_triton, attention_forward_triton
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for d in head_dims:
+        for causal in (False, True):
+            w = winners.get(f"{d}/{causal}", {})
+            fwd_t = _fwd_tiles(w["fwd"]) if "fwd" in w else None  # None: the tuned table in tiles.py
+            bwd_t = _bwd_tiles(*w["bwd"]) if "bwd" in w else None
+            for seqlen in seqlens:
+                batch, s, h = _shape(d, seqlen)
+                q, k, v, do = _inputs(batch, s, h, d, seed=seqlen)
+                row = dict(stage="table", head_dim=d, causal=causal, batch=batch, seqlen=s, nheads=h,
+                           fwd_tiles=w.get("fwd"), bwd_tiles=w.get("bwd"))
+                fwd_flops = attention_flops(batch, s, h, d, causal, "fwd")
+                bwd_flops = attention_flops(batch, s, h, d, causal, "bwd")
+                out, lse = attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=fwd_t)
+                row["triton_fwd"] = tflops_per_s(fwd_flops, _time(
+                    lambda: attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=fwd_t)))
+                row["triton_bwd"] = tflops_per_s(bwd_flops, _time(
+                    lambda: attention_backward_triton(do, q, k, v, out, lse, d ** -0.5, causal, tiles=bwd_t)))
+                row["triton_bwd_det"] = tflops_per_s(bwd_flops, _time(
+                    lambda: attention_backward_triton(do, q, k, v, out, lse, d ** -0.5, causal,
+                                                      deterministic=True, tiles=bwd_t)))
+                qt, kt, vt = (t.transpose(1, 2).requires_grad_() for t in (q, k, v))  # SDPA's (b, h, s, d) view
+                for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+                    try:
+                        with sdpa_kernel(backend):
+                            row[f"{name}_fwd"] = tflops_per_s(fwd_flops, _time(
+                                lambda: sdpa(qt, kt, vt, is_causal=causal)))
+                            o = sdpa(qt, kt, vt, is_causal=causal)
+                            row[f"{name}_bwd"] = tflops_per_s(bwd_flops, _time(
+                                lambda: torch.autograd.grad(o, (qt, kt, vt), do.transpose(1, 2), retain_graph=True)))
+                    except RuntimeError as e:
+                        row[f"{name}_error"] = str(e)[:200]
+                print(json.dumps(row), flush=True)
+
+
+def _run(cmd, timeout, log, name):
+    """Run a child process; returns its stdout (what it printed before a timeout, if it timed out)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        out, err, status = proc.stdout, proc.stderr, f"rc={proc.returncode}"
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        status = f"TIMEOUT after {timeout}s"
+    log.write(f"### {name}: {status} in {time.time() - t0:.0f}s\n{out}\n{err}\n")
+    log.flush()
+    print(f"stage {name}: {status} ({time.time() - t0:.0f}s)", flush=True)
+    if status != "rc=0":
+        print(err[-2500:], flush=True)
+    return out
+
+
+def _run_stage(args, timeout, log):
+    out = _run([sys.executable, "-m", "experiments.tune_triton", *args], timeout, log, args[1])
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def _winners(rows):
+    """Per (head dim, causal): the fastest correct forward tiles, and the fastest backward.
+
+    Backward candidates vary the dK/dV tiles (dQ tiles fixed) or the dQ tiles
+    (dK/dV fixed), so the best of each combine: their time is estimated as
+    best_dkdv_row + best_dq_row - base_row; it competes with the best atomic-dQ row.
+    """
+    ok = [r for r in rows if r.get("stage") == "sweep" and r.get("ok")]
+    winners = {}
+    for key in sorted({f"{r['head_dim']}/{r['causal']}" for r in ok}):
+        mine = [r for r in ok if f"{r['head_dim']}/{r['causal']}" == key]
+        w = winners[key] = {}
+        fwd = [r for r in mine if r["kind"] == "fwd"]
+        if fwd:
+            w["fwd"] = min(fwd, key=lambda r: r["ms"])["tiles"]
+        bwd = [r for r in mine if r["kind"] == "bwd"]
+        separate = [r for r in bwd if not r["tiles"][8]]
+        atomic = [r for r in bwd if r["tiles"][8]]
+        head_dim = int(key.split("/")[0])
+        dkdv0, dq0 = list(DKDV_CANDIDATES[head_dim][0]), list(DQ_CANDIDATES[head_dim][0])
+        base = [r for r in separate if r["tiles"][:4] == dkdv0 and r["tiles"][4:8] == dq0]
+        choices = [(r["ms"], [r["tiles"][:4], r["tiles"][4:8], True]) for r in atomic]
+        if base:
+            best_dkdv = min((r for r in separate if r["tiles"][4:8] == dq0), key=lambda r: r["ms"])
+            best_dq = min((r for r in separate if r["tiles"][:4] == dkdv0), key=lambda r: r["ms"])
+            estimate = best_dkdv["ms"] + best_dq["ms"] - base[0]["ms"]
+            choices.append((estimate, [best_dkdv["tiles"][:4], best_dq["tiles"][4:8], False]))
+        if choices:
+            w["bwd"] = min(choices, key=lambda c: c[0])[1]
+    return winners
+
+
+def _print_tables(rows, winners):
+    sweep = [r for r in rows if r.get("stage") == "sweep" and "kind" in r]
+    if sweep:
+        print("\nsweep (ms, TFLOPs/s, rel err vs cuDNN):")
+        for r in sweep:
+            res = f"{r['ms']:7.3f} ms {r['tflops']:6.1f}" if "ms" in r else r.get("error", "")[:90]
+            print(f"  hd{r['head_dim']:<4}{'causal' if r['causal'] else 'full':7}{r['kind']} {r['tiles']} "
+                  f"{res} err {r.get('err', float('nan')):.1e}{'' if r.get('ok') else ' BAD'}")
+        print("\nwinners (paste into kernels/triton/tiles.py):")
+        for key, w in sorted(winners.items()):
+            print(f"  {key}: fwd {w.get('fwd')} bwd {w.get('bwd')}")
+    table = [r for r in rows if r.get("stage") == "table"]
+    if table:
+        print("\nTFLOPs/s, bf16, 16k tokens, hidden 2048 (ratio = triton / cudnn):")
+        print(f"  {'hd':>3} {'causal':>6} {'seqlen':>6} | {'fwd':>5} {'cudnn':>5} {'flash':>5} {'ratio':>5} | "
+              f"{'bwd':>5} {'det':>5} {'cudnn':>5} {'flash':>5} {'ratio':>5}")
+        nan = float("nan")
+        for r in table:
+            cf, cb = r.get("cudnn_fwd", nan), r.get("cudnn_bwd", nan)
+            print(f"  {r['head_dim']:>3} {str(r['causal']):>6} {r['seqlen']:>6} | {r['triton_fwd']:5.0f} {cf:5.0f} "
+                  f"{r.get('flash_fwd', nan):5.0f} {r['triton_fwd'] / cf:5.2f} | {r['triton_bwd']:5.0f} "
+                  f"{r['triton_bwd_det']:5.0f} {cb:5.0f} {r.get('flash_bwd', nan):5.0f} {r['triton_bwd'] / cb:5.2f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "tune_out"))
+    parser.add_argument("--stages", default="tests,sweep,table", help="comma-separated subset of tests,sweep,table")
+    parser.add_argument("--head-dims", type=int, nargs="+", default=list(HEAD_DIMS))
+    parser.add_argument("--seqlens", type=int, nargs="+", default=list(SEQLENS))
+    parser.add_argument("--sweep-seqlen", type=int, default=8192)
+    parser.add_argument("--timeouts", type=int, nargs=3, default=[130, 140, 130], metavar=("TESTS", "SWEEP", "TABLE"))
+    parser.add_argument("--stage", choices=["sweep", "table"], help=argparse.SUPPRESS)  # child-process entry
+    parser.add_argument("--winners", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage == "sweep":
+        return sweep_stage(args.head_dims, args.sweep_seqlen)
+    if args.stage == "table":
+        return table_stage(args.head_dims, args.seqlens, json.loads(args.winners))
+
+    import torch
+    import triton
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+    stages = args.stages.split(",")
+    dims = [str(d) for d in args.head_dims]
+    rows, winners = [], {}
+    with open(out / "tune_triton.log", "w") as log:
+        if "tests" in stages:
+            print(_run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                        "tests/kernels/test_triton_attention.py", "tests/kernels/test_compile.py"],
+                       args.timeouts[0], log, "tests")[-2500:], flush=True)
+        if "sweep" in stages:
+            rows += _run_stage(["--stage", "sweep", "--head-dims", *dims, "--sweep-seqlen", str(args.sweep_seqlen)],
+                               args.timeouts[1], log)
+            winners = _winners(rows)
+        if "table" in stages:
+            rows += _run_stage(["--stage", "table", "--head-dims", *dims, "--seqlens", *map(str, args.seqlens),
+                                "--winners", json.dumps(winners)], args.timeouts[2], log)
+    (out / "tune_triton.json").write_text(json.dumps(dict(winners=winners, rows=rows), indent=1))
+    _print_tables(rows, winners)
+
+
+if __name__ == "__main__":
+    main()

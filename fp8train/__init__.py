@@ -1,0 +1,1 @@
+"""fp8train: GPT training from Hydra configs, with attention through swappable (BF16/FP8) backends."""

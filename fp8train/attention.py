@@ -1,0 +1,71 @@
+"""Attention backends: the one interface through which the model runs attention.
+
+A backend is a callable `(q, k, v, causal) -> out` on (batch, seq, heads, head_dim)
+tensors (k and v may have fewer heads, GQA), returning q's layout and dtype. The
+`attention` config group picks one by `name`; its `options` go to the backend's factory
+as keywords. Adding a backend is a decorated factory:
+
+    @register("mine")
+    def _mine(block_size: int = 128):
+        return lambda q, k, v, causal: my_kernel(q, k, v, causal=causal, block_size=block_size)
+"""
+from typing import Callable, Dict, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from fp8train.config import ConfigError
+
+Backend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+
+_FACTORIES: Dict[str, Callable[..., Backend]] = {}
+
+
+def register(name: str):
+    """Decorator adding a backend factory under `name`."""
+
+    def add(factory: Callable[..., Backend]) -> Callable[..., Backend]:
+        if name in _FACTORIES:
+            raise ValueError(f"attention backend {name!r} is already registered")
+        _FACTORIES[name] = factory
+        return factory
+
+    return add
+
+
+def names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def build(name: str, options: Mapping) -> Backend:
+    if name not in _FACTORIES:
+        raise ConfigError("attention.name", f"unknown backend {name!r}; registered: {', '.join(names())}")
+    try:
+        return _FACTORIES[name](**dict(options))
+    except TypeError as e:  # an option the factory does not take
+        raise ConfigError("attention.options", f"backend {name!r}: {e}") from None
+
+
+@register("reference")
+def _reference() -> Backend:
+    from kernels.reference import attention_ref
+
+    # float32 math whatever the input dtype: the CPU oracle, differentiable through autograd.
+    def reference(q, k, v, causal):
+        out, _ = attention_ref(q, k, v, causal=causal, dtype=torch.float32)
+        return out.to(q.dtype)
+
+    return reference
+
+
+@register("sdpa")
+def _sdpa() -> Backend:
+    # torch aligns the causal mask top-left, FlashAttention bottom-right: the same for self-attention.
+    def sdpa(q, k, v, causal):
+        gqa = k.shape[2] != q.shape[2]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal, enable_gqa=gqa
+        )
+        return out.transpose(1, 2)
+
+    return sdpa

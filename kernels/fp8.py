@@ -1,0 +1,131 @@
+"""FP8 attention, public API: the pre-pass, the FP8 forward, and a trainable op.
+
+`flash_attn_fp8_func` quantizes bf16/fp16 q, k, v (block scales, random-sign
+Hadamard on Q and K; kernels.quant has the scheme, docs/fp8.md the reasoning),
+runs the FP8 forward, and returns out in the input dtype. Its backward is
+straight-through: the BF16 backward (`kernels::flash_attn_bwd`) from the
+original q, k, v with the FP8 forward's out and lse, as if the forward had
+been exact. Both directions are torch.library custom ops, so torch.compile
+traces through them.
+
+Backends follow KERNELS_IMPL like the BF16 path (kernels.ops.select_impl): the
+Gluon FP8 forward where `kernels.gluon` provides `fp8_attention_forward` (else
+Triton), Triton on other GPUs and under TRITON_INTERPRET=1, and the PyTorch
+reference (kernels.quant) on CPU otherwise. The pre-pass is the Triton kernel
+for both GPU forwards.
+
+Non-finite inputs are not checked on the host (that would synchronize): a
+block holding inf or NaN gets a NaN scale, so every output row that reads it
+(its own query block, or any key/value block it attends to) is NaN.
+"""
+import torch
+
+import kernels.ops  # noqa: F401  (registers kernels::flash_attn_bwd, the straight-through backward)
+from kernels.ops import check_inputs, resolve_scale, select_impl
+from kernels.quant import FP8QKV, FP8Config, check_qkv, fp8_forward_ref, quantize_qkv_ref
+from kernels.triton.fp8_fwd import fp8_attention_forward_triton
+from kernels.triton.fp8_quant import quantize_qkv_triton
+
+
+def _gluon_fp8_forward():
+    """kernels.gluon.fp8_attention_forward, or None while the Gluon kernels have no FP8 forward."""
+    try:
+        import kernels.gluon as gluon
+    except ImportError:
+        return None
+    return getattr(gluon, "fp8_attention_forward", None)
+
+
+def fp8_backend(device: torch.device) -> str:
+    """Which FP8 forward a call on `device` runs: "gluon", "triton" or "reference" (KERNELS_IMPL, as for BF16)."""
+    impl = select_impl(device)
+    if impl == "gluon" and _gluon_fp8_forward() is None:
+        return "triton"  # the Gluon kernels have no FP8 forward (yet): Triton's runs instead
+    return impl
+
+
+def _check_config(config) -> FP8Config:
+    if not isinstance(config, FP8Config):
+        raise TypeError(f"config must be a kernels.FP8Config, got {type(config).__name__}")
+    return config
+
+
+def quantize_qkv(q, k, v, config: FP8Config = FP8Config()) -> FP8QKV:
+    """The FP8 pre-pass: bf16/fp16 (batch, seqlen, heads, headdim) q, k, v -> FP8QKV (layouts in kernels.quant)."""
+    config = _check_config(config)
+    check_inputs(q, k, v)
+    check_qkv(q, k, v, config)
+    if select_impl(q.device) == "reference":
+        return quantize_qkv_ref(q, k, v, config)
+    return quantize_qkv_triton(q, k, v, config)
+
+
+def fp8_attention_forward(qkv: FP8QKV, softmax_scale=None, causal=False, out_dtype=torch.bfloat16):
+    """The FP8 forward alone, on pre-pass outputs: (out (batch, seqlen_q, nheads, headdim) in out_dtype,
+    lse (batch, nheads, seqlen_q) fp32 natural log, +inf for rows that see no key)."""
+    if not isinstance(qkv, FP8QKV):
+        raise TypeError(f"qkv must be a kernels.FP8QKV (from quantize_qkv), got {type(qkv).__name__}")
+    if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
+    scale = resolve_scale(softmax_scale, qkv.q.shape[-1])
+    impl = fp8_backend(qkv.q.device)
+    if impl == "reference":
+        out, lse = fp8_forward_ref(qkv, scale, bool(causal))
+        return out.to(out_dtype), lse
+    if impl == "gluon":
+        return _gluon_fp8_forward()(qkv, scale, bool(causal), out_dtype)
+    return fp8_attention_forward_triton(qkv, scale, bool(causal), out_dtype)
+
+
+@torch.library.custom_op("kernels::flash_attn_fp8_fwd", mutates_args=())
+def _flash_attn_fp8_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
+                        block_m: int, block_n: int, hadamard: bool, granularity: str, fmt: str, seed: int,
+                        deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # FP8Config travels as its fields (custom op schemas take primitives); `deterministic` is for the backward.
+    config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
+    return fp8_attention_forward(quantize_qkv(q, k, v, config), softmax_scale, causal, q.dtype)
+
+
+@_flash_attn_fp8_fwd.register_fake
+def _(q, k, v, softmax_scale, causal, block_m, block_n, hadamard, granularity, fmt, seed, deterministic):
+    batch, seqlen_q, nheads, _ = q.shape
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, softmax_scale, causal, *_, deterministic = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.softmax_scale, ctx.causal, ctx.deterministic = softmax_scale, causal, deterministic
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    # Straight-through: the BF16 backward from the original q, k, v with the FP8 forward's out and lse.
+    dq, dk, dv = torch.ops.kernels.flash_attn_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal,
+                                                  ctx.deterministic)
+    return dq, dk, dv, *([None] * 9)
+
+
+_flash_attn_fp8_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def flash_attn_fp8_func(q, k, v, softmax_scale=None, causal=False, *, config: FP8Config = FP8Config(),
+                        return_attn_probs=False, deterministic=False):
+    """FP8 attention with `flash_attn_func`'s conventions, differentiable (straight-through backward).
+
+    q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_kv, headdim),
+    nheads_kv dividing nheads; bfloat16 or float16; headdim 64, 128 or 256.
+    config: FP8Config (block sizes, Hadamard, scale granularity, fp8 format, sign seed).
+    deterministic: bitwise-reproducible backward.
+    Returns out (q's shape and dtype), or (out, softmax_lse) when return_attn_probs.
+    """
+    config = _check_config(config)
+    check_inputs(q, k, v)
+    check_qkv(q, k, v, config)
+    scale = resolve_scale(softmax_scale, q.shape[-1])
+    out, lse = _flash_attn_fp8_fwd(q, k, v, scale, bool(causal), config.block_m, config.block_n, config.hadamard,
+                                   config.granularity, config.fmt, config.seed, bool(deterministic))
+    return (out, lse) if return_attn_probs else out

@@ -1,0 +1,9 @@
+"""FlashAttention-3-style attention kernels for Hopper (sm_90a), written in Gluon (triton 3.6).
+
+Split as FA3 splits them: `pipeline` (buffers, mbarriers, producer), `scheduler`
+(persistent tiles), `mainloop` (consumer GEMMs + online softmax), `softmax`,
+`epilogue`, `kernel` (partition wiring) and `forward` (host launcher).
+"""
+from .forward import TileConfig, Variant, attention_forward, compile_forward, fp8_attention_forward
+
+__all__ = ["TileConfig", "Variant", "attention_forward", "compile_forward", "fp8_attention_forward"]

@@ -1,0 +1,255 @@
+"""Host side of the Hopper attention forward: checks, tile configs, TMA descriptors, launch.
+
+`attention_forward` (bf16/fp16) and `fp8_attention_forward` (on the FP8
+pre-pass's outputs, kernels.quant) are what `kernels.ops` / `kernels.fp8`
+dispatch to on sm_90; both run the one kernel in kernel.py. Keyword switches
+turn off FA3's scheduling features one at a time (the paper's Table 2
+ablation): `warp_specialize=False` drops the producer warp and the second
+consumer (one 8-warp partition issues its own TMA loads), `pipeline=False`
+drops the intra-warpgroup softmax/GEMM overlap, and `pingpong=False` lets the
+two consumer warpgroups issue GEMMs freely. `tile` overrides the tile config
+(tuning). `compile_forward` builds a variant ahead of time for a GPU target
+(used by the CPU compile test: no GPU needed).
+"""
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler.compiler import make_backend
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.runtime.jit import create_function_from_signature
+
+from kernels.quant import FP8QKV
+
+from .kernel import attention_fwd_kernel
+from .scheduler import num_m_blocks, section_heads
+
+HOPPER = GPUTarget("cuda", 90, 32)
+# Head dims get the tile of the next of these; TMA zero-fills the extra columns on load and clips them on store.
+HEAD_DIMS = (64, 128, 256)
+HEAD_DIM_MULTIPLE = 8  # 16-byte rows for TMA
+GL_DTYPES = {
+    torch.bfloat16: gl.bfloat16,
+    torch.float16: gl.float16,
+    torch.float8_e4m3fn: gl.float8e4nv,
+    torch.float8_e5m2: gl.float8e5,
+}
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # 16-bit inputs and every output
+FP8_BLOCK_NS = (32, 64, 128)  # the FP8 key tile is the K/V scale block; 256 would not fit registers
+LOG2_E = 1.4426950408889634
+# 12 warps (two consumer warpgroups + the producer's warpgroup) share 64K registers:
+# 168 per thread on average, redistributed with setmaxnreg to 240 / 240 / 24 (FA3's split).
+WS_MAXNREG = 168
+CONSUMER_REGS = 240
+PRODUCER_REGS = 24
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    block_m: int  # query rows per tile (split across the consumer warpgroups)
+    block_n: int  # keys per K/V block
+    stages: int  # K/V ring depth
+    o_in_q: bool  # O staged for its TMA store in Q's buffer (saves shared memory; needs O no wider than Q)
+
+
+# Keyed by (input element bytes, head dim). Shared memory (of 227 KB), in KB, Q + stages * (K + V) + O:
+# 16-bit hd64 16 + 3*32 + 16, hd128 32 + 2*64 + 32, hd256 64 + 2*64 (O in Q's place);
+# fp8 (bf16 O) hd64 8 + 4*16 + 16, hd128 16 + 3*32 + 32, hd256 32 + 2*64 + 64.
+# Block sizes must be powers of two (Gluon tensor shapes), so FA3's 176 and 80 key blocks are out.
+TILE_CONFIGS = {
+    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False),
+    (2, 128): TileConfig(block_m=128, block_n=128, stages=2, o_in_q=False),
+    (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_in_q=True),
+    (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_in_q=False),
+    (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False),
+    (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_in_q=False),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Compile-time shape of one forward kernel."""
+    dtype: torch.dtype  # of q, k, v
+    head_dim: int  # one of HEAD_DIMS
+    causal: bool
+    warp_specialize: bool = True
+    pipeline: bool = True
+    pingpong: bool = True
+    tile_override: TileConfig | None = None
+    out_dtype: torch.dtype | None = None  # None: q's dtype (16-bit inputs)
+    q_scale_block: int | None = None  # FP8: query rows per Q scale
+
+    @property
+    def fp8(self):
+        return self.dtype.itemsize == 1
+
+    @property
+    def tile(self):
+        return self.tile_override or TILE_CONFIGS[(self.dtype.itemsize, self.head_dim)]
+
+    @property
+    def num_consumers(self):
+        return 2 if self.warp_specialize else 1
+
+    @property
+    def num_warps(self):
+        # Warp-specialized: the default partition is one consumer warpgroup.
+        return 4 if self.warp_specialize else 8
+
+    @property
+    def rows_per_consumer(self):
+        return self.tile.block_m // self.num_consumers
+
+    def constexprs(self):
+        return dict(
+            CAUSAL=self.causal,
+            STAGES=self.tile.stages,
+            NUM_CONSUMERS=self.num_consumers,
+            O_IN_Q=self.tile.o_in_q,
+            Q_SCALE_BLOCK=self.q_scale_block,
+            WARP_SPECIALIZE=self.warp_specialize,
+            OVERLAP=self.pipeline,
+            PINGPONG=self.pingpong and self.warp_specialize,
+            CONSUMER_REGS=CONSUMER_REGS,
+            PRODUCER_REGS=PRODUCER_REGS,
+        )
+
+    def options(self):
+        opts = dict(num_warps=self.num_warps)
+        if self.warp_specialize:
+            opts["maxnreg"] = WS_MAXNREG
+        return opts
+
+    def descriptors(self, q, k, v, o):
+        """4-D TMA descriptors: boxes of one (batch, head); FP8 V is (batch, head, dim, seq) (kernels.quant)."""
+        d, bn = self.head_dim, self.tile.block_n
+        q_block = [1, self.rows_per_consumer, 1, d]
+        kv_block = [1, bn, 1, d]
+        v_block = [1, 1, d, bn] if self.fp8 else kv_block
+
+        def desc(t, block):
+            return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, GL_DTYPES[t.dtype]))
+
+        return desc(q, q_block), desc(k, kv_block), desc(v, v_block), desc(o, q_block)
+
+
+def head_dim_tile(head_dim):
+    """The head dim the kernel computes with: the smallest of HEAD_DIMS that holds head_dim."""
+    return next(d for d in HEAD_DIMS if d >= head_dim)
+
+
+def _check_inputs(q, k, v, softmax_scale):
+    if not (q.is_cuda and k.is_cuda and v.is_cuda):
+        raise ValueError("the Gluon kernels need CUDA tensors")
+    if q.dtype not in HALF_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k, v must all be bfloat16 or float16, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be (batch, seqlen, nheads, headdim)")
+    b, _, h, d = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"k and v must be (batch, seqlen_k, nheads_kv, headdim) like q; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if h % k.shape[2]:
+        raise ValueError(f"nheads ({h}) must be a multiple of nheads_kv ({k.shape[2]})")
+    if d % HEAD_DIM_MULTIPLE or not 0 < d <= HEAD_DIMS[-1]:
+        raise ValueError(f"head dim must be a multiple of {HEAD_DIM_MULTIPLE} up to {HEAD_DIMS[-1]}, got {d}")
+    if not softmax_scale > 0:
+        raise ValueError(f"softmax_scale must be positive, got {softmax_scale}")
+
+
+def _tma_ready(t):
+    """TMA needs a unit last stride, 16-byte aligned other strides and a 16-byte aligned base."""
+    aligned = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
+    return t if aligned else t.contiguous()
+
+
+def _launch(variant, q, k, v, scales, softmax_scale, out_dtype):
+    """Allocate out and lse, launch the persistent grid; q/k/v as the descriptors expect them."""
+    b, seqlen_q, h, d = q.shape
+    seqlen_k, h_kv = k.shape[1], k.shape[2]
+    out = torch.empty(b, seqlen_q, h, d, device=q.device, dtype=out_dtype)
+    lse = torch.empty(b, h, seqlen_q, device=q.device, dtype=torch.float32)
+    if seqlen_q == 0 or b == 0:
+        return out, lse
+    if seqlen_k == 0:
+        return out.zero_(), lse.fill_(float("inf"))
+    n_tiles = num_m_blocks(seqlen_q, variant.tile.block_m) * b * h
+    n_sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    sections = section_heads(b, h, h_kv, seqlen_k, d, q.element_size())
+    args = _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, h // h_kv, sections)
+    attention_fwd_kernel[(min(n_sms, n_tiles), )](*args, **variant.constexprs(), **variant.options())
+    return out, lse
+
+
+def _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, group, sections):
+    b, seqlen_q, h, _ = q.shape
+    return (*variant.descriptors(q, k, v, out), lse, *scales, softmax_scale * LOG2_E, b, h, group, sections, seqlen_q,
+            k.shape[1])
+
+
+def attention_forward(q, k, v, softmax_scale=None, causal=False, *, warp_specialize=True, pipeline=True, pingpong=True,
+                      tile: TileConfig | None = None):
+    """FlashAttention-3 forward on Hopper: returns (out like q, lse (batch, nheads, seqlen_q) float32, natural log).
+
+    Layout (batch, seqlen, nheads, headdim); GQA when k/v have fewer heads;
+    causal is bottom-right aligned; rows that see no key get out 0, lse +inf.
+    """
+    softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
+    _check_inputs(q, k, v, softmax_scale)
+    q, k, v = (_tma_ready(t) for t in (q, k, v))
+    variant = Variant(q.dtype, head_dim_tile(q.shape[-1]), bool(causal), warp_specialize, pipeline, pingpong, tile)
+    return _launch(variant, q, k, v, (None, None, None), softmax_scale, q.dtype)
+
+
+def fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torch.bfloat16, *, warp_specialize=True,
+                          pipeline=True, pingpong=True, tile: TileConfig | None = None):
+    """The FP8 forward on the pre-pass's outputs (kernels.quant.FP8QKV): (out in out_dtype, lse float32).
+
+    Same arithmetic as kernels.quant.fp8_forward_ref: key tiles of exactly
+    config.block_n (one K/V scale each), Q scales per config.block_m rows.
+    """
+    cfg = x.config
+    if not x.q.is_cuda:
+        raise ValueError("the Gluon kernels need CUDA tensors")
+    if out_dtype not in HALF_DTYPES:
+        raise TypeError(f"out_dtype must be bfloat16 or float16, got {out_dtype}")
+    if cfg.block_n not in FP8_BLOCK_NS:
+        raise ValueError(f"the Gluon FP8 forward takes config.block_n in {FP8_BLOCK_NS}, got {cfg.block_n}")
+    d = x.q.shape[-1]
+    if d not in HEAD_DIMS:
+        raise ValueError(f"FP8 head dim must be one of {HEAD_DIMS}, got {d}")
+    if not softmax_scale > 0:
+        raise ValueError(f"softmax_scale must be positive, got {softmax_scale}")
+    base = tile or TILE_CONFIGS[(1, d)]
+    variant = Variant(x.q.dtype, d, bool(causal), warp_specialize, pipeline, pingpong,
+                      replace(base, block_n=cfg.block_n), out_dtype, cfg.block_m)
+    scales = tuple(s.contiguous() for s in (x.q_scale, x.k_scale, x.v_scale))
+    return _launch(variant, x.q, x.k, x.v_t, scales, softmax_scale, out_dtype)
+
+
+def compile_forward(variant: Variant, target: GPUTarget = HOPPER):
+    """Compile one variant ahead of time (no GPU needed); returns triton's CompiledKernel.
+
+    Arguments go through the same specialization as a launch (with every
+    integer 1, the case where Triton would turn an int into a constant).
+    Needs a process where TRITON_INTERPRET was unset when triton was imported
+    (Gluon's standard library is built with triton.jit at import).
+    """
+    fn = attention_fwd_kernel
+    d = variant.head_dim
+    t = torch.empty(1, 1, 1, d, dtype=variant.dtype)
+    v = torch.empty(1, 1, d, 16, dtype=variant.dtype) if variant.fp8 else t
+    o = torch.empty(1, 1, 1, d, dtype=variant.out_dtype or variant.dtype)
+    f32 = torch.empty(1, 1, 1)
+    scales = (f32, f32, f32) if variant.fp8 else (None, None, None)
+    kwargs = dict(**variant.constexprs(), **variant.options())
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*_kernel_args(variant, t, t, v, o, f32, scales, 1.0, 1, 1), **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    src = GluonASTSource(fn, signature, constexprs, attrs)
+    return triton.compile(src, target=target, options=options.__dict__)

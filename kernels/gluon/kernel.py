@@ -1,0 +1,95 @@
+"""The Hopper attention forward kernel: partitions and their wiring.
+
+Warp-specialized (default): NUM_CONSUMERS consumer warpgroups (4 warps each,
+the first in the default partition) and one producer warp. Without warp
+specialization a single partition of num_warps warps consumes the whole tile
+and issues its own loads.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+
+from .epilogue import write_output
+from .mainloop import attend_tile, prefetch_tile, wgmma_layout
+from .pipeline import Pipeline, Ring, producer_partition
+from .scheduler import TileScheduler, kv_block_count
+
+
+@gluon.jit
+def row_scales(batch, head, row0, sched: TileScheduler, qk_scale, q_scales, ROWS: gl.constexpr,
+               Q_SCALE_BLOCK: gl.constexpr, row_layout: gl.constexpr):
+    """Per-row factor from S to the softmax's base-2 domain: softmax scale * log2(e), times the Q block scale (FP8)."""
+    row_scale = gl.zeros([ROWS], gl.float32, row_layout) + qk_scale
+    if q_scales is not None:
+        rows = row0 + gl.arange(0, ROWS, layout=row_layout)
+        q_row0 = (batch * sched.nheads + head) * gl.cdiv(sched.seqlen_q, Q_SCALE_BLOCK)
+        row_scale *= gl.load(q_scales + q_row0 + rows // Q_SCALE_BLOCK, mask=rows < sched.seqlen_q, other=1.0)
+    return row_scale
+
+
+@gluon.jit
+def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_scales, k_scales, v_scales,
+                       Q_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, INLINE_LOADS: gl.constexpr,
+                       OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
+    ROWS: gl.constexpr = p.q_desc.block_type.shape[1]
+    HEAD_DIM: gl.constexpr = p.q_desc.block_type.shape[3]
+    row_layout: gl.constexpr = gl.SliceLayout(1, wgmma_layout(gl.num_warps(), sched.BLOCK_N, p.q_desc.dtype))
+    kv = Ring.start(p.STAGES)
+    # Consumer 0 takes the first GEMM turn: its first wait is on the already-completed phase.
+    turn_phase = gl.to_tensor(1 - CID)
+    tile_phase = 0
+    for tile_id in range(gl.program_id(0), sched.num_tiles, gl.num_programs(0)):
+        batch, head, m_block = sched.tile(tile_id)
+        head_kv = head // sched.group
+        n_blocks = kv_block_count(sched, m_block)
+        tile_row0 = m_block * sched.BLOCK_M
+        row0 = tile_row0 + CID * ROWS
+        if INLINE_LOADS:
+            prefetch_tile(p, kv, n_blocks, batch, head, head_kv, tile_row0)
+        row_scale = row_scales(batch, head, row0, sched, qk_scale, q_scales, ROWS, Q_SCALE_BLOCK, row_layout)
+        k_tile_scales = k_scales
+        v_tile_scales = v_scales
+        if k_scales is not None:  # FP8: this (batch, kv head)'s row of K/V block scales
+            kv_row0 = (batch * (sched.nheads // sched.group) + head_kv) * gl.cdiv(sched.seqlen_k, sched.BLOCK_N)
+            k_tile_scales = k_scales + kv_row0
+            v_tile_scales = v_scales + kv_row0
+        mbarrier.wait(p.q_ready, tile_phase)
+        q = p.q_smem.index(CID).reshape([ROWS, HEAD_DIM])
+        o, m, l, v_unit, kv, turn_phase = attend_tile(p, q, kv, turn_phase, n_blocks, row0, batch, head_kv,
+                                                      sched.seqlen_q, sched.seqlen_k, row_scale, k_tile_scales,
+                                                      v_tile_scales, CID, sched.CAUSAL, INLINE_LOADS, OVERLAP,
+                                                      PINGPONG)
+        if not INLINE_LOADS and not p.O_IN_Q:
+            mbarrier.arrive(p.q_empty)
+        write_output(p, o, m, l, v_unit, lse_ptr, batch, head, sched.nheads, row0, sched.seqlen_q, CID)
+        if not INLINE_LOADS and p.O_IN_Q:
+            mbarrier.arrive(p.q_empty)
+        tile_phase ^= 1
+    tma.store_wait(0)
+
+
+# Shapes stay runtime values: no recompile per seqlen, and no int silently turned into a constant.
+@gluon.jit(do_not_specialize=["batch", "nheads", "group", "section_heads", "seqlen_q", "seqlen_k"])
+def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_scales, v_scales, qk_scale, batch,
+                         nheads, group, section_heads, seqlen_q, seqlen_k, CAUSAL: gl.constexpr,
+                         STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, O_IN_Q: gl.constexpr,
+                         Q_SCALE_BLOCK: gl.constexpr, WARP_SPECIALIZE: gl.constexpr, OVERLAP: gl.constexpr,
+                         PINGPONG: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+    """q/k/v/o: 4-D TMA descriptors; q_scales/k_scales/v_scales: FP8 block scales (kernels.quant), None for 16-bit."""
+    BLOCK_M: gl.constexpr = NUM_CONSUMERS * q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
+    sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_IN_Q)
+    if WARP_SPECIALIZE:
+        gl.static_assert(NUM_CONSUMERS == 2, "the warp-specialized kernel runs two consumer warpgroups")
+        gl.warp_specialize([
+            (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK, 0, False,
+                                  OVERLAP, PINGPONG)),
+            (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK, 1, False,
+                                  OVERLAP, PINGPONG)),
+            (producer_partition, (p, sched)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    else:
+        gl.static_assert(NUM_CONSUMERS == 1, "without warp specialization one partition consumes the whole tile")
+        consumer_partition(p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK, 0, True, OVERLAP,
+                           False)

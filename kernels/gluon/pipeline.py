@@ -1,0 +1,175 @@
+"""Shared-memory pipeline of the Hopper forward: buffers, mbarriers, TMA loads, the producer.
+
+One producer warp streams Q tiles and K/V blocks into shared memory with TMA;
+consumer warpgroups wait on `ready` mbarriers and hand stages back through
+`empty` mbarriers. K and V of one block share a ring stage but have separate
+`ready` barriers, so QK^T can start before V lands (FA3's two pipelines).
+
+All partitions walk the same tile sequence and the same KV block order, so a
+plain count of KV iterations tells each of them the stage and phase it is at.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+from triton.language.core import _aggregate as aggregate
+
+from .scheduler import TileScheduler, kv_block_count
+
+
+@aggregate
+class Ring:
+    """Position in a circular buffer of STAGES slots: slot index and mbarrier phase parity."""
+    index: gl.tensor
+    phase: gl.tensor
+    STAGES: gl.constexpr
+
+    @gluon.constexpr_function
+    def __init__(self, index, phase, STAGES):
+        self.index = index
+        self.phase = phase
+        self.STAGES = gl.constexpr(STAGES)
+
+    @gluon.jit
+    def start(STAGES: gl.constexpr):
+        return Ring(gl.to_tensor(0), gl.to_tensor(0), STAGES)
+
+    @gluon.must_use_result
+    @gluon.jit
+    def next(self):
+        index = self.index + 1
+        wrap = index == self.STAGES
+        return Ring(gl.where(wrap, 0, index), gl.where(wrap, self.phase ^ 1, self.phase), self.STAGES)
+
+
+@aggregate
+class Pipeline:
+    """Descriptors, shared buffers and barriers that all partitions share.
+
+    Q and O tiles are [NUM_CONSUMERS] slices of rows, one per consumer; K and
+    V rings hold STAGES blocks of BLOCK_N keys. Tiles are 4-D (batch, seq,
+    head, dim) TMA boxes with unit batch/head extents, so TMA zero-fills reads
+    past seqlen and clips writes past it per batch; FP8 V is (batch, head,
+    dim, seq) with boxes (1, 1, dim, BLOCK_N).
+    """
+    q_desc: tma.tensor_descriptor
+    k_desc: tma.tensor_descriptor
+    v_desc: tma.tensor_descriptor
+    o_desc: tma.tensor_descriptor
+    q_smem: gl.shared_memory_descriptor
+    k_smem: gl.shared_memory_descriptor
+    v_smem: gl.shared_memory_descriptor
+    o_smem: gl.shared_memory_descriptor
+    q_ready: gl.shared_memory_descriptor
+    q_empty: gl.shared_memory_descriptor
+    k_ready: gl.shared_memory_descriptor
+    v_ready: gl.shared_memory_descriptor
+    kv_empty: gl.shared_memory_descriptor
+    turn: gl.shared_memory_descriptor
+    NUM_CONSUMERS: gl.constexpr
+    STAGES: gl.constexpr
+    O_IN_Q: gl.constexpr
+    V_TRANSPOSED: gl.constexpr
+
+    @gluon.constexpr_function
+    def __init__(self, q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
+                 v_ready, kv_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, V_TRANSPOSED):
+        self.q_desc = q_desc
+        self.k_desc = k_desc
+        self.v_desc = v_desc
+        self.o_desc = o_desc
+        self.q_smem = q_smem
+        self.k_smem = k_smem
+        self.v_smem = v_smem
+        self.o_smem = o_smem
+        self.q_ready = q_ready
+        self.q_empty = q_empty
+        self.k_ready = k_ready
+        self.v_ready = v_ready
+        self.kv_empty = kv_empty
+        self.turn = turn
+        self.NUM_CONSUMERS = gl.constexpr(NUM_CONSUMERS)
+        self.STAGES = gl.constexpr(STAGES)
+        self.O_IN_Q = gl.constexpr(O_IN_Q)
+        self.V_TRANSPOSED = gl.constexpr(V_TRANSPOSED)
+
+    @gluon.jit
+    def create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS: gl.constexpr, STAGES: gl.constexpr,
+               O_IN_Q: gl.constexpr):
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [NUM_CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+        if O_IN_Q:
+            o_smem = q_smem
+        else:
+            o_smem = gl.allocate_shared_memory(o_desc.dtype, [NUM_CONSUMERS] + o_desc.block_type.shape,
+                                               o_desc.layout)
+        q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(q_ready, count=1)
+        mbarrier.init(q_empty, count=NUM_CONSUMERS)
+        for s in gl.static_range(STAGES):
+            mbarrier.init(k_ready.index(s), count=1)
+            mbarrier.init(v_ready.index(s), count=1)
+            mbarrier.init(kv_empty.index(s), count=NUM_CONSUMERS)
+        for c in gl.static_range(2):
+            mbarrier.init(turn.index(c), count=1)
+        # FP8 wgmma reads B K-major only: FP8 V arrives transposed, (batch, head, dim, seq) (kernels.quant).
+        return Pipeline(q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
+                        v_ready, kv_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, v_desc.dtype.is_fp8())
+
+    @gluon.jit
+    def load_q(self, batch, head, row0):
+        """Issue the TMA loads of one tile's Q (all consumers' slices) onto q_ready."""
+        rows: gl.constexpr = self.q_desc.block_type.shape[1]
+        mbarrier.expect(self.q_ready, self.NUM_CONSUMERS * self.q_desc.block_type.nbytes)
+        for c in gl.static_range(self.NUM_CONSUMERS):
+            tma.async_copy_global_to_shared(self.q_desc, [batch, row0 + c * rows, head, 0], self.q_ready,
+                                            self.q_smem.index(c))
+
+    @gluon.jit
+    def load_kv(self, stage, batch, head_kv, key0):
+        """Issue the TMA loads of one K block and one V block into ring slot `stage`."""
+        k_bar = self.k_ready.index(stage)
+        v_bar = self.v_ready.index(stage)
+        mbarrier.expect(k_bar, self.k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(self.k_desc, [batch, key0, head_kv, 0], k_bar, self.k_smem.index(stage))
+        mbarrier.expect(v_bar, self.v_desc.block_type.nbytes)
+        if self.V_TRANSPOSED:
+            tma.async_copy_global_to_shared(self.v_desc, [batch, head_kv, 0, key0], v_bar, self.v_smem.index(stage))
+        else:
+            tma.async_copy_global_to_shared(self.v_desc, [batch, key0, head_kv, 0], v_bar, self.v_smem.index(stage))
+
+
+@gluon.jit
+def kv_block_start(n_blocks, i, BLOCK_N: gl.constexpr):
+    """First key of the i-th block visited: blocks run from the last (masked) one down to 0, as in FA3."""
+    return (n_blocks - 1 - i) * BLOCK_N
+
+
+@gluon.jit
+def producer_partition(p: Pipeline, sched: TileScheduler):
+    """One warp: for each tile of this program, Q once, then every K/V block into the ring."""
+    BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
+    kv = Ring.start(p.STAGES)
+    tile_phase = 0
+    for tile_id in range(gl.program_id(0), sched.num_tiles, gl.num_programs(0)):
+        batch, head, m_block = sched.tile(tile_id)
+        head_kv = head // sched.group
+        n_blocks = kv_block_count(sched, m_block)
+        for i in range(n_blocks):
+            # Mbarriers start with the phase before 0 complete, so the first waits on `empty` pass.
+            mbarrier.wait(p.kv_empty.index(kv.index), kv.phase ^ 1)
+            p.load_kv(kv.index, batch, head_kv, kv_block_start(n_blocks, i, BLOCK_N))
+            kv = kv.next()
+            if i == 0:
+                # Q waits for the consumers to finish the previous tile; the first K/V block need not.
+                mbarrier.wait(p.q_empty, tile_phase ^ 1)
+                p.load_q(batch, head, m_block * sched.BLOCK_M)
+        if n_blocks == 0:
+            mbarrier.wait(p.q_empty, tile_phase ^ 1)
+            p.load_q(batch, head, m_block * sched.BLOCK_M)
+        tile_phase ^= 1

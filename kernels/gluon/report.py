@@ -1,0 +1,77 @@
+"""What the compiler made of each forward variant: instruction counts and resources, no GPU needed.
+
+`python -m kernels.gluon.report` compiles every variant for sm_90a and prints one
+JSON object per variant. It runs as its own process so that a caller running
+Triton in interpreter mode (the CPU test suite) still gets a real compile.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import torch
+import triton
+
+from .forward import HEAD_DIMS, Variant, compile_forward
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+# Every head dim and mask with and without warp specialization, the other two ablation switches at hd128,
+# and the FP8 forward (e4m3, default FP8Config blocks) at every head dim.
+VARIANTS = [Variant(torch.bfloat16, d, causal, ws) for d in HEAD_DIMS for causal in (False, True) for ws in (True, False)]
+VARIANTS += [Variant(torch.bfloat16, 128, False, pipeline=False), Variant(torch.bfloat16, 128, False, pingpong=False)]
+VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, out_dtype=torch.bfloat16, q_scale_block=128)
+             for d in HEAD_DIMS for causal in (False, True)]
+
+
+def variant_name(v: Variant):
+    dt = str(v.dtype).removeprefix("torch.")
+    return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
+            f"_pipe{int(v.pipeline)}_pp{int(v.pingpong)}")
+
+
+def _sass_and_resources(cubin: bytes, tmpdir: str):
+    path = os.path.join(tmpdir, "kernel.cubin")
+    with open(path, "wb") as f:
+        f.write(cubin)
+    sass = subprocess.run([CUOBJDUMP, "-sass", path], capture_output=True, text=True, check=True).stdout
+    res = subprocess.run([CUOBJDUMP, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    usage = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", res))
+    return sass, {k.lower(): int(v) for k, v in usage.items()}
+
+
+def compile_report(variant: Variant, tmpdir: str):
+    ck = compile_forward(variant)
+    ptx = ck.asm["ptx"]
+    sass, usage = _sass_and_resources(ck.asm["cubin"], tmpdir)
+    return dict(
+        name=variant_name(variant),
+        shared_bytes=ck.metadata.shared,
+        num_warps=ck.metadata.num_warps,
+        ptx_wgmma=ptx.count("wgmma.mma_async"),
+        ptx_wgmma_fp8=len(re.findall(r"wgmma\.mma_async\S*\.e4m3", ptx)),
+        ptx_tma_load=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.shared::cluster\.global", ptx)),
+        ptx_tma_store=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.global\.shared", ptx)),
+        setmaxnreg=sorted({int(n) for n in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)}),
+        sass_gmma=len(re.findall(r"\b[HQ]GMMA\.", sass)),
+        sass_tma_load=sass.count("UTMALDG"),
+        sass_tma_store=sass.count("UTMASTG"),
+        sass_local_mem=len(re.findall(r"\b(?:LDL|STL)\b", sass)),
+        **usage,
+    )
+
+
+def main():
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for v in VARIANTS:
+            try:
+                row = compile_report(v, tmpdir)
+            except Exception as e:  # report and go on: one broken variant must not hide the others
+                row = dict(name=variant_name(v), error=f"{type(e).__name__}: {e}"[-2000:])
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Persistent tile scheduler of the Hopper forward.
+
+A tile is BLOCK_M query rows of one (batch, head). The grid has at most one
+program per SM and program `pid` takes tiles pid, pid + grid, ... . Tiles are
+ordered so that programs running at the same time share K/V in L2: heads are
+cut into sections whose K/V fit in L2 (`section_heads`, picked on the host),
+and inside a section the order is m-block-major, heads inner. For causal
+attention m-blocks run from the last (most keys) to the first, so the longest
+tiles start first and short ones fill the tail (FA3's longest-processing-time
+order).
+"""
+import triton
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.language.core import _aggregate as aggregate
+
+# Share of the 50 MB L2 that one section's K/V may take: leaves room for Q/O streams.
+L2_KV_BUDGET_BYTES = 32 * 1024 * 1024
+
+
+def section_heads(batch, nheads, nheads_kv, seqlen_k, headdim, elem_bytes):
+    """Query heads per L2 section: whole GQA groups whose K/V fit L2_KV_BUDGET_BYTES together."""
+    kv_head_bytes = 2 * seqlen_k * headdim * elem_bytes
+    kv_heads = max(1, L2_KV_BUDGET_BYTES // kv_head_bytes)
+    return min(batch * nheads, kv_heads * (nheads // nheads_kv))
+
+
+def num_m_blocks(seqlen_q, block_m):
+    return triton.cdiv(seqlen_q, block_m)
+
+
+@aggregate
+class TileScheduler:
+    num_tiles: gl.tensor
+    num_m_blocks: gl.tensor
+    num_bh: gl.tensor
+    nheads: gl.tensor
+    group: gl.tensor
+    section_heads: gl.tensor
+    seqlen_q: gl.tensor
+    seqlen_k: gl.tensor
+    BLOCK_M: gl.constexpr
+    BLOCK_N: gl.constexpr
+    CAUSAL: gl.constexpr
+
+    @gluon.constexpr_function
+    def __init__(self, num_tiles, num_m_blocks, num_bh, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M,
+                 BLOCK_N, CAUSAL):
+        self.num_tiles = num_tiles
+        self.num_m_blocks = num_m_blocks
+        self.num_bh = num_bh
+        self.nheads = nheads
+        self.group = group
+        self.section_heads = section_heads
+        self.seqlen_q = seqlen_q
+        self.seqlen_k = seqlen_k
+        self.BLOCK_M = gl.constexpr(BLOCK_M)
+        self.BLOCK_N = gl.constexpr(BLOCK_N)
+        self.CAUSAL = gl.constexpr(CAUSAL)
+
+    @gluon.jit
+    def create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+               CAUSAL: gl.constexpr):
+        n_m = gl.cdiv(seqlen_q, BLOCK_M)
+        num_bh = batch * nheads
+        return TileScheduler(n_m * num_bh, n_m, num_bh, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M,
+                             BLOCK_N, CAUSAL)
+
+    @gluon.jit
+    def tile(self, tile_id):
+        """(batch, head, m_block) of tile `tile_id`."""
+        section_tiles = self.section_heads * self.num_m_blocks
+        section = tile_id // section_tiles
+        first_bh = section * self.section_heads
+        heads_here = gl.minimum(self.section_heads, self.num_bh - first_bh)
+        r = tile_id - section * section_tiles
+        m_idx = r // heads_here
+        bh = first_bh + r % heads_here
+        if self.CAUSAL:
+            m_block = self.num_m_blocks - 1 - m_idx
+        else:
+            m_block = m_idx
+        return bh // self.nheads, bh % self.nheads, m_block
+
+
+@gluon.jit
+def kv_block_count(sched: TileScheduler, m_block):
+    """Number of BLOCK_N key blocks that tile row block `m_block` attends to (0 if it sees none)."""
+    n_keys = sched.seqlen_k
+    if sched.CAUSAL:
+        # Bottom-right causal: query i sees keys j <= i + seqlen_k - seqlen_q.
+        last_row = gl.minimum((m_block + 1) * sched.BLOCK_M, sched.seqlen_q) - 1
+        n_keys = gl.maximum(gl.minimum(n_keys, last_row + 1 + sched.seqlen_k - sched.seqlen_q), 0)
+    return gl.cdiv(n_keys, sched.BLOCK_N)

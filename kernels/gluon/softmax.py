@@ -1,0 +1,68 @@
+"""Online softmax of the Hopper forward, in the base-2 domain with the softmax scale folded in.
+
+Scores S stay unscaled in the wgmma accumulator; `qk_scale` = softmax_scale *
+log2(e) is applied inside the exponent (one FMA per element), the row maximum
+is kept already scaled. A row that has seen only masked keys keeps max = -inf;
+the exponent then uses 0 as its offset so that every term is exp2(-inf) = 0
+instead of NaN (FA3's Check_inf). FP8 follows kernels.quant's scheme: S is
+scaled per row by the Q block scale and per key block by the K block scale,
+and P carries a factor 2**8 that cancels in O and is taken out of LSE.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+from kernels.quant import LN2, P_LOG2_OFFSET
+
+_LN2 = gl.constexpr(LN2)
+
+
+@gluon.jit
+def mask_scores(s, key0, row0, seqlen_q, seqlen_k, CAUSAL: gl.constexpr):
+    """Set S to -inf at keys >= seqlen_k and, if CAUSAL, at keys a row may not see (bottom-right aligned)."""
+    layout: gl.constexpr = s.type.layout
+    cols = key0 + gl.arange(0, s.shape[1], layout=gl.SliceLayout(0, layout))
+    keep = gl.expand_dims(cols < seqlen_k, 0)
+    if CAUSAL:
+        rows = row0 + gl.arange(0, s.shape[0], layout=gl.SliceLayout(1, layout))
+        keep = keep & (gl.expand_dims(cols, 0) <= gl.expand_dims(rows + (seqlen_k - seqlen_q), 1))
+    return gl.where(keep, s, -float("inf"))
+
+
+@gluon.jit
+def block_needs_mask(key0, row0, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """Whether a key block starting at key0 has keys past seqlen_k or above the causal diagonal for row0.."""
+    needs = key0 + BLOCK_N > seqlen_k
+    if CAUSAL:
+        needs = needs | (key0 + BLOCK_N - 1 > row0 + seqlen_k - seqlen_q)
+    return needs
+
+
+@gluon.constexpr_function
+def p_log2_offset(dtype):
+    """log2 of the factor P carries: 2**8 for fp8 P, so that P <= 256 uses fp8's normal range (FA3; kernels.quant)."""
+    return P_LOG2_OFFSET if dtype.is_fp8() else 0.0
+
+
+@gluon.jit
+def softmax_update(s, m_prev, l_prev, row_scale, P_OFFSET: gl.constexpr):
+    """One online-softmax step on a score block; row_scale (> 0) takes S to the base-2 domain.
+
+    Returns P = exp2(S * row_scale - m_new + P_OFFSET) (float32), the new
+    scaled row max, the new row sum and alpha = exp2(m_prev - m_new), the
+    factor by which the running output must be rescaled.
+    """
+    m_new = gl.maximum(m_prev, gl.max(s, axis=1) * row_scale)
+    m_use = gl.where(m_new == -float("inf"), 0.0, m_new)
+    alpha = gl.exp2(m_prev - m_use)
+    p = gl.exp2(s * gl.expand_dims(row_scale, 1) - gl.expand_dims(m_use - P_OFFSET, 1))
+    l_new = l_prev * alpha + gl.sum(p, axis=1)
+    return p, m_new, l_new, alpha
+
+
+@gluon.jit
+def softmax_finish(m, l, P_OFFSET: gl.constexpr):
+    """(1 / rowsum, natural-log LSE), FA's convention for rows that saw no key: 0 and +inf. NaN rows stay NaN."""
+    empty = l == 0.0
+    inv_l = gl.where(empty, 0.0, 1.0 / l)
+    lse = gl.where(empty, float("inf"), (m + gl.log2(l) - P_OFFSET) * _LN2)
+    return inv_l, lse

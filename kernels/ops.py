@@ -1,0 +1,205 @@
+"""The public attention op: input checks, backend dispatch, torch.library custom ops and autograd.
+
+Backends, chosen per call by the KERNELS_IMPL environment variable:
+- `auto` (default): Gluon on sm_90 when `kernels.gluon` provides it, Triton on
+  other CUDA GPUs and on CPU under TRITON_INTERPRET=1, the PyTorch reference otherwise.
+- `gluon`, `triton`, `reference`: forced; an unavailable choice is an error.
+
+`attention_forward` and `attention_backward` are the dispatching entry points
+other kernels build on (the FP8 path calls `attention_backward` with its own
+out/lse as a straight-through backward). `flash_attn_func` wraps them in the
+custom ops `kernels::flash_attn_fwd` / `kernels::flash_attn_bwd`, so that
+torch.compile traces through without a graph break.
+"""
+import functools
+import math
+import os
+
+import torch
+
+from kernels.reference import attention_backward_ref, attention_ref
+from kernels.triton import attention_backward_triton, attention_forward_triton
+from kernels.triton.fwd import interpreting
+
+IMPLS = ("auto", "gluon", "triton", "reference")
+DTYPES = (torch.bfloat16, torch.float16)
+MAX_HEAD_DIM = 256
+HEAD_DIM_MULTIPLE = 8  # 16-byte rows for the TMA tensor descriptors
+
+
+@functools.cache
+def _gluon():
+    """The Gluon kernels module, or None where it cannot be imported (no Gluon kernels yet, or no sm_90 support)."""
+    try:
+        import kernels.gluon as gluon
+    except ImportError:
+        return None
+    return gluon if hasattr(gluon, "attention_forward") else None
+
+
+def _is_sm90(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def select_impl(device: torch.device) -> str:
+    """The backend a call on `device` runs on, from KERNELS_IMPL (read on every call)."""
+    impl = os.environ.get("KERNELS_IMPL", "auto")
+    if impl not in IMPLS:
+        raise ValueError(f"KERNELS_IMPL must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        if device.type == "cuda":
+            return "gluon" if _is_sm90(device) and _gluon() is not None else "triton"
+        return "triton" if interpreting() else "reference"
+    if impl == "gluon" and not (_is_sm90(device) and _gluon() is not None):
+        raise RuntimeError("KERNELS_IMPL=gluon needs an sm_90 GPU and an importable kernels.gluon "
+                           f"(device {device}, kernels.gluon {'found' if _gluon() else 'unavailable'})")
+    if impl == "triton" and device.type != "cuda" and not interpreting():
+        raise RuntimeError("KERNELS_IMPL=triton on CPU needs TRITON_INTERPRET=1 set before `kernels` is imported")
+    return impl
+
+
+def check_inputs(q, k, v):
+    """Raise a clear TypeError/ValueError for inputs the kernels do not take, before any launch."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in DTYPES:
+            raise TypeError(f"{name} has dtype {t.dtype}; flash_attn_func takes bfloat16 or float16")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be (batch, seqlen, nheads, headdim), got shape {tuple(t.shape)}")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim (headdim), got strides {t.stride()}")
+        if t.numel() == 0:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    batch, _, nheads, head_dim = q.shape
+    if k.shape[0] != batch:
+        raise ValueError(f"q and k/v must have the same batch size, got {batch} and {k.shape[0]}")
+    if k.shape[3] != head_dim:
+        raise ValueError(f"q and k/v must have the same head dim, got {head_dim} and {k.shape[3]}")
+    if nheads % k.shape[2]:
+        raise ValueError(f"nheads ({nheads}) must be a multiple of nheads_kv ({k.shape[2]})")
+    if head_dim % HEAD_DIM_MULTIPLE or head_dim > MAX_HEAD_DIM:
+        raise ValueError(f"head dim must be a multiple of {HEAD_DIM_MULTIPLE} up to {MAX_HEAD_DIM}, got {head_dim}")
+
+
+def resolve_scale(softmax_scale, head_dim: int) -> float:
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    scale = float(softmax_scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"softmax_scale must be a positive finite number, got {softmax_scale}")
+    return scale
+
+
+def _tma_ready(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a contiguous copy if its base or strides break the 16-byte alignment tensor descriptors need."""
+    aligned = t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+    aligned = aligned and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
+    return t if aligned else t.contiguous()
+
+
+def attention_forward(q, k, v, softmax_scale, causal):
+    """(out, lse) of attention on checked inputs; lse is (batch, nheads, seqlen_q) float32, natural log."""
+    impl = select_impl(q.device)
+    if impl == "reference":
+        out, lse = attention_ref(q, k, v, causal, softmax_scale, dtype=torch.float32)
+    elif impl == "gluon":
+        out, lse = _gluon().attention_forward(*(_tma_ready(t) for t in (q, k, v)), softmax_scale, causal)
+    else:
+        out, lse = attention_forward_triton(*(_tma_ready(t) for t in (q, k, v)), softmax_scale, causal)
+    # Contiguous outputs whatever the backend: the fake implementation promises these layouts.
+    return out.to(q.dtype).contiguous(), lse.contiguous()
+
+
+def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False):
+    """(dq, dk, dv) from the given out and lse (not assumed to come from `attention_forward`).
+
+    `deterministic` gives bitwise-reproducible gradients (no atomics, fixed summation order).
+    """
+    if dout.shape != q.shape or out.shape != q.shape:
+        raise ValueError(f"dout {tuple(dout.shape)} and out {tuple(out.shape)} must have q's shape {tuple(q.shape)}")
+    if lse.shape != (q.shape[0], q.shape[2], q.shape[1]):
+        raise ValueError(f"lse must be (batch, nheads, seqlen_q) = {(q.shape[0], q.shape[2], q.shape[1])}, "
+                         f"got {tuple(lse.shape)}")
+    impl = select_impl(q.device)
+    if impl == "reference":
+        grads = attention_backward_ref(dout, q, k, v, out, lse, causal, softmax_scale, dtype=torch.float32)
+    else:
+        args = (*(_tma_ready(t) for t in (dout, q, k, v, out)), lse.float().contiguous(), softmax_scale, causal,
+                deterministic)
+        gluon = _gluon() if impl == "gluon" else None
+        if gluon is not None and hasattr(gluon, "attention_backward"):
+            grads = gluon.attention_backward(*args)
+        else:
+            grads = attention_backward_triton(*args)
+    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
+
+
+@torch.library.custom_op("kernels::flash_attn_fwd", mutates_args=())
+def _flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
+                    deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # `deterministic` only travels to the backward through the autograd context.
+    return attention_forward(q, k, v, softmax_scale, causal)
+
+
+@_flash_attn_fwd.register_fake
+def _(q, k, v, softmax_scale, causal, deterministic):
+    batch, seqlen_q, nheads, _ = q.shape
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32))
+
+
+@torch.library.custom_op("kernels::flash_attn_bwd", mutates_args=())
+def _flash_attn_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                    lse: torch.Tensor, softmax_scale: float, causal: bool,
+                    deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic)
+
+
+@_flash_attn_bwd.register_fake
+def _(dout, q, k, v, out, lse, softmax_scale, causal, deterministic):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, softmax_scale, causal, deterministic = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)  # FlashAttention returns the LSE for inspection only
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.softmax_scale, ctx.causal, ctx.deterministic = softmax_scale, causal, deterministic
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _flash_attn_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal, ctx.deterministic)
+    return dq, dk, dv, None, None, None
+
+
+_flash_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def flash_attn_func(q, k, v, softmax_scale=None, causal=False, *, deterministic=False, return_attn_probs=False):
+    """FlashAttention-3's `flash_attn_interface.flash_attn_func`, for the arguments it supports.
+
+    q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_kv, headdim)
+    with nheads_kv dividing nheads (GQA/MQA: query head i uses kv head i // (nheads // nheads_kv)).
+    bfloat16 or float16, one device, headdim contiguous, headdim a multiple of 8 up to 256.
+    softmax_scale defaults to 1/sqrt(headdim). causal masks are aligned bottom-right:
+    query i sees key j iff j <= i + seqlen_k - seqlen_q; a row that sees no key outputs 0.
+    deterministic: bitwise-reproducible backward (no atomics).
+    The arguments after `causal` are keyword-only: FA3 puts other arguments
+    (qv, descales, window_size, ...) at those positions.
+
+    Returns out (q's shape and dtype), or (out, softmax_lse) when return_attn_probs,
+    softmax_lse being (batch, nheads, seqlen_q) float32 natural-log (+inf for rows that see no key).
+    """
+    check_inputs(q, k, v)
+    scale = resolve_scale(softmax_scale, q.shape[-1])
+    out, lse = _flash_attn_fwd(q, k, v, scale, bool(causal), bool(deterministic))
+    return (out, lse) if return_attn_probs else out

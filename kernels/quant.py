@@ -1,0 +1,240 @@
+"""FP8 attention's quantization scheme, in plain PyTorch: the oracle for the FP8 kernels.
+
+Scheme (docs/fp8.md has the reasoning):
+  * Q and K are multiplied by M = D·H/sqrt(d) along head_dim when `hadamard`
+    (kernels.hadamard), computed as (x @ D·H) in fp32, then times 1/sqrt(d).
+  * Each tensor is cut into blocks of rows of one (batch, head): block_m rows
+    for Q, block_n rows for K and V. A block's scale is amax / fp8_max (1 for
+    an all-zero block, NaN for a block holding inf or NaN), so that
+    x * (1 / scale), clamped to ±fp8_max, is cast to fp8 without overflow.
+    With granularity "head" or "tensor" the amax is taken over the whole head
+    or tensor and broadcast to every block, so all granularities share one layout.
+  * V is not rotated. It is stored transposed, (batch, nheads_kv, headdim,
+    seqlen_k padded to a multiple of 16) with seqlen_k contiguous, the K-major
+    B operand an FP8 P·V MMA reads.
+  * The forward walks keys in tiles of exactly block_n (one K/V scale per
+    tile), keeps an online softmax in fp32 (exp2 domain), and casts
+    P = exp2(s - m + 8), i.e. 256 times the usual probabilities, to fp8 so
+    that P uses fp8's normal range; the factor cancels in O = acc / l, where l
+    sums the fp32 P. V's per-tile scale multiplies P·V exactly in fp32.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+from kernels.hadamard import signed_hadamard
+
+GRANULARITIES = ("block", "head", "tensor")
+FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+BLOCK_SIZES = (32, 64, 128, 256)
+HEAD_DIMS = (64, 128, 256)
+# P is scaled by 2**P_LOG2_OFFSET before its fp8 cast (FA3's choice): P <= 256 < fp8 max.
+P_LOG2_OFFSET = 8.0
+# seqlen_k of the transposed V is padded to this many elements (16 bytes: TMA's stride alignment).
+V_SEQ_ALIGN = 16
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@dataclass(frozen=True)
+class FP8Config:
+    """How FP8 attention quantizes Q, K and V.
+
+    block_m / block_n: rows per scale block of Q / of K and V (block_n is also
+    the forward's key tile). hadamard: rotate Q and K by D·H/sqrt(d) first.
+    granularity: one scale per "block", per (batch, head) ("head") or per
+    "tensor". fmt: "e4m3" or "e5m2" (for Q, K, V and P). seed: seeds D's signs.
+    """
+
+    block_m: int = 128
+    block_n: int = 128
+    hadamard: bool = True
+    granularity: str = "block"
+    fmt: str = "e4m3"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value not in BLOCK_SIZES:
+                raise ValueError(f"FP8Config.{name} must be one of {BLOCK_SIZES}, got {value!r}")
+        if not isinstance(self.hadamard, bool):
+            raise ValueError(f"FP8Config.hadamard must be a bool, got {self.hadamard!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"FP8Config.granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.fmt not in FORMATS:
+            raise ValueError(f"FP8Config.fmt must be one of {tuple(FORMATS)}, got {self.fmt!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"FP8Config.seed must be a non-negative int, got {self.seed!r}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return FORMATS[self.fmt]
+
+    @property
+    def fp8_max(self) -> float:
+        return float(torch.finfo(self.dtype).max)
+
+
+@dataclass(frozen=True, eq=False)
+class FP8QKV:
+    """The pre-pass's output, the FP8 forward's input (stable layout, shared by all FP8 kernels).
+
+    q: (batch, seqlen_q, nheads, headdim) fp8, contiguous: round(Q·M / q_scale).
+    k: (batch, seqlen_k, nheads_kv, headdim) fp8, contiguous: round(K·M / k_scale).
+    v_t: (batch, nheads_kv, headdim, seqlen_k_padded) fp8, contiguous, seqlen_k
+        padded with zeros to a multiple of V_SEQ_ALIGN: round(V / v_scale), transposed.
+    q_scale: (batch, nheads, cdiv(seqlen_q, block_m)) fp32; q_scale[b, h, i]
+        dequantizes rows [i*block_m, (i+1)*block_m) of head h.
+    k_scale, v_scale: (batch, nheads_kv, cdiv(seqlen_k, block_n)) fp32, likewise.
+    M is the identity when config.hadamard is off.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v_t: torch.Tensor
+    q_scale: torch.Tensor
+    k_scale: torch.Tensor
+    v_scale: torch.Tensor
+    config: FP8Config
+
+    @property
+    def seqlen_k(self) -> int:
+        return self.k.shape[1]
+
+
+def check_qkv(q, k, v, config: FP8Config) -> None:
+    """Raise a clear error unless q, k, v are FP8 attention inputs for `config`."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in (torch.bfloat16, torch.float16):
+            raise TypeError(f"{name} must be bfloat16 or float16, got {t.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be (batch, seqlen, nheads, headdim), got shape {tuple(t.shape)}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share batch and headdim")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"nheads ({q.shape[2]}) must be a multiple of nheads_kv ({k.shape[2]})")
+    head_dim = q.shape[3]
+    if config.hadamard and head_dim & (head_dim - 1):
+        raise ValueError(f"hadamard=True needs a power-of-two head dim, got {head_dim}")
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"FP8 attention supports head dims {HEAD_DIMS}, got {head_dim}")
+
+
+def rotate(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """x·M in fp32, computed as the kernels do: (x @ D·H) in fp32, then times 1/sqrt(d)."""
+    d = x.shape[-1]
+    dh = signed_hadamard(d, seed, torch.float32, x.device)
+    inv_sqrt_d = torch.tensor(1.0 / math.sqrt(d), dtype=torch.float32)
+    return (x.float() @ dh) * inv_sqrt_d.to(x.device)
+
+
+def block_amax(x: torch.Tensor, block: int) -> torch.Tensor:
+    """(batch, seqlen, heads, d) -> (batch, heads, cdiv(seqlen, block)) fp32 max |x| per block (NaN propagates)."""
+    b, s, h, d = x.shape
+    nblk = -(-s // block)
+    xa = torch.nn.functional.pad(x.float().abs(), (0, 0, 0, 0, 0, nblk * block - s))
+    return xa.view(b, nblk, block, h, d).amax(dim=(2, 4)).transpose(1, 2).contiguous()
+
+
+def scales_from_amax(amax: torch.Tensor, config: FP8Config) -> torch.Tensor:
+    """Per-block amax -> per-block scales at config's granularity (same shape)."""
+    if config.granularity == "head":
+        amax = amax.amax(dim=2, keepdim=True).expand_as(amax)
+    elif config.granularity == "tensor":
+        amax = amax.amax().expand_as(amax)
+    scale = torch.where(amax > 0, amax / config.fp8_max, torch.ones_like(amax))
+    return torch.where(torch.isfinite(amax), scale, torch.full_like(amax, float("nan"))).contiguous()
+
+
+def rows_of(scale: torch.Tensor, block: int, seqlen: int) -> torch.Tensor:
+    """(batch, heads, nblk) block values -> (batch, seqlen, heads, 1), one per row."""
+    return scale.repeat_interleave(block, dim=2)[:, :, :seqlen].transpose(1, 2).unsqueeze(-1)
+
+
+def quantize_rows(x: torch.Tensor, scale: torch.Tensor, block: int, config: FP8Config) -> torch.Tensor:
+    """fp32 (batch, seqlen, heads, d) -> fp8: x * (1/scale), clamped to ±fp8_max, rounded to nearest even."""
+    inv = rows_of(1.0 / scale, block, x.shape[1])
+    return (x * inv).clamp(-config.fp8_max, config.fp8_max).to(config.dtype)
+
+
+def quantize_qkv_ref(q, k, v, config: FP8Config = FP8Config()) -> FP8QKV:
+    """The pre-pass in plain PyTorch: same scheme, same layouts as the Triton kernel."""
+    check_qkv(q, k, v, config)
+    tensors = {}
+    for name, x, block in (("q", q, config.block_m), ("k", k, config.block_n), ("v", v, config.block_n)):
+        x = rotate(x, config.seed) if config.hadamard and name != "v" else x.float()
+        scale = scales_from_amax(block_amax(x, block), config)
+        tensors[name] = quantize_rows(x, scale, block, config)
+        tensors[name + "_scale"] = scale
+    b, sk, hk, d = k.shape
+    v_t = torch.zeros(b, hk, d, -(-sk // V_SEQ_ALIGN) * V_SEQ_ALIGN, dtype=config.dtype, device=v.device)
+    v_t[..., :sk] = tensors.pop("v").permute(0, 2, 3, 1)
+    return FP8QKV(v_t=v_t, config=config, **tensors)
+
+
+def dequantize(x: FP8QKV):
+    """fp32 (Q·M, K·M, V) in (batch, seqlen, heads, headdim) layout."""
+    cfg = x.config
+    sk = x.seqlen_k
+    q = x.q.float() * rows_of(x.q_scale, cfg.block_m, x.q.shape[1])
+    k = x.k.float() * rows_of(x.k_scale, cfg.block_n, sk)
+    v = x.v_t[..., :sk].permute(0, 3, 1, 2).float() * rows_of(x.v_scale, cfg.block_n, sk)
+    return q, k, v
+
+
+def fp8_forward_ref(x: FP8QKV, softmax_scale: float, causal: bool = False):
+    """The FP8 forward kernel's arithmetic in PyTorch fp32, from pre-pass outputs: (out fp32, lse fp32).
+
+    Same key tiling (block_n), same online softmax, same fp8 rounding of
+    2**8 * P; only fp32 summation order and exp2's last bits can differ.
+    """
+    cfg = x.config
+    b, sq, h, d = x.q.shape
+    sk, hk = x.seqlen_k, x.k.shape[2]
+    group = h // hk
+    q = x.q.float().transpose(1, 2)  # (b, h, sq, d)
+    k = x.k.float().transpose(1, 2).repeat_interleave(group, dim=1)
+    v_t = x.v_t[..., :sk].float().repeat_interleave(group, dim=1)  # (b, h, d, sk)
+    k_scale = x.k_scale.repeat_interleave(group, dim=1)
+    v_scale = x.v_scale.repeat_interleave(group, dim=1)
+    qk_scale = torch.tensor(softmax_scale * LOG2E, dtype=torch.float32, device=q.device)
+    row_scale = rows_of(x.q_scale, cfg.block_m, sq).squeeze(-1).transpose(1, 2) * qk_scale  # (b, h, sq)
+    if causal:
+        rows = torch.arange(sq, device=q.device)[:, None]
+        visible = torch.arange(sk, device=q.device)[None, :] <= rows + (sk - sq)
+    m = torch.full((b, h, sq), float("-inf"), device=q.device)
+    l = torch.zeros((b, h, sq), device=q.device)
+    acc = torch.zeros((b, h, sq, d), device=q.device)
+    for j, n0 in enumerate(range(0, sk, cfg.block_n)):
+        n1 = min(sk, n0 + cfg.block_n)
+        s = (q @ k[:, :, n0:n1].transpose(-1, -2)) * (row_scale * k_scale[:, :, j, None])[..., None]
+        if causal:
+            s = s.masked_fill(~visible[:, n0:n1], float("-inf"))
+        m_new = torch.maximum(m, s.amax(dim=-1))
+        m_safe = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)
+        p = torch.exp2(s - (m_safe - P_LOG2_OFFSET)[..., None])
+        alpha = torch.exp2(m - m_safe)
+        l = l * alpha + p.sum(dim=-1)
+        pv = p.to(cfg.dtype).float() @ v_t[..., n0:n1].transpose(-1, -2)
+        acc = acc * alpha[..., None] + pv * v_scale[:, :, j, None, None]
+        m = m_new
+    empty = l == 0  # rows that see no key (causal, seqlen_q > seqlen_k); NaN rows stay NaN
+    out = torch.where(empty[..., None], torch.zeros_like(acc), acc / l[..., None])
+    lse = torch.where(empty, torch.full_like(l, float("inf")), (m + torch.log2(l) - P_LOG2_OFFSET) * LN2)
+    return out.transpose(1, 2), lse
+
+
+def fp8_attention_ref(q, k, v, causal=False, softmax_scale=None, config: FP8Config = FP8Config()):
+    """FP8 attention in plain PyTorch (pre-pass + forward, as the kernels compute it): (out fp32, lse fp32)."""
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    return fp8_forward_ref(quantize_qkv_ref(q, k, v, config), scale, causal)

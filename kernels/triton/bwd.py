@@ -1,0 +1,243 @@
+"""FlashAttention backward in Triton: delta preprocess, a dK/dV kernel over query blocks, and dQ.
+
+P is recomputed from the saved LSE, so `out` and `lse` may come from any
+forward (the FP8 forward uses this as its straight-through backward).
+
+- Preprocess: delta = rowsum(dO * O) and the LSE in log2 units, padded to a
+  whole number of query blocks with +inf (padded rows then get P = 0 and need
+  no mask).
+- dK/dV: one program per (key block, batch, kv head) walks the query blocks of
+  every query head in its GQA group, so the group's sum needs no atomics.
+- dQ: either its own kernel, one program per (query block, batch, head) walking
+  the key blocks (deterministic), or accumulated in float32 by the dK/dV kernel
+  with TMA reduce-adds (two fewer matmuls per tile; the order of the adds, so
+  the rounding, varies from run to run).
+
+Tiles past seqlen_k or seqlen_q load as zeros (see `head_view`): padded keys
+only touch dK/dV rows that are never stored and add ds * 0 to dQ, and padded
+queries get P = 0 from their +inf LSE, so sequence tails need no mask.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton.fwd import (LOG2E, bsh_strides, head_view, interpreting, kv_block_range, set_descriptor_allocator,
+                                to_operand)
+from kernels.triton.tiles import BwdTiles, bwd_tiles, padded_head_dim
+
+PREPROCESS_BLOCK_M = 64
+LOG2E_JIT = tl.constexpr(LOG2E)
+
+
+# Run-time sizes are not specialized on (divisibility by 16, == 1), except the
+# padded row stride of lse2/delta, a multiple of 64 that keeps their loads vectorized.
+@triton.jit(do_not_specialize=["seqlen_q", "nheads", "head_dim"])
+def _bwd_preprocess_kernel(o_ptr, do_ptr, lse_ptr, lse2_ptr, delta_ptr, o_strides, do_strides,
+                           seqlen_q, seqlen_q_pad, nheads, head_dim, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    batch = bh // nheads
+    head = bh % nheads
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    o_desc = head_view(o_ptr, o_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+    do_desc = head_view(do_ptr, do_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+    o = o_desc.load([start_m, 0]).to(tl.float32)
+    do = do_desc.load([start_m, 0]).to(tl.float32)
+    lse = tl.load(lse_ptr + bh * seqlen_q + offs_m, mask=offs_m < seqlen_q, other=float("inf"))
+    tl.store(lse2_ptr + bh * seqlen_q_pad + offs_m, lse * LOG2E_JIT)
+    tl.store(delta_ptr + bh * seqlen_q_pad + offs_m, tl.sum(o * do, 1))
+
+
+@triton.jit
+def q_block_range(start_n, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """Query range for keys [start_n, start_n + BLOCK_N): [lo, full_start) needs the causal mask, [full_start, end) not."""
+    end = tl.cdiv(seqlen_q, BLOCK_M) * BLOCK_M
+    lo = 0
+    full_start = 0
+    if CAUSAL:
+        shift = seqlen_k - seqlen_q  # row i sees key j iff j <= i + shift
+        lo = tl.minimum(tl.maximum(start_n - shift, 0) // BLOCK_M * BLOCK_M, end)
+        full_start = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - shift, 0), BLOCK_M) * BLOCK_M
+        full_start = tl.minimum(tl.maximum(full_start, lo), end)
+    return lo, full_start, end
+
+
+@triton.jit
+def _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, dq_desc, dq_rows_ptr, dq_row_stride, row_base,
+                offs_n, lo, hi, seqlen_q, seqlen_k, qk_scale, softmax_scale,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+                ATOMIC_DQ: tl.constexpr, UPCAST: tl.constexpr):
+    dtype = q_desc.dtype
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = q_desc.load([start_m, 0])
+        do = do_desc.load([start_m, 0])
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        lse2 = tl.load(lse2_ptr + row_base + offs_m)
+        delta = tl.load(delta_ptr + row_base + offs_m)
+        p_t = tl.math.exp2(tl.dot(k, q.T) * qk_scale - lse2[None, :])  # (keys, rows)
+        if MASKED and CAUSAL:
+            p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + (seqlen_k - seqlen_q), p_t, 0.0)
+        dv = tl.dot(to_operand(p_t, dtype, UPCAST), do, dv)
+        ds_t = to_operand(p_t * (tl.dot(v, do.T) - delta[None, :]), dtype, UPCAST)
+        dk = tl.dot(ds_t, q, dk)
+        if ATOMIC_DQ:
+            dq = tl.dot(ds_t.T, k) * softmax_scale
+            if UPCAST:  # the interpreter has no descriptor atomics
+                ptrs = dq_rows_ptr + offs_m.to(tl.int64)[:, None] * dq_row_stride + tl.arange(0, HEAD_DIM)[None, :]
+                tl.atomic_add(ptrs, dq, mask=(offs_m < seqlen_q)[:, None], sem="relaxed")
+            else:  # one TMA reduce-add per tile
+                dq_desc.atomic_add([start_m, 0], dq)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "nheads_kv", "head_dim"])
+def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delta_ptr, dq_ptr,
+                     q_strides, k_strides, v_strides, do_strides, dk_strides, dv_strides, dq_strides,
+                     seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                     ATOMIC_DQ: tl.constexpr, UPCAST: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    batch = bh // nheads_kv
+    kv_head = bh % nheads_kv
+    group = nheads // nheads_kv
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = head_view(k_ptr, k_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM).load([start_n, 0])
+    v = head_view(v_ptr, v_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM).load([start_n, 0])
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    lo, full_start, end = q_block_range(start_n, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    for g in range(group):
+        head = kv_head * group + g
+        q_desc = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+        do_desc = head_view(do_ptr, do_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+        row_base = (batch * nheads + head) * seqlen_q_pad
+        dq_desc = None
+        dq_rows_ptr = None
+        if ATOMIC_DQ:  # dq_ptr: float32 (batch, seqlen_q, nheads, HEAD_DIM) accumulator
+            if UPCAST:
+                dq_rows_ptr = dq_ptr + batch.to(tl.int64) * dq_strides[0] + head * dq_strides[2]
+            else:
+                dq_desc = head_view(dq_ptr, dq_strides, batch, head, seqlen_q, HEAD_DIM, BLOCK_M, HEAD_DIM)
+        dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, dq_desc, dq_rows_ptr,
+                             dq_strides[1], row_base, offs_n, lo, full_start, seqlen_q, seqlen_k, qk_scale,
+                             softmax_scale, HEAD_DIM, BLOCK_M, CAUSAL, True, ATOMIC_DQ, UPCAST)
+        dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, dq_desc, dq_rows_ptr,
+                             dq_strides[1], row_base, offs_n, full_start, end, seqlen_q, seqlen_k, qk_scale,
+                             softmax_scale, HEAD_DIM, BLOCK_M, CAUSAL, False, ATOMIC_DQ, UPCAST)
+    dk_desc = head_view(dk_ptr, dk_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
+    dv_desc = head_view(dv_ptr, dv_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
+    dk_desc.store([start_n, 0], to_operand(dk * softmax_scale, dk_desc.dtype, UPCAST).to(dk_desc.dtype))
+    dv_desc.store([start_n, 0], to_operand(dv, dv_desc.dtype, UPCAST).to(dv_desc.dtype))
+
+
+@triton.jit
+def _dq_steps(dq, q, do, lse2, delta, k_desc, v_desc, offs_m, lo, hi, seqlen_q, seqlen_k, qk_scale,
+              BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+    dtype = k_desc.dtype
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        k = k_desc.load([start_n, 0])
+        v = v_desc.load([start_n, 0])
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        p = tl.math.exp2(tl.dot(q, k.T) * qk_scale - lse2[:, None])
+        if MASKED and CAUSAL:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            p = tl.where(offs_n[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q), p, 0.0)
+        ds = to_operand(p * (tl.dot(do, v.T) - delta[:, None]), dtype, UPCAST)
+        dq = tl.dot(ds, k, dq)
+    return dq
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "nheads_kv", "head_dim"])
+def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse2_ptr, delta_ptr,
+                   q_strides, k_strides, v_strides, do_strides, dq_strides,
+                   seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
+                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                   UPCAST: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if CAUSAL:  # the last query blocks see the most keys: start them first
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    bh = tl.program_id(1)
+    batch = bh // nheads
+    head = bh % nheads
+    kv_head = head // (nheads // nheads_kv)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM).load([start_m, 0])
+    do = head_view(do_ptr, do_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM).load([start_m, 0])
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse2 = tl.load(lse2_ptr + bh * seqlen_q_pad + offs_m)
+    delta = tl.load(delta_ptr + bh * seqlen_q_pad + offs_m)
+    k_desc = head_view(k_ptr, k_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
+    v_desc = head_view(v_ptr, v_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    full_end, end = kv_block_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    dq = _dq_steps(dq, q, do, lse2, delta, k_desc, v_desc, offs_m, 0, full_end, seqlen_q, seqlen_k, qk_scale,
+                   BLOCK_N, CAUSAL, False, UPCAST)
+    dq = _dq_steps(dq, q, do, lse2, delta, k_desc, v_desc, offs_m, full_end, end, seqlen_q, seqlen_k, qk_scale,
+                   BLOCK_N, CAUSAL, True, UPCAST)
+    dq_desc = head_view(dq_ptr, dq_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+    dq_desc.store([start_m, 0], to_operand(dq * softmax_scale, dq_desc.dtype, UPCAST).to(dq_desc.dtype))
+
+
+def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False,
+                              tiles: BwdTiles | None = None):
+    """(dq, dk, dv) for validated inputs; lse (b, h, sq) float32 natural log, contiguous.
+
+    `deterministic` computes dQ in its own kernel (fixed summation order);
+    otherwise the tile table decides whether dQ is accumulated with atomics.
+    `tiles` overrides the tuned tile table (used by the tuning script).
+    """
+    batch, seqlen_q, nheads, head_dim = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    tiles = tiles or bwd_tiles(head_dim, causal, q.device)
+    atomic_dq = tiles.atomic_dq and not deterministic
+    d = padded_head_dim(head_dim)
+    pad = max(tiles.block_m, tiles.dq_block_m, PREPROCESS_BLOCK_M)
+    seqlen_q_pad = triton.cdiv(seqlen_q, pad) * pad
+    upcast = interpreting()
+    set_descriptor_allocator(q.device)
+
+    lse2 = torch.empty((batch, nheads, seqlen_q_pad), dtype=torch.float32, device=q.device)
+    delta = torch.empty_like(lse2)
+    _bwd_preprocess_kernel[(seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads)](
+        out, dout, lse, lse2, delta, bsh_strides(out), bsh_strides(dout), seqlen_q, seqlen_q_pad, nheads, head_dim,
+        HEAD_DIM=d, BLOCK_M=PREPROCESS_BLOCK_M,
+    )
+
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    # Padded to the tile's head dim so that the atomics need no column mask.
+    dq_accum = torch.zeros((batch, seqlen_q, nheads, d), dtype=torch.float32, device=q.device) if atomic_dq else None
+    qk_scale = softmax_scale * LOG2E
+    _bwd_dkdv_kernel[(triton.cdiv(seqlen_k, tiles.block_n), batch * nheads_kv)](
+        q, k, v, dout, dk, dv, lse2, delta, dq_accum,
+        bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout), bsh_strides(dk), bsh_strides(dv),
+        bsh_strides(dq_accum) if atomic_dq else (0, 0, 0),
+        seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
+        HEAD_DIM=d, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal, ATOMIC_DQ=atomic_dq, UPCAST=upcast,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )
+    if atomic_dq:
+        return dq_accum[..., :head_dim].to(q.dtype), dk, dv
+
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    _bwd_dq_kernel[(triton.cdiv(seqlen_q, tiles.dq_block_m), batch * nheads)](
+        q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),
+        bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
+        HEAD_DIM=d, BLOCK_M=tiles.dq_block_m, BLOCK_N=tiles.dq_block_n, CAUSAL=causal, UPCAST=upcast,
+        num_warps=tiles.dq_num_warps, num_stages=tiles.dq_num_stages,
+    )
+    return dq, dk, dv

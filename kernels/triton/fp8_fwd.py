@@ -1,0 +1,149 @@
+"""FP8 attention forward kernel: consumes the pre-pass's FP8QKV, writes bf16/fp16 out and fp32 LSE.
+
+Per query tile and key tile (the key tile is exactly one K/V scale block):
+  S = (Q8 K8ᵀ) · (q_scale · k_scale · softmax_scale · log2 e)   fp32 accumulate
+  online softmax in the exp2 domain, P = exp2(S - m + 8) <= 256 cast to fp8
+  acc = acc · alpha · (u / v_scale) + P8 V8,  u := v_scale
+The accumulator is kept in units of the latest V scale u, so V's per-block
+scale costs one scalar per row-rescale instead of a multiply per element, and
+is applied exactly in fp32 (folding it into P's columns before the cast would
+push P out of fp8's normal range). O = acc · u / l, where l sums the fp32 P;
+the 2**8 cancels there and in LSE = (m + log2 l - 8) · ln 2.
+"""
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from kernels.quant import FP8QKV, LN2, LOG2E, P_LOG2_OFFSET
+from kernels.triton.fp8_quant import FP8_TL_DTYPES, INTERPRET, to_fp8
+
+
+# (block_m, num_warps, num_stages) keyed on head dim; the key tile is always config.block_n.
+# H200 choices (experiments/tune_fp8.py; log in docs/fp8.md).
+FWD_TILES_SM90 = {64: (128, 8, 3), 128: (128, 8, 2), 256: (128, 8, 2)}
+FWD_TILES_GENERIC = {64: (64, 4, 2), 128: (64, 4, 2), 256: (64, 4, 1)}
+# Interpreter: query tiles smaller than the scale block, so tests cover the block -> tile mapping.
+FWD_TILES_INTERPRETER = (32, 4, 1)
+_P_OFFSET = tl.constexpr(P_LOG2_OFFSET)
+_LN2 = tl.constexpr(LN2)
+
+
+def fwd_tiles(head_dim: int, device: torch.device):
+    if device.type != "cuda":
+        return FWD_TILES_INTERPRETER
+    table = FWD_TILES_SM90 if torch.cuda.get_device_capability(device) == (9, 0) else FWD_TILES_GENERIC
+    return table[head_dim]
+
+
+@triton.jit
+def _fp8_fwd_tiles(acc, l_i, m_i, v_unit, q, desc_k, desc_v, KS, VS,
+                   b, hk, offs_m, qk_scale, n_start, n_end, seqlen_q, seqlen_k,
+                   BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+                   P_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+    """Key tiles [n_start, n_end) (multiples of BLOCK_N); MASK applies the causal and seqlen_k masks."""
+    for n0 in range(n_start, n_end, BLOCK_N):
+        n0 = tl.multiple_of(n0, BLOCK_N)
+        k = desc_k.load([b, n0, hk, 0]).reshape(BLOCK_N, HEAD_DIM)
+        s = tl.dot(q, k.T)
+        tile = n0 // BLOCK_N
+        s = s * (qk_scale * tl.load(KS + tile))
+        if MASK:
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            visible = offs_n[None, :] < seqlen_k
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row with no visible key yet keeps m = -inf; shift it by 0 so that P = 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - (m_safe - _P_OFFSET)[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_scale = tl.load(VS + tile)
+        acc = acc * (alpha * (v_unit / v_scale))[:, None]
+        v = desc_v.load([b, hk, 0, n0]).reshape(HEAD_DIM, BLOCK_N)
+        p8 = to_fp8(p, P_DTYPE, INTERPRET)
+        acc = tl.dot(p8, v.T, acc)
+        v_unit = v_scale
+        m_i = m_new
+    return acc, l_i, m_i, v_unit
+
+
+@triton.jit
+def _fp8_fwd_kernel(desc_q, desc_k, desc_v, desc_o, QS, KS, VS, Lse,
+                    nheads, group, seqlen_q, seqlen_k, nblocks_q, nblocks_k, qk_scale,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCALE_BLOCK_M: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                    P_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // nheads
+    h = bh % nheads
+    hk = h // group
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+
+    q = desc_q.load([b, m0, h, 0]).reshape(BLOCK_M, HEAD_DIM)
+    # The query tile lies inside one scale block (BLOCK_M divides SCALE_BLOCK_M).
+    q_scale = tl.load(QS + bh * nblocks_q + m0 // SCALE_BLOCK_M)
+    row_qk_scale = q_scale * qk_scale
+    KS += (b * (nheads // group) + hk) * nblocks_k
+    VS += (b * (nheads // group) + hk) * nblocks_k
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    v_unit = tl.full((), 1.0, tl.float32)
+
+    # Key tiles every row of this query tile sees whole run unmasked; the rest
+    # (causal diagonal, seqlen_k tail) are masked.
+    full_end = (seqlen_k // BLOCK_N) * BLOCK_N
+    end = seqlen_k
+    if CAUSAL:
+        first_row_last_key = m0 + seqlen_k - seqlen_q  # keys <= this are visible to every row
+        full_end = tl.minimum(full_end, (tl.maximum(first_row_last_key + 1, 0) // BLOCK_N) * BLOCK_N)
+        end = tl.minimum(end, tl.maximum(m0 + BLOCK_M + seqlen_k - seqlen_q, 0))
+    acc, l_i, m_i, v_unit = _fp8_fwd_tiles(acc, l_i, m_i, v_unit, q, desc_k, desc_v, KS, VS,
+                                           b, hk, offs_m, row_qk_scale, 0, full_end, seqlen_q, seqlen_k,
+                                           BLOCK_N, HEAD_DIM, False, CAUSAL, P_DTYPE, INTERPRET)
+    acc, l_i, m_i, v_unit = _fp8_fwd_tiles(acc, l_i, m_i, v_unit, q, desc_k, desc_v, KS, VS,
+                                           b, hk, offs_m, row_qk_scale, full_end, end, seqlen_q, seqlen_k,
+                                           BLOCK_N, HEAD_DIM, True, CAUSAL, P_DTYPE, INTERPRET)
+
+    # Rows that see no key (causal, seqlen_q > seqlen_k) get out 0 and lse +inf; NaN rows stay NaN.
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc * tl.where(empty, 0.0, v_unit / l_safe)[:, None]
+    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe) - _P_OFFSET) * _LN2)
+    desc_o.store([b, m0, h, 0], out.to(desc_o.dtype).reshape(1, BLOCK_M, 1, HEAD_DIM))
+    tl.store(Lse + bh * seqlen_q + offs_m, lse, mask=offs_m < seqlen_q)
+
+
+def fp8_attention_forward_triton(x: FP8QKV, softmax_scale: float, causal: bool, out_dtype: torch.dtype,
+                                 tiles=None):
+    """Run the forward on pre-pass outputs: (out (batch, seqlen_q, nheads, headdim) in out_dtype, lse fp32 (batch, nheads, seqlen_q)).
+
+    tiles: (block_m, num_warps, num_stages) to override the table (tuning).
+    """
+    cfg = x.config
+    b, sq, h, d = x.q.shape
+    sk, hk = x.seqlen_k, x.k.shape[2]
+    block_m, num_warps, num_stages = tiles or fwd_tiles(d, x.q.device)
+    block_m = min(block_m, cfg.block_m)
+    block_n = cfg.block_n
+    out = torch.empty(b, sq, h, d, dtype=out_dtype, device=x.q.device)
+    lse = torch.empty(b, h, sq, dtype=torch.float32, device=x.q.device)
+    desc_q = TensorDescriptor(x.q, list(x.q.shape), list(x.q.stride()), [1, block_m, 1, d])
+    desc_k = TensorDescriptor(x.k, list(x.k.shape), list(x.k.stride()), [1, block_n, 1, d])
+    desc_v = TensorDescriptor(x.v_t, list(x.v_t.shape), list(x.v_t.stride()), [1, 1, d, block_n])
+    desc_o = TensorDescriptor(out, list(out.shape), list(out.stride()), [1, block_m, 1, d])
+    grid = (triton.cdiv(sq, block_m), b * h)
+    _fp8_fwd_kernel[grid](
+        desc_q, desc_k, desc_v, desc_o, x.q_scale, x.k_scale, x.v_scale, lse,
+        h, h // hk, sq, sk, x.q_scale.shape[2], x.k_scale.shape[2], softmax_scale * LOG2E,
+        BLOCK_M=block_m, BLOCK_N=block_n, SCALE_BLOCK_M=cfg.block_m, HEAD_DIM=d, CAUSAL=causal,
+        P_DTYPE=FP8_TL_DTYPES[cfg.dtype], INTERPRET=INTERPRET,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out, lse

@@ -1,0 +1,207 @@
+"""FlashAttention forward in Triton: one program per (query block, batch, head), online softmax in exp2.
+
+The jitted helpers here (`head_view`, `kv_block_range`, `causal_keep`,
+`online_softmax`, `softmax_epilogue`, `to_operand`) are shared with the backward and the FP8
+forward; keep their names and signatures stable.
+
+Tiles move through tensor descriptors (TMA on Hopper, plain loads elsewhere and
+in the interpreter), one 2-D descriptor per (batch, head) slice: loads past the
+sequence end or past headdim read zeros and stores there are dropped, so tails
+need no pointer masks and any head dim that is a multiple of 8 runs on the
+next power-of-two tile.
+
+Scores stay in the log2 domain: the softmax scale times log2(e) is folded into
+one multiply so that exp2 replaces exp. The key loop is split in two: key
+blocks that every query row of the block sees in full (no mask), then the few
+blocks on the causal diagonal or the sequence tail (masked).
+"""
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+from kernels.triton.tiles import FwdTiles, fwd_tiles, padded_head_dim
+
+LOG2E = 1.4426950408889634
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def head_view(ptr, strides, batch, head, seqlen, head_dim, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Descriptor of (ROWS, HEAD_DIM) tiles over one (batch, head) slice of a (batch, seqlen, heads, headdim) tensor.
+
+    `strides` are the tensor's (batch, seqlen, heads) strides; headdim is contiguous.
+    """
+    base = ptr + batch.to(tl.int64) * strides[0] + head.to(tl.int64) * strides[2]
+    return tl.make_tensor_descriptor(base, shape=[seqlen, head_dim], strides=[strides[1], 1],
+                                     block_shape=[ROWS, HEAD_DIM])
+
+
+@triton.jit
+def to_operand(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
+    """`x` rounded to `dtype` (bf16/fp16), round-to-nearest-even, as a tensor-core operand or for a store.
+
+    Under the interpreter (UPCAST) the value stays float32, since its dot has no
+    bf16/fp16, and the rounding is done here on the bits because the
+    interpreter's own float32 -> bf16 cast truncates. (fp16 range limits are
+    not emulated there.)
+    """
+    if UPCAST:
+        DROP: tl.constexpr = 16 if dtype == tl.bfloat16 else 13  # float32 mantissa bits the target lacks
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + ((1 << (DROP - 1)) - 1) + ((bits >> DROP) & 1)
+        return ((bits >> DROP) << DROP).to(tl.float32, bitcast=True)
+    else:
+        return x.to(dtype)
+
+
+@triton.jit
+def kv_block_range(start_m, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CAUSAL: tl.constexpr):
+    """Key range for query rows [start_m, start_m + BLOCK_M): [0, full_end) needs no mask, [full_end, end) does.
+
+    Causal masks are bottom-right aligned: row i sees key j iff j <= i + seqlen_k - seqlen_q.
+    """
+    full_end = seqlen_k // BLOCK_N * BLOCK_N
+    end = seqlen_k
+    if CAUSAL:
+        first_row_last_key = start_m + seqlen_k - seqlen_q  # last key the block's first row sees
+        full_end = tl.minimum(full_end, tl.maximum(first_row_last_key + 1, 0) // BLOCK_N * BLOCK_N)
+        end = tl.maximum(tl.minimum(end, first_row_last_key + BLOCK_M), full_end)
+    return full_end, end
+
+
+@triton.jit
+def causal_keep(offs_m, offs_n, seqlen_q, seqlen_k, CAUSAL: tl.constexpr):
+    """(rows, keys) mask of the scores to keep: keys inside the sequence and, if causal, not in the future."""
+    keep = offs_n[None, :] < seqlen_k
+    if CAUSAL:
+        keep = keep & (offs_n[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
+    return keep
+
+
+@triton.jit
+def online_softmax(qk, m_i, l_i, qk_scale, MASKED: tl.constexpr):
+    """One step of the online softmax on raw scores `qk` (masked entries -inf).
+
+    Returns p = exp2(qk * qk_scale - m_new), the rescale factor alpha for the
+    running output, and the new running max m (log2 domain) and row sum l.
+    """
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    if MASKED:
+        # A row that has seen no key yet keeps m = -inf: subtract 0 so exp2 gives 0, not NaN.
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_sub = m_new
+    p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
+    l_new = l_i * alpha + tl.sum(p, 1)
+    return p, alpha, m_new, l_new
+
+
+@triton.jit
+def softmax_epilogue(acc, m_i, l_i):
+    """Normalized output and natural-log LSE; rows that saw no key get 0 and +inf (FlashAttention's convention)."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+    return out, lse
+
+
+@triton.jit
+def _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, lo, hi, seqlen_q, seqlen_k, qk_scale,
+            BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+    dtype = k_desc.dtype
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        k = k_desc.load([start_n, 0])
+        if UPCAST:
+            k = k.to(tl.float32)
+        qk = tl.dot(q, k.T)
+        if MASKED:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            qk = tl.where(causal_keep(offs_m, offs_n, seqlen_q, seqlen_k, CAUSAL), qk, float("-inf"))
+        p, alpha, m_i, l_i = online_softmax(qk, m_i, l_i, qk_scale, MASKED)
+        v = v_desc.load([start_n, 0])
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = tl.dot(to_operand(p, dtype, UPCAST), v, acc * alpha[:, None])
+    return acc, m_i, l_i
+
+
+# Run-time sizes are not specialized on (divisibility by 16, == 1): one compiled
+# kernel serves every sequence length and head count.
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "group", "head_dim"])
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, v_strides, o_strides,
+                     seqlen_q, seqlen_k, nheads, group, head_dim, qk_scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     CAUSAL: tl.constexpr, UPCAST: tl.constexpr):
+    pid_m = tl.program_id(0)
+    if CAUSAL:  # the last query blocks see the most keys: start them first
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    bh = tl.program_id(1)
+    batch = bh // nheads
+    head = bh % nheads
+    kv_head = head // group
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+
+    q_desc = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+    k_desc = head_view(k_ptr, k_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
+    v_desc = head_view(v_ptr, v_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
+    q = q_desc.load([start_m, 0])
+    if UPCAST:
+        q = q.to(tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    full_end, end = kv_block_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, 0, full_end, seqlen_q, seqlen_k, qk_scale,
+                            BLOCK_N, CAUSAL, False, UPCAST)
+    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, full_end, end, seqlen_q, seqlen_k, qk_scale,
+                            BLOCK_N, CAUSAL, True, UPCAST)
+
+    out, lse = softmax_epilogue(acc, m_i, l_i)
+    o_desc = head_view(o_ptr, o_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+    o_desc.store([start_m, 0], to_operand(out, o_desc.dtype, UPCAST).to(o_desc.dtype))
+    tl.store(lse_ptr + bh * seqlen_q + offs_m, lse, mask=offs_m < seqlen_q)
+
+
+def interpreting() -> bool:
+    """Whether these kernels run in Triton's numpy interpreter (TRITON_INTERPRET=1 when they were defined).
+
+    Its dot has no bf16/fp16, so the kernels upcast their dot operands there.
+    """
+    return isinstance(_attn_fwd_kernel, InterpretedFunction)
+
+
+def set_descriptor_allocator(device: torch.device):
+    """In-kernel descriptors need a small global scratch buffer; Triton's allocator is per thread, so set it per launch."""
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
+
+
+def bsh_strides(t: torch.Tensor):
+    """(batch, seqlen, heads) strides of a (batch, seqlen, heads, headdim) tensor."""
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: FwdTiles | None = None):
+    """(out, lse) for validated q (b, sq, h, d), k/v (b, sk, hkv, d); lse (b, h, sq) float32, natural log.
+
+    `tiles` overrides the tuned tile table (used by the tuning script).
+    """
+    batch, seqlen_q, nheads, head_dim = q.shape
+    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    tiles = tiles or fwd_tiles(head_dim, causal, q.device)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
+    set_descriptor_allocator(q.device)
+    _attn_fwd_kernel[(triton.cdiv(seqlen_q, tiles.block_m), batch * nheads)](
+        q, k, v, out, lse, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(out),
+        seqlen_q, seqlen_k, nheads, nheads // nheads_kv, head_dim, softmax_scale * LOG2E,
+        HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
+        UPCAST=interpreting(), num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+    )
+    return out, lse

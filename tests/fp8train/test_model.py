@@ -1,0 +1,122 @@
+"""GPT shapes, weight tying, positions (learned vs rotary) and the attention backends against float64."""
+import math
+
+import pytest
+import torch
+
+from fp8train import attention
+from fp8train.config import ModelConfig
+from fp8train.model import GPT, apply_rotary, rotary_tables
+from kernels.reference import attention_ref
+
+
+def model_cfg(**kw):
+    return ModelConfig(**{"vocab_size": 50, "n_layer": 2, "n_head": 2, "d_model": 16, "block_size": 12, **kw})
+
+
+def make(backend="sdpa", **kw):
+    torch.manual_seed(0)
+    return GPT(model_cfg(**kw), attention.build(backend, {}))
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_shapes_and_loss(positions):
+    model = make(positions=positions)
+    idx = torch.randint(50, (3, 12))
+    assert model(idx).shape == (3, 12, 50)
+    loss = model(idx, torch.randint(50, (3, 12)))
+    # Near-uniform predictions at init: loss close to log(vocab).
+    assert abs(loss.item() - math.log(50)) < 0.2
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.randint(50, (1, 13)))
+
+
+def test_weight_tying():
+    tied, untied = make(), make(tie_weights=False)
+    assert tied.lm_head.weight is tied.tok_emb.weight
+    assert untied.lm_head.weight is not untied.tok_emb.weight
+    assert untied.num_params(False) - tied.num_params(False) == 50 * 16
+    # Non-embedding count (MFU's N): drops positions, and the token table only when untied.
+    assert tied.num_params() == tied.num_params(False) - 12 * 16
+    assert untied.num_params() == untied.num_params(False) - 12 * 16 - 50 * 16
+
+
+def test_rotary_has_no_position_table_and_sees_order():
+    model = make(positions="rotary")
+    assert model.pos_emb is None and "rope_cos" not in model.state_dict()
+    idx = torch.randint(50, (1, 12))
+    # Causal: position 0's output cannot depend on later tokens, and shifting inputs changes outputs.
+    out = model(idx)
+    changed = idx.clone()
+    changed[0, 5] = (idx[0, 5] + 1) % 50
+    assert torch.allclose(model(changed)[0, :5], out[0, :5], atol=1e-6)
+    assert not torch.allclose(model(changed)[0, 5:], out[0, 5:])
+
+
+def test_rotary_matches_complex_rotation_and_is_relative():
+    torch.manual_seed(1)
+    head_dim, seq = 8, 10
+    cos, sin = rotary_tables(seq, head_dim, 10000.0)
+    x = torch.randn(2, seq, 3, head_dim, dtype=torch.float64)
+    got = apply_rotary(x.float(), cos, sin).double()
+    # Reference: pairs (i, i + d/2) as complex numbers times exp(i * pos * theta^(-2i/d)).
+    freqs = 10000.0 ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angle = torch.arange(seq, dtype=torch.float64)[:, None] * freqs
+    z = torch.complex(x[..., : head_dim // 2], x[..., head_dim // 2:]) * torch.polar(torch.ones_like(angle), angle)[:, None]
+    want = torch.cat((z.real, z.imag), dim=-1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # q.k after rotation depends on the position difference only.
+    q, k = torch.randn(head_dim), torch.randn(head_dim)
+    rot = lambda v, p: apply_rotary(v.expand(1, seq, 1, head_dim).contiguous(), cos, sin)[0, p, 0]
+    assert torch.allclose(rot(q, 3) @ rot(k, 1), rot(q, 7) @ rot(k, 5), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_backend_matches_float64(backend, causal):
+    torch.manual_seed(2)
+    q = torch.randn(2, 9, 4, 16)
+    k, v = torch.randn(2, 9, 2, 16), torch.randn(2, 9, 2, 16)  # GQA: 2 kv heads for 4 query heads
+    out = attention.build(backend, {})(q, k, v, causal)
+    want, _ = attention_ref(q, k, v, causal=causal)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out.double(), want, atol=2e-6, rtol=2e-6)
+
+
+def test_backends_give_the_same_model_gradients():
+    idx = torch.randint(50, (2, 12))
+    grads = []
+    for backend in ("reference", "sdpa"):
+        model = make(backend)
+        model(idx, idx).backward()
+        grads.append(model.blocks[0].attn.qkv.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_registry_names_and_options():
+    @attention.register("test_scaled")
+    def _scaled(factor: float = 1.0):
+        sdpa = attention.build("sdpa", {})
+        return lambda q, k, v, causal: sdpa(q, k, v, causal) * factor
+
+    try:
+        q = torch.randn(1, 4, 2, 8)
+        out = attention.build("test_scaled", {"factor": 2.0})(q, q, q, True)
+        torch.testing.assert_close(out, 2 * attention.build("sdpa", {})(q, q, q, True))
+        with pytest.raises(attention.ConfigError, match="attention.options"):
+            attention.build("test_scaled", {"bogus": 1})
+        with pytest.raises(ValueError, match="already registered"):
+            attention.register("sdpa")(lambda: None)
+    finally:
+        attention._FACTORIES.pop("test_scaled")
+
+
+def test_gpt2_presets_have_their_published_sizes():
+    # Built on the meta device: shapes without memory.
+    sizes = {}
+    for name, kw in {"gpt2": {}, "gpt2_medium": dict(n_layer=24, n_head=16, d_model=1024),
+                     "gpt_1p3b": dict(n_layer=24, n_head=16, d_model=2048, block_size=2048, positions="rotary")}.items():
+        cfg = model_cfg(**{"vocab_size": 50304, "n_layer": 12, "n_head": 12, "d_model": 768, "block_size": 1024, **kw})
+        with torch.device("meta"):
+            sizes[name] = GPT(cfg, attention.build("sdpa", {})).num_params(False) / 1e6
+    assert 123 < sizes["gpt2"] < 125 and 353 < sizes["gpt2_medium"] < 356 and 1300 < sizes["gpt_1p3b"] < 1320

@@ -1,0 +1,135 @@
+"""Gluon (Hopper) attention forward against the float64 reference, on an sm_90 GPU.
+
+FA-style tolerance: the kernel's max error against float64 must stay within
+twice PyTorch's own bf16/fp16 attention error plus a small eps. Outputs are
+poisoned with NaN before every launch, so an unwritten element fails.
+"""
+import pytest
+import torch
+
+from kernels.reference import attention_ref
+
+pytestmark = [pytest.mark.gpu, pytest.mark.hopper]
+
+SHAPES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_kv
+    (2, 113, 203, 4, 4),
+    (1, 1000, 517, 6, 2),  # causal: the first 483 query rows see no key
+    (1, 517, 1000, 4, 1),
+    (3, 256, 256, 2, 2),
+    (1, 2049, 2049, 2, 1),
+    (1, 1, 1, 1, 1),
+]
+
+
+def _inputs(b, sq, sk, h, h_kv, d, dtype):
+    seed = torch.seed()
+    q = torch.randn(b, sq, h, d, device="cuda", dtype=dtype)
+    k = torch.randn(b, sk, h_kv, d, device="cuda", dtype=dtype)
+    v = torch.randn(b, sk, h_kv, d, device="cuda", dtype=dtype)
+    return seed, q, k, v
+
+
+def _poisoned(run, out_shape, out_dtype):
+    """Call run() with freshly freed NaN-filled blocks of out's and lse's sizes, which the caching
+    allocator hands to the kernel's outputs; checks that it did."""
+    b, sq, h, _ = out_shape
+    out_poison = torch.full(out_shape, float("nan"), device="cuda", dtype=out_dtype)
+    lse_poison = torch.full((b, h, sq), float("nan"), device="cuda")
+    ptrs = out_poison.data_ptr(), lse_poison.data_ptr()
+    del out_poison, lse_poison
+    out, lse = run()
+    assert (out.data_ptr(), lse.data_ptr()) == ptrs, "outputs did not land on the poisoned blocks"
+    return out, lse
+
+
+def _poisoned_forward(q, k, v, causal, **switches):
+    from kernels.gluon import attention_forward
+    return _poisoned(lambda: attention_forward(q, k, v, None, causal, **switches), q.shape, q.dtype)
+
+
+def _check(out, lse, q, k, v, causal, seed):
+    out_ref, lse_ref = attention_ref(q, k, v, causal)
+    out_pt, _ = attention_ref(q, k, v, causal, dtype=q.dtype)
+    err = (out.double() - out_ref).abs().max().item()
+    err_pt = (out_pt.double() - out_ref).abs().max().item()
+    assert err <= 2 * err_pt + 1e-5, f"seed {seed}: max |out - ref| {err:.3e} vs PyTorch {err_pt:.3e}"
+    assert torch.equal(torch.isinf(lse), torch.isinf(lse_ref)), f"seed {seed}: +inf LSE rows differ"
+    finite = torch.isfinite(lse_ref)
+    lse_err = (lse.double() - lse_ref)[finite].abs().max().item() if finite.any() else 0.0
+    assert lse_err <= 1e-3, f"seed {seed}: max |lse - ref| {lse_err:.3e}"
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_forward_matches_reference(shape, causal, d):
+    b, sq, sk, h, h_kv = shape
+    seed, q, k, v = _inputs(b, sq, sk, h, h_kv, d, torch.bfloat16)
+    out, lse = _poisoned_forward(q, k, v, causal)
+    _check(out, lse, q, k, v, causal, seed)
+
+
+@pytest.mark.parametrize("switches", [dict(warp_specialize=False), dict(pipeline=False), dict(pingpong=False)],
+                         ids=["no_ws", "no_pipeline", "no_pingpong"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d", [64, 256])
+def test_ablation_switches_stay_correct(switches, causal, d):
+    b, sq, sk, h, h_kv = 2, 777, 1029, 4, 2
+    seed, q, k, v = _inputs(b, sq, sk, h, h_kv, d, torch.bfloat16)
+    out, lse = _poisoned_forward(q, k, v, causal, **switches)
+    _check(out, lse, q, k, v, causal, seed)
+
+
+@pytest.mark.parametrize("d", [40, 96, 200])
+def test_head_dims_between_tiles(d):
+    # Computed on the next tile head dim: TMA zero-fills the extra columns and clips them on store.
+    seed, q, k, v = _inputs(2, 301, 333, 4, 2, d, torch.bfloat16)
+    out, lse = _poisoned_forward(q, k, v, True)
+    _check(out, lse, q, k, v, True, seed)
+
+
+def test_float16_and_strided_inputs():
+    # q sliced out of a packed (b, s, 3, h, d) tensor: strided heads, still TMA-legal.
+    qkv = torch.randn(2, 300, 3, 4, 128, device="cuda", dtype=torch.float16)
+    q, k, v = qkv.unbind(2)
+    seed = torch.initial_seed()
+    out, lse = _poisoned_forward(q, k, v, True)
+    _check(out, lse, q, k, v, True, seed)
+
+
+def test_rejects_bad_inputs():
+    from kernels.gluon import attention_forward
+    q = torch.randn(1, 16, 2, 100, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="head dim"):
+        attention_forward(q, q, q)
+    q = torch.randn(1, 16, 2, 64, device="cuda", dtype=torch.float32)
+    with pytest.raises(TypeError):
+        attention_forward(q, q, q)
+    q = torch.randn(1, 16, 3, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 16, 2, 64, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="multiple"):
+        attention_forward(q, k, k)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_fp8_forward_matches_fp8_scheme(d, causal):
+    """FP8 forward on the pre-pass's outputs: as accurate as the FP8 scheme's own oracle and the Triton FP8 path."""
+    from kernels.gluon import fp8_attention_forward
+    from kernels.quant import FP8Config, fp8_forward_ref, quantize_qkv_ref
+    from kernels.triton.fp8_fwd import fp8_attention_forward_triton
+    seed, q, k, v = _inputs(2, 333, 517, 4, 2, d, torch.bfloat16)
+    x = quantize_qkv_ref(q, k, v, FP8Config())
+    scale = d ** -0.5
+    out, lse = _poisoned(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16), q.shape, torch.bfloat16)
+    exact, _ = attention_ref(q, k, v, causal)
+    out8, lse8 = fp8_forward_ref(x, scale, causal)
+    out_tr, _ = fp8_attention_forward_triton(x, scale, causal, torch.bfloat16)
+    err = (out.double() - exact).abs().max().item()
+    err8 = (out8.double() - exact).abs().max().item()
+    err_tr = (out_tr.double() - exact).abs().max().item()
+    assert err <= 1.25 * min(err8, err_tr) + 1e-3, f"seed {seed}: {err:.3e} vs scheme {err8:.3e}, triton {err_tr:.3e}"
+    assert torch.equal(torch.isinf(lse), torch.isinf(lse8)), f"seed {seed}: +inf LSE rows differ"
+    finite = torch.isfinite(lse8)
+    lse_err = (lse - lse8)[finite].abs().max().item()
+    assert lse_err <= 1e-3, f"seed {seed}: max |lse - fp8 scheme lse| {lse_err:.3e}"

@@ -1,0 +1,74 @@
+"""The Gluon kernels compile for sm_90a on a machine without a GPU, into the instructions FA3 relies on.
+
+Compiles run in one child process (`python -m kernels.gluon.report`): this
+process may run Triton in interpreter mode, under which Gluon cannot compile.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMEM_LIMIT = 227 * 1024  # sm_90 opt-in shared memory per block
+BARRIER_SLACK = 1024  # mbarriers and epilogue scratch on top of the buffers
+# (element bytes, head dim) -> (block_n, stages, O staged in Q's buffer); kernels.gluon.forward.TILE_CONFIGS.
+TILES = {(2, 64): (128, 3, False), (2, 128): (128, 2, False), (2, 256): (64, 2, True),
+         (1, 64): (128, 4, False), (1, 128): (128, 3, False), (1, 256): (128, 2, False)}
+BLOCK_M = 128
+
+
+def _names():
+    # Mirrors kernels.gluon.report.VARIANTS without importing triton here.
+    names = [f"bfloat16_hd{d}_{mask}_ws{ws}_pipe1_pp1" for d in (64, 128, 256) for mask in ("full", "causal")
+             for ws in (1, 0)]
+    names += ["bfloat16_hd128_full_ws1_pipe0_pp1", "bfloat16_hd128_full_ws1_pipe1_pp0"]
+    return names + [f"float8_e4m3fn_hd{d}_{mask}_ws1_pipe1_pp1" for d in (64, 128, 256) for mask in ("full", "causal")]
+
+
+@pytest.fixture(scope="module")
+def reports():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "kernels.gluon.report"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return {row["name"]: row for row in rows}
+
+
+@pytest.mark.parametrize("name", _names())
+def test_variant_compiles_to_wgmma_and_tma(reports, name):
+    assert name in reports, f"no report for {name}: {sorted(reports)}"
+    r = reports[name]
+    assert "error" not in r, r.get("error")
+    fp8 = name.startswith("float8")
+    elem = 1 if fp8 else 2
+    d = int(name.split("_hd")[1].split("_")[0])
+    ws = "_ws1_" in name
+    pipelined = "_pipe1_" in name
+    block_n, stages, o_in_q = TILES[(elem, d)]
+    consumers = 2 if ws else 1
+
+    # wgmma m64nNk(32 / elem) instructions per consumer: QK^T takes d / k steps, PV block_n / k;
+    # the pipelined loop holds one QK^T + PV pair plus the peeled QK^T and the trailing PV.
+    k = 32 // elem
+    per_pair = d // k + block_n // k
+    per_consumer = 2 * per_pair if pipelined else per_pair
+    assert r["ptx_wgmma"] == consumers * per_consumer, r
+    assert r["ptx_wgmma_fp8"] == (r["ptx_wgmma"] if fp8 else 0), r
+    assert r["sass_gmma"] == r["ptx_wgmma"], "wgmma must survive ptxas as HGMMA/QGMMA"
+    assert r["ptx_tma_load"] > 0 and r["sass_tma_load"] > 0, r
+    assert r["ptx_tma_store"] > 0 and r["sass_tma_store"] > 0, r
+
+    q_bytes = BLOCK_M * d * elem
+    o_bytes = 0 if o_in_q else BLOCK_M * d * 2  # O is 16-bit
+    expected = q_bytes + stages * 2 * block_n * d * elem + o_bytes
+    assert expected <= r["shared_bytes"] <= min(expected + BARRIER_SLACK, SMEM_LIMIT), r
+    if ws:
+        assert r["num_warps"] == 12, r  # 2 consumer warpgroups + the producer's warpgroup
+        assert 240 in r["setmaxnreg"] and 24 in r["setmaxnreg"], r
+    else:
+        assert r["num_warps"] == 8 and not r["setmaxnreg"], r

@@ -1,0 +1,155 @@
+"""FP8 quantization scheme (kernels.quant) and the Triton pre-pass kernel that must reproduce it."""
+import pytest
+import torch
+
+from kernels.quant import FP8Config, block_amax, check_qkv, dequantize, quantize_qkv_ref, rotate, rows_of
+from kernels.triton.fp8_quant import quantize_qkv_triton
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Mantissa bits and smallest normal exponent: a value's rounding error is at most
+# half an ulp, 2**-(mant+1) relative for normals and scale * 2**(min_exp-mant-1) below.
+FP8_GRID = {"e4m3": (3, -6), "e5m2": (2, -14)}
+
+
+def make_qkv(b, sq, sk, h, hk, d, seed=0, dtype=torch.bfloat16, device=DEVICE):
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(b, s, heads, d, generator=gen).to(dtype=dtype, device=device)
+                 for s, heads in ((sq, h), (sk, hk), (sk, hk)))
+
+
+def fp8_ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance in representable steps between two fp8 tensors of one format."""
+    def ordinal(x):
+        bits = x.view(torch.uint8).int()
+        mag = bits & 0x7F
+        return torch.where(bits >= 0x80, -mag, mag)
+    return (ordinal(a) - ordinal(b)).abs()
+
+
+def test_config_defaults_and_properties():
+    cfg = FP8Config()
+    assert (cfg.block_m, cfg.block_n, cfg.hadamard, cfg.granularity, cfg.fmt, cfg.seed) == (128, 128, True, "block",
+                                                                                            "e4m3", 0)
+    assert cfg.dtype == torch.float8_e4m3fn and cfg.fp8_max == 448.0
+    assert FP8Config(fmt="e5m2").fp8_max == 57344.0
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"block_m": 100}, "block_m"), ({"block_n": 16}, "block_n"), ({"block_m": 128.0}, "block_m"),
+    ({"granularity": "row"}, "granularity"), ({"fmt": "e4m3fnuz"}, "fmt"), ({"seed": -1}, "seed"),
+    ({"seed": 1.5}, "seed"), ({"hadamard": 1}, "hadamard"),
+])
+def test_config_rejects_bad_values(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        FP8Config(**kwargs)
+
+
+def test_input_checks():
+    q, k, v = make_qkv(1, 8, 8, 2, 2, 64, device="cpu")
+    with pytest.raises(TypeError, match="bfloat16 or float16"):
+        check_qkv(q.float(), k, v, FP8Config())
+    q96, k96, v96 = make_qkv(1, 8, 8, 2, 2, 96, device="cpu")
+    with pytest.raises(ValueError, match="power-of-two"):
+        check_qkv(q96, k96, v96, FP8Config())
+    with pytest.raises(ValueError, match="head dims"):
+        check_qkv(q96, k96, v96, FP8Config(hadamard=False))
+    with pytest.raises(ValueError, match="multiple of nheads_kv"):
+        check_qkv(*make_qkv(1, 8, 8, 3, 2, 64, device="cpu"), FP8Config())
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
+@pytest.mark.parametrize("granularity", ["block", "head", "tensor"])
+@pytest.mark.parametrize("hadamard", [True, False])
+def test_quantize_dequantize_error_bound(fmt, granularity, hadamard):
+    cfg = FP8Config(block_m=32, block_n=64, hadamard=hadamard, granularity=granularity, fmt=fmt, seed=7)
+    q, k, v = make_qkv(2, 70, 100, 4, 2, 64, seed=1, device="cpu")
+    q[0, 5, 1, 3] = 60.0  # an outlier, so that blocks differ
+    x = quantize_qkv_ref(q, k, v, cfg)
+    mant, min_exp = FP8_GRID[fmt]
+    exacts = (rotate(q, 7), rotate(k, 7)) if hadamard else (q.float(), k.float())
+    codes = (x.q, x.k, x.v_t[..., :100].permute(0, 3, 1, 2))
+    for exact, deq, code, scale, block in zip(exacts + (v.float(),), dequantize(x), codes,
+                                              (x.q_scale, x.k_scale, x.v_scale), (32, 64, 64)):
+        s = rows_of(scale, block, exact.shape[1])
+        bound = exact.abs() * 2.0 ** -(mant + 1) + s * 2.0 ** (min_exp - mant - 1)
+        assert ((deq - exact).abs() <= bound * (1 + 1e-6)).all()
+        # amax-based scales put each scale group's largest entry on fp8's largest value
+        amax = block_amax(code.float(), block)
+        if granularity == "block":
+            assert (amax == cfg.fp8_max).all()
+        else:
+            assert amax.max() == cfg.fp8_max
+
+
+def test_layouts_and_scale_granularity():
+    q, k, v = make_qkv(2, 70, 100, 4, 2, 64, device="cpu")
+    x = quantize_qkv_ref(q, k, v, FP8Config(block_m=32, block_n=64))
+    assert x.q.shape == (2, 70, 4, 64) and x.k.shape == (2, 100, 2, 64) and x.v_t.shape == (2, 2, 64, 112)
+    assert x.q_scale.shape == (2, 4, 3) and x.k_scale.shape == x.v_scale.shape == (2, 2, 2)
+    assert torch.equal(x.v_t[..., 100:].float(), torch.zeros(2, 2, 64, 12))
+    torch.testing.assert_close(x.v_t[..., :100].float() * x.v_scale.repeat_interleave(64, 2)[:, :, None, :100],
+                               v.float().permute(0, 2, 3, 1), rtol=2**-4, atol=1e-3)
+    head = quantize_qkv_ref(q, k, v, FP8Config(block_m=32, granularity="head"))
+    assert torch.equal(head.q_scale, head.q_scale[..., :1].expand_as(head.q_scale))
+    tensor = quantize_qkv_ref(q, k, v, FP8Config(block_m=32, granularity="tensor"))
+    assert torch.equal(tensor.q_scale, tensor.q_scale.flatten()[0].expand_as(tensor.q_scale))
+    assert (tensor.q_scale >= head.q_scale).all() and (head.q_scale >= x.q_scale).all()
+
+
+@pytest.mark.parametrize("quantize", [quantize_qkv_ref, quantize_qkv_triton])
+def test_zero_block_gets_scale_one(quantize):
+    q, k, v = make_qkv(1, 64, 64, 1, 1, 64)
+    q[:, :32] = 0
+    x = quantize(q, k, v, FP8Config(block_m=32, block_n=32))
+    assert x.q_scale[0, 0, 0].item() == 1.0 and torch.isfinite(x.q_scale).all()
+    assert torch.equal(x.q[:, :32].float(), torch.zeros(1, 32, 1, 64, device=q.device))
+
+
+CASES = [  # (batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim), config
+    ((1, 70, 45, 4, 2, 64), FP8Config(block_m=64, block_n=32)),
+    ((2, 33, 33, 2, 1, 128), FP8Config(block_m=32, block_n=32, granularity="head", fmt="e5m2")),
+    ((1, 40, 72, 2, 2, 64), FP8Config(block_m=32, block_n=64, granularity="tensor", hadamard=False, seed=3)),
+    pytest.param((2, 1000, 1500, 16, 4, 128), FP8Config(), marks=pytest.mark.gpu),
+    pytest.param((1, 777, 2049, 8, 8, 256), FP8Config(block_m=64, granularity="head"), marks=pytest.mark.gpu),
+    pytest.param((3, 512, 512, 4, 2, 64), FP8Config(block_n=256, granularity="tensor", fmt="e5m2"),
+                 marks=pytest.mark.gpu),
+]
+
+
+@pytest.mark.parametrize("shape, cfg", CASES)
+def test_prepass_kernel_matches_reference(shape, cfg):
+    q, k, v = make_qkv(*shape, seed=2)
+    got, want = quantize_qkv_triton(q, k, v, cfg), quantize_qkv_ref(q, k, v, cfg)
+    for name in ("q_scale", "k_scale", "v_scale"):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=2e-7, atol=0)
+    for name in ("q", "k", "v_t"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.shape == b.shape and a.dtype == b.dtype == cfg.dtype
+        dist = fp8_ulp_distance(a, b)
+        assert dist.max().item() <= 1, f"{name}: {int((dist > 0).sum())} entries differ"
+        assert (dist > 0).float().mean().item() < 1e-3  # fp32 rotation sums may differ by an ulp, rarely
+
+
+@pytest.mark.parametrize("quantize", [quantize_qkv_ref, quantize_qkv_triton])
+def test_huge_outliers_stay_in_range(quantize):
+    q, k, v = make_qkv(1, 64, 64, 2, 2, 64, seed=4)
+    gen = torch.Generator().manual_seed(0)
+    for t in (q, k, v):
+        hit = torch.rand(t.shape, generator=gen) < 0.01
+        t[hit.to(t.device)] = 1e4
+    x = quantize(q, k, v, FP8Config(block_m=32, block_n=32))
+    for exact, deq in zip((rotate(q, 0), rotate(k, 0), v.float()), dequantize(x)):
+        assert torch.isfinite(deq).all()
+        assert ((deq - exact).abs() <= exact.abs() * 2**-4 + 1e4 / 448 * 2**-10 + 1e-3).all()
+
+
+@pytest.mark.parametrize("quantize", [quantize_qkv_ref, quantize_qkv_triton])
+def test_non_finite_input_gives_its_block_a_nan_scale(quantize):
+    q, k, v = make_qkv(1, 64, 64, 2, 1, 64, seed=5)
+    q[0, 40, 1, 7] = float("nan")
+    k[0, 3, 0, 0] = float("inf")
+    v[0, 63, 0, 5] = float("-inf")
+    x = quantize(q, k, v, FP8Config(block_m=32, block_n=32))
+    for scale, bad in ((x.q_scale, (0, 1, 1)), (x.k_scale, (0, 0, 0)), (x.v_scale, (0, 0, 1))):
+        assert torch.isnan(scale[bad])
+        assert torch.isfinite(scale).sum() == scale.numel() - 1

@@ -1,0 +1,199 @@
+"""Triton FlashAttention forward and backward against the float64 reference.
+
+CPU: the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set by
+conftest) on small shapes with small tiles, so tails, causal diagonals, fully
+masked rows and GQA all occur. GPU (`gpu` marker): large shapes, head dim 256,
+seqlen 4k+, against a float32 reference.
+
+Criterion, FlashAttention's: the error of our result against the reference is
+at most 2x the error of PyTorch's own attention in the input dtype, plus a
+small epsilon (for gradients: the reference's own rounding to the dtype). It is
+applied to the max abs error (catches local bugs: masks, tails) and to the
+relative L2 error (catches small global ones: a scale off by 1%).
+"""
+import dataclasses
+
+import pytest
+import torch
+
+import kernels
+from kernels.reference import attention_backward_ref, attention_ref
+from kernels.triton import attention_backward_triton, attention_forward_triton
+from kernels.triton.fwd import interpreting
+from kernels.triton.tiles import bwd_tiles
+
+# CPU tests run the kernels in the interpreter (conftest sets TRITON_INTERPRET=1 where there is no GPU).
+on_interpreter = pytest.mark.skipif(not interpreting(), reason="CPU Triton kernels need TRITON_INTERPRET=1")
+
+FWD_EPS = 1e-5
+LSE_TOL = 1e-4
+
+
+def random_qkv(batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, dtype, device, seed):
+    g = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(batch, seqlen_q, nheads, head_dim, generator=g, device=device, dtype=dtype)
+    k = torch.randn(batch, seqlen_k, nheads_kv, head_dim, generator=g, device=device, dtype=dtype)
+    v = torch.randn(batch, seqlen_k, nheads_kv, head_dim, generator=g, device=device, dtype=dtype)
+    dout = torch.randn(batch, seqlen_q, nheads, head_dim, generator=g, device=device, dtype=dtype)
+    return q, k, v, dout
+
+
+def max_err(x, ref):
+    return (x.double() - ref.double()).abs().max().item()
+
+
+def rel_err(x, ref):
+    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def reference_grads(q, k, v, dout, causal, dtype):
+    """(out, lse, dq, dk, dv) of attention_ref computed in `dtype`, by autograd."""
+    qd, kd, vd = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    out, lse = attention_ref(qd, kd, vd, causal, dtype=dtype)
+    out.backward(dout.to(dtype))
+    return out.detach(), lse, qd.grad, kd.grad, vd.grad
+
+
+def assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float64):
+    ref_out, ref_lse = attention_ref(q, k, v, causal, dtype=ref_dtype)
+    low_out, _ = attention_ref(q, k, v, causal, dtype=q.dtype)
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert torch.isfinite(out).all()
+    assert max_err(out, ref_out) <= 2 * max_err(low_out, ref_out) + FWD_EPS
+    assert rel_err(out, ref_out) <= 2 * rel_err(low_out, ref_out) + FWD_EPS
+    assert lse.dtype == torch.float32 and lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+    seen = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isinf(lse), ~seen), "rows that see no key must have lse = +inf"
+    if seen.any():
+        assert max_err(lse[seen], ref_lse[seen]) <= LSE_TOL
+
+
+def assert_grads_close(grads, q, k, v, dout, causal, ref_dtype=torch.float64):
+    ref = reference_grads(q, k, v, dout, causal, ref_dtype)[2:]
+    low = reference_grads(q, k, v, dout, causal, q.dtype)[2:]
+    for name, g, r, lo, t in zip("qkv", grads, ref, low, (q, k, v)):
+        assert g.dtype == t.dtype and g.shape == t.shape, name
+        assert torch.isfinite(g).all(), name
+        rounding = max_err(r.to(t.dtype), r)
+        assert max_err(g, r) <= 2 * max_err(lo, r) + 2 * rounding, f"d{name}"
+        assert rel_err(g, r) <= 2 * rel_err(lo, r) + FWD_EPS, f"d{name}"
+
+
+# (batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, causal, dtype)
+CPU_CASES = [
+    (2, 37, 53, 4, 2, 64, True, torch.bfloat16),  # GQA, seqlen_q < seqlen_k, odd lengths
+    (1, 70, 33, 2, 1, 128, True, torch.float16),  # MQA, seqlen_q > seqlen_k: leading rows see no key
+    (1, 45, 45, 2, 2, 64, False, torch.bfloat16),
+    (1, 20, 50, 2, 2, 80, False, torch.bfloat16),  # head dim padded to the 128 tile
+    (2, 64, 64, 2, 2, 128, False, torch.float16),  # whole blocks only
+    (1, 1, 40, 2, 1, 64, True, torch.bfloat16),  # one query (decoding)
+    (1, 33, 33, 1, 1, 256, True, torch.bfloat16),
+]
+
+
+@on_interpreter
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}_{}".format(
+    *c[:7], str(c[7]).removeprefix("torch.")))
+def test_forward_backward_match_reference(case, monkeypatch):
+    monkeypatch.setenv("KERNELS_IMPL", "triton")
+    *shape, causal, dtype = case
+    q, k, v, dout = random_qkv(*shape, dtype, "cpu", seed=sum(shape))
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    out, lse = kernels.flash_attn_func(qg, kg, vg, causal=causal, return_attn_probs=True)
+    assert_forward_close(out, lse, q, k, v, causal)
+    out.backward(dout)
+    assert_grads_close((qg.grad, kg.grad, vg.grad), q, k, v, dout, causal)
+
+
+@on_interpreter
+@pytest.mark.parametrize("causal", [False, True])
+def test_atomic_dq_matches_reference(causal):
+    """The dK/dV kernel's atomic dQ (the non-deterministic option) is as accurate as the dQ kernel."""
+    q, k, v, dout = random_qkv(1, 29, 41, 4, 2, 64, torch.bfloat16, "cpu", seed=3)
+    out, lse = attention_forward_triton(q, k, v, 64 ** -0.5, causal)
+    tiles = bwd_tiles(64, causal, q.device)
+    atomic = attention_backward_triton(dout, q, k, v, out, lse, 64 ** -0.5, causal,
+                                       tiles=dataclasses.replace(tiles, atomic_dq=True))
+    separate = attention_backward_triton(dout, q, k, v, out, lse, 64 ** -0.5, causal,
+                                         tiles=dataclasses.replace(tiles, atomic_dq=False))
+    assert torch.equal(atomic[1], separate[1]) and torch.equal(atomic[2], separate[2])
+    assert_grads_close(atomic, q, k, v, dout, causal)
+
+
+@on_interpreter
+def test_backward_uses_given_out_and_lse(monkeypatch):
+    """The FP8 path feeds its own out/lse: the backward must use them, not recompute them."""
+    monkeypatch.setenv("KERNELS_IMPL", "triton")
+    q, k, v, dout = random_qkv(1, 40, 40, 2, 2, 64, torch.bfloat16, "cpu", seed=5)
+    out, lse = attention_ref(q, k, v, causal=True, dtype=torch.float32)
+    noise = torch.randn(out.shape, generator=torch.Generator().manual_seed(6))
+    out = (out + 0.05 * noise).to(q.dtype)
+    lse = lse + 0.1
+    grads = kernels.attention_backward(dout, q, k, v, out, lse, q.shape[-1] ** -0.5, True)
+    ref = attention_backward_ref(dout, q, k, v, out, lse, causal=True)
+    low = attention_backward_ref(dout, q, k, v, out, lse, causal=True, dtype=q.dtype)
+    exact = attention_backward_ref(dout, q, k, v, *attention_ref(q, k, v, causal=True), causal=True)
+    for g, r, lo, ex in zip(grads, ref, low, exact):
+        assert max_err(g, r) <= 2 * max_err(lo, r) + 2 * max_err(r.to(q.dtype), r)
+        assert rel_err(g, r) <= 2 * rel_err(lo, r) + FWD_EPS
+        assert max_err(g, ex) > 4 * max_err(g, r)  # the perturbation is visible: it was not ignored
+
+
+@on_interpreter
+def test_deterministic_backward_is_bitwise_reproducible(monkeypatch):
+    monkeypatch.setenv("KERNELS_IMPL", "triton")
+    q, k, v, dout = random_qkv(1, 37, 37, 4, 1, 64, torch.bfloat16, "cpu", seed=7)
+    out, lse = kernels.attention_forward(q, k, v, 0.125, True)
+    first = kernels.attention_backward(dout, q, k, v, out, lse, 0.125, True, deterministic=True)
+    second = kernels.attention_backward(dout, q, k, v, out, lse, 0.125, True, deterministic=True)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+# GPU: large shapes, float32 reference (float64 would be slow and add nothing at these tolerances).
+GPU_CASES = [
+    (2, 4096, 4096, 16, 16, 128, False, torch.bfloat16),
+    (2, 4096, 4096, 16, 16, 128, True, torch.bfloat16),
+    (1, 4096, 4096, 8, 8, 256, True, torch.bfloat16),
+    (2, 4133, 4133, 8, 8, 64, True, torch.float16),  # odd length
+    (2, 2061, 2061, 16, 2, 128, True, torch.bfloat16),  # GQA, odd length
+    (1, 1000, 3001, 8, 8, 128, True, torch.bfloat16),  # seqlen_q < seqlen_k
+    (1, 3001, 1000, 8, 4, 96, True, torch.float16),  # seqlen_q > seqlen_k, padded head dim
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}_{}".format(
+    *c[:7], str(c[7]).removeprefix("torch.")))
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_gpu_large_shapes(case, deterministic, monkeypatch):
+    monkeypatch.setenv("KERNELS_IMPL", "triton")
+    *shape, causal, dtype = case
+    q, k, v, dout = random_qkv(*shape, dtype, "cuda", seed=sum(shape))
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    out, lse = kernels.flash_attn_func(qg, kg, vg, causal=causal, deterministic=deterministic,
+                                       return_attn_probs=True)
+    assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float32)
+    out.backward(dout)
+    assert_grads_close((qg.grad, kg.grad, vg.grad), q, k, v, dout, causal, ref_dtype=torch.float32)
+
+
+@pytest.mark.gpu
+def test_gpu_deterministic_bitwise(monkeypatch):
+    monkeypatch.setenv("KERNELS_IMPL", "triton")
+    q, k, v, dout = random_qkv(2, 4096, 4096, 16, 4, 128, torch.bfloat16, "cuda", seed=11)
+    out, lse = kernels.attention_forward(q, k, v, 128 ** -0.5, True)
+    runs = [kernels.attention_backward(dout, q, k, v, out, lse, 128 ** -0.5, True, deterministic=True)
+            for _ in range(3)]
+    assert all(torch.equal(a, b) for run in runs[1:] for a, b in zip(runs[0], run))
+
+
+@pytest.mark.gpu
+def test_gpu_writes_every_output(monkeypatch):
+    """Outputs land in freed NaN-filled memory: every element of out, lse and the grads must be written."""
+    monkeypatch.setenv("KERNELS_IMPL", "triton")
+    q, k, v, dout = random_qkv(3, 1037, 1037, 4, 4, 128, torch.bfloat16, "cuda", seed=13)
+    torch.full((1 << 28,), float("nan"), device="cuda")  # freed at once: poisons the allocator's cached blocks
+    out, lse = attention_forward_triton(q, k, v, 128 ** -0.5, True)
+    grads = attention_backward_triton(dout, q, k, v, out, lse, 128 ** -0.5, True)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    assert all(torch.isfinite(g).all() for g in grads)
