@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_DIMS = (64, 128, 256)
 SEQLENS = (1024, 2048, 4096, 8192, 16384)
+TILE_SEQLENS = (1024, 16384)
+FP8_SEQLENS = (4096, 16384)
 TOKENS, HIDDEN = 16384, 2048
 ABLATION = dict(batch=4, seqlen=8448, nheads=16, head_dim=128)  # FA3 paper, Table 2
 SWITCHES = {"full": {}, "no_ws": dict(warp_specialize=False), "no_pipeline": dict(pipeline=False),
@@ -174,25 +176,29 @@ def _bench_fp8(batch, seqlen, nheads, head_dim, causal, tiles=()):
         row.setdefault("tiles", []).append(dict(tile=list(tile.__dict__.values()), tflops=tflops_per_s(flops, ms)))
     ms = _time(lambda: fp8_attention_forward_triton(x, scale, causal, torch.bfloat16))
     row["triton_ms"], row["triton_tflops"] = ms, tflops_per_s(flops, ms)
+    if tiles and head_dim == 256:  # 64-key scale blocks: half the score registers of the default 128
+        x64 = quantize_qkv_ref(*_inputs(batch, seqlen, nheads, head_dim), FP8Config(block_n=64))
+        ms = _time(lambda: fp8_attention_forward(x64, scale, causal, torch.bfloat16))
+        row["gluon_block_n64_tflops"] = tflops_per_s(flops, ms)
     print(json.dumps(row), flush=True)
 
 
-def bench_stage():
+def bench_stage(seqlens, fp8_seqlens):
     from kernels.gluon import TileConfig as T
     a = ABLATION
     _bench_bf16(a["batch"], a["seqlen"], a["nheads"], a["head_dim"], False, list(SWITCHES))
     # Tile alternatives (block_m, block_n, stages, o_in_q) where shared memory allows them.
-    bf16_tiles = {64: [T(128, 128, 2, False), T(128, 128, 4, False)], 128: [T(128, 128, 3, True)], 256: []}
+    bf16_tiles = {64: [T(128, 128, 2, False), T(128, 128, 4, False)], 128: [T(128, 128, 2, False)], 256: []}
     fp8_tiles = {64: [T(128, 128, 2, False)], 128: [T(128, 128, 2, False), T(128, 128, 4, False)], 256: []}
     for causal in (False, True):
         for d in HEAD_DIMS:
-            for s in SEQLENS:
-                tiles = bf16_tiles[d] if s in (2048, 16384) else ()
-                _bench_bf16(TOKENS // s, s, HIDDEN // d, d, causal, ["full"], tiles)
+            for s in seqlens:
+                tiles = bf16_tiles[d] if s in TILE_SEQLENS else ()
+                _bench_bf16(TOKENS // s, s, HIDDEN // d, d, causal, ["full", "no_pipeline"], tiles)
     for causal in (False, True):
         for d in HEAD_DIMS:
-            for s in (2048, 8192, 16384):
-                _bench_fp8(TOKENS // s, s, HIDDEN // d, d, causal, fp8_tiles[d] if s == 16384 else ())
+            for s in fp8_seqlens:
+                _bench_fp8(TOKENS // s, s, HIDDEN // d, d, causal, fp8_tiles[d] if s == 16384 and not causal else ())
 
 
 def _run_stage(args, timeout, log):
@@ -226,16 +232,20 @@ def _table(rows):
         if r["stage"] == "stats":
             print(f"  hd{r['head_dim']:<4}{'causal' if r['causal'] else 'full':7}{r['variant']:12} regs {r['n_regs']:4} "
                   f"spills {r['n_spills']:4} smem {r['shared']:7} warps {r['num_warps']}")
-    print("\nforward TFLOPs/s (16k tokens, hidden 2048; ratio = gluon / cudnn; fp8 rows: triton = our Triton FP8)")
-    print(f"  {'dtype':5} {'hd':>4} {'causal':>6} {'seqlen':>6} {'gluon':>7} {'cudnn':>7} {'ratio':>6} {'triton':>7}  tiles")
+    print("\nforward TFLOPs/s (16k tokens, hidden 2048; ratio = best gluon / cudnn; fp8 rows: triton = our Triton FP8)")
+    print(f"  {'dtype':5} {'hd':>4} {'causal':>6} {'seqlen':>6} {'gluon':>7} {'nopipe':>7} {'cudnn':>7} {'ratio':>6} "
+          f"{'triton':>7}  tiles")
     nan = float("nan")
     for r in rows:
         if r["stage"] != "bench" or "gluon_no_ws_tflops" in r:
             continue
         g, c, t = r.get("gluon_full_tflops", nan), r.get("cudnn_tflops", nan), r.get("triton_tflops", nan)
         tiles = " ".join(f"{x['tile']}:{x['tflops']:.0f}" for x in r.get("tiles", []))
-        print(f"  {r['dtype']:5} {r['head_dim']:>4} {str(r['causal']):>6} {r['seqlen']:>6} {g:7.1f} {c:7.1f} "
-              f"{g / c:6.2f} {t:7.1f}  {tiles}")
+        if "gluon_block_n64_tflops" in r:
+            tiles += f" block_n=64:{r['gluon_block_n64_tflops']:.0f}"
+        npp = r.get("gluon_no_pipeline_tflops", nan)
+        print(f"  {r['dtype']:5} {r['head_dim']:>4} {str(r['causal']):>6} {r['seqlen']:>6} {g:7.1f} {npp:7.1f} {c:7.1f} "
+              f"{max(g, npp) / c:6.2f} {t:7.1f}  {tiles}")
     for r in rows:
         if r["stage"] == "bench" and "gluon_no_ws_tflops" in r:
             print("\nTable 2 ablation (b4 s8448 h16 d128, non-causal) TFLOPs/s: " +
@@ -248,13 +258,16 @@ def main():
     parser.add_argument("--out", default=".")
     parser.add_argument("--stage", choices=["check", "stats", "bench"])
     parser.add_argument("--head-dim", type=int)
+    parser.add_argument("--skip-check", action="store_true", help="bench and stats only (checks ran elsewhere)")
+    parser.add_argument("--seqlens", default=",".join(map(str, SEQLENS)), help="BF16 sweep seqlens, comma-separated")
+    parser.add_argument("--fp8-seqlens", default=",".join(map(str, FP8_SEQLENS)), help="FP8 sweep seqlens")
     args = parser.parse_args()
     if args.stage == "check":
         return check_stage(args.head_dim)
     if args.stage == "stats":
         return stats_stage()
     if args.stage == "bench":
-        return bench_stage()
+        return bench_stage([int(x) for x in args.seqlens.split(",")], [int(x) for x in args.fp8_seqlens.split(",")])
 
     import torch
     import triton
@@ -264,10 +277,10 @@ def main():
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
     rows = []
     with open(out / "tune_gluon.log", "w") as log:
-        for d in HEAD_DIMS:
+        for d in () if args.skip_check else HEAD_DIMS:
             rows += _run_stage(["--stage", "check", "--head-dim", str(d)], 80, log)
-        rows += _run_stage(["--stage", "bench"], 200, log)
-        rows += _run_stage(["--stage", "stats"], 60, log)
+        rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens, "--fp8-seqlens", args.fp8_seqlens], 220, log)
+        rows += _run_stage(["--stage", "stats"], 40, log)
     (out / "tune_gluon.json").write_text(json.dumps(rows, indent=1))
     _table(rows)
 

@@ -18,7 +18,6 @@ development tool behind kernels/triton/tiles.py (log: docs/tuning-triton.md).
 """
 import argparse
 import contextlib
-import dataclasses
 import functools
 import json
 import os
@@ -33,23 +32,25 @@ TOKENS, HIDDEN = 16384, 2048
 HEAD_DIMS = (64, 128, 256)
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
 
-# (block_m, block_n, num_warps, num_stages); pruned on CPU by compiling for sm_90
-# (no spills, shared memory under 227 KB; see docs/tuning-triton.md).
+# Candidates (block_m, block_n, num_warps, num_stages[, max_regs]), pruned on CPU by
+# compiling for sm_90: no or few spills, shared memory under 227 KB, and where
+# possible two programs per SM (see docs/tuning-triton.md).
 FWD_CANDIDATES = {
-    64: [(128, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 4, 3)],
-    128: [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3)],
-    256: [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 1)],
+    64: [(128, 128, 4, 3), (128, 128, 8, 3, 128), (128, 128, 8, 2, 128), (128, 64, 8, 4, 128), (128, 64, 4, 3)],
+    128: [(128, 128, 8, 3), (128, 64, 8, 2, 128), (128, 32, 8, 3, 128), (64, 64, 4, 3), (64, 64, 4, 2),
+          (128, 64, 8, 3)],
+    256: [(128, 64, 8, 2), (64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2)],
 }
-# dK/dV kernel (block_m, block_n, num_warps, num_stages), dQ kernel likewise.
+# dK/dV kernel: block_m query rows per step, block_n keys per program; dQ kernel: the reverse.
 DKDV_CANDIDATES = {
-    64: [(64, 128, 8, 2), (32, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (32, 64, 4, 3)],
-    128: [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2)],
-    256: [(64, 64, 8, 1), (64, 64, 8, 2), (32, 64, 4, 1), (16, 64, 4, 2)],
+    64: [(32, 64, 4, 3), (64, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 3)],
+    128: [(32, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (16, 64, 4, 3)],
+    256: [(64, 64, 8, 2), (64, 64, 8, 1)],
 }
 DQ_CANDIDATES = {
-    64: [(128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3)],
-    128: [(128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (64, 128, 4, 2)],
-    256: [(64, 32, 4, 2), (128, 32, 8, 2), (64, 64, 4, 1), (128, 64, 8, 1)],
+    64: [(64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 3), (64, 32, 4, 3)],
+    128: [(128, 32, 8, 3), (64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 2)],
+    256: [(128, 32, 8, 2), (128, 64, 8, 1), (64, 32, 4, 2)],
 }
 
 
@@ -87,21 +88,21 @@ def _compile_only(workers):
         JITFunction.__getitem__ = original
 
 
-def _fwd_tiles(c):
-    from kernels.triton.tiles import FwdTiles
-    return FwdTiles(*c)
+def _fwd_tiles(spec):
+    from kernels.triton.tiles import Tiles
+    return Tiles(*spec)
 
 
-def _bwd_tiles(dkdv, dq, atomic):
-    from kernels.triton.tiles import BwdTiles
-    return BwdTiles(*dkdv, *dq, atomic)
+def _bwd_tiles(spec):
+    """spec: [dK/dV tiles, dQ tiles]."""
+    from kernels.triton.tiles import BwdTiles, Tiles
+    return BwdTiles(Tiles(*spec[0]), Tiles(*spec[1]))
 
 
 def _bwd_candidates(head_dim):
-    """dK/dV variants with the first dQ config, dQ variants with the first dK/dV config, and atomic-dQ variants."""
+    """dK/dV variants with the first dQ tiles, then dQ variants with the first dK/dV tiles."""
     dkdv, dq = DKDV_CANDIDATES[head_dim], DQ_CANDIDATES[head_dim]
-    cands = [_bwd_tiles(c, dq[0], False) for c in dkdv] + [_bwd_tiles(dkdv[0], c, False) for c in dq[1:]]
-    return cands + [_bwd_tiles(c, dq[0], True) for c in dkdv]
+    return [[c, dq[0]] for c in dkdv] + [[dkdv[0], c] for c in dq[1:]]
 
 
 def sweep_stage(head_dims, seqlen):
@@ -115,15 +116,15 @@ def sweep_stage(head_dims, seqlen):
         batch, s, h = _shape(d, seqlen)
         q, k, v, do = _inputs(batch, s, h, d)
         for causal in (False, True):
-            work.append((d, causal, q, k, v, do, [_fwd_tiles(c) for c in FWD_CANDIDATES[d]], _bwd_candidates(d)))
+            work.append((d, causal, q, k, v, do, FWD_CANDIDATES[d], _bwd_candidates(d)))
     t0 = time.time()
     with _compile_only(os.cpu_count()):
         for d, causal, q, k, v, do, fwds, bwds in work:
             out, lse = torch.empty_like(q), torch.zeros(q.shape[0], q.shape[2], q.shape[1], device="cuda")
-            for t in fwds:
-                attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=t)
-            for t in bwds:
-                attention_backward_triton(do, q, k, v, out, lse, d ** -0.5, causal, tiles=t)
+            for spec in fwds:
+                attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=_fwd_tiles(spec))
+            for spec in bwds:
+                attention_backward_triton(do, q, k, v, out, lse, d ** -0.5, causal, tiles=_bwd_tiles(spec))
     print(json.dumps(dict(stage="sweep", event="compiled", seconds=round(time.time() - t0, 1))), flush=True)
 
     for d, causal, q, k, v, do, fwds, bwds in work:
@@ -134,11 +135,12 @@ def sweep_stage(head_dims, seqlen):
             ref_grads = torch.autograd.grad(ref, (qt, kt, vt), do.transpose(1, 2))
         ref, ref_grads = ref.transpose(1, 2), [g.transpose(1, 2) for g in ref_grads]
         base = dict(stage="sweep", head_dim=d, causal=causal, batch=batch, seqlen=s, nheads=h)
-        out, lse = attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=fwds[0])
-        for kind, cands in (("fwd", fwds), ("bwd", bwds)):
+        out, lse = attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=_fwd_tiles(fwds[0]))
+        for kind, specs in (("fwd", fwds), ("bwd", bwds)):
             flops = attention_flops(batch, s, h, d, causal, kind)
-            for t in cands:
-                row = dict(base, kind=kind, tiles=dataclasses.astuple(t))
+            for spec in specs:
+                row = dict(base, kind=kind, tiles=spec)
+                t = _fwd_tiles(spec) if kind == "fwd" else _bwd_tiles(spec)
                 try:
                     if kind == "fwd":
                         fn = functools.partial(attention_forward_triton, q, k, v, d ** -0.5, causal, tiles=t)
@@ -166,7 +168,7 @@ def table_stage(head_dims, seqlens, winners):
         for causal in (False, True):
             w = winners.get(f"{d}/{causal}", {})
             fwd_t = _fwd_tiles(w["fwd"]) if "fwd" in w else None  # None: the tuned table in tiles.py
-            bwd_t = _bwd_tiles(*w["bwd"]) if "bwd" in w else None
+            bwd_t = _bwd_tiles(w["bwd"]) if "bwd" in w else None
             for seqlen in seqlens:
                 batch, s, h = _shape(d, seqlen)
                 q, k, v, do = _inputs(batch, s, h, d, seed=seqlen)
@@ -221,11 +223,11 @@ def _run_stage(args, timeout, log):
 
 
 def _winners(rows):
-    """Per (head dim, causal): the fastest correct forward tiles, and the fastest backward.
+    """Per (head dim, causal): the fastest correct forward tiles and backward tiles.
 
     Backward candidates vary the dK/dV tiles (dQ tiles fixed) or the dQ tiles
-    (dK/dV fixed), so the best of each combine: their time is estimated as
-    best_dkdv_row + best_dq_row - base_row; it competes with the best atomic-dQ row.
+    (dK/dV fixed); the fastest of each are combined, since the two kernels
+    run one after the other.
     """
     ok = [r for r in rows if r.get("stage") == "sweep" and r.get("ok")]
     winners = {}
@@ -235,20 +237,13 @@ def _winners(rows):
         fwd = [r for r in mine if r["kind"] == "fwd"]
         if fwd:
             w["fwd"] = min(fwd, key=lambda r: r["ms"])["tiles"]
-        bwd = [r for r in mine if r["kind"] == "bwd"]
-        separate = [r for r in bwd if not r["tiles"][8]]
-        atomic = [r for r in bwd if r["tiles"][8]]
         head_dim = int(key.split("/")[0])
         dkdv0, dq0 = list(DKDV_CANDIDATES[head_dim][0]), list(DQ_CANDIDATES[head_dim][0])
-        base = [r for r in separate if r["tiles"][:4] == dkdv0 and r["tiles"][4:8] == dq0]
-        choices = [(r["ms"], [r["tiles"][:4], r["tiles"][4:8], True]) for r in atomic]
-        if base:
-            best_dkdv = min((r for r in separate if r["tiles"][4:8] == dq0), key=lambda r: r["ms"])
-            best_dq = min((r for r in separate if r["tiles"][:4] == dkdv0), key=lambda r: r["ms"])
-            estimate = best_dkdv["ms"] + best_dq["ms"] - base[0]["ms"]
-            choices.append((estimate, [best_dkdv["tiles"][:4], best_dq["tiles"][4:8], False]))
-        if choices:
-            w["bwd"] = min(choices, key=lambda c: c[0])[1]
+        dkdv_rows = [r for r in mine if r["kind"] == "bwd" and r["tiles"][1] == dq0]
+        dq_rows = [r for r in mine if r["kind"] == "bwd" and r["tiles"][0] == dkdv0]
+        if dkdv_rows and dq_rows:
+            best_dkdv = min(dkdv_rows, key=lambda r: r["ms"])["tiles"][0]
+            w["bwd"] = [best_dkdv, min(dq_rows, key=lambda r: r["ms"])["tiles"][1]]
     return winners
 
 

@@ -9,16 +9,20 @@ as keywords. Adding a backend is a decorated factory:
     def _mine(block_size: int = 128):
         return lambda q, k, v, causal: my_kernel(q, k, v, causal=causal, block_size=block_size)
 """
+import os
 from typing import Callable, Dict, Mapping
 
 import torch
 import torch.nn.functional as F
 
-from fp8train.config import ConfigError
+from fp8train.errors import ConfigError
 
 Backend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 
 _FACTORIES: Dict[str, Callable[..., Backend]] = {}
+
+# Backends over our kernels take bf16/fp16 only: precision=auto picks bf16 autocast for them on CPU too.
+LOW_PRECISION_ONLY = frozenset({"flash", "fp8"})
 
 
 def register(name: str):
@@ -69,3 +73,43 @@ def _sdpa() -> Backend:
         return out.transpose(1, 2)
 
     return sdpa
+
+
+def _pin_kernel_impl(impl: str) -> None:
+    # kernels reads KERNELS_IMPL on every call; a run has one backend, so the config value pins it process-wide.
+    from kernels.ops import IMPLS
+
+    if impl not in IMPLS:
+        raise ConfigError("attention.options.impl", f"must be one of {IMPLS}, got {impl!r}")
+    os.environ["KERNELS_IMPL"] = impl
+
+
+@register("flash")
+def _flash(impl: str = "auto", deterministic: bool = False) -> Backend:
+    from kernels import flash_attn_func
+
+    _pin_kernel_impl(impl)
+
+    def flash(q, k, v, causal):
+        return flash_attn_func(q, k, v, causal=causal, deterministic=deterministic)
+
+    return flash
+
+
+@register("fp8")
+def _fp8(impl: str = "auto", block_m: int = 128, block_n: int = 128, hadamard: bool = True,
+         granularity: str = "block", fmt: str = "e4m3", seed: int = 0) -> Backend:
+    from kernels import FP8Config, flash_attn_fp8_func
+
+    _pin_kernel_impl(impl)
+    try:
+        config = FP8Config(block_m=block_m, block_n=block_n, hadamard=hadamard,
+                           granularity=granularity, fmt=fmt, seed=seed)
+    except ValueError as e:
+        raise ConfigError("attention.options", str(e)) from None
+
+    # FP8 forward, BF16 backward from the original q, k, v (straight-through; docs/fp8.md).
+    def fp8(q, k, v, causal):
+        return flash_attn_fp8_func(q, k, v, causal=causal, config=config)
+
+    return fp8

@@ -81,7 +81,7 @@ def save(root: Path, step: int, model, optimizer, trainer_state: dict, device: t
         torch.save(trainer_state, tmp / "trainer_state.pt")
     _barrier()
     if rank == 0:
-        if final.exists():  # the same step saved again (a stop signal right after a periodic save)
+        if final.exists():  # the same step again: a run restarted with trainer.resume=never
             shutil.rmtree(final)
         tmp.rename(final)
         for old in checkpoints(root)[:-keep]:

@@ -9,6 +9,9 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fp8train import attention
+from fp8train.errors import ConfigError
+
 # Choices, named once; the loop and builders dispatch on the same strings.
 POSITIONS = ("learned", "rotary")
 SOURCES = ("text", "hub", "synthetic")
@@ -18,14 +21,6 @@ WANDB_MODES = ("offline", "online", "disabled")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
-
-
-class ConfigError(ValueError):
-    """A bad config value; the message starts with the dotted key."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
 
 
 @dataclass
@@ -120,7 +115,7 @@ class TrainerConfig:
     save_checkpoints: bool = True
     keep_checkpoints: int = 2
     resume: str = "auto"  # auto: newest checkpoint in the run dir; never; or a checkpoint directory
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal; log lines otherwise
     peak_flops: Optional[float] = None  # per device; None: looked up from the GPU's name
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
@@ -145,8 +140,7 @@ def _choice(value: str, key: str, choices) -> None:
 
 
 def validate(cfg: DictConfig) -> DictConfig:
-    """Typed, resolved copy of `cfg` (extra keys such as `hydra` dropped), or ConfigError."""
-    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    """Typed, resolved copy of a composed config, or ConfigError."""
     try:
         typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
         OmegaConf.resolve(typed)
@@ -186,8 +180,6 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     _check(o.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {o.grad_clip}")
 
-    from fp8train import attention  # registers the backends; imports this module
-
     _choice(typed.attention.name, "attention.name", attention.names())
     _choice(typed.logger.name, "logger.name", LOGGERS)
     _choice(typed.logger.mode, "logger.mode", WANDB_MODES)
@@ -199,6 +191,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(t.micro_batch_size is None or t.micro_batch_size > 0, "trainer.micro_batch_size",
            f"must be positive, got {t.micro_batch_size}")
     _choice(t.precision, "trainer.precision", PRECISIONS)
+    _check(t.precision != "fp32" or typed.attention.name not in attention.LOW_PRECISION_ONLY, "trainer.precision",
+           f"attention={typed.attention.name} runs bf16/fp16 kernels; use precision bf16 or auto")
     _choice(t.device, "trainer.device", DEVICES)
     _check(t.peak_flops is None or t.peak_flops > 0, "trainer.peak_flops", f"must be positive, got {t.peak_flops}")
     _choice(t.parallel.strategy, "trainer.parallel.strategy", STRATEGIES)

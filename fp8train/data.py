@@ -23,6 +23,10 @@ from fp8train import tokenizer as tokenizers
 DOWNLOAD_TIMEOUT_S = 30
 
 
+class CorpusNotFound(FileNotFoundError):
+    """The corpus file is absent and could not be downloaded; the message says how to point at a copy."""
+
+
 def text_path(cfg) -> Path:
     """The corpus file of a `text` source, downloaded from data.url when absent."""
     path = Path(cfg.path) if Path(cfg.path).is_absolute() else Path(cfg.data_dir) / cfg.path
@@ -30,13 +34,13 @@ def text_path(cfg) -> Path:
         return path
     hint = f"put a copy at {path}, or point FP8TRAIN_DATA_DIR / data.data_dir at its directory, or set data.path"
     if not cfg.url:
-        raise FileNotFoundError(f"{path} not found; {hint}")
+        raise CorpusNotFound(f"{path} not found; {hint}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(cfg.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             body = response.read()
     except OSError as e:
-        raise FileNotFoundError(f"{path} not found and downloading {cfg.url} failed ({e}); {hint}") from None
+        raise CorpusNotFound(f"{path} not found and downloading {cfg.url} failed ({e}); {hint}") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(body)
     os.replace(tmp, path)
@@ -130,7 +134,8 @@ class PackedSequences:
             return j * self.seq_len
         if epoch != self._epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            self._epoch, self._offset, self._order = epoch, int(rng.integers(self.seq_len)), rng.permutation(self.per_epoch)
+            self._epoch, self._offset = epoch, int(rng.integers(self.seq_len))
+            self._order = rng.permutation(self.per_epoch)
         return self._offset + int(self._order[j]) * self.seq_len
 
     def __getitem__(self, i: int) -> np.ndarray:

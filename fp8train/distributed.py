@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from fp8train.config import ConfigError
+from fp8train.errors import ConfigError
 
 
 @dataclass
@@ -45,7 +45,8 @@ def resolve_strategy(name: str, world_size: int) -> str:
     if name == "auto":
         return "ddp" if world_size > 1 else "none"
     if name == "none" and world_size > 1:
-        raise ConfigError("trainer.parallel.strategy", f"'none' cannot train on {world_size} processes; use ddp or fsdp")
+        raise ConfigError("trainer.parallel.strategy",
+                          f"'none' cannot train on {world_size} processes; use ddp or fsdp")
     return name
 
 

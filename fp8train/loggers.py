@@ -6,6 +6,7 @@ grad_norm, tokens_per_s, mfu, ...) and evaluation rows (step, tokens, val_loss, 
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -73,10 +74,10 @@ class Loggers:
 
 
 class Console:
-    """A progress bar with loss and tokens/s, or plain lines when the bar is off; silent off rank 0."""
+    """A progress bar with loss and tokens/s on a terminal, else plain lines (log files); silent off rank 0."""
 
     def __init__(self, enabled: bool, bar: bool, total: int, initial: int):
-        self.enabled, self.bar = enabled, bar and enabled
+        self.enabled, self.bar = enabled, bar and enabled and sys.stderr.isatty()
         self._tqdm = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True) if self.bar else None
 
     def step(self) -> None:

@@ -52,7 +52,8 @@ class Trainer:
         t = cfg.trainer
         self.strategy = distributed.resolve_strategy(t.parallel.strategy, env.world_size)
         self.micro, self.accum = config.grad_accumulation(t, env.world_size)
-        self.bf16 = t.precision == "bf16" or (t.precision == "auto" and env.device.type == "cuda")
+        self.bf16 = t.precision == "bf16" or (t.precision == "auto" and (
+            env.device.type == "cuda" or cfg.attention.name in attention.LOW_PRECISION_ONLY))
         backend = attention.build(cfg.attention.name, cfg.attention.options)
         if env.device.type == "cuda":
             torch.set_float32_matmul_precision("high" if t.allow_tf32 else "highest")
@@ -149,6 +150,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
             grad_norm = grad_norm.full_tensor()
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this update used, for the log
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -227,7 +229,7 @@ class Trainer:
         flops_per_s = self.flops_per_token * tokens_per_s / self.env.world_size  # per device
         self.last_row = {
             "step": self.step, "tokens": self.position * self.cfg.data.seq_len, "loss": loss,
-            "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
+            "lr": self.step_lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s,
             "model_tflops_per_s": flops_per_s / 1e12,
             "mfu": flops_per_s / self.peak_flops if self.peak_flops else None,
             "attn_tflops_per_s": self.attn_tflops, "peak_mem_gb": metrics.peak_memory_gb(self.env.device),

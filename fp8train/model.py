@@ -36,12 +36,19 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
         self.backend = backend
+        self.rotary = cfg.positions == "rotary"
+        if self.rotary:
+            # Per block, not passed in: FSDP casts floating inputs of a block to bf16, and these stay float32.
+            # Not saved: rebuilt from the config.
+            cos, sin = rotary_tables(cfg.block_size, self.head_dim, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, x: torch.Tensor, rotary: tuple | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).unbind(dim=2)
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if self.rotary:
+            q, k = apply_rotary(q, self.rope_cos, self.rope_sin), apply_rotary(k, self.rope_cos, self.rope_sin)
         y = self.backend(q, k, v, True)
         return self.dropout(self.proj(y.reshape(b, t, d)))
 
@@ -65,8 +72,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, rotary: tuple | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rotary)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -87,15 +94,11 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
-        if cfg.positions == "rotary":
-            cos, sin = rotary_tables(cfg.block_size, cfg.d_model // cfg.n_head, cfg.rope_theta)
-            # Not saved: rebuilt from the config, so checkpoints stay independent of positions' tables.
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 init: N(0, std) weights, zero biases, unit LayerNorms, residual projections scaled by 1/sqrt(2 * n_layer)."""
+        """GPT-2 init: N(0, std) weights, zero biases, unit LayerNorms, and residual projections
+        scaled by 1/sqrt(2 * n_layer)."""
         std = self.cfg.init_std
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -127,9 +130,8 @@ class GPT(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(t, device=idx.device))
         x = self.drop(x)
-        rotary = (self.rope_cos, self.rope_sin) if self.pos_emb is None else None
         for block in self.blocks:
-            x = block(x, rotary)
+            x = block(x)
         logits = self.lm_head(self.ln_f(x))
         if targets is None:
             return logits

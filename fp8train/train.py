@@ -6,10 +6,10 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from fp8train import attention, config, launch, loop
+from fp8train import attention, config, data, launch, loop
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's conf/ (editable install)
 
@@ -18,14 +18,19 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def name_sweep_runs(cfg: DictConfig, hc) -> None:
-    """In a multirun, group the W&B runs by sweep directory and name each by its overrides, unless configured."""
+def name_sweep_runs(cfg: DictConfig, hc) -> list[str]:
+    """In a multirun, group the W&B runs by sweep directory and name each by its overrides, unless configured;
+    returns the overrides that say so (for relaunched workers, which do not know the sweep)."""
     if hc.mode != RunMode.MULTIRUN:
-        return
+        return []
+    names = {}
     if cfg.logger.group is None:
-        cfg.logger.group = Path(hc.sweep.dir).name
+        names["group"] = Path(hc.sweep.dir).name
     if cfg.logger.run_name is None:
-        cfg.logger.run_name = hc.job.override_dirname or str(hc.job.num)
+        names["run_name"] = hc.job.override_dirname or str(hc.job.num)
+    for key, value in names.items():
+        cfg.logger[key] = value
+    return [f"logger.{key}={_quote(value)}" for key, value in names.items()]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
@@ -36,17 +41,18 @@ def _main(cfg: DictConfig) -> None:
         attention.build(cfg.attention.name, cfg.attention.options)  # unknown backend or option: fail now
     except config.ConfigError as e:
         sys.exit(f"config error: {e}")
-    name_sweep_runs(cfg, hc)
+    names = name_sweep_runs(cfg, hc)
     nproc = cfg.trainer.parallel.nproc_per_node
     if nproc > 1 and "RANK" not in os.environ:
-        names = [f"logger.{k}={_quote(cfg.logger[k])}" for k in ("group", "run_name") if cfg.logger[k] is not None]
-        launch.relaunch(nproc, list(hc.overrides.task) + names, hc.runtime.output_dir)
+        # As typed: interpolations (${oc.env:LOCAL_RANK}, ...) must resolve in each worker, not here.
+        overrides = OmegaConf.to_container(hc.overrides.task, resolve=False)
+        launch.relaunch(nproc, overrides + names, hc.runtime.output_dir)
         return
     try:
         loop.run(cfg, hc.runtime.output_dir)
     except config.ConfigError as e:
         sys.exit(f"config error: {e}")
-    except loop.TrainingDiverged as e:
+    except (data.CorpusNotFound, loop.TrainingDiverged) as e:
         sys.exit(f"error: {e}")
     except loop.Stopped as e:
         if int(os.environ.get("RANK", 0)) == 0:

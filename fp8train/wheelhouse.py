@@ -52,7 +52,8 @@ def parse_have(text: str) -> dict[str, str | None]:
             continue
         name, sep, version = line.partition("==")
         name = name.split(" @ ")[0].strip()
-        have[normalize(name)] = version.split("+")[0].strip() if sep else None  # local labels (+cu130) are not on indexes
+        # Local labels (+cu130) are not on package indexes.
+        have[normalize(name)] = version.split("+")[0].strip() if sep else None
     return have
 
 
@@ -94,7 +95,8 @@ def conflicts(report: dict, shipped: list[tuple[str, str]], have: dict, python_v
             node_version = have.get(normalize(req.name))
             if node_version and (req.marker is None or req.marker.evaluate(env)) \
                     and not req.specifier.contains(node_version, prereleases=True):
-                found.append(f"{meta['name']} {meta['version']} needs {req.name}{req.specifier}; the node has {node_version}")
+                found.append(f"{meta['name']} {meta['version']} needs {req.name}{req.specifier}; "
+                             f"the node has {node_version}")
     return found
 
 

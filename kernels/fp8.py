@@ -20,7 +20,7 @@ block holding inf or NaN gets a NaN scale, so every output row that reads it
 """
 import torch
 
-import kernels.ops  # noqa: F401  (registers kernels::flash_attn_bwd, the straight-through backward)
+# Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
 from kernels.ops import check_inputs, resolve_scale, select_impl
 from kernels.quant import FP8QKV, FP8Config, check_qkv, fp8_forward_ref, quantize_qkv_ref
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton

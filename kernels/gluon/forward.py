@@ -57,12 +57,14 @@ class TileConfig:
 
 
 # Keyed by (input element bytes, head dim). Shared memory (of 227 KB), in KB, Q + stages * (K + V) + O:
-# 16-bit hd64 16 + 3*32 + 16, hd128 32 + 2*64 + 32, hd256 64 + 2*64 (O in Q's place);
+# 16-bit hd64 16 + 3*32 + 16, hd128 32 + 3*64 (O in Q's place), hd256 64 + 2*64 (O in Q's place);
 # fp8 (bf16 O) hd64 8 + 4*16 + 16, hd128 16 + 3*32 + 32, hd256 32 + 2*64 + 64.
 # Block sizes must be powers of two (Gluon tensor shapes), so FA3's 176 and 80 key blocks are out.
 TILE_CONFIGS = {
     (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False),
-    (2, 128): TileConfig(block_m=128, block_n=128, stages=2, o_in_q=False),
+    # 3 stages: the pipelined consumer holds two slots at once (K of block i, V of block i-1); with 2 stages
+    # the next load waits for a release and hd128 ran at 438 TFLOPs/s, with 3 at 620 (docs/tuning-gluon.md).
+    (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=True),
     (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_in_q=True),
     (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_in_q=False),
     (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False),

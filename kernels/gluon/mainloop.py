@@ -15,7 +15,8 @@ itself: a released ring slot is refilled at once with the block STAGES ahead.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, warpgroup_mma, warpgroup_mma_init,
+                                                              warpgroup_mma_wait)
 
 from .pipeline import Pipeline, Ring, kv_block_start
 from .softmax import block_needs_mask, mask_scores, p_log2_offset, softmax_update
@@ -45,14 +46,15 @@ def pass_turn(p: Pipeline, CID: gl.constexpr, PINGPONG: gl.constexpr):
 
 
 @gluon.jit
-def release_stage(p: Pipeline, kv: Ring, i_done, n_blocks, batch, head_kv, INLINE_LOADS: gl.constexpr):
-    """Hand ring slot `kv` back: to the producer, or (no producer) refill it with block i_done + STAGES."""
+def release_stage(p: Pipeline, kv: Ring, i_done, valid, n_blocks, batch, head_kv, INLINE_LOADS: gl.constexpr):
+    """If `valid`, hand ring slot `kv` (block i_done) back: to the producer, or (no producer) refill it with
+    block i_done + STAGES."""
     if INLINE_LOADS:
         i_next = i_done + p.STAGES
-        if i_next < n_blocks:
+        if valid & (i_next < n_blocks):
             p.load_kv(kv.index, batch, head_kv, kv_block_start(n_blocks, i_next, p.k_desc.block_type.shape[1]))
     else:
-        mbarrier.arrive(p.kv_empty.index(kv.index))
+        mbarrier.arrive(p.kv_empty.index(kv.index), pred=valid)
 
 
 @gluon.jit
@@ -83,14 +85,33 @@ def value_block(p: Pipeline, kv: Ring):
 
 
 @gluon.jit
-def wait_pv(o, pm):
-    """Wait for O += P V. Passing P through the wait keeps its registers alive until the wgmma has read them;
-    Triton cannot carry 8-bit values through the wait, so FP8 P relies on ptxas's own wgmma hazard checks."""
+def wait_pv(o, pm, pr):
+    """Wait for O += P V; returns (O, pr).
+
+    Passing the in-flight P operand `pm` through the wait keeps its registers
+    alive until the wgmma has read them (Triton cannot carry 8-bit values
+    through the wait, so FP8 P relies on ptxas's own wgmma hazard checks).
+    Passing the next block's fp32 P `pr` through it pins its conversion to
+    16/8 bits after the wait: hoisted above, the new P would need the old P's
+    registers while the wgmma still reads them, and ptxas serializes wgmma.
+    """
     if pm.dtype.is_fp8():
-        o = warpgroup_mma_wait(0, deps=(o, ))
+        o, pr = warpgroup_mma_wait(0, deps=(o, pr))
     else:
-        o, pm = warpgroup_mma_wait(0, deps=(o, pm))
-    return o
+        o, pm, pr = warpgroup_mma_wait(0, deps=(o, pm, pr))
+    return o, pr
+
+
+@gluon.jit
+def schedule_fence(p: Pipeline, kv: Ring):
+    """Keep the softmax ahead of the wait for PV in the final schedule.
+
+    Inside one basic block ptxas places `wgmma.wait_group` as early as it can,
+    i.e. before the softmax it is meant to overlap. Re-waiting on V's `ready`
+    barrier of the block PV is reading (already complete, so it returns at
+    once) puts a try-wait loop, hence a block boundary, between the two.
+    """
+    mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
 
 
 @gluon.jit
@@ -170,15 +191,16 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                 s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scales, BLOCK_N, CAUSAL)
                 pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
                 alpha, v_unit = v_rescale(alpha, i, n_blocks, v_unit, v_scales, BLOCK_N)
-                o = wait_pv(o, pm)
-                release_stage(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
+                schedule_fence(p, kv)
+                o, pr = wait_pv(o, pm, pr)
+                release_stage(p, kv, i - 1, True, n_blocks, batch, head_kv, INLINE_LOADS)
                 o = o * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
                 pm = gl.convert_layout(pr.to(dtype), p_layout)
                 kv = kv_next
             mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
             o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
-            o = wait_pv(o, pm)
-            release_stage(p, kv, n_blocks - 1, n_blocks, batch, head_kv, INLINE_LOADS)
+            o, pr = wait_pv(o, pm, pr)
+            release_stage(p, kv, n_blocks - 1, True, n_blocks, batch, head_kv, INLINE_LOADS)
             kv = kv.next()
     else:
         for i in range(n_blocks):
@@ -196,7 +218,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
             o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
             pass_turn(p, CID, PINGPONG)
-            o = wait_pv(o, pm)
-            release_stage(p, kv, i, n_blocks, batch, head_kv, INLINE_LOADS)
+            o, pr = wait_pv(o, pm, pr)
+            release_stage(p, kv, i, True, n_blocks, batch, head_kv, INLINE_LOADS)
             kv = kv.next()
     return o, m, l, v_unit, kv, turn_phase

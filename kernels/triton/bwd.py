@@ -1,4 +1,4 @@
-"""FlashAttention backward in Triton: delta preprocess, a dK/dV kernel over query blocks, and dQ.
+"""FlashAttention backward in Triton: delta preprocess, a dK/dV kernel over query blocks, a dQ kernel.
 
 P is recomputed from the saved LSE, so `out` and `lse` may come from any
 forward (the FP8 forward uses this as its straight-through backward).
@@ -8,10 +8,11 @@ forward (the FP8 forward uses this as its straight-through backward).
   no mask).
 - dK/dV: one program per (key block, batch, kv head) walks the query blocks of
   every query head in its GQA group, so the group's sum needs no atomics.
-- dQ: either its own kernel, one program per (query block, batch, head) walking
-  the key blocks (deterministic), or accumulated in float32 by the dK/dV kernel
-  with TMA reduce-adds (two fewer matmuls per tile; the order of the adds, so
-  the rounding, varies from run to run).
+- dQ: one program per (query block, batch, head) walks the key blocks.
+
+No atomics anywhere: gradients are bitwise reproducible. (FA2-style dQ
+accumulated with atomic adds in the dK/dV kernel saves two of the seven
+matmuls, but measured 20-30% slower on an H200: docs/tuning-triton.md.)
 
 Tiles past seqlen_k or seqlen_q load as zeros (see `head_view`): padded keys
 only touch dK/dV rows that are never stored and add ds * 0 to dQ, and padded
@@ -50,7 +51,8 @@ def _bwd_preprocess_kernel(o_ptr, do_ptr, lse_ptr, lse2_ptr, delta_ptr, o_stride
 
 @triton.jit
 def q_block_range(start_n, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    """Query range for keys [start_n, start_n + BLOCK_N): [lo, full_start) needs the causal mask, [full_start, end) not."""
+    """Query range for keys [start_n, start_n + BLOCK_N), whole blocks: [lo, full_start) needs the causal mask,
+    [full_start, end) does not."""
     end = tl.cdiv(seqlen_q, BLOCK_M) * BLOCK_M
     lo = 0
     full_start = 0
@@ -63,13 +65,13 @@ def q_block_range(start_n, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: t
 
 
 @triton.jit
-def _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, dq_desc, dq_rows_ptr, dq_row_stride, row_base,
-                offs_n, lo, hi, seqlen_q, seqlen_k, qk_scale, softmax_scale,
-                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-                ATOMIC_DQ: tl.constexpr, UPCAST: tl.constexpr):
+def _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, offs_n, lo, hi, seqlen_q, seqlen_k,
+                qk_scale, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
     dtype = q_desc.dtype
-    for start_m in range(lo, hi, BLOCK_M):
-        start_m = tl.multiple_of(start_m, BLOCK_M)
+    # Counting blocks rather than rows cut the registers of hd128 (32, 64) tiles
+    # from 255 (spilling) to 229 (see docs/tuning-triton.md).
+    for i in range(0, (hi - lo) // BLOCK_M):
+        start_m = tl.multiple_of(lo + i * BLOCK_M, BLOCK_M)
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = q_desc.load([start_m, 0])
         do = do_desc.load([start_m, 0])
@@ -84,22 +86,15 @@ def _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, dq_desc, dq_
         dv = tl.dot(to_operand(p_t, dtype, UPCAST), do, dv)
         ds_t = to_operand(p_t * (tl.dot(v, do.T) - delta[None, :]), dtype, UPCAST)
         dk = tl.dot(ds_t, q, dk)
-        if ATOMIC_DQ:
-            dq = tl.dot(ds_t.T, k) * softmax_scale
-            if UPCAST:  # the interpreter has no descriptor atomics
-                ptrs = dq_rows_ptr + offs_m.to(tl.int64)[:, None] * dq_row_stride + tl.arange(0, HEAD_DIM)[None, :]
-                tl.atomic_add(ptrs, dq, mask=(offs_m < seqlen_q)[:, None], sem="relaxed")
-            else:  # one TMA reduce-add per tile
-                dq_desc.atomic_add([start_m, 0], dq)
     return dk, dv
 
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "nheads_kv", "head_dim"])
-def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delta_ptr, dq_ptr,
-                     q_strides, k_strides, v_strides, do_strides, dk_strides, dv_strides, dq_strides,
+def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delta_ptr,
+                     q_strides, k_strides, v_strides, do_strides, dk_strides, dv_strides,
                      seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                     ATOMIC_DQ: tl.constexpr, UPCAST: tl.constexpr):
+                     UPCAST: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     batch = bh // nheads_kv
@@ -114,24 +109,15 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delt
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     lo, full_start, end = q_block_range(start_n, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-    for g in range(group):
+    for g in range(group):  # the GQA group's query heads, summed in a fixed order
         head = kv_head * group + g
         q_desc = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
         do_desc = head_view(do_ptr, do_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
         row_base = (batch * nheads + head) * seqlen_q_pad
-        dq_desc = None
-        dq_rows_ptr = None
-        if ATOMIC_DQ:  # dq_ptr: float32 (batch, seqlen_q, nheads, HEAD_DIM) accumulator
-            if UPCAST:
-                dq_rows_ptr = dq_ptr + batch.to(tl.int64) * dq_strides[0] + head * dq_strides[2]
-            else:
-                dq_desc = head_view(dq_ptr, dq_strides, batch, head, seqlen_q, HEAD_DIM, BLOCK_M, HEAD_DIM)
-        dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, dq_desc, dq_rows_ptr,
-                             dq_strides[1], row_base, offs_n, lo, full_start, seqlen_q, seqlen_k, qk_scale,
-                             softmax_scale, HEAD_DIM, BLOCK_M, CAUSAL, True, ATOMIC_DQ, UPCAST)
-        dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, dq_desc, dq_rows_ptr,
-                             dq_strides[1], row_base, offs_n, full_start, end, seqlen_q, seqlen_k, qk_scale,
-                             softmax_scale, HEAD_DIM, BLOCK_M, CAUSAL, False, ATOMIC_DQ, UPCAST)
+        dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, offs_n, lo, full_start,
+                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, CAUSAL, True, UPCAST)
+        dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, offs_n, full_start, end,
+                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, CAUSAL, False, UPCAST)
     dk_desc = head_view(dk_ptr, dk_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
     dv_desc = head_view(dv_ptr, dv_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
     dk_desc.store([start_n, 0], to_operand(dk * softmax_scale, dk_desc.dtype, UPCAST).to(dk_desc.dtype))
@@ -196,16 +182,16 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
                               tiles: BwdTiles | None = None):
     """(dq, dk, dv) for validated inputs; lse (b, h, sq) float32 natural log, contiguous.
 
-    `deterministic` computes dQ in its own kernel (fixed summation order);
-    otherwise the tile table decides whether dQ is accumulated with atomics.
+    Always deterministic: no atomics, every sum in a fixed order, so
+    `deterministic` (FlashAttention's flag) changes nothing here.
     `tiles` overrides the tuned tile table (used by the tuning script).
     """
     batch, seqlen_q, nheads, head_dim = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
     tiles = tiles or bwd_tiles(head_dim, causal, q.device)
-    atomic_dq = tiles.atomic_dq and not deterministic
+    dkdv_t, dq_t = tiles.dkdv, tiles.dq
     d = padded_head_dim(head_dim)
-    pad = max(tiles.block_m, tiles.dq_block_m, PREPROCESS_BLOCK_M)
+    pad = max(dkdv_t.block_m, dq_t.block_m, PREPROCESS_BLOCK_M)
     seqlen_q_pad = triton.cdiv(seqlen_q, pad) * pad
     upcast = interpreting()
     set_descriptor_allocator(q.device)
@@ -217,27 +203,22 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
         HEAD_DIM=d, BLOCK_M=PREPROCESS_BLOCK_M,
     )
 
+    qk_scale = softmax_scale * LOG2E
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    # Padded to the tile's head dim so that the atomics need no column mask.
-    dq_accum = torch.zeros((batch, seqlen_q, nheads, d), dtype=torch.float32, device=q.device) if atomic_dq else None
-    qk_scale = softmax_scale * LOG2E
-    _bwd_dkdv_kernel[(triton.cdiv(seqlen_k, tiles.block_n), batch * nheads_kv)](
-        q, k, v, dout, dk, dv, lse2, delta, dq_accum,
+    _bwd_dkdv_kernel[(triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv)](
+        q, k, v, dout, dk, dv, lse2, delta,
         bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout), bsh_strides(dk), bsh_strides(dv),
-        bsh_strides(dq_accum) if atomic_dq else (0, 0, 0),
         seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
-        HEAD_DIM=d, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal, ATOMIC_DQ=atomic_dq, UPCAST=upcast,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        HEAD_DIM=d, BLOCK_M=dkdv_t.block_m, BLOCK_N=dkdv_t.block_n, CAUSAL=causal, UPCAST=upcast,
+        num_warps=dkdv_t.num_warps, num_stages=dkdv_t.num_stages, maxnreg=dkdv_t.max_regs,
     )
-    if atomic_dq:
-        return dq_accum[..., :head_dim].to(q.dtype), dk, dv
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    _bwd_dq_kernel[(triton.cdiv(seqlen_q, tiles.dq_block_m), batch * nheads)](
+    _bwd_dq_kernel[(triton.cdiv(seqlen_q, dq_t.block_m), batch * nheads)](
         q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),
         bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
-        HEAD_DIM=d, BLOCK_M=tiles.dq_block_m, BLOCK_N=tiles.dq_block_n, CAUSAL=causal, UPCAST=upcast,
-        num_warps=tiles.dq_num_warps, num_stages=tiles.dq_num_stages,
+        HEAD_DIM=d, BLOCK_M=dq_t.block_m, BLOCK_N=dq_t.block_n, CAUSAL=causal, UPCAST=upcast,
+        num_warps=dq_t.num_warps, num_stages=dq_t.num_stages, maxnreg=dq_t.max_regs,
     )
     return dq, dk, dv

@@ -9,6 +9,9 @@ scale costs one scalar per row-rescale instead of a multiply per element, and
 is applied exactly in fp32 (folding it into P's columns before the cast would
 push P out of fp8's normal range). O = acc · u / l, where l sums the fp32 P;
 the 2**8 cancels there and in LSE = (m + log2 l - 8) · ln 2.
+Each tile's P8 V8 starts from zero and joins acc in fp32: Hopper's FP8 MMAs add
+into their accumulator with ~14-bit precision, which over many key tiles
+would drift O. Q8 K8ᵀ (at most 8 MMA steps deep) keeps the fast path.
 """
 import torch
 import triton
@@ -20,9 +23,13 @@ from kernels.triton.fp8_quant import FP8_TL_DTYPES, INTERPRET, to_fp8
 
 
 # (block_m, num_warps, num_stages) keyed on head dim; the key tile is always config.block_n.
-# H200 choices (experiments/tune_fp8.py; log in docs/fp8.md).
-FWD_TILES_SM90 = {64: (128, 8, 3), 128: (128, 8, 2), 256: (128, 8, 2)}
-FWD_TILES_GENERIC = {64: (64, 4, 2), 128: (64, 4, 2), 256: (64, 4, 1)}
+# H200 winners of experiments/tune_fp8.py (log in docs/fp8.md): one 64-row warpgroup per program
+# beat 128 rows on two warpgroups (likely because two independent programs per SM overlap softmax
+# and MMAs better than two warpgroups that synchronize every tile). Head dim 256 needs two
+# warpgroups to hold O and one tile's P·V in registers without spilling.
+FWD_TILES_SM90 = {64: (64, 4, 3), 128: (64, 4, 2), 256: (64, 8, 2)}
+# Other GPUs: not measured; small tiles that fit less shared memory.
+FWD_TILES_GENERIC = {64: (64, 4, 2), 128: (64, 4, 2), 256: (64, 8, 1)}
 # Interpreter: query tiles smaller than the scale block, so tests cover the block -> tile mapping.
 FWD_TILES_INTERPRETER = (32, 4, 1)
 _P_OFFSET = tl.constexpr(P_LOG2_OFFSET)
@@ -61,10 +68,11 @@ def _fp8_fwd_tiles(acc, l_i, m_i, v_unit, q, desc_k, desc_v, KS, VS,
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v_scale = tl.load(VS + tile)
-        acc = acc * (alpha * (v_unit / v_scale))[:, None]
         v = desc_v.load([b, hk, 0, n0]).reshape(HEAD_DIM, BLOCK_N)
         p8 = to_fp8(p, P_DTYPE, INTERPRET)
-        acc = tl.dot(p8, v.T, acc)
+        # Hopper's FP8 MMA adds into its accumulator with ~14-bit precision: P·V of one tile starts
+        # from zero and joins the running sum in fp32 (one FMA, fused with the rescale).
+        acc = acc * (alpha * (v_unit / v_scale))[:, None] + tl.dot(p8, v.T)
         v_unit = v_scale
         m_i = m_new
     return acc, l_i, m_i, v_unit
@@ -122,7 +130,8 @@ def _fp8_fwd_kernel(desc_q, desc_k, desc_v, desc_o, QS, KS, VS, Lse,
 
 def fp8_attention_forward_triton(x: FP8QKV, softmax_scale: float, causal: bool, out_dtype: torch.dtype,
                                  tiles=None):
-    """Run the forward on pre-pass outputs: (out (batch, seqlen_q, nheads, headdim) in out_dtype, lse fp32 (batch, nheads, seqlen_q)).
+    """The forward on pre-pass outputs: (out (batch, seqlen_q, nheads, headdim) in out_dtype,
+    lse (batch, nheads, seqlen_q) fp32).
 
     tiles: (block_m, num_warps, num_stages) to override the table (tuning).
     """

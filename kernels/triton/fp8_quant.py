@@ -3,8 +3,8 @@
 One program owns one scale block (`block` rows of one batch and head). It
 reads the block twice in sub-tiles through TMA descriptors, once for the amax
 and once to quantize (the second read hits L2), so that even 256-row blocks
-at head dim 256 fit on chip. The layouts and the arithmetic are kernels.quant's, which the
-tests hold this kernel to.
+at head dim 256 fit on chip. The layouts and the arithmetic are
+kernels.quant's, which the tests hold this kernel to.
 """
 import math
 import os
@@ -20,11 +20,13 @@ from kernels.quant import FP8QKV, V_SEQ_ALIGN, FP8Config, check_qkv, scales_from
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 FP8_TL_DTYPES = {torch.float8_e4m3fn: tl.float8e4nv, torch.float8_e5m2: tl.float8e5}
-# (rows, columns, num_warps) of a sub-tile: a block is walked in steps of `rows`
-# rows and, for the rotation, `columns` output columns (a 256x256 D·H would
-# not fit in shared memory at once). H200 choice: experiments/tune_fp8.py.
-QUANT_TILES = (64, 128, 4)
-QUANT_TILES_INTERPRETER = (32, 64, 4)
+# (rows, columns, num_warps, num_stages): a block is walked in steps of `rows`
+# rows and, for the rotation, `columns` output columns of D·H at a time. One
+# stage: the loads are not multi-buffered (at head dim 256 two stages overflow
+# shared memory). H200 winner at head dim 128 among tiles that run at every
+# head dim (experiments/tune_fp8.py, docs/fp8.md).
+QUANT_TILES = (128, 128, 8, 1)
+QUANT_TILES_INTERPRETER = (32, 64, 4, 1)
 
 
 @triton.jit
@@ -50,20 +52,30 @@ def to_fp8(x, FP8_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _sub_tile(desc_x, desc_dh, b, h, row0, col0, inv_sqrt_d,
-              ROWS: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr,
-              HADAMARD: tl.constexpr, INTERPRET: tl.constexpr):
-    """Rows [row0, row0+ROWS), columns [col0, col0+COLS) of x·M (or of x) in fp32; rows past seqlen read 0."""
+def _sub_tile(desc_x, desc_dh, x, b, h, row0, col0, inv_sqrt_d,
+              ROWS: tl.constexpr, COLS: tl.constexpr, HADAMARD: tl.constexpr, INTERPRET: tl.constexpr):
+    """Columns [col0, col0+COLS) of rows [row0, row0+ROWS) of x·M (x: those rows, all columns), or of x, in fp32."""
     if HADAMARD:
-        x = desc_x.load([b, row0, h, 0]).reshape(ROWS, HEAD_DIM)
         dh = desc_dh.load([0, col0])
         if INTERPRET:  # numpy has no bf16 matmul
-            x = x.to(tl.float32)
             dh = dh.to(tl.float32)
         # ±1 entries: exact products, fp32 accumulation; 1/sqrt(d) applied in fp32.
         return tl.dot(x, dh) * inv_sqrt_d
     else:
         return desc_x.load([b, row0, h, col0]).reshape(ROWS, COLS).to(tl.float32)
+
+
+@triton.jit
+def _rows(desc_x, b, h, row0, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, HADAMARD: tl.constexpr,
+          INTERPRET: tl.constexpr):
+    """Rows [row0, row0+ROWS) of x, all columns, when the rotation needs them (else a placeholder); 0 past seqlen."""
+    if HADAMARD:
+        x = desc_x.load([b, row0, h, 0]).reshape(ROWS, HEAD_DIM)
+        if INTERPRET:
+            x = x.to(tl.float32)
+        return x
+    else:
+        return 0.0
 
 
 @triton.jit
@@ -88,8 +100,9 @@ def _quantize_kernel(desc_x, desc_dh, desc_out, Scale, seqlen, nheads, nblocks, 
         amax = tl.zeros((), tl.float32)
         poison = tl.zeros((), tl.float32)
         for row0 in range(row_start, row_end, ROWS):
+            x = _rows(desc_x, b, h, row0, ROWS, HEAD_DIM, HADAMARD, INTERPRET)
             for col0 in tl.static_range(0, HEAD_DIM, COLS):
-                y = _sub_tile(desc_x, desc_dh, b, h, row0, col0, inv_sqrt_d, ROWS, COLS, HEAD_DIM, HADAMARD, INTERPRET)
+                y = _sub_tile(desc_x, desc_dh, x, b, h, row0, col0, inv_sqrt_d, ROWS, COLS, HADAMARD, INTERPRET)
                 amax = tl.maximum(amax, tl.max(tl.max(tl.abs(y), axis=1), axis=0))
                 # y * 0 is NaN exactly where y is inf or NaN (a max may drop a NaN): it poisons the block.
                 poison += tl.sum(tl.sum(y * 0.0, axis=1), axis=0)
@@ -102,10 +115,12 @@ def _quantize_kernel(desc_x, desc_dh, desc_out, Scale, seqlen, nheads, nblocks, 
 
     if MODE != "amax":
         inv_scale = tl.math.div_rn(1.0, scale)
-        # Sub-tiles past seqlen (up to V's padded length) are stored as zeros; past the tensor they are dropped.
+        # Rows past seqlen read as 0 and are stored as 0 up to V's padded length (ROWS is a multiple of
+        # V_SEQ_ALIGN, so the last sub-tile covers the padding); past the tensor, TMA drops them.
         for row0 in range(row_start, row_end, ROWS):
+            x = _rows(desc_x, b, h, row0, ROWS, HEAD_DIM, HADAMARD, INTERPRET)
             for col0 in tl.static_range(0, HEAD_DIM, COLS):
-                y = _sub_tile(desc_x, desc_dh, b, h, row0, col0, inv_sqrt_d, ROWS, COLS, HEAD_DIM, HADAMARD, INTERPRET)
+                y = _sub_tile(desc_x, desc_dh, x, b, h, row0, col0, inv_sqrt_d, ROWS, COLS, HADAMARD, INTERPRET)
                 y8 = to_fp8(tl.clamp(y * inv_scale, -fp8_max, fp8_max), FP8_DTYPE, INTERPRET)
                 if TRANSPOSE_OUT:
                     desc_out.store([b, h, col0, row0], y8.T.reshape(1, 1, COLS, ROWS))
@@ -124,8 +139,10 @@ def _quantize(x: torch.Tensor, out: torch.Tensor, block: int, rotate: bool, conf
               transpose_out=False):
     """Quantize x (batch, seqlen, heads, d) into `out` ((batch, heads, d, seqlen) if transpose_out); returns scales."""
     b, s, h, d = x.shape
-    rows, cols, num_warps = tiles
+    rows, cols, num_warps, num_stages = tiles
     rows, cols = min(rows, block), min(cols, d)
+    if rows % V_SEQ_ALIGN:
+        raise ValueError(f"pre-pass sub-tile rows must be a multiple of {V_SEQ_ALIGN}, got {rows}")
     nblocks = triton.cdiv(s, block)
     scale = torch.empty(b, h, nblocks, dtype=torch.float32, device=x.device)
     x = _tma_ready(x)
@@ -140,6 +157,7 @@ def _quantize(x: torch.Tensor, out: torch.Tensor, block: int, rotate: bool, conf
             desc_x, desc_dh, desc_out, scale, s, h, nblocks, 1.0 / math.sqrt(d), config.fp8_max,
             BLOCK=block, ROWS=rows, COLS=cols, HEAD_DIM=d, HADAMARD=rotate, TRANSPOSE_OUT=transpose_out,
             MODE=mode, FP8_DTYPE=FP8_TL_DTYPES[config.dtype], INTERPRET=INTERPRET, num_warps=num_warps,
+            num_stages=num_stages,
         )
 
     if config.granularity == "block":
@@ -154,7 +172,7 @@ def _quantize(x: torch.Tensor, out: torch.Tensor, block: int, rotate: bool, conf
 def quantize_qkv_triton(q, k, v, config: FP8Config, tiles=None) -> FP8QKV:
     """The pre-pass on the GPU (or the interpreter): three launches for block scales, six otherwise.
 
-    tiles: (rows, columns, num_warps) to override QUANT_TILES (tuning).
+    tiles: (rows, columns, num_warps, num_stages) to override QUANT_TILES (tuning).
     """
     check_qkv(q, k, v, config)
     tiles = tiles or (QUANT_TILES_INTERPRETER if INTERPRET else QUANT_TILES)

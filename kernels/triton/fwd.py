@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from kernels.triton.tiles import FwdTiles, fwd_tiles, padded_head_dim
+from kernels.triton.tiles import Tiles, fwd_tiles, padded_head_dim
 
 LOG2E = 1.4426950408889634
 LN2 = tl.constexpr(0.6931471805599453)
@@ -178,7 +178,10 @@ def interpreting() -> bool:
 
 
 def set_descriptor_allocator(device: torch.device):
-    """In-kernel descriptors need a small global scratch buffer; Triton's allocator is per thread, so set it per launch."""
+    """In-kernel descriptors need a small global scratch buffer from Triton's allocator.
+
+    The allocator is per thread (autograd runs the backward on its own thread), so it is set before each launch.
+    """
     triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
 
 
@@ -187,7 +190,7 @@ def bsh_strides(t: torch.Tensor):
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: FwdTiles | None = None):
+def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None = None):
     """(out, lse) for validated q (b, sq, h, d), k/v (b, sk, hkv, d); lse (b, h, sq) float32, natural log.
 
     `tiles` overrides the tuned tile table (used by the tuning script).
@@ -202,6 +205,6 @@ def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: FwdTiles | N
         q, k, v, out, lse, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(out),
         seqlen_q, seqlen_k, nheads, nheads // nheads_kv, head_dim, softmax_scale * LOG2E,
         HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
-        UPCAST=interpreting(), num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        UPCAST=interpreting(), num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs,
     )
     return out, lse

@@ -15,55 +15,50 @@ import torch
 
 
 @dataclass(frozen=True)
-class FwdTiles:
-    block_m: int  # query rows per program
-    block_n: int  # keys per inner-loop step
+class Tiles:
+    """Launch shape of one kernel."""
+    block_m: int  # query rows per tile
+    block_n: int  # keys per tile
     num_warps: int
-    num_stages: int
+    num_stages: int  # software-pipelining depth of the main loop
+    max_regs: int | None = None  # Triton's maxnreg: a cap that lets two programs share an SM
 
 
 @dataclass(frozen=True)
 class BwdTiles:
-    block_m: int  # query rows per inner step of the dK/dV kernel
-    block_n: int  # keys per dK/dV program
-    num_warps: int
-    num_stages: int
-    dq_block_m: int  # query rows per dQ program
-    dq_block_n: int  # keys per inner step of the dQ kernel
-    dq_num_warps: int
-    dq_num_stages: int
-    atomic_dq: bool  # unless deterministic, accumulate dQ with atomics in the dK/dV kernel instead of its own
+    dkdv: Tiles  # one program per key block, looping over query blocks
+    dq: Tiles  # one program per query block, looping over key blocks
 
 
-# Hopper (sm_90) winners, keyed on (padded head dim, causal).
+# Hopper (sm_90) winners of experiments/tune_triton.py, keyed on (padded head dim, causal).
 FWD_TILES_SM90 = {
-    (64, False): FwdTiles(128, 128, 8, 3),
-    (64, True): FwdTiles(128, 128, 8, 3),
-    (128, False): FwdTiles(128, 128, 8, 3),
-    (128, True): FwdTiles(128, 128, 8, 3),
-    (256, False): FwdTiles(128, 64, 8, 2),
-    (256, True): FwdTiles(128, 64, 8, 2),
+    (64, False): Tiles(128, 128, 8, 3, max_regs=128),
+    (64, True): Tiles(128, 128, 8, 3, max_regs=128),
+    (128, False): Tiles(128, 64, 8, 2, max_regs=128),
+    (128, True): Tiles(64, 64, 4, 3),
+    (256, False): Tiles(128, 64, 8, 2),
+    (256, True): Tiles(128, 64, 8, 2),
 }
 BWD_TILES_SM90 = {
-    (64, False): BwdTiles(64, 128, 8, 2, 128, 64, 8, 2, False),
-    (64, True): BwdTiles(64, 128, 8, 2, 128, 64, 8, 2, False),
-    (128, False): BwdTiles(64, 128, 8, 2, 128, 64, 8, 2, False),
-    (128, True): BwdTiles(64, 128, 8, 2, 128, 64, 8, 2, False),
-    (256, False): BwdTiles(64, 64, 8, 1, 64, 64, 8, 1, False),
-    (256, True): BwdTiles(64, 64, 8, 1, 64, 64, 8, 1, False),
+    (64, False): BwdTiles(Tiles(64, 64, 4, 2), Tiles(128, 64, 8, 2)),
+    (64, True): BwdTiles(Tiles(64, 64, 4, 2), Tiles(64, 64, 4, 2)),
+    (128, False): BwdTiles(Tiles(32, 64, 4, 3), Tiles(64, 64, 4, 2)),
+    (128, True): BwdTiles(Tiles(32, 64, 4, 3), Tiles(64, 32, 4, 3)),
+    (256, False): BwdTiles(Tiles(64, 64, 8, 2), Tiles(128, 32, 8, 2)),
+    (256, True): BwdTiles(Tiles(64, 64, 8, 2), Tiles(128, 64, 8, 1)),
 }
 
-# Other GPUs (less shared memory than Hopper): conservative tiles.
-FWD_TILES_GENERIC = {64: FwdTiles(128, 64, 4, 2), 128: FwdTiles(128, 32, 8, 2), 256: FwdTiles(64, 32, 4, 1)}
+# Other GPUs (less shared memory than Hopper): conservative tiles, neither tuned nor run yet.
+FWD_TILES_GENERIC = {64: Tiles(128, 64, 4, 2), 128: Tiles(128, 32, 8, 2), 256: Tiles(64, 32, 4, 1)}
 BWD_TILES_GENERIC = {
-    64: BwdTiles(32, 64, 4, 2, 64, 32, 4, 2, False),
-    128: BwdTiles(32, 64, 4, 1, 64, 32, 4, 1, False),
-    256: BwdTiles(16, 32, 4, 1, 32, 16, 4, 1, False),
+    64: BwdTiles(Tiles(32, 64, 4, 2), Tiles(64, 32, 4, 2)),
+    128: BwdTiles(Tiles(32, 64, 4, 1), Tiles(64, 32, 4, 1)),
+    256: BwdTiles(Tiles(16, 32, 4, 1), Tiles(32, 16, 4, 1)),
 }
 
 # Interpreter: blocks of unequal size so that tests cover both kinds of diagonal.
-FWD_TILES_INTERPRETER = FwdTiles(32, 16, 4, 1)
-BWD_TILES_INTERPRETER = BwdTiles(16, 32, 4, 1, 32, 16, 4, 1, False)
+FWD_TILES_INTERPRETER = Tiles(32, 16, 4, 1)
+BWD_TILES_INTERPRETER = BwdTiles(Tiles(16, 32, 4, 1), Tiles(32, 16, 4, 1))
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -77,7 +72,7 @@ def _table_key(device: torch.device):
     return "sm90" if torch.cuda.get_device_capability(device) == (9, 0) else "generic"
 
 
-def fwd_tiles(head_dim: int, causal: bool, device: torch.device) -> FwdTiles:
+def fwd_tiles(head_dim: int, causal: bool, device: torch.device) -> Tiles:
     key = _table_key(device)
     if key == "interpreter":
         return FWD_TILES_INTERPRETER

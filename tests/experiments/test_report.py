@@ -25,6 +25,7 @@ def test_collects_parts_and_lists_the_missing(tmp_path):
         "Figure 6: backward, BF16", "Figure 7: forward, FP8", "Table 2: ablation", "Table 3: numerical error",
         "quantization sweep"}
     assert "## Missing" in text and "python -m experiments.sweep_summary multirun/h200/quant_sweep" in text
+    assert f"python -m experiments.paper bwd --out {results}/paper" in text
     assert "python -m fp8train.train -m experiment=quant_sweep hydra.sweep.dir=multirun/h200/quant_sweep" in text
 
 

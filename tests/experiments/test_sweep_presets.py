@@ -35,7 +35,7 @@ def test_bf16_vs_fp8_is_both_arms_times_two_seeds():
     jobs = _jobs("bf16_vs_fp8")
     assert len(jobs) == 4
     cfgs = [_validated("bf16_vs_fp8", job) for job in jobs]
-    assert {(c.attention.name, c.trainer.seed) for c in cfgs} == set(itertools.product(("sdpa", "fp8"), (0, 1)))
+    assert {(c.attention.name, c.trainer.seed) for c in cfgs} == set(itertools.product(("flash", "fp8"), (0, 1)))
     assert {c.logger.group for c in cfgs} == {"bf16_vs_fp8"}
     assert {c.model.n_layer for c in cfgs} == {6} and {c.data.tokenizer for c in cfgs} == {"char"}
 

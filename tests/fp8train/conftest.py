@@ -28,6 +28,8 @@ def _single_process(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_MODE", "offline")
+    # The flash/fp8 backends pin KERNELS_IMPL process-wide; undo it so kernel tests keep their own dispatch.
+    monkeypatch.setenv("KERNELS_IMPL", "auto")
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
 # Small enough that a step takes milliseconds on one CPU core.
 TINY = ["model.n_layer=2", "model.n_head=2", "model.d_model=32", "model.block_size=32",
-        "trainer.batch_size=8", "optim.warmup_steps=2", "trainer.log_interval=1", "trainer.eval_interval=0", "trainer.progress=false",
+        "trainer.batch_size=8", "optim.warmup_steps=2", "trainer.log_interval=1", "trainer.eval_interval=0",
+        "trainer.progress=false",
         "logger=jsonl"]
 
 

@@ -1,5 +1,7 @@
-"""The `fp8train-train` entry point: W&B offline runs, multirun grouping, and SIGTERM handling."""
+"""The `fp8train-train` entry point: W&B offline runs, multirun grouping, SIGTERM, torchrun relaunch, a failing rank."""
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +25,7 @@ def test_wandb_offline_run_inside_run_dir_and_resumed_with_same_id(make_cfg, tmp
 
 
 def _cli(*args, **kw):
-    env = {**__import__("os").environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.Popen([sys.executable, "-m", "fp8train.train", *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
@@ -73,3 +75,18 @@ def test_nproc_per_node_relaunches_as_torchrun_workers(data_dir, cache_dir, tmp_
     assert (summary["world_size"], summary["strategy"], summary["steps"]) == (2, "ddp", 2)
     assert sorted(p.name for p in checkpoint.latest(tmp_path / "checkpoints").glob("rng_rank*")) == \
         ["rng_rank0.pt", "rng_rank1.pt"]
+
+
+@pytest.mark.slow
+def test_a_failing_rank_ends_the_job_with_its_rank(data_dir, cache_dir, tmp_path, monkeypatch):
+    # Rank 1 alone is given a checkpoint path that does not exist; rank 0 would wait for it in a collective.
+    monkeypatch.setenv("FP8TRAIN_TEST_RESUME_1", str(tmp_path / "no-such-checkpoint"))
+    proc = _cli("trainer.parallel.nproc_per_node=2", "trainer.max_steps=50", "trainer.parallel.timeout_s=400",
+                "trainer.resume='${oc.env:FP8TRAIN_TEST_RESUME_${oc.env:LOCAL_RANK,0},never}'", *TINY,
+                f"data.data_dir={data_dir}", f"data.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}")
+    start = time.time()
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    assert time.time() - start < 300  # brought down by the launcher, not left to the 400 s collective timeout
+    assert "no-such-checkpoint is not a checkpoint directory" in err
+    assert re.search(r"rank\s*:\s*1 ", err)

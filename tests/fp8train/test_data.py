@@ -33,7 +33,7 @@ def test_cache_is_built_once_and_keyed_by_content(tmp_path):
 
 def test_missing_corpus_offline_says_how_to_point_at_a_copy(tmp_path):
     cfg = text_cfg(tmp_path, path="tinyshakespeare.txt", url="http://127.0.0.1:9/input.txt")
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(data.CorpusNotFound) as e:
         data.prepare(cfg)
     message = str(e.value)
     assert "downloading http://127.0.0.1:9/input.txt failed" in message
@@ -42,7 +42,7 @@ def test_missing_corpus_offline_says_how_to_point_at_a_copy(tmp_path):
 
 def test_packed_windows_are_deterministic_disjoint_and_shifted():
     tokens = np.arange(1000)
-    a, b = data.PackedSequences(tokens, 10, seed=3, shuffle=True), data.PackedSequences(tokens, 10, seed=3, shuffle=True)
+    a, b = (data.PackedSequences(tokens, 10, seed=3, shuffle=True) for _ in range(2))
     n = len(a)
     epoch0 = [a[i] for i in range(n)]
     assert all(np.array_equal(epoch0[i], b[i]) for i in range(n))  # same seed, same data

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from fp8train import attention, checkpoint, data, loop
+from fp8train import attention, checkpoint, data, loop, optim
 from fp8train.config import ModelConfig
 from fp8train.model import GPT
 
@@ -25,6 +25,7 @@ def test_training_lowers_loss_and_writes_run_dir(make_cfg, tmp_path):
     assert all(ROW_KEYS <= r.keys() for r in train)
     assert train[0]["tokens"] == 10 * 8 * 32 and train[-1]["tokens"] == 40 * 8 * 32
     assert train[-1]["loss"] < train[0]["loss"] - 0.5  # from ~4.2 (log 65)
+    assert [r["lr"] for r in train] == pytest.approx([optim.lr_at(s - 1, cfg.optim, 40) for s in (10, 20, 30, 40)])
     evals = rows(tmp_path, "val_loss")
     assert [r["step"] for r in evals] == [20, 40] and evals[1]["val_loss"] < evals[0]["val_loss"]
     assert summary["best_val_loss"] == min(r["val_loss"] for r in evals) and summary["steps"] == 40

@@ -29,7 +29,8 @@ def test_select_drops_what_the_node_has_and_skipped_patterns():
 def test_conflicts_flag_node_versions_outside_a_shipped_requirement():
     report = {"install": [{"metadata": {"name": "datasets", "version": "5.2.0", "requires_dist": [
         "huggingface-hub<3.0,>=1.31.0", "PyYAML>=7", "numpy>=1.17", "pyyaml<6; python_version < '3.8'",
-        "pytest; extra == 'tests'"]}}, {"metadata": {"name": "PyYAML", "version": "6.0.3", "requires_dist": ["torch<1"]}}]}
+        "pytest; extra == 'tests'"]}},
+        {"metadata": {"name": "PyYAML", "version": "6.0.3", "requires_dist": ["torch<1"]}}]}
     have = wheelhouse.parse_have(FREEZE)
     found = wheelhouse.conflicts(report, [("datasets", "5.2.0")], have, "3.12")
     assert found == ["datasets 5.2.0 needs PyYAML>=7; the node has 6.0.2"]

@@ -76,7 +76,7 @@ def _bad(**overrides):
 
 
 BAD_INPUTS = [
-    ("float32", lambda: _bad(q=qkv()[0].float(), k=qkv()[1].float(), v=qkv()[2].float()), TypeError, "bfloat16 or float16"),
+    ("float32", lambda: {k: t.float() for k, t in zip("qkv", qkv())}, TypeError, "bfloat16 or float16"),
     ("int", lambda: _bad(q=torch.ones(1, 24, 4, 64, dtype=torch.int32)), TypeError, "dtype"),
     ("mixed dtypes", lambda: _bad(k=qkv()[1].half()), TypeError, "share a dtype"),
     ("not a tensor", lambda: _bad(q=[[1.0]]), TypeError, "torch.Tensor"),

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SMEM_LIMIT = 227 * 1024  # sm_90 opt-in shared memory per block
 BARRIER_SLACK = 1024  # mbarriers and epilogue scratch on top of the buffers
 # (element bytes, head dim) -> (block_n, stages, O staged in Q's buffer); kernels.gluon.forward.TILE_CONFIGS.
-TILES = {(2, 64): (128, 3, False), (2, 128): (128, 2, False), (2, 256): (64, 2, True),
+TILES = {(2, 64): (128, 3, False), (2, 128): (128, 3, True), (2, 256): (64, 2, True),
          (1, 64): (128, 4, False), (1, 128): (128, 3, False), (1, 256): (128, 2, False)}
 BLOCK_M = 128
 

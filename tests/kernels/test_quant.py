@@ -120,8 +120,8 @@ CASES = [  # (batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim), config
 def test_prepass_kernel_matches_reference(shape, cfg):
     q, k, v = make_qkv(*shape, seed=2)
     got, want = quantize_qkv_triton(q, k, v, cfg), quantize_qkv_ref(q, k, v, cfg)
-    for name in ("q_scale", "k_scale", "v_scale"):
-        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=2e-7, atol=0)
+    for name in ("q_scale", "k_scale", "v_scale"):  # fp32 rotation sums may differ in the last bits
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-6, atol=0)
     for name in ("q", "k", "v_t"):
         a, b = getattr(got, name), getattr(want, name)
         assert a.shape == b.shape and a.dtype == b.dtype == cfg.dtype

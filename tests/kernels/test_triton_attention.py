@@ -11,8 +11,6 @@ small epsilon (for gradients: the reference's own rounding to the dtype). It is
 applied to the max abs error (catches local bugs: masks, tails) and to the
 relative L2 error (catches small global ones: a scale off by 1%).
 """
-import dataclasses
-
 import pytest
 import torch
 
@@ -20,7 +18,6 @@ import kernels
 from kernels.reference import attention_backward_ref, attention_ref
 from kernels.triton import attention_backward_triton, attention_forward_triton
 from kernels.triton.fwd import interpreting
-from kernels.triton.tiles import bwd_tiles
 
 # CPU tests run the kernels in the interpreter (conftest sets TRITON_INTERPRET=1 where there is no GPU).
 on_interpreter = pytest.mark.skipif(not interpreting(), reason="CPU Triton kernels need TRITON_INTERPRET=1")
@@ -103,21 +100,6 @@ def test_forward_backward_match_reference(case, monkeypatch):
     assert_forward_close(out, lse, q, k, v, causal)
     out.backward(dout)
     assert_grads_close((qg.grad, kg.grad, vg.grad), q, k, v, dout, causal)
-
-
-@on_interpreter
-@pytest.mark.parametrize("causal", [False, True])
-def test_atomic_dq_matches_reference(causal):
-    """The dK/dV kernel's atomic dQ (the non-deterministic option) is as accurate as the dQ kernel."""
-    q, k, v, dout = random_qkv(1, 29, 41, 4, 2, 64, torch.bfloat16, "cpu", seed=3)
-    out, lse = attention_forward_triton(q, k, v, 64 ** -0.5, causal)
-    tiles = bwd_tiles(64, causal, q.device)
-    atomic = attention_backward_triton(dout, q, k, v, out, lse, 64 ** -0.5, causal,
-                                       tiles=dataclasses.replace(tiles, atomic_dq=True))
-    separate = attention_backward_triton(dout, q, k, v, out, lse, 64 ** -0.5, causal,
-                                         tiles=dataclasses.replace(tiles, atomic_dq=False))
-    assert torch.equal(atomic[1], separate[1]) and torch.equal(atomic[2], separate[2])
-    assert_grads_close(atomic, q, k, v, dout, causal)
 
 
 @on_interpreter
