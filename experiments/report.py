@@ -35,7 +35,7 @@ def steps(results, runs):
                                f"hydra.sweep.dir={runs}/bf16_vs_fp8"]),
         ("train_quant_sweep", [py, "-m", "fp8train.train", "-m", "experiment=quant_sweep",
                                f"hydra.sweep.dir={runs}/quant_sweep"]),
-        ("compare", [py, "-m", "experiments.compare", f"{runs}/bf16_vs_fp8", "--baseline", "sdpa",
+        ("compare", [py, "-m", "experiments.compare", f"{runs}/bf16_vs_fp8", "--baseline", "flash",
                      "--out", f"{results}/bf16_vs_fp8"]),
         ("sweep_summary", [py, "-m", "experiments.sweep_summary", f"{runs}/quant_sweep", f"{runs}/bf16_vs_fp8",
                            "--out", f"{results}/quant_sweep"]),

@@ -206,6 +206,10 @@ OURS_TRITON = Candidate("ours-triton", "ours", _ours_bf16("triton"), env=(("KERN
                         backend=_bf16_backend)
 OURS_FP8 = Candidate("ours-fp8", "ours", _ours_fp8, backend=_fp8_backend)
 OURS_FP8_KERNEL = Candidate("ours-fp8-kernel", "ours", _ours_fp8_kernel, backend=_fp8_backend)
+OURS_FP8_GLUON = Candidate("ours-fp8-gluon", "ours", _ours_fp8, env=(("KERNELS_IMPL", "gluon"),),
+                           backend=_fp8_backend)
+OURS_FP8_TRITON = Candidate("ours-fp8-triton", "ours", _ours_fp8, env=(("KERNELS_IMPL", "triton"),),
+                            backend=_fp8_backend)
 SDPA_CUDNN = Candidate("sdpa-cudnn", "peer", _sdpa("CUDNN_ATTENTION"))
 SDPA_FLASH = Candidate("sdpa-flash", "peer", _sdpa("FLASH_ATTENTION"))
 SDPA_EFFICIENT = Candidate("sdpa-efficient", "peer", _sdpa("EFFICIENT_ATTENTION"))
@@ -218,4 +222,4 @@ BF16_ROSTER = (OURS_GLUON, OURS_TRITON, SDPA_CUDNN, SDPA_FLASH, SDPA_EFFICIENT, 
 # FP8 peers we can reach from Python are FA3's; BF16 cuDNN and our BF16 kernel show the FP8 gain.
 OURS_BF16 = Candidate("ours-bf16", "ours", _ours_bf16("auto"), env=(("KERNELS_IMPL", "auto"),),
                       backend=_bf16_backend)
-FP8_ROSTER = (OURS_FP8, OURS_FP8_KERNEL, OURS_BF16, FA3_FP8, SDPA_CUDNN)
+FP8_ROSTER = (OURS_FP8, OURS_FP8_GLUON, OURS_FP8_TRITON, OURS_FP8_KERNEL, OURS_BF16, FA3_FP8, SDPA_CUDNN)

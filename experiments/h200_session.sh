@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The H200 measurements behind results/, in two phases that each fit one 10-minute device call.
+#
+#   bash experiments/h200_session.sh train   # training runs, side by side (not timed), + the GPU test suite
+#   bash experiments/h200_session.sh bench   # timed work, alone on the GPU: GPT-2 throughput, paper tables
+#
+# Expects the project's dependencies importable (offline: fp8train-wheelhouse, README) and
+# tinyshakespeare.txt under $FP8TRAIN_DATA_DIR. Run dirs go to runs/h200/, tables to results/h200/;
+# with $OUT set (the device tool), a tarball of both lands there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export WANDB_MODE=${WANDB_MODE:-offline} WANDB_SILENT=true PYTHONUNBUFFERED=1
+export FP8TRAIN_DATA_DIR=${FP8TRAIN_DATA_DIR:-$PWD/data}
+R=runs/h200
+OUT=${OUT:-$PWD/out}
+mkdir -p "$R" results/h200 "$OUT"
+train() { python3 -m fp8train.train "$@" > /dev/null 2>&1; }
+
+phase_train() {
+  export TORCHINDUCTOR_COMPILE_THREADS=1  # ~20 compiling processes share 16 cores
+  local budget=${TRAIN_BUDGET_S:-470}
+  # nanoGPT's Shakespeare baseline, as the preset has it and with a little more dropout: ours has no
+  # dropout inside attention (FlashAttention-style kernels take none), nanoGPT has 0.2 there.
+  train experiment=shakespeare_char hydra.run.dir=$R/shakespeare_char &
+  train experiment=shakespeare_char model.dropout=0.25 hydra.run.dir=$R/shakespeare_char_dropout025 &
+  # Our Triton kernel against SDPA in the GPT, 500 steps, same seed.
+  for att in triton sdpa; do
+    train experiment=shakespeare_char trainer.max_steps=500 trainer.save_checkpoints=false attention=$att \
+      hydra.run.dir=$R/triton_vs_sdpa/$att &
+  done
+  # BF16 (our kernels) vs FP8 attention, 2 seeds each: the bf16_vs_fp8 preset's four jobs, run side by side.
+  for att in flash fp8; do for seed in 0 1; do
+    train experiment=bf16_vs_fp8 attention=$att attention.options.impl=triton trainer.seed=$seed \
+      hydra.run.dir=$R/bf16_vs_fp8/${att}_seed$seed &
+  done; done
+  # Quantization sweep: block size x Hadamard x granularity in e4m3, and two e5m2 points.
+  local settings=()
+  for b in 64 128; do for h in true false; do for g in block tensor; do settings+=("$b $h $g e4m3"); done; done; done
+  settings+=("128 true block e5m2" "128 false tensor e5m2")
+  for s in "${settings[@]}"; do
+    set -- $s
+    train experiment=quant_sweep attention.options.impl=triton attention.options.block_m=$1 \
+      attention.options.hadamard=$2 attention.options.granularity=$3 attention.options.fmt=$4 \
+      hydra.run.dir=$R/quant_sweep/b$1_h$2_$3_$4 &
+  done
+  # Correctness on the GPU while those train (none of these is timed).
+  timeout 400 python3 -m pytest -q -m "gpu or hopper" -p no:cacheprovider tests > "$OUT/gpu_tests.log" 2>&1 &
+  local start=$SECONDS
+  while [ -n "$(jobs -rp)" ] && [ $((SECONDS - start)) -lt "$budget" ]; do sleep 5; done
+  jobs -rp | xargs -r kill 2>/dev/null
+  wait
+  echo "train phase: $((SECONDS - start)) s"
+  python3 -m experiments.compare $R/triton_vs_sdpa --baseline sdpa --out results/h200/triton_vs_sdpa
+  python3 -m experiments.compare $R/bf16_vs_fp8 --baseline flash --out results/h200/bf16_vs_fp8
+  python3 -m experiments.sweep_summary $R/quant_sweep $R/bf16_vs_fp8 --out results/h200/quant_sweep
+  tail -3 "$OUT/gpu_tests.log"
+}
+
+phase_bench() {
+  # GPT-2 small throughput: ours (SDPA backend), nanoGPT's bench.py on the same GPU and batch, and ours
+  # through torchrun with one process. nanoGPT is not part of the project: put its bench.py, model.py and
+  # configurator.py in .peer/nanogpt to include it.
+  train experiment=gpt2_throughput hydra.run.dir=$R/gpt2_sdpa
+  if [ -f .peer/nanogpt/bench.py ]; then
+    (cd .peer/nanogpt && python3 bench.py --batch_size=32 --real_data=False) > "$OUT/nanogpt_bench.log" 2>&1
+    tail -1 "$OUT/nanogpt_bench.log"
+  fi
+  torchrun --standalone --nproc_per_node=1 -m fp8train.train experiment=gpt2_throughput \
+    hydra.run.dir=$R/gpt2_sdpa_torchrun > /dev/null 2>&1
+  for d in gpt2_sdpa gpt2_sdpa_torchrun; do echo "$d: $(cat $R/$d/summary.json)"; done
+  # The paper's figures and tables (FlexAttention and SDPA's math backend left out: per-shape compiles
+  # and O(s^2) memory would not fit the call).
+  python3 -m experiments.paper all --out results/h200/paper \
+    --impls ours-gluon,ours-triton,ours-fp8,ours-fp8-gluon,ours-fp8-triton,ours-fp8-kernel,ours-bf16,sdpa-cudnn,sdpa-flash,sdpa-efficient,fa3,fa3-fp8,ours-gluon-no-pipelining,ours-gluon-no-warp-specialization,ours-gluon-no-pingpong \
+    > "$OUT/paper.log" 2>&1
+  tail -5 "$OUT/paper.log"
+}
+
+case "${1:-}" in
+  train) phase_train ;;
+  bench) phase_bench ;;
+  *) echo "usage: $0 train|bench" >&2; exit 2 ;;
+esac
+# Bring back what the phase made: metrics, summaries and configs, not W&B binaries or checkpoints.
+tar czf "$OUT/h200_$1.tgz" --exclude='*/wandb/*' --exclude='*/checkpoints/*' "$R" results/h200 2>/dev/null
+ls -la "$OUT"
