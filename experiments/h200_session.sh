@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The H200 measurements behind results/, in two phases that each fit one 10-minute device call.
+# The H200 measurements behind results/, in phases that each fit one 10-minute device call.
 #
 #   bash experiments/h200_session.sh train   # training runs, side by side (not timed), + the GPU test suite
 #   bash experiments/h200_session.sh bench   # timed work, alone on the GPU: GPT-2 throughput, paper tables
+#   bash experiments/h200_session.sh fp8     # only the FP8 training runs of `train` (BF16 vs FP8, quant sweep)
 #
 # Expects the project's dependencies importable (offline: fp8train-wheelhouse, README) and
 # tinyshakespeare.txt under $FP8TRAIN_DATA_DIR. Run dirs go to runs/h200/, tables to results/h200/;
@@ -16,18 +17,15 @@ OUT=${OUT:-$PWD/out}
 mkdir -p "$R" results/h200 "$OUT"
 train() { python3 -m fp8train.train "$@" > /dev/null 2>&1; }
 
-phase_train() {
-  export TORCHINDUCTOR_COMPILE_THREADS=1  # ~20 compiling processes share 16 cores
-  local budget=${TRAIN_BUDGET_S:-470}
-  # nanoGPT's Shakespeare baseline, as the preset has it and with a little more dropout: ours has no
-  # dropout inside attention (FlashAttention-style kernels take none), nanoGPT has 0.2 there.
-  train experiment=shakespeare_char hydra.run.dir=$R/shakespeare_char &
-  train experiment=shakespeare_char model.dropout=0.25 hydra.run.dir=$R/shakespeare_char_dropout025 &
-  # Our Triton kernel against SDPA in the GPT, 500 steps, same seed.
-  for att in triton sdpa; do
-    train experiment=shakespeare_char trainer.max_steps=500 trainer.save_checkpoints=false attention=$att \
-      hydra.run.dir=$R/triton_vs_sdpa/$att &
-  done
+wait_for_jobs() {  # wait for the background runs, at most $1 seconds, then stop what is left
+  local start=$SECONDS
+  while [ -n "$(jobs -rp)" ] && [ $((SECONDS - start)) -lt "$1" ]; do sleep 5; done
+  jobs -rp | xargs -r kill 2>/dev/null
+  wait
+  echo "runs took $((SECONDS - start)) s"
+}
+
+launch_fp8_runs() {
   # BF16 (our kernels) vs FP8 attention, 2 seeds each: the bf16_vs_fp8 preset's four jobs, run side by side.
   for att in flash fp8; do for seed in 0 1; do
     train experiment=bf16_vs_fp8 attention=$att attention.options.impl=triton trainer.seed=$seed \
@@ -43,16 +41,40 @@ phase_train() {
       attention.options.hadamard=$2 attention.options.granularity=$3 attention.options.fmt=$4 \
       hydra.run.dir=$R/quant_sweep/b$1_h$2_$3_$4 &
   done
-  # Correctness on the GPU while those train (none of these is timed).
-  timeout 400 python3 -m pytest -q -m "gpu or hopper" -p no:cacheprovider tests > "$OUT/gpu_tests.log" 2>&1 &
-  local start=$SECONDS
-  while [ -n "$(jobs -rp)" ] && [ $((SECONDS - start)) -lt "$budget" ]; do sleep 5; done
-  jobs -rp | xargs -r kill 2>/dev/null
-  wait
-  echo "train phase: $((SECONDS - start)) s"
-  python3 -m experiments.compare $R/triton_vs_sdpa --baseline sdpa --out results/h200/triton_vs_sdpa
+}
+
+summarize_fp8_runs() {
   python3 -m experiments.compare $R/bf16_vs_fp8 --baseline flash --out results/h200/bf16_vs_fp8
   python3 -m experiments.sweep_summary $R/quant_sweep $R/bf16_vs_fp8 --out results/h200/quant_sweep
+}
+
+phase_train() {
+  export TORCHINDUCTOR_COMPILE_THREADS=1  # ~20 compiling processes share 16 cores
+  # nanoGPT's Shakespeare baseline, as the preset has it and with a little more dropout: ours has no
+  # dropout inside attention (FlashAttention-style kernels take none), nanoGPT has 0.2 there.
+  train experiment=shakespeare_char hydra.run.dir=$R/shakespeare_char &
+  train experiment=shakespeare_char model.dropout=0.25 hydra.run.dir=$R/shakespeare_char_dropout025 &
+  # Our Triton kernel against SDPA in the GPT, 500 steps, same seed.
+  for att in triton sdpa; do
+    train experiment=shakespeare_char trainer.max_steps=500 trainer.save_checkpoints=false attention=$att \
+      hydra.run.dir=$R/triton_vs_sdpa/$att &
+  done
+  launch_fp8_runs
+  # Correctness on the GPU while those train (none of these is timed).
+  timeout 400 python3 -m pytest -q -m "gpu or hopper" -p no:cacheprovider tests > "$OUT/gpu_tests.log" 2>&1 &
+  wait_for_jobs "${TRAIN_BUDGET_S:-470}"
+  python3 -m experiments.compare $R/triton_vs_sdpa --baseline sdpa --out results/h200/triton_vs_sdpa
+  summarize_fp8_runs
+  tail -3 "$OUT/gpu_tests.log"
+}
+
+phase_fp8() {  # the FP8 training runs alone (after a change to the FP8 path)
+  export TORCHINDUCTOR_COMPILE_THREADS=1
+  launch_fp8_runs
+  timeout 300 python3 -m pytest -q -m "gpu or hopper" -p no:cacheprovider tests/kernels/test_api.py \
+    tests/kernels/test_fp8_attention.py tests/kernels/test_fp8_backward.py > "$OUT/gpu_tests.log" 2>&1 &
+  wait_for_jobs "${TRAIN_BUDGET_S:-400}"
+  summarize_fp8_runs
   tail -3 "$OUT/gpu_tests.log"
 }
 
@@ -78,8 +100,9 @@ phase_bench() {
 
 case "${1:-}" in
   train) phase_train ;;
+  fp8) phase_fp8 ;;
   bench) phase_bench ;;
-  *) echo "usage: $0 train|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 train|fp8|bench" >&2; exit 2 ;;
 esac
 # Bring back what the phase made: metrics, summaries and configs, not W&B binaries or checkpoints.
 tar czf "$OUT/h200_$1.tgz" --exclude='*/wandb/*' --exclude='*/checkpoints/*' "$R" results/h200 2>/dev/null

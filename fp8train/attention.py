@@ -98,7 +98,7 @@ def _flash(impl: str = "auto", deterministic: bool = False) -> Backend:
 
 @register("fp8")
 def _fp8(impl: str = "auto", block_m: int = 128, block_n: int = 128, hadamard: bool = True,
-         granularity: str = "block", fmt: str = "e4m3", seed: int = 0) -> Backend:
+         granularity: str = "block", fmt: str = "e4m3", seed: int = 0, backward: str = "fp8_operands") -> Backend:
     from kernels import FP8Config, flash_attn_fp8_func
 
     _pin_kernel_impl(impl)
@@ -108,8 +108,13 @@ def _fp8(impl: str = "auto", block_m: int = 128, block_n: int = 128, hadamard: b
     except ValueError as e:
         raise ConfigError("attention.options", str(e)) from None
 
-    # FP8 forward, BF16 backward from the original q, k, v (straight-through; docs/fp8.md).
+    from kernels.fp8 import BACKWARDS
+
+    if backward not in BACKWARDS:
+        raise ConfigError("attention.options.backward", f"must be one of {BACKWARDS}, got {backward!r}")
+
+    # FP8 forward, BF16 backward kernel straight-through the quantizer (kernels/fp8.py, docs/fp8.md).
     def fp8(q, k, v, causal):
-        return flash_attn_fp8_func(q, k, v, causal=causal, config=config)
+        return flash_attn_fp8_func(q, k, v, causal=causal, config=config, backward=backward)
 
     return fp8

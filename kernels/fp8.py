@@ -2,16 +2,22 @@
 
 `flash_attn_fp8_func` quantizes bf16/fp16 q, k, v (block scales, random-sign
 Hadamard on Q and K; kernels.quant has the scheme, docs/fp8.md the reasoning),
-runs the FP8 forward, and returns out in the input dtype. Its backward is
-straight-through: the BF16 backward (`kernels::flash_attn_bwd`) from the
-original q, k, v with the FP8 forward's out and lse, as if the forward had
-been exact. Both directions are torch.library custom ops, so torch.compile
-traces through them.
+runs the FP8 forward, and returns out in the input dtype. Its backward is the
+BF16 backward kernel (`kernels::flash_attn_bwd`) with the FP8 forward's out and
+lse, straight-through the quantizer. `backward` picks the operands it
+recomputes the scores from:
+- "fp8_operands" (default): the dequantized FP8 Q·M, K·M and V, so that
+  exp(S - lse) is the forward's own softmax; dQ and dK are rotated back by Mᵀ.
+- "bf16_inputs": the original bf16 q, k, v. Their scores differ from the FP8
+  ones by the quantization error, so exp(S - lse) no longer sums to 1 per row;
+  once trained logits grow (std ~10), rows sum to 0.1-10 and the gradients
+  explode (docs/fp8.md has the measurement). Kept for the comparison.
+Both directions are torch.library custom ops, so torch.compile traces through them.
 
-Backends follow KERNELS_IMPL like the BF16 path (kernels.ops.select_impl): the
-Gluon FP8 forward where `kernels.gluon` provides `fp8_attention_forward` (else
-Triton), Triton on other GPUs and under TRITON_INTERPRET=1, and the PyTorch
-reference (kernels.quant) on CPU otherwise. The pre-pass is the Triton kernel
+Backends follow KERNELS_IMPL like the BF16 path (kernels.ops.select_impl), except
+that auto picks Triton on every GPU (`fp8_backend` says why); KERNELS_IMPL=gluon
+runs the Gluon FP8 forward. Under TRITON_INTERPRET=1 Triton runs on CPU, else the
+PyTorch reference (kernels.quant). The pre-pass is the Triton kernel
 for both GPU forwards.
 
 Non-finite inputs are not checked on the host (that would synchronize): a
@@ -20,11 +26,14 @@ block holding inf or NaN gets a NaN scale, so every output row that reads it
 """
 import torch
 
+from kernels.hadamard import incoherence_matrix
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
 from kernels.ops import check_inputs, resolve_scale, select_impl
-from kernels.quant import FP8QKV, FP8Config, check_qkv, fp8_forward_ref, quantize_qkv_ref
+from kernels.quant import FP8QKV, FP8Config, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
 from kernels.triton.fp8_quant import quantize_qkv_triton
+
+BACKWARDS = ("fp8_operands", "bf16_inputs")
 
 
 def _gluon_fp8_forward():
@@ -37,7 +46,11 @@ def _gluon_fp8_forward():
 
 
 def fp8_backend(device: torch.device) -> str:
-    """Which FP8 forward a call on `device` runs: "gluon", "triton" or "reference" (KERNELS_IMPL, as for BF16)."""
+    """Which FP8 forward a call on `device` runs: "gluon", "triton" or "reference" (KERNELS_IMPL, as for BF16).
+
+    auto never picks Gluon here: its FP8 forward was slower than Triton's at every H200 shape measured
+    (results/h200/paper/fp8, 2026-11-24); KERNELS_IMPL=gluon still runs it.
+    """
     impl = select_impl(device)
     if impl == "gluon" and _gluon_fp8_forward() is None:
         return "triton"  # the Gluon kernels have no FP8 forward (yet): Triton's runs instead
@@ -80,52 +93,67 @@ def fp8_attention_forward(qkv: FP8QKV, softmax_scale=None, causal=False, out_dty
 @torch.library.custom_op("kernels::flash_attn_fp8_fwd", mutates_args=())
 def _flash_attn_fp8_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
                         block_m: int, block_n: int, hadamard: bool, granularity: str, fmt: str, seed: int,
-                        deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    # FP8Config travels as its fields (custom op schemas take primitives); `deterministic` is for the backward.
+                        deterministic: bool, backward: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # FP8Config travels as its fields (custom op schemas take primitives); `deterministic` and `backward`
+    # are for the backward.
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
     return fp8_attention_forward(quantize_qkv(q, k, v, config), softmax_scale, causal, q.dtype)
 
 
 @_flash_attn_fp8_fwd.register_fake
-def _(q, k, v, softmax_scale, causal, block_m, block_n, hadamard, granularity, fmt, seed, deterministic):
+def _(q, k, v, softmax_scale, causal, block_m, block_n, hadamard, granularity, fmt, seed, deterministic, backward):
     batch, seqlen_q, nheads, _ = q.shape
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, softmax_scale, causal, *_, deterministic = inputs
+    q, k, v, softmax_scale, causal, *fields, deterministic, backward = inputs
     out, lse = output
     ctx.mark_non_differentiable(lse)
     ctx.save_for_backward(q, k, v, out, lse)
-    ctx.softmax_scale, ctx.causal, ctx.deterministic = softmax_scale, causal, deterministic
+    ctx.softmax_scale, ctx.causal, ctx.deterministic, ctx.backward = softmax_scale, causal, deterministic, backward
+    ctx.config = FP8Config(*fields)
+
+
+def _fp8_operands(q, k, v, config: FP8Config):
+    """The forward's dequantized operands (Q·M, K·M, V) in q's dtype, recomputed by the (cheap) pre-pass."""
+    return tuple(t.to(q.dtype).contiguous() for t in dequantize(quantize_qkv(q, k, v, config)))
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    # Straight-through: the BF16 backward from the original q, k, v with the FP8 forward's out and lse.
-    dq, dk, dv = torch.ops.kernels.flash_attn_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal,
+    config = ctx.config
+    operands = _fp8_operands(q, k, v, config) if ctx.backward == "fp8_operands" else (q, k, v)
+    dq, dk, dv = torch.ops.kernels.flash_attn_bwd(dout, *operands, out, lse, ctx.softmax_scale, ctx.causal,
                                                   ctx.deterministic)
-    return dq, dk, dv, *([None] * 9)
+    if ctx.backward == "fp8_operands" and config.hadamard:
+        # Q' = Q·M, so dQ = dQ'·Mᵀ (likewise K); straight-through the rounding.
+        m_t = incoherence_matrix(q.shape[-1], config.seed, torch.float32, q.device).T
+        dq, dk = ((g.float() @ m_t).to(q.dtype) for g in (dq, dk))
+    return dq, dk, dv, *([None] * 10)
 
 
 _flash_attn_fp8_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def flash_attn_fp8_func(q, k, v, softmax_scale=None, causal=False, *, config: FP8Config = FP8Config(),
-                        return_attn_probs=False, deterministic=False):
+                        return_attn_probs=False, deterministic=False, backward="fp8_operands"):
     """FP8 attention with `flash_attn_func`'s conventions, differentiable (straight-through backward).
 
     q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_kv, headdim),
     nheads_kv dividing nheads; bfloat16 or float16; headdim 64, 128 or 256.
     config: FP8Config (block sizes, Hadamard, scale granularity, fp8 format, sign seed).
     deterministic: bitwise-reproducible backward.
+    backward: "fp8_operands" (default) or "bf16_inputs": the scores the backward recomputes (module doc).
     Returns out (q's shape and dtype), or (out, softmax_lse) when return_attn_probs.
     """
     config = _check_config(config)
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
     check_inputs(q, k, v)
     check_qkv(q, k, v, config)
     scale = resolve_scale(softmax_scale, q.shape[-1])
     out, lse = _flash_attn_fp8_fwd(q, k, v, scale, bool(causal), config.block_m, config.block_n, config.hadamard,
-                                   config.granularity, config.fmt, config.seed, bool(deterministic))
+                                   config.granularity, config.fmt, config.seed, bool(deterministic), backward)
     return (out, lse) if return_attn_probs else out

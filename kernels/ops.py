@@ -1,13 +1,15 @@
 """The public attention op: input checks, backend dispatch, torch.library custom ops and autograd.
 
 Backends, chosen per call by the KERNELS_IMPL environment variable:
-- `auto` (default): Gluon on sm_90 when `kernels.gluon` provides it, Triton on
-  other CUDA GPUs and on CPU under TRITON_INTERPRET=1, the PyTorch reference otherwise.
+- `auto` (default): on sm_90 the Gluon forward where it measured faster than
+  Triton (GLUON_AUTO_*), Triton elsewhere on CUDA and on CPU under
+  TRITON_INTERPRET=1, the PyTorch reference otherwise. The backward is Triton's
+  (Gluon has none yet).
 - `gluon`, `triton`, `reference`: forced; an unavailable choice is an error.
 
 `attention_forward` and `attention_backward` are the dispatching entry points
 other kernels build on (the FP8 path calls `attention_backward` with its own
-out/lse as a straight-through backward). `flash_attn_func` wraps them in the
+out/lse and operands, straight-through its quantizer). `flash_attn_func` wraps them in the
 custom ops `kernels::flash_attn_fwd` / `kernels::flash_attn_bwd`, so that
 torch.compile traces through without a graph break.
 """
@@ -22,6 +24,11 @@ from kernels.triton import attention_backward_triton, attention_forward_triton
 from kernels.triton.fwd import interpreting
 
 IMPLS = ("auto", "gluon", "triton", "reference")
+# Where `auto` runs the Gluon forward on sm_90: where it beat our Triton forward on the H200
+# (results/h200/paper/fwd, 2026-11-24: head dim 128 from 1k keys, 1.2-1.4x). At head dims 64 and 256
+# and on short sequences Triton is as fast or faster, so auto keeps it there.
+GLUON_AUTO_HEAD_DIMS = (128,)
+GLUON_AUTO_MIN_SEQLEN_K = 1024
 DTYPES = (torch.bfloat16, torch.float16)
 MAX_HEAD_DIM = 256
 HEAD_DIM_MULTIPLE = 8  # 16-byte rows for the TMA tensor descriptors
@@ -41,14 +48,18 @@ def _is_sm90(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
 
 
-def select_impl(device: torch.device) -> str:
-    """The backend a call on `device` runs on, from KERNELS_IMPL (read on every call)."""
+def select_impl(device: torch.device, head_dim: int | None = None, seqlen_k: int | None = None) -> str:
+    """The backend a call on `device` runs on, from KERNELS_IMPL (read on every call).
+
+    With auto, the shape (when given) picks between Gluon and Triton on sm_90 (GLUON_AUTO_*).
+    """
     impl = os.environ.get("KERNELS_IMPL", "auto")
     if impl not in IMPLS:
         raise ValueError(f"KERNELS_IMPL must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         if device.type == "cuda":
-            return "gluon" if _is_sm90(device) and _gluon() is not None else "triton"
+            gluon_wins = head_dim in GLUON_AUTO_HEAD_DIMS and (seqlen_k or 0) >= GLUON_AUTO_MIN_SEQLEN_K
+            return "gluon" if gluon_wins and _is_sm90(device) and _gluon() is not None else "triton"
         return "triton" if interpreting() else "reference"
     if impl == "gluon" and not (_is_sm90(device) and _gluon() is not None):
         raise RuntimeError("KERNELS_IMPL=gluon needs an sm_90 GPU and an importable kernels.gluon "
@@ -106,7 +117,7 @@ def _tma_ready(t: torch.Tensor) -> torch.Tensor:
 
 def attention_forward(q, k, v, softmax_scale, causal):
     """(out, lse) of attention on checked inputs; lse is (batch, nheads, seqlen_q) float32, natural log."""
-    impl = select_impl(q.device)
+    impl = select_impl(q.device, q.shape[-1], k.shape[1])
     if impl == "reference":
         out, lse = attention_ref(q, k, v, causal, softmax_scale, dtype=torch.float32)
     elif impl == "gluon":

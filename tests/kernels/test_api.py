@@ -141,3 +141,13 @@ def test_dispatch_is_read_per_call(monkeypatch):
     monkeypatch.setenv("KERNELS_IMPL", "reference")
     out = flash_attn_func(*qkv())
     assert calls == ["triton"] and out.abs().sum() > 0
+
+
+@pytest.mark.hopper
+def test_auto_picks_gluon_only_where_it_measured_faster(monkeypatch):
+    monkeypatch.setenv("KERNELS_IMPL", "auto")
+    cuda = torch.device("cuda")
+    assert select_impl(cuda, 128, 4096) == "gluon"
+    assert select_impl(cuda, 128, 512) == "triton"
+    assert select_impl(cuda, 64, 4096) == "triton" and select_impl(cuda, 256, 4096) == "triton"
+    assert select_impl(cuda) == "triton"  # no shape: the backward and the FP8 path

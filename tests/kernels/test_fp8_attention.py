@@ -71,11 +71,12 @@ def test_fp8_attention_against_float64(fmt, tol, dtype):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_backward_is_straight_through(causal):
-    """Gradients are the BF16 backward's, from the original q, k, v and the FP8 forward's out and lse."""
+    """backward="bf16_inputs": the BF16 backward's gradients from the original q, k, v and the FP8 out and lse.
+    (The default, "fp8_operands", has its own oracle in test_fp8_backward.py.)"""
     q, k, v = make_qkv(1, 64, 48, 4, 2, 64, seed=3)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     out, lse = flash_attn_fp8_func(q, k, v, causal=causal, config=FP8Config(block_m=32, block_n=32),
-                                   return_attn_probs=True, deterministic=True)
+                                   return_attn_probs=True, deterministic=True, backward="bf16_inputs")
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(out)
     out.backward(dout)
     scale = 64 ** -0.5
@@ -92,7 +93,7 @@ def test_custom_op_registration():
     """Schema, fake (meta) implementation and autograd registration agree with the real op."""
     q, k, v = make_qkv(1, 32, 32, 2, 2, 64, seed=5)
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    args = (q, k, v, 0.125, True, 32, 32, True, "block", "e4m3", 0, False)
+    args = (q, k, v, 0.125, True, 32, 32, True, "block", "e4m3", 0, False, "fp8_operands")
     torch.library.opcheck(torch.ops.kernels.flash_attn_fp8_fwd.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
