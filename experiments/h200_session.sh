@@ -15,7 +15,10 @@ export FP8TRAIN_DATA_DIR=${FP8TRAIN_DATA_DIR:-$PWD/data}
 R=runs/h200
 OUT=${OUT:-$PWD/out}
 mkdir -p "$R" results/h200 "$OUT"
-train() { python3 -m fp8train.train "$@" > /dev/null 2>&1; }
+train() {  # train RUN_DIR OVERRIDE...: one run, its console output kept beside its metrics
+  local dir=$1; shift
+  mkdir -p "$dir" && python3 -m fp8train.train "$@" hydra.run.dir="$dir" > "$dir/console.log" 2>&1
+}
 
 wait_for_jobs() {  # wait for the background runs, at most $1 seconds, then stop what is left
   local start=$SECONDS
@@ -28,8 +31,7 @@ wait_for_jobs() {  # wait for the background runs, at most $1 seconds, then stop
 launch_fp8_runs() {
   # BF16 (our kernels) vs FP8 attention, 2 seeds each: the bf16_vs_fp8 preset's four jobs, run side by side.
   for att in flash fp8; do for seed in 0 1; do
-    train experiment=bf16_vs_fp8 attention=$att attention.options.impl=triton trainer.seed=$seed \
-      hydra.run.dir=$R/bf16_vs_fp8/${att}_seed$seed &
+    train $R/bf16_vs_fp8/${att}_seed$seed experiment=bf16_vs_fp8 attention=$att attention.options.impl=triton trainer.seed=$seed &
   done; done
   # Quantization sweep: block size x Hadamard x granularity in e4m3, and two e5m2 points.
   local settings=()
@@ -37,9 +39,8 @@ launch_fp8_runs() {
   settings+=("128 true block e5m2" "128 false tensor e5m2")
   for s in "${settings[@]}"; do
     set -- $s
-    train experiment=quant_sweep attention.options.impl=triton attention.options.block_m=$1 \
-      attention.options.hadamard=$2 attention.options.granularity=$3 attention.options.fmt=$4 \
-      hydra.run.dir=$R/quant_sweep/b$1_h$2_$3_$4 &
+    train $R/quant_sweep/b$1_h$2_$3_$4 experiment=quant_sweep attention.options.impl=triton attention.options.block_m=$1 \
+      attention.options.hadamard=$2 attention.options.granularity=$3 attention.options.fmt=$4 &
   done
 }
 
@@ -52,12 +53,11 @@ phase_train() {
   export TORCHINDUCTOR_COMPILE_THREADS=1  # ~20 compiling processes share 16 cores
   # nanoGPT's Shakespeare baseline, as the preset has it and with a little more dropout: ours has no
   # dropout inside attention (FlashAttention-style kernels take none), nanoGPT has 0.2 there.
-  train experiment=shakespeare_char hydra.run.dir=$R/shakespeare_char &
-  train experiment=shakespeare_char model.dropout=0.25 hydra.run.dir=$R/shakespeare_char_dropout025 &
+  train $R/shakespeare_char experiment=shakespeare_char &
+  train $R/shakespeare_char_dropout025 experiment=shakespeare_char model.dropout=0.25 &
   # Our Triton kernel against SDPA in the GPT, 500 steps, same seed.
   for att in triton sdpa; do
-    train experiment=shakespeare_char trainer.max_steps=500 trainer.save_checkpoints=false attention=$att \
-      hydra.run.dir=$R/triton_vs_sdpa/$att &
+    train $R/triton_vs_sdpa/$att experiment=shakespeare_char trainer.max_steps=500 trainer.save_checkpoints=false attention=$att &
   done
   launch_fp8_runs
   # Correctness on the GPU while those train (none of these is timed).
@@ -82,7 +82,7 @@ phase_bench() {
   # GPT-2 small throughput: ours (SDPA backend), nanoGPT's bench.py on the same GPU and batch, and ours
   # through torchrun with one process. nanoGPT is not part of the project: put its bench.py, model.py and
   # configurator.py in .peer/nanogpt to include it.
-  train experiment=gpt2_throughput hydra.run.dir=$R/gpt2_sdpa
+  train $R/gpt2_sdpa experiment=gpt2_throughput
   if [ -f .peer/nanogpt/bench.py ]; then
     (cd .peer/nanogpt && python3 bench.py --batch_size=32 --real_data=False) > "$OUT/nanogpt_bench.log" 2>&1
     tail -1 "$OUT/nanogpt_bench.log"

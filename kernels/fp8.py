@@ -28,7 +28,7 @@ import torch
 
 from kernels.hadamard import incoherence_matrix
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
-from kernels.ops import check_inputs, resolve_scale, select_impl
+from kernels.ops import attention_backward, check_inputs, resolve_scale, select_impl
 from kernels.quant import FP8QKV, FP8Config, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
 from kernels.triton.fp8_quant import quantize_qkv_triton
@@ -107,30 +107,45 @@ def _(q, k, v, softmax_scale, causal, block_m, block_n, hadamard, granularity, f
             q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32))
 
 
+@torch.library.custom_op("kernels::flash_attn_fp8_bwd", mutates_args=())
+def _flash_attn_fp8_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                        lse: torch.Tensor, softmax_scale: float, causal: bool, block_m: int, block_n: int,
+                        hadamard: bool, granularity: str, fmt: str, seed: int,
+                        deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """backward="fp8_operands": the BF16 backward on the forward's dequantized Q·M, K·M, V (recomputed by the
+    cheap pre-pass), so that exp(S - lse) is the forward's own softmax; dQ·Mᵀ, dK·Mᵀ map back to q, k."""
+    config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
+    operands = (t.to(q.dtype).contiguous() for t in dequantize(quantize_qkv(q, k, v, config)))
+    dq, dk, dv = attention_backward(dout, *operands, out, lse, softmax_scale, causal, deterministic)
+    if hadamard:  # Q' = Q·M, so dQ = dQ'·Mᵀ (likewise K), straight-through the rounding
+        m_t = incoherence_matrix(q.shape[-1], seed, torch.float32, q.device).T
+        dq, dk = ((g.float() @ m_t).to(q.dtype) for g in (dq, dk))
+    return dq, dk, dv
+
+
+@_flash_attn_fp8_bwd.register_fake
+def _(dout, q, k, v, out, lse, softmax_scale, causal, block_m, block_n, hadamard, granularity, fmt, seed,
+      deterministic):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 def _setup_context(ctx, inputs, output):
     q, k, v, softmax_scale, causal, *fields, deterministic, backward = inputs
     out, lse = output
     ctx.mark_non_differentiable(lse)
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.softmax_scale, ctx.causal, ctx.deterministic, ctx.backward = softmax_scale, causal, deterministic, backward
-    ctx.config = FP8Config(*fields)
-
-
-def _fp8_operands(q, k, v, config: FP8Config):
-    """The forward's dequantized operands (Q·M, K·M, V) in q's dtype, recomputed by the (cheap) pre-pass."""
-    return tuple(t.to(q.dtype).contiguous() for t in dequantize(quantize_qkv(q, k, v, config)))
+    ctx.fields = fields
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    config = ctx.config
-    operands = _fp8_operands(q, k, v, config) if ctx.backward == "fp8_operands" else (q, k, v)
-    dq, dk, dv = torch.ops.kernels.flash_attn_bwd(dout, *operands, out, lse, ctx.softmax_scale, ctx.causal,
-                                                  ctx.deterministic)
-    if ctx.backward == "fp8_operands" and config.hadamard:
-        # Q' = Q·M, so dQ = dQ'·Mᵀ (likewise K); straight-through the rounding.
-        m_t = incoherence_matrix(q.shape[-1], config.seed, torch.float32, q.device).T
-        dq, dk = ((g.float() @ m_t).to(q.dtype) for g in (dq, dk))
+    if ctx.backward == "fp8_operands":
+        dq, dk, dv = torch.ops.kernels.flash_attn_fp8_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal,
+                                                          *ctx.fields, ctx.deterministic)
+    else:
+        dq, dk, dv = torch.ops.kernels.flash_attn_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal,
+                                                      ctx.deterministic)
     return dq, dk, dv, *([None] * 10)
 
 

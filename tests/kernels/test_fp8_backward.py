@@ -81,3 +81,23 @@ def test_unknown_backward_mode_is_refused():
     (q, k, v), _ = inputs(logit_scale=1.0, s=64)
     with pytest.raises(ValueError, match="backward"):
         flash_attn_fp8_func(q, k, v, backward="exact")
+
+
+@pytest.mark.parametrize("backward", ["fp8_operands", "bf16_inputs"])
+def test_backward_traces_under_torch_compile(backward, monkeypatch):
+    # AOTAutograd traces the registered backward with fake tensors: everything in it must be a custom op
+    # or plain torch (a direct Triton launch there broke compiled training once). So: the Triton kernels
+    # (the interpreter on CPU), not the plain-PyTorch reference, which would trace anyway.
+    monkeypatch.setenv("KERNELS_IMPL", "triton")
+    (q, k, v), dout = inputs(logit_scale=1.0, s=64, seed=2)
+    config = FP8Config(block_m=64, block_n=64)
+
+    def loss(q, k, v):
+        return (flash_attn_fp8_func(q, k, v, causal=True, config=config, backward=backward) * dout).sum()
+
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    want = torch.autograd.grad(loss(*leaves), leaves)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    got = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(*leaves), leaves)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
