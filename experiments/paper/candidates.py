@@ -90,11 +90,15 @@ def _ours_bf16(impl):
     return build
 
 
-def _ours_fp8(problem, q, k, v):
+def _ours_fp8(impl):
     """FP8 forward from BF16 inputs: the timing includes the quantization pre-pass (Hadamard + block scales)."""
-    attn = _kernels_attr("flash_attn_fp8_func")
-    config = _kernels_attr("FP8Config")()
-    return lambda: attn(q, k, v, causal=problem.causal, config=config)
+    def build(problem, q, k, v):
+        attn = _kernels_attr("flash_attn_fp8_func")
+        if impl == "gluon" and not _is_hopper():
+            raise Unavailable("Gluon kernels need an sm_90 GPU")
+        config = _kernels_attr("FP8Config")()
+        return lambda: attn(q, k, v, causal=problem.causal, config=config)
+    return build
 
 
 def _ours_fp8_kernel(problem, q, k, v):
@@ -204,11 +208,11 @@ OURS_GLUON = Candidate("ours-gluon", "ours", _ours_bf16("gluon"), env=(("KERNELS
                        backend=_bf16_backend)
 OURS_TRITON = Candidate("ours-triton", "ours", _ours_bf16("triton"), env=(("KERNELS_IMPL", "triton"),),
                         backend=_bf16_backend)
-OURS_FP8 = Candidate("ours-fp8", "ours", _ours_fp8, backend=_fp8_backend)
+OURS_FP8 = Candidate("ours-fp8", "ours", _ours_fp8("auto"), backend=_fp8_backend)
 OURS_FP8_KERNEL = Candidate("ours-fp8-kernel", "ours", _ours_fp8_kernel, backend=_fp8_backend)
-OURS_FP8_GLUON = Candidate("ours-fp8-gluon", "ours", _ours_fp8, env=(("KERNELS_IMPL", "gluon"),),
+OURS_FP8_GLUON = Candidate("ours-fp8-gluon", "ours", _ours_fp8("gluon"), env=(("KERNELS_IMPL", "gluon"),),
                            backend=_fp8_backend)
-OURS_FP8_TRITON = Candidate("ours-fp8-triton", "ours", _ours_fp8, env=(("KERNELS_IMPL", "triton"),),
+OURS_FP8_TRITON = Candidate("ours-fp8-triton", "ours", _ours_fp8("triton"), env=(("KERNELS_IMPL", "triton"),),
                             backend=_fp8_backend)
 SDPA_CUDNN = Candidate("sdpa-cudnn", "peer", _sdpa("CUDNN_ATTENTION"))
 SDPA_FLASH = Candidate("sdpa-flash", "peer", _sdpa("FLASH_ATTENTION"))
