@@ -70,8 +70,10 @@ def plot(path, arms, opts, prov):
         if opts.logx:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
-        if ax.get_lines():
-            ax.legend(fontsize=7)
+    if train_ax.get_lines() or val_ax.get_lines():
+        # One legend under both panels: arm labels (backend + options) are too long for an axes.
+        ax = train_ax if train_ax.get_lines() else val_ax
+        figure.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=7, ncols=1)
     writers.title_with_provenance(figure, "Training runs: mean ± std over seeds", prov)
     return writers.save_figure(figure, path)
 

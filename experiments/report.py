@@ -85,6 +85,9 @@ def collect(results, report, runs):
         else:
             missing.append((title, md, step))
 
+    training = results_abs / "training.md"  # hand-assembled from run summaries (see results/README.md)
+    if training.is_file():
+        parts.append(_embed(training, report_dir))
     parts.append("## Paper reproductions\n")
     for name, title in PAPER_TABLES:
         folder = results_abs / "paper" / name
