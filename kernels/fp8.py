@@ -28,7 +28,7 @@ import torch
 
 from kernels.hadamard import incoherence_matrix
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
-from kernels.ops import attention_backward, check_inputs, resolve_scale, select_impl
+from kernels.ops import attention_backward, resolve_scale, select_impl
 from kernels.quant import FP8QKV, FP8Config, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
 from kernels.triton.fp8_quant import quantize_qkv_triton
@@ -66,7 +66,6 @@ def _check_config(config) -> FP8Config:
 def quantize_qkv(q, k, v, config: FP8Config = FP8Config()) -> FP8QKV:
     """The FP8 pre-pass: bf16/fp16 (batch, seqlen, heads, headdim) q, k, v -> FP8QKV (layouts in kernels.quant)."""
     config = _check_config(config)
-    check_inputs(q, k, v)
     check_qkv(q, k, v, config)
     if select_impl(q.device) == "reference":
         return quantize_qkv_ref(q, k, v, config)
@@ -166,7 +165,6 @@ def flash_attn_fp8_func(q, k, v, softmax_scale=None, causal=False, *, config: FP
     config = _check_config(config)
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-    check_inputs(q, k, v)
     check_qkv(q, k, v, config)
     scale = resolve_scale(softmax_scale, q.shape[-1])
     out, lse = _flash_attn_fp8_fwd(q, k, v, scale, bool(causal), config.block_m, config.block_n, config.hadamard,

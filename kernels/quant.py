@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.checks import check_inputs
 from kernels.hadamard import signed_hadamard
 
 GRANULARITIES = ("block", "head", "tensor")
@@ -106,23 +107,7 @@ class FP8QKV:
 
 def check_qkv(q, k, v, config: FP8Config) -> None:
     """Raise a clear error unless q, k, v are FP8 attention inputs for `config`."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in (torch.bfloat16, torch.float16):
-            raise TypeError(f"{name} must be bfloat16 or float16, got {t.dtype}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be (batch, seqlen, nheads, headdim), got shape {tuple(t.shape)}")
-    if not q.dtype == k.dtype == v.dtype:
-        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not q.device == k.device == v.device:
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must share batch and headdim")
-    if q.shape[2] % k.shape[2]:
-        raise ValueError(f"nheads ({q.shape[2]}) must be a multiple of nheads_kv ({k.shape[2]})")
+    check_inputs(q, k, v)
     head_dim = q.shape[3]
     if config.hadamard and head_dim & (head_dim - 1):
         raise ValueError(f"hadamard=True needs a power-of-two head dim, got {head_dim}")

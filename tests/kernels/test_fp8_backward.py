@@ -53,9 +53,10 @@ def test_fp8_operands_backward_matches_oracle_at_large_logits(config, causal):
     ours = fp8_grads(q, k, v, dout, config, causal, "fp8_operands")
     for got, want in zip(ours, oracle):
         assert torch.isfinite(got).all()
-        # bf16-rounded operands (scores off by ~0.4% of |S|) and the fp8-rounded P inside `out` leave
-        # 0.5-7e-2 here; recomputing from the bf16 inputs instead is off by 0.9-4 (relative).
-        assert rel(got, want) < 0.1
+        # bf16-rounded operands (scores off by ~0.4% of |S|) and the fp8-rounded P inside `out` leave up to
+        # 0.075 (e4m3) and 0.15 (e5m2: 2 mantissa bits) over 8 seeds; recomputing from the bf16 inputs instead
+        # is off by 0.9 (e4m3) to 4 (e5m2), relative.
+        assert rel(got, want) < (0.25 if config.fmt == "e5m2" else 0.12)
 
 
 def test_bf16_inputs_backward_is_inconsistent_at_large_logits():
