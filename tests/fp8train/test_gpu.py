@@ -31,3 +31,13 @@ def test_wrapped_matches_plain_in_one_process(make_cfg, tmp_path, strategy):
                  tmp_path / s)
         losses[s] = [r["loss"] for r in rows(tmp_path / s)]
     assert losses[strategy] == pytest.approx(losses["none"], abs=3e-2)
+
+
+@pytest.mark.parametrize("backend", ["flash", "fp8"])
+def test_compiled_run_on_our_kernels(make_cfg, tmp_path, backend):
+    # torch.compile through the custom ops (forward and backward) on the real GPU kernels, head dim 64.
+    cfg = make_cfg("trainer.device=cuda", "trainer.compile=true", "trainer.max_steps=30", "trainer.log_interval=10",
+                   f"attention={backend}", "model.d_model=128", "model.n_head=2", "optim.lr=3e-3")
+    loop.run(cfg, tmp_path)
+    train = rows(tmp_path)
+    assert train[-1]["loss"] < train[0]["loss"] - 0.3
