@@ -1,6 +1,6 @@
 """One-shot H200 run for the Gluon forward: correctness, compile stats, speed against cuDNN SDPA.
 
-    PYTHONUNBUFFERED=1 python experiments/tune_gluon.py --out $OUT
+    PYTHONUNBUFFERED=1 python -m experiments.tune_gluon --out $OUT
 
 Stages run as child processes with their own time limits, so a kernel that
 hangs costs its stage, not the run: `check` (every variant against the float64
@@ -14,14 +14,12 @@ table is printed last.
 """
 import argparse
 import json
-import math
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from experiments.stages import json_rows, run as run_child
+
 HEAD_DIMS = (64, 128, 256)
 SEQLENS = (1024, 2048, 4096, 8192, 16384)
 TILE_SEQLENS = (1024, 16384)
@@ -203,22 +201,8 @@ def bench_stage(seqlens, fp8_seqlens):
 
 def _run_stage(args, timeout, log):
     """Run one stage as a child; returns its JSON rows (and whatever it printed before a hang)."""
-    cmd = [sys.executable, __file__, *args]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    t0 = time.time()
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        out, err, status = proc.stdout, proc.stderr, f"rc={proc.returncode}"
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
-        status = f"TIMEOUT after {timeout}s"
-    log.write(f"### {' '.join(args)}: {status} in {time.time() - t0:.0f}s\n{out}\n{err}\n")
-    log.flush()
-    print(f"stage {' '.join(args)}: {status} ({time.time() - t0:.0f}s)", flush=True)
-    if err.strip() and status != "rc=0":
-        print(err[-3000:], flush=True)
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    out, _, _ = run_child([sys.executable, "-m", "experiments.tune_gluon", *args], timeout, log, " ".join(args))
+    return json_rows(out)
 
 
 def _table(rows):

@@ -21,11 +21,12 @@ import contextlib
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from experiments.stages import json_rows, run as run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS, HIDDEN = 16384, 2048
@@ -198,28 +199,9 @@ def table_stage(head_dims, seqlens, winners):
                 print(json.dumps(row), flush=True)
 
 
-def _run(cmd, timeout, log, name):
-    """Run a child process; returns its stdout (what it printed before a timeout, if it timed out)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    t0 = time.time()
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        out, err, status = proc.stdout, proc.stderr, f"rc={proc.returncode}"
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
-        status = f"TIMEOUT after {timeout}s"
-    log.write(f"### {name}: {status} in {time.time() - t0:.0f}s\n{out}\n{err}\n")
-    log.flush()
-    print(f"stage {name}: {status} ({time.time() - t0:.0f}s)", flush=True)
-    if status != "rc=0":
-        print(err[-2500:], flush=True)
-    return out
-
-
 def _run_stage(args, timeout, log):
-    out = _run([sys.executable, "-m", "experiments.tune_triton", *args], timeout, log, args[1])
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    out, _, _ = run_child([sys.executable, "-m", "experiments.tune_triton", *args], timeout, log, args[1])
+    return json_rows(out)
 
 
 def _winners(rows):
@@ -298,9 +280,10 @@ def main():
     rows, winners = [], {}
     with open(out / "tune_triton.log", "w") as log:
         if "tests" in stages:
-            print(_run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                        "tests/kernels/test_triton_attention.py", "tests/kernels/test_compile.py"],
-                       args.timeouts[0], log, "tests")[-2500:], flush=True)
+            out, _, _ = run_child([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                                   "tests/kernels/test_triton_attention.py", "tests/kernels/test_compile.py"],
+                                  args.timeouts[0], log, "tests")
+            print(out[-2500:], flush=True)
         if "sweep" in stages:
             rows += _run_stage(["--stage", "sweep", "--head-dims", *dims, "--sweep-seqlen", str(args.sweep_seqlen)],
                                args.timeouts[1], log)

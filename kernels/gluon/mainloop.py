@@ -15,8 +15,7 @@ itself: a released ring slot is refilled at once with the block STAGES ahead.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, warpgroup_mma, warpgroup_mma_init,
-                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
 from .pipeline import Pipeline, Ring, kv_block_start
 from .softmax import block_needs_mask, mask_scores, p_log2_offset, softmax_update

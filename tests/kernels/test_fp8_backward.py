@@ -4,7 +4,6 @@ The oracle is float64 autograd through attention at the forward's dequantized op
 back by Mᵀ: straight-through the rounding. Logits of std ~16 are where training runs put them after a few
 hundred steps, and where recomputing scores from the bf16 inputs (the other mode) falls apart.
 """
-import math
 
 import pytest
 import torch
