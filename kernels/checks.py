@@ -1,4 +1,5 @@
-"""Input checks shared by every attention entry point: clear errors before any launch."""
+"""Input checks shared by every attention entry point (clear errors before any launch), and the layout
+the TMA tensor descriptors need."""
 import torch
 
 DTYPES = (torch.bfloat16, torch.float16)
@@ -34,3 +35,10 @@ def check_inputs(q, k, v):
         raise ValueError(f"nheads ({nheads}) must be a multiple of nheads_kv ({k.shape[2]})")
     if head_dim % HEAD_DIM_MULTIPLE or head_dim > MAX_HEAD_DIM:
         raise ValueError(f"head dim must be a multiple of {HEAD_DIM_MULTIPLE} up to {MAX_HEAD_DIM}, got {head_dim}")
+
+
+def tma_ready(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a contiguous copy if its base or strides break the 16-byte alignment tensor descriptors need."""
+    aligned = t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+    aligned = aligned and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
+    return t if aligned else t.contiguous()

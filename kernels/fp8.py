@@ -26,10 +26,9 @@ block holding inf or NaN gets a NaN scale, so every output row that reads it
 """
 import torch
 
-from kernels.hadamard import incoherence_matrix
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
-from kernels.ops import attention_backward, resolve_scale, select_impl
-from kernels.quant import FP8QKV, FP8Config, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref
+from kernels.ops import attention_backward, gluon_kernels, resolve_scale, select_impl
+from kernels.quant import FP8QKV, FP8Config, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref, rotate
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
 from kernels.triton.fp8_quant import quantize_qkv_triton
 
@@ -37,12 +36,8 @@ BACKWARDS = ("fp8_operands", "bf16_inputs")
 
 
 def _gluon_fp8_forward():
-    """kernels.gluon.fp8_attention_forward, or None while the Gluon kernels have no FP8 forward."""
-    try:
-        import kernels.gluon as gluon
-    except ImportError:
-        return None
-    return getattr(gluon, "fp8_attention_forward", None)
+    """kernels.gluon.fp8_attention_forward, or None where the Gluon kernels are unavailable or have no FP8 forward."""
+    return getattr(gluon_kernels(), "fp8_attention_forward", None)
 
 
 def fp8_backend(device: torch.device) -> str:
@@ -117,8 +112,7 @@ def _flash_attn_fp8_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     operands = (t.to(q.dtype).contiguous() for t in dequantize(quantize_qkv(q, k, v, config)))
     dq, dk, dv = attention_backward(dout, *operands, out, lse, softmax_scale, causal, deterministic)
     if hadamard:  # Q' = Q·M, so dQ = dQ'·Mᵀ (likewise K), straight-through the rounding
-        m_t = incoherence_matrix(q.shape[-1], seed, torch.float32, q.device).T
-        dq, dk = ((g.float() @ m_t).to(q.dtype) for g in (dq, dk))
+        dq, dk = (rotate(g, seed, inverse=True).to(q.dtype) for g in (dq, dk))
     return dq, dk, dv
 
 

@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from kernels.checks import check_inputs
+from kernels.checks import check_inputs, tma_ready
 from kernels.reference import attention_backward_ref, attention_ref
 from kernels.triton import attention_backward_triton, attention_forward_triton
 from kernels.triton.fwd import interpreting
@@ -33,7 +33,7 @@ GLUON_AUTO_MIN_SEQLEN_K = 1024
 
 
 @functools.cache
-def _gluon():
+def gluon_kernels():
     """The Gluon kernels module, or None where it cannot be imported (no Gluon kernels yet, or no sm_90 support)."""
     try:
         import kernels.gluon as gluon
@@ -57,11 +57,11 @@ def select_impl(device: torch.device, head_dim: int | None = None, seqlen_k: int
     if impl == "auto":
         if device.type == "cuda":
             gluon_wins = head_dim in GLUON_AUTO_HEAD_DIMS and (seqlen_k or 0) >= GLUON_AUTO_MIN_SEQLEN_K
-            return "gluon" if gluon_wins and _is_sm90(device) and _gluon() is not None else "triton"
+            return "gluon" if gluon_wins and _is_sm90(device) and gluon_kernels() is not None else "triton"
         return "triton" if interpreting() else "reference"
-    if impl == "gluon" and not (_is_sm90(device) and _gluon() is not None):
+    if impl == "gluon" and not (_is_sm90(device) and gluon_kernels() is not None):
         raise RuntimeError("KERNELS_IMPL=gluon needs an sm_90 GPU and an importable kernels.gluon "
-                           f"(device {device}, kernels.gluon {'found' if _gluon() else 'unavailable'})")
+                           f"(device {device}, kernels.gluon {'found' if gluon_kernels() else 'unavailable'})")
     if impl == "triton" and device.type != "cuda" and not interpreting():
         raise RuntimeError("KERNELS_IMPL=triton on CPU needs TRITON_INTERPRET=1 set before `kernels` is imported")
     return impl
@@ -76,22 +76,15 @@ def resolve_scale(softmax_scale, head_dim: int) -> float:
     return scale
 
 
-def _tma_ready(t: torch.Tensor) -> torch.Tensor:
-    """`t`, or a contiguous copy if its base or strides break the 16-byte alignment tensor descriptors need."""
-    aligned = t.stride(-1) == 1 and t.data_ptr() % 16 == 0
-    aligned = aligned and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
-    return t if aligned else t.contiguous()
-
-
 def attention_forward(q, k, v, softmax_scale, causal):
     """(out, lse) of attention on checked inputs; lse is (batch, nheads, seqlen_q) float32, natural log."""
     impl = select_impl(q.device, q.shape[-1], k.shape[1])
     if impl == "reference":
         out, lse = attention_ref(q, k, v, causal, softmax_scale, dtype=torch.float32)
     elif impl == "gluon":
-        out, lse = _gluon().attention_forward(*(_tma_ready(t) for t in (q, k, v)), softmax_scale, causal)
+        out, lse = gluon_kernels().attention_forward(*(tma_ready(t) for t in (q, k, v)), softmax_scale, causal)
     else:
-        out, lse = attention_forward_triton(*(_tma_ready(t) for t in (q, k, v)), softmax_scale, causal)
+        out, lse = attention_forward_triton(*(tma_ready(t) for t in (q, k, v)), softmax_scale, causal)
     # Contiguous outputs whatever the backend: the fake implementation promises these layouts.
     return out.to(q.dtype).contiguous(), lse.contiguous()
 
@@ -110,9 +103,9 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     if impl == "reference":
         grads = attention_backward_ref(dout, q, k, v, out, lse, causal, softmax_scale, dtype=torch.float32)
     else:
-        args = (*(_tma_ready(t) for t in (dout, q, k, v, out)), lse.float().contiguous(), softmax_scale, causal,
+        args = (*(tma_ready(t) for t in (dout, q, k, v, out)), lse.float().contiguous(), softmax_scale, causal,
                 deterministic)
-        gluon = _gluon() if impl == "gluon" else None
+        gluon = gluon_kernels() if impl == "gluon" else None
         if gluon is not None and hasattr(gluon, "attention_backward"):
             grads = gluon.attention_backward(*args)
         else:

@@ -115,12 +115,12 @@ def check_qkv(q, k, v, config: FP8Config) -> None:
         raise ValueError(f"FP8 attention supports head dims {HEAD_DIMS}, got {head_dim}")
 
 
-def rotate(x: torch.Tensor, seed: int) -> torch.Tensor:
-    """x·M in fp32, computed as the kernels do: (x @ D·H) in fp32, then times 1/sqrt(d)."""
+def rotate(x: torch.Tensor, seed: int, inverse: bool = False) -> torch.Tensor:
+    """x·M (x·Mᵀ when inverse) in fp32, computed as the kernels do: (x @ D·H) in fp32, then times 1/sqrt(d)."""
     d = x.shape[-1]
     dh = signed_hadamard(d, seed, torch.float32, x.device)
-    inv_sqrt_d = torch.tensor(1.0 / math.sqrt(d), dtype=torch.float32)
-    return (x.float() @ dh) * inv_sqrt_d.to(x.device)
+    dh = dh.T if inverse else dh
+    return (x.float() @ dh) * (1.0 / math.sqrt(d))  # the Python scalar multiplies in fp32, as kernels do
 
 
 def block_amax(x: torch.Tensor, block: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from triton.runtime.jit import create_function_from_signature
 
+from kernels.checks import tma_ready
 from kernels.quant import FP8QKV
 
 from .kernel import attention_fwd_kernel
@@ -163,12 +164,6 @@ def _check_inputs(q, k, v, softmax_scale):
         raise ValueError(f"softmax_scale must be positive, got {softmax_scale}")
 
 
-def _tma_ready(t):
-    """TMA needs a unit last stride, 16-byte aligned other strides and a 16-byte aligned base."""
-    aligned = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
-    return t if aligned else t.contiguous()
-
-
 def _launch(variant, q, k, v, scales, softmax_scale, out_dtype):
     """Allocate out and lse, launch the persistent grid; q/k/v as the descriptors expect them."""
     b, seqlen_q, h, d = q.shape
@@ -202,7 +197,7 @@ def attention_forward(q, k, v, softmax_scale=None, causal=False, *, warp_special
     """
     softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
     _check_inputs(q, k, v, softmax_scale)
-    q, k, v = (_tma_ready(t) for t in (q, k, v))
+    q, k, v = (tma_ready(t) for t in (q, k, v))
     variant = Variant(q.dtype, head_dim_tile(q.shape[-1]), bool(causal), warp_specialize, pipeline, pingpong, tile)
     return _launch(variant, q, k, v, (None, None, None), softmax_scale, q.dtype)
 

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from kernels.checks import tma_ready
 from kernels.hadamard import signed_hadamard
 from kernels.quant import FP8QKV, V_SEQ_ALIGN, FP8Config, check_qkv, scales_from_amax
 
@@ -128,13 +129,6 @@ def _quantize_kernel(desc_x, desc_dh, desc_out, Scale, seqlen, nheads, nblocks, 
                     desc_out.store([b, row0, h, col0], y8.reshape(1, ROWS, 1, COLS))
 
 
-def _tma_ready(x: torch.Tensor) -> torch.Tensor:
-    """x itself if a TMA descriptor can address it (16-byte aligned base and strides), else a contiguous copy."""
-    es = x.element_size()
-    aligned = x.data_ptr() % 16 == 0 and x.stride(-1) == 1 and all(st * es % 16 == 0 for st in x.stride()[:-1])
-    return x if aligned else x.contiguous()
-
-
 def _quantize(x: torch.Tensor, out: torch.Tensor, block: int, rotate: bool, config: FP8Config, tiles,
               transpose_out=False):
     """Quantize x (batch, seqlen, heads, d) into `out` ((batch, heads, d, seqlen) if transpose_out); returns scales."""
@@ -145,7 +139,7 @@ def _quantize(x: torch.Tensor, out: torch.Tensor, block: int, rotate: bool, conf
         raise ValueError(f"pre-pass sub-tile rows must be a multiple of {V_SEQ_ALIGN}, got {rows}")
     nblocks = triton.cdiv(s, block)
     scale = torch.empty(b, h, nblocks, dtype=torch.float32, device=x.device)
-    x = _tma_ready(x)
+    x = tma_ready(x)
     desc_x = TensorDescriptor(x, list(x.shape), list(x.stride()), [1, rows, 1, d if rotate else cols])
     dh = signed_hadamard(d, config.seed, x.dtype, x.device)
     desc_dh = TensorDescriptor(dh, list(dh.shape), list(dh.stride()), [d, cols])
