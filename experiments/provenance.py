@@ -4,6 +4,7 @@ Every table, plot and report the experiments write carries this record, so a
 number can always be traced back to the run that produced it.
 """
 import datetime
+import os
 import platform
 import shlex
 import subprocess
@@ -24,6 +25,9 @@ def _triton_version():
 
 
 def _git_commit():
+    # A copy of the tree without .git (a remote GPU node) names its commit through the environment.
+    if os.environ.get("FP8TRAIN_COMMIT"):
+        return os.environ["FP8TRAIN_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],

@@ -3,106 +3,189 @@
     PYTHONUNBUFFERED=1 python -m experiments.tune_gluon --out $OUT
 
 Stages run as child processes with their own time limits, so a kernel that
-hangs costs its stage, not the run: `check` (every variant against the float64
-reference on a few odd shapes, outputs NaN-poisoned; FP8 against the FP8
-scheme's oracle and the Triton FP8 path), `bench` (median times from
-triton.testing.do_bench: the FA3 paper's Table 2 ablation shape, then BF16 and
-FP8 at 16k tokens x hidden 2048 per shape next to cuDNN SDPA and our Triton
-kernels, with a few tile alternatives), `stats` (registers, spills, shared
-memory of the compiled kernels). Results go to <out>/tune_gluon.json; a
-table is printed last.
+hangs or faults costs its stage, not the run:
+- `check`: the default variants (causal and not at each head dim, the
+  ablation switches at hd128, FP8) against the float64 reference on a few odd
+  shapes, outputs NaN-poisoned; FP8 also against the FP8 scheme's oracle and
+  the Triton FP8 path. `check --group G`: the tile candidates of
+  CANDIDATES[G] likewise. All checks run at once, next to the GPU test suite
+  (tests/kernels/test_gluon_attention.py), so that they also fill Triton's
+  cache for the benchmarks in parallel.
+- `sanitize`: if a candidate group's check failed or crashed, one tiny launch
+  of its first candidate under compute-sanitizer (memcheck).
+- `bench`: median times (triton.testing.do_bench) of the FA3 paper's Table 2
+  ablation shape, then FP8 and BF16 at 16k tokens x hidden 2048 per shape,
+  the defaults and the candidates side by side, next to cuDNN SDPA and our
+  Triton kernels; FP8 alone and including the Triton pre-pass from bf16; at
+  hd128 16k a few L2 section budgets.
+- `stats`: registers, spills, shared memory of the default kernels.
+Results go to <out>/tune_gluon.json; a table is printed last.
 """
 import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from experiments.stages import json_rows, run as run_child
 
 HEAD_DIMS = (64, 128, 256)
 SEQLENS = (1024, 2048, 4096, 8192, 16384)
-TILE_SEQLENS = (1024, 16384)
-FP8_SEQLENS = (4096, 16384)
+FP8_SEQLENS = (4096, 8192, 16384)
 TOKENS, HIDDEN = 16384, 2048
 ABLATION = dict(batch=4, seqlen=8448, nheads=16, head_dim=128)  # FA3 paper, Table 2
 SWITCHES = {"full": {}, "no_ws": dict(warp_specialize=False), "no_pipeline": dict(pipeline=False),
             "no_pingpong": dict(pingpong=False)}
 CHECK_SHAPES = [(2, 113, 203, 4, 4), (1, 1000, 517, 6, 2), (1, 1101, 1101, 4, 2)]
+# Tile candidates (kernels.gluon.TileConfig fields: block_m, block_n, stages, o_in_q, split_kv) by group:
+# (dtype, head dim, fields), each timed next to the default. "alt": the previous defaults and near neighbours.
+CANDIDATES = {
+    "alt": [("bf16", 64, (128, 128, 3, False, False)), ("bf16", 64, (192, 128, 3, False, True)),
+            ("bf16", 128, (128, 128, 2, False, True)), ("bf16", 128, (128, 128, 2, True, True)),
+            ("bf16", 256, (128, 64, 2, True, False)),
+            ("fp8", 128, (128, 128, 2, False, True)),
+            ("fp8", 256, (128, 64, 2, False, True)), ("fp8", 256, (128, 64, 4, False, False))],
+}
+# L2 budgets (bytes of K/V per non-causal section, kernels.gluon.scheduler) tried at hd128 16k next to the default.
+L2_BUDGETS = (8 << 20, 16 << 20, 64 << 20)
+GROUP_ORDER = ("alt", )
 
 
-def check_stage(head_dim):
-    """Every switch setting x causal at one head dim against float64, on NaN-poisoned outputs."""
+def _tile(fields):
+    from kernels.gluon import TileConfig
+    return TileConfig(*fields)
+
+
+def _poisoned(run, out_shape, out_dtype):
+    """run() with NaN-filled blocks of out's and lse's sizes freed just before, which the caching allocator hands
+    to the outputs; returns (out, lse, whether they did land there)."""
+    import torch
+    b, sq, h, _ = out_shape
+    out_poison = torch.full(out_shape, float("nan"), device="cuda", dtype=out_dtype)
+    lse_poison = torch.full((b, h, sq), float("nan"), device="cuda")
+    ptrs = out_poison.data_ptr(), lse_poison.data_ptr()
+    del out_poison, lse_poison
+    out, lse = run()
+    torch.cuda.synchronize()
+    return out, lse, (out.data_ptr(), lse.data_ptr()) == ptrs
+
+
+def _check_bf16(head_dim, causal, shape, name, **kwargs):
     import torch
     from kernels.gluon import attention_forward
     from kernels.reference import attention_ref
-    for name, switches in SWITCHES.items():
-        for causal in (False, True):
-            for b, sq, sk, h, h_kv in CHECK_SHAPES:
-                q = torch.randn(b, sq, h, head_dim, device="cuda", dtype=torch.bfloat16)
-                k = torch.randn(b, sk, h_kv, head_dim, device="cuda", dtype=torch.bfloat16)
-                v = torch.randn_like(k)
-                poison = torch.full_like(q, float("nan")), torch.full((b, h, sq), float("nan"), device="cuda")
-                del poison
-                out, lse = attention_forward(q, k, v, None, causal, **switches)
-                torch.cuda.synchronize()
-                ref, lse_ref = attention_ref(q, k, v, causal)
-                ref_pt, _ = attention_ref(q, k, v, causal, dtype=q.dtype)
-                err = (out.double() - ref).abs().max().item()
-                err_pt = (ref_pt.double() - ref).abs().max().item()
-                finite = torch.isfinite(lse_ref)
-                lse_err = (lse.double() - lse_ref)[finite].abs().max().item()
-                inf_ok = torch.equal(torch.isinf(lse), ~finite)
-                ok = err <= 2 * err_pt + 1e-5 and lse_err <= 1e-3 and inf_ok
-                print(json.dumps(dict(stage="check", head_dim=head_dim, variant=name, causal=causal,
-                                      shape=[b, sq, sk, h, h_kv], ok=ok, err=err, err_pytorch=err_pt,
-                                      lse_err=lse_err, inf_rows_ok=inf_ok)), flush=True)
-    check_fp8(head_dim)
+    b, sq, sk, h, h_kv = shape
+    q = torch.randn(b, sq, h, head_dim, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, sk, h_kv, head_dim, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    out, lse, poisoned = _poisoned(lambda: attention_forward(q, k, v, None, causal, **kwargs), q.shape, q.dtype)
+    ref, lse_ref = attention_ref(q, k, v, causal)
+    ref_pt, _ = attention_ref(q, k, v, causal, dtype=q.dtype)
+    err = (out.double() - ref).abs().max().item()
+    err_pt = (ref_pt.double() - ref).abs().max().item()
+    finite = torch.isfinite(lse_ref)
+    lse_err = (lse.double() - lse_ref)[finite].abs().max().item()
+    inf_ok = torch.equal(torch.isinf(lse), ~finite)
+    ok = err <= 2 * err_pt + 1e-5 and lse_err <= 1e-3 and inf_ok and poisoned
+    print(json.dumps(dict(stage="check", dtype="bf16", head_dim=head_dim, variant=name, causal=causal, shape=shape,
+                          ok=ok, err=err, err_pytorch=err_pt, lse_err=lse_err, inf_rows_ok=inf_ok,
+                          poisoned=poisoned)), flush=True)
 
 
-def check_fp8(head_dim):
+def _check_fp8(head_dim, causal, shape, name, **kwargs):
     """FP8 forward vs the scheme's oracle (kernels.quant) and the Triton FP8 path, errors against float64."""
     import torch
     from kernels.gluon import fp8_attention_forward
     from kernels.quant import FP8Config, fp8_forward_ref, quantize_qkv_ref
     from kernels.reference import attention_ref
-    from kernels.triton.fp8_fwd import fp8_attention_forward_triton
-    b, sq, sk, h, h_kv = CHECK_SHAPES[1]
-    for causal in (False, True):
-        q = torch.randn(b, sq, h, head_dim, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(b, sk, h_kv, head_dim, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn_like(k)
-        x = quantize_qkv_ref(q, k, v, FP8Config())
-        scale = head_dim ** -0.5
-        poison = torch.full_like(q, float("nan")), torch.full((b, h, sq), float("nan"), device="cuda")
-        del poison
-        out, lse = fp8_attention_forward(x, scale, causal, torch.bfloat16)
-        torch.cuda.synchronize()
-        exact, _ = attention_ref(q, k, v, causal)
-        out8, lse8 = fp8_forward_ref(x, scale, causal)
+    b, sq, sk, h, h_kv = shape
+    q = torch.randn(b, sq, h, head_dim, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, sk, h_kv, head_dim, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    x = quantize_qkv_ref(q, k, v, FP8Config())
+    scale = head_dim ** -0.5
+    out, lse, poisoned = _poisoned(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16, **kwargs),
+                                   q.shape, torch.bfloat16)
+    exact, _ = attention_ref(q, k, v, causal)
+    out8, lse8 = fp8_forward_ref(x, scale, causal)
+    err = (out.double() - exact).abs().max().item()
+    err8 = (out8.double() - exact).abs().max().item()
+    try:  # the Triton FP8 path, when it imports and runs in this tree
+        from kernels.triton.fp8_fwd import fp8_attention_forward_triton
         out_tr, _ = fp8_attention_forward_triton(x, scale, causal, torch.bfloat16)
-        err = (out.double() - exact).abs().max().item()
-        err8 = (out8.double() - exact).abs().max().item()
         err_tr = (out_tr.double() - exact).abs().max().item()
-        finite = torch.isfinite(lse8)
-        lse_err = (lse - lse8)[finite].abs().max().item()
-        ok = err <= 1.25 * min(err8, err_tr) + 1e-3 and lse_err <= 1e-3 and not out.isnan().any().item()
-        print(json.dumps(dict(stage="check", head_dim=head_dim, variant="fp8", causal=causal,
-                              shape=[b, sq, sk, h, h_kv], ok=ok, err=err, err_fp8_scheme=err8, err_triton_fp8=err_tr,
-                              lse_err=lse_err)), flush=True)
+    except Exception:
+        err_tr = float("inf")
+    finite = torch.isfinite(lse8)
+    lse_err = (lse - lse8)[finite].abs().max().item()
+    inf_ok = torch.equal(torch.isinf(lse), ~finite)
+    ok = err <= 1.25 * min(err8, err_tr) + 1e-3 and lse_err <= 1e-3 and inf_ok and poisoned
+    print(json.dumps(dict(stage="check", dtype="fp8", head_dim=head_dim, variant=name, causal=causal, shape=shape,
+                          ok=ok, err=err, err_fp8_scheme=err8, err_triton_fp8=err_tr, lse_err=lse_err,
+                          poisoned=poisoned)), flush=True)
+
+
+def _check_fp8_long(head_dim, seqlen=8192):
+    """FP8 at a long key range, by relative RMSE against float64: the Gluon kernel accumulates P V across key
+    blocks inside the FP8 wgmma accumulator, the Triton path adds each block's P V in fp32."""
+    import torch
+    from kernels.gluon import fp8_attention_forward
+    from kernels.quant import FP8Config, fp8_forward_ref, quantize_qkv_ref
+    from kernels.reference import attention_ref
+    from kernels.triton.fp8_fwd import fp8_attention_forward_triton
+    q, k, v = (torch.randn(1, seqlen, 2, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    x = quantize_qkv_ref(q, k, v, FP8Config())
+    scale = head_dim ** -0.5
+    exact, _ = attention_ref(q, k, v, False)
+
+    def rmse(out):
+        return ((out.double() - exact).pow(2).mean().sqrt() / exact.pow(2).mean().sqrt()).item()
+
+    err = rmse(fp8_attention_forward(x, scale, False, torch.bfloat16)[0])
+    err8 = rmse(fp8_forward_ref(x, scale, False)[0])
+    err_tr = rmse(fp8_attention_forward_triton(x, scale, False, torch.bfloat16)[0])
+    print(json.dumps(dict(stage="check", dtype="fp8", head_dim=head_dim, variant="fp8_long_rmse", causal=False,
+                          shape=[1, seqlen, seqlen, 2, 2], ok=err <= 1.1 * min(err8, err_tr), err=err,
+                          err_fp8_scheme=err8, err_triton_fp8=err_tr)), flush=True)
+
+
+def check_stage(head_dim, group):
+    if group is None:  # the defaults at one head dim; the ablation switches where the ablation runs
+        for name, switches in SWITCHES.items():
+            for causal in (False, True) if name == "full" else (False, ):
+                if name == "full" or head_dim == ABLATION["head_dim"]:
+                    for shape in CHECK_SHAPES:
+                        _check_bf16(head_dim, causal, list(shape), name, **switches)
+        for causal in (False, True):
+            _check_fp8(head_dim, causal, list(CHECK_SHAPES[1]), "fp8")
+        _check_fp8_long(head_dim)
+        return
+    for dtype, d, fields in CANDIDATES[group]:
+        check = _check_fp8 if dtype == "fp8" else _check_bf16
+        for causal in (False, True):
+            for shape in CHECK_SHAPES[1:]:
+                check(d, causal, list(shape), f"tile{list(fields)}", tile=_tile(fields))
+
+
+def tiny_stage(group):
+    """One small launch of the group's first candidate (run under compute-sanitizer)."""
+    import torch
+    dtype, d, fields = CANDIDATES[group][0]
+    check = _check_fp8 if dtype == "fp8" else _check_bf16
+    check(d, True, [1, 300, 517, 2, 1], f"tile{list(fields)}", tile=_tile(fields))
+    torch.cuda.synchronize()
 
 
 def stats_stage():
-    """Resources of the compiled kernels as the driver loaded them."""
+    """Resources of the compiled default kernels as the driver loaded them."""
     import torch
     from kernels.gluon import Variant
     for d in HEAD_DIMS:
         for causal in (False, True):
-            for name, switches in SWITCHES.items():
-                if causal and name != "full":
-                    continue
-                _stats_row(Variant(torch.bfloat16, d, causal, **switches), name)
-        _stats_row(Variant(torch.float8_e4m3fn, d, False, out_dtype=torch.bfloat16, q_scale_block=128), "fp8")
+            _stats_row(Variant(torch.bfloat16, d, causal), "full")
+        _stats_row(Variant(torch.float8_e4m3fn, d, False, out_dtype=torch.bfloat16, q_scale_block=128,
+                           kv_scale_block=128), "fp8")
 
 
 def _stats_row(variant, name):
@@ -116,7 +199,7 @@ def _stats_row(variant, name):
 
 def _time(fn):
     import triton
-    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
 
 
 def _inputs(batch, seqlen, nheads, head_dim):
@@ -124,7 +207,7 @@ def _inputs(batch, seqlen, nheads, head_dim):
     return [torch.randn(batch, seqlen, nheads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
 
 
-def _bench_bf16(batch, seqlen, nheads, head_dim, causal, variants, tiles=(), others=True):
+def _bench_bf16(batch, seqlen, nheads, head_dim, causal, variants, tiles=(), others=True, l2_budgets=()):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from kernels.flops import attention_flops, tflops_per_s
@@ -136,9 +219,20 @@ def _bench_bf16(batch, seqlen, nheads, head_dim, causal, variants, tiles=(), oth
     for name in variants:
         ms = _time(lambda: attention_forward(q, k, v, None, causal, **SWITCHES[name]))
         row[f"gluon_{name}_ms"], row[f"gluon_{name}_tflops"] = ms, tflops_per_s(flops, ms)
-    for tile in tiles:
-        ms = _time(lambda: attention_forward(q, k, v, None, causal, tile=tile))
-        row.setdefault("tiles", []).append(dict(tile=list(tile.__dict__.values()), tflops=tflops_per_s(flops, ms)))
+    for fields in tiles:
+        try:
+            ms = _time(lambda: attention_forward(q, k, v, None, causal, tile=_tile(fields)))
+            row.setdefault("tiles", []).append(dict(tile=list(fields), tflops=tflops_per_s(flops, ms)))
+        except Exception as e:  # a candidate that does not compile or launch here is reported, not fatal
+            row.setdefault("tiles", []).append(dict(tile=list(fields), error=f"{type(e).__name__}: {e}"[:200]))
+    if l2_budgets:
+        from kernels.gluon import scheduler
+        default_budget = scheduler.L2_KV_BUDGET_BYTES
+        for budget in l2_budgets:
+            scheduler.L2_KV_BUDGET_BYTES = budget  # read by the host's section_heads at each launch
+            ms = _time(lambda: attention_forward(q, k, v, None, causal))
+            row.setdefault("l2_budgets", []).append(dict(mib=budget >> 20, tflops=tflops_per_s(flops, ms)))
+        scheduler.L2_KV_BUDGET_BYTES = default_budget
     if others:
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # same memory, SDPA's (b, h, s, d) view
         try:
@@ -157,52 +251,60 @@ def _bench_bf16(batch, seqlen, nheads, head_dim, causal, variants, tiles=(), oth
 
 
 def _bench_fp8(batch, seqlen, nheads, head_dim, causal, tiles=()):
+    """FP8 forward alone (on pre-pass outputs) and including the Triton pre-pass from bf16 q, k, v."""
     import torch
     from kernels.flops import attention_flops, tflops_per_s
     from kernels.gluon import fp8_attention_forward
-    from kernels.quant import FP8Config, quantize_qkv_ref
+    from kernels.quant import FP8Config
     from kernels.triton.fp8_fwd import fp8_attention_forward_triton
-    x = quantize_qkv_ref(*_inputs(batch, seqlen, nheads, head_dim), FP8Config())
+    from kernels.triton.fp8_quant import quantize_qkv_triton
+    cfg = FP8Config()
+    q, k, v = _inputs(batch, seqlen, nheads, head_dim)
+    x = quantize_qkv_triton(q, k, v, cfg)
     flops = attention_flops(batch, seqlen, nheads, head_dim, causal)
     scale = head_dim ** -0.5
     row = dict(stage="bench", dtype="fp8", batch=batch, seqlen=seqlen, nheads=nheads, head_dim=head_dim,
                causal=causal)
+    row["prepass_ms"] = _time(lambda: quantize_qkv_triton(q, k, v, cfg))
     ms = _time(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16))
     row["gluon_full_ms"], row["gluon_full_tflops"] = ms, tflops_per_s(flops, ms)
-    for tile in tiles:
-        ms = _time(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16, tile=tile))
-        row.setdefault("tiles", []).append(dict(tile=list(tile.__dict__.values()), tflops=tflops_per_s(flops, ms)))
+    ms = _time(lambda: fp8_attention_forward(quantize_qkv_triton(q, k, v, cfg), scale, causal, torch.bfloat16))
+    row["gluon_with_prepass_ms"], row["gluon_with_prepass_tflops"] = ms, tflops_per_s(flops, ms)
+    for fields in tiles:
+        try:
+            ms = _time(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16, tile=_tile(fields)))
+            row.setdefault("tiles", []).append(dict(tile=list(fields), tflops=tflops_per_s(flops, ms),
+                                                    with_prepass_tflops=tflops_per_s(flops, ms + row["prepass_ms"])))
+        except Exception as e:
+            row.setdefault("tiles", []).append(dict(tile=list(fields), error=f"{type(e).__name__}: {e}"[:200]))
     ms = _time(lambda: fp8_attention_forward_triton(x, scale, causal, torch.bfloat16))
     row["triton_ms"], row["triton_tflops"] = ms, tflops_per_s(flops, ms)
-    if tiles and head_dim == 256:  # 64-key scale blocks: half the score registers of the default 128
-        x64 = quantize_qkv_ref(*_inputs(batch, seqlen, nheads, head_dim), FP8Config(block_n=64))
-        ms = _time(lambda: fp8_attention_forward(x64, scale, causal, torch.bfloat16))
-        row["gluon_block_n64_tflops"] = tflops_per_s(flops, ms)
     print(json.dumps(row), flush=True)
 
 
-def bench_stage(seqlens, fp8_seqlens):
-    from kernels.gluon import TileConfig as T
+def bench_stage(seqlens, fp8_seqlens, groups):
     a = ABLATION
-    _bench_bf16(a["batch"], a["seqlen"], a["nheads"], a["head_dim"], False, list(SWITCHES))
-    # Tile alternatives (block_m, block_n, stages, o_in_q) where shared memory allows them.
-    bf16_tiles = {64: [T(128, 128, 2, False), T(128, 128, 4, False)], 128: [T(128, 128, 2, False)], 256: []}
-    fp8_tiles = {64: [T(128, 128, 2, False)], 128: [T(128, 128, 2, False), T(128, 128, 4, False)], 256: []}
+    _bench_bf16(a["batch"], a["seqlen"], a["nheads"], a["head_dim"], False, list(SWITCHES),
+                [f for g in groups for dt, d, f in CANDIDATES[g] if dt == "bf16" and d == 128])
+    for d in (128, 256):
+        for s in fp8_seqlens:
+            tiles = [f for g in groups for dt, hd, f in CANDIDATES[g] if dt == "fp8" and hd == d]
+            _bench_fp8(TOKENS // s, s, HIDDEN // d, d, False, tiles)
+    _bench_fp8(TOKENS // 16384, 16384, HIDDEN // 64, 64, False)
+    for d in (128, 256):
+        _bench_fp8(TOKENS // 16384, 16384, HIDDEN // d, d, True)
     for causal in (False, True):
         for d in HEAD_DIMS:
             for s in seqlens:
-                tiles = bf16_tiles[d] if s in TILE_SEQLENS else ()
-                _bench_bf16(TOKENS // s, s, HIDDEN // d, d, causal, ["full", "no_pipeline"], tiles)
-    for causal in (False, True):
-        for d in HEAD_DIMS:
-            for s in fp8_seqlens:
-                _bench_fp8(TOKENS // s, s, HIDDEN // d, d, causal, fp8_tiles[d] if s == 16384 and not causal else ())
+                tiles = [f for g in groups for dt, hd, f in CANDIDATES[g] if dt == "bf16" and hd == d]
+                l2 = L2_BUDGETS if (d, s, causal) == (128, 16384, False) else ()
+                _bench_bf16(TOKENS // s, s, HIDDEN // d, d, causal, ["full"], tiles, l2_budgets=l2)
 
 
 def _run_stage(args, timeout, log):
-    """Run one stage as a child; returns its JSON rows (and whatever it printed before a hang)."""
-    out, _, _ = run_child([sys.executable, "-m", "experiments.tune_gluon", *args], timeout, log, " ".join(args))
-    return json_rows(out)
+    """Run one stage as a child; returns (its JSON rows, whether it exited cleanly)."""
+    out, _, status = run_child([sys.executable, "-m", "experiments.tune_gluon", *args], timeout, log, " ".join(args))
+    return json_rows(out), status == "rc=0"
 
 
 def _table(rows):
@@ -211,47 +313,56 @@ def _table(rows):
     for r in checks:
         if not r["ok"]:
             print("  FAIL", r)
+    for r in rows:
+        if r["stage"] in ("sanitize", "crash", "check_failed", "pytest"):
+            print(" ", r)
     print("\ncompile stats:")
     for r in rows:
         if r["stage"] == "stats":
-            print(f"  hd{r['head_dim']:<4}{'causal' if r['causal'] else 'full':7}{r['variant']:12} regs {r['n_regs']:4} "
+            print(f"  hd{r['head_dim']:<4}{'causal' if r['causal'] else 'full':7}{r['variant']:6} regs {r['n_regs']:4} "
                   f"spills {r['n_spills']:4} smem {r['shared']:7} warps {r['num_warps']}")
-    print("\nforward TFLOPs/s (16k tokens, hidden 2048; ratio = best gluon / cudnn; fp8 rows: triton = our Triton FP8)")
-    print(f"  {'dtype':5} {'hd':>4} {'causal':>6} {'seqlen':>6} {'gluon':>7} {'nopipe':>7} {'cudnn':>7} {'ratio':>6} "
-          f"{'triton':>7}  tiles")
+    print("\nforward TFLOPs/s (16k tokens, hidden 2048; ratio = best gluon / cudnn; fp8: triton = our Triton FP8, "
+          "+pre = gluon including the pre-pass)")
     nan = float("nan")
     for r in rows:
         if r["stage"] != "bench" or "gluon_no_ws_tflops" in r:
             continue
         g, c, t = r.get("gluon_full_tflops", nan), r.get("cudnn_tflops", nan), r.get("triton_tflops", nan)
-        tiles = " ".join(f"{x['tile']}:{x['tflops']:.0f}" for x in r.get("tiles", []))
-        if "gluon_block_n64_tflops" in r:
-            tiles += f" block_n=64:{r['gluon_block_n64_tflops']:.0f}"
-        npp = r.get("gluon_no_pipeline_tflops", nan)
-        print(f"  {r['dtype']:5} {r['head_dim']:>4} {str(r['causal']):>6} {r['seqlen']:>6} {g:7.1f} {npp:7.1f} {c:7.1f} "
-              f"{max(g, npp) / c:6.2f} {t:7.1f}  {tiles}")
+        best = max([g] + [x["tflops"] for x in r.get("tiles", []) if "tflops" in x])
+        tiles = " ".join(f"{x['tile']}:{x.get('tflops', nan):.0f}" for x in r.get("tiles", []))
+        extra = f"+pre {r['gluon_with_prepass_tflops']:.0f} " if "gluon_with_prepass_tflops" in r else ""
+        extra += " ".join(f"L2 {x['mib']}MiB:{x['tflops']:.0f}" for x in r.get("l2_budgets", []))
+        print(f"  {r['dtype']:5} hd{r['head_dim']:<4} {'causal' if r['causal'] else 'full':6} {r['seqlen']:>6} "
+              f"gluon {g:6.1f} cudnn {c:6.1f} ratio {best / c:5.2f} triton {t:6.1f} {extra} {tiles}")
     for r in rows:
         if r["stage"] == "bench" and "gluon_no_ws_tflops" in r:
+            tiles = " ".join(f"{x['tile']}:{x.get('tflops', nan):.0f}" for x in r.get("tiles", []))
             print("\nTable 2 ablation (b4 s8448 h16 d128, non-causal) TFLOPs/s: " +
                   ", ".join(f"{n} {r[f'gluon_{n}_tflops']:.0f}" for n in SWITCHES) +
-                  f"; cudnn {r.get('cudnn_tflops', nan):.0f}")
+                  f"; cudnn {r.get('cudnn_tflops', nan):.0f}; tiles {tiles}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
-    parser.add_argument("--stage", choices=["check", "stats", "bench"])
+    parser.add_argument("--stage", choices=["check", "tiny", "stats", "bench"])
     parser.add_argument("--head-dim", type=int)
-    parser.add_argument("--skip-check", action="store_true", help="bench and stats only (checks ran elsewhere)")
+    parser.add_argument("--group", choices=sorted(CANDIDATES))
+    parser.add_argument("--groups", default=",".join(GROUP_ORDER), help="candidate groups to check and time")
+    parser.add_argument("--skip-default-check", action="store_true", help="check candidates only")
     parser.add_argument("--seqlens", default=",".join(map(str, SEQLENS)), help="BF16 sweep seqlens, comma-separated")
     parser.add_argument("--fp8-seqlens", default=",".join(map(str, FP8_SEQLENS)), help="FP8 sweep seqlens")
     args = parser.parse_args()
+    groups = [g for g in args.groups.split(",") if g]
     if args.stage == "check":
-        return check_stage(args.head_dim)
+        return check_stage(args.head_dim, args.group)
+    if args.stage == "tiny":
+        return tiny_stage(args.group)
     if args.stage == "stats":
         return stats_stage()
     if args.stage == "bench":
-        return bench_stage([int(x) for x in args.seqlens.split(",")], [int(x) for x in args.fp8_seqlens.split(",")])
+        return bench_stage([int(x) for x in args.seqlens.split(",")], [int(x) for x in args.fp8_seqlens.split(",")],
+                           groups)
 
     import torch
     import triton
@@ -261,10 +372,34 @@ def main():
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
     rows = []
     with open(out / "tune_gluon.log", "w") as log:
-        for d in () if args.skip_check else HEAD_DIMS:
-            rows += _run_stage(["--stage", "check", "--head-dim", str(d)], 80, log)
-        rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens, "--fp8-seqlens", args.fp8_seqlens], 220, log)
-        rows += _run_stage(["--stage", "stats"], 40, log)
+        # All checks at once, one child each: they compile every variant the benchmarks run (into Triton's
+        # cache) in parallel, and a fault or hang stays in its child.
+        stages = [["--stage", "check", "--head-dim", str(d)] for d in (() if args.skip_default_check else HEAD_DIMS)]
+        stages += [["--stage", "check", "--group", g] for g in groups]
+        with ThreadPoolExecutor(len(stages) + 1) as pool:
+            tests = pool.submit(run_child, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                            "tests/kernels/test_gluon_attention.py"], 200, log, "GPU tests")
+            results = list(pool.map(lambda a: _run_stage(a, 120, log), stages))
+            text, _, status = tests.result()
+            rows.append(dict(stage="pytest", status=status, summary=text.strip().splitlines()[-1:]))
+        clean = []
+        for stage, (got, exited) in zip(stages, results):
+            rows += got
+            if "--group" not in stage:
+                continue
+            g = stage[-1]
+            if exited and got and all(r["ok"] for r in got):
+                clean.append(g)
+            else:
+                rows.append(dict(stage="crash" if not exited else "check_failed", group=g))
+        for g in [g for g in groups if g not in clean][:1]:  # one sanitizer run: it is slow
+            cmd = ["compute-sanitizer", "--tool", "memcheck", sys.executable, "-m", "experiments.tune_gluon",
+                   "--stage", "tiny", "--group", g]
+            text, err, status = run_child(cmd, 80, log, f"sanitize {g}")
+            rows.append(dict(stage="sanitize", group=g, status=status, tail=(text + err)[-1500:]))
+        rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens, "--fp8-seqlens", args.fp8_seqlens,
+                            "--groups", ",".join(clean)], 230, log)[0]
+        rows += _run_stage(["--stage", "stats"], 30, log)[0]
     (out / "tune_gluon.json").write_text(json.dumps(rows, indent=1))
     _table(rows)
 

@@ -14,41 +14,43 @@ recomputes the scores from:
   explode (docs/fp8.md has the measurement). Kept for the comparison.
 Both directions are torch.library custom ops, so torch.compile traces through them.
 
-Backends follow KERNELS_IMPL like the BF16 path (kernels.ops.select_impl), except
-that auto picks Triton on every GPU (`fp8_backend` says why); KERNELS_IMPL=gluon
-runs the Gluon FP8 forward. Under TRITON_INTERPRET=1 Triton runs on CPU, else the
-PyTorch reference (kernels.quant). The pre-pass is the Triton kernel
-for both GPU forwards.
+Backends follow KERNELS_IMPL like the BF16 path (kernels.ops.select_impl); auto
+picks the Gluon FP8 forward on sm_90 where it measured faster than Triton's
+(`fp8_backend`), KERNELS_IMPL=gluon runs it everywhere on sm_90. Under
+TRITON_INTERPRET=1 Triton runs on CPU, else the PyTorch reference
+(kernels.quant). The pre-pass is the Triton kernel for both GPU forwards.
 
 Non-finite inputs are not checked on the host (that would synchronize): a
 block holding inf or NaN gets a NaN scale, so every output row that reads it
 (its own query block, or any key/value block it attends to) is NaN.
 """
+import os
+
 import torch
 
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
-from kernels.ops import attention_backward, gluon_kernels, resolve_scale, select_impl
+from kernels.ops import (GLUON_AUTO_MIN_SEQLEN_K, attention_backward, gluon_kernels, is_sm90, resolve_scale,
+                         select_impl)
 from kernels.quant import FP8QKV, FP8Config, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref, rotate
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
 from kernels.triton.fp8_quant import quantize_qkv_triton
 
 BACKWARDS = ("fp8_operands", "bf16_inputs")
+# Where auto runs the Gluon FP8 forward on sm_90: it beat the Triton FP8 forward 1.15-2.0x at head dims 128
+# and 256 (4k-16k keys) and lost at head dim 64 (370 vs 537 TFLOPs/s) on the H200 (docs/tuning-gluon.md).
+GLUON_FP8_AUTO_HEAD_DIMS = (128, 256)
 
 
-def _gluon_fp8_forward():
-    """kernels.gluon.fp8_attention_forward, or None where the Gluon kernels are unavailable or have no FP8 forward."""
-    return getattr(gluon_kernels(), "fp8_attention_forward", None)
-
-
-def fp8_backend(device: torch.device) -> str:
+def fp8_backend(device: torch.device, head_dim: int | None = None, seqlen_k: int | None = None) -> str:
     """Which FP8 forward a call on `device` runs: "gluon", "triton" or "reference" (KERNELS_IMPL, as for BF16).
 
-    auto never picks Gluon here: its FP8 forward was slower than Triton's at every H200 shape measured
-    (results/h200/paper/fp8, 2026-11-24); KERNELS_IMPL=gluon still runs it.
+    With auto the shape (when given) picks Gluon on sm_90 (GLUON_FP8_AUTO_HEAD_DIMS, and as many keys as
+    kernels.ops.GLUON_AUTO_MIN_SEQLEN_K asks of the BF16 forward).
     """
     impl = select_impl(device)
-    if impl == "gluon" and _gluon_fp8_forward() is None:
-        return "triton"  # the Gluon kernels have no FP8 forward (yet): Triton's runs instead
+    if os.environ.get("KERNELS_IMPL", "auto") == "auto" and impl != "reference":
+        gluon_wins = head_dim in GLUON_FP8_AUTO_HEAD_DIMS and (seqlen_k or 0) >= GLUON_AUTO_MIN_SEQLEN_K
+        return "gluon" if gluon_wins and is_sm90(device) and gluon_kernels() is not None else "triton"
     return impl
 
 
@@ -75,12 +77,12 @@ def fp8_attention_forward(qkv: FP8QKV, softmax_scale=None, causal=False, out_dty
     if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise TypeError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
     scale = resolve_scale(softmax_scale, qkv.q.shape[-1])
-    impl = fp8_backend(qkv.q.device)
+    impl = fp8_backend(qkv.q.device, qkv.q.shape[-1], qkv.seqlen_k)
     if impl == "reference":
         out, lse = fp8_forward_ref(qkv, scale, bool(causal))
         return out.to(out_dtype), lse
     if impl == "gluon":
-        return _gluon_fp8_forward()(qkv, scale, bool(causal), out_dtype)
+        return gluon_kernels().fp8_attention_forward(qkv, scale, bool(causal), out_dtype)
     return fp8_attention_forward_triton(qkv, scale, bool(causal), out_dtype)
 
 

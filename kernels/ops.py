@@ -3,9 +3,12 @@
 Backends, chosen per call by the KERNELS_IMPL environment variable:
 - `auto` (default): on sm_90 the Gluon forward where it measured faster than
   Triton (GLUON_AUTO_*), Triton elsewhere on CUDA and on CPU under
-  TRITON_INTERPRET=1, the PyTorch reference otherwise. The backward is Triton's
-  (Gluon has none yet).
+  TRITON_INTERPRET=1, the PyTorch reference otherwise. On sm_90 the backward
+  is Gluon's at head dims 64 and 128 (it beat Triton's at every shape measured),
+  Triton's elsewhere and whenever `deterministic` is asked (Gluon adds dQ with
+  atomics).
 - `gluon`, `triton`, `reference`: forced; an unavailable choice is an error.
+  Forced `gluon` runs the backward where Gluon has one, as `auto` does.
 
 `attention_forward` and `attention_backward` are the dispatching entry points
 other kernels build on (the FP8 path calls `attention_backward` with its own
@@ -26,9 +29,9 @@ from kernels.triton.fwd import interpreting
 
 IMPLS = ("auto", "gluon", "triton", "reference")
 # Where `auto` runs the Gluon forward on sm_90: where it beat our Triton forward on the H200
-# (results/h200/paper/fwd, 2026-11-24: head dim 128 from 1k keys, 1.2-1.4x). At head dims 64 and 256
-# and on short sequences Triton is as fast or faster, so auto keeps it there.
-GLUON_AUTO_HEAD_DIMS = (128,)
+# (docs/tuning-gluon.md: all 30 shapes from 1k to 16k keys, head dims 64/128/256, causal or not).
+# Shorter sequences were not measured, so auto keeps Triton there.
+GLUON_AUTO_HEAD_DIMS = (64, 128, 256)
 GLUON_AUTO_MIN_SEQLEN_K = 1024
 
 
@@ -42,7 +45,7 @@ def gluon_kernels():
     return gluon if hasattr(gluon, "attention_forward") else None
 
 
-def _is_sm90(device: torch.device) -> bool:
+def is_sm90(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
 
 
@@ -57,14 +60,25 @@ def select_impl(device: torch.device, head_dim: int | None = None, seqlen_k: int
     if impl == "auto":
         if device.type == "cuda":
             gluon_wins = head_dim in GLUON_AUTO_HEAD_DIMS and (seqlen_k or 0) >= GLUON_AUTO_MIN_SEQLEN_K
-            return "gluon" if gluon_wins and _is_sm90(device) and gluon_kernels() is not None else "triton"
+            return "gluon" if gluon_wins and is_sm90(device) and gluon_kernels() is not None else "triton"
         return "triton" if interpreting() else "reference"
-    if impl == "gluon" and not (_is_sm90(device) and gluon_kernels() is not None):
+    if impl == "gluon" and not (is_sm90(device) and gluon_kernels() is not None):
         raise RuntimeError("KERNELS_IMPL=gluon needs an sm_90 GPU and an importable kernels.gluon "
                            f"(device {device}, kernels.gluon {'found' if gluon_kernels() else 'unavailable'})")
     if impl == "triton" and device.type != "cuda" and not interpreting():
         raise RuntimeError("KERNELS_IMPL=triton on CPU needs TRITON_INTERPRET=1 set before `kernels` is imported")
     return impl
+
+
+def select_backward_impl(q: torch.Tensor, deterministic: bool) -> str:
+    """The backend of a backward on q's device: Gluon on sm_90 where it has tiles for the head dim and atomics
+    are allowed (not deterministic), unless KERNELS_IMPL forces triton or reference."""
+    impl = select_impl(q.device)
+    if impl == "reference" or os.environ.get("KERNELS_IMPL", "auto") == "triton":
+        return impl
+    gluon = gluon_kernels() if is_sm90(q.device) else None
+    gluon_applies = gluon is not None and not deterministic and q.shape[-1] in gluon.BWD_TILES
+    return "gluon" if gluon_applies else "triton"
 
 
 def resolve_scale(softmax_scale, head_dim: int) -> float:
@@ -99,15 +113,14 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     if lse.shape != (q.shape[0], q.shape[2], q.shape[1]):
         raise ValueError(f"lse must be (batch, nheads, seqlen_q) = {(q.shape[0], q.shape[2], q.shape[1])}, "
                          f"got {tuple(lse.shape)}")
-    impl = select_impl(q.device)
+    impl = select_backward_impl(q, deterministic)
     if impl == "reference":
         grads = attention_backward_ref(dout, q, k, v, out, lse, causal, softmax_scale, dtype=torch.float32)
     else:
         args = (*(tma_ready(t) for t in (dout, q, k, v, out)), lse.float().contiguous(), softmax_scale, causal,
                 deterministic)
-        gluon = gluon_kernels() if impl == "gluon" else None
-        if gluon is not None and hasattr(gluon, "attention_backward"):
-            grads = gluon.attention_backward(*args)
+        if impl == "gluon":
+            grads = gluon_kernels().attention_backward(*args)
         else:
             grads = attention_backward_triton(*args)
     return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))

@@ -28,7 +28,7 @@ class Candidate:
     build: Callable
     # Environment for the whole measurement, backward included (KERNELS_IMPL is read on every call).
     env: tuple = ()
-    # device -> which of our kernels runs (ours only; read inside `env`).
+    # (q, k, mode) -> which of our kernels runs that pass (ours only; read inside `env`).
     backend: Callable = None
 
 
@@ -65,14 +65,14 @@ def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def _bf16_backend(device):
-    from kernels.ops import select_impl
-    return select_impl(device)
+def _bf16_backend(q, k, mode):
+    from kernels.ops import select_backward_impl, select_impl
+    return select_impl(q.device, q.shape[-1], k.shape[1]) if mode == "fwd" else select_backward_impl(q, False)
 
 
-def _fp8_backend(device):
+def _fp8_backend(q, k, mode):
     from kernels.fp8 import fp8_backend
-    return fp8_backend(device)
+    return fp8_backend(q.device, q.shape[-1], k.shape[1])
 
 
 # ---- ours -------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def ours_gluon_ablation(name, warp_specialize=True, pipeline=True, pingpong=True
         scale = problem.headdim ** -0.5
         return lambda: _first(attention_forward(q, k, v, scale, problem.causal, warp_specialize=warp_specialize,
                                                 pipeline=pipeline, pingpong=pingpong))
-    return Candidate(name, "ours", build, backend=lambda device: "gluon")
+    return Candidate(name, "ours", build, backend=lambda q, k, mode: "gluon")
 
 
 # ---- peers ------------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def _time_candidate(cand, problem, q, k, v, ref, mode, opts):
     """{backend, max_abs_err, ms, tflops} of one candidate; its graph and outputs die with this frame."""
     with environment(dict(cand.env)):
         call = cand.build(problem, q, k, v)
-        backend = cand.backend(q.device) if cand.backend else ""
+        backend = cand.backend(q, k, mode) if cand.backend else ""
         out = call()  # the first call compiles and rejects unsupported shapes before any timing
         err = (out.detach()[:1, :, :1].float() - ref).abs().max().item()
         if mode == "fwd":

@@ -4,10 +4,10 @@
 pre-pass's outputs, kernels.quant) are what `kernels.ops` / `kernels.fp8`
 dispatch to on sm_90; both run the one kernel in kernel.py. Keyword switches
 turn off FA3's scheduling features one at a time (the paper's Table 2
-ablation): `warp_specialize=False` drops the producer warp and the second
-consumer (one 8-warp partition issues its own TMA loads), `pipeline=False`
-drops the intra-warpgroup softmax/GEMM overlap, and `pingpong=False` lets the
-two consumer warpgroups issue GEMMs freely. `tile` overrides the tile config
+ablation): `warp_specialize=False` drops the producer warp and the consumer
+warpgroups (one 8-warp partition of 128 rows issues its own TMA loads),
+`pipeline=False` drops the intra-warpgroup softmax/GEMM overlap, and
+`pingpong=False` lets the consumer warpgroups issue GEMMs freely. `tile` overrides the tile config
 (tuning). `compile_forward` builds a variant ahead of time for a GPU target
 (used by the CPU compile test: no GPU needed).
 """
@@ -40,36 +40,49 @@ GL_DTYPES = {
     torch.float8_e5m2: gl.float8e5,
 }
 HALF_DTYPES = (torch.bfloat16, torch.float16)  # 16-bit inputs and every output
-FP8_BLOCK_NS = (32, 64, 128)  # the FP8 key tile is the K/V scale block; 256 would not fit registers
 LOG2_E = 1.4426950408889634
-# 12 warps (two consumer warpgroups + the producer's warpgroup) share 64K registers:
-# 168 per thread on average, redistributed with setmaxnreg to 240 / 240 / 24 (FA3's split).
-WS_MAXNREG = 168
-CONSUMER_REGS = 240
-PRODUCER_REGS = 24
+CONSUMER_ROWS = 64  # query rows per consumer warpgroup (one m64 wgmma)
+# Registers per thread, keyed by consumer warpgroups: (at launch, consumers, producer) after setmaxnreg.
+# The consumers plus the producer's warpgroup share 64K registers (FA3's splits): 12 warps average 168,
+# moved to 240 / 240 / 24; 16 warps average 128, moved to 160 / 160 / 160 / 24 (3 * 160 + 24 <= 4 * 128).
+WS_REGS = {2: (168, 240, 24), 3: (128, 160, 24)}
 
 
 @dataclass(frozen=True)
 class TileConfig:
-    block_m: int  # query rows per tile (split across the consumer warpgroups)
+    block_m: int  # query rows per tile: 64 per consumer warpgroup (128 or 192; 128 without warp specialization)
     block_n: int  # keys per K/V block
     stages: int  # K/V ring depth
     o_in_q: bool  # O staged for its TMA store in Q's buffer (saves shared memory; needs O no wider than Q)
+    split_kv: bool = False  # K and V slots released separately, V loaded a block behind K (pipeline.py)
+
+    def __post_init__(self):
+        if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
+            raise ValueError(f"TileConfig.block_m must be 128 or 192 (two or three consumers), got {self.block_m}")
+        if self.block_n not in (32, 64, 128, 256):
+            raise ValueError(f"TileConfig.block_n must be a power of two from 32 to 256, got {self.block_n}")
+        if self.stages < 1:
+            raise ValueError(f"TileConfig.stages must be at least 1, got {self.stages}")
 
 
 # Keyed by (input element bytes, head dim). Shared memory (of 227 KB), in KB, Q + stages * (K + V) + O:
-# 16-bit hd64 16 + 3*32 + 16, hd128 32 + 3*64 (O in Q's place), hd256 64 + 2*64 (O in Q's place);
-# fp8 (bf16 O) hd64 8 + 4*16 + 16, hd128 16 + 3*32 + 32, hd256 32 + 2*64 + 64.
+# 16-bit hd64 24 + 2*32 + 24 (192 query rows), hd128 32 + 3*64 (O in Q's place), hd256 64 + 2*64 (O in Q's
+# place); fp8 (bf16 O) hd64 8 + 4*16 + 16, hd128 16 + 3*32 + 32, hd256 32 + 3*32 + 64.
 # Block sizes must be powers of two (Gluon tensor shapes), so FA3's 176 and 80 key blocks are out.
+# H200 numbers behind each choice are in docs/tuning-gluon.md.
 TILE_CONFIGS = {
-    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False),
+    # Three consumer warpgroups (FA3's hd64 choice): more softmax hides under GEMMs; 160 registers each.
+    (2, 64): TileConfig(block_m=192, block_n=128, stages=2, o_in_q=False, split_kv=True),
     # 3 stages: the pipelined consumer holds two slots at once (K of block i, V of block i-1); with 2 stages
-    # the next load waits for a release and hd128 ran at 438 TFLOPs/s, with 3 at 620 (docs/tuning-gluon.md).
+    # the next load waits for a release and hd128 ran at 438 TFLOPs/s, with 3 at 620. Split K/V release
+    # with 2 stages measured 0.9-1.0x of this.
     (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=True),
-    (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_in_q=True),
+    # Split K/V release: the only way out of stage starvation where 3 stages do not fit (+45-60%).
+    (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_in_q=True, split_kv=True),
     (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_in_q=False),
     (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False),
-    (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_in_q=False),
+    # 64-key tiles (half a scale block): a 128-key S tile spills 72 registers (O alone is 128 per thread).
+    (1, 256): TileConfig(block_m=128, block_n=64, stages=3, o_in_q=False),
 }
 
 
@@ -85,6 +98,7 @@ class Variant:
     tile_override: TileConfig | None = None
     out_dtype: torch.dtype | None = None  # None: q's dtype (16-bit inputs)
     q_scale_block: int | None = None  # FP8: query rows per Q scale
+    kv_scale_block: int | None = None  # FP8: keys per K/V scale; the key block is the tile's, at most this
 
     @property
     def fp8(self):
@@ -92,11 +106,17 @@ class Variant:
 
     @property
     def tile(self):
-        return self.tile_override or TILE_CONFIGS[(self.dtype.itemsize, self.head_dim)]
+        tile = self.tile_override or TILE_CONFIGS[(self.dtype.itemsize, self.head_dim)]
+        if not self.warp_specialize:
+            # One 8-warp partition (two m64 wgmma row blocks) that refills each slot itself once it is free.
+            tile = replace(tile, block_m=2 * CONSUMER_ROWS, split_kv=False)
+        if self.kv_scale_block is not None and self.kv_scale_block < tile.block_n:
+            tile = replace(tile, block_n=self.kv_scale_block)  # a key block never straddles two scale blocks
+        return tile
 
     @property
     def num_consumers(self):
-        return 2 if self.warp_specialize else 1
+        return self.tile.block_m // CONSUMER_ROWS if self.warp_specialize else 1
 
     @property
     def num_warps(self):
@@ -113,18 +133,20 @@ class Variant:
             STAGES=self.tile.stages,
             NUM_CONSUMERS=self.num_consumers,
             O_IN_Q=self.tile.o_in_q,
+            SPLIT_KV=self.tile.split_kv,
             Q_SCALE_BLOCK=self.q_scale_block,
+            KV_SCALE_BLOCK=self.kv_scale_block,
             WARP_SPECIALIZE=self.warp_specialize,
             OVERLAP=self.pipeline,
             PINGPONG=self.pingpong and self.warp_specialize,
-            CONSUMER_REGS=CONSUMER_REGS,
-            PRODUCER_REGS=PRODUCER_REGS,
+            CONSUMER_REGS=WS_REGS[self.num_consumers][1] if self.warp_specialize else None,
+            PRODUCER_REGS=WS_REGS[self.num_consumers][2] if self.warp_specialize else None,
         )
 
     def options(self):
         opts = dict(num_warps=self.num_warps)
         if self.warp_specialize:
-            opts["maxnreg"] = WS_MAXNREG
+            opts["maxnreg"] = WS_REGS[self.num_consumers][0]
         return opts
 
     def descriptors(self, q, k, v, o):
@@ -176,7 +198,7 @@ def _launch(variant, q, k, v, scales, softmax_scale, out_dtype):
         return out.zero_(), lse.fill_(float("inf"))
     n_tiles = num_m_blocks(seqlen_q, variant.tile.block_m) * b * h
     n_sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-    sections = section_heads(b, h, h_kv, seqlen_k, d, q.element_size())
+    sections = section_heads(b, h, h_kv, seqlen_k, d, q.element_size(), variant.causal)
     args = _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, h // h_kv, sections)
     attention_fwd_kernel[(min(n_sms, n_tiles), )](*args, **variant.constexprs(), **variant.options())
     return out, lse
@@ -206,24 +228,24 @@ def fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torc
                           pipeline=True, pingpong=True, tile: TileConfig | None = None):
     """The FP8 forward on the pre-pass's outputs (kernels.quant.FP8QKV): (out in out_dtype, lse float32).
 
-    Same arithmetic as kernels.quant.fp8_forward_ref: key tiles of exactly
-    config.block_n (one K/V scale each), Q scales per config.block_m rows.
+    Same arithmetic as kernels.quant.fp8_forward_ref (one K/V scale per
+    config.block_n keys, one Q scale per config.block_m rows), except that the
+    key tile may be a fraction of config.block_n (TILE_CONFIGS; hd256 keeps
+    its S tile small enough for registers): the online softmax then updates
+    its max more often, which changes P's fp8 rounding, not the scheme.
     """
     cfg = x.config
     if not x.q.is_cuda:
         raise ValueError("the Gluon kernels need CUDA tensors")
     if out_dtype not in HALF_DTYPES:
         raise TypeError(f"out_dtype must be bfloat16 or float16, got {out_dtype}")
-    if cfg.block_n not in FP8_BLOCK_NS:
-        raise ValueError(f"the Gluon FP8 forward takes config.block_n in {FP8_BLOCK_NS}, got {cfg.block_n}")
     d = x.q.shape[-1]
     if d not in HEAD_DIMS:
         raise ValueError(f"FP8 head dim must be one of {HEAD_DIMS}, got {d}")
     if not softmax_scale > 0:
         raise ValueError(f"softmax_scale must be positive, got {softmax_scale}")
-    base = tile or TILE_CONFIGS[(1, d)]
-    variant = Variant(x.q.dtype, d, bool(causal), warp_specialize, pipeline, pingpong,
-                      replace(base, block_n=cfg.block_n), out_dtype, cfg.block_m)
+    variant = Variant(x.q.dtype, d, bool(causal), warp_specialize, pipeline, pingpong, tile, out_dtype, cfg.block_m,
+                      cfg.block_n)
     scales = tuple(s.contiguous() for s in (x.q_scale, x.k_scale, x.v_scale))
     return _launch(variant, x.q, x.k, x.v_t, scales, softmax_scale, out_dtype)
 

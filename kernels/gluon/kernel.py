@@ -29,14 +29,15 @@ def row_scales(batch, head, row0, sched: TileScheduler, qk_scale, q_scales, ROWS
 
 @gluon.jit
 def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_scales, k_scales, v_scales,
-                       Q_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, INLINE_LOADS: gl.constexpr,
-                       OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
+                       Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
+                       INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
     ROWS: gl.constexpr = p.q_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = p.q_desc.block_type.shape[3]
     row_layout: gl.constexpr = gl.SliceLayout(1, wgmma_layout(gl.num_warps(), sched.BLOCK_N, p.q_desc.dtype))
     kv = Ring.start(p.STAGES)
-    # Consumer 0 takes the first GEMM turn: its first wait is on the already-completed phase.
-    turn_phase = gl.to_tensor(1 - CID)
+    # Consumer 0 takes the first GEMM turn (its first wait is on the already-completed phase), then the turn
+    # goes round the consumers in order.
+    turn_phase = gl.to_tensor(1 if CID == 0 else 0)
     tile_phase = 0
     for tile_id in range(gl.program_id(0), sched.num_tiles, gl.num_programs(0)):
         batch, head, m_block = sched.tile(tile_id)
@@ -50,15 +51,15 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
         k_tile_scales = k_scales
         v_tile_scales = v_scales
         if k_scales is not None:  # FP8: this (batch, kv head)'s row of K/V block scales
-            kv_row0 = (batch * (sched.nheads // sched.group) + head_kv) * gl.cdiv(sched.seqlen_k, sched.BLOCK_N)
+            kv_row0 = (batch * (sched.nheads // sched.group) + head_kv) * gl.cdiv(sched.seqlen_k, KV_SCALE_BLOCK)
             k_tile_scales = k_scales + kv_row0
             v_tile_scales = v_scales + kv_row0
         mbarrier.wait(p.q_ready, tile_phase)
         q = p.q_smem.index(CID).reshape([ROWS, HEAD_DIM])
         o, m, l, v_unit, kv, turn_phase = attend_tile(p, q, kv, turn_phase, n_blocks, row0, batch, head_kv,
                                                       sched.seqlen_q, sched.seqlen_k, row_scale, k_tile_scales,
-                                                      v_tile_scales, CID, sched.CAUSAL, INLINE_LOADS, OVERLAP,
-                                                      PINGPONG)
+                                                      v_tile_scales, KV_SCALE_BLOCK, CID, sched.CAUSAL, INLINE_LOADS,
+                                                      OVERLAP, PINGPONG)
         if not INLINE_LOADS and not p.O_IN_Q:
             mbarrier.arrive(p.q_empty)
         write_output(p, o, m, l, v_unit, lse_ptr, batch, head, sched.nheads, row0, sched.seqlen_q, CID)
@@ -73,23 +74,38 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
 def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_scales, v_scales, qk_scale, batch,
                          nheads, group, section_heads, seqlen_q, seqlen_k, CAUSAL: gl.constexpr,
                          STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, O_IN_Q: gl.constexpr,
-                         Q_SCALE_BLOCK: gl.constexpr, WARP_SPECIALIZE: gl.constexpr, OVERLAP: gl.constexpr,
-                         PINGPONG: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
-    """q/k/v/o: 4-D TMA descriptors; q_scales/k_scales/v_scales: FP8 block scales (kernels.quant), None for 16-bit."""
+                         SPLIT_KV: gl.constexpr, Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
+                         WARP_SPECIALIZE: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
+                         CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+    """q/k/v/o: 4-D TMA descriptors; q_scales/k_scales/v_scales: FP8 block scales (kernels.quant), None for 16-bit.
+
+    FP8 scales cover Q_SCALE_BLOCK query rows and KV_SCALE_BLOCK keys (a multiple of the key block)."""
     BLOCK_M: gl.constexpr = NUM_CONSUMERS * q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-    p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_IN_Q)
+    p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV)
     if WARP_SPECIALIZE:
-        gl.static_assert(NUM_CONSUMERS == 2, "the warp-specialized kernel runs two consumer warpgroups")
-        gl.warp_specialize([
-            (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK, 0, False,
-                                  OVERLAP, PINGPONG)),
-            (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK, 1, False,
-                                  OVERLAP, PINGPONG)),
-            (producer_partition, (p, sched)),
-        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+        if NUM_CONSUMERS == 2:
+            gl.warp_specialize([
+                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
+                                      KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
+                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
+                                      KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
+                (producer_partition, (p, sched)),
+            ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+        else:
+            gl.static_assert(NUM_CONSUMERS == 3, "the warp-specialized kernel runs two or three consumer warpgroups")
+            gl.warp_specialize([
+                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
+                                      KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
+                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
+                                      KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
+                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
+                                      KV_SCALE_BLOCK, 2, False, OVERLAP, PINGPONG)),
+                (producer_partition, (p, sched)),
+            ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.static_assert(NUM_CONSUMERS == 1, "without warp specialization one partition consumes the whole tile")
-        consumer_partition(p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK, 0, True, OVERLAP,
-                           False)
+        gl.static_assert(not SPLIT_KV, "without a producer K and V slots are refilled together")
+        consumer_partition(p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK, KV_SCALE_BLOCK, 0,
+                           True, OVERLAP, False)

@@ -1,14 +1,14 @@
 """Consumer mainloop of the Hopper forward: one warpgroup's rows of one tile against all its key blocks.
 
 S = Q K^T runs as an SS wgmma (both operands in shared memory); P = softmax
-numerators go to registers as bf16/fp16 and O += P V runs as an RS wgmma (A from
-registers), so P never touches shared memory.
+numerators go to registers as bf16/fp16/fp8 and O += P V runs as an RS wgmma (A
+from registers), so P never touches shared memory.
 
 With OVERLAP (FA3's intra-warpgroup pipelining) each step issues QK^T of block
 i and PV of block i-1 back to back, then does the softmax of block i while PV
-is still on the tensor cores. With PINGPONG the two consumer warpgroups take
-turns issuing their GEMMs (an mbarrier pair stands in for FA3's named
-barriers), so one warpgroup's softmax runs under the other's GEMMs.
+is still on the tensor cores. With PINGPONG the consumer warpgroups take turns
+issuing their GEMMs, in order (one mbarrier per consumer stands in for FA3's
+named barriers), so one warpgroup's softmax runs under the others' GEMMs.
 
 With INLINE_LOADS (warp specialization off) the consumer issues the TMA loads
 itself: a released ring slot is refilled at once with the block STAGES ahead.
@@ -28,7 +28,6 @@ def wgmma_layout(num_warps, n, dtype):
                                      instr_shape=[16, n, 256 // dtype.primitive_bitwidth])
 
 
-
 @gluon.jit
 def take_turn(p: Pipeline, turn_phase, CID: gl.constexpr, PINGPONG: gl.constexpr):
     """Wait until this consumer may issue its GEMMs; returns the next turn parity."""
@@ -41,19 +40,28 @@ def take_turn(p: Pipeline, turn_phase, CID: gl.constexpr, PINGPONG: gl.constexpr
 @gluon.jit
 def pass_turn(p: Pipeline, CID: gl.constexpr, PINGPONG: gl.constexpr):
     if PINGPONG:
-        mbarrier.arrive(p.turn.index(1 - CID))
+        mbarrier.arrive(p.turn.index((CID + 1) % p.NUM_CONSUMERS))
 
 
 @gluon.jit
-def release_stage(p: Pipeline, kv: Ring, i_done, valid, n_blocks, batch, head_kv, INLINE_LOADS: gl.constexpr):
-    """If `valid`, hand ring slot `kv` (block i_done) back: to the producer, or (no producer) refill it with
-    block i_done + STAGES."""
+def release_k(p: Pipeline, kv: Ring):
+    """QK^T of the block in slot kv is complete: with SPLIT_KV its K slot goes back to the producer now."""
+    if p.SPLIT_KV:
+        mbarrier.arrive(p.k_empty.index(kv.index))
+
+
+@gluon.jit
+def release_v(p: Pipeline, kv: Ring, i_done, n_blocks, batch, head_kv, INLINE_LOADS: gl.constexpr):
+    """PV of block i_done (in slot kv) is complete: its V slot goes back (and its K slot, unless SPLIT_KV), to the
+    producer, or (no producer) both are refilled at once with block i_done + STAGES."""
     if INLINE_LOADS:
         i_next = i_done + p.STAGES
-        if valid & (i_next < n_blocks):
-            p.load_kv(kv.index, batch, head_kv, kv_block_start(n_blocks, i_next, p.k_desc.block_type.shape[1]))
+        if i_next < n_blocks:
+            key0 = kv_block_start(n_blocks, i_next, p.k_desc.block_type.shape[1])
+            p.load_k(kv.index, batch, head_kv, key0)
+            p.load_v(kv.index, batch, head_kv, key0)
     else:
-        mbarrier.arrive(p.kv_empty.index(kv.index), pred=valid)
+        mbarrier.arrive(p.v_empty.index(kv.index))
 
 
 @gluon.jit
@@ -62,7 +70,9 @@ def prefetch_tile(p: Pipeline, kv: Ring, n_blocks, batch, head, head_kv, row0):
     p.load_q(batch, head, row0)
     slot = kv
     for i in range(gl.minimum(n_blocks, p.STAGES)):
-        p.load_kv(slot.index, batch, head_kv, kv_block_start(n_blocks, i, p.k_desc.block_type.shape[1]))
+        key0 = kv_block_start(n_blocks, i, p.k_desc.block_type.shape[1])
+        p.load_k(slot.index, batch, head_kv, key0)
+        p.load_v(slot.index, batch, head_kv, key0)
         slot = slot.next()
 
 
@@ -91,14 +101,39 @@ def wait_pv(o, pm, pr):
     alive until the wgmma has read them (Triton cannot carry 8-bit values
     through the wait, so FP8 P relies on ptxas's own wgmma hazard checks).
     Passing the next block's fp32 P `pr` through it pins its conversion to
-    16/8 bits after the wait: hoisted above, the new P would need the old P's
-    registers while the wgmma still reads them, and ptxas serializes wgmma.
+    16 bits after the wait: hoisted above, the new P would need the old P's
+    registers while the wgmma still reads them, and ptxas serializes wgmma
+    (FP8 P is converted in the next iteration anyway, see carried_p).
     """
     if pm.dtype.is_fp8():
         o, pr = warpgroup_mma_wait(0, deps=(o, pr))
     else:
         o, pm, pr = warpgroup_mma_wait(0, deps=(o, pm, pr))
     return o, pr
+
+
+@gluon.jit
+def p_operand(p, dtype: gl.constexpr, layout: gl.constexpr):
+    """P as the A operand of PV: cast to the MMA dtype in the A-operand register layout (a no-op if it is already)."""
+    if p.dtype == dtype:
+        return p
+    else:
+        return gl.convert_layout(p.to(dtype), layout)  # FP8: 16 SHFL + SEL/PRMT per 64 values (FA3's scheme)
+
+
+@gluon.jit
+def carried_p(pr, dtype: gl.constexpr, layout: gl.constexpr):
+    """What the loop carries from one block's softmax to its PV in the next iteration.
+
+    16-bit P is converted at once. FP8 P stays fp32 and is converted after
+    the back edge: an 8-bit tensor carried by the loop is kept one byte per
+    register and re-packed at the top of every iteration (about 170 extra
+    PRMT/LOP3 per thread per block in SASS).
+    """
+    if dtype.is_fp8():
+        return pr
+    else:
+        return p_operand(pr, dtype, layout)
 
 
 @gluon.jit
@@ -114,39 +149,50 @@ def schedule_fence(p: Pipeline, kv: Ring):
 
 
 @gluon.jit
-def block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scales, BLOCK_N: gl.constexpr,
-                 CAUSAL: gl.constexpr):
+def fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr):
+    """The i-th visited key block's K and V scales (FP8; a scale block holds one or more key blocks), loaded
+    before the block's GEMMs so that their latency hides under them; unused ones for 16-bit inputs."""
+    if k_scales is not None:
+        block = kv_block_start(n_blocks, i, BLOCK_N) // KV_SCALE_BLOCK
+        return gl.load(k_scales + block), gl.load(v_scales + block)
+    else:
+        return gl.to_tensor(1.0), gl.to_tensor(1.0)
+
+
+@gluon.jit
+def block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N: gl.constexpr,
+                 CAUSAL: gl.constexpr, FP8: gl.constexpr):
     """Masked S of the i-th visited key block and its per-row score scale (FP8: times the block's K scale)."""
     key0 = kv_block_start(n_blocks, i, BLOCK_N)
     if block_needs_mask(key0, row0, seqlen_q, seqlen_k, BLOCK_N, CAUSAL):
         s = mask_scores(s, key0, row0, seqlen_q, seqlen_k, CAUSAL)
-    if k_scales is not None:
-        row_scale = row_scale * gl.load(k_scales + key0 // BLOCK_N)
+    if FP8:
+        row_scale = row_scale * k_scale
     return s, row_scale
 
 
 @gluon.jit
-def v_rescale(alpha, i, n_blocks, v_unit, v_scales, BLOCK_N: gl.constexpr):
-    """Row factor that moves O to the i-th block's units: alpha, and for FP8 the ratio of V block scales.
+def v_rescale(alpha, v_unit, v_scale, FP8: gl.constexpr):
+    """Row factor that moves O to the current block's units: alpha, and for FP8 the ratio of V block scales.
 
     FP8 keeps O in units of the latest V block scale (so P and V stay unscaled
     fp8 operands); returns (factor, new unit).
     """
-    if v_scales is not None:
-        v_new = gl.load(v_scales + kv_block_start(n_blocks, i, BLOCK_N) // BLOCK_N)
-        alpha = alpha * (v_unit / v_new)
-        v_unit = v_new
+    if FP8:
+        alpha = alpha * (v_unit / v_scale)
+        v_unit = v_scale
     return alpha, v_unit
 
 
 @gluon.jit
 def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, head_kv, seqlen_q, seqlen_k, row_scale,
-                k_scales, v_scales, CID: gl.constexpr, CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr,
-                OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
+                k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, CAUSAL: gl.constexpr,
+                INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
     """Unnormalized O, scaled row max and row sum of q's rows over the tile's n_blocks key blocks.
 
     row_scale: per-row factor from S to the base-2 softmax domain. k_scales /
-    v_scales: this (batch, kv head)'s FP8 block scales, None for 16-bit inputs.
+    v_scales: this (batch, kv head)'s FP8 block scales (one per KV_SCALE_BLOCK
+    keys), None for 16-bit inputs.
     Returns (o, m, l, v_unit, kv, turn_phase): O is in units of v_unit (1 for
     16-bit), the ring and turn are advanced past this tile.
     """
@@ -155,10 +201,12 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
     dtype: gl.constexpr = p.q_desc.dtype
     P_OFFSET: gl.constexpr = p_log2_offset(dtype)
+    FP8: gl.constexpr = dtype.is_fp8()
     NW: gl.constexpr = gl.num_warps()
     s_layout: gl.constexpr = wgmma_layout(NW, BLOCK_N, dtype)
     o_layout: gl.constexpr = wgmma_layout(NW, HEAD_DIM, dtype)
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=32 // dtype.primitive_bitwidth)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout,
+                                                 k_width=32 // dtype.primitive_bitwidth)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
 
@@ -171,15 +219,19 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     if OVERLAP:
         if n_blocks > 0:
             # Peeled first block: nothing to overlap its softmax with yet.
+            k_scale, v_scale = fp8_block_scales(0, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
             mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
             s = warpgroup_mma(q, key_block(p, kv), s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(0, deps=(s, ))
-            s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scales, BLOCK_N, CAUSAL)
+            release_k(p, kv)
+            s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
             pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
-            _, v_unit = v_rescale(alpha, 0, n_blocks, v_unit, v_scales, BLOCK_N)
-            pm = gl.convert_layout(pr.to(dtype), p_layout)
+            _, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
+            pc = carried_p(pr, dtype, p_layout)
             for i in range(1, n_blocks):
                 kv_next = kv.next()
+                pm = p_operand(pc, dtype, p_layout)
+                k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
                 mbarrier.wait(p.k_ready.index(kv_next.index), kv_next.phase)
                 turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
                 s = warpgroup_mma(q, key_block(p, kv_next), s_zero, use_acc=False, is_async=True)
@@ -187,37 +239,41 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                 o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
                 pass_turn(p, CID, PINGPONG)
                 s = warpgroup_mma_wait(1, deps=(s, ))
-                s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scales, BLOCK_N, CAUSAL)
+                release_k(p, kv_next)
+                s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
                 pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
-                alpha, v_unit = v_rescale(alpha, i, n_blocks, v_unit, v_scales, BLOCK_N)
+                alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
                 schedule_fence(p, kv)
                 o, pr = wait_pv(o, pm, pr)
-                release_stage(p, kv, i - 1, True, n_blocks, batch, head_kv, INLINE_LOADS)
+                release_v(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
                 o = o * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-                pm = gl.convert_layout(pr.to(dtype), p_layout)
+                pc = carried_p(pr, dtype, p_layout)
                 kv = kv_next
+            pm = p_operand(pc, dtype, p_layout)
             mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
             o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
             o, pr = wait_pv(o, pm, pr)
-            release_stage(p, kv, n_blocks - 1, True, n_blocks, batch, head_kv, INLINE_LOADS)
+            release_v(p, kv, n_blocks - 1, n_blocks, batch, head_kv, INLINE_LOADS)
             kv = kv.next()
     else:
         for i in range(n_blocks):
+            k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
             mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
             turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
             s = warpgroup_mma(q, key_block(p, kv), s_zero, use_acc=False, is_async=True)
             pass_turn(p, CID, PINGPONG)
             s = warpgroup_mma_wait(0, deps=(s, ))
-            s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scales, BLOCK_N, CAUSAL)
+            release_k(p, kv)
+            s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
             pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
-            alpha, v_unit = v_rescale(alpha, i, n_blocks, v_unit, v_scales, BLOCK_N)
+            alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
             o = o * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-            pm = gl.convert_layout(pr.to(dtype), p_layout)
+            pm = p_operand(pr, dtype, p_layout)
             mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
             turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
             o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
             pass_turn(p, CID, PINGPONG)
             o, pr = wait_pv(o, pm, pr)
-            release_stage(p, kv, i, True, n_blocks, batch, head_kv, INLINE_LOADS)
+            release_v(p, kv, i, n_blocks, batch, head_kv, INLINE_LOADS)
             kv = kv.next()
     return o, m, l, v_unit, kv, turn_phase

@@ -1,12 +1,17 @@
 """Shared-memory pipeline of the Hopper forward: buffers, mbarriers, TMA loads, the producer.
 
 One producer warp streams Q tiles and K/V blocks into shared memory with TMA;
-consumer warpgroups wait on `ready` mbarriers and hand stages back through
-`empty` mbarriers. K and V of one block share a ring stage but have separate
-`ready` barriers, so QK^T can start before V lands (FA3's two pipelines).
+consumer warpgroups wait on `ready` mbarriers and hand slots back through
+`empty` mbarriers. K and V have separate `ready` barriers, so QK^T can start
+before V lands. With SPLIT_KV (FA3's two pipelines) K and V also have separate
+`empty` barriers: a K slot goes back right after its QK^T, a V slot after its
+PV, and the producer loads V one block behind K. Without it a block's K and V
+slots go back together after its PV; since the overlapped consumer holds K of
+block i and V of block i-1 at once, it then ties up two stages.
 
-All partitions walk the same tile sequence and the same KV block order, so a
-plain count of KV iterations tells each of them the stage and phase it is at.
+All partitions walk the same tile sequence and the same KV block order, and
+the K and V rings each take one load per block, so a plain count of KV
+iterations tells each partition the slot and phase it is at in both rings.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -63,16 +68,18 @@ class Pipeline:
     q_empty: gl.shared_memory_descriptor
     k_ready: gl.shared_memory_descriptor
     v_ready: gl.shared_memory_descriptor
-    kv_empty: gl.shared_memory_descriptor
+    k_empty: gl.shared_memory_descriptor
+    v_empty: gl.shared_memory_descriptor  # k_empty itself unless SPLIT_KV
     turn: gl.shared_memory_descriptor
     NUM_CONSUMERS: gl.constexpr
     STAGES: gl.constexpr
     O_IN_Q: gl.constexpr
+    SPLIT_KV: gl.constexpr
     V_TRANSPOSED: gl.constexpr
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
-                 v_ready, kv_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, V_TRANSPOSED):
+                 v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, V_TRANSPOSED):
         self.q_desc = q_desc
         self.k_desc = k_desc
         self.v_desc = v_desc
@@ -85,16 +92,18 @@ class Pipeline:
         self.q_empty = q_empty
         self.k_ready = k_ready
         self.v_ready = v_ready
-        self.kv_empty = kv_empty
+        self.k_empty = k_empty
+        self.v_empty = v_empty
         self.turn = turn
         self.NUM_CONSUMERS = gl.constexpr(NUM_CONSUMERS)
         self.STAGES = gl.constexpr(STAGES)
         self.O_IN_Q = gl.constexpr(O_IN_Q)
+        self.SPLIT_KV = gl.constexpr(SPLIT_KV)
         self.V_TRANSPOSED = gl.constexpr(V_TRANSPOSED)
 
     @gluon.jit
     def create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS: gl.constexpr, STAGES: gl.constexpr,
-               O_IN_Q: gl.constexpr):
+               O_IN_Q: gl.constexpr, SPLIT_KV: gl.constexpr):
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [NUM_CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
@@ -107,19 +116,26 @@ class Pipeline:
         q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        if SPLIT_KV:
+            v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        else:
+            v_empty = k_empty
+        turn = gl.allocate_shared_memory(gl.int64, [NUM_CONSUMERS, 1], mbarrier.MBarrierLayout())
         mbarrier.init(q_ready, count=1)
         mbarrier.init(q_empty, count=NUM_CONSUMERS)
         for s in gl.static_range(STAGES):
             mbarrier.init(k_ready.index(s), count=1)
             mbarrier.init(v_ready.index(s), count=1)
-            mbarrier.init(kv_empty.index(s), count=NUM_CONSUMERS)
-        for c in gl.static_range(2):
+            mbarrier.init(k_empty.index(s), count=NUM_CONSUMERS)
+            if SPLIT_KV:
+                mbarrier.init(v_empty.index(s), count=NUM_CONSUMERS)
+        for c in gl.static_range(NUM_CONSUMERS):
             mbarrier.init(turn.index(c), count=1)
         # FP8 wgmma reads B K-major only: FP8 V arrives transposed, (batch, head, dim, seq) (kernels.quant).
         return Pipeline(q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
-                        v_ready, kv_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, v_desc.dtype.is_fp8())
+                        v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV,
+                        v_desc.dtype.is_fp8())
 
     @gluon.jit
     def load_q(self, batch, head, row0):
@@ -131,17 +147,21 @@ class Pipeline:
                                             self.q_smem.index(c))
 
     @gluon.jit
-    def load_kv(self, stage, batch, head_kv, key0):
-        """Issue the TMA loads of one K block and one V block into ring slot `stage`."""
-        k_bar = self.k_ready.index(stage)
-        v_bar = self.v_ready.index(stage)
-        mbarrier.expect(k_bar, self.k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(self.k_desc, [batch, key0, head_kv, 0], k_bar, self.k_smem.index(stage))
-        mbarrier.expect(v_bar, self.v_desc.block_type.nbytes)
+    def load_k(self, slot, batch, head_kv, key0):
+        """Issue the TMA load of the K block at key0 into K ring slot `slot`."""
+        bar = self.k_ready.index(slot)
+        mbarrier.expect(bar, self.k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(self.k_desc, [batch, key0, head_kv, 0], bar, self.k_smem.index(slot))
+
+    @gluon.jit
+    def load_v(self, slot, batch, head_kv, key0):
+        """Issue the TMA load of the V block at key0 into V ring slot `slot`."""
+        bar = self.v_ready.index(slot)
+        mbarrier.expect(bar, self.v_desc.block_type.nbytes)
         if self.V_TRANSPOSED:
-            tma.async_copy_global_to_shared(self.v_desc, [batch, head_kv, 0, key0], v_bar, self.v_smem.index(stage))
+            tma.async_copy_global_to_shared(self.v_desc, [batch, head_kv, 0, key0], bar, self.v_smem.index(slot))
         else:
-            tma.async_copy_global_to_shared(self.v_desc, [batch, key0, head_kv, 0], v_bar, self.v_smem.index(stage))
+            tma.async_copy_global_to_shared(self.v_desc, [batch, key0, head_kv, 0], bar, self.v_smem.index(slot))
 
 
 @gluon.jit
@@ -152,24 +172,46 @@ def kv_block_start(n_blocks, i, BLOCK_N: gl.constexpr):
 
 @gluon.jit
 def producer_partition(p: Pipeline, sched: TileScheduler):
-    """One warp: for each tile of this program, Q once, then every K/V block into the ring."""
+    """One warp: for each tile of this program, Q once, then every K and V block into their rings.
+
+    Without SPLIT_KV, K and V of a block wait on one `empty` barrier and load
+    together. With it, V loads one block behind K (FA3's order): the
+    consumer needs V of block i only after QK^T of block i + 1 is issued.
+    """
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
-    kv = Ring.start(p.STAGES)
+    k_slot = Ring.start(p.STAGES)
+    v_slot = Ring.start(p.STAGES)
     tile_phase = 0
     for tile_id in range(gl.program_id(0), sched.num_tiles, gl.num_programs(0)):
         batch, head, m_block = sched.tile(tile_id)
         head_kv = head // sched.group
         n_blocks = kv_block_count(sched, m_block)
         for i in range(n_blocks):
+            key0 = kv_block_start(n_blocks, i, BLOCK_N)
             # Mbarriers start with the phase before 0 complete, so the first waits on `empty` pass.
-            mbarrier.wait(p.kv_empty.index(kv.index), kv.phase ^ 1)
-            p.load_kv(kv.index, batch, head_kv, kv_block_start(n_blocks, i, BLOCK_N))
-            kv = kv.next()
+            mbarrier.wait(p.k_empty.index(k_slot.index), k_slot.phase ^ 1)
+            p.load_k(k_slot.index, batch, head_kv, key0)
+            if not p.SPLIT_KV:
+                p.load_v(k_slot.index, batch, head_kv, key0)
+            k_slot = k_slot.next()
             if i == 0:
-                # Q waits for the consumers to finish the previous tile; the first K/V block need not.
+                # Q waits for the consumers to finish the previous tile; the first K block need not.
                 mbarrier.wait(p.q_empty, tile_phase ^ 1)
                 p.load_q(batch, head, m_block * sched.BLOCK_M)
+            elif p.SPLIT_KV:
+                v_slot = load_v_when_free(p, v_slot, batch, head_kv, kv_block_start(n_blocks, i - 1, BLOCK_N))
         if n_blocks == 0:
             mbarrier.wait(p.q_empty, tile_phase ^ 1)
             p.load_q(batch, head, m_block * sched.BLOCK_M)
+        elif p.SPLIT_KV:
+            v_slot = load_v_when_free(p, v_slot, batch, head_kv, kv_block_start(n_blocks, n_blocks - 1, BLOCK_N))
         tile_phase ^= 1
+
+
+@gluon.jit
+def load_v_when_free(p: Pipeline, v_slot: Ring, batch, head_kv, key0):
+    """SPLIT_KV producer: wait until V ring slot v_slot is released, load the V block at key0 into it; returns
+    the next slot."""
+    mbarrier.wait(p.v_empty.index(v_slot.index), v_slot.phase ^ 1)
+    p.load_v(v_slot.index, batch, head_kv, key0)
+    return v_slot.next()

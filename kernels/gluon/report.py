@@ -21,7 +21,8 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 # and the FP8 forward (e4m3, default FP8Config blocks) at every head dim.
 VARIANTS = [Variant(torch.bfloat16, d, causal, ws) for d in HEAD_DIMS for causal in (False, True) for ws in (True, False)]
 VARIANTS += [Variant(torch.bfloat16, 128, False, pipeline=False), Variant(torch.bfloat16, 128, False, pingpong=False)]
-VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, out_dtype=torch.bfloat16, q_scale_block=128)
+VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, out_dtype=torch.bfloat16, q_scale_block=128,
+                     kv_scale_block=128)
              for d in HEAD_DIMS for causal in (False, True)]
 
 

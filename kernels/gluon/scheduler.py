@@ -1,13 +1,22 @@
 """Persistent tile scheduler of the Hopper forward.
 
 A tile is BLOCK_M query rows of one (batch, head). The grid has at most one
-program per SM and program `pid` takes tiles pid, pid + grid, ... . Tiles are
-ordered so that programs running at the same time share K/V in L2: heads are
-cut into sections whose K/V fit in L2 (`section_heads`, picked on the host),
-and inside a section the order is m-block-major, heads inner. For causal
-attention m-blocks run from the last (most keys) to the first, so the longest
-tiles start first and short ones fill the tail (FA3's longest-processing-time
-order).
+program per SM and program `pid` takes tiles pid, pid + grid, ... (one "wave"
+of tiles per grid). Tiles are ordered so that programs running at the same
+time share K/V in L2: the order is m-block-major, heads inner.
+
+Non-causal tiles all cost the same; heads are cut into sections whose K/V fit
+in L2 (`section_heads`, picked on the host), one section after the other.
+
+Causal tiles cost in proportion to their m-block, so the order is longest
+first, over all heads at once (one section: the tiles running together have
+similar m-blocks and walk the same key range down in step, which keeps their
+K/V in L2 without sections), and every other wave is dealt to the programs in
+reverse, so that a program that drew a long tile in one wave draws a short one
+in the next. By a count of key blocks per program (experiments' simulation in
+docs/tuning-gluon.md) that takes the busiest program from 1.4x the average
+down to 1.01x at head dim 256, 16k tokens; sections plus a plain round robin
+left hd256 causal at 0.68x of its non-causal speed.
 """
 import triton
 
@@ -19,8 +28,10 @@ from triton.language.core import _aggregate as aggregate
 L2_KV_BUDGET_BYTES = 32 * 1024 * 1024
 
 
-def section_heads(batch, nheads, nheads_kv, seqlen_k, headdim, elem_bytes):
-    """Query heads per L2 section: whole GQA groups whose K/V fit L2_KV_BUDGET_BYTES together."""
+def section_heads(batch, nheads, nheads_kv, seqlen_k, headdim, elem_bytes, causal):
+    """Query heads per L2 section: whole GQA groups whose K/V fit L2_KV_BUDGET_BYTES together (causal: all)."""
+    if causal:
+        return batch * nheads
     kv_head_bytes = 2 * seqlen_k * headdim * elem_bytes
     kv_heads = max(1, L2_KV_BUDGET_BYTES // kv_head_bytes)
     return min(batch * nheads, kv_heads * (nheads // nheads_kv))
@@ -70,6 +81,12 @@ class TileScheduler:
     @gluon.jit
     def tile(self, tile_id):
         """(batch, head, m_block) of tile `tile_id`."""
+        if self.CAUSAL:  # odd waves in reverse
+            grid = gl.num_programs(0)
+            wave = tile_id // grid
+            wave_size = gl.minimum(grid, self.num_tiles - wave * grid)
+            lane = tile_id - wave * grid
+            tile_id = gl.where(wave % 2 == 1, wave * grid + wave_size - 1 - lane, tile_id)
         section_tiles = self.section_heads * self.num_m_blocks
         section = tile_id // section_tiles
         first_bh = section * self.section_heads

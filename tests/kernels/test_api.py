@@ -6,7 +6,7 @@ import torch
 
 import kernels
 from kernels import flash_attn_func
-from kernels.ops import select_impl
+from kernels.ops import select_backward_impl, select_impl
 from kernels.reference import attention_ref
 from kernels.triton.fwd import interpreting
 
@@ -123,6 +123,7 @@ def test_dispatch(monkeypatch):
     for impl in ("auto", "triton", "reference"):
         monkeypatch.setenv("KERNELS_IMPL", impl)
         assert select_impl(cpu) == ("triton" if impl == "auto" else impl)
+        assert select_backward_impl(torch.empty(1, 1, 1, 64), False) == select_impl(cpu)
     monkeypatch.setenv("KERNELS_IMPL", "gluon")
     with pytest.raises(RuntimeError, match="gluon needs an sm_90 GPU"):
         select_impl(cpu)
@@ -145,9 +146,25 @@ def test_dispatch_is_read_per_call(monkeypatch):
 
 @pytest.mark.hopper
 def test_auto_picks_gluon_only_where_it_measured_faster(monkeypatch):
+    from kernels.fp8 import fp8_backend
     monkeypatch.setenv("KERNELS_IMPL", "auto")
     cuda = torch.device("cuda")
-    assert select_impl(cuda, 128, 4096) == "gluon"
-    assert select_impl(cuda, 128, 512) == "triton"
-    assert select_impl(cuda, 64, 4096) == "triton" and select_impl(cuda, 256, 4096) == "triton"
-    assert select_impl(cuda) == "triton"  # no shape: the backward and the FP8 path
+    for d in (64, 128, 256):
+        assert select_impl(cuda, d, 4096) == "gluon" and select_impl(cuda, d, 512) == "triton"
+    assert select_impl(cuda) == "triton"  # no shape given
+    assert fp8_backend(cuda, 128, 4096) == "gluon" and fp8_backend(cuda, 256, 4096) == "gluon"
+    assert fp8_backend(cuda, 64, 4096) == "triton" and fp8_backend(cuda, 128, 512) == "triton"
+    monkeypatch.setenv("KERNELS_IMPL", "triton")
+    assert fp8_backend(cuda, 128, 4096) == "triton"
+
+
+@pytest.mark.hopper
+def test_backward_runs_on_gluon_where_it_applies(monkeypatch):
+    q = lambda d: torch.empty(1, 1, 1, d, device="cuda")  # noqa: E731
+    for impl in ("auto", "gluon"):
+        monkeypatch.setenv("KERNELS_IMPL", impl)
+        assert select_backward_impl(q(128), False) == "gluon" and select_backward_impl(q(64), False) == "gluon"
+        assert select_backward_impl(q(256), False) == "triton"  # no Gluon tiles at head dim 256
+        assert select_backward_impl(q(128), True) == "triton"  # Gluon's dQ uses atomics
+    monkeypatch.setenv("KERNELS_IMPL", "triton")
+    assert select_backward_impl(q(128), False) == "triton"

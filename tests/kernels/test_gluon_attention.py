@@ -133,3 +133,22 @@ def test_fp8_forward_matches_fp8_scheme(d, causal):
     finite = torch.isfinite(lse8)
     lse_err = (lse - lse8)[finite].abs().max().item()
     assert lse_err <= 1e-3, f"seed {seed}: max |lse - fp8 scheme lse| {lse_err:.3e}"
+
+
+@pytest.mark.parametrize("block_n", [32, 256])
+def test_fp8_scale_blocks_other_than_the_key_tile(block_n):
+    """K/V scale blocks smaller than the key tile (the tile shrinks to one block) and larger (one scale spans two
+    key tiles) give the scheme's accuracy too."""
+    from kernels.gluon import fp8_attention_forward
+    from kernels.quant import FP8Config, fp8_forward_ref, quantize_qkv_ref
+    seed, q, k, v = _inputs(1, 300, 700, 4, 2, 128, torch.bfloat16)
+    x = quantize_qkv_ref(q, k, v, FP8Config(block_n=block_n))
+    out, lse = _poisoned(lambda: fp8_attention_forward(x, 128 ** -0.5, True, torch.bfloat16), q.shape, torch.bfloat16)
+    exact, _ = attention_ref(q, k, v, True)
+    out8, lse8 = fp8_forward_ref(x, 128 ** -0.5, True)
+    err = (out.double() - exact).abs().max().item()
+    err8 = (out8.double() - exact).abs().max().item()
+    assert err <= 1.25 * err8 + 1e-3, f"seed {seed}: {err:.3e} vs scheme {err8:.3e}"
+    finite = torch.isfinite(lse8)
+    assert torch.equal(torch.isinf(lse), ~finite), f"seed {seed}: +inf LSE rows differ"
+    assert (lse - lse8)[finite].abs().max().item() <= 1e-3, f"seed {seed}: LSE differs from the scheme's"

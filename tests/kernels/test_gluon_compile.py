@@ -14,10 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SMEM_LIMIT = 227 * 1024  # sm_90 opt-in shared memory per block
 BARRIER_SLACK = 1024  # mbarriers and epilogue scratch on top of the buffers
-# (element bytes, head dim) -> (block_n, stages, O staged in Q's buffer); kernels.gluon.forward.TILE_CONFIGS.
-TILES = {(2, 64): (128, 3, False), (2, 128): (128, 3, True), (2, 256): (64, 2, True),
-         (1, 64): (128, 4, False), (1, 128): (128, 3, False), (1, 256): (128, 2, False)}
-BLOCK_M = 128
+# (element bytes, head dim) -> (block_m, block_n, stages, O staged in Q's buffer, split K/V release);
+# kernels.gluon.forward.TILE_CONFIGS. Without warp specialization block_m is 128.
+TILES = {(2, 64): (192, 128, 2, False, True), (2, 128): (128, 128, 3, True, False),
+         (2, 256): (128, 64, 2, True, True), (1, 64): (128, 128, 4, False, False),
+         (1, 128): (128, 128, 3, False, False), (1, 256): (128, 64, 3, False, False)}
+CONSUMER_ROWS = 64
+CONSUMER_REGS = {2: 240, 3: 160}  # setmaxnreg of each consumer warpgroup, by their number
+PRODUCER_REGS = 24
 
 
 def _names():
@@ -49,8 +53,9 @@ def test_variant_compiles_to_wgmma_and_tma(reports, name):
     d = int(name.split("_hd")[1].split("_")[0])
     ws = "_ws1_" in name
     pipelined = "_pipe1_" in name
-    block_n, stages, o_in_q = TILES[(elem, d)]
-    consumers = 2 if ws else 1
+    block_m, block_n, stages, o_in_q, _ = TILES[(elem, d)]
+    block_m = block_m if ws else 2 * CONSUMER_ROWS
+    consumers = block_m // CONSUMER_ROWS if ws else 1
 
     # wgmma m64nNk(32 / elem) instructions per consumer: QK^T takes d / k steps, PV block_n / k;
     # the pipelined loop holds one QK^T + PV pair plus the peeled QK^T and the trailing PV.
@@ -63,12 +68,20 @@ def test_variant_compiles_to_wgmma_and_tma(reports, name):
     assert r["ptx_tma_load"] > 0 and r["sass_tma_load"] > 0, r
     assert r["ptx_tma_store"] > 0 and r["sass_tma_store"] > 0, r
 
-    q_bytes = BLOCK_M * d * elem
-    o_bytes = 0 if o_in_q else BLOCK_M * d * 2  # O is 16-bit
+    q_bytes = block_m * d * elem
+    o_bytes = 0 if o_in_q else block_m * d * 2  # O is 16-bit
     expected = q_bytes + stages * 2 * block_n * d * elem + o_bytes
     assert expected <= r["shared_bytes"] <= min(expected + BARRIER_SLACK, SMEM_LIMIT), r
     if ws:
-        assert r["num_warps"] == 12, r  # 2 consumer warpgroups + the producer's warpgroup
-        assert 240 in r["setmaxnreg"] and 24 in r["setmaxnreg"], r
+        assert r["num_warps"] == 4 * (consumers + 1), r  # the consumer warpgroups + the producer's warpgroup
+        assert CONSUMER_REGS[consumers] in r["setmaxnreg"] and PRODUCER_REGS in r["setmaxnreg"], r
     else:
         assert r["num_warps"] == 8 and not r["setmaxnreg"], r
+
+
+@pytest.mark.parametrize("fields, match", [((256, 128, 2, False), "block_m"), ((128, 96, 2, False), "block_n"),
+                                           ((128, 128, 0, False), "stages")])
+def test_tile_config_rejects_bad_shapes(fields, match):
+    from kernels.gluon import TileConfig
+    with pytest.raises(ValueError, match=match):
+        TileConfig(*fields)

@@ -1,0 +1,229 @@
+"""One-shot H200 run for the Gluon backward: correctness, compile stats, speed against cuDNN SDPA and Triton.
+
+    PYTHONUNBUFFERED=1 python -m experiments.tune_gluon_bwd --out $OUT
+
+Stages run as child processes with their own time limits, so a kernel that
+hangs costs its stage, not the run: `check` (dq/dk/dv on small odd shapes,
+causal, GQA, against float64 autograd, FA's criterion: within 2x PyTorch's own
+bf16 error plus the reference's rounding), `stats` (registers, spills, shared
+memory as the driver loaded the kernels), `bench` (median backward times from
+triton.testing.do_bench at 16k tokens x hidden 2048, next to cuDNN SDPA's
+backward and our Triton backward; FLOPs = kernels.flops mode "bwd", 2.5x the
+forward's). Results go to <out>/tune_gluon_bwd.json; a table is printed last.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from experiments.stages import json_rows, run as run_child
+
+HEAD_DIMS = (128, 64)
+SEQLENS = (1024, 2048, 4096, 8192, 16384)
+TILE_SEQLENS = (2048, 16384)  # where the tile alternatives (ALTERNATIVES) are timed too
+TOKENS, HIDDEN = 16384, 2048
+# batch, seqlen_q, seqlen_k, nheads, nheads_kv: tails everywhere, GQA, seqlen_q > seqlen_k (causal: rows that
+# see no key) and seqlen_q < seqlen_k.
+CHECK_SHAPES = [(2, 113, 203, 4, 4), (1, 1000, 517, 6, 2), (1, 517, 1000, 4, 1), (1, 1101, 1101, 4, 2),
+                (2, 256, 256, 2, 2)]
+
+
+def _errors(g, r):
+    d = g.double() - r
+    return d.abs().max().item(), (d.norm() / r.norm()).item()
+
+
+def _autograd(q, k, v, dout, causal, dtype):
+    """dq, dk, dv of the reference attention computed in `dtype`."""
+    from kernels.reference import attention_ref
+    qd, kd, vd = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    out, _ = attention_ref(qd, kd, vd, causal, dtype=dtype)
+    out.backward(dout.to(dtype))
+    return qd.grad, kd.grad, vd.grad
+
+
+def check_stage(head_dim, tile_names):
+    """The default tile and "nows" on every shape, the other alternatives on two bf16 ones."""
+    import torch
+    tiles = dict(default=None, **_alternatives(head_dim))
+    for dtype in (torch.bfloat16, torch.float16):
+        for causal in (False, True):
+            for i, shape in enumerate(CHECK_SHAPES):
+                for name in tile_names:
+                    if name in ("default", "nows") or (i in (1, 3) and dtype == torch.bfloat16):
+                        _check_one(shape, head_dim, dtype, causal, name, tiles[name])
+
+
+def _check_one(shape, head_dim, dtype, causal, tile_name, tile):
+    import torch
+    from kernels.gluon.bwd import attention_backward
+    from kernels.reference import attention_ref
+    from kernels.triton import attention_backward_triton
+    b, sq, sk, h, h_kv = shape
+    q = torch.randn(b, sq, h, head_dim, device="cuda", dtype=dtype)
+    k = torch.randn(b, sk, h_kv, head_dim, device="cuda", dtype=dtype)
+    v = torch.randn_like(k)
+    dout = torch.randn_like(q)
+    out, lse = attention_ref(q, k, v, causal, dtype=torch.float32)
+    out = out.to(dtype)
+    scale = head_dim ** -0.5
+    # NaN-filled blocks freed just before the launch: the allocator hands them to dk/dv.
+    poison = [torch.full_like(t, float("nan")) for t in (k, v)]
+    del poison
+    grads = attention_backward(dout, q, k, v, out, lse, scale, causal, tile=tile)
+    torch.cuda.synchronize()
+    ref = _autograd(q, k, v, dout, causal, torch.float64)
+    low = _autograd(q, k, v, dout, causal, dtype)
+    tri = attention_backward_triton(dout, q, k, v, out, lse, scale, causal)
+    row = dict(stage="check", head_dim=head_dim, dtype=str(dtype).removeprefix("torch."), causal=causal,
+               shape=list(shape), tile=tile_name, ok=True)
+    for name, g, r, lo, t in zip("qkv", grads, ref, low, tri):
+        err, rel = _errors(g, r)
+        err_lo, rel_lo = _errors(lo, r)
+        rounding = (r.to(dtype).double() - r).abs().max().item()
+        ok = bool(torch.isfinite(g).all()) and err <= 2 * err_lo + 2 * rounding and rel <= 2 * rel_lo + 1e-5
+        row[f"d{name}"] = dict(ok=ok, err=err, rel=rel, err_pytorch=err_lo, rel_pytorch=rel_lo,
+                               err_triton=_errors(t, r)[0])
+        row["ok"] &= ok
+    print(json.dumps(row), flush=True)
+
+
+def stats_stage():
+    import torch
+    from kernels.gluon.bwd import BwdVariant, compile_backward
+    for d in HEAD_DIMS:
+        for causal in (False, True):
+            for name, tile in [("default", None), ("nows", _alternatives(d)["nows"])]:
+                ck = compile_backward(BwdVariant(torch.bfloat16, d, causal, tile))
+                ck._init_handles()
+                print(json.dumps(dict(stage="stats", head_dim=d, causal=causal, tile=name, n_regs=ck.n_regs,
+                                      n_spills=ck.n_spills, shared=ck.metadata.shared,
+                                      num_warps=ck.metadata.num_warps)), flush=True)
+
+
+def _time(fn):
+    import triton
+    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+
+ALTERNATIVES = ("nows", "stages2")
+
+
+def _alternatives(head_dim):
+    """Tile variants next to the default: no warp specialization, a 2-deep Q/dO ring."""
+    from dataclasses import replace
+    from kernels.gluon.bwd import BWD_TILES
+    base = BWD_TILES[head_dim]
+    return {"nows": replace(base, warp_specialize=False), "stages2": replace(base, stages=2)}
+
+
+def _bench(batch, seqlen, nheads, head_dim, causal, alternatives=False, no_ws=False):
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from kernels.flops import attention_flops, tflops_per_s
+    from kernels.gluon.bwd import attention_backward
+    from kernels.triton import attention_backward_triton, attention_forward_triton
+    q, k, v, dout = (torch.randn(batch, seqlen, nheads, head_dim, device="cuda", dtype=torch.bfloat16)
+                     for _ in range(4))
+    scale = head_dim ** -0.5
+    out, lse = attention_forward_triton(q, k, v, scale, causal)
+    flops = attention_flops(batch, seqlen, nheads, head_dim, causal, mode="bwd")
+    row = dict(stage="bench", batch=batch, seqlen=seqlen, nheads=nheads, head_dim=head_dim, causal=causal)
+    default = _alternatives(head_dim)["nows"] if no_ws else None
+    timed = {"gluon": lambda: attention_backward(dout, q, k, v, out, lse, scale, causal, tile=default),
+             "triton": lambda: attention_backward_triton(dout, q, k, v, out, lse, scale, causal)}
+    for name, tile in (_alternatives(head_dim).items() if alternatives else ()):
+        timed[f"gluon_{name}"] = lambda tile=tile: attention_backward(dout, q, k, v, out, lse, scale, causal, tile=tile)
+    for name, fn in timed.items():
+        try:
+            ms = _time(fn)
+            row[f"{name}_ms"], row[f"{name}_tflops"] = ms, tflops_per_s(flops, ms)
+        except Exception as e:  # report and go on
+            row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
+    qt, kt, vt, dot = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v, dout))
+    try:
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            o = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+            ms = _time(lambda: torch.autograd.grad(o, (qt, kt, vt), dot, retain_graph=True))
+        row["cudnn_ms"], row["cudnn_tflops"] = ms, tflops_per_s(flops, ms)
+    except RuntimeError as e:
+        row["cudnn_error"] = str(e)[:200]
+    print(json.dumps(row), flush=True)
+
+
+def bench_stage(seqlens, no_ws):
+    for d in HEAD_DIMS:
+        for causal in (False, True):
+            for s in seqlens:
+                _bench(TOKENS // s, s, HIDDEN // d, d, causal, alternatives=s in TILE_SEQLENS and not no_ws,
+                       no_ws=no_ws)
+
+
+def _run_stage(args, timeout, log):
+    out, _, _ = run_child([sys.executable, "-m", "experiments.tune_gluon_bwd", *args], timeout, log, " ".join(args))
+    return json_rows(out)
+
+
+def _table(rows):
+    checks = [r for r in rows if r["stage"] == "check"]
+    print(f"\ncorrectness: {sum(r['ok'] for r in checks)}/{len(checks)} checks passed")
+    for r in checks:
+        if not r["ok"]:
+            print("  FAIL", json.dumps(r))
+    for r in rows:
+        if r["stage"] == "stats":
+            print(f"  stats hd{r['head_dim']} causal={r['causal']} {r['tile']}: regs {r['n_regs']} "
+                  f"spills {r['n_spills']} smem {r['shared']} warps {r['num_warps']}")
+    print("\nbackward TFLOPs/s (16k tokens, hidden 2048; ratio = gluon / cudnn)")
+    print(f"  {'hd':>4} {'causal':>6} {'seqlen':>6} {'gluon':>7} {'cudnn':>7} {'ratio':>6} {'triton':>7}")
+    nan = float("nan")
+    for r in rows:
+        if r["stage"] == "bench":
+            g, c, t = r.get("gluon_tflops", nan), r.get("cudnn_tflops", nan), r.get("triton_tflops", nan)
+            alts = " ".join(f"{n}:{r[f'gluon_{n}_tflops']:.0f}" for n in ALTERNATIVES
+                            if f"gluon_{n}_tflops" in r)
+            errors = " ".join(f"{k}: {v}" for k, v in r.items() if k.endswith("_error"))
+            print(f"  {r['head_dim']:>4} {str(r['causal']):>6} {r['seqlen']:>6} {g:7.1f} {c:7.1f} {g / c:6.2f} {t:7.1f}"
+                  f"  {alts} {errors}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--stage", choices=["check", "stats", "bench"])
+    parser.add_argument("--head-dim", type=int)
+    parser.add_argument("--tiles", default="default", help="check: tile names, comma-separated")
+    parser.add_argument("--seqlens", default=",".join(map(str, SEQLENS)), help="bench seqlens, comma-separated")
+    parser.add_argument("--no-ws", action="store_true", help="bench the kernel without warp specialization")
+    args = parser.parse_args()
+    if args.stage == "check":
+        return check_stage(args.head_dim, args.tiles.split(","))
+    if args.stage == "stats":
+        return stats_stage()
+    if args.stage == "bench":
+        return bench_stage([int(x) for x in args.seqlens.split(",")], args.no_ws)
+
+    import torch
+    import triton
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+    rows = []
+    with open(out / "tune_gluon_bwd.log", "w") as log:
+        # Without warp specialization first: if the warp-specialized kernel hangs, this one is still checked.
+        for tiles, timeout in (("nows", 50), ("default,stages2", 90)):
+            for d in HEAD_DIMS:
+                rows += _run_stage(["--stage", "check", "--head-dim", str(d), "--tiles", tiles], timeout, log)
+        rows += _run_stage(["--stage", "stats"], 30, log)
+        # A default (warp-specialized) kernel that failed or hung its checks is not timed: bench the other.
+        checked = [r for r in rows if r["stage"] == "check" and r["tile"] == "default"]
+        ws_ok = len(checked) == 2 * 2 * len(HEAD_DIMS) * len(CHECK_SHAPES) and all(r["ok"] for r in checked)
+        rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens] + ([] if ws_ok else ["--no-ws"]), 150, log)
+    (out / "tune_gluon_bwd.json").write_text(json.dumps(rows, indent=1))
+    _table(rows)
+
+
+if __name__ == "__main__":
+    main()

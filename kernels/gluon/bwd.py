@@ -1,0 +1,174 @@
+"""Host side of the Hopper attention backward: checks, tiles, preprocess, launch, dQ conversion.
+
+`attention_backward` has `kernels.ops.attention_backward`'s contract (the
+Triton backward's signature) and runs three steps:
+
+1. preprocess (the Triton backward's kernel): delta = rowsum(dO * O) and LSE
+   in log2 units, padded with +inf to whole query blocks;
+2. the main kernel (bwd_kernel.py): dK, dV written once per key block, dQ
+   added in float32 with atomics into a zeroed (batch, seqlen_q, nheads, d)
+   accumulator;
+3. dQ = the accumulator cast to q's dtype (the softmax scale is already in it).
+
+Atomics make dQ's summation order vary between runs: `deterministic=True` is
+refused here (the Triton backward is deterministic). `compile_backward` builds
+a variant ahead of time for a GPU target (CPU compile test, no GPU needed).
+"""
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.compiler.compiler import make_backend
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.runtime.jit import create_function_from_signature
+
+from kernels.triton.bwd import PREPROCESS_BLOCK_M, _bwd_preprocess_kernel
+from kernels.triton.fwd import bsh_strides, set_descriptor_allocator
+
+from .bwd_kernel import attention_bwd_kernel
+from .forward import GL_DTYPES, HALF_DTYPES, HOPPER, LOG2_E
+
+
+# Warp-specialized: 12 warps (8 MMA + 4 load/reduce) share 64K registers, 168 per thread at launch,
+# moved by setmaxnreg to 240 (MMA) / 32 (worker) (kernels.gluon.bwd_kernel).
+WS_MAXNREG = 168
+# LSE2/delta boxes are read by plain shared-memory loads, not by wgmma: no swizzle.
+STAT_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)
+
+
+@dataclass(frozen=True)
+class BwdTile:
+    block_m: int  # query rows per step (one warpgroup's dQ_partial: 64)
+    block_n: int  # keys per program, split 16 per warp
+    stages: int  # Q/dO ring depth
+    num_warps: int  # block_n / 16
+    warp_specialize: bool = True  # a worker warpgroup issues the loads and the dQ atomics
+
+    def __post_init__(self):
+        if self.block_n != 16 * self.num_warps or self.block_m != 64:
+            raise ValueError(f"a backward tile needs block_m 64 and block_n = 16 * num_warps, got {self}")
+
+
+# Head dim -> tile. Shared memory (of 227 KB), 16-bit: K + V + stages * (Q + dO) + 2 dS^T buffers, and with
+# warp specialization the float32 dQ_partial hand-over: hd128 32 + 32 + 3 * 32 + 32 + 32 = 224 KB (plus 1.5 KB
+# of LSE2/delta), hd64 16 + 16 + 3 * 16 + 32 + 16 = 128 KB. Registers per MMA thread (256): dK + dV accumulators
+# 2 * (128 * d / 256), S^T and dP^T 2 * 32, dQ_partial 64 * d / 256.
+BWD_TILES = {
+    64: BwdTile(block_m=64, block_n=128, stages=3, num_warps=8),
+    128: BwdTile(block_m=64, block_n=128, stages=3, num_warps=8),
+}
+
+
+@dataclass(frozen=True)
+class BwdVariant:
+    """Compile-time shape of one backward kernel."""
+    dtype: torch.dtype
+    head_dim: int
+    causal: bool
+    tile_override: BwdTile | None = None
+
+    @property
+    def tile(self):
+        return self.tile_override or BWD_TILES[self.head_dim]
+
+    def constexprs(self):
+        return dict(CAUSAL=self.causal, STAGES=self.tile.stages, WARP_SPECIALIZE=self.tile.warp_specialize)
+
+    def options(self):
+        opts = dict(num_warps=self.tile.num_warps)
+        if self.tile.warp_specialize:
+            opts["maxnreg"] = WS_MAXNREG
+        return opts
+
+    def descriptors(self, q, k, v, dout, dk, dv, lse2, delta):
+        """TMA descriptors: 4-D with boxes of one (batch, head), Q/dO blocks of block_m rows, K/V/dK/dV of block_n;
+        LSE2 and delta flat 1-D, block_m values per box."""
+        q_block = [1, self.tile.block_m, 1, self.head_dim]
+        kv_block = [1, self.tile.block_n, 1, self.head_dim]
+
+        def desc(t, block):
+            layout = gl.NVMMASharedLayout.get_default_for(block, GL_DTYPES[t.dtype])
+            return TensorDescriptor.from_tensor(t, block, layout)
+
+        def stat_desc(t):
+            return TensorDescriptor.from_tensor(t.view(-1), [self.tile.block_m], STAT_LAYOUT)
+
+        return (desc(q, q_block), desc(k, kv_block), desc(v, kv_block), desc(dout, q_block), desc(dk, kv_block),
+                desc(dv, kv_block), stat_desc(lse2), stat_desc(delta))
+
+
+def _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic):
+    tensors = dict(dout=dout, q=q, k=k, v=v, out=out)
+    if not all(t.is_cuda for t in tensors.values()) or not lse.is_cuda:
+        raise ValueError("the Gluon backward needs CUDA tensors")
+    if q.dtype not in HALF_DTYPES or any(t.dtype != q.dtype for t in tensors.values()):
+        raise TypeError(f"dout, q, k, v, out must all be bfloat16 or float16, got "
+                        f"{[str(t.dtype) for t in tensors.values()]}")
+    if lse.dtype != torch.float32:
+        raise TypeError(f"lse must be float32, got {lse.dtype}")
+    if q.shape[-1] not in BWD_TILES:
+        raise ValueError(f"the Gluon backward takes head dims {tuple(BWD_TILES)}, got {q.shape[-1]}")
+    if k.shape[1] == 0 or q.shape[1] == 0:
+        raise ValueError(f"the Gluon backward needs seqlen_q, seqlen_k > 0, got q {tuple(q.shape)} k {tuple(k.shape)}")
+    if not softmax_scale > 0:
+        raise ValueError(f"softmax_scale must be positive, got {softmax_scale}")
+    if deterministic:
+        raise ValueError("the Gluon backward adds dQ with atomics; use the Triton backward for deterministic=True")
+
+
+def _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad):
+    _, seqlen_q, nheads, _ = q.shape
+    return (*variant.descriptors(q, k, v, dout, dk, dv, lse2, delta), dq_acc, softmax_scale * LOG2_E, softmax_scale,
+            nheads, nheads // k.shape[2], seqlen_q, k.shape[1], seqlen_q_pad)
+
+
+def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False, *,
+                       tile: BwdTile | None = None):
+    """(dq, dk, dv) like q, k, v, from the saved out and lse ((batch, nheads, seqlen_q) float32, natural log).
+
+    Layout (batch, seqlen, nheads, headdim), 16-byte aligned strides (kernels.checks.tma_ready);
+    GQA (dK/dV summed over each kv head's group), bottom-right causal, any seqlens.
+    `tile` overrides the tile table (tuning).
+    """
+    _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic)
+    batch, seqlen_q, nheads, head_dim = q.shape
+    variant = BwdVariant(q.dtype, head_dim, bool(causal), tile)
+    t = variant.tile
+    seqlen_q_pad = triton.cdiv(seqlen_q, max(t.block_m, PREPROCESS_BLOCK_M)) * max(t.block_m, PREPROCESS_BLOCK_M)
+
+    set_descriptor_allocator(q.device)
+    lse2 = torch.empty((batch, nheads, seqlen_q_pad), dtype=torch.float32, device=q.device)
+    delta = torch.empty_like(lse2)
+    _bwd_preprocess_kernel[(seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads)](
+        out, dout, lse.contiguous(), lse2, delta, bsh_strides(out), bsh_strides(dout), seqlen_q, seqlen_q_pad, nheads,
+        head_dim, HEAD_DIM=head_dim, BLOCK_M=PREPROCESS_BLOCK_M,
+    )
+
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    args = _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad)
+    grid = (triton.cdiv(k.shape[1], t.block_n), batch * k.shape[2])
+    attention_bwd_kernel[grid](*args, **variant.constexprs(), **variant.options())
+    return dq_acc.to(q.dtype), dk, dv
+
+
+def compile_backward(variant: BwdVariant, target=HOPPER):
+    """Compile one variant ahead of time (no GPU needed); returns triton's CompiledKernel.
+
+    As `kernels.gluon.forward.compile_forward`: the launch path's specialization with every int 1; needs a
+    process where TRITON_INTERPRET was unset when triton was imported.
+    """
+    fn = attention_bwd_kernel
+    t = torch.empty(1, 1, 1, variant.head_dim, dtype=variant.dtype)
+    kwargs = dict(**variant.constexprs(), **variant.options())
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    f32 = torch.empty(64)
+    bound, specialization, options = binder(*_kernel_args(variant, t, t, t, t, t, t, f32, f32, f32, 1.0, 64),
+                                            **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    src = GluonASTSource(fn, signature, constexprs, attrs)
+    return triton.compile(src, target=target, options=options.__dict__)

@@ -1,0 +1,385 @@
+"""The Hopper attention backward kernel (FA3's design).
+
+One program per (key block of BLOCK_N, batch, kv head). K and V stay in shared
+memory; the program walks the query blocks (BLOCK_M rows) of every query head
+of its GQA group, Q, dO, LSE2 and delta streaming through a TMA ring of
+STAGES slots. Two MMA warpgroups split the BLOCK_N keys, so every product but
+dQ runs with keys as its M dimension (FA3's "swapAB" layouts):
+
+    S^T  = K Q^T,  dP^T = V dO^T            (SS wgmma)
+    P^T  = exp2(S^T * scale*log2e - LSE2),   dS^T = P^T * (dP^T - delta) * scale
+    dV  += P^T dO                           (RS wgmma: P^T stays in registers)
+    dK  += dS^T Q,  dQ_partial = dS K       (dS^T through shared memory, read as is and transposed)
+
+dK and dV stay in registers until the end; dQ_partial goes to a float32
+accumulator with relaxed atomic adds. The softmax scale is folded into dS, so
+neither dK nor the accumulator needs a rescale afterwards.
+
+Warp-specialized (WARP_SPECIALIZE): one extra warpgroup issues every TMA load
+(waiting on `q_empty` for ring slots) and adds each dQ_partial, handed over
+through shared memory (`dq_full` / `dq_empty`), to the accumulator, so the MMA
+warpgroups never wait for loads to be issued nor for atomics; setmaxnreg gives
+the MMA warpgroups 240 registers. Without it the MMA warpgroups issue loads and
+atomics themselves.
+
+Query tails need no mask: TMA zero-fills Q/dO rows past seqlen_q and their
+padded LSE2 is +inf, so P = 0 there. Key tails need none either: padded K/V
+rows are zero, so they add nothing to dQ, and their dK/dV rows are clipped by
+the TMA store.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.language.core import _aggregate as aggregate
+
+# Registers per thread of the load/reduce warpgroup after setmaxnreg; the 8 MMA warps take the rest of 64K (240).
+WORKER_REGS = gl.constexpr(32)
+
+
+@gluon.constexpr_function
+def keys_layout(num_warps, n, dtype):
+    """Accumulator layout of a [16 * num_warps, n] product: the warps split the keys (M), one instruction spans n."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                     instr_shape=[16, n, 256 // dtype.primitive_bitwidth])
+
+
+@gluon.constexpr_function
+def dq_layout(num_warps, head_dim, dtype):
+    """Accumulator layout of dQ_partial [64, head_dim]: one warpgroup's 64 rows, the warpgroups split head_dim."""
+    groups = num_warps // 4
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, groups],
+                                     instr_shape=[16, head_dim // groups, 256 // dtype.primitive_bitwidth])
+
+
+@gluon.constexpr_function
+def dq_rows_layout(num_warps, head_dim):
+    """Layout in which the reducing warps read dQ_partial back: 4 consecutive floats per thread, rows across warps."""
+    return gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[128 // head_dim, head_dim // 4],
+                            warps_per_cta=[num_warps, 1], order=[1, 0])
+
+
+@aggregate
+class Work:
+    """What one program computes: its key block, (batch, kv head), and the flat loop over query blocks."""
+    key0: gl.tensor
+    batch: gl.tensor
+    head_kv: gl.tensor
+    nheads: gl.tensor
+    group: gl.tensor
+    seqlen_q: gl.tensor
+    seqlen_k: gl.tensor
+    seqlen_q_pad: gl.tensor
+    first_block: gl.tensor
+    n_iter: gl.tensor
+    total: gl.tensor
+    BLOCK_M: gl.constexpr
+    BLOCK_N: gl.constexpr
+
+    @gluon.constexpr_function
+    def __init__(self, key0, batch, head_kv, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, first_block, n_iter,
+                 total, BLOCK_M, BLOCK_N):
+        self.key0 = key0
+        self.batch = batch
+        self.head_kv = head_kv
+        self.nheads = nheads
+        self.group = group
+        self.seqlen_q = seqlen_q
+        self.seqlen_k = seqlen_k
+        self.seqlen_q_pad = seqlen_q_pad
+        self.first_block = first_block
+        self.n_iter = n_iter
+        self.total = total
+        self.BLOCK_M = gl.constexpr(BLOCK_M)
+        self.BLOCK_N = gl.constexpr(BLOCK_N)
+
+    @gluon.jit
+    def create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+               CAUSAL: gl.constexpr):
+        key0 = gl.program_id(0) * BLOCK_N
+        bh = gl.program_id(1)
+        nheads_kv = nheads // group
+        first_block = gl.to_tensor(0)
+        if CAUSAL:  # bottom-right: row i sees key j iff j <= i + seqlen_k - seqlen_q
+            first_block = gl.maximum(key0 - (seqlen_k - seqlen_q), 0) // BLOCK_M
+        n_iter = gl.maximum(gl.cdiv(seqlen_q, BLOCK_M) - first_block, 0)
+        return Work(key0, bh // nheads_kv, bh % nheads_kv, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
+                    first_block, n_iter, n_iter * group, BLOCK_M, BLOCK_N)
+
+    @gluon.jit
+    def query_block(self, it):
+        """(head, first row) of flat iteration `it`: head-major over the GQA group, and within a head the n_iter
+        query blocks from first_block on. All key blocks of a head walk the query blocks in the same order, so
+        the programs running at once share each Q/dO block in L2 (rotating the order per key block, to spread
+        their dQ atomics over different rows, measured up to 6% slower: docs/tuning-gluon.md)."""
+        head = self.head_kv * self.group + it // self.n_iter
+        row0 = (self.first_block + it % self.n_iter) * self.BLOCK_M
+        return head, row0
+
+
+@aggregate
+class Buffers:
+    """Descriptors, shared memory and mbarriers of one program.
+
+    The query ring holds STAGES slots of Q, dO (block_m rows), LSE2 and delta,
+    each slot filled by TMA onto `ready` and handed back on `q_empty`. dS^T is
+    double-buffered (one warpgroup may write the next while the other still
+    reads this one for dQ); dq (float32) is the hand-over to the reducing warps.
+    """
+    q_desc: tma.tensor_descriptor
+    k_desc: tma.tensor_descriptor
+    v_desc: tma.tensor_descriptor
+    do_desc: tma.tensor_descriptor
+    lse2_desc: tma.tensor_descriptor
+    delta_desc: tma.tensor_descriptor
+    q_smem: gl.shared_memory_descriptor
+    k_smem: gl.shared_memory_descriptor
+    v_smem: gl.shared_memory_descriptor
+    do_smem: gl.shared_memory_descriptor
+    lse2_smem: gl.shared_memory_descriptor
+    delta_smem: gl.shared_memory_descriptor
+    ds_smem: gl.shared_memory_descriptor
+    dq_smem: gl.shared_memory_descriptor
+    kv_ready: gl.shared_memory_descriptor
+    ready: gl.shared_memory_descriptor
+    q_empty: gl.shared_memory_descriptor
+    dq_full: gl.shared_memory_descriptor
+    dq_empty: gl.shared_memory_descriptor
+    STAGES: gl.constexpr
+
+    @gluon.constexpr_function
+    def __init__(self, q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, q_smem, k_smem, v_smem, do_smem,
+                 lse2_smem, delta_smem, ds_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty, STAGES):
+        self.q_desc = q_desc
+        self.k_desc = k_desc
+        self.v_desc = v_desc
+        self.do_desc = do_desc
+        self.lse2_desc = lse2_desc
+        self.delta_desc = delta_desc
+        self.q_smem = q_smem
+        self.k_smem = k_smem
+        self.v_smem = v_smem
+        self.do_smem = do_smem
+        self.lse2_smem = lse2_smem
+        self.delta_smem = delta_smem
+        self.ds_smem = ds_smem
+        self.dq_smem = dq_smem
+        self.kv_ready = kv_ready
+        self.ready = ready
+        self.q_empty = q_empty
+        self.dq_full = dq_full
+        self.dq_empty = dq_empty
+        self.STAGES = gl.constexpr(STAGES)
+
+    @gluon.jit
+    def create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, STAGES: gl.constexpr,
+               DQ_IN_SMEM: gl.constexpr):
+        BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
+        BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
+        HEAD_DIM: gl.constexpr = q_desc.block_type.shape[3]
+        dtype: gl.constexpr = q_desc.dtype
+        q_smem = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
+        do_smem = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+        lse2_smem = gl.allocate_shared_memory(gl.float32, [STAGES] + lse2_desc.block_type.shape, lse2_desc.layout)
+        delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES] + delta_desc.block_type.shape, delta_desc.layout)
+        k_smem = gl.allocate_shared_memory(dtype, k_desc.block_type.shape, k_desc.layout)
+        v_smem = gl.allocate_shared_memory(dtype, v_desc.block_type.shape, v_desc.layout)
+        ds_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, BLOCK_M],
+                                            gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], dtype))
+        if DQ_IN_SMEM:
+            dq_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_M, HEAD_DIM],
+                                                gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], gl.float32))
+        else:
+            dq_smem = ds_smem  # placeholder: no hand-over without warp specialization
+        kv_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        dq_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        dq_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        mbarrier.init(kv_ready, count=1)
+        mbarrier.init(dq_full, count=1)
+        mbarrier.init(dq_empty, count=1)
+        for s in gl.static_range(STAGES):
+            mbarrier.init(ready.index(s), count=1)
+            mbarrier.init(q_empty.index(s), count=1)
+        return Buffers(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, q_smem, k_smem, v_smem, do_smem,
+                       lse2_smem, delta_smem, ds_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty, STAGES)
+
+    @gluon.jit
+    def load_kv(self, w: Work):
+        mbarrier.expect(self.kv_ready, self.k_desc.block_type.nbytes + self.v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(self.k_desc, [w.batch, w.key0, w.head_kv, 0], self.kv_ready, self.k_smem)
+        tma.async_copy_global_to_shared(self.v_desc, [w.batch, w.key0, w.head_kv, 0], self.kv_ready, self.v_smem)
+
+    @gluon.jit
+    def load_query_block(self, w: Work, it):
+        """Issue the TMA loads of Q, dO, LSE2 and delta of flat iteration `it` into its ring slot."""
+        stage = it % self.STAGES
+        head, row0 = w.query_block(it)
+        stat0 = (w.batch * w.nheads + head) * w.seqlen_q_pad + row0
+        bar = self.ready.index(stage)
+        mbarrier.expect(bar, self.q_desc.block_type.nbytes + self.do_desc.block_type.nbytes +
+                        2 * self.lse2_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(self.q_desc, [w.batch, row0, head, 0], bar, self.q_smem.index(stage))
+        tma.async_copy_global_to_shared(self.do_desc, [w.batch, row0, head, 0], bar, self.do_smem.index(stage))
+        tma.async_copy_global_to_shared(self.lse2_desc, [stat0], bar, self.lse2_smem.index(stage))
+        tma.async_copy_global_to_shared(self.delta_desc, [stat0], bar, self.delta_smem.index(stage))
+
+
+@gluon.jit
+def add_dq(dq, dq_acc_ptr, w: Work, head, row0):
+    """Atomically add dQ_partial [BLOCK_M, HEAD_DIM] into rows row0.. of the (batch, seqlen_q, nheads, d)
+    accumulator."""
+    layout: gl.constexpr = dq.type.layout
+    HEAD_DIM: gl.constexpr = dq.shape[1]
+    rows = row0 + gl.arange(0, dq.shape[0], layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+    offs = ((w.batch * w.seqlen_q + rows).to(gl.int64) * w.nheads + head) * HEAD_DIM
+    ptrs = dq_acc_ptr + gl.expand_dims(offs, 1) + gl.expand_dims(cols, 0)
+    if row0 + dq.shape[0] <= w.seqlen_q:  # whole block: no per-element predicate
+        gl.atomic_add(ptrs, dq, sem="relaxed")
+    else:
+        gl.atomic_add(ptrs, dq, mask=gl.expand_dims(rows < w.seqlen_q, 1), sem="relaxed")
+
+
+@gluon.jit
+def store_grad(desc, smem, grad, w: Work):
+    """dK or dV block: registers -> (the now idle K or V buffer) -> TMA store, clipped at seqlen_k."""
+    shape: gl.constexpr = desc.block_type.shape
+    smem.reshape([shape[1], shape[3]]).store(grad.to(desc.dtype))
+    fence_async_shared()
+    gl.thread_barrier()
+    tma.async_copy_shared_to_global(desc, [w.batch, w.key0, w.head_kv, 0], smem)
+
+
+@gluon.jit
+def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL: gl.constexpr,
+                  WARP_SPECIALIZE: gl.constexpr):
+    """The two MMA warpgroups: every product and the elementwise work of the loop, then dK and dV."""
+    BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = b.k_desc.block_type.shape[1]
+    HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
+    dtype: gl.constexpr = b.q_desc.dtype
+    NW: gl.constexpr = gl.num_warps()
+    gl.static_assert(BLOCK_N == 16 * NW, "the warps split the key block 16 rows each")
+    gl.static_assert(BLOCK_M == 64, "dQ_partial is one warpgroup's 64 rows")
+    s_layout: gl.constexpr = keys_layout(NW, BLOCK_M, dtype)
+    kv_layout: gl.constexpr = keys_layout(NW, HEAD_DIM, dtype)
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
+    cols_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
+    shift = w.seqlen_k - w.seqlen_q
+
+    if not WARP_SPECIALIZE:
+        b.load_kv(w)
+        for it in range(gl.minimum(w.total, b.STAGES)):
+            b.load_query_block(w, it)
+    k = b.k_smem.reshape([BLOCK_N, HEAD_DIM])
+    v = b.v_smem.reshape([BLOCK_N, HEAD_DIM])
+    keys = w.key0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
+    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, kv_layout)
+    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, kv_layout)
+    mbarrier.wait(b.kv_ready, 0)
+
+    for it in range(w.total):
+        stage = it % b.STAGES
+        head, row0 = w.query_block(it)
+        mbarrier.wait(b.ready.index(stage), (it // b.STAGES) & 1)
+        q = b.q_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
+        do = b.do_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
+        s_t = warpgroup_mma(k, q.permute((1, 0)), gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout),
+                            use_acc=False, is_async=True)
+        dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout),
+                             use_acc=False, is_async=True)
+        s_t = warpgroup_mma_wait(1, deps=(s_t, ))
+        # Per-query statistics come from shared memory at their use: held in registers they would spill.
+        lse2 = b.lse2_smem.index(stage).load(cols_layout)
+        p_t = gl.exp2(s_t * qk_scale - gl.expand_dims(lse2, 0))
+        if CAUSAL:
+            if row0 + shift < w.key0 + BLOCK_N - 1:  # the block crosses the diagonal
+                cols = row0 + gl.arange(0, BLOCK_M, layout=cols_layout)
+                p_t = gl.where(gl.expand_dims(keys, 1) <= gl.expand_dims(cols + shift, 0), p_t, 0.0)
+        dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
+        delta = b.delta_smem.index(stage).load(cols_layout)
+        ds_t = p_t * (dp_t - gl.expand_dims(delta, 0)) * softmax_scale
+        p_op = gl.convert_layout(p_t.to(dtype), op_layout)
+        dv = warpgroup_mma(p_op, do, dv, is_async=True)
+        ds_buf = b.ds_smem.index(it % 2)
+        ds_buf.store(ds_t.to(dtype))
+        fence_async_shared()
+        # Both warpgroups' halves of dS^T are in place, and both finished iteration it - 1: its ring slot is free.
+        gl.thread_barrier()
+        if it > 0:
+            if WARP_SPECIALIZE:
+                mbarrier.arrive(b.q_empty.index((it - 1) % b.STAGES))
+            elif it - 1 + b.STAGES < w.total:
+                b.load_query_block(w, it - 1 + b.STAGES)
+        # dS^T is read from shared memory by both products: in registers it would cost 16 more per thread.
+        dk = warpgroup_mma(ds_buf, q, dk, is_async=True)
+        dq = warpgroup_mma(ds_buf.permute((1, 0)), k,
+                           gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout(NW, HEAD_DIM, dtype)), use_acc=False,
+                           is_async=True)
+        dq, dv, dk, p_op = warpgroup_mma_wait(0, deps=(dq, dv, dk, p_op))
+        if WARP_SPECIALIZE:
+            mbarrier.wait(b.dq_empty, (it & 1) ^ 1)  # the reducer has read the previous dQ_partial
+            b.dq_smem.store(dq)
+            gl.thread_barrier()
+            mbarrier.arrive(b.dq_full)
+        else:
+            add_dq(dq, dq_acc_ptr, w, head, row0)
+
+    # K and V are no longer read: their buffers stage dK and dV for the TMA stores.
+    store_grad(dk_desc, b.k_smem, dk, w)
+    store_grad(dv_desc, b.v_smem, dv, w)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr):
+    """The worker warpgroup: K/V and the query ring's TMA loads, and the dQ_partial atomics.
+
+    Loads run STAGES - 1 query blocks ahead of the reductions: block it + STAGES - 1 waits only for the MMA
+    warpgroups to release block it, which they do before finishing dQ_partial of block it."""
+    BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
+    HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
+    CHUNK: gl.constexpr = 8  # rows per read-back: 8 floats per thread at head dim 128
+    layout: gl.constexpr = dq_rows_layout(gl.num_warps(), HEAD_DIM)
+    b.load_kv(w)
+    chunk_rows = gl.arange(0, CHUNK, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+    for it in range(w.total + b.STAGES - 1):
+        if it < w.total:
+            # Ring slots start free: the first pass waits on the phase before 0, which counts as complete.
+            mbarrier.wait(b.q_empty.index(it % b.STAGES), ((it // b.STAGES) & 1) ^ 1)
+            b.load_query_block(w, it)
+        j = it - (b.STAGES - 1)
+        if j >= 0:
+            head, row0 = w.query_block(j)
+            mbarrier.wait(b.dq_full, j & 1)
+            for c in gl.static_range(BLOCK_M // CHUNK):
+                rows = row0 + c * CHUNK + chunk_rows
+                dq = b.dq_smem.slice(c * CHUNK, CHUNK).load(layout)
+                offs = ((w.batch * w.seqlen_q + rows).to(gl.int64) * w.nheads + head) * HEAD_DIM
+                ptrs = dq_acc_ptr + gl.expand_dims(offs, 1) + gl.expand_dims(cols, 0)
+                gl.atomic_add(ptrs, dq, mask=gl.expand_dims(rows < w.seqlen_q, 1), sem="relaxed")
+            mbarrier.arrive(b.dq_empty)
+
+
+# Shapes stay runtime values: no recompile per seqlen, and no int silently turned into a constant.
+@gluon.jit(do_not_specialize=["nheads", "group", "seqlen_q", "seqlen_k", "seqlen_q_pad"])
+def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2_desc, delta_desc, dq_acc_ptr,
+                         qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
+                         CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr):
+    """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim); lse2/delta: 1-D descriptors over the flat
+    (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and rowsum(dO * O), +inf / 0 past seqlen_q;
+    dq_acc: zeroed float32 like q."""
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
+    w = Work.create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, BLOCK_M, BLOCK_N, CAUSAL)
+    b = Buffers.create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, STAGES, WARP_SPECIALIZE)
+    if WARP_SPECIALIZE:
+        gl.warp_specialize([
+            (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True)),
+            (load_reduce_partition, (b, w, dq_acc_ptr)),
+        ], [4], [WORKER_REGS])
+    else:
+        mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False)

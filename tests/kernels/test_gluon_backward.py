@@ -1,0 +1,129 @@
+"""The Gluon (Hopper) attention backward.
+
+CPU: every variant compiles for sm_90a (in a child process, `python -m
+kernels.gluon.bwd_report`: this process may run Triton in interpreter mode)
+into the instructions FA3's backward relies on: wgmma for all five products,
+TMA loads and stores, float32 atomic adds for dQ.
+
+GPU (`hopper`): dq/dk/dv against float64 autograd of the reference on fresh
+random inputs (odd seqlens, causal both ways, GQA/MQA, head dims 64/128),
+FA's criterion: error at most 2x PyTorch's own bf16/fp16 error plus the
+reference's rounding to the dtype, on the max and the relative L2 error.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SMEM_LIMIT = 227 * 1024
+BARRIER_SLACK = 1024
+BLOCK_M, BLOCK_N, STAGES = 64, 128, 3  # kernels.gluon.bwd.BWD_TILES
+NAMES = [f"{dt}_hd{d}_{mask}_ws1" for dt in ("bfloat16", "float16") for d in (64, 128) for mask in ("full", "causal")]
+NAMES += [f"bfloat16_hd{d}_{mask}_ws0" for d in (64, 128) for mask in ("full", "causal")]
+
+
+@pytest.fixture(scope="module")
+def reports():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "kernels.gluon.bwd_report"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {row["name"]: row for row in map(json.loads, filter(None, proc.stdout.splitlines()))}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_compiles_to_wgmma_tma_and_atomics(reports, name):
+    assert name in reports, f"no report for {name}: {sorted(reports)}"
+    r = reports[name]
+    assert "error" not in r, r.get("error")
+    d = int(name.split("_hd")[1].split("_")[0])
+    ws = name.endswith("_ws1")
+    # m64nNk16 per warpgroup: S^T and dP^T d/16 steps each, dV and dK BLOCK_M/16, dQ BLOCK_N/16.
+    assert r["ptx_wgmma"] == 2 * d // 16 + 2 * BLOCK_M // 16 + BLOCK_N // 16, r
+    assert r["sass_gmma"] == r["ptx_wgmma"], "wgmma must survive ptxas as HGMMA"
+    assert r["sass_tma_load"] > 0 and r["sass_tma_store"] > 0, r
+    dq_bytes = BLOCK_M * d * 4
+    if ws:
+        # The worker warpgroup reads dQ_partial back 4 floats per thread over 128 threads.
+        assert r["sass_f32_atomics"] == dq_bytes // 16 // 128, r
+        assert r["num_warps"] == 12 and 240 in r["setmaxnreg"] and 32 in r["setmaxnreg"], r
+        assert r["sass_local_mem"] == 0, "the MMA warpgroups must not spill"
+    else:
+        # Two floats per atomic over 256 threads, one copy for whole blocks and one masked.
+        assert r["sass_f32_atomics"] == 2 * (dq_bytes // 8 // 256), r
+        assert r["num_warps"] == 8 and not r["setmaxnreg"], r
+    ring = STAGES * (2 * BLOCK_M * d * 2 + 2 * BLOCK_M * 4)
+    expected = 2 * BLOCK_N * d * 2 + ring + 2 * BLOCK_N * BLOCK_M * 2 + (dq_bytes if ws else 0)
+    assert expected <= r["shared_bytes"] <= min(expected + BARRIER_SLACK, SMEM_LIMIT), r
+
+
+def _grads(q, k, v, dout, causal, dtype):
+    from kernels.reference import attention_ref
+    qd, kd, vd = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    out, _ = attention_ref(qd, kd, vd, causal, dtype=dtype)
+    out.backward(dout.to(dtype))
+    return qd.grad, kd.grad, vd.grad
+
+
+def _errors(g, r):
+    diff = g.double() - r.double()
+    return diff.abs().max().item(), (diff.norm() / r.double().norm()).item()
+
+
+GPU_CASES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, causal
+    (2, 113, 203, 4, 4, 128, True),
+    (1, 1000, 517, 6, 2, 128, True),  # causal: the first 483 query rows see no key
+    (1, 517, 1000, 4, 1, 64, True),
+    (1, 1101, 1101, 4, 2, 128, False),
+    (2, 256, 256, 2, 2, 64, False),
+    (1, 77, 300, 8, 2, 64, False),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}".format(*c))
+def test_gpu_backward_matches_float64(case, dtype):
+    from kernels.gluon.bwd import attention_backward
+    from kernels.reference import attention_ref
+    b, sq, sk, h, h_kv, d, causal = case
+    q = torch.randn(b, sq, h, d, device="cuda", dtype=dtype)
+    k = torch.randn(b, sk, h_kv, d, device="cuda", dtype=dtype)
+    v = torch.randn_like(k)
+    dout = torch.randn_like(q)
+    out, lse = attention_ref(q, k, v, causal, dtype=torch.float32)
+    poison = [torch.full_like(t, float("nan")) for t in (k, v)]  # freed blocks the allocator hands to dk, dv
+    del poison
+    grads = attention_backward(dout, q, k, v, out.to(dtype), lse, d ** -0.5, causal)
+    ref = _grads(q, k, v, dout, causal, torch.float64)
+    low = _grads(q, k, v, dout, causal, dtype)
+    for name, g, r, lo, t in zip("qkv", grads, ref, low, (q, k, v)):
+        assert g.dtype == t.dtype and g.shape == t.shape, name
+        assert torch.isfinite(g).all(), name
+        err, rel = _errors(g, r)
+        err_lo, rel_lo = _errors(lo, r)
+        rounding = (r.to(dtype).double() - r).abs().max().item()
+        assert err <= 2 * err_lo + 2 * rounding, f"d{name}: max error {err} vs PyTorch {err_lo}"
+        assert rel <= 2 * rel_lo + 1e-5, f"d{name}: relative error {rel} vs PyTorch {rel_lo}"
+
+
+@pytest.mark.gpu
+@pytest.mark.hopper
+def test_gpu_backward_rejects_unsupported_input():
+    from kernels.gluon.bwd import attention_backward
+    q = torch.randn(1, 64, 2, 96, device="cuda", dtype=torch.bfloat16)
+    lse = torch.zeros(1, 2, 64, device="cuda")
+    with pytest.raises(ValueError, match="head dims"):
+        attention_backward(q, q, q, q, q, lse, 0.1, False)
+    q = q[..., :64].contiguous()
+    with pytest.raises(ValueError, match="deterministic"):
+        attention_backward(q, q, q, q, q, lse, 0.1, False, deterministic=True)
+    with pytest.raises(TypeError, match="float32"):
+        attention_backward(q, q, q, q, q, lse.double(), 0.1, False)
