@@ -1,18 +1,22 @@
-"""One-shot H200 run for FP8 attention (issue 4): tile sweep, timing grid, Table 3, GPU tests.
+"""One-shot H200 run for FP8 attention (issue 4): pre-pass and forward sweeps, timing grid, Table 3, GPU tests.
 
-    PYTHONUNBUFFERED=1 python -m experiments.tune_fp8 --out $OUT [--steps sweep,grid,table3,tests,gluon]
+    PYTHONUNBUFFERED=1 python -m experiments.tune_fp8 --out $OUT [--steps tests,prepass,sweep,grid,table3,gluon,profile]
 
-  sweep   Triton FP8 forward tiles (key tile = FP8Config.block_n) and pre-pass tiles at seqlen 4k,
-          non-causal; every forward variant is checked against the FP8 scheme's reference.
-  grid    16k tokens x hidden 2048, head dims 64/128/256, seqlen 1k-16k, (non-)causal, with the
-          sweep's winners: pre-pass alone, FP8 forward alone, pre-pass + forward from bf16
-          (flash_attn_fp8_func), our BF16 Triton forward, cuDNN SDPA BF16; TFLOPs/s by kernels.flops
-          (FP8 counted like BF16). KERNELS_IMPL=triton throughout.
-  table3  experiments.paper.table3_numerics on the kernels, and its FP8 rows on the reference path.
-  tests   the FP8 test files on the GPU (KERNELS_IMPL=triton), pytest-xdist; log in OUT/tests.log.
-  gluon   a time-limited probe of kernels.gluon.fp8_attention_forward (the auto backend on sm_90).
+  tests    the FP8 test files on the GPU (KERNELS_IMPL=triton), pytest-xdist; log in OUT/tests.log.
+  prepass  pre-pass tiles at 16k tokens x hidden 2048, per head dim: time, GB/s moved (bf16 read once,
+           fp8 + scales written once) against a device-to-device copy's GB/s; each checked against
+           kernels.quant's reference (scales, fp8 codes).
+  sweep    Triton FP8 forward tiles (key tile = FP8Config.block_n = 128) at seqlen 4k, non-causal; every
+           variant is checked against the FP8 scheme's reference.
+  grid     16k tokens x hidden 2048, head dims 64/128/256, seqlen 4k-16k (GRID_SEQLENS), non-causal (and
+           causal with --causal), with the winners of the steps run before: pre-pass alone, FP8 forward
+           alone, pre-pass + forward from bf16 (flash_attn_fp8_func), our BF16 Triton forward, cuDNN SDPA
+           BF16; TFLOPs/s by kernels.flops (FP8 counted like BF16). KERNELS_IMPL=triton throughout.
+  table3   experiments.paper.table3_numerics on the kernels, and its FP8 rows on the reference path.
+  gluon    a time-limited probe of kernels.gluon.fp8_attention_forward.
+  profile  Nsight Compute (ncu) on the head-dim-128 pre-pass and forward; tables in OUT/ncu_*.txt.
 Kernels are compiled by a process pool first; timings are medians of triton.testing.do_bench.
-Every step is guarded (a failing variant or problem is recorded, not fatal); OUT/tune_fp8.json is
+Every step is guarded (a failing variant or problem is recorded, not fatal); OUT/tune_fp8_<steps>.json is
 rewritten after each step, and a summary is printed last. Log of what was seen: docs/fp8.md.
 """
 import argparse
@@ -31,19 +35,24 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_FILES = ["tests/kernels/test_hadamard.py", "tests/kernels/test_quant.py", "tests/kernels/test_fp8_attention.py"]
 TOKENS, HIDDEN = 16384, 2048
 HEAD_DIMS = (64, 128, 256)
-SEQLENS = (1024, 2048, 4096, 8192, 16384)
+GRID_SEQLENS = (4096, 8192, 16384)
 SWEEP_SEQLEN = 4096
-# (block_n, (block_m, num_warps, num_stages)) per head dim; block_n 128 is FP8Config's default.
+# Forward variants per head dim: (block_n, (block_m, num_warps, num_stages, max_regs)); block_n is FP8Config's
+# (the key tile); max_regs is Triton's maxnreg.
 FWD_CANDIDATES = {
-    64: [(bn, t) for bn in (128, 256) for t in ((128, 8, 2), (128, 8, 3), (128, 4, 3), (64, 4, 3))],
-    128: [(bn, t) for bn in (128, 256) for t in ((128, 8, 2), (128, 8, 3), (64, 4, 2))],
-    256: [(bn, t) for bn in (64, 128) for t in ((64, 8, 2), (64, 8, 1), (128, 8, 2))],
+    64: [(128, (64, 4, 3, None)), (128, (64, 4, 3, 128)), (128, (64, 4, 2, 128))],
+    128: [(128, (64, 4, 2, None)), (128, (64, 4, 2, 168)), (128, (64, 4, 3, 168))],
+    256: [(128, (64, 8, 2, None)), (128, (64, 8, 1, None))],
 }
-# (rows, columns, num_warps, num_stages); some do not fit shared memory at head dim 256 (recorded, skipped).
-QUANT_CANDIDATES = [(64, 128, 4, 1), (128, 128, 8, 1), (32, 128, 4, 2), (64, 64, 4, 2)]
+# Pre-pass variants per head dim: (num_warps, num_stages, programs_per_sm, heads_fastest).
+PREPASS_CANDIDATES = {
+    64: [(4, 3, 3, False), (4, 3, 3, True), (4, 4, 3, True)],
+    128: [(8, 2, 2, False), (8, 2, 2, True), (8, 4, 1, True), (8, 3, 2, True)],
+    256: [(16, 2, 1, False), (16, 2, 1, True), (16, 1, 1, True)],
+}
 # Issue 4's targets: FP8 incl. pre-pass >= 1.3x our BF16 Triton forward and >= 750 TFLOPs/s (hd 128/256, >= 4k).
 TARGET_SPEEDUP, TARGET_TFLOPS = 1.3, 750.0
-TESTS_TIMEOUT_S, GLUON_TIMEOUT_S = 150, 60
+TESTS_TIMEOUT_S, GLUON_TIMEOUT_S = 120, 60
 
 
 def shape(head_dim, seqlen):
@@ -70,21 +79,22 @@ def short(err):
 
 def _compile_job(job):
     """Run one kernel configuration once in a worker, so that the main process finds it in Triton's cache."""
-    kind, d, causal, block_n, tiles = job
+    kind, d, causal, tiles = job
     import kernels
     from kernels.quant import FP8Config
-    from kernels.triton.fp8_fwd import fp8_attention_forward_triton
-    from kernels.triton.fp8_quant import quantize_qkv_triton
+    from kernels.triton.fp8_fwd import FP8FwdTiles, fp8_attention_forward_triton
+    from kernels.triton.fp8_quant import PrepassTiles, quantize_qkv_triton
     q, k, v = inputs(*shape(d, SWEEP_SEQLEN))
     try:
         if kind == "quant":
-            quantize_qkv_triton(q, k, v, FP8Config(), tiles=tiles)
+            quantize_qkv_triton(q, k, v, FP8Config(), tiles=PrepassTiles(*tiles) if tiles else None)
         elif kind == "bf16":
             os.environ["KERNELS_IMPL"] = "triton"
             kernels.flash_attn_func(q, k, v, causal=causal)
         else:
-            x = quantize_qkv_triton(q, k, v, FP8Config(block_n=block_n), tiles=QUANT_CANDIDATES[0])
-            fp8_attention_forward_triton(x, d ** -0.5, causal, torch.bfloat16, tiles=tiles)
+            block_n, fwd = tiles
+            x = quantize_qkv_triton(q, k, v, FP8Config(block_n=block_n))
+            fp8_attention_forward_triton(x, d ** -0.5, causal, torch.bfloat16, tiles=FP8FwdTiles(*fwd))
         torch.cuda.synchronize()
         return None
     except Exception as err:  # the main process records the variant's error when it gets there
@@ -99,74 +109,132 @@ def precompile(jobs, workers=12):
     return errors
 
 
+def prepass_mismatch(got, want):
+    """Largest relative scale difference and the share of fp8 codes that differ (by more than one step: inf)."""
+    scale_err = max(((getattr(got, n) - getattr(want, n)).abs() / getattr(want, n).abs()).max().item()
+                    for n in ("q_scale", "k_scale", "v_scale"))
+    differ, step_max, total = 0, 0, 0
+    for n in ("q", "k", "v_t"):
+        a, b = getattr(got, n).view(torch.uint8).int(), getattr(want, n).view(torch.uint8).int()
+        ord_a = torch.where(a >= 0x80, -(a & 0x7F), a & 0x7F)
+        ord_b = torch.where(b >= 0x80, -(b & 0x7F), b & 0x7F)
+        dist = (ord_a - ord_b).abs()
+        differ += int((dist > 0).sum())
+        step_max = max(step_max, int(dist.max()))
+        total += dist.numel()
+    return scale_err, differ / total, step_max
+
+
+def copy_rate(numel=2 ** 28):
+    """GB/s (bytes read + written) of a device-to-device copy of `numel` bf16 values: the pre-pass's ceiling."""
+    src = torch.randn(numel, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 2 / bench(lambda: dst.copy_(src)) / 1e6
+
+
+def step_prepass(log, summary):
+    from kernels.quant import FP8Config, quantize_qkv_ref
+    from kernels.triton import fp8_quant
+    from kernels.triton.fp8_quant import PrepassTiles, quantize_qkv_triton
+    log["prepass_compile_errors"] = precompile([("quant", d, False, t) for d, cands in PREPASS_CANDIDATES.items()
+                                               for t in cands])
+    rows = log.setdefault("prepass", [])
+    copy_gbs = log["copy_gb_per_s"] = copy_rate()
+    summary.append(f"device-to-device copy: {copy_gbs:.0f} GB/s (read + write)")
+    cfg = FP8Config()
+    for d, cands in PREPASS_CANDIDATES.items():
+        q, k, v = inputs(*shape(d, SWEEP_SEQLEN))
+        want = quantize_qkv_ref(q, k, v, cfg)
+        n = q.numel()
+        scales = 3 * n // (d * cfg.block_m)
+        moved = 3 * n * 2 + 3 * n + 4 * scales  # bf16 read once, fp8 and fp32 scales written once
+        best = None
+        for t in cands:
+            row = {"prepass_head_dim": d, "tiles": t, "floor_ms": moved / copy_gbs / 1e6}
+            try:
+                tiles = PrepassTiles(*t)
+                got = quantize_qkv_triton(q, k, v, cfg, tiles=tiles)
+                row["scale_rel_err"], row["codes_differ"], row["codes_max_steps"] = prepass_mismatch(got, want)
+                row["ms"] = bench(lambda: quantize_qkv_triton(q, k, v, cfg, tiles=tiles))
+                row["gb_per_s"] = moved / row["ms"] / 1e6
+                ok = row["scale_rel_err"] < 1e-6 and row["codes_max_steps"] <= 1 and row["codes_differ"] < 1e-3
+                row["ok"] = ok
+                if ok and (best is None or row["ms"] < best[0]):
+                    best = (row["ms"], tiles)
+            except Exception as err:
+                row["error"] = short(err)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if d == 128:  # what a cast alone costs: the kernel without the rotation, and PyTorch's cast kernels
+            for name, fn in (("no hadamard", lambda: quantize_qkv_triton(q, k, v, FP8Config(hadamard=False))),
+                             ("torch .to(fp8) x3", lambda: [t.to(torch.float8_e4m3fn) for t in (q, k, v)])):
+                try:
+                    ms = bench(fn)
+                    rows.append({"prepass_head_dim": d, "ablation": name, "ms": ms, "gb_per_s": moved / ms / 1e6})
+                    summary.append(f"prepass hd{d} {name}: {ms:.4f} ms = {moved / ms / 1e6:.0f} GB/s")
+                except Exception as err:
+                    summary.append(f"prepass hd{d} {name}: {short(err)}")
+        del want
+        if best:
+            fp8_quant.PREPASS_TILES_SM90[d] = best[1]
+            summary.append(f"prepass hd{d}: best {best[1]} {best[0]:.4f} ms = {moved / best[0] / 1e6:.0f} GB/s "
+                           f"(floor at copy rate {moved / copy_gbs / 1e6:.4f} ms)")
+    summary.extend(f"prepass hd{r['prepass_head_dim']} {r['tiles']}: "
+                   + (f"{r['ms']:.4f} ms {r['gb_per_s']:.0f} GB/s ok={r['ok']}" if "ms" in r else r["error"])
+                   for r in rows if "tiles" in r)
+    log["prepass_tiles_in_use"] = {d: str(t) for d, t in fp8_quant.PREPASS_TILES_SM90.items()}
+
+
 def step_sweep(log, summary):
     from kernels.quant import FP8Config, fp8_forward_ref
-    from kernels.triton import fp8_fwd, fp8_quant
-    from kernels.triton.fp8_fwd import fp8_attention_forward_triton
+    from kernels.triton import fp8_fwd
+    from kernels.triton.fp8_fwd import FP8FwdTiles, fp8_attention_forward_triton
     from kernels.triton.fp8_quant import quantize_qkv_triton
-    log["sweep_compile_errors"] = precompile(
-        [("fwd", d, False, bn, t) for d, cands in FWD_CANDIDATES.items() for bn, t in cands]
-        + [("quant", d, False, 0, t) for d in HEAD_DIMS for t in QUANT_CANDIDATES])
+    log["sweep_compile_errors"] = precompile([("fwd", d, False, c) for d, cands in FWD_CANDIDATES.items()
+                                              for c in cands])
     rows = log.setdefault("sweep", [])
-    best = {}
     for d, cands in FWD_CANDIDATES.items():
         b, s, h, _ = shape(d, SWEEP_SEQLEN)
         q, k, v = inputs(b, s, h, d)
         flops = 4 * b * h * s * s * d
-        for block_n in sorted({bn for bn, _ in cands}):
-            x = quantize_qkv_triton(q, k, v, FP8Config(block_n=block_n), tiles=QUANT_CANDIDATES[0])
+        best = None
+        for block_n in sorted({bn for bn, _ in cands}, reverse=True):
+            x = quantize_qkv_triton(q, k, v, FP8Config(block_n=block_n))
             ref, _ = fp8_forward_ref(x, d ** -0.5, False)
-            for bn, tiles in cands:
+            for bn, t in cands:
                 if bn != block_n:
                     continue
-                row = {"head_dim": d, "block_n": bn, "tiles": tiles}
+                tiles = FP8FwdTiles(*t)
+                row = {"head_dim": d, "block_n": bn, "tiles": t}
                 try:
                     out, _ = fp8_attention_forward_triton(x, d ** -0.5, False, torch.bfloat16, tiles=tiles)
                     row["err_vs_scheme"] = rel_err(out, ref)
                     row["ms"] = bench(lambda: fp8_attention_forward_triton(x, d ** -0.5, False, torch.bfloat16,
                                                                            tiles=tiles), warmup=10, rep=50)
                     row["tflops"] = flops / row["ms"] / 1e9
-                    if row["err_vs_scheme"] < 1e-2 and row["tflops"] > best.get((d, bn), (0, None))[0]:
-                        best[d, bn] = (row["tflops"], tiles)
+                    # Only the default key tile goes into the table (FP8Config.block_n = 128).
+                    if bn == 128 and row["err_vs_scheme"] < 1e-2 and (best is None or row["tflops"] > best[0]):
+                        best = (row["tflops"], tiles)
                 except Exception as err:
                     row["error"] = short(err)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-            del ref, x
-    rates = {}
-    for d in HEAD_DIMS:
-        q, k, v = inputs(*shape(d, SWEEP_SEQLEN))
-        gbytes = 3 * q.numel() * (2 + 1) / 1e9  # bf16 read, fp8 written
-        for tiles in QUANT_CANDIDATES:
-            row = {"prepass_head_dim": d, "tiles": tiles}
-            try:
-                row["ms"] = bench(lambda: quantize_qkv_triton(q, k, v, FP8Config(), tiles=tiles), warmup=10, rep=50)
-                row["gb_per_s"] = gbytes / row["ms"] * 1e3
-                rates[d, tiles] = row["gb_per_s"]
-            except Exception as err:
-                row["error"] = short(err)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    # Winners go into the tables the public API reads: forward tiles at the default key tile 128,
-    # one pre-pass tile for all head dims (the best at hd 128 among those that run at every hd).
-    for d in HEAD_DIMS:
-        if (d, 128) in best:
-            fp8_fwd.FWD_TILES_SM90[d] = best[d, 128][1]
-    everywhere = [t for t in QUANT_CANDIDATES if all((d, t) in rates for d in HEAD_DIMS)]
-    if everywhere:
-        fp8_quant.QUANT_TILES = max(everywhere, key=lambda t: rates[128, t])
-    log["sweep_best"] = {str(k): v for k, v in best.items()}
-    log["tiles_in_use"] = {"fwd": fp8_fwd.FWD_TILES_SM90, "prepass": fp8_quant.QUANT_TILES}
-    summary.append(f"sweep best (TF/s, tiles) by (hd, block_n): {log['sweep_best']}")
-    summary.append(f"tiles in use: {log['tiles_in_use']}")
-    summary.append("prepass GB/s: " + ", ".join(f"hd{d} {t}: {r:.0f}" for (d, t), r in rates.items()))
+        if best:
+            fp8_fwd.FWD_TILES_SM90[d] = best[1]
+            summary.append(f"fwd hd{d}: best {best[1]} {best[0]:.0f} TFLOPs/s")
+    summary.extend(f"fwd hd{r['head_dim']} block_n {r['block_n']} {r['tiles']}: "
+                   + (f"{r['tflops']:.0f} TFLOPs/s, err {r['err_vs_scheme']:.1e}" if "tflops" in r else r["error"])
+                   for r in rows)
+    log["fwd_tiles_in_use"] = {d: str(t) for d, t in fp8_fwd.FWD_TILES_SM90.items()}
 
 
-def step_grid(log, summary):
+def step_grid(log, summary, causals=(False,)):
+    from dataclasses import astuple
+
     from kernels.triton import fp8_fwd, fp8_quant
-    precompile([("fwd", d, c, 128, fp8_fwd.FWD_TILES_SM90[d]) for d in HEAD_DIMS for c in (False, True)]
-               + [("quant", d, False, 0, fp8_quant.QUANT_TILES) for d in HEAD_DIMS]
-               + [("bf16", d, c, 0, None) for d in HEAD_DIMS for c in (False, True)])
+    precompile([("fwd", d, c, (128, astuple(fp8_fwd.FWD_TILES_SM90[d]))) for d in HEAD_DIMS for c in causals]
+               + [("quant", d, False, astuple(fp8_quant.PREPASS_TILES_SM90[d])) for d in HEAD_DIMS]
+               + [("bf16", d, c, None) for d in HEAD_DIMS for c in causals])
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -178,8 +246,8 @@ def step_grid(log, summary):
     cfg = FP8Config()
     rows = log.setdefault("grid", [])
     for d in HEAD_DIMS:
-        for s in SEQLENS:
-            for causal in (False, True):
+        for s in GRID_SEQLENS:
+            for causal in causals:
                 b, _, h, _ = shape(d, s)
                 row = {"head_dim": d, "seqlen": s, "batch": b, "nheads": h, "causal": causal}
                 try:
@@ -202,6 +270,8 @@ def step_grid(log, summary):
                     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
                         row["sdpa_cudnn_ms"] = bench(lambda: sdpa(qt, kt, vt, is_causal=causal))
                     flops = attention_flops(b, s, h, d, causal, "fwd")
+                    moved = 3 * q.numel() * 3 + 3 * 4 * x.q_scale.numel()  # bf16 in, fp8 and fp32 scales out
+                    row["prepass_gb_per_s"] = moved / row["prepass_ms"] / 1e6
                     for name in ("fp8_fwd", "fp8_total", "bf16_triton", "sdpa_cudnn"):
                         row[name + "_tflops"] = tflops_per_s(flops, row[name + "_ms"])
                     row["total_over_bf16"] = row["bf16_triton_ms"] / row["fp8_total_ms"]
@@ -210,20 +280,21 @@ def step_grid(log, summary):
                     row["error"] = short(err)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    summary.append("| hd | seqlen | causal | prepass ms | FP8 fwd TF/s | FP8 total TF/s | BF16 Triton TF/s | "
-                   "cuDNN TF/s | total/BF16 | fp8 vs bf16 err | target |")
-    summary.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    summary.append("| hd | seqlen | causal | prepass ms | prepass GB/s | FP8 fwd TF/s | FP8 total TF/s | "
+                   "BF16 Triton TF/s | cuDNN TF/s | total/BF16 | fp8 vs bf16 err | target |")
+    summary.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            summary.append(f"| {r['head_dim']} | {r['seqlen']} | {r['causal']} | ERROR {r['error'][:120]} |")
+            summary.append(f"| {r['head_dim']} | {r['seqlen']} | {r['causal']} | ERROR {r['error'][:300]} |")
             continue
         target = r["head_dim"] in (128, 256) and r["seqlen"] >= 4096 and not r["causal"]
         ok = r["fp8_total_tflops"] >= TARGET_TFLOPS and r["total_over_bf16"] >= TARGET_SPEEDUP
         verdict = ("PASS" if ok else "FAIL") if target else ""
         summary.append(
             f"| {r['head_dim']} | {r['seqlen']} | {int(r['causal'])} | {r['prepass_ms']:.3f} "
-            f"| {r['fp8_fwd_tflops']:.0f} | {r['fp8_total_tflops']:.0f} | {r['bf16_triton_tflops']:.0f} "
-            f"| {r['sdpa_cudnn_tflops']:.0f} | {r['total_over_bf16']:.2f} | {r['fp8_vs_bf16_rel_err']:.3f} | {verdict} |")
+            f"| {r['prepass_gb_per_s']:.0f} | {r['fp8_fwd_tflops']:.0f} | {r['fp8_total_tflops']:.0f} "
+            f"| {r['bf16_triton_tflops']:.0f} | {r['sdpa_cudnn_tflops']:.0f} | {r['total_over_bf16']:.2f} "
+            f"| {r['fp8_vs_bf16_rel_err']:.3f} | {verdict} |")
 
 
 def step_table3(log, summary):
@@ -302,10 +373,42 @@ def step_gluon(log, summary):
     summary.append("gluon fp8 probe: " + text.replace("\n", " ")[-1200:])
 
 
+PROFILE_SNIPPET = """
+import torch
+from experiments.tune_fp8 import inputs, shape
+from kernels import FP8Config, fp8_attention_forward, quantize_qkv
+q, k, v = inputs(*shape(128, 4096))
+for _ in range(3):
+    x = quantize_qkv(q, k, v, FP8Config())
+    fp8_attention_forward(x, causal=False)
+torch.cuda.synchronize()
+"""
+NCU_SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "WarpStateStats", "Occupancy", "LaunchStats")
+
+
+def step_profile(log, summary, out):
+    """Nsight Compute on the hd128 4k pre-pass and forward (third call of each), tables in OUT/ncu_*.txt."""
+    for name, kernel in (("prepass", "_prepass_kernel"), ("fwd", "_fp8_fwd_kernel")):
+        cmd = ["ncu", "--clock-control", "none", "-k", f"regex:{kernel}", "--launch-skip", "2", "--launch-count", "1"]
+        cmd += [a for sec in NCU_SECTIONS for a in ("--section", sec)]
+        cmd += [sys.executable, "-c", PROFILE_SNIPPET]
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=90,
+                                  env=dict(os.environ, KERNELS_IMPL="triton"))
+            text = proc.stdout + proc.stderr
+        except (subprocess.TimeoutExpired, FileNotFoundError) as err:
+            text = short(err)
+        (out / f"ncu_{name}.txt").write_text(text)
+        keep = ("Duration", "DRAM Throughput", "Memory Throughput", "Compute (SM) Throughput", "Achieved Occupancy",
+                "Registers Per Thread", "Stall", "Warp Cycles Per Issued", "Theoretical Occupancy", "Issue Slot")
+        summary.extend(f"ncu {name}: {ln.strip()}" for ln in text.splitlines() if any(key in ln for key in keep))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/tune_fp8")
-    p.add_argument("--steps", default="sweep,grid,table3,tests,gluon")
+    p.add_argument("--steps", default="tests,prepass,sweep,grid,table3")
+    p.add_argument("--causal", action="store_true", help="grid: causal rows too")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,7 +416,10 @@ def main(argv=None):
     log = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     print(json.dumps(log), flush=True)
     summary = []
-    steps = {"sweep": step_sweep, "grid": step_grid, "table3": step_table3,
+    causals = (False, True) if args.causal else (False,)
+    steps = {"prepass": step_prepass, "sweep": step_sweep,
+             "profile": lambda log, summary: step_profile(log, summary, out),
+             "grid": lambda log, summary: step_grid(log, summary, causals), "table3": step_table3,
              "tests": lambda log, summary: step_tests(log, summary, out), "gluon": step_gluon}
     for name in args.steps.split(","):
         t0 = time.time()
@@ -325,7 +431,7 @@ def main(argv=None):
             summary.append(f"step {name} failed: {log[name + '_error']}")
         summary.append(f"== {name} took {time.time() - t0:.0f}s")
         print(summary[-1], flush=True)
-        (out / "tune_fp8.json").write_text(json.dumps(log, indent=1, default=str))
+        (out / f"tune_fp8_{args.steps.replace(',', '_')}.json").write_text(json.dumps(log, indent=1, default=str))
     print("\n== SUMMARY\n" + "\n".join(summary), flush=True)
 
 

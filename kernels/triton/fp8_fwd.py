@@ -3,6 +3,8 @@
 Per query tile and key tile (the key tile is exactly one K/V scale block):
   S = (Q8 K8ᵀ) · (q_scale · k_scale · softmax_scale · log2 e)   fp32 accumulate
   online softmax in the exp2 domain, P = exp2(S - m + 8) <= 256 cast to fp8
+  (the row max is taken on Q8 K8ᵀ before scaling, which gives the same m, and the scale multiply joins
+  the subtraction of m in one FMA per score)
   acc = acc · alpha · (u / v_scale) + P8 V8,  u := v_scale
 The accumulator is kept in units of the latest V scale u, so V's per-block
 scale costs one scalar per row-rescale instead of a multiply per element, and
@@ -13,6 +15,8 @@ Each tile's P8 V8 starts from zero and joins acc in fp32: Hopper's FP8 MMAs add
 into their accumulator with ~14-bit precision, which over many key tiles
 would drift O. Q8 K8ᵀ (at most 8 MMA steps deep) keeps the fast path.
 """
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -22,21 +26,31 @@ from kernels.quant import FP8QKV, LN2, LOG2E, P_LOG2_OFFSET
 from kernels.triton.fp8_quant import FP8_TL_DTYPES, INTERPRET, to_fp8
 
 
-# (block_m, num_warps, num_stages) keyed on head dim; the key tile is always config.block_n.
-# H200 winners of experiments/tune_fp8.py (log in docs/fp8.md): one 64-row warpgroup per program
-# beat 128 rows on two warpgroups (likely because two independent programs per SM overlap softmax
-# and MMAs better than two warpgroups that synchronize every tile). Head dim 256 needs two
-# warpgroups to hold O and one tile's P·V in registers without spilling.
-FWD_TILES_SM90 = {64: (64, 4, 3), 128: (64, 4, 2), 256: (64, 8, 2)}
+@dataclass(frozen=True)
+class FP8FwdTiles:
+    """Launch shape of the FP8 forward; the key tile is always FP8Config.block_n."""
+    block_m: int  # query rows per program (divides FP8Config.block_m)
+    num_warps: int
+    num_stages: int
+    max_regs: int | None = None  # Triton's maxnreg: a cap that fits one more program per SM
+
+
+# Keyed on head dim. H200 winners of experiments/tune_fp8.py (log in docs/fp8.md): one 64-row warpgroup
+# per program beat 128 rows on two warpgroups (independent programs on one SM overlap one's softmax with
+# another's MMAs), and more such programs per SM help: a register cap fitting 3 (head dim 128, 168
+# registers) or 4 (head dim 64, 128) programs gave +18% and +4%. Head dim 256 needs two warpgroups to
+# hold O and one tile's P·V in registers without spilling (one program per SM).
+FWD_TILES_SM90 = {64: FP8FwdTiles(64, 4, 3, max_regs=128), 128: FP8FwdTiles(64, 4, 2, max_regs=168),
+                  256: FP8FwdTiles(64, 8, 2)}
 # Other GPUs: not measured; small tiles that fit less shared memory.
-FWD_TILES_GENERIC = {64: (64, 4, 2), 128: (64, 4, 2), 256: (64, 8, 1)}
+FWD_TILES_GENERIC = {64: FP8FwdTiles(64, 4, 2), 128: FP8FwdTiles(64, 4, 2), 256: FP8FwdTiles(64, 8, 1)}
 # Interpreter: query tiles smaller than the scale block, so tests cover the block -> tile mapping.
-FWD_TILES_INTERPRETER = (32, 4, 1)
+FWD_TILES_INTERPRETER = FP8FwdTiles(32, 4, 1)
 _P_OFFSET = tl.constexpr(P_LOG2_OFFSET)
 _LN2 = tl.constexpr(LN2)
 
 
-def fwd_tiles(head_dim: int, device: torch.device):
+def fwd_tiles(head_dim: int, device: torch.device) -> FP8FwdTiles:
     if device.type != "cuda":
         return FWD_TILES_INTERPRETER
     table = FWD_TILES_SM90 if torch.cuda.get_device_capability(device) == (9, 0) else FWD_TILES_GENERIC
@@ -44,37 +58,64 @@ def fwd_tiles(head_dim: int, device: torch.device):
 
 
 @triton.jit
+def _scores(q, desc_k, b, hk, n0, offs_m, seqlen_q, seqlen_k,
+            BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr):
+    """Key tile n0's unscaled scores Q8·K8ᵀ, -inf where masked."""
+    k = desc_k.load([b, n0, hk, 0]).reshape(BLOCK_N, HEAD_DIM)
+    s = tl.dot(q, k.T)
+    if MASK:
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        visible = offs_n[None, :] < seqlen_k
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
+        s = tl.where(visible, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _softmax(s, scale, m_i, l_i, P_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+    """Online softmax step on unscaled scores s and their log2-domain scale (> 0):
+    (P = 2^8 · exp2(s·scale - m) in fp8, alpha = exp2(m_old - m), m, l).
+
+    max(s)·scale rounds to exactly max(s·scale) (rounding is monotonic), so m is the reference's; the
+    scale then joins the subtraction in one FMA per score (the reference rounds s·scale first: P moves
+    by at most an ulp of its exponent, ~3e-7 relative).
+    """
+    m_new = tl.maximum(m_i, tl.max(s, 1) * scale)
+    # A row with no visible key yet keeps m = -inf; shift it by 0 so that P = 0, not NaN.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s * scale - (m_safe - _P_OFFSET)[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    return to_fp8(p, P_DTYPE, INTERPRET), alpha, m_new, l_i
+
+
+@triton.jit
+def _pv(p8, desc_v, b, hk, n0, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One tile's P·V from zero: Hopper's FP8 MMA adds into its accumulator with ~14-bit precision, so the
+    running sum is kept in fp32 outside it (one FMA per element, fused with the rescale)."""
+    v = desc_v.load([b, hk, 0, n0]).reshape(HEAD_DIM, BLOCK_N)
+    return tl.dot(p8, v.T)
+
+
+@triton.jit
 def _fp8_fwd_tiles(acc, l_i, m_i, v_unit, q, desc_k, desc_v, KS, VS,
-                   b, hk, offs_m, qk_scale, n_start, n_end, seqlen_q, seqlen_k,
+                   b, hk, offs_m, row_qk_scale, n_start, n_end, seqlen_q, seqlen_k,
                    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
                    P_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
-    """Key tiles [n_start, n_end) (multiples of BLOCK_N); MASK applies the causal and seqlen_k masks."""
+    """Key tiles [n_start, n_end) (multiples of BLOCK_N); MASK applies the causal and seqlen_k masks.
+
+    acc is kept in units of the last added tile's V scale, v_unit: adding tile j rescales it by
+    alpha_j · v_unit / v_scale_j, exactly in fp32.
+    """
     for n0 in range(n_start, n_end, BLOCK_N):
         n0 = tl.multiple_of(n0, BLOCK_N)
-        k = desc_k.load([b, n0, hk, 0]).reshape(BLOCK_N, HEAD_DIM)
-        s = tl.dot(q, k.T)
-        tile = n0 // BLOCK_N
-        s = s * (qk_scale * tl.load(KS + tile))
-        if MASK:
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            visible = offs_n[None, :] < seqlen_k
-            if CAUSAL:
-                visible = visible & (offs_n[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q))
-            s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row with no visible key yet keeps m = -inf; shift it by 0 so that P = 0, not NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - (m_safe - _P_OFFSET)[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v_scale = tl.load(VS + tile)
-        v = desc_v.load([b, hk, 0, n0]).reshape(HEAD_DIM, BLOCK_N)
-        p8 = to_fp8(p, P_DTYPE, INTERPRET)
-        # Hopper's FP8 MMA adds into its accumulator with ~14-bit precision: P·V of one tile starts
-        # from zero and joins the running sum in fp32 (one FMA, fused with the rescale).
-        acc = acc * (alpha * (v_unit / v_scale))[:, None] + tl.dot(p8, v.T)
+        s = _scores(q, desc_k, b, hk, n0, offs_m, seqlen_q, seqlen_k, BLOCK_N, HEAD_DIM, MASK, CAUSAL)
+        scale = row_qk_scale * tl.load(KS + n0 // BLOCK_N)
+        p8, alpha, m_i, l_i = _softmax(s, scale, m_i, l_i, P_DTYPE, INTERPRET)
+        v_scale = tl.load(VS + n0 // BLOCK_N)
+        acc = acc * (alpha * (v_unit / v_scale))[:, None] + _pv(p8, desc_v, b, hk, n0, HEAD_DIM, BLOCK_N)
         v_unit = v_scale
-        m_i = m_new
     return acc, l_i, m_i, v_unit
 
 
@@ -82,8 +123,8 @@ def _fp8_fwd_tiles(acc, l_i, m_i, v_unit, q, desc_k, desc_v, KS, VS,
 def _fp8_fwd_kernel(desc_q, desc_k, desc_v, desc_o, QS, KS, VS, Lse,
                     nheads, group, seqlen_q, seqlen_k, nblocks_q, nblocks_k, qk_scale,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCALE_BLOCK_M: tl.constexpr,
-                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
-                    P_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, P_DTYPE: tl.constexpr,
+                    INTERPRET: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // nheads
@@ -133,13 +174,13 @@ def fp8_attention_forward_triton(x: FP8QKV, softmax_scale: float, causal: bool, 
     """The forward on pre-pass outputs: (out (batch, seqlen_q, nheads, headdim) in out_dtype,
     lse (batch, nheads, seqlen_q) fp32).
 
-    tiles: (block_m, num_warps, num_stages) to override the table (tuning).
+    tiles: an FP8FwdTiles to override the table (tuning).
     """
     cfg = x.config
     b, sq, h, d = x.q.shape
     sk, hk = x.seqlen_k, x.k.shape[2]
-    block_m, num_warps, num_stages = tiles or fwd_tiles(d, x.q.device)
-    block_m = min(block_m, cfg.block_m)
+    tiles = tiles or fwd_tiles(d, x.q.device)
+    block_m = min(tiles.block_m, cfg.block_m)
     block_n = cfg.block_n
     out = torch.empty(b, sq, h, d, dtype=out_dtype, device=x.q.device)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=x.q.device)
@@ -153,6 +194,6 @@ def fp8_attention_forward_triton(x: FP8QKV, softmax_scale: float, causal: bool, 
         h, h // hk, sq, sk, x.q_scale.shape[2], x.k_scale.shape[2], softmax_scale * LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, SCALE_BLOCK_M=cfg.block_m, HEAD_DIM=d, CAUSAL=causal,
         P_DTYPE=FP8_TL_DTYPES[cfg.dtype], INTERPRET=INTERPRET,
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs,
     )
     return out, lse

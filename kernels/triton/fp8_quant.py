@@ -1,13 +1,31 @@
-"""FP8 pre-pass kernel: Hadamard rotation, block amax, scale and cast in one pass per tensor.
+"""FP8 pre-pass kernel: Hadamard rotation, block amax, scale and cast of Q, K and V in one launch.
 
-One program owns one scale block (`block` rows of one batch and head). It
-reads the block twice in sub-tiles through TMA descriptors, once for the amax
-and once to quantize (the second read hits L2), so that even 256-row blocks
-at head dim 256 fit on chip. The layouts and the arithmetic are
-kernels.quant's, which the tests hold this kernel to.
+The pre-pass is memory-bound (it reads 2 bytes and writes 1 per element), so
+the kernel is built to read each element once and keep loads in flight:
+  * one launch for Q, K and V: a persistent grid whose program ids are split
+    among the three tensors in proportion to their blocks; each program loops
+    over its tensor's blocks, software-pipelined (the next block's TMA load is
+    in flight while the current one is rotated, reduced and stored);
+  * one read per block: the whole scale block is rotated into registers, its
+    amax taken and the same registers quantized (a 128 x 128 fp32 tile is 64
+    registers a thread at 8 warps; head dim 256 takes 16 warps);
+  * the rotation x·(D·H) is a tensor-core dot with the ±1 matrix D·H (exact
+    products, fp32 sums), loaded once per program; 1/sqrt(d) is applied in
+    fp32. At head dim 256 it runs as two 128-wide halves and one butterfly
+    (H_256 = [[H, H], [H, -H]]), which halves the dot's work and keeps only
+    256 x 128 of D·H in shared memory.
+Blocks too large for registers (and the "head"/"tensor" granularities) take
+two launches: per-chunk amax, then a quantization with the scales the host
+reduces from it (kernels.quant.scales_from_amax). The layouts and the
+arithmetic are kernels.quant's, which the tests hold this kernel to.
+On an H200 it moves 2.0-2.5 TB/s, about half the copy rate: Nsight Compute
+finds it latency-bound (DRAM 38% and SM 30% busy at 25% occupancy, which the
+64 fp32 registers a thread per tile cap); docs/fp8.md has the numbers.
 """
+import functools
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -21,13 +39,42 @@ from kernels.quant import FP8QKV, V_SEQ_ALIGN, FP8Config, check_qkv, scales_from
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 FP8_TL_DTYPES = {torch.float8_e4m3fn: tl.float8e4nv, torch.float8_e5m2: tl.float8e5}
-# (rows, columns, num_warps, num_stages): a block is walked in steps of `rows`
-# rows and, for the rotation, `columns` output columns of D·H at a time. One
-# stage: the loads are not multi-buffered (at head dim 256 two stages overflow
-# shared memory). H200 winner at head dim 128 among tiles that run at every
-# head dim (experiments/tune_fp8.py, docs/fp8.md).
-QUANT_TILES = (128, 128, 8, 1)
-QUANT_TILES_INTERPRETER = (32, 64, 4, 1)
+# Columns per dot and per load (at most): head dim 256 is handled as two halves of this width.
+HALF_WIDTH = 128
+# A program holds one item (rows x head dim, fp32) in registers: at most this many values per thread.
+VALUES_PER_THREAD = 64
+
+
+@dataclass(frozen=True)
+class PrepassTiles:
+    """Launch shape of the pre-pass (H200 choices: experiments/tune_fp8.py, log in docs/fp8.md)."""
+    num_warps: int  # 8 holds a 128 x 128 fp32 tile in 64 registers a thread; 128 x 256 needs 16
+    num_stages: int  # blocks in flight per program (TMA loads issued ahead of their use)
+    programs_per_sm: int  # persistent grid size, per multiprocessor
+    heads_fastest: bool = False  # walk blocks (batch, block, head): concurrent reads share DRAM pages
+
+
+# H200, 16k tokens x hidden 2048: 0.12-0.15 ms (2.0-2.5 TB/s) at head dims 64/128, 0.21 ms at 256; the
+# variants measured differ by less than run-to-run noise (~15%), heads_fastest included (docs/fp8.md).
+PREPASS_TILES_SM90 = {64: PrepassTiles(4, 3, 3), 128: PrepassTiles(8, 3, 2, heads_fastest=True),
+                      256: PrepassTiles(16, 2, 1, heads_fastest=True)}
+# Other GPUs: not measured; one stage (less shared memory).
+PREPASS_TILES_GENERIC = {64: PrepassTiles(4, 1, 3), 128: PrepassTiles(8, 1, 2), 256: PrepassTiles(16, 1, 1)}
+# Interpreter: few programs, so that each loops over several blocks.
+PREPASS_TILES_INTERPRETER = PrepassTiles(4, 1, 1, heads_fastest=True)
+INTERPRETER_PROGRAMS_PER_TENSOR = 2
+
+
+def prepass_tiles(head_dim: int, device: torch.device) -> PrepassTiles:
+    if device.type != "cuda":
+        return PREPASS_TILES_INTERPRETER
+    table = PREPASS_TILES_SM90 if torch.cuda.get_device_capability(device) == (9, 0) else PREPASS_TILES_GENERIC
+    return table[head_dim]
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 @triton.jit
@@ -53,130 +100,192 @@ def to_fp8(x, FP8_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _sub_tile(desc_x, desc_dh, x, b, h, row0, col0, inv_sqrt_d,
-              ROWS: tl.constexpr, COLS: tl.constexpr, HADAMARD: tl.constexpr, INTERPRET: tl.constexpr):
-    """Columns [col0, col0+COLS) of rows [row0, row0+ROWS) of x·M (x: those rows, all columns), or of x, in fp32."""
+def _abs_max(y):
+    """max |y| of a 2-d tile; NaN if y holds inf or NaN (its block then gets a NaN scale, as in kernels.quant).
+
+    tl.max drops NaN (fmax), so NaN is counted as inf first, and inf - inf makes the result NaN.
+    """
+    amax = tl.max(tl.max(tl.where(y == y, tl.abs(y), float("inf")), axis=1), axis=0)
+    return amax + (amax - amax)
+
+
+@triton.jit
+def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr,
+               TRANSPOSE_OUT: tl.constexpr, FP8_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+    y8 = to_fp8(tl.clamp(y * inv_scale, -fp8_max, fp8_max), FP8_DTYPE, INTERPRET)
+    if TRANSPOSE_OUT:
+        desc_out.store([b, h, col0, row0], y8.T.reshape(1, 1, COLS, ROWS))
+    else:
+        desc_out.store([b, row0, h, col0], y8.reshape(1, ROWS, 1, COLS))
+
+
+@triton.jit
+def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nheads, nchunks, chunks_per_block,
+                    inv_sqrt_d, fp8_max,
+                    ROWS: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr, HADAMARD: tl.constexpr,
+                    TRANSPOSE_OUT: tl.constexpr, MODE: tl.constexpr, FP8_DTYPE: tl.constexpr,
+                    NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr, INTERPRET: tl.constexpr):
+    """Items first, first + step, ... of one tensor; an item is rows [c*ROWS, (c+1)*ROWS) of one (batch, head),
+    ordered (batch, c, head) if HEADS_FASTEST else (batch, head, c). MODE "block": the item is a whole scale
+    block, quantized with its own scale (stored); "amax": store the item's amax at Scale[(batch, head), c];
+    "given": quantize with Scale[(batch, head), c // chunks_per_block]."""
+    TWO_HALVES: tl.constexpr = HEAD_DIM > COLS
     if HADAMARD:
-        dh = desc_dh.load([0, col0])
+        # D·H's first COLS columns: rows [0, COLS) are D0·H_COLS and, at head dim 256, rows [COLS, 2·COLS)
+        # are D1·H_COLS (D0, D1: the halves of D).
+        dh0 = desc_dh.load([0, 0])
         if INTERPRET:  # numpy has no bf16 matmul
-            dh = dh.to(tl.float32)
-        # ±1 entries: exact products, fp32 accumulation; 1/sqrt(d) applied in fp32.
-        return tl.dot(x, dh) * inv_sqrt_d
-    else:
-        return desc_x.load([b, row0, h, col0]).reshape(ROWS, COLS).to(tl.float32)
-
-
-@triton.jit
-def _rows(desc_x, b, h, row0, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, HADAMARD: tl.constexpr,
-          INTERPRET: tl.constexpr):
-    """Rows [row0, row0+ROWS) of x, all columns, when the rotation needs them (else a placeholder); 0 past seqlen."""
-    if HADAMARD:
-        x = desc_x.load([b, row0, h, 0]).reshape(ROWS, HEAD_DIM)
-        if INTERPRET:
-            x = x.to(tl.float32)
-        return x
-    else:
-        return 0.0
-
-
-@triton.jit
-def _quantize_kernel(desc_x, desc_dh, desc_out, Scale, seqlen, nheads, nblocks, inv_sqrt_d, fp8_max,
-                     BLOCK: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                     HADAMARD: tl.constexpr, TRANSPOSE_OUT: tl.constexpr, MODE: tl.constexpr,
-                     FP8_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
-    """MODE "amax": store each block's amax (head/tensor scales are reduced from those on the host);
-    "block": quantize with the block's own scale (and store it); "given": quantize with Scale's.
-    TRANSPOSE_OUT writes out[b, h, d, s] (V), else out[b, s, h, d]."""
-    blk = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // nheads
-    h = bh % nheads
-    scale_ptr = Scale + bh * nblocks + blk
-    row_start = blk * BLOCK
-    row_end = tl.minimum(row_start + BLOCK, seqlen)
-
-    if MODE == "given":
-        scale = tl.load(scale_ptr)
-    else:
-        amax = tl.zeros((), tl.float32)
-        poison = tl.zeros((), tl.float32)
-        for row0 in range(row_start, row_end, ROWS):
-            x = _rows(desc_x, b, h, row0, ROWS, HEAD_DIM, HADAMARD, INTERPRET)
-            for col0 in tl.static_range(0, HEAD_DIM, COLS):
-                y = _sub_tile(desc_x, desc_dh, x, b, h, row0, col0, inv_sqrt_d, ROWS, COLS, HADAMARD, INTERPRET)
-                amax = tl.maximum(amax, tl.max(tl.max(tl.abs(y), axis=1), axis=0))
-                # y * 0 is NaN exactly where y is inf or NaN (a max may drop a NaN): it poisons the block.
-                poison += tl.sum(tl.sum(y * 0.0, axis=1), axis=0)
-        amax += poison
-        if MODE == "amax":
-            tl.store(scale_ptr, amax)
+            dh0 = dh0.to(tl.float32)
+        if TWO_HALVES:
+            dh1 = desc_dh.load([COLS, 0])
+            if INTERPRET:
+                dh1 = dh1.to(tl.float32)
+    for item in tl.range(first, n_items, step, num_stages=NUM_STAGES):
+        if HEADS_FASTEST:  # concurrent programs read the same rows of every head: nearby addresses
+            h = item % nheads
+            chunk = (item // nheads) % nchunks
+            b = item // (nheads * nchunks)
         else:
-            scale = tl.where(amax == 0.0, 1.0, tl.math.div_rn(amax, fp8_max))
-            tl.store(scale_ptr, scale)
+            chunk = item % nchunks
+            b = item // (nchunks * nheads)
+            h = (item // nchunks) % nheads
+        bh = b * nheads + h
+        row0 = chunk * ROWS
+        x0 = desc_x.load([b, row0, h, 0]).reshape(ROWS, COLS)
+        if TWO_HALVES:
+            x1 = desc_x.load([b, row0, h, COLS]).reshape(ROWS, COLS)
+        if HADAMARD:
+            if INTERPRET:
+                x0 = x0.to(tl.float32)
+            u0 = tl.dot(x0, dh0)
+            if TWO_HALVES:
+                if INTERPRET:
+                    x1 = x1.to(tl.float32)
+                # x·(D·H_256) = [u0 + u1, u0 - u1] with u0 = x0·D0·H, u1 = x1·D1·H.
+                u1 = tl.dot(x1, dh1)
+                y0 = (u0 + u1) * inv_sqrt_d
+                y1 = (u0 - u1) * inv_sqrt_d
+            else:
+                y0 = u0 * inv_sqrt_d
+        else:
+            y0 = x0.to(tl.float32)
+            if TWO_HALVES:
+                y1 = x1.to(tl.float32)
 
-    if MODE != "amax":
-        inv_scale = tl.math.div_rn(1.0, scale)
-        # Rows past seqlen read as 0 and are stored as 0 up to V's padded length (ROWS is a multiple of
-        # V_SEQ_ALIGN, so the last sub-tile covers the padding); past the tensor, TMA drops them.
-        for row0 in range(row_start, row_end, ROWS):
-            x = _rows(desc_x, b, h, row0, ROWS, HEAD_DIM, HADAMARD, INTERPRET)
-            for col0 in tl.static_range(0, HEAD_DIM, COLS):
-                y = _sub_tile(desc_x, desc_dh, x, b, h, row0, col0, inv_sqrt_d, ROWS, COLS, HADAMARD, INTERPRET)
-                y8 = to_fp8(tl.clamp(y * inv_scale, -fp8_max, fp8_max), FP8_DTYPE, INTERPRET)
-                if TRANSPOSE_OUT:
-                    desc_out.store([b, h, col0, row0], y8.T.reshape(1, 1, COLS, ROWS))
-                else:
-                    desc_out.store([b, row0, h, col0], y8.reshape(1, ROWS, 1, COLS))
+        scale_ptr = Scale + bh * (nchunks // chunks_per_block) + chunk // chunks_per_block
+        if MODE == "given":
+            scale = tl.load(scale_ptr)
+        else:
+            amax = _abs_max(y0)
+            if TWO_HALVES:
+                amax = tl.maximum(amax, _abs_max(y1), propagate_nan=tl.PropagateNan.ALL)
+            if MODE == "amax":
+                tl.store(Scale + bh * nchunks + chunk, amax)
+            else:
+                scale = tl.where(amax == 0.0, 1.0, tl.math.div_rn(amax, fp8_max))
+                tl.store(scale_ptr, scale)
+        if MODE != "amax":
+            # Rows past seqlen read as 0 and are stored as 0 up to V's padded length (ROWS is a multiple of
+            # V_SEQ_ALIGN); past the tensor, TMA drops them.
+            inv_scale = tl.math.div_rn(1.0, scale)
+            _store_fp8(desc_out, y0, inv_scale, fp8_max, b, h, row0, 0, ROWS, COLS, TRANSPOSE_OUT, FP8_DTYPE,
+                       INTERPRET)
+            if TWO_HALVES:
+                _store_fp8(desc_out, y1, inv_scale, fp8_max, b, h, row0, COLS, ROWS, COLS, TRANSPOSE_OUT,
+                           FP8_DTYPE, INTERPRET)
 
 
-def _quantize(x: torch.Tensor, out: torch.Tensor, block: int, rotate: bool, config: FP8Config, tiles,
-              transpose_out=False):
-    """Quantize x (batch, seqlen, heads, d) into `out` ((batch, heads, d, seqlen) if transpose_out); returns scales."""
-    b, s, h, d = x.shape
-    rows, cols, num_warps, num_stages = tiles
-    rows, cols = min(rows, block), min(cols, d)
-    if rows % V_SEQ_ALIGN:
-        raise ValueError(f"pre-pass sub-tile rows must be a multiple of {V_SEQ_ALIGN}, got {rows}")
-    nblocks = triton.cdiv(s, block)
-    scale = torch.empty(b, h, nblocks, dtype=torch.float32, device=x.device)
-    x = tma_ready(x)
-    desc_x = TensorDescriptor(x, list(x.shape), list(x.stride()), [1, rows, 1, d if rotate else cols])
-    dh = signed_hadamard(d, config.seed, x.dtype, x.device)
-    desc_dh = TensorDescriptor(dh, list(dh.shape), list(dh.stride()), [d, cols])
-    out_block = [1, 1, cols, rows] if transpose_out else [1, rows, 1, cols]
-    desc_out = TensorDescriptor(out, list(out.shape), list(out.stride()), out_block)
-
-    def launch(mode):
-        _quantize_kernel[(nblocks, b * h)](
-            desc_x, desc_dh, desc_out, scale, s, h, nblocks, 1.0 / math.sqrt(d), config.fp8_max,
-            BLOCK=block, ROWS=rows, COLS=cols, HEAD_DIM=d, HADAMARD=rotate, TRANSPOSE_OUT=transpose_out,
-            MODE=mode, FP8_DTYPE=FP8_TL_DTYPES[config.dtype], INTERPRET=INTERPRET, num_warps=num_warps,
-            num_stages=num_stages,
-        )
-
-    if config.granularity == "block":
-        launch("block")
+@triton.jit
+def _prepass_kernel(desc_q, desc_k, desc_v, desc_q8, desc_k8, desc_vt, desc_dh, QS, KS, VS,
+                    nheads, nheads_kv, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k,
+                    programs_q, programs_k, inv_sqrt_d, fp8_max,
+                    ROWS_Q: tl.constexpr, ROWS_K: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    HADAMARD: tl.constexpr, MODE: tl.constexpr, FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr,
+                    HEADS_FASTEST: tl.constexpr, INTERPRET: tl.constexpr):
+    """Programs [0, programs_q) quantize Q, the next programs_k K, the rest V (items_k blocks, like K)."""
+    pid = tl.program_id(0)
+    if pid < programs_q:
+        _quantize_items(desc_q, desc_q8, desc_dh, QS, pid, programs_q, items_q, nheads, nchunks_q, cpb_q,
+                        inv_sqrt_d, fp8_max, ROWS_Q, COLS, HEAD_DIM, HADAMARD, False, MODE, FP8_DTYPE, NUM_STAGES,
+                        HEADS_FASTEST, INTERPRET)
+    elif pid < programs_q + programs_k:
+        _quantize_items(desc_k, desc_k8, desc_dh, KS, pid - programs_q, programs_k, items_k, nheads_kv, nchunks_k,
+                        cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, HADAMARD, False, MODE, FP8_DTYPE,
+                        NUM_STAGES, HEADS_FASTEST, INTERPRET)
     else:
-        launch("amax")
-        scale.copy_(scales_from_amax(scale, config))
-        launch("given")
-    return scale
+        programs_v = tl.num_programs(0) - programs_q - programs_k
+        _quantize_items(desc_v, desc_vt, desc_dh, VS, pid - programs_q - programs_k, programs_v, items_k,
+                        nheads_kv, nchunks_k, cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, False, True, MODE,
+                        FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
 
 
-def quantize_qkv_triton(q, k, v, config: FP8Config, tiles=None) -> FP8QKV:
-    """The pre-pass on the GPU (or the interpreter): three launches for block scales, six otherwise.
+def _item_rows(block: int, head_dim: int, num_warps: int) -> int:
+    """Rows per item: the whole scale block if it fits VALUES_PER_THREAD registers a thread, else a chunk of it."""
+    return min(block, VALUES_PER_THREAD * 32 * num_warps // head_dim)
 
-    tiles: (rows, columns, num_warps, num_stages) to override QUANT_TILES (tuning).
+
+def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None = None) -> FP8QKV:
+    """The pre-pass on the GPU (or the interpreter): one launch for block scales whose blocks fit registers,
+    two otherwise (chunk amax, then quantization with the reduced scales).
+
+    tiles: a PrepassTiles to override the table (tuning).
     """
     check_qkv(q, k, v, config)
-    tiles = tiles or (QUANT_TILES_INTERPRETER if INTERPRET else QUANT_TILES)
+    tiles = tiles or prepass_tiles(q.shape[3], q.device)
     b, sq, h, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
-    q8 = torch.empty(q.shape, dtype=config.dtype, device=q.device)
-    k8 = torch.empty(k.shape, dtype=config.dtype, device=q.device)
+    dev = q.device
+    q8 = torch.empty(q.shape, dtype=config.dtype, device=dev)
+    k8 = torch.empty(k.shape, dtype=config.dtype, device=dev)
     # The kernel also writes the zero padding (MMAs read it: garbage could be NaN, and 0 * NaN = NaN).
-    v_t = torch.empty(b, hk, d, triton.cdiv(sk, V_SEQ_ALIGN) * V_SEQ_ALIGN, dtype=config.dtype, device=q.device)
-    q_scale = _quantize(q, q8, config.block_m, config.hadamard, config, tiles)
-    k_scale = _quantize(k, k8, config.block_n, config.hadamard, config, tiles)
-    v_scale = _quantize(v, v_t, config.block_n, False, config, tiles, transpose_out=True)
+    v_t = torch.empty(b, hk, d, triton.cdiv(sk, V_SEQ_ALIGN) * V_SEQ_ALIGN, dtype=config.dtype, device=dev)
+    rows_q = _item_rows(config.block_m, d, tiles.num_warps)
+    rows_k = _item_rows(config.block_n, d, tiles.num_warps)
+    if min(rows_q, rows_k) % V_SEQ_ALIGN:
+        raise ValueError(f"pre-pass rows per item must be a multiple of {V_SEQ_ALIGN}, got {rows_q}, {rows_k}")
+    nblocks_q, nblocks_k = triton.cdiv(sq, config.block_m), triton.cdiv(sk, config.block_n)
+    cpb_q, cpb_k = config.block_m // rows_q, config.block_n // rows_k
+    nchunks_q, nchunks_k = nblocks_q * cpb_q, nblocks_k * cpb_k
+    items_q, items_k = b * h * nchunks_q, b * hk * nchunks_k
+
+    cols = min(d, HALF_WIDTH)
+    q, k, v = (tma_ready(t) for t in (q, k, v))
+    descs = [TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, cols])
+             for t, rows in ((q, rows_q), (k, rows_k), (v, rows_k))]
+    descs += [TensorDescriptor(t, list(t.shape), list(t.stride()), block)
+              for t, block in ((q8, [1, rows_q, 1, cols]), (k8, [1, rows_k, 1, cols]), (v_t, [1, 1, cols, rows_k]))]
+    dh = signed_hadamard(d, config.seed, q.dtype, dev)
+    descs.append(TensorDescriptor(dh, list(dh.shape), list(dh.stride()), [cols, cols]))
+
+    if INTERPRET or dev.type != "cuda":
+        programs = 3 * INTERPRETER_PROGRAMS_PER_TENSOR
+    else:
+        programs = tiles.programs_per_sm * _num_sms(dev.index if dev.index is not None else 0)
+    # Programs in proportion to each tensor's items, at least one each (V's items are K's).
+    programs = max(programs, 3)
+    programs_q = max(1, min(items_q, round(programs * items_q / (items_q + 2 * items_k))))
+    programs_k = max(1, min(items_k, (programs - programs_q) // 2))
+    programs_v = max(1, min(items_k, programs - programs_q - programs_k))
+
+    def launch(mode, scales):
+        _prepass_kernel[(programs_q + programs_k + programs_v,)](
+            *descs, *scales, h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
+            1.0 / math.sqrt(d), config.fp8_max,
+            ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard, MODE=mode,
+            FP8_DTYPE=FP8_TL_DTYPES[config.dtype], NUM_STAGES=tiles.num_stages, HEADS_FASTEST=tiles.heads_fastest,
+            INTERPRET=INTERPRET, num_warps=tiles.num_warps,
+        )
+
+    if config.granularity == "block" and cpb_q == cpb_k == 1:
+        scales = tuple(torch.empty(b, heads, n, dtype=torch.float32, device=dev)
+                       for heads, n in ((h, nblocks_q), (hk, nblocks_k), (hk, nblocks_k)))
+        launch("block", scales)
+    else:
+        amax = tuple(torch.empty(b, heads, n, dtype=torch.float32, device=dev)
+                     for heads, n in ((h, nchunks_q), (hk, nchunks_k), (hk, nchunks_k)))
+        launch("amax", amax)
+        scales = tuple(scales_from_amax(a.view(b, a.shape[1], -1, cpb).amax(dim=3), config)
+                       for a, cpb in zip(amax, (cpb_q, cpb_k, cpb_k)))
+        launch("given", scales)
+    q_scale, k_scale, v_scale = scales
     return FP8QKV(q=q8, k=k8, v_t=v_t, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, config=config)

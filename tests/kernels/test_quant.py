@@ -109,6 +109,10 @@ CASES = [  # (batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim), config
     ((1, 70, 45, 4, 2, 64), FP8Config(block_m=64, block_n=32)),
     ((2, 33, 33, 2, 1, 128), FP8Config(block_m=32, block_n=32, granularity="head", fmt="e5m2")),
     ((1, 40, 72, 2, 2, 64), FP8Config(block_m=32, block_n=64, granularity="tensor", hadamard=False, seed=3)),
+    ((1, 70, 40, 2, 1, 256), FP8Config(block_m=32, block_n=32, seed=5)),  # head dim 256: two halves, butterfly
+    ((1, 200, 96, 2, 2, 128), FP8Config(block_m=128, block_n=64)),  # Q blocks larger than a program's registers
+    pytest.param((2, 3000, 1000, 16, 4, 128), FP8Config(block_m=256), marks=pytest.mark.gpu),
+    pytest.param((1, 1000, 600, 4, 4, 256), FP8Config(block_n=256, seed=1), marks=pytest.mark.gpu),
     pytest.param((2, 1000, 1500, 16, 4, 128), FP8Config(), marks=pytest.mark.gpu),
     pytest.param((1, 777, 2049, 8, 8, 256), FP8Config(block_m=64, granularity="head"), marks=pytest.mark.gpu),
     pytest.param((3, 512, 512, 4, 2, 64), FP8Config(block_n=256, granularity="tensor", fmt="e5m2"),
@@ -143,9 +147,10 @@ def test_huge_outliers_stay_in_range(quantize):
         assert ((deq - exact).abs() <= exact.abs() * 2**-4 + 1e4 / 448 * 2**-10 + 1e-3).all()
 
 
+@pytest.mark.parametrize("head_dim", [64, 256])  # 256: the kernel's two column halves, the bad one first
 @pytest.mark.parametrize("quantize", [quantize_qkv_ref, quantize_qkv_triton])
-def test_non_finite_input_gives_its_block_a_nan_scale(quantize):
-    q, k, v = make_qkv(1, 64, 64, 2, 1, 64, seed=5)
+def test_non_finite_input_gives_its_block_a_nan_scale(quantize, head_dim):
+    q, k, v = make_qkv(1, 64, 64, 2, 1, head_dim, seed=5)
     q[0, 40, 1, 7] = float("nan")
     k[0, 3, 0, 0] = float("inf")
     v[0, 63, 0, 5] = float("-inf")
