@@ -5,16 +5,20 @@
 Stages run as child processes with their own time limits (a hung kernel costs
 its stage, not the run):
 - `tests`: the `gpu`-marked tests of tests/kernels/test_triton_attention.py and test_compile.py.
-- `sweep`: every candidate tile config at one seqlen (default 8k) per head dim
-  and causality, in the paper's setup (batch x seqlen = 16k tokens, hidden 2048,
-  heads = 2048 / headdim, bf16); each config's output is checked against cuDNN
-  SDPA's before it is timed. All candidates compile in parallel first.
+- `sweep`: every candidate config (tiles and `exp2_poly`) at one seqlen
+  (default 8k) per head dim (`--sweep-head-dims`) and causality, in the
+  paper's setup (batch x seqlen = 16k tokens, hidden 2048, heads = 2048 /
+  headdim, bf16); each config's output is checked against cuDNN SDPA's
+  before it is timed. All candidates compile in parallel first.
 - `table`: the winners (or the tuned tables when no sweep ran) next to SDPA's
-  cuDNN and flash backends over seqlens, forward and backward, in TFLOPs/s
-  (kernels.flops: the FA3 paper's counts) and ratios.
+  cuDNN and flash backends over seqlens (`--quick`: hd128 1k-16k, hd64/256 at
+  8k and 16k), forward and backward, in TFLOPs/s (kernels.flops: the FA3
+  paper's counts) and ratios.
 Times are triton.testing.do_bench medians after warm-up. Everything goes to
-<out>/tune_triton.json and .log; tables are printed last. This is the
-development tool behind kernels/triton/tiles.py (log: docs/tuning-triton.md).
+<out>/tune_triton.json and .log, the table also to <out>/triton_vs_sdpa.md
+with its provenance (results/h200/triton_vs_sdpa/kernels.md is one); tables
+are printed last. This is the development tool behind
+kernels/triton/tiles.py (log: docs/tuning-triton.md).
 """
 import argparse
 import contextlib
@@ -33,26 +37,29 @@ TOKENS, HIDDEN = 16384, 2048
 HEAD_DIMS = (64, 128, 256)
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
 
-# Candidates (block_m, block_n, num_warps, num_stages[, max_regs]), pruned on CPU by
-# compiling for sm_90: no or few spills, shared memory under 227 KB, and where
-# possible two programs per SM (see docs/tuning-triton.md).
+# Candidates: Tiles fields in order (block_m, block_n, num_warps, num_stages, max_regs, exp2_poly). Pruned
+# on CPU by compiling for sm_90 (docs/tuning-triton.md): no or few spills, programs per SM from registers
+# and shared memory, and whether ptxas serializes the wgmmas (C7512: each one waited on at once, as at
+# hd128 (128, 64, 8 warps) under a 128-register cap, which still measured among the fastest).
 FWD_CANDIDATES = {
-    64: [(128, 128, 4, 3), (128, 128, 8, 3, 128), (128, 128, 8, 2, 128), (128, 64, 8, 4, 128), (128, 64, 4, 3)],
-    128: [(128, 128, 8, 3), (128, 64, 8, 2, 128), (128, 32, 8, 3, 128), (64, 64, 4, 3), (64, 64, 4, 2),
-          (128, 64, 8, 3)],
-    256: [(128, 64, 8, 2), (64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2)],
+    64: [(128, 128, 8, 3, 128), (128, 64, 8, 4, 128), (64, 128, 4, 1), (64, 64, 4, 1)],
+    128: [(64, 128, 4, 1, 168), (128, 64, 8, 2, 128), (64, 128, 4, 1), (64, 64, 4, 1), (64, 64, 4, 3),
+          (128, 128, 8, 3), (128, 32, 8, 3, 128), (64, 128, 4, 1, 168, 8)],
+    256: [(128, 64, 8, 2), (64, 64, 4, 1), (64, 64, 4, 2)],
 }
 # dK/dV kernel: block_m query rows per step, block_n keys per program; dQ kernel: the reverse.
 DKDV_CANDIDATES = {
-    64: [(32, 64, 4, 3), (64, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 3)],
-    128: [(32, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (16, 64, 4, 3)],
-    256: [(64, 64, 8, 2), (64, 64, 8, 1)],
+    64: [(64, 64, 4, 2), (32, 64, 4, 3), (64, 128, 8, 3)],
+    128: [(32, 64, 4, 3), (32, 64, 4, 3, None, 8), (32, 64, 4, 3, None, 4), (32, 64, 4, 2)],
+    256: [(64, 64, 8, 2)],
 }
 DQ_CANDIDATES = {
-    64: [(64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 3), (64, 32, 4, 3)],
-    128: [(128, 32, 8, 3), (64, 64, 4, 2), (64, 32, 4, 3), (128, 64, 8, 2)],
-    256: [(128, 32, 8, 2), (128, 64, 8, 1), (64, 32, 4, 2)],
+    64: [(128, 64, 8, 2), (64, 64, 4, 2)],
+    128: [(64, 64, 4, 2), (128, 32, 8, 3), (64, 64, 4, 2, None, 8), (64, 32, 4, 3)],
+    256: [(128, 32, 8, 2), (128, 64, 8, 1)],
 }
+# --quick table: the targets' shapes (hd128 over seqlens) and the other head dims at the long seqlens.
+QUICK_SEQLENS = {64: (8192, 16384), 128: (1024, 2048, 4096, 8192, 16384), 256: (8192, 16384)}
 
 
 def _time(fn):
@@ -158,7 +165,7 @@ def sweep_stage(head_dims, seqlen):
                 print(json.dumps(row), flush=True)
 
 
-def table_stage(head_dims, seqlens, winners):
+def table_stage(head_dims, seqlens, winners, quick=False):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from kernels.flops import attention_flops, tflops_per_s
@@ -170,7 +177,7 @@ def table_stage(head_dims, seqlens, winners):
             w = winners.get(f"{d}/{causal}", {})
             fwd_t = _fwd_tiles(w["fwd"]) if "fwd" in w else None  # None: the tuned table in tiles.py
             bwd_t = _bwd_tiles(w["bwd"]) if "bwd" in w else None
-            for seqlen in seqlens:
+            for seqlen in (QUICK_SEQLENS[d] if quick else seqlens):
                 batch, s, h = _shape(d, seqlen)
                 q, k, v, do = _inputs(batch, s, h, d, seed=seqlen)
                 row = dict(stage="table", head_dim=d, causal=causal, batch=batch, seqlen=s, nheads=h,
@@ -182,9 +189,6 @@ def table_stage(head_dims, seqlens, winners):
                     lambda: attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=fwd_t)))
                 row["triton_bwd"] = tflops_per_s(bwd_flops, _time(
                     lambda: attention_backward_triton(do, q, k, v, out, lse, d ** -0.5, causal, tiles=bwd_t)))
-                row["triton_bwd_det"] = tflops_per_s(bwd_flops, _time(
-                    lambda: attention_backward_triton(do, q, k, v, out, lse, d ** -0.5, causal,
-                                                      deterministic=True, tiles=bwd_t)))
                 qt, kt, vt = (t.transpose(1, 2).requires_grad_() for t in (q, k, v))  # SDPA's (b, h, s, d) view
                 for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
                     try:
@@ -244,13 +248,36 @@ def _print_tables(rows, winners):
     if table:
         print("\nTFLOPs/s, bf16, 16k tokens, hidden 2048 (ratio = triton / cudnn):")
         print(f"  {'hd':>3} {'causal':>6} {'seqlen':>6} | {'fwd':>5} {'cudnn':>5} {'flash':>5} {'ratio':>5} | "
-              f"{'bwd':>5} {'det':>5} {'cudnn':>5} {'flash':>5} {'ratio':>5}")
+              f"{'bwd':>5} {'cudnn':>5} {'flash':>5} {'ratio':>5}")
         nan = float("nan")
         for r in table:
             cf, cb = r.get("cudnn_fwd", nan), r.get("cudnn_bwd", nan)
             print(f"  {r['head_dim']:>3} {str(r['causal']):>6} {r['seqlen']:>6} | {r['triton_fwd']:5.0f} {cf:5.0f} "
                   f"{r.get('flash_fwd', nan):5.0f} {r['triton_fwd'] / cf:5.2f} | {r['triton_bwd']:5.0f} "
-                  f"{r['triton_bwd_det']:5.0f} {cb:5.0f} {r.get('flash_bwd', nan):5.0f} {r['triton_bwd'] / cb:5.2f}")
+                  f"{cb:5.0f} {r.get('flash_bwd', nan):5.0f} {r['triton_bwd'] / cb:5.2f}")
+
+
+def _table_markdown(rows, record):
+    """The table stage as a results file: provenance, then one row per shape (TFLOPs/s; ratio = ours / cuDNN)."""
+    from experiments.provenance import markdown
+    nan = float("nan")
+    lines = ["# Triton attention vs SDPA (cuDNN, flash) on one GPU", "", markdown(record), "",
+             "bf16, batch x seqlen = 16k tokens, hidden 2048 (heads = 2048 / headdim), TFLOPs/s with the FA3 "
+             "paper's FLOP counts (kernels.flops), triton.testing.do_bench medians. Backward = dQ, dK, dV from "
+             "saved out/LSE (ours) or autograd through SDPA. Tiles: the sweep's winners where a sweep ran "
+             "(listed), else kernels/triton/tiles.py.", "",
+             "| hd | causal | seqlen | fwd | cuDNN | flash | fwd / cuDNN | bwd | cuDNN | flash | bwd / cuDNN | "
+             "fwd tiles | bwd tiles |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r.get("stage") != "table":
+            continue
+        cf, cb = r.get("cudnn_fwd", nan), r.get("cudnn_bwd", nan)
+        lines.append(f"| {r['head_dim']} | {'yes' if r['causal'] else 'no'} | {r['seqlen']} | {r['triton_fwd']:.0f} | "
+                     f"{cf:.0f} | {r.get('flash_fwd', nan):.0f} | {r['triton_fwd'] / cf:.2f} | {r['triton_bwd']:.0f} | "
+                     f"{cb:.0f} | {r.get('flash_bwd', nan):.0f} | {r['triton_bwd'] / cb:.2f} | "
+                     f"{r['fwd_tiles'] or 'table'} | {r['bwd_tiles'] or 'table'} |")
+    return "\n".join(lines) + "\n"
 
 
 def main():
@@ -260,6 +287,8 @@ def main():
     parser.add_argument("--head-dims", type=int, nargs="+", default=list(HEAD_DIMS))
     parser.add_argument("--seqlens", type=int, nargs="+", default=list(SEQLENS))
     parser.add_argument("--sweep-seqlen", type=int, default=8192)
+    parser.add_argument("--sweep-head-dims", type=int, nargs="+", help="head dims to sweep (default: --head-dims)")
+    parser.add_argument("--quick", action="store_true", help="table over QUICK_SEQLENS instead of --seqlens")
     parser.add_argument("--timeouts", type=int, nargs=3, default=[130, 140, 130], metavar=("TESTS", "SWEEP", "TABLE"))
     parser.add_argument("--stage", choices=["sweep", "table"], help=argparse.SUPPRESS)  # child-process entry
     parser.add_argument("--winners", default="{}", help=argparse.SUPPRESS)
@@ -267,7 +296,7 @@ def main():
     if args.stage == "sweep":
         return sweep_stage(args.head_dims, args.sweep_seqlen)
     if args.stage == "table":
-        return table_stage(args.head_dims, args.seqlens, json.loads(args.winners))
+        return table_stage(args.head_dims, args.seqlens, json.loads(args.winners), args.quick)
 
     import torch
     import triton
@@ -280,18 +309,23 @@ def main():
     rows, winners = [], {}
     with open(out / "tune_triton.log", "w") as log:
         if "tests" in stages:
-            out, _, _ = run_child([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                                   "tests/kernels/test_triton_attention.py", "tests/kernels/test_compile.py"],
-                                  args.timeouts[0], log, "tests")
-            print(out[-2500:], flush=True)
+            tests_out, _, _ = run_child([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                                         "tests/kernels/test_triton_attention.py", "tests/kernels/test_compile.py"],
+                                        args.timeouts[0], log, "tests")
+            print(tests_out[-2500:], flush=True)
         if "sweep" in stages:
-            rows += _run_stage(["--stage", "sweep", "--head-dims", *dims, "--sweep-seqlen", str(args.sweep_seqlen)],
-                               args.timeouts[1], log)
+            sweep_dims = [str(d) for d in args.sweep_head_dims or args.head_dims]
+            rows += _run_stage(["--stage", "sweep", "--head-dims", *sweep_dims, "--sweep-seqlen",
+                                str(args.sweep_seqlen)], args.timeouts[1], log)
             winners = _winners(rows)
         if "table" in stages:
             rows += _run_stage(["--stage", "table", "--head-dims", *dims, "--seqlens", *map(str, args.seqlens),
-                                "--winners", json.dumps(winners)], args.timeouts[2], log)
+                                "--winners", json.dumps(winners), *(["--quick"] if args.quick else [])],
+                               args.timeouts[2], log)
     (out / "tune_triton.json").write_text(json.dumps(dict(winners=winners, rows=rows), indent=1))
+    if any(r.get("stage") == "table" for r in rows):
+        from experiments.provenance import collect
+        (out / "triton_vs_sdpa.md").write_text(_table_markdown(rows, collect()))
     _print_tables(rows, winners)
 
 

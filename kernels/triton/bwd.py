@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton.fwd import (LOG2E, bsh_strides, head_view, interpreting, kv_block_range, set_descriptor_allocator,
-                                to_operand)
+from kernels.triton.fwd import (LOG2E, bsh_strides, exp2, head_view, interpreting, kv_block_range,
+                                set_descriptor_allocator, to_operand)
 from kernels.triton.tiles import BwdTiles, bwd_tiles, padded_head_dim
 
 PREPROCESS_BLOCK_M = 64
@@ -66,8 +66,10 @@ def q_block_range(start_n, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: t
 
 @triton.jit
 def _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, offs_n, lo, hi, seqlen_q, seqlen_k,
-                qk_scale, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+                qk_scale, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
+                EXP2_POLY: tl.constexpr):
     dtype = q_desc.dtype
+    POLY: tl.constexpr = 0 if MASKED else EXP2_POLY  # the polynomial only where nothing is masked (fwd.exp2)
     # Counting blocks rather than rows cut the registers of hd128 (32, 64) tiles
     # from 255 (spilling) to 229 (see docs/tuning-triton.md).
     for i in range(0, (hi - lo) // BLOCK_M):
@@ -80,7 +82,7 @@ def _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, of
             do = do.to(tl.float32)
         lse2 = tl.load(lse2_ptr + row_base + offs_m)
         delta = tl.load(delta_ptr + row_base + offs_m)
-        p_t = tl.math.exp2(tl.dot(k, q.T) * qk_scale - lse2[None, :])  # (keys, rows)
+        p_t = exp2(tl.dot(k, q.T) * qk_scale - lse2[None, :], POLY)  # (keys, rows)
         if MASKED and CAUSAL:
             p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + (seqlen_k - seqlen_q), p_t, 0.0)
         dv = tl.dot(to_operand(p_t, dtype, UPCAST), do, dv)
@@ -94,7 +96,7 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delt
                      q_strides, k_strides, v_strides, do_strides, dk_strides, dv_strides,
                      seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                     UPCAST: tl.constexpr):
+                     UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     batch = bh // nheads_kv
@@ -115,9 +117,9 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delt
         do_desc = head_view(do_ptr, do_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
         row_base = (batch * nheads + head) * seqlen_q_pad
         dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, offs_n, lo, full_start,
-                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, CAUSAL, True, UPCAST)
+                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, CAUSAL, True, UPCAST, EXP2_POLY)
         dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, offs_n, full_start, end,
-                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, CAUSAL, False, UPCAST)
+                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, CAUSAL, False, UPCAST, EXP2_POLY)
     dk_desc = head_view(dk_ptr, dk_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
     dv_desc = head_view(dv_ptr, dv_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
     dk_desc.store([start_n, 0], to_operand(dk * softmax_scale, dk_desc.dtype, UPCAST).to(dk_desc.dtype))
@@ -126,8 +128,10 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delt
 
 @triton.jit
 def _dq_steps(dq, q, do, lse2, delta, k_desc, v_desc, offs_m, lo, hi, seqlen_q, seqlen_k, qk_scale,
-              BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+              BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
+              EXP2_POLY: tl.constexpr):
     dtype = k_desc.dtype
+    POLY: tl.constexpr = 0 if MASKED else EXP2_POLY
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         k = k_desc.load([start_n, 0])
@@ -135,7 +139,7 @@ def _dq_steps(dq, q, do, lse2, delta, k_desc, v_desc, offs_m, lo, hi, seqlen_q, 
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        p = tl.math.exp2(tl.dot(q, k.T) * qk_scale - lse2[:, None])
+        p = exp2(tl.dot(q, k.T) * qk_scale - lse2[:, None], POLY)
         if MASKED and CAUSAL:
             offs_n = start_n + tl.arange(0, BLOCK_N)
             p = tl.where(offs_n[None, :] <= offs_m[:, None] + (seqlen_k - seqlen_q), p, 0.0)
@@ -149,7 +153,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse2_ptr, delta_ptr,
                    q_strides, k_strides, v_strides, do_strides, dq_strides,
                    seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                   UPCAST: tl.constexpr):
+                   UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
     pid_m = tl.program_id(0)
     if CAUSAL:  # the last query blocks see the most keys: start them first
         pid_m = tl.num_programs(0) - 1 - pid_m
@@ -171,9 +175,9 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse2_ptr, delta_ptr,
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     full_end, end = kv_block_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
     dq = _dq_steps(dq, q, do, lse2, delta, k_desc, v_desc, offs_m, 0, full_end, seqlen_q, seqlen_k, qk_scale,
-                   BLOCK_N, CAUSAL, False, UPCAST)
+                   BLOCK_N, CAUSAL, False, UPCAST, EXP2_POLY)
     dq = _dq_steps(dq, q, do, lse2, delta, k_desc, v_desc, offs_m, full_end, end, seqlen_q, seqlen_k, qk_scale,
-                   BLOCK_N, CAUSAL, True, UPCAST)
+                   BLOCK_N, CAUSAL, True, UPCAST, EXP2_POLY)
     dq_desc = head_view(dq_ptr, dq_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
     dq_desc.store([start_m, 0], to_operand(dq * softmax_scale, dq_desc.dtype, UPCAST).to(dq_desc.dtype))
 
@@ -211,6 +215,7 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
         bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout), bsh_strides(dk), bsh_strides(dv),
         seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
         HEAD_DIM=d, BLOCK_M=dkdv_t.block_m, BLOCK_N=dkdv_t.block_n, CAUSAL=causal, UPCAST=upcast,
+        EXP2_POLY=0 if upcast else dkdv_t.exp2_poly,
         num_warps=dkdv_t.num_warps, num_stages=dkdv_t.num_stages, maxnreg=dkdv_t.max_regs,
     )
 
@@ -219,6 +224,7 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
         q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),
         bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
         HEAD_DIM=d, BLOCK_M=dq_t.block_m, BLOCK_N=dq_t.block_n, CAUSAL=causal, UPCAST=upcast,
+        EXP2_POLY=0 if upcast else dq_t.exp2_poly,
         num_warps=dq_t.num_warps, num_stages=dq_t.num_stages, maxnreg=dq_t.max_regs,
     )
     return dq, dk, dv

@@ -14,7 +14,14 @@ Scores stay in the log2 domain: the softmax scale times log2(e) is folded into
 one multiply so that exp2 replaces exp. The key loop is split in two: key
 blocks that every query row of the block sees in full (no mask), then the few
 blocks on the causal diagonal or the sequence tail (masked).
+
+`Tiles.exp2_poly` moves one exp2 in every N of the unmasked blocks from the
+MUFU unit to a polynomial on the FMA pipe (FA4's trick; see `exp2`). On an
+H200 it did not pay in the forward (docs/tuning-triton.md), so the forward
+tables leave it off.
 """
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -24,6 +31,66 @@ from kernels.triton.tiles import Tiles, fwd_tiles, padded_head_dim
 
 LOG2E = 1.4426950408889634
 LN2 = tl.constexpr(0.6931471805599453)
+
+# 2^f on [0, 1) as 1 + f (c1 + f (c2 + f c3)): minimax in relative error with p(0) = 1, fitted by
+# iteratively reweighted least squares; max relative error 8.6e-5 (float32), far under bf16's 2^-9 on P.
+EXP2_POLY_COEFFS = (0.6951168179512024, 0.22764497995376587, 0.0770670548081398)
+EXP2_POLY_CLAMP = -127.0  # below this the result only needs to be ~0 (2^-127), and the exponent field stays >= 0
+_ROUND_MAGIC = 12582912.0  # 1.5 * 2^23: x + this, rounded down, holds floor(x) in its low mantissa bits
+
+
+def _f32_hex(x: float) -> str:
+    return "0f" + struct.pack(">f", x).hex().upper()
+
+
+def exp2_asm(pack: int) -> str:
+    """PTX for `pack` float32 elements: the last by the polynomial (Cody-Waite), the others by ex2.approx.
+
+    For x <= 0: n = floor(max(x, -127)) through a round-down add of 1.5 * 2^23,
+    f = x - n in [0, 1), 2^x = p(f) * 2^n with n added into p's exponent bits.
+    """
+    c1, c2, c3 = (_f32_hex(c) for c in EXP2_POLY_COEFFS)
+    magic = _f32_hex(_ROUND_MAGIC)
+    mufu = [f"ex2.approx.ftz.f32 ${i}, ${pack + i};" for i in range(pack - 1)]
+    out, x = f"${pack - 1}", f"${2 * pack - 1}"
+    poly = [
+        f"max.ftz.f32 xc, {x}, {_f32_hex(EXP2_POLY_CLAMP)};",
+        f"add.rm.ftz.f32 r, xc, {magic};",
+        f"sub.ftz.f32 f, r, {magic};",
+        "sub.ftz.f32 f, xc, f;",
+        f"fma.rn.ftz.f32 p, f, {c3}, {c2};",
+        f"fma.rn.ftz.f32 p, p, f, {c1};",
+        "fma.rn.ftz.f32 p, p, f, 0f3F800000;",
+        "shl.b32 r, r, 23;",
+        f"add.s32 {out}, p, r;",
+    ]
+    return "{ .reg .b32 xc, r, f, p; " + " ".join(mufu + poly) + " }"
+
+
+EXP2_ASM_2 = tl.constexpr(exp2_asm(2))
+EXP2_ASM_4 = tl.constexpr(exp2_asm(4))
+EXP2_ASM_8 = tl.constexpr(exp2_asm(8))
+
+
+@triton.jit
+def exp2(x, POLY: tl.constexpr):
+    """exp2 of float32 `x` <= 0; one element in every POLY (0: none) by the polynomial, the rest on the MUFU.
+
+    The polynomial maps x < -127, -inf included, to ~2^-127 rather than 0:
+    the kernels use it only where no entry is masked, so that a row's sum of
+    P is zero exactly when the row saw no key.
+    """
+    if POLY == 0:
+        return tl.math.exp2(x)
+    elif POLY == 2:
+        return tl.inline_asm_elementwise(EXP2_ASM_2, "=r,=r,r,r", [x], dtype=tl.float32, is_pure=True, pack=2)
+    elif POLY == 4:
+        return tl.inline_asm_elementwise(EXP2_ASM_4, "=r,=r,=r,=r,r,r,r,r", [x], dtype=tl.float32, is_pure=True,
+                                         pack=4)
+    else:
+        tl.static_assert(POLY == 8, "exp2 POLY must be one of 0, 2, 4, 8")
+        return tl.inline_asm_elementwise(EXP2_ASM_8, "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r", [x],
+                                         dtype=tl.float32, is_pure=True, pack=8)
 
 
 @triton.jit
@@ -81,8 +148,8 @@ def causal_keep(offs_m, offs_n, seqlen_q, seqlen_k, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def online_softmax(qk, m_i, l_i, qk_scale, MASKED: tl.constexpr):
-    """One step of the online softmax on raw scores `qk` (masked entries -inf).
+def online_softmax(qk, m_i, l_i, qk_scale, MASKED: tl.constexpr, EXP2_POLY: tl.constexpr = 0):
+    """One step of the online softmax on raw scores `qk` (masked entries -inf; then EXP2_POLY must be 0).
 
     Returns p = exp2(qk * qk_scale - m_new), the rescale factor alpha for the
     running output, and the new running max m (log2 domain) and row sum l.
@@ -93,7 +160,7 @@ def online_softmax(qk, m_i, l_i, qk_scale, MASKED: tl.constexpr):
         m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_sub = m_new
-    p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
+    p = exp2(qk * qk_scale - m_sub[:, None], EXP2_POLY)
     alpha = tl.math.exp2(m_i - m_sub)
     l_new = l_i * alpha + tl.sum(p, 1)
     return p, alpha, m_new, l_new
@@ -111,8 +178,11 @@ def softmax_epilogue(acc, m_i, l_i):
 
 @triton.jit
 def _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, lo, hi, seqlen_q, seqlen_k, qk_scale,
-            BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr):
+            BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
+            EXP2_POLY: tl.constexpr):
+    """Key blocks [lo, hi) folded into the running (acc, m, l)."""
     dtype = k_desc.dtype
+    POLY: tl.constexpr = 0 if MASKED else EXP2_POLY  # the polynomial only where nothing is masked (see exp2)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         k = k_desc.load([start_n, 0])
@@ -122,7 +192,7 @@ def _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, lo, hi, seqlen_q, seqlen_k
         if MASKED:
             offs_n = start_n + tl.arange(0, BLOCK_N)
             qk = tl.where(causal_keep(offs_m, offs_n, seqlen_q, seqlen_k, CAUSAL), qk, float("-inf"))
-        p, alpha, m_i, l_i = online_softmax(qk, m_i, l_i, qk_scale, MASKED)
+        p, alpha, m_i, l_i = online_softmax(qk, m_i, l_i, qk_scale, MASKED, POLY)
         v = v_desc.load([start_n, 0])
         if UPCAST:
             v = v.to(tl.float32)
@@ -136,7 +206,7 @@ def _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, lo, hi, seqlen_q, seqlen_k
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, v_strides, o_strides,
                      seqlen_q, seqlen_k, nheads, group, head_dim, qk_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     CAUSAL: tl.constexpr, UPCAST: tl.constexpr):
+                     CAUSAL: tl.constexpr, UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
     pid_m = tl.program_id(0)
     if CAUSAL:  # the last query blocks see the most keys: start them first
         pid_m = tl.num_programs(0) - 1 - pid_m
@@ -159,9 +229,9 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, 
 
     full_end, end = kv_block_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
     acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, 0, full_end, seqlen_q, seqlen_k, qk_scale,
-                            BLOCK_N, CAUSAL, False, UPCAST)
+                            BLOCK_N, CAUSAL, False, UPCAST, EXP2_POLY)
     acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, full_end, end, seqlen_q, seqlen_k, qk_scale,
-                            BLOCK_N, CAUSAL, True, UPCAST)
+                            BLOCK_N, CAUSAL, True, UPCAST, EXP2_POLY)
 
     out, lse = softmax_epilogue(acc, m_i, l_i)
     o_desc = head_view(o_ptr, o_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
@@ -205,6 +275,7 @@ def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None
         q, k, v, out, lse, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(out),
         seqlen_q, seqlen_k, nheads, nheads // nheads_kv, head_dim, softmax_scale * LOG2E,
         HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
-        UPCAST=interpreting(), num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs,
+        UPCAST=interpreting(), EXP2_POLY=0 if interpreting() else tiles.exp2_poly,
+        num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs,
     )
     return out, lse

@@ -21,7 +21,12 @@ class Tiles:
     block_n: int  # keys per tile
     num_warps: int
     num_stages: int  # software-pipelining depth of the main loop
-    max_regs: int | None = None  # Triton's maxnreg: a cap that lets two programs share an SM
+    max_regs: int | None = None  # Triton's maxnreg: a cap that lets more programs share an SM
+    exp2_poly: int = 0  # one exp2 in every exp2_poly (0: none) by a polynomial on the FMA pipe (kernels/triton/fwd.py)
+
+    def __post_init__(self):
+        if self.exp2_poly not in (0, 2, 4, 8):
+            raise ValueError(f"exp2_poly must be 0, 2, 4 or 8, got {self.exp2_poly}")
 
 
 @dataclass(frozen=True)
@@ -34,16 +39,16 @@ class BwdTiles:
 FWD_TILES_SM90 = {
     (64, False): Tiles(128, 128, 8, 3, max_regs=128),
     (64, True): Tiles(128, 128, 8, 3, max_regs=128),
-    (128, False): Tiles(128, 64, 8, 2, max_regs=128),
-    (128, True): Tiles(64, 64, 4, 3),
+    (128, False): Tiles(64, 128, 4, 1, max_regs=168),  # three programs per SM (16 B spilled)
+    (128, True): Tiles(64, 128, 4, 1, max_regs=168),
     (256, False): Tiles(128, 64, 8, 2),
     (256, True): Tiles(128, 64, 8, 2),
 }
 BWD_TILES_SM90 = {
     (64, False): BwdTiles(Tiles(64, 64, 4, 2), Tiles(128, 64, 8, 2)),
     (64, True): BwdTiles(Tiles(64, 64, 4, 2), Tiles(64, 64, 4, 2)),
-    (128, False): BwdTiles(Tiles(32, 64, 4, 3), Tiles(64, 64, 4, 2)),
-    (128, True): BwdTiles(Tiles(32, 64, 4, 3), Tiles(64, 32, 4, 3)),
+    (128, False): BwdTiles(Tiles(32, 64, 4, 3, exp2_poly=8), Tiles(128, 32, 8, 3)),
+    (128, True): BwdTiles(Tiles(32, 64, 4, 3), Tiles(64, 64, 4, 2)),
     (256, False): BwdTiles(Tiles(64, 64, 8, 2), Tiles(128, 32, 8, 2)),
     (256, True): BwdTiles(Tiles(64, 64, 8, 2), Tiles(128, 64, 8, 1)),
 }

@@ -11,13 +11,16 @@ small epsilon (for gradients: the reference's own rounding to the dtype). It is
 applied to the max abs error (catches local bugs: masks, tails) and to the
 relative L2 error (catches small global ones: a scale off by 1%).
 """
+from dataclasses import replace
+
 import pytest
 import torch
 
 import kernels
 from kernels.reference import attention_backward_ref, attention_ref
 from kernels.triton import attention_backward_triton, attention_forward_triton
-from kernels.triton.fwd import interpreting
+from kernels.triton.fwd import EXP2_POLY_CLAMP, EXP2_POLY_COEFFS, interpreting
+from kernels.triton.tiles import BwdTiles, Tiles, bwd_tiles, fwd_tiles
 
 # CPU tests run the kernels in the interpreter (conftest sets TRITON_INTERPRET=1 where there is no GPU).
 on_interpreter = pytest.mark.skipif(not interpreting(), reason="CPU Triton kernels need TRITON_INTERPRET=1")
@@ -102,6 +105,28 @@ def test_forward_backward_match_reference(case, monkeypatch):
     assert_grads_close((qg.grad, kg.grad, vg.grad), q, k, v, dout, causal)
 
 
+def test_exp2_polynomial_accuracy():
+    """The polynomial exp2 (kernels/triton/fwd.py: exp2_asm), emulated in float32 on fresh random inputs."""
+    g = torch.Generator().manual_seed(17)
+    x = torch.empty(1 << 20).uniform_(-126.0, 0.0, generator=g)
+    x[:4] = torch.tensor([0.0, -1.0, -0.5, -126.0])  # the ends of the range and an exact integer
+    xc = x.clamp(min=EXP2_POLY_CLAMP)
+    n = torch.floor(xc)
+    f = xc - n
+    c1, c2, c3 = (torch.tensor(c, dtype=torch.float32) for c in EXP2_POLY_COEFFS)
+    p = torch.addcmul(c2, f, c3)
+    p = torch.addcmul(c1, p, f)
+    p = torch.addcmul(torch.tensor(1.0), p, f)
+    y = torch.ldexp(p, n)
+    rel = ((y.double() - torch.exp2(x.double())) / torch.exp2(x.double())).abs().max().item()
+    assert rel < 1e-4  # the fit's 8.6e-5 plus float32 rounding; bf16 P rounds at 2e-3
+
+
+def test_tiles_reject_unknown_exp2_split():
+    with pytest.raises(ValueError, match="exp2_poly"):
+        Tiles(64, 64, 4, 2, exp2_poly=3)
+
+
 @on_interpreter
 def test_backward_uses_given_out_and_lse(monkeypatch):
     """The FP8 path feeds its own out/lse: the backward must use them, not recompute them."""
@@ -157,6 +182,21 @@ def test_gpu_large_shapes(case, deterministic, monkeypatch):
     assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float32)
     out.backward(dout)
     assert_grads_close((qg.grad, kg.grad, vg.grad), q, k, v, dout, causal, ref_dtype=torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("exp2_poly", [2, 8])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_exp2_polynomial(exp2_poly, causal):
+    """The tuned tiles with a share of the exp2s on the polynomial (the inline PTX), forward and backward."""
+    q, k, v, dout = random_qkv(2, 4133, 4133, 8, 8, 128, torch.bfloat16, "cuda", seed=19 + exp2_poly)
+    fwd_t = replace(fwd_tiles(128, causal, q.device), exp2_poly=exp2_poly)
+    bwd_t = bwd_tiles(128, causal, q.device)
+    bwd_t = BwdTiles(replace(bwd_t.dkdv, exp2_poly=exp2_poly), replace(bwd_t.dq, exp2_poly=exp2_poly))
+    out, lse = attention_forward_triton(q, k, v, 128 ** -0.5, causal, tiles=fwd_t)
+    assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float32)
+    grads = attention_backward_triton(dout, q, k, v, out, lse, 128 ** -0.5, causal, tiles=bwd_t)
+    assert_grads_close(grads, q, k, v, dout, causal, ref_dtype=torch.float32)
 
 
 @pytest.mark.gpu
