@@ -4,6 +4,7 @@
 #   bash experiments/h200_session.sh train   # training runs, side by side (not timed), + the GPU test suite
 #   bash experiments/h200_session.sh bench   # timed work, alone on the GPU: GPT-2 throughput, paper tables
 #   bash experiments/h200_session.sh fp8     # only the FP8 training runs of `train` (BF16 vs FP8, quant sweep)
+#   bash experiments/h200_session.sh kernels # after a kernel change: the GPU kernel tests, then the paper's kernel tables
 #
 # Expects the project's dependencies importable (offline: fp8train-wheelhouse, README) and
 # tinyshakespeare.txt under $FP8TRAIN_DATA_DIR. Run dirs go to runs/h200/, tables to results/h200/;
@@ -98,11 +99,21 @@ phase_bench() {
   tail -5 "$OUT/paper.log"
 }
 
+phase_kernels() {
+  timeout 240 python3 -m pytest -q -n 4 -m "gpu or hopper" -p no:cacheprovider tests/kernels > "$OUT/gpu_tests.log" 2>&1
+  tail -3 "$OUT/gpu_tests.log"
+  python3 -m experiments.paper all --out results/h200/paper \
+    --impls ours-gluon,ours-triton,ours-fp8,ours-fp8-gluon,ours-fp8-triton,ours-fp8-kernel,ours-bf16,sdpa-cudnn,sdpa-flash,fa3,fa3-fp8,ours-gluon-no-pipelining,ours-gluon-no-warp-specialization,ours-gluon-no-pingpong \
+    > "$OUT/paper.log" 2>&1
+  tail -5 "$OUT/paper.log"
+}
+
 case "${1:-}" in
   train) phase_train ;;
+  kernels) phase_kernels ;;
   fp8) phase_fp8 ;;
   bench) phase_bench ;;
-  *) echo "usage: $0 train|fp8|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 train|fp8|bench|kernels" >&2; exit 2 ;;
 esac
 # Bring back what the phase made: metrics, summaries and configs, not W&B binaries or checkpoints.
 tar czf "$OUT/h200_$1.tgz" --exclude='*/wandb/*' --exclude='*/checkpoints/*' "$R" results/h200 2>/dev/null
