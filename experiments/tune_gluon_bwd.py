@@ -9,7 +9,10 @@ bf16 error plus the reference's rounding), `stats` (registers, spills, shared
 memory as the driver loaded the kernels), `bench` (median backward times from
 triton.testing.do_bench at 16k tokens x hidden 2048, next to cuDNN SDPA's
 backward and our Triton backward; FLOPs = kernels.flops mode "bwd", 2.5x the
-forward's). Results go to <out>/tune_gluon_bwd.json; a table is printed last.
+forward's), `pytest` (the GPU tests of tests/kernels/test_gluon_backward.py).
+The default tile and the alternatives in ALTERNATIVES are checked on every
+shape; a tile is timed only if all its checks passed. Results go to
+<out>/tune_gluon_bwd.json; a table is printed last.
 """
 import argparse
 import json
@@ -21,7 +24,6 @@ from experiments.stages import json_rows, run as run_child
 
 HEAD_DIMS = (128, 64)
 SEQLENS = (1024, 2048, 4096, 8192, 16384)
-TILE_SEQLENS = (2048, 16384)  # where the tile alternatives (ALTERNATIVES) are timed too
 TOKENS, HIDDEN = 16384, 2048
 # batch, seqlen_q, seqlen_k, nheads, nheads_kv: tails everywhere, GQA, seqlen_q > seqlen_k (causal: rows that
 # see no key) and seqlen_q < seqlen_k.
@@ -44,15 +46,13 @@ def _autograd(q, k, v, dout, causal, dtype):
 
 
 def check_stage(head_dim, tile_names):
-    """The default tile and "nows" on every shape, the other alternatives on two bf16 ones."""
     import torch
     tiles = dict(default=None, **_alternatives(head_dim))
-    for dtype in (torch.bfloat16, torch.float16):
-        for causal in (False, True):
-            for i, shape in enumerate(CHECK_SHAPES):
-                for name in tile_names:
-                    if name in ("default", "nows") or (i in (1, 3) and dtype == torch.bfloat16):
-                        _check_one(shape, head_dim, dtype, causal, name, tiles[name])
+    for name in tile_names:
+        for dtype in (torch.bfloat16, torch.float16):
+            for causal in (False, True):
+                for shape in CHECK_SHAPES:
+                    _check_one(shape, head_dim, dtype, causal, name, tiles[name])
 
 
 def _check_one(shape, head_dim, dtype, causal, tile_name, tile):
@@ -94,7 +94,7 @@ def stats_stage():
     from kernels.gluon.bwd import BwdVariant, compile_backward
     for d in HEAD_DIMS:
         for causal in (False, True):
-            for name, tile in [("default", None), ("nows", _alternatives(d)["nows"])]:
+            for name, tile in [("default", None)] + list(_alternatives(d).items()):
                 ck = compile_backward(BwdVariant(torch.bfloat16, d, causal, tile))
                 ck._init_handles()
                 print(json.dumps(dict(stage="stats", head_dim=d, causal=causal, tile=name, n_regs=ck.n_regs,
@@ -107,18 +107,16 @@ def _time(fn):
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
-ALTERNATIVES = ("nows", "stages2")
+ALTERNATIVES = ("split", )
 
 
 def _alternatives(head_dim):
-    """Tile variants next to the default: no warp specialization, a 2-deep Q/dO ring."""
-    from dataclasses import replace
-    from kernels.gluon.bwd import BWD_TILES
-    base = BWD_TILES[head_dim]
-    return {"nows": replace(base, warp_specialize=False), "stages2": replace(base, stages=2)}
+    """Tile variants next to the default (kernels.gluon.bwd_report.alternative_tiles)."""
+    from kernels.gluon.bwd_report import alternative_tiles
+    return {name: tile for name, tile in alternative_tiles(head_dim).items() if name in ALTERNATIVES}
 
 
-def _bench(batch, seqlen, nheads, head_dim, causal, alternatives=False, no_ws=False):
+def _bench(batch, seqlen, nheads, head_dim, causal, tile_names):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from kernels.flops import attention_flops, tflops_per_s
@@ -130,11 +128,11 @@ def _bench(batch, seqlen, nheads, head_dim, causal, alternatives=False, no_ws=Fa
     out, lse = attention_forward_triton(q, k, v, scale, causal)
     flops = attention_flops(batch, seqlen, nheads, head_dim, causal, mode="bwd")
     row = dict(stage="bench", batch=batch, seqlen=seqlen, nheads=nheads, head_dim=head_dim, causal=causal)
-    default = _alternatives(head_dim)["nows"] if no_ws else None
-    timed = {"gluon": lambda: attention_backward(dout, q, k, v, out, lse, scale, causal, tile=default),
-             "triton": lambda: attention_backward_triton(dout, q, k, v, out, lse, scale, causal)}
-    for name, tile in (_alternatives(head_dim).items() if alternatives else ()):
-        timed[f"gluon_{name}"] = lambda tile=tile: attention_backward(dout, q, k, v, out, lse, scale, causal, tile=tile)
+    tiles = dict(default=None, **_alternatives(head_dim))
+    timed = {"triton": lambda: attention_backward_triton(dout, q, k, v, out, lse, scale, causal)}
+    for name in tile_names:
+        timed["gluon" if name == "default" else f"gluon_{name}"] = (
+            lambda tile=tiles[name]: attention_backward(dout, q, k, v, out, lse, scale, causal, tile=tile))
     for name, fn in timed.items():
         try:
             ms = _time(fn)
@@ -152,12 +150,11 @@ def _bench(batch, seqlen, nheads, head_dim, causal, alternatives=False, no_ws=Fa
     print(json.dumps(row), flush=True)
 
 
-def bench_stage(seqlens, no_ws):
+def bench_stage(seqlens, tile_names):
     for d in HEAD_DIMS:
         for causal in (False, True):
             for s in seqlens:
-                _bench(TOKENS // s, s, HIDDEN // d, d, causal, alternatives=s in TILE_SEQLENS and not no_ws,
-                       no_ws=no_ws)
+                _bench(TOKENS // s, s, HIDDEN // d, d, causal, tile_names)
 
 
 def _run_stage(args, timeout, log):
@@ -193,16 +190,15 @@ def main():
     parser.add_argument("--out", default=".")
     parser.add_argument("--stage", choices=["check", "stats", "bench"])
     parser.add_argument("--head-dim", type=int)
-    parser.add_argument("--tiles", default="default", help="check: tile names, comma-separated")
+    parser.add_argument("--tiles", default="default", help="check, bench: tile names, comma-separated")
     parser.add_argument("--seqlens", default=",".join(map(str, SEQLENS)), help="bench seqlens, comma-separated")
-    parser.add_argument("--no-ws", action="store_true", help="bench the kernel without warp specialization")
     args = parser.parse_args()
     if args.stage == "check":
         return check_stage(args.head_dim, args.tiles.split(","))
     if args.stage == "stats":
         return stats_stage()
     if args.stage == "bench":
-        return bench_stage([int(x) for x in args.seqlens.split(",")], args.no_ws)
+        return bench_stage([int(x) for x in args.seqlens.split(",")], args.tiles.split(","))
 
     import torch
     import triton
@@ -212,17 +208,21 @@ def main():
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
     rows = []
     with open(out / "tune_gluon_bwd.log", "w") as log:
-        # Without warp specialization first: if the warp-specialized kernel hangs, this one is still checked.
-        for tiles, timeout in (("nows", 50), ("default,stages2", 90)):
-            for d in HEAD_DIMS:
-                rows += _run_stage(["--stage", "check", "--head-dim", str(d), "--tiles", tiles], timeout, log)
+        names = ("default", ) + ALTERNATIVES  # the default first: a hang of an alternative spares its checks
+        for d in HEAD_DIMS:
+            rows += _run_stage(["--stage", "check", "--head-dim", str(d), "--tiles", ",".join(names)], 90, log)
         rows += _run_stage(["--stage", "stats"], 30, log)
-        # A default (warp-specialized) kernel that failed or hung its checks is not timed: bench the other.
-        checked = [r for r in rows if r["stage"] == "check" and r["tile"] == "default"]
-        ws_ok = len(checked) == 2 * 2 * len(HEAD_DIMS) * len(CHECK_SHAPES) and all(r["ok"] for r in checked)
-        rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens] + ([] if ws_ok else ["--no-ws"]), 150, log)
-    (out / "tune_gluon_bwd.json").write_text(json.dumps(rows, indent=1))
+        # A tile that failed or hung any check is not timed.
+        per_tile = 2 * 2 * len(HEAD_DIMS) * len(CHECK_SHAPES)
+        passed = [n for n in names
+                  if sum(r["ok"] for r in rows if r["stage"] == "check" and r["tile"] == n) == per_tile]
+        if passed:
+            rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens, "--tiles", ",".join(passed)], 150, log)
+        (out / "tune_gluon_bwd.json").write_text(json.dumps(rows, indent=1))
+        pytest_out, _, _ = run_child([sys.executable, "-m", "pytest", "-q", "-m", "gpu",
+                                      "tests/kernels/test_gluon_backward.py"], 50, log, "pytest")
     _table(rows)
+    print("\npytest (GPU tests, default tile):", (pytest_out.strip().splitlines() or ["no output"])[-1])
 
 
 if __name__ == "__main__":

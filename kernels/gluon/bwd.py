@@ -41,23 +41,36 @@ STAT_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, ra
 @dataclass(frozen=True)
 class BwdTile:
     block_m: int  # query rows per step (one warpgroup's dQ_partial: 64)
-    block_n: int  # keys per program, split 16 per warp
+    block_n: int  # keys per program: two MMA warpgroups of 4 warps, 16 keys per warp
     stages: int  # Q/dO ring depth
-    num_warps: int  # block_n / 16
     warp_specialize: bool = True  # a worker warpgroup issues the loads and the dQ atomics
+    # Each MMA warpgroup its own partition with its own keys and dQ_partial: no barrier in common.
+    split_warpgroups: bool = False
 
     def __post_init__(self):
-        if self.block_n != 16 * self.num_warps or self.block_m != 64:
-            raise ValueError(f"a backward tile needs block_m 64 and block_n = 16 * num_warps, got {self}")
+        if self.block_m != 64 or self.block_n != 128:
+            raise ValueError(f"a backward tile needs block_m 64 and block_n 128, got {self}")
+        if self.split_warpgroups and not self.warp_specialize:
+            raise ValueError(f"split warpgroups need warp specialization, got {self}")
+
+    @property
+    def mma_partitions(self):
+        return 2 if self.split_warpgroups else 1
+
+    @property
+    def num_warps(self):
+        """Warps of the launch's (default) partition: all MMA warps, or the first MMA warpgroup when split."""
+        return self.block_n // 16 // self.mma_partitions
 
 
-# Head dim -> tile. Shared memory (of 227 KB), 16-bit: K + V + stages * (Q + dO) + 2 dS^T buffers, and with
-# warp specialization the float32 dQ_partial hand-over: hd128 32 + 32 + 3 * 32 + 32 + 32 = 224 KB (plus 1.5 KB
-# of LSE2/delta), hd64 16 + 16 + 3 * 16 + 32 + 16 = 128 KB. Registers per MMA thread (256): dK + dV accumulators
-# 2 * (128 * d / 256), S^T and dP^T 2 * 32, dQ_partial 64 * d / 256.
+# Head dim -> tile. Shared memory (of 227 KB), 16-bit: K + V + stages * (Q + dO) + 2 dS^T buffers + the float32
+# dQ_partial hand-over (one per MMA partition): hd128 32 + 32 + 3 * 32 + 32 + 32 = 224 KB (plus 1.5 KB of
+# LSE2/delta), hd64 16 + 16 + 3 * 16 + 32 + 16 = 128 KB. Registers per MMA thread (256): dK + dV accumulators
+# 2 * (128 * d / 256), S^T and dP^T 2 * 32, dQ_partial 64 * d / 256. Split warpgroups measured 2-16% slower
+# (docs/tuning-gluon.md, B3): the second float32 hand-over costs more shared-memory traffic than the overlap gains.
 BWD_TILES = {
-    64: BwdTile(block_m=64, block_n=128, stages=3, num_warps=8),
-    128: BwdTile(block_m=64, block_n=128, stages=3, num_warps=8),
+    64: BwdTile(block_m=64, block_n=128, stages=3),
+    128: BwdTile(block_m=64, block_n=128, stages=3),
 }
 
 
@@ -74,7 +87,8 @@ class BwdVariant:
         return self.tile_override or BWD_TILES[self.head_dim]
 
     def constexprs(self):
-        return dict(CAUSAL=self.causal, STAGES=self.tile.stages, WARP_SPECIALIZE=self.tile.warp_specialize)
+        return dict(CAUSAL=self.causal, STAGES=self.tile.stages, WARP_SPECIALIZE=self.tile.warp_specialize,
+                    MMA_PARTITIONS=self.tile.mma_partitions)
 
     def options(self):
         opts = dict(num_warps=self.tile.num_warps)
@@ -83,10 +97,10 @@ class BwdVariant:
         return opts
 
     def descriptors(self, q, k, v, dout, dk, dv, lse2, delta):
-        """TMA descriptors: 4-D with boxes of one (batch, head), Q/dO blocks of block_m rows, K/V/dK/dV of block_n;
-        LSE2 and delta flat 1-D, block_m values per box."""
+        """TMA descriptors: 4-D with boxes of one (batch, head), Q/dO blocks of block_m rows, K/V/dK/dV of one MMA
+        partition's keys; LSE2 and delta flat 1-D, block_m values per box."""
         q_block = [1, self.tile.block_m, 1, self.head_dim]
-        kv_block = [1, self.tile.block_n, 1, self.head_dim]
+        kv_block = [1, self.tile.block_n // self.tile.mma_partitions, 1, self.head_dim]
 
         def desc(t, block):
             layout = gl.NVMMASharedLayout.get_default_for(block, GL_DTYPES[t.dtype])

@@ -15,12 +15,24 @@ dK and dV stay in registers until the end; dQ_partial goes to a float32
 accumulator with relaxed atomic adds. The softmax scale is folded into dS, so
 neither dK nor the accumulator needs a rescale afterwards.
 
+MMA_PARTITIONS says how the two MMA warpgroups share the work. 1: one 8-warp
+partition, dQ_partial = dS K over all BLOCK_N keys with the warpgroups
+splitting head_dim, so both warpgroups meet at a barrier once per query block
+(lockstep). 2: each warpgroup is its own partition with its own BLOCK_N / 2
+keys (K/V boxes of that many rows) and its own dQ_partial over them; nothing
+but the query ring and the dQ hand-over ties them, so one warpgroup's
+exp2/dS phase can run under the other's products. Measured 2-16% slower than
+lockstep (the second float32 hand-over; docs/tuning-gluon.md, B3), so the
+default tile keeps 1.
+
 Warp-specialized (WARP_SPECIALIZE): one extra warpgroup issues every TMA load
-(waiting on `q_empty` for ring slots) and adds each dQ_partial, handed over
-through shared memory (`dq_full` / `dq_empty`), to the accumulator, so the MMA
-warpgroups never wait for loads to be issued nor for atomics; setmaxnreg gives
-the MMA warpgroups 240 registers. Without it the MMA warpgroups issue loads and
-atomics themselves.
+(waiting on `q_empty` for ring slots) and adds the dQ_partials, handed over
+through shared memory (`dq_full` / `dq_empty`, one buffer per MMA partition,
+summed before the atomics), to the accumulator, so the MMA warpgroups never
+wait for loads to be issued nor for atomics; setmaxnreg gives the MMA
+warpgroups 240 registers (232 to the first of two split ones: the launch's
+168 per thread caps the total). Without it one 8-warp partition issues loads
+and atomics itself.
 
 Query tails need no mask: TMA zero-fills Q/dO rows past seqlen_q and their
 padded LSE2 is +inf, so P = 0 there. Key tails need none either: padded K/V
@@ -33,8 +45,10 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.language.core import _aggregate as aggregate
 
-# Registers per thread of the load/reduce warpgroup after setmaxnreg; the 8 MMA warps take the rest of 64K (240).
+# Registers per thread after setmaxnreg: the load/reduce warpgroup, and (two partitions) the second MMA
+# warpgroup; the default partition takes the rest of 64K (240).
 WORKER_REGS = gl.constexpr(32)
+MMA_REGS = gl.constexpr(240)
 
 
 @gluon.constexpr_function
@@ -121,10 +135,13 @@ class Work:
 class Buffers:
     """Descriptors, shared memory and mbarriers of one program.
 
+    K and V are held as MMA_PARTITIONS boxes of keys, one per MMA partition.
     The query ring holds STAGES slots of Q, dO (block_m rows), LSE2 and delta,
-    each slot filled by TMA onto `ready` and handed back on `q_empty`. dS^T is
-    double-buffered (one warpgroup may write the next while the other still
-    reads this one for dQ); dq (float32) is the hand-over to the reducing warps.
+    each slot filled by TMA onto `ready` and handed back on `q_empty` (one
+    arrival per MMA partition). dS^T has two buffers: with one partition they
+    alternate (one warpgroup may write the next while the other still reads
+    this one for dQ), with two each partition owns one. dq (float32, one per
+    MMA partition) is the hand-over to the reducing warps.
     """
     q_desc: tma.tensor_descriptor
     k_desc: tma.tensor_descriptor
@@ -146,10 +163,12 @@ class Buffers:
     dq_full: gl.shared_memory_descriptor
     dq_empty: gl.shared_memory_descriptor
     STAGES: gl.constexpr
+    MMA_PARTITIONS: gl.constexpr
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, q_smem, k_smem, v_smem, do_smem,
-                 lse2_smem, delta_smem, ds_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty, STAGES):
+                 lse2_smem, delta_smem, ds_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty, STAGES,
+                 MMA_PARTITIONS):
         self.q_desc = q_desc
         self.k_desc = k_desc
         self.v_desc = v_desc
@@ -170,46 +189,53 @@ class Buffers:
         self.dq_full = dq_full
         self.dq_empty = dq_empty
         self.STAGES = gl.constexpr(STAGES)
+        self.MMA_PARTITIONS = gl.constexpr(MMA_PARTITIONS)
 
     @gluon.jit
     def create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, STAGES: gl.constexpr,
-               DQ_IN_SMEM: gl.constexpr):
+               MMA_PARTITIONS: gl.constexpr, DQ_IN_SMEM: gl.constexpr):
         BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
-        BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
+        KEYS: gl.constexpr = k_desc.block_type.shape[1]  # per MMA partition
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[3]
         dtype: gl.constexpr = q_desc.dtype
         q_smem = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
         do_smem = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
         lse2_smem = gl.allocate_shared_memory(gl.float32, [STAGES] + lse2_desc.block_type.shape, lse2_desc.layout)
         delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES] + delta_desc.block_type.shape, delta_desc.layout)
-        k_smem = gl.allocate_shared_memory(dtype, k_desc.block_type.shape, k_desc.layout)
-        v_smem = gl.allocate_shared_memory(dtype, v_desc.block_type.shape, v_desc.layout)
-        ds_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, BLOCK_M],
-                                            gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_M], dtype))
+        k_smem = gl.allocate_shared_memory(dtype, [MMA_PARTITIONS] + k_desc.block_type.shape, k_desc.layout)
+        v_smem = gl.allocate_shared_memory(dtype, [MMA_PARTITIONS] + v_desc.block_type.shape, v_desc.layout)
+        ds_smem = gl.allocate_shared_memory(dtype, [2, KEYS, BLOCK_M],
+                                            gl.NVMMASharedLayout.get_default_for([KEYS, BLOCK_M], dtype))
         if DQ_IN_SMEM:
-            dq_smem = gl.allocate_shared_memory(gl.float32, [BLOCK_M, HEAD_DIM],
+            dq_smem = gl.allocate_shared_memory(gl.float32, [MMA_PARTITIONS, BLOCK_M, HEAD_DIM],
                                                 gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], gl.float32))
         else:
             dq_smem = ds_smem  # placeholder: no hand-over without warp specialization
         kv_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        dq_full = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        dq_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        dq_full = gl.allocate_shared_memory(gl.int64, [MMA_PARTITIONS, 1], mbarrier.MBarrierLayout())
+        dq_empty = gl.allocate_shared_memory(gl.int64, [MMA_PARTITIONS, 1], mbarrier.MBarrierLayout())
         mbarrier.init(kv_ready, count=1)
-        mbarrier.init(dq_full, count=1)
-        mbarrier.init(dq_empty, count=1)
+        for g in gl.static_range(MMA_PARTITIONS):
+            mbarrier.init(dq_full.index(g), count=1)
+            mbarrier.init(dq_empty.index(g), count=1)
         for s in gl.static_range(STAGES):
             mbarrier.init(ready.index(s), count=1)
-            mbarrier.init(q_empty.index(s), count=1)
+            mbarrier.init(q_empty.index(s), count=MMA_PARTITIONS)
         return Buffers(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, q_smem, k_smem, v_smem, do_smem,
-                       lse2_smem, delta_smem, ds_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty, STAGES)
+                       lse2_smem, delta_smem, ds_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty, STAGES,
+                       MMA_PARTITIONS)
 
     @gluon.jit
     def load_kv(self, w: Work):
-        mbarrier.expect(self.kv_ready, self.k_desc.block_type.nbytes + self.v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(self.k_desc, [w.batch, w.key0, w.head_kv, 0], self.kv_ready, self.k_smem)
-        tma.async_copy_global_to_shared(self.v_desc, [w.batch, w.key0, w.head_kv, 0], self.kv_ready, self.v_smem)
+        KEYS: gl.constexpr = self.k_desc.block_type.shape[1]
+        mbarrier.expect(self.kv_ready,
+                        self.MMA_PARTITIONS * (self.k_desc.block_type.nbytes + self.v_desc.block_type.nbytes))
+        for g in gl.static_range(self.MMA_PARTITIONS):
+            coord = [w.batch, w.key0 + g * KEYS, w.head_kv, 0]
+            tma.async_copy_global_to_shared(self.k_desc, coord, self.kv_ready, self.k_smem.index(g))
+            tma.async_copy_global_to_shared(self.v_desc, coord, self.kv_ready, self.v_smem.index(g))
 
     @gluon.jit
     def load_query_block(self, w: Work, it):
@@ -243,25 +269,26 @@ def add_dq(dq, dq_acc_ptr, w: Work, head, row0):
 
 
 @gluon.jit
-def store_grad(desc, smem, grad, w: Work):
-    """dK or dV block: registers -> (the now idle K or V buffer) -> TMA store, clipped at seqlen_k."""
+def store_grad(desc, smem, grad, w: Work, key0):
+    """dK or dV rows key0..: registers -> (the now idle K or V box) -> TMA store, clipped at seqlen_k."""
     shape: gl.constexpr = desc.block_type.shape
     smem.reshape([shape[1], shape[3]]).store(grad.to(desc.dtype))
     fence_async_shared()
     gl.thread_barrier()
-    tma.async_copy_shared_to_global(desc, [w.batch, w.key0, w.head_kv, 0], smem)
+    tma.async_copy_shared_to_global(desc, [w.batch, key0, w.head_kv, 0], smem)
 
 
 @gluon.jit
 def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL: gl.constexpr,
-                  WARP_SPECIALIZE: gl.constexpr):
-    """The two MMA warpgroups: every product and the elementwise work of the loop, then dK and dV."""
+                  WARP_SPECIALIZE: gl.constexpr, G: gl.constexpr):
+    """MMA partition G: every product and the elementwise work of the loop over its keys (box G of K/V),
+    then their dK and dV."""
     BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
-    BLOCK_N: gl.constexpr = b.k_desc.block_type.shape[1]
+    KEYS: gl.constexpr = b.k_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
     dtype: gl.constexpr = b.q_desc.dtype
     NW: gl.constexpr = gl.num_warps()
-    gl.static_assert(BLOCK_N == 16 * NW, "the warps split the key block 16 rows each")
+    gl.static_assert(KEYS == 16 * NW, "the warps split the partition's keys 16 rows each")
     gl.static_assert(BLOCK_M == 64, "dQ_partial is one warpgroup's 64 rows")
     s_layout: gl.constexpr = keys_layout(NW, BLOCK_M, dtype)
     kv_layout: gl.constexpr = keys_layout(NW, HEAD_DIM, dtype)
@@ -273,11 +300,14 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
         b.load_kv(w)
         for it in range(gl.minimum(w.total, b.STAGES)):
             b.load_query_block(w, it)
-    k = b.k_smem.reshape([BLOCK_N, HEAD_DIM])
-    v = b.v_smem.reshape([BLOCK_N, HEAD_DIM])
-    keys = w.key0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
-    dk = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, kv_layout)
-    dv = gl.zeros([BLOCK_N, HEAD_DIM], gl.float32, kv_layout)
+    k_box = b.k_smem.index(G)
+    v_box = b.v_smem.index(G)
+    k = k_box.reshape([KEYS, HEAD_DIM])
+    v = v_box.reshape([KEYS, HEAD_DIM])
+    key0 = w.key0 + G * KEYS
+    keys = key0 + gl.arange(0, KEYS, layout=gl.SliceLayout(1, s_layout))
+    dk = gl.zeros([KEYS, HEAD_DIM], gl.float32, kv_layout)
+    dv = gl.zeros([KEYS, HEAD_DIM], gl.float32, kv_layout)
     mbarrier.wait(b.kv_ready, 0)
 
     for it in range(w.total):
@@ -286,16 +316,16 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
         mbarrier.wait(b.ready.index(stage), (it // b.STAGES) & 1)
         q = b.q_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
         do = b.do_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
-        s_t = warpgroup_mma(k, q.permute((1, 0)), gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout),
+        s_t = warpgroup_mma(k, q.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
                             use_acc=False, is_async=True)
-        dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout),
+        dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
                              use_acc=False, is_async=True)
         s_t = warpgroup_mma_wait(1, deps=(s_t, ))
         # Per-query statistics come from shared memory at their use: held in registers they would spill.
         lse2 = b.lse2_smem.index(stage).load(cols_layout)
         p_t = gl.exp2(s_t * qk_scale - gl.expand_dims(lse2, 0))
         if CAUSAL:
-            if row0 + shift < w.key0 + BLOCK_N - 1:  # the block crosses the diagonal
+            if row0 + shift < key0 + KEYS - 1:  # the block crosses the diagonal
                 cols = row0 + gl.arange(0, BLOCK_M, layout=cols_layout)
                 p_t = gl.where(gl.expand_dims(keys, 1) <= gl.expand_dims(cols + shift, 0), p_t, 0.0)
         dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
@@ -303,45 +333,52 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
         ds_t = p_t * (dp_t - gl.expand_dims(delta, 0)) * softmax_scale
         p_op = gl.convert_layout(p_t.to(dtype), op_layout)
         dv = warpgroup_mma(p_op, do, dv, is_async=True)
-        ds_buf = b.ds_smem.index(it % 2)
+        if b.MMA_PARTITIONS == 1:
+            ds_buf = b.ds_smem.index(it % 2)
+        else:
+            ds_buf = b.ds_smem.index(G)  # read only by this partition, whose products of it - 1 are complete
         ds_buf.store(ds_t.to(dtype))
         fence_async_shared()
-        # Both warpgroups' halves of dS^T are in place, and both finished iteration it - 1: its ring slot is free.
+        # The partition's dS^T is in place (one partition: both warpgroups' halves, and both finished iteration
+        # it - 1).
         gl.thread_barrier()
-        if it > 0:
-            if WARP_SPECIALIZE:
-                mbarrier.arrive(b.q_empty.index((it - 1) % b.STAGES))
-            elif it - 1 + b.STAGES < w.total:
-                b.load_query_block(w, it - 1 + b.STAGES)
+        if not WARP_SPECIALIZE:
+            if it > 0:
+                if it - 1 + b.STAGES < w.total:
+                    b.load_query_block(w, it - 1 + b.STAGES)
         # dS^T is read from shared memory by both products: in registers it would cost 16 more per thread.
         dk = warpgroup_mma(ds_buf, q, dk, is_async=True)
+        # dV is complete before dQ_partial takes its registers: P^T's registers are free by then.
+        dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
         dq = warpgroup_mma(ds_buf.permute((1, 0)), k,
                            gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout(NW, HEAD_DIM, dtype)), use_acc=False,
                            is_async=True)
-        dq, dv, dk, p_op = warpgroup_mma_wait(0, deps=(dq, dv, dk, p_op))
+        dq, dk = warpgroup_mma_wait(0, deps=(dq, dk))
         if WARP_SPECIALIZE:
-            mbarrier.wait(b.dq_empty, (it & 1) ^ 1)  # the reducer has read the previous dQ_partial
-            b.dq_smem.store(dq)
+            mbarrier.wait(b.dq_empty.index(G), (it & 1) ^ 1)  # the reducer has read the previous dQ_partial
+            b.dq_smem.index(G).store(dq)
             gl.thread_barrier()
-            mbarrier.arrive(b.dq_full)
+            mbarrier.arrive(b.dq_full.index(G))
+            mbarrier.arrive(b.q_empty.index(stage))  # every product reading this slot is complete
         else:
             add_dq(dq, dq_acc_ptr, w, head, row0)
 
-    # K and V are no longer read: their buffers stage dK and dV for the TMA stores.
-    store_grad(dk_desc, b.k_smem, dk, w)
-    store_grad(dv_desc, b.v_smem, dv, w)
+    # K and V are no longer read: their boxes stage dK and dV for the TMA stores.
+    store_grad(dk_desc, k_box, dk, w, key0)
+    store_grad(dv_desc, v_box, dv, w, key0)
     tma.store_wait(0)
 
 
 @gluon.jit
 def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr):
-    """The worker warpgroup: K/V and the query ring's TMA loads, and the dQ_partial atomics.
+    """The worker warpgroup: K/V and the query ring's TMA loads, and the dQ_partial atomics (the MMA
+    partitions' parts summed first: one atomic per element).
 
-    Loads run STAGES - 1 query blocks ahead of the reductions: block it + STAGES - 1 waits only for the MMA
-    warpgroups to release block it, which they do before finishing dQ_partial of block it."""
+    Loads run STAGES - 1 query blocks ahead of the reductions: loading block it waits for the MMA partitions
+    to release block it - STAGES, which they do as they hand over its dQ_partials (reduced one step before)."""
     BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
-    CHUNK: gl.constexpr = 8  # rows per read-back: 8 floats per thread at head dim 128
+    CHUNK: gl.constexpr = 8  # rows per read-back (the hand-over's swizzle pattern): 8 floats per thread at hd 128
     layout: gl.constexpr = dq_rows_layout(gl.num_warps(), HEAD_DIM)
     b.load_kv(w)
     chunk_rows = gl.arange(0, CHUNK, layout=gl.SliceLayout(1, layout))
@@ -354,32 +391,47 @@ def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr):
         j = it - (b.STAGES - 1)
         if j >= 0:
             head, row0 = w.query_block(j)
-            mbarrier.wait(b.dq_full, j & 1)
+            for g in gl.static_range(b.MMA_PARTITIONS):
+                mbarrier.wait(b.dq_full.index(g), j & 1)
             for c in gl.static_range(BLOCK_M // CHUNK):
                 rows = row0 + c * CHUNK + chunk_rows
-                dq = b.dq_smem.slice(c * CHUNK, CHUNK).load(layout)
+                dq = b.dq_smem.index(0).slice(c * CHUNK, CHUNK).load(layout)
+                for g in gl.static_range(1, b.MMA_PARTITIONS):
+                    dq += b.dq_smem.index(g).slice(c * CHUNK, CHUNK).load(layout)
                 offs = ((w.batch * w.seqlen_q + rows).to(gl.int64) * w.nheads + head) * HEAD_DIM
                 ptrs = dq_acc_ptr + gl.expand_dims(offs, 1) + gl.expand_dims(cols, 0)
                 gl.atomic_add(ptrs, dq, mask=gl.expand_dims(rows < w.seqlen_q, 1), sem="relaxed")
-            mbarrier.arrive(b.dq_empty)
+            for g in gl.static_range(b.MMA_PARTITIONS):
+                mbarrier.arrive(b.dq_empty.index(g))
 
 
 # Shapes stay runtime values: no recompile per seqlen, and no int silently turned into a constant.
 @gluon.jit(do_not_specialize=["nheads", "group", "seqlen_q", "seqlen_k", "seqlen_q_pad"])
 def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2_desc, delta_desc, dq_acc_ptr,
                          qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
-                         CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr):
-    """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim); lse2/delta: 1-D descriptors over the flat
-    (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and rowsum(dO * O), +inf / 0 past seqlen_q;
-    dq_acc: zeroed float32 like q."""
+                         CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr,
+                         MMA_PARTITIONS: gl.constexpr):
+    """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim), K/V/dK/dV boxes of one MMA partition's keys;
+    lse2/delta: 1-D descriptors over the flat (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and
+    rowsum(dO * O), +inf / 0 past seqlen_q; dq_acc: zeroed float32 like q."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
-    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = MMA_PARTITIONS * k_desc.block_type.shape[1]
     w = Work.create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, BLOCK_M, BLOCK_N, CAUSAL)
-    b = Buffers.create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, STAGES, WARP_SPECIALIZE)
+    b = Buffers.create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, STAGES, MMA_PARTITIONS,
+                       WARP_SPECIALIZE)
     if WARP_SPECIALIZE:
-        gl.warp_specialize([
-            (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True)),
-            (load_reduce_partition, (b, w, dq_acc_ptr)),
-        ], [4], [WORKER_REGS])
+        if MMA_PARTITIONS == 2:
+            gl.warp_specialize([
+                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, 0)),
+                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, 1)),
+                (load_reduce_partition, (b, w, dq_acc_ptr)),
+            ], [4, 4], [MMA_REGS, WORKER_REGS])
+        else:
+            gl.static_assert(MMA_PARTITIONS == 1, "one or two MMA partitions")
+            gl.warp_specialize([
+                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, 0)),
+                (load_reduce_partition, (b, w, dq_acc_ptr)),
+            ], [4], [WORKER_REGS])
     else:
-        mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False)
+        gl.static_assert(MMA_PARTITIONS == 1, "without warp specialization one partition does everything")
+        mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False, 0)

@@ -14,16 +14,29 @@ import torch
 from .bwd import BWD_TILES, BwdVariant, compile_backward
 from .report import _sass_and_resources
 
-# Every dtype, head dim and mask with the default (warp-specialized) tile, and bf16 without warp specialization.
+
+def alternative_tiles(head_dim):
+    """The tiles measured against the default: split MMA warpgroups (at hd 128 only 2 ring slots fit next to
+    the two dQ_partial hand-overs), and no warp specialization."""
+    base = BWD_TILES[head_dim]
+    split = replace(base, split_warpgroups=True, stages=2 if head_dim == 128 else base.stages)
+    return dict(split=split, nows=replace(base, warp_specialize=False))
+
+
+# Every dtype, head dim and mask with the default tile, and bf16 with the alternatives.
 VARIANTS = [BwdVariant(dtype, d, causal) for dtype in (torch.bfloat16, torch.float16) for d in BWD_TILES
             for causal in (False, True)]
-VARIANTS += [BwdVariant(torch.bfloat16, d, causal, replace(BWD_TILES[d], warp_specialize=False)) for d in BWD_TILES
-             for causal in (False, True)]
+VARIANTS += [BwdVariant(torch.bfloat16, d, causal, tile) for d in BWD_TILES for causal in (False, True)
+             for tile in alternative_tiles(d).values()]
+
+
+def tile_mode(tile):
+    return "split" if tile.split_warpgroups else "lockstep" if tile.warp_specialize else "nows"
 
 
 def variant_name(v: BwdVariant):
-    return (f"{str(v.dtype).removeprefix('torch.')}_hd{v.head_dim}_{'causal' if v.causal else 'full'}"
-            f"_ws{int(v.tile.warp_specialize)}")
+    mask = "causal" if v.causal else "full"
+    return f"{str(v.dtype).removeprefix('torch.')}_hd{v.head_dim}_{mask}_{tile_mode(v.tile)}"
 
 
 def compile_report(variant: BwdVariant, tmpdir: str):
@@ -34,6 +47,8 @@ def compile_report(variant: BwdVariant, tmpdir: str):
         name=variant_name(variant),
         shared_bytes=ck.metadata.shared,
         num_warps=ck.metadata.num_warps,
+        stages=variant.tile.stages,
+        mma_partitions=variant.tile.mma_partitions,
         ptx_wgmma=ptx.count("wgmma.mma_async"),
         sass_gmma=len(re.findall(r"\bHGMMA\.", sass)),
         sass_tma_load=sass.count("UTMALDG"),
