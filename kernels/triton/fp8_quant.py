@@ -13,14 +13,17 @@ the kernel is built to read each element once and keep loads in flight:
     products, fp32 sums), loaded once per program; 1/sqrt(d) is applied in
     fp32. At head dim 256 it runs as two 128-wide halves and one butterfly
     (H_256 = [[H, H], [H, -H]]), which halves the dot's work and keeps only
-    256 x 128 of D·H in shared memory.
+    256 x 128 of D·H in shared memory;
+  * few instructions per element between load and store (they were most of
+    each block's chain): one NaN-keeping max per element for the amax, and
+    no clamp before the cast (cvt.rn.satfinite saturates to ±fp8 max).
 Blocks too large for registers (and the "head"/"tensor" granularities) take
 two launches: per-chunk amax, then a quantization with the scales the host
 reduces from it (kernels.quant.scales_from_amax). The layouts and the
 arithmetic are kernels.quant's, which the tests hold this kernel to.
-On an H200 it moves 2.0-2.5 TB/s, about half the copy rate: Nsight Compute
-finds it latency-bound (DRAM 38% and SM 30% busy at 25% occupancy, which the
-64 fp32 registers a thread per tile cap); docs/fp8.md has the numbers.
+On an H200 it measures 2.8-3.1 TB/s at head dims 64/128 and 1.7 TB/s at 256
+(one 16-warp program per SM), against 4.1 TB/s for a copy; docs/fp8.md has
+the numbers and what limits them.
 """
 import functools
 import math
@@ -54,10 +57,11 @@ class PrepassTiles:
     heads_fastest: bool = False  # walk blocks (batch, block, head): concurrent reads share DRAM pages
 
 
-# H200, 16k tokens x hidden 2048: 0.12-0.15 ms (2.0-2.5 TB/s) at head dims 64/128, 0.21 ms at 256; the
-# variants measured differ by less than run-to-run noise (~15%), heads_fastest included (docs/fp8.md).
-PREPASS_TILES_SM90 = {64: PrepassTiles(4, 3, 3), 128: PrepassTiles(8, 3, 2, heads_fastest=True),
-                      256: PrepassTiles(16, 2, 1, heads_fastest=True)}
+# H200, 16k tokens x hidden 2048 (docs/fp8.md, session 2 round 2): 0.097 / 0.106 / 0.173 ms at head dims
+# 64 / 128 / 256 (3.1 / 2.8 / 1.7 TB/s; do_bench, which may hold host launch work); at 256 the third stage
+# (a load in flight during each block's work: 2 stages hold one buffer) took 0.196 -> 0.173 ms.
+PREPASS_TILES_SM90 = {64: PrepassTiles(4, 3, 4), 128: PrepassTiles(8, 3, 2),
+                      256: PrepassTiles(16, 3, 1, heads_fastest=True)}
 # Other GPUs: not measured; one stage (less shared memory).
 PREPASS_TILES_GENERIC = {64: PrepassTiles(4, 1, 3), 128: PrepassTiles(8, 1, 2), 256: PrepassTiles(16, 1, 1)}
 # Interpreter: few programs, so that each loops over several blocks.
@@ -100,19 +104,28 @@ def to_fp8(x, FP8_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def _max_keep_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _abs_max(y):
     """max |y| of a 2-d tile; NaN if y holds inf or NaN (its block then gets a NaN scale, as in kernels.quant).
 
-    tl.max drops NaN (fmax), so NaN is counted as inf first, and inf - inf makes the result NaN.
+    One NaN-propagating max per element (max.NaN; tl.max's fmax drops NaN, and a NaN test per element
+    cost five instructions of mask packing); inf - inf then turns an infinite amax into NaN.
     """
-    amax = tl.max(tl.max(tl.where(y == y, tl.abs(y), float("inf")), axis=1), axis=0)
+    amax = tl.reduce(tl.reduce(tl.abs(y), 1, _max_keep_nan), 0, _max_keep_nan)
     return amax + (amax - amax)
 
 
 @triton.jit
 def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr,
                TRANSPOSE_OUT: tl.constexpr, FP8_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
-    y8 = to_fp8(tl.clamp(y * inv_scale, -fp8_max, fp8_max), FP8_DTYPE, INTERPRET)
+    y = y * inv_scale
+    if INTERPRET:  # on the GPU, cvt.rn.satfinite clamps to ±fp8 max itself (and, by PTX's spec, keeps NaN)
+        y = tl.clamp(y, -fp8_max, fp8_max)
+    y8 = to_fp8(y, FP8_DTYPE, INTERPRET)
     if TRANSPOSE_OUT:
         desc_out.store([b, h, col0, row0], y8.T.reshape(1, 1, COLS, ROWS))
     else:
