@@ -12,13 +12,13 @@ from .softmax import p_log2_offset, softmax_finish
 
 
 @gluon.jit
-def write_output(p: Pipeline, o, m, l, v_unit, lse_ptr, batch, head, nheads, row0, seqlen_q, CID: gl.constexpr):
-    """Store rows [row0, row0 + rows) of O (normalized; O was in units of v_unit) and LSE for one (batch, head)."""
+def write_output(p: Pipeline, o, m, l, v_unit, o_tile, lse_ptr, batch, head, nheads, row0, seqlen_q):
+    """Store rows [row0, row0 + rows) of O (normalized; O was in units of v_unit) and LSE for one (batch, head),
+    staging O in shared-memory buffer o_tile."""
     shape: gl.constexpr = p.o_desc.block_type.shape
     o_layout: gl.constexpr = o.type.layout
     inv_l, lse = softmax_finish(m, l, p_log2_offset(p.q_desc.dtype))
     o = o * gl.expand_dims(gl.convert_layout(inv_l * v_unit, gl.SliceLayout(1, o_layout)), 1)
-    o_tile = p.o_smem.index(CID)
     if not p.O_IN_Q:
         tma.store_wait(0)  # the previous tile's store must be done reading this buffer
     o_tile.reshape([shape[1], shape[3]]).store(o.to(p.o_desc.dtype))

@@ -55,6 +55,12 @@ class TileConfig:
     stages: int  # K/V ring depth
     o_in_q: bool  # O staged for its TMA store in Q's buffer (saves shared memory; needs O no wider than Q)
     split_kv: bool = False  # K and V slots released separately, V loaded a block behind K (pipeline.py)
+    # Synchronization options (pipeline.py, mainloop.py). All off is the kernel timed in docs/tuning-gluon.md;
+    # on, they passed the H200 checks with two consumers (three: fixed since, not run yet), untimed against it.
+    split_q: bool = False  # each consumer's Q slice loaded once that consumer is done with the last tile
+    q_stages: int = 1  # Q ring depth: 2 loads the next tile's Q during the current one
+    branch_fence: bool = False  # softmax kept ahead of the PV wait by a branch, not an mbarrier wait
+    named_turn: bool = False  # ping-pong turns on named hardware barriers (FA3), not mbarriers
 
     def __post_init__(self):
         if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
@@ -63,6 +69,8 @@ class TileConfig:
             raise ValueError(f"TileConfig.block_n must be a power of two from 32 to 256, got {self.block_n}")
         if self.stages < 1:
             raise ValueError(f"TileConfig.stages must be at least 1, got {self.stages}")
+        if self.q_stages not in (1, 2):
+            raise ValueError(f"TileConfig.q_stages must be 1 or 2, got {self.q_stages}")
 
 
 # Keyed by (input element bytes, head dim). Shared memory (of 227 KB), in KB, Q + stages * (K + V) + O:
@@ -134,6 +142,10 @@ class Variant:
             NUM_CONSUMERS=self.num_consumers,
             O_IN_Q=self.tile.o_in_q,
             SPLIT_KV=self.tile.split_kv,
+            SPLIT_Q=self.tile.split_q,
+            Q_STAGES=self.tile.q_stages,
+            BRANCH_FENCE=self.tile.branch_fence,
+            NAMED_TURN=self.tile.named_turn,
             Q_SCALE_BLOCK=self.q_scale_block,
             KV_SCALE_BLOCK=self.kv_scale_block,
             WARP_SPECIALIZE=self.warp_specialize,

@@ -10,7 +10,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 from .epilogue import write_output
-from .mainloop import attend_tile, prefetch_tile, wgmma_layout
+from .mainloop import attend_tile, first_turn, prefetch_tile, wgmma_layout
 from .pipeline import Pipeline, Ring, producer_partition
 from .scheduler import TileScheduler, kv_block_count
 
@@ -38,7 +38,8 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
     # Consumer 0 takes the first GEMM turn (its first wait is on the already-completed phase), then the turn
     # goes round the consumers in order.
     turn_phase = gl.to_tensor(1 if CID == 0 else 0)
-    tile_phase = 0
+    first_turn(p, CID, PINGPONG)
+    q_slot = Ring.start(p.Q_STAGES)
     for tile_id in range(gl.program_id(0), sched.num_tiles, gl.num_programs(0)):
         batch, head, m_block = sched.tile(tile_id)
         head_kv = head // sched.group
@@ -46,7 +47,7 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
         tile_row0 = m_block * sched.BLOCK_M
         row0 = tile_row0 + CID * ROWS
         if INLINE_LOADS:
-            prefetch_tile(p, kv, n_blocks, batch, head, head_kv, tile_row0)
+            prefetch_tile(p, kv, q_slot, n_blocks, batch, head, head_kv, tile_row0)
         row_scale = row_scales(batch, head, row0, sched, qk_scale, q_scales, ROWS, Q_SCALE_BLOCK, row_layout)
         k_tile_scales = k_scales
         v_tile_scales = v_scales
@@ -54,18 +55,21 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
             kv_row0 = (batch * (sched.nheads // sched.group) + head_kv) * gl.cdiv(sched.seqlen_k, KV_SCALE_BLOCK)
             k_tile_scales = k_scales + kv_row0
             v_tile_scales = v_scales + kv_row0
-        mbarrier.wait(p.q_ready, tile_phase)
-        q = p.q_smem.index(CID).reshape([ROWS, HEAD_DIM])
+        q_bar = p.q_barrier(q_slot.index, CID if p.SPLIT_Q else 0)
+        mbarrier.wait(p.q_ready.index(q_bar), q_slot.phase)
+        q_tile = p.q_tile(q_slot.index, CID)
+        q = q_tile.reshape([ROWS, HEAD_DIM])
         o, m, l, v_unit, kv, turn_phase = attend_tile(p, q, kv, turn_phase, n_blocks, row0, batch, head_kv,
                                                       sched.seqlen_q, sched.seqlen_k, row_scale, k_tile_scales,
                                                       v_tile_scales, KV_SCALE_BLOCK, CID, sched.CAUSAL, INLINE_LOADS,
                                                       OVERLAP, PINGPONG)
-        if not INLINE_LOADS and not p.O_IN_Q:
-            mbarrier.arrive(p.q_empty)
-        write_output(p, o, m, l, v_unit, lse_ptr, batch, head, sched.nheads, row0, sched.seqlen_q, CID)
-        if not INLINE_LOADS and p.O_IN_Q:
-            mbarrier.arrive(p.q_empty)
-        tile_phase ^= 1
+        if not p.O_IN_Q:
+            mbarrier.arrive(p.q_empty.index(q_bar))
+        o_tile = q_tile if p.O_IN_Q else p.o_smem.index(CID)
+        write_output(p, o, m, l, v_unit, o_tile, lse_ptr, batch, head, sched.nheads, row0, sched.seqlen_q)
+        if p.O_IN_Q:
+            mbarrier.arrive(p.q_empty.index(q_bar))
+        q_slot = q_slot.next()
     tma.store_wait(0)
 
 
@@ -74,7 +78,10 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
 def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_scales, v_scales, qk_scale, batch,
                          nheads, group, section_heads, seqlen_q, seqlen_k, CAUSAL: gl.constexpr,
                          STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, O_IN_Q: gl.constexpr,
-                         SPLIT_KV: gl.constexpr, Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
+                         SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
+                         BRANCH_FENCE: gl.constexpr,
+                         NAMED_TURN: gl.constexpr,
+                         Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
                          WARP_SPECIALIZE: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
                          CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     """q/k/v/o: 4-D TMA descriptors; q_scales/k_scales/v_scales: FP8 block scales (kernels.quant), None for 16-bit.
@@ -83,7 +90,8 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
     BLOCK_M: gl.constexpr = NUM_CONSUMERS * q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-    p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV)
+    p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q,
+                        Q_STAGES, BRANCH_FENCE, NAMED_TURN)
     if WARP_SPECIALIZE:
         if NUM_CONSUMERS == 2:
             gl.warp_specialize([

@@ -7,8 +7,9 @@ from registers), so P never touches shared memory.
 With OVERLAP (FA3's intra-warpgroup pipelining) each step issues QK^T of block
 i and PV of block i-1 back to back, then does the softmax of block i while PV
 is still on the tensor cores. With PINGPONG the consumer warpgroups take turns
-issuing their GEMMs, in order (one mbarrier per consumer stands in for FA3's
-named barriers), so one warpgroup's softmax runs under the others' GEMMs.
+issuing their GEMMs, in order (on FA3's named hardware barriers with
+NAMED_TURN, else one mbarrier per consumer), so one warpgroup's softmax runs
+under the others' GEMMs.
 
 With INLINE_LOADS (warp specialization off) the consumer issues the TMA loads
 itself: a released ring slot is refilled at once with the block STAGES ahead.
@@ -28,19 +29,53 @@ def wgmma_layout(num_warps, n, dtype):
                                      instr_shape=[16, n, 256 // dtype.primitive_bitwidth])
 
 
+# Named hardware barriers of the NAMED_TURN ping-pong: consumer c waits on TURN_BARRIER0 + c. Triton's own
+# warpgroup bar.syncs take IDs 0 to NUM_CONSUMERS; 16 exist.
+TURN_BARRIER0 = 8
+WARPGROUP_THREADS = 128
+
+
+@gluon.constexpr_function
+def turn_asm(op, consumer):
+    """PTX of one named-barrier turn step: two warpgroups meet on a barrier, the waiting one and the passing one."""
+    return f"{op} {TURN_BARRIER0 + consumer}, {2 * WARPGROUP_THREADS}; mov.b32 $0, 0;"
+
+
+@gluon.jit
+def named_turn(op: gl.constexpr, consumer: gl.constexpr):
+    # Inline asm with side effects: kept in order with the wgmma asm around it, invisible to Gluon's barrier
+    # insertion (an mbarrier arrive gets a warpgroup bar.sync before it).
+    gl.inline_asm_elementwise(turn_asm(op, consumer), "=r,r", [gl.to_tensor(0)], dtype=gl.int32, is_pure=False,
+                              pack=1)
+
+
+@gluon.jit
+def first_turn(p: Pipeline, CID: gl.constexpr, PINGPONG: gl.constexpr):
+    """Before the first tile: with NAMED_TURN the last consumer passes the turn to consumer 0 (with mbarriers,
+    consumer 0's first wait is on the already-completed phase)."""
+    if PINGPONG and p.NAMED_TURN and CID == p.NUM_CONSUMERS - 1:
+        named_turn("bar.arrive", 0)
+
+
 @gluon.jit
 def take_turn(p: Pipeline, turn_phase, CID: gl.constexpr, PINGPONG: gl.constexpr):
     """Wait until this consumer may issue its GEMMs; returns the next turn parity."""
     if PINGPONG:
-        mbarrier.wait(p.turn.index(CID), turn_phase)
-        turn_phase ^= 1
+        if p.NAMED_TURN:
+            named_turn("bar.sync", CID)
+        else:
+            mbarrier.wait(p.turn.index(CID), turn_phase)
+            turn_phase ^= 1
     return turn_phase
 
 
 @gluon.jit
 def pass_turn(p: Pipeline, CID: gl.constexpr, PINGPONG: gl.constexpr):
     if PINGPONG:
-        mbarrier.arrive(p.turn.index((CID + 1) % p.NUM_CONSUMERS))
+        if p.NAMED_TURN:
+            named_turn("bar.arrive", (CID + 1) % p.NUM_CONSUMERS)
+        else:
+            mbarrier.arrive(p.turn.index((CID + 1) % p.NUM_CONSUMERS))
 
 
 @gluon.jit
@@ -65,9 +100,9 @@ def release_v(p: Pipeline, kv: Ring, i_done, n_blocks, batch, head_kv, INLINE_LO
 
 
 @gluon.jit
-def prefetch_tile(p: Pipeline, kv: Ring, n_blocks, batch, head, head_kv, row0):
+def prefetch_tile(p: Pipeline, kv: Ring, q_slot: Ring, n_blocks, batch, head, head_kv, row0):
     """No producer: issue Q and the first STAGES key blocks of a tile before consuming it."""
-    p.load_q(batch, head, row0)
+    p.load_q(0, q_slot, batch, head, row0)
     slot = kv
     for i in range(gl.minimum(n_blocks, p.STAGES)):
         key0 = kv_block_start(n_blocks, i, p.k_desc.block_type.shape[1])
@@ -137,15 +172,25 @@ def carried_p(pr, dtype: gl.constexpr, layout: gl.constexpr):
 
 
 @gluon.jit
-def schedule_fence(p: Pipeline, kv: Ring):
-    """Keep the softmax ahead of the wait for PV in the final schedule.
+def schedule_fence(p: Pipeline, kv: Ring, l):
+    """Keep the softmax ahead of the wait for PV in the final schedule; returns l unchanged.
 
     Inside one basic block ptxas places `wgmma.wait_group` as early as it can,
-    i.e. before the softmax it is meant to overlap. Re-waiting on V's `ready`
-    barrier of the block PV is reading (already complete, so it returns at
-    once) puts a try-wait loop, hence a block boundary, between the two.
+    i.e. before the softmax it is meant to overlap; a block boundary after the
+    softmax stops it. BRANCH_FENCE: a branch on the new row sum l, a loop that
+    would step a negative l up to 0 (ptxas cannot prove that it never runs;
+    l >= 0, so it never does). Otherwise: re-waiting on the (complete) V
+    `ready` barrier of the block PV reads, whose try-wait loop is the boundary,
+    at the price of a warpgroup bar.sync before it.
     """
-    mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
+    if p.BRANCH_FENCE:
+        return gl.inline_asm_elementwise(
+            "{ .reg .pred neg; mov.b32 $0, $1; sm_fence: setp.lt.f32 neg, $0, 0f00000000; "
+            "@neg add.f32 $0, $0, 0f3F800000; @neg bra.uni sm_fence; }", "=r,r", [l], dtype=gl.float32,
+            is_pure=False, pack=1)
+    else:
+        mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
+        return l
 
 
 @gluon.jit
@@ -243,7 +288,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                 s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
                 pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
                 alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
-                schedule_fence(p, kv)
+                l = schedule_fence(p, kv, l)
                 o, pr = wait_pv(o, pm, pr)
                 release_v(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
                 o = o * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)

@@ -50,11 +50,22 @@ class Ring:
 class Pipeline:
     """Descriptors, shared buffers and barriers that all partitions share.
 
-    Q and O tiles are [NUM_CONSUMERS] slices of rows, one per consumer; K and
+    Q and O tiles are [NUM_CONSUMERS] slices of rows, one per consumer, in a
+    ring of Q_STAGES tiles (2: the next tile's Q loads while the current one
+    is consumed; O is staged in its tile's Q slot when O_IN_Q). With SPLIT_Q
+    each slice has its own ready/empty barriers, so a consumer that finishes a
+    tile first gets its next Q without waiting for the others. K and
     V rings hold STAGES blocks of BLOCK_N keys. Tiles are 4-D (batch, seq,
     head, dim) TMA boxes with unit batch/head extents, so TMA zero-fills reads
     past seqlen and clips writes past it per batch; FP8 V is (batch, head,
     dim, seq) with boxes (1, 1, dim, BLOCK_N).
+
+    Two consumer policies ride along (mainloop.py): BRANCH_FENCE keeps the
+    softmax ahead of the PV wait with a branch instead of an mbarrier wait,
+    and NAMED_TURN passes the ping-pong turn on named hardware barriers
+    instead of the `turn` mbarriers. Gluon puts a warpgroup-wide bar.sync
+    before every mbarrier arrive and before a wait that follows an arrive,
+    so both cut bar.syncs per key block (4 -> 2 without SPLIT_KV).
     """
     q_desc: tma.tensor_descriptor
     k_desc: tma.tensor_descriptor
@@ -75,11 +86,16 @@ class Pipeline:
     STAGES: gl.constexpr
     O_IN_Q: gl.constexpr
     SPLIT_KV: gl.constexpr
+    SPLIT_Q: gl.constexpr
+    Q_STAGES: gl.constexpr
+    BRANCH_FENCE: gl.constexpr
+    NAMED_TURN: gl.constexpr
     V_TRANSPOSED: gl.constexpr
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
-                 v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, V_TRANSPOSED):
+                 v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q, Q_STAGES,
+                 BRANCH_FENCE, NAMED_TURN, V_TRANSPOSED):
         self.q_desc = q_desc
         self.k_desc = k_desc
         self.v_desc = v_desc
@@ -99,12 +115,19 @@ class Pipeline:
         self.STAGES = gl.constexpr(STAGES)
         self.O_IN_Q = gl.constexpr(O_IN_Q)
         self.SPLIT_KV = gl.constexpr(SPLIT_KV)
+        self.SPLIT_Q = gl.constexpr(SPLIT_Q)
+        self.Q_STAGES = gl.constexpr(Q_STAGES)
+        self.BRANCH_FENCE = gl.constexpr(BRANCH_FENCE)
+        self.NAMED_TURN = gl.constexpr(NAMED_TURN)
         self.V_TRANSPOSED = gl.constexpr(V_TRANSPOSED)
 
     @gluon.jit
     def create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS: gl.constexpr, STAGES: gl.constexpr,
-               O_IN_Q: gl.constexpr, SPLIT_KV: gl.constexpr):
-        q_smem = gl.allocate_shared_memory(q_desc.dtype, [NUM_CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
+               O_IN_Q: gl.constexpr, SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
+               BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr):
+        Q_BARRIERS: gl.constexpr = Q_STAGES * (NUM_CONSUMERS if SPLIT_Q else 1)  # Pipeline.q_barrier
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [Q_STAGES * NUM_CONSUMERS] + q_desc.block_type.shape,
+                                           q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
         if O_IN_Q:
@@ -112,8 +135,8 @@ class Pipeline:
         else:
             o_smem = gl.allocate_shared_memory(o_desc.dtype, [NUM_CONSUMERS] + o_desc.block_type.shape,
                                                o_desc.layout)
-        q_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        q_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        q_ready = gl.allocate_shared_memory(gl.int64, [Q_BARRIERS, 1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [Q_BARRIERS, 1], mbarrier.MBarrierLayout())
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -122,8 +145,9 @@ class Pipeline:
         else:
             v_empty = k_empty
         turn = gl.allocate_shared_memory(gl.int64, [NUM_CONSUMERS, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(q_ready, count=1)
-        mbarrier.init(q_empty, count=NUM_CONSUMERS)
+        for g in gl.static_range(Q_BARRIERS):
+            mbarrier.init(q_ready.index(g), count=1)
+            mbarrier.init(q_empty.index(g), count=NUM_CONSUMERS * Q_STAGES // Q_BARRIERS)
         for s in gl.static_range(STAGES):
             mbarrier.init(k_ready.index(s), count=1)
             mbarrier.init(v_ready.index(s), count=1)
@@ -134,17 +158,49 @@ class Pipeline:
             mbarrier.init(turn.index(c), count=1)
         # FP8 wgmma reads B K-major only: FP8 V arrives transposed, (batch, head, dim, seq) (kernels.quant).
         return Pipeline(q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
-                        v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV,
-                        v_desc.dtype.is_fp8())
+                        v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q,
+                        Q_STAGES, BRANCH_FENCE, NAMED_TURN, v_desc.dtype.is_fp8())
+
+    @gluon.constexpr_function
+    def q_groups(self):
+        """Number of Q ready/empty barrier pairs: one per consumer with SPLIT_Q, else one for all."""
+        return self.NUM_CONSUMERS if self.SPLIT_Q else 1
+
+    @gluon.constexpr_function
+    def q_load_step(self, group):
+        """After which K block the producer loads Q group `group`: the g-th, but no later than block STAGES - 1.
+
+        Each group waits for its consumers to be done with the Q slot, K need
+        not; all must be in before K block STAGES, whose slot needs every
+        consumer's QK^T of block 0 (three consumers, two stages: group 2
+        after K block 2 would wait forever).
+        """
+        return min(group, self.STAGES - 1)
 
     @gluon.jit
-    def load_q(self, batch, head, row0):
-        """Issue the TMA loads of one tile's Q (all consumers' slices) onto q_ready."""
+    def q_barrier(self, q_slot, group):
+        """Index of the Q ready/empty barriers of Q ring slot q_slot, barrier group `group`."""
+        return q_slot * self.q_groups() + group
+
+    @gluon.jit
+    def q_tile(self, q_slot, consumer: gl.constexpr):
+        """This consumer's slice of Q ring slot q_slot (also where O is staged when O_IN_Q)."""
+        return self.q_smem.index(q_slot * self.NUM_CONSUMERS + consumer)
+
+    @gluon.jit
+    def load_q(self, group, q_slot: Ring, batch, head, row0):
+        """Wait until the consumers of Q barrier group `group` are done with Q ring slot q_slot, then issue the
+        TMA loads of their slices of a tile's Q into it (row0: the tile's first row)."""
         rows: gl.constexpr = self.q_desc.block_type.shape[1]
-        mbarrier.expect(self.q_ready, self.NUM_CONSUMERS * self.q_desc.block_type.nbytes)
-        for c in gl.static_range(self.NUM_CONSUMERS):
-            tma.async_copy_global_to_shared(self.q_desc, [batch, row0 + c * rows, head, 0], self.q_ready,
-                                            self.q_smem.index(c))
+        slices: gl.constexpr = self.NUM_CONSUMERS // self.q_groups()
+        bar = self.q_barrier(q_slot.index, group)
+        ready = self.q_ready.index(bar)
+        mbarrier.wait(self.q_empty.index(bar), q_slot.phase ^ 1)
+        mbarrier.expect(ready, slices * self.q_desc.block_type.nbytes)
+        for j in gl.static_range(slices):
+            c = group * slices + j
+            tma.async_copy_global_to_shared(self.q_desc, [batch, row0 + c * rows, head, 0], ready,
+                                            self.q_smem.index(q_slot.index * self.NUM_CONSUMERS + c))
 
     @gluon.jit
     def load_k(self, slot, batch, head_kv, key0):
@@ -172,20 +228,23 @@ def kv_block_start(n_blocks, i, BLOCK_N: gl.constexpr):
 
 @gluon.jit
 def producer_partition(p: Pipeline, sched: TileScheduler):
-    """One warp: for each tile of this program, Q once, then every K and V block into their rings.
+    """One warp: for each tile of this program, every K and V block into their rings and Q.
 
-    Without SPLIT_KV, K and V of a block wait on one `empty` barrier and load
-    together. With it, V loads one block behind K (FA3's order): the
-    consumer needs V of block i only after QK^T of block i + 1 is issued.
+    Q group g (all of Q, or with SPLIT_Q consumer g's slice) loads after K
+    block q_load_step(g), once its consumers are done with the Q slot. Without SPLIT_KV,
+    K and V of a block wait on one `empty` barrier and load together. With
+    it, V loads one block behind K (FA3's order): the consumer needs V of
+    block i only after QK^T of block i + 1 is issued.
     """
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
     k_slot = Ring.start(p.STAGES)
     v_slot = Ring.start(p.STAGES)
-    tile_phase = 0
+    q_slot = Ring.start(p.Q_STAGES)
     for tile_id in range(gl.program_id(0), sched.num_tiles, gl.num_programs(0)):
         batch, head, m_block = sched.tile(tile_id)
         head_kv = head // sched.group
         n_blocks = kv_block_count(sched, m_block)
+        row0 = m_block * sched.BLOCK_M
         for i in range(n_blocks):
             key0 = kv_block_start(n_blocks, i, BLOCK_N)
             # Mbarriers start with the phase before 0 complete, so the first waits on `empty` pass.
@@ -194,18 +253,17 @@ def producer_partition(p: Pipeline, sched: TileScheduler):
             if not p.SPLIT_KV:
                 p.load_v(k_slot.index, batch, head_kv, key0)
             k_slot = k_slot.next()
-            if i == 0:
-                # Q waits for the consumers to finish the previous tile; the first K block need not.
-                mbarrier.wait(p.q_empty, tile_phase ^ 1)
-                p.load_q(batch, head, m_block * sched.BLOCK_M)
-            elif p.SPLIT_KV:
+            if p.SPLIT_KV and i > 0:
                 v_slot = load_v_when_free(p, v_slot, batch, head_kv, kv_block_start(n_blocks, i - 1, BLOCK_N))
-        if n_blocks == 0:
-            mbarrier.wait(p.q_empty, tile_phase ^ 1)
-            p.load_q(batch, head, m_block * sched.BLOCK_M)
-        elif p.SPLIT_KV:
+            for g in gl.static_range(p.q_groups()):
+                if i == p.q_load_step(g):
+                    p.load_q(g, q_slot, batch, head, row0)
+        for g in gl.static_range(p.q_groups()):  # tiles with fewer key blocks than load steps (or none)
+            if n_blocks <= p.q_load_step(g):
+                p.load_q(g, q_slot, batch, head, row0)
+        if p.SPLIT_KV and n_blocks > 0:
             v_slot = load_v_when_free(p, v_slot, batch, head_kv, kv_block_start(n_blocks, n_blocks - 1, BLOCK_N))
-        tile_phase ^= 1
+        q_slot = q_slot.next()
 
 
 @gluon.jit

@@ -13,7 +13,9 @@ import sys
 import torch
 import triton
 
-from .forward import HEAD_DIMS, Variant, compile_forward
+from dataclasses import replace
+
+from .forward import HEAD_DIMS, TILE_CONFIGS, Variant, compile_forward
 
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -24,12 +26,16 @@ VARIANTS += [Variant(torch.bfloat16, 128, False, pipeline=False), Variant(torch.
 VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, out_dtype=torch.bfloat16, q_scale_block=128,
                      kv_scale_block=128)
              for d in HEAD_DIMS for causal in (False, True)]
+# The synchronization options (branch fence, named-barrier turns, split Q barriers) at every head dim, non-causal.
+SYNC_OPTIONS = dict(branch_fence=True, named_turn=True, split_q=True)
+VARIANTS += [Variant(torch.bfloat16, d, False, tile_override=replace(TILE_CONFIGS[(2, d)], **SYNC_OPTIONS))
+             for d in HEAD_DIMS]
 
 
 def variant_name(v: Variant):
     dt = str(v.dtype).removeprefix("torch.")
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
-            f"_pipe{int(v.pipeline)}_pp{int(v.pingpong)}")
+            f"_pipe{int(v.pipeline)}_pp{int(v.pingpong)}{'_sync' if v.tile_override else ''}")
 
 
 def _sass_and_resources(cubin: bytes, tmpdir: str):
@@ -59,6 +65,8 @@ def compile_report(variant: Variant, tmpdir: str):
         sass_tma_load=sass.count("UTMALDG"),
         sass_tma_store=sass.count("UTMASTG"),
         sass_local_mem=len(re.findall(r"\b(?:LDL|STL)\b", sass)),
+        sass_named_arrive=len(re.findall(r"\bBAR\.ARV\b", sass)),  # ping-pong turns on named barriers
+        sass_warpgroup_bars=len(re.findall(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b", sass)),
         **usage,
     )
 

@@ -18,7 +18,9 @@ SHAPES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_kv
     (3, 256, 256, 2, 2),
     (1, 2049, 2049, 2, 1),
     (1, 1, 1, 1, 1),
+    (4, 2048, 2048, 8, 2),  # 352-512 tiles: every persistent program runs several (ring phases, turns, Q reuse)
 ]
+MANY_TILES = SHAPES[-1]
 
 
 def _inputs(b, sq, sk, h, h_kv, d, dtype):
@@ -77,6 +79,25 @@ def test_ablation_switches_stay_correct(switches, causal, d):
     b, sq, sk, h, h_kv = 2, 777, 1029, 4, 2
     seed, q, k, v = _inputs(b, sq, sk, h, h_kv, d, torch.bfloat16)
     out, lse = _poisoned_forward(q, k, v, causal, **switches)
+    _check(out, lse, q, k, v, causal, seed)
+
+
+SYNC_OPTIONS = dict(branch_fence=True, named_turn=True, split_q=True)
+
+
+@pytest.mark.parametrize("d, changes", [(128, SYNC_OPTIONS), (64, SYNC_OPTIONS),
+                                        (128, dict(SYNC_OPTIONS, q_stages=2, stages=2, split_kv=True)),
+                                        (64, dict(SYNC_OPTIONS, q_stages=2))],
+                         ids=["sync_hd128", "sync_hd64", "q_ring_hd128", "q_ring_hd64"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_pipeline_options_stay_correct(d, changes, causal):
+    # The TileConfig synchronization options other than the defaults (hd64: three consumer warpgroups), where
+    # each program runs several tiles.
+    from dataclasses import replace
+    from kernels.gluon.forward import TILE_CONFIGS
+    tile = replace(TILE_CONFIGS[(2, d)], **changes)
+    seed, q, k, v = _inputs(*MANY_TILES, d, torch.bfloat16)
+    out, lse = _poisoned_forward(q, k, v, causal, tile=tile)
     _check(out, lse, q, k, v, causal, seed)
 
 

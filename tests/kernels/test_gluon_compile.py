@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SMEM_LIMIT = 227 * 1024  # sm_90 opt-in shared memory per block
 BARRIER_SLACK = 1024  # mbarriers and epilogue scratch on top of the buffers
 # (element bytes, head dim) -> (block_m, block_n, stages, O staged in Q's buffer, split K/V release);
-# kernels.gluon.forward.TILE_CONFIGS. Without warp specialization block_m is 128.
+# kernels.gluon.forward.TILE_CONFIGS (which also sets the branch fence and named-barrier turns).
+# Without warp specialization block_m is 128.
 TILES = {(2, 64): (192, 128, 2, False, True), (2, 128): (128, 128, 3, True, False),
          (2, 256): (128, 64, 2, True, True), (1, 64): (128, 128, 4, False, False),
          (1, 128): (128, 128, 3, False, False), (1, 256): (128, 64, 3, False, False)}
@@ -29,7 +30,9 @@ def _names():
     names = [f"bfloat16_hd{d}_{mask}_ws{ws}_pipe1_pp1" for d in (64, 128, 256) for mask in ("full", "causal")
              for ws in (1, 0)]
     names += ["bfloat16_hd128_full_ws1_pipe0_pp1", "bfloat16_hd128_full_ws1_pipe1_pp0"]
-    return names + [f"float8_e4m3fn_hd{d}_{mask}_ws1_pipe1_pp1" for d in (64, 128, 256) for mask in ("full", "causal")]
+    names += [f"float8_e4m3fn_hd{d}_{mask}_ws1_pipe1_pp1" for d in (64, 128, 256) for mask in ("full", "causal")]
+    # With the synchronization options (branch fence, named-barrier turns, split Q barriers).
+    return names + [f"bfloat16_hd{d}_full_ws1_pipe1_pp1_sync" for d in (64, 128, 256)]
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +75,11 @@ def test_variant_compiles_to_wgmma_and_tma(reports, name):
     o_bytes = 0 if o_in_q else block_m * d * 2  # O is 16-bit
     expected = q_bytes + stages * 2 * block_n * d * elem + o_bytes
     assert expected <= r["shared_bytes"] <= min(expected + BARRIER_SLACK, SMEM_LIMIT), r
+    # Ping-pong turns pass on named barriers (bar.arrive) only with the option, otherwise on mbarriers; the
+    # options exist to cut the warpgroup bar.syncs Gluon puts around mbarrier arrives.
+    assert (r["sass_named_arrive"] > 0) == name.endswith("_sync"), r
+    if name.endswith("_sync"):
+        assert r["sass_warpgroup_bars"] < reports[name.removesuffix("_sync")]["sass_warpgroup_bars"], r
     if ws:
         assert r["num_warps"] == 4 * (consumers + 1), r  # the consumer warpgroups + the producer's warpgroup
         assert CONSUMER_REGS[consumers] in r["setmaxnreg"] and PRODUCER_REGS in r["setmaxnreg"], r
@@ -80,7 +88,8 @@ def test_variant_compiles_to_wgmma_and_tma(reports, name):
 
 
 @pytest.mark.parametrize("fields, match", [((256, 128, 2, False), "block_m"), ((128, 96, 2, False), "block_n"),
-                                           ((128, 128, 0, False), "stages")])
+                                           ((128, 128, 0, False), "stages"),
+                                           ((128, 128, 2, False, False, False, 3), "q_stages")])
 def test_tile_config_rejects_bad_shapes(fields, match):
     from kernels.gluon import TileConfig
     with pytest.raises(ValueError, match=match):
