@@ -4,9 +4,9 @@ Backends, chosen per call by the KERNELS_IMPL environment variable:
 - `auto` (default): on sm_90 the Gluon forward where it measured faster than
   Triton (GLUON_AUTO_*), Triton elsewhere on CUDA and on CPU under
   TRITON_INTERPRET=1, the PyTorch reference otherwise. On sm_90 the backward
-  is Gluon's at head dims 64 and 128 (it beat Triton's at every shape measured),
-  Triton's elsewhere and whenever `deterministic` is asked (Gluon adds dQ with
-  atomics).
+  is Gluon's at head dims 64 and 128 from GLUON_AUTO_MIN_SEQLEN_K keys (where it
+  beat Triton's), Triton's elsewhere and whenever `deterministic` is asked
+  (Gluon adds dQ with atomics).
 - `gluon`, `triton`, `reference`: forced; an unavailable choice is an error.
   Forced `gluon` runs the backward where Gluon has one, as `auto` does.
 
@@ -70,11 +70,13 @@ def select_impl(device: torch.device, head_dim: int | None = None, seqlen_k: int
     return impl
 
 
-def select_backward_impl(q: torch.Tensor, deterministic: bool) -> str:
+def select_backward_impl(q: torch.Tensor, seqlen_k: int, deterministic: bool) -> str:
     """The backend of a backward on q's device: Gluon on sm_90 where it has tiles for the head dim and atomics
-    are allowed (not deterministic), unless KERNELS_IMPL forces triton or reference."""
+    are allowed (not deterministic), unless KERNELS_IMPL forces triton or reference; auto also asks for
+    GLUON_AUTO_MIN_SEQLEN_K keys (at 512 keys, causal, Triton's backward measured faster)."""
+    forced = os.environ.get("KERNELS_IMPL", "auto")
     impl = select_impl(q.device)
-    if impl == "reference" or os.environ.get("KERNELS_IMPL", "auto") == "triton":
+    if impl == "reference" or forced == "triton" or (forced == "auto" and seqlen_k < GLUON_AUTO_MIN_SEQLEN_K):
         return impl
     gluon = gluon_kernels() if is_sm90(q.device) else None
     gluon_applies = gluon is not None and not deterministic and q.shape[-1] in gluon.BWD_TILES
@@ -113,7 +115,7 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     if lse.shape != (q.shape[0], q.shape[2], q.shape[1]):
         raise ValueError(f"lse must be (batch, nheads, seqlen_q) = {(q.shape[0], q.shape[2], q.shape[1])}, "
                          f"got {tuple(lse.shape)}")
-    impl = select_backward_impl(q, deterministic)
+    impl = select_backward_impl(q, k.shape[1], deterministic)
     if impl == "reference":
         grads = attention_backward_ref(dout, q, k, v, out, lse, causal, softmax_scale, dtype=torch.float32)
     else:

@@ -67,7 +67,9 @@ def _first(out):
 
 def _bf16_backend(q, k, mode):
     from kernels.ops import select_backward_impl, select_impl
-    return select_impl(q.device, q.shape[-1], k.shape[1]) if mode == "fwd" else select_backward_impl(q, False)
+    if mode == "fwd":
+        return select_impl(q.device, q.shape[-1], k.shape[1])
+    return select_backward_impl(q, k.shape[1], deterministic=False)
 
 
 def _fp8_backend(q, k, mode):

@@ -123,7 +123,7 @@ def test_dispatch(monkeypatch):
     for impl in ("auto", "triton", "reference"):
         monkeypatch.setenv("KERNELS_IMPL", impl)
         assert select_impl(cpu) == ("triton" if impl == "auto" else impl)
-        assert select_backward_impl(torch.empty(1, 1, 1, 64), False) == select_impl(cpu)
+        assert select_backward_impl(torch.empty(1, 1, 1, 64), 4096, False) == select_impl(cpu)
     monkeypatch.setenv("KERNELS_IMPL", "gluon")
     with pytest.raises(RuntimeError, match="gluon needs an sm_90 GPU"):
         select_impl(cpu)
@@ -163,8 +163,11 @@ def test_backward_runs_on_gluon_where_it_applies(monkeypatch):
     q = lambda d: torch.empty(1, 1, 1, d, device="cuda")  # noqa: E731
     for impl in ("auto", "gluon"):
         monkeypatch.setenv("KERNELS_IMPL", impl)
-        assert select_backward_impl(q(128), False) == "gluon" and select_backward_impl(q(64), False) == "gluon"
-        assert select_backward_impl(q(256), False) == "triton"  # no Gluon tiles at head dim 256
-        assert select_backward_impl(q(128), True) == "triton"  # Gluon's dQ uses atomics
+        assert select_backward_impl(q(128), 4096, False) == "gluon" == select_backward_impl(q(64), 4096, False)
+        assert select_backward_impl(q(256), 4096, False) == "triton"  # no Gluon tiles at head dim 256
+        assert select_backward_impl(q(128), 4096, True) == "triton"  # Gluon's dQ uses atomics
+    assert select_backward_impl(q(128), 512, False) == "gluon"  # forced: any length
+    monkeypatch.setenv("KERNELS_IMPL", "auto")
+    assert select_backward_impl(q(128), 512, False) == "triton"
     monkeypatch.setenv("KERNELS_IMPL", "triton")
-    assert select_backward_impl(q(128), False) == "triton"
+    assert select_backward_impl(q(128), 4096, False) == "triton"
