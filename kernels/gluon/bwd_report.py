@@ -3,16 +3,14 @@
 `python -m kernels.gluon.bwd_report` compiles every variant for sm_90a and prints one JSON object per
 variant; its own process, so that a caller running Triton in interpreter mode still gets a real compile.
 """
-import json
 import re
 import sys
-import tempfile
 from dataclasses import replace
 
 import torch
 
 from .bwd import BWD_TILES, BwdVariant, compile_backward
-from .report import _sass_and_resources
+from .report import common_counts, print_reports
 
 
 def alternative_tiles(head_dim):
@@ -40,34 +38,18 @@ def variant_name(v: BwdVariant):
 
 
 def compile_report(variant: BwdVariant, tmpdir: str):
-    ck = compile_backward(variant)
-    ptx = ck.asm["ptx"]
-    sass, usage = _sass_and_resources(ck.asm["cubin"], tmpdir)
+    _, sass, counts = common_counts(compile_backward(variant), tmpdir)
     return dict(
         name=variant_name(variant),
-        shared_bytes=ck.metadata.shared,
-        num_warps=ck.metadata.num_warps,
+        **counts,
         stages=variant.tile.stages,
         mma_partitions=variant.tile.mma_partitions,
-        ptx_wgmma=ptx.count("wgmma.mma_async"),
-        sass_gmma=len(re.findall(r"\bHGMMA\.", sass)),
-        sass_tma_load=sass.count("UTMALDG"),
-        sass_tma_store=sass.count("UTMASTG"),
         sass_f32_atomics=len(re.findall(r"\bREDG?\.E\.ADD\.F32", sass)),
-        sass_local_mem=len(re.findall(r"\b(?:LDL|STL)\b", sass)),
-        setmaxnreg=sorted({int(n) for n in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)}),
-        **usage,
     )
 
 
 def main():
-    with tempfile.TemporaryDirectory() as tmpdir:
-        for v in VARIANTS:
-            try:
-                row = compile_report(v, tmpdir)
-            except Exception as e:  # report and go on: one broken variant must not hide the others
-                row = dict(name=variant_name(v), error=f"{type(e).__name__}: {e}"[-2000:])
-            print(json.dumps(row), flush=True)
+    print_reports(VARIANTS, compile_report, variant_name)
 
 
 if __name__ == "__main__":

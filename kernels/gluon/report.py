@@ -9,11 +9,11 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+from dataclasses import replace
 
 import torch
 import triton
-
-from dataclasses import replace
 
 from .forward import HEAD_DIMS, TILE_CONFIGS, Variant, compile_forward
 
@@ -48,38 +48,49 @@ def _sass_and_resources(cubin: bytes, tmpdir: str):
     return sass, {k.lower(): int(v) for k, v in usage.items()}
 
 
-def compile_report(variant: Variant, tmpdir: str):
-    ck = compile_forward(variant)
+def common_counts(ck, tmpdir: str):
+    """(ptx, sass, counts every Gluon kernel's report carries) of a compiled kernel."""
     ptx = ck.asm["ptx"]
     sass, usage = _sass_and_resources(ck.asm["cubin"], tmpdir)
-    return dict(
-        name=variant_name(variant),
+    return ptx, sass, dict(
         shared_bytes=ck.metadata.shared,
         num_warps=ck.metadata.num_warps,
         ptx_wgmma=ptx.count("wgmma.mma_async"),
-        ptx_wgmma_fp8=len(re.findall(r"wgmma\.mma_async\S*\.e4m3", ptx)),
-        ptx_tma_load=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.shared::cluster\.global", ptx)),
-        ptx_tma_store=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.global\.shared", ptx)),
         setmaxnreg=sorted({int(n) for n in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)}),
         sass_gmma=len(re.findall(r"\b[HQ]GMMA\.", sass)),
         sass_tma_load=sass.count("UTMALDG"),
         sass_tma_store=sass.count("UTMASTG"),
         sass_local_mem=len(re.findall(r"\b(?:LDL|STL)\b", sass)),
-        sass_named_arrive=len(re.findall(r"\bBAR\.ARV\b", sass)),  # ping-pong turns on named barriers
-        sass_warpgroup_bars=len(re.findall(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b", sass)),
         **usage,
     )
 
 
-def main():
-    import tempfile
+def compile_report(variant: Variant, tmpdir: str):
+    ptx, sass, counts = common_counts(compile_forward(variant), tmpdir)
+    return dict(
+        name=variant_name(variant),
+        **counts,
+        ptx_wgmma_fp8=len(re.findall(r"wgmma\.mma_async\S*\.e4m3", ptx)),
+        ptx_tma_load=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.shared::cluster\.global", ptx)),
+        ptx_tma_store=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.global\.shared", ptx)),
+        sass_named_arrive=len(re.findall(r"\bBAR\.ARV\b", sass)),  # ping-pong turns on named barriers
+        sass_warpgroup_bars=len(re.findall(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b", sass)),
+    )
+
+
+def print_reports(variants, report, name):
+    """One JSON line per variant: report(variant, tmpdir), or the error that stopped its compile."""
     with tempfile.TemporaryDirectory() as tmpdir:
-        for v in VARIANTS:
+        for v in variants:
             try:
-                row = compile_report(v, tmpdir)
+                row = report(v, tmpdir)
             except Exception as e:  # report and go on: one broken variant must not hide the others
-                row = dict(name=variant_name(v), error=f"{type(e).__name__}: {e}"[-2000:])
+                row = dict(name=name(v), error=f"{type(e).__name__}: {e}"[-2000:])
             print(json.dumps(row), flush=True)
+
+
+def main():
+    print_reports(VARIANTS, compile_report, variant_name)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,11 @@ random inputs (odd seqlens, causal both ways, GQA/MQA, head dims 64/128),
 FA's criterion: error at most 2x PyTorch's own bf16/fp16 error plus the
 reference's rounding to the dtype, on the max and the relative L2 error.
 """
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from gluon_reports import compile_reports
+
 SMEM_LIMIT = 227 * 1024
 BARRIER_SLACK = 1024
 BLOCK_M, BLOCK_N = 64, 128  # kernels.gluon.bwd.BWD_TILES
@@ -34,12 +29,7 @@ NAMES += [f"bfloat16_hd{d}_{mask}_{mode}" for d in (64, 128) for mask in ("full"
 
 @pytest.fixture(scope="module")
 def reports():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "kernels.gluon.bwd_report"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return {row["name"]: row for row in map(json.loads, filter(None, proc.stdout.splitlines()))}
+    return compile_reports("kernels.gluon.bwd_report", timeout=600)
 
 
 @pytest.mark.parametrize("name", NAMES)

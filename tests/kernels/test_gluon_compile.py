@@ -3,15 +3,10 @@
 Compiles run in one child process (`python -m kernels.gluon.report`): this
 process may run Triton in interpreter mode, under which Gluon cannot compile.
 """
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from gluon_reports import compile_reports
+
 SMEM_LIMIT = 227 * 1024  # sm_90 opt-in shared memory per block
 BARRIER_SLACK = 1024  # mbarriers and epilogue scratch on top of the buffers
 # (element bytes, head dim) -> (block_m, block_n, stages, O staged in Q's buffer, split K/V release);
@@ -37,13 +32,7 @@ def _names():
 
 @pytest.fixture(scope="module")
 def reports():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "kernels.gluon.report"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    return {row["name"]: row for row in rows}
+    return compile_reports("kernels.gluon.report", timeout=900)
 
 
 @pytest.mark.parametrize("name", _names())
