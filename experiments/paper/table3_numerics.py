@@ -154,7 +154,8 @@ def markdown(rows: list[dict]) -> str:
         first = by_key[m, shapes[0]]
         cells = [f"{by_key[m, s]['rmse']:.2e}" for s in shapes]
         paper = first["paper_rmse"]
-        lines.append("| " + " | ".join([m, first["backend"], *cells, f"{paper:.1e}" if paper else ""]) + " |")
+        backends = ", ".join(dict.fromkeys(by_key[m, s]["backend"] for s in shapes))  # dispatch is per shape
+        lines.append("| " + " | ".join([m, backends, *cells, f"{paper:.1e}" if paper else ""]) + " |")
     return "\n".join(lines)
 
 
