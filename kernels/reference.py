@@ -46,6 +46,15 @@ def attention_ref(q, k, v, causal=False, softmax_scale=None, dtype=torch.float64
     return out, lse
 
 
+def attention_ref_grads(q, k, v, dout, causal=False, dtype=torch.float64):
+    """(out, lse, dq, dk, dv) of `attention_ref` computed in `dtype`, the gradients by autograd (the oracle the
+    backward kernels' formula is checked against, independent of `attention_backward_ref`)."""
+    qd, kd, vd = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    out, lse = attention_ref(qd, kd, vd, causal, dtype=dtype)
+    out.backward(dout.to(dtype))
+    return out.detach(), lse, qd.grad, kd.grad, vd.grad
+
+
 def attention_backward_ref(dout, q, k, v, out, lse, causal=False, softmax_scale=None, dtype=torch.float64):
     """FlashAttention's backward formula in `dtype`: (dq, dk, dv) from the given out and natural-log lse.
 

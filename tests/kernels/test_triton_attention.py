@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import kernels
-from kernels.reference import attention_backward_ref, attention_ref
+from kernels.reference import attention_backward_ref, attention_ref, attention_ref_grads
 from kernels.triton import attention_backward_triton, attention_forward_triton
 from kernels.triton.fwd import EXP2_POLY_CLAMP, EXP2_POLY_COEFFS, interpreting
 from kernels.triton.tiles import BwdTiles, Tiles, bwd_tiles, fwd_tiles
@@ -46,14 +46,6 @@ def rel_err(x, ref):
     return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
-def reference_grads(q, k, v, dout, causal, dtype):
-    """(out, lse, dq, dk, dv) of attention_ref computed in `dtype`, by autograd."""
-    qd, kd, vd = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
-    out, lse = attention_ref(qd, kd, vd, causal, dtype=dtype)
-    out.backward(dout.to(dtype))
-    return out.detach(), lse, qd.grad, kd.grad, vd.grad
-
-
 def assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float64):
     ref_out, ref_lse = attention_ref(q, k, v, causal, dtype=ref_dtype)
     low_out, _ = attention_ref(q, k, v, causal, dtype=q.dtype)
@@ -69,8 +61,8 @@ def assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float64):
 
 
 def assert_grads_close(grads, q, k, v, dout, causal, ref_dtype=torch.float64):
-    ref = reference_grads(q, k, v, dout, causal, ref_dtype)[2:]
-    low = reference_grads(q, k, v, dout, causal, q.dtype)[2:]
+    ref = attention_ref_grads(q, k, v, dout, causal, ref_dtype)[2:]
+    low = attention_ref_grads(q, k, v, dout, causal, q.dtype)[2:]
     for name, g, r, lo, t in zip("qkv", grads, ref, low, (q, k, v)):
         assert g.dtype == t.dtype and g.shape == t.shape, name
         assert torch.isfinite(g).all(), name
