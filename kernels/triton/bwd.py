@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton.fwd import (LOG2E, bsh_strides, exp2, head_view, interpreting, kv_block_range,
+from kernels.triton.fwd import (LOG2E, bsh_strides, exp2, head_view, interpreting, kv_block_range, query_tile,
                                 set_descriptor_allocator, to_operand)
 from kernels.triton.tiles import BwdTiles, bwd_tiles, padded_head_dim
 
@@ -154,15 +154,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse2_ptr, delta_ptr,
                    seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                    UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
-    pid_m = tl.program_id(0)
-    if CAUSAL:  # the last query blocks see the most keys: start them first
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    bh = tl.program_id(1)
-    batch = bh // nheads
-    head = bh % nheads
-    kv_head = head // (nheads // nheads_kv)
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    bh, batch, head, kv_head, start_m, offs_m = query_tile(nheads, nheads // nheads_kv, BLOCK_M, CAUSAL)
     q = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM).load([start_m, 0])
     do = head_view(do_ptr, do_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM).load([start_m, 0])
     if UPCAST:

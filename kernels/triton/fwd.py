@@ -1,6 +1,6 @@
 """FlashAttention forward in Triton: one program per (query block, batch, head), online softmax in exp2.
 
-The jitted helpers here (`head_view`, `kv_block_range`, `causal_keep`,
+The jitted helpers here (`head_view`, `query_tile`, `kv_block_range`, `causal_keep`,
 `online_softmax`, `softmax_epilogue`, `to_operand`) are shared with the backward and the FP8
 forward; keep their names and signatures stable.
 
@@ -139,6 +139,20 @@ def kv_block_range(start_m, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: 
 
 
 @triton.jit
+def query_tile(nheads, group, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """This program's query tile on a (query block, batch * head) grid: (bh, batch, head, kv head, first row,
+    row offsets). Causal grids run in reverse, so the last query blocks, which see the most keys, start first."""
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    bh = tl.program_id(1)
+    batch = bh // nheads
+    head = bh % nheads
+    start_m = pid_m * BLOCK_M
+    return bh, batch, head, head // group, start_m, start_m + tl.arange(0, BLOCK_M)
+
+
+@triton.jit
 def causal_keep(offs_m, offs_n, seqlen_q, seqlen_k, CAUSAL: tl.constexpr):
     """(rows, keys) mask of the scores to keep: keys inside the sequence and, if causal, not in the future."""
     keep = offs_n[None, :] < seqlen_k
@@ -207,15 +221,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, 
                      seqlen_q, seqlen_k, nheads, group, head_dim, qk_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      CAUSAL: tl.constexpr, UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
-    pid_m = tl.program_id(0)
-    if CAUSAL:  # the last query blocks see the most keys: start them first
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    bh = tl.program_id(1)
-    batch = bh // nheads
-    head = bh % nheads
-    kv_head = head // group
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    bh, batch, head, kv_head, start_m, offs_m = query_tile(nheads, group, BLOCK_M, CAUSAL)
 
     q_desc = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
     k_desc = head_view(k_ptr, k_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
