@@ -1,0 +1,121 @@
+"""Host overhead of our attention entry points against the GPU time they launch (one GPU call).
+
+    PYTHONUNBUFFERED=1 python -m experiments.host_overhead --out $OUT
+
+For each path and shape three numbers:
+- `host_us`: Python/driver time per call, from the wall clock over calls that
+  are queued without synchronizing (the GPU never stalls the host here);
+- `bench_ms`: triton.testing.do_bench's median, what the tables report: it
+  includes GPU idle time whenever the host cannot keep the queue full;
+- `graph_ms`: the same calls replayed from a CUDA graph, the GPU time alone.
+bench_ms well above graph_ms means the path is host-bound at that shape.
+Writes <out>/host_overhead.json and prints a table.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+# (name, batch, seqlen, heads, head dim, causal): GPT-2 small's attention at its training shape, and the paper's
+# 16k-token shapes at 4k keys, where the FP8 bar (>= 750 TFLOPs/s including the pre-pass) is hardest.
+SHAPES = [("gpt2", 32, 1024, 12, 64, True), ("hd128_4k", 4, 4096, 16, 128, False),
+          ("hd256_4k", 4, 4096, 8, 256, False)]
+CALLS = 50
+
+
+def host_us(fn):
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(CALLS):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / CALLS * 1e6
+
+
+def graph_ms(fn):
+    """Median GPU time of fn replayed from a CUDA graph (warmed up on a side stream, as capture requires)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=40, return_mode="median")
+
+
+def paths(batch, seqlen, heads, d, causal):
+    """(name, fn, graphable) of the entry points at one shape; inputs drawn once, fresh per shape."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import kernels
+    from kernels.ops import gluon_kernels
+    from kernels.triton.fp8_quant import quantize_qkv_triton
+    q, k, v = (torch.randn(batch, seqlen, heads, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+
+    def cudnn():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+
+    out = [("sdpa_cudnn_fwd", cudnn, True), ("ours_fwd", lambda: kernels.flash_attn_func(q, k, v, causal=causal), True)]
+    gluon = gluon_kernels()
+    if gluon is not None:
+        out.append(("gluon_fwd_direct", lambda: gluon.attention_forward(q, k, v, None, causal), True))
+    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+    dout = torch.randn_like(q)
+    qtg, ktg, vtg = (t.transpose(1, 2) for t in (qg, kg, vg))
+
+    def cudnn_fwd_bwd():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            o = torch.nn.functional.scaled_dot_product_attention(qtg, ktg, vtg, is_causal=causal)
+        torch.autograd.grad(o, (qtg, ktg, vtg), dout.transpose(1, 2))
+
+    def ours_fwd_bwd():
+        torch.autograd.grad(kernels.flash_attn_func(qg, kg, vg, causal=causal), (qg, kg, vg), dout)
+
+    out += [("sdpa_cudnn_fwd_bwd", cudnn_fwd_bwd, False), ("ours_fwd_bwd", ours_fwd_bwd, False)]
+    if d in (64, 128, 256):
+        cfg = kernels.FP8Config()
+        x = quantize_qkv_triton(q, k, v, cfg)
+        out += [("fp8_prepass", lambda: quantize_qkv_triton(q, k, v, cfg), True),
+                ("fp8_fwd_on_prepassed", lambda: kernels.fp8_attention_forward(x, None, causal), True),
+                ("fp8_fwd", lambda: kernels.flash_attn_fp8_func(q, k, v, causal=causal, config=cfg), True)]
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".")
+    args = parser.parse_args()
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+    rows = []
+    for name, b, s, h, d, causal in SHAPES:
+        for path, fn, graphable in paths(b, s, h, d, causal):
+            row = dict(shape=name, path=path, host_us=host_us(fn),
+                       bench_ms=triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))
+            if graphable:
+                try:
+                    row["graph_ms"] = graph_ms(fn)
+                except Exception as e:  # a path that cannot be captured is reported, not fatal
+                    row["graph_error"] = f"{type(e).__name__}: {e}"[:200]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "host_overhead.json").write_text(json.dumps(rows, indent=1))
+    print(f"\n{'shape':10} {'path':22} {'host us':>8} {'bench ms':>9} {'graph ms':>9} {'bench/graph':>11}")
+    for r in rows:
+        g = r.get("graph_ms", float("nan"))
+        print(f"{r['shape']:10} {r['path']:22} {r['host_us']:8.0f} {r['bench_ms']:9.3f} {g:9.3f} "
+              f"{r['bench_ms'] / g:11.2f}")
+
+
+if __name__ == "__main__":
+    main()
