@@ -4,12 +4,15 @@
 
 Stages run as child processes with their own time limits (a hung kernel costs
 its stage, not the run):
-- `tests`: the `gpu`-marked tests of tests/kernels/test_triton_attention.py and test_compile.py.
-- `sweep`: every candidate config (tiles and `exp2_poly`) at one seqlen
-  (default 8k) per head dim (`--sweep-head-dims`) and causality, in the
-  paper's setup (batch x seqlen = 16k tokens, hidden 2048, heads = 2048 /
-  headdim, bf16); each config's output is checked against cuDNN SDPA's
-  before it is timed. All candidates compile in parallel first.
+- `tests`: the `gpu`-marked tests of tests/kernels/test_triton_attention.py and test_compile.py
+  (`--tests-filter`: only those whose names match, pytest's -k).
+- `sweep`: every candidate config (tiles, `exp2_poly`, `warp_specialize`) at
+  the sweep seqlens (default 8k) per head dim (`--sweep-head-dims`) and
+  causality, forward and/or backward (`--sweep-kinds`), in the paper's setup
+  (batch x seqlen = 16k tokens, hidden 2048, heads = 2048 / headdim, bf16);
+  each config's output is checked against cuDNN SDPA's before it is timed.
+  All candidates compile in parallel first. Winners: highest mean TFLOPs/s
+  over the sweep seqlens.
 - `table`: the winners (or the tuned tables when no sweep ran) next to SDPA's
   cuDNN and flash backends over seqlens (`--quick`: hd128 1k-16k, hd64/256 at
   8k and 16k), forward and backward, in TFLOPs/s (kernels.flops: the FA3
@@ -37,14 +40,18 @@ TOKENS, HIDDEN = 16384, 2048
 HEAD_DIMS = (64, 128, 256)
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
 
-# Candidates: Tiles fields in order (block_m, block_n, num_warps, num_stages, max_regs, exp2_poly). Pruned
+# Candidates: Tiles fields in order (block_m, block_n, num_warps, num_stages, max_regs, exp2_poly,
+# warp_specialize). Pruned
 # on CPU by compiling for sm_90 (docs/tuning-triton.md): no or few spills, programs per SM from registers
 # and shared memory, and whether ptxas serializes the wgmmas (C7512: each one waited on at once, as at
 # hd128 (128, 64, 8 warps) under a 128-register cap, which still measured among the fastest).
 FWD_CANDIDATES = {
     64: [(128, 128, 8, 3, 128), (128, 64, 8, 4, 128), (64, 128, 4, 1), (64, 64, 4, 1)],
     128: [(64, 128, 4, 1, 168), (128, 64, 8, 2, 128), (64, 128, 4, 1), (64, 64, 4, 1), (64, 64, 4, 3),
-          (128, 128, 8, 3), (128, 32, 8, 3, 128), (64, 128, 4, 1, 168, 8)],
+          (128, 128, 8, 3), (128, 32, 8, 3, 128), (64, 128, 4, 1, 168, 8),
+          # Warp-specialized by Triton (one producer and two 4-warp consumer warpgroups, 1 program/SM);
+          # num_stages = K/V buffers: 197 KB of shared memory at (128, 128, 2), 164 KB at (128, 64, 3).
+          (128, 128, 4, 2, None, 0, True), (128, 64, 4, 3, None, 0, True), (128, 64, 4, 2, None, 0, True)],
     256: [(128, 64, 8, 2), (64, 64, 4, 1), (64, 64, 4, 2)],
 }
 # dK/dV kernel: block_m query rows per step, block_n keys per program; dQ kernel: the reverse.
@@ -113,7 +120,7 @@ def _bwd_candidates(head_dim):
     return [[c, dq[0]] for c in dkdv] + [[dkdv[0], c] for c in dq[1:]]
 
 
-def sweep_stage(head_dims, seqlen):
+def sweep_stage(head_dims, seqlens, kinds):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from kernels.flops import attention_flops, tflops_per_s
@@ -121,10 +128,13 @@ def sweep_stage(head_dims, seqlen):
 
     work = []
     for d in head_dims:
-        batch, s, h = _shape(d, seqlen)
-        q, k, v, do = _inputs(batch, s, h, d)
-        for causal in (False, True):
-            work.append((d, causal, q, k, v, do, FWD_CANDIDATES[d], _bwd_candidates(d)))
+        fwds = FWD_CANDIDATES[d] if "fwd" in kinds else []
+        bwds = _bwd_candidates(d) if "bwd" in kinds else []
+        for seqlen in seqlens:
+            batch, s, h = _shape(d, seqlen)
+            q, k, v, do = _inputs(batch, s, h, d)
+            for causal in (False, True):
+                work.append((d, causal, q, k, v, do, fwds, bwds))
     t0 = time.time()
     with _compile_only(os.cpu_count()):
         for d, causal, q, k, v, do, fwds, bwds in work:
@@ -140,10 +150,15 @@ def sweep_stage(head_dims, seqlen):
         qt, kt, vt = (t.detach().transpose(1, 2).requires_grad_() for t in (q, k, v))
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
             ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
-            ref_grads = torch.autograd.grad(ref, (qt, kt, vt), do.transpose(1, 2))
+            ref_grads = torch.autograd.grad(ref, (qt, kt, vt), do.transpose(1, 2)) if bwds else []
         ref, ref_grads = ref.transpose(1, 2), [g.transpose(1, 2) for g in ref_grads]
         base = dict(stage="sweep", head_dim=d, causal=causal, batch=batch, seqlen=s, nheads=h)
-        out, lse = attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=_fwd_tiles(fwds[0]))
+        if fwds:  # cuDNN's forward on the same inputs, for the ratio the targets are set in
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                base["cudnn_tflops"] = tflops_per_s(attention_flops(batch, s, h, d, causal, "fwd"), _time(
+                    lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)))
+        if bwds:  # the backward candidates' inputs: the tuned forward's out and lse
+            out, lse = attention_forward_triton(q, k, v, d ** -0.5, causal)
         for kind, specs in (("fwd", fwds), ("bwd", bwds)):
             flops = attention_flops(batch, s, h, d, causal, kind)
             for spec in specs:
@@ -208,6 +223,14 @@ def _run_stage(args, timeout, log):
     return json_rows(out)
 
 
+def _fastest(rows, tiles_of=lambda r: r["tiles"]):
+    """tiles_of(row) with the highest mean TFLOPs/s over the rows (one per sweep seqlen) that hold it."""
+    by_tiles = {}
+    for r in rows:
+        by_tiles.setdefault(json.dumps(tiles_of(r)), []).append(r["tflops"])
+    return json.loads(max(by_tiles, key=lambda t: sum(by_tiles[t]) / len(by_tiles[t])))
+
+
 def _winners(rows):
     """Per (head dim, causal): the fastest correct forward tiles and backward tiles.
 
@@ -222,24 +245,25 @@ def _winners(rows):
         w = winners[key] = {}
         fwd = [r for r in mine if r["kind"] == "fwd"]
         if fwd:
-            w["fwd"] = min(fwd, key=lambda r: r["ms"])["tiles"]
+            w["fwd"] = _fastest(fwd)
         head_dim = int(key.split("/")[0])
         dkdv0, dq0 = list(DKDV_CANDIDATES[head_dim][0]), list(DQ_CANDIDATES[head_dim][0])
         dkdv_rows = [r for r in mine if r["kind"] == "bwd" and r["tiles"][1] == dq0]
         dq_rows = [r for r in mine if r["kind"] == "bwd" and r["tiles"][0] == dkdv0]
         if dkdv_rows and dq_rows:
-            best_dkdv = min(dkdv_rows, key=lambda r: r["ms"])["tiles"][0]
-            w["bwd"] = [best_dkdv, min(dq_rows, key=lambda r: r["ms"])["tiles"][1]]
+            w["bwd"] = [_fastest(dkdv_rows, lambda r: r["tiles"][0]), _fastest(dq_rows, lambda r: r["tiles"][1])]
     return winners
 
 
 def _print_tables(rows, winners):
     sweep = [r for r in rows if r.get("stage") == "sweep" and "kind" in r]
     if sweep:
-        print("\nsweep (ms, TFLOPs/s, rel err vs cuDNN):")
+        print("\nsweep (ms, TFLOPs/s, [fwd: ratio to cuDNN's forward], rel err vs cuDNN):")
         for r in sweep:
             res = f"{r['ms']:7.3f} ms {r['tflops']:6.1f}" if "ms" in r else r.get("error", "")[:90]
-            print(f"  hd{r['head_dim']:<4}{'causal' if r['causal'] else 'full':7}{r['kind']} {r['tiles']} "
+            if "ms" in r and r["kind"] == "fwd" and "cudnn_tflops" in r:
+                res += f" ({r['tflops'] / r['cudnn_tflops']:.2f}x cuDNN {r['cudnn_tflops']:.0f})"
+            print(f"  hd{r['head_dim']:<4}{'causal' if r['causal'] else 'full':7}{r['seqlen']:>6} {r['kind']} {r['tiles']} "
                   f"{res} err {r.get('err', float('nan')):.1e}{'' if r.get('ok') else ' BAD'}")
         print("\nwinners (paste into kernels/triton/tiles.py):")
         for key, w in sorted(winners.items()):
@@ -286,15 +310,17 @@ def main():
     parser.add_argument("--stages", default="tests,sweep,table", help="comma-separated subset of tests,sweep,table")
     parser.add_argument("--head-dims", type=int, nargs="+", default=list(HEAD_DIMS))
     parser.add_argument("--seqlens", type=int, nargs="+", default=list(SEQLENS))
-    parser.add_argument("--sweep-seqlen", type=int, default=8192)
+    parser.add_argument("--sweep-seqlens", type=int, nargs="+", default=[8192])
     parser.add_argument("--sweep-head-dims", type=int, nargs="+", help="head dims to sweep (default: --head-dims)")
+    parser.add_argument("--sweep-kinds", nargs="+", choices=["fwd", "bwd"], default=["fwd", "bwd"])
+    parser.add_argument("--tests-filter", help="run only the GPU tests whose names match (pytest -k)")
     parser.add_argument("--quick", action="store_true", help="table over QUICK_SEQLENS instead of --seqlens")
     parser.add_argument("--timeouts", type=int, nargs=3, default=[130, 140, 130], metavar=("TESTS", "SWEEP", "TABLE"))
     parser.add_argument("--stage", choices=["sweep", "table"], help=argparse.SUPPRESS)  # child-process entry
     parser.add_argument("--winners", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage == "sweep":
-        return sweep_stage(args.head_dims, args.sweep_seqlen)
+        return sweep_stage(args.head_dims, args.sweep_seqlens, args.sweep_kinds)
     if args.stage == "table":
         return table_stage(args.head_dims, args.seqlens, json.loads(args.winners), args.quick)
 
@@ -310,13 +336,15 @@ def main():
     with open(out / "tune_triton.log", "w") as log:
         if "tests" in stages:
             tests_out, _, _ = run_child([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+                                         *(["-k", args.tests_filter] if args.tests_filter else []),
                                          "tests/kernels/test_triton_attention.py", "tests/kernels/test_compile.py"],
                                         args.timeouts[0], log, "tests")
             print(tests_out[-2500:], flush=True)
         if "sweep" in stages:
             sweep_dims = [str(d) for d in args.sweep_head_dims or args.head_dims]
-            rows += _run_stage(["--stage", "sweep", "--head-dims", *sweep_dims, "--sweep-seqlen",
-                                str(args.sweep_seqlen)], args.timeouts[1], log)
+            rows += _run_stage(["--stage", "sweep", "--head-dims", *sweep_dims, "--sweep-seqlens",
+                                *map(str, args.sweep_seqlens), "--sweep-kinds", *args.sweep_kinds],
+                               args.timeouts[1], log)
             winners = _winners(rows)
         if "table" in stages:
             rows += _run_stage(["--stage", "table", "--head-dims", *dims, "--seqlens", *map(str, args.seqlens),
