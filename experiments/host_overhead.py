@@ -9,10 +9,15 @@ For each path and shape three numbers:
   includes GPU idle time whenever the host cannot keep the queue full;
 - `graph_ms`: the same calls replayed from a CUDA graph, the GPU time alone.
 bench_ms well above graph_ms means the path is host-bound at that shape.
-Writes <out>/host_overhead.json and prints a table.
+Writes <out>/host_overhead.json and prints a table. `--profile` also writes
+<out>/host_profile.txt: cProfile's top functions (by own time) over the calls
+of each path at the first shape, to show where the host time goes.
 """
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import time
 from pathlib import Path
 
@@ -48,6 +53,21 @@ def graph_ms(fn):
     with torch.cuda.graph(graph):
         fn()
     return triton.testing.do_bench(graph.replay, warmup=10, rep=40, return_mode="median")
+
+
+def profile(fn, top=25):
+    """cProfile's top functions by own time over CALLS calls of fn (after one warm-up call)."""
+    fn()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(CALLS):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
 
 
 def paths(batch, seqlen, heads, d, causal):
@@ -93,9 +113,16 @@ def paths(batch, seqlen, heads, d, causal):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
+    parser.add_argument("--profile", action="store_true", help="cProfile each path at the first shape")
     args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+    if args.profile:
+        name, b, s, h, d, causal = SHAPES[0]
+        with open(Path(args.out) / "host_profile.txt", "w") as f:
+            for path, fn, _ in paths(b, s, h, d, causal):
+                f.write(f"===== {name} {path} ({CALLS} calls)\n{profile(fn)}\n")
     rows = []
     for name, b, s, h, d, causal in SHAPES:
         for path, fn, graphable in paths(b, s, h, d, causal):
@@ -108,7 +135,6 @@ def main():
                     row["graph_error"] = f"{type(e).__name__}: {e}"[:200]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "host_overhead.json").write_text(json.dumps(rows, indent=1))
     print(f"\n{'shape':10} {'path':22} {'host us':>8} {'bench ms':>9} {'graph ms':>9} {'bench/graph':>11}")
     for r in rows:

@@ -97,34 +97,6 @@ def test_forward_backward_match_reference(case, monkeypatch):
     assert_grads_close((qg.grad, kg.grad, vg.grad), q, k, v, dout, causal)
 
 
-# The warp-specialized forward's one key loop: 128-row query blocks (two of them at seqlen_q 150), 16-key blocks,
-# so that full blocks, causal diagonals, key tails and rows that see no key all occur in that one loop.
-WS_CASES = [
-    (1, 150, 53, 2, 1, 64, True, torch.bfloat16),  # seqlen_q > seqlen_k: leading rows see no key
-    (2, 37, 53, 4, 2, 64, True, torch.bfloat16),  # GQA, seqlen_q < seqlen_k
-    (1, 45, 45, 2, 2, 64, False, torch.float16),  # key tail: masked
-    (1, 64, 64, 1, 1, 128, False, torch.bfloat16),  # whole key blocks: no mask at all
-]
-
-
-@on_interpreter
-@pytest.mark.parametrize("case", WS_CASES, ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}_{}".format(
-    *c[:7], str(c[7]).removeprefix("torch.")))
-def test_warp_specialized_forward_matches_reference(case):
-    """The one-loop forward of `Tiles.warp_specialize` (the interpreter runs it without the specialization)."""
-    *shape, causal, dtype = case
-    q, k, v, _ = random_qkv(*shape, dtype, "cpu", seed=sum(shape))
-    out, lse = attention_forward_triton(q, k, v, shape[-1] ** -0.5, causal, tiles=Tiles(128, 16, 4, 1,
-                                                                                       warp_specialize=True))
-    assert_forward_close(out, lse, q, k, v, causal)
-
-
-def test_tiles_reject_warp_specialize_shapes_the_pass_cannot_split():
-    for bad in (Tiles(64, 128, 4, 2, warp_specialize=False), Tiles(128, 128, 8, 2, warp_specialize=False)):
-        with pytest.raises(ValueError, match="warp_specialize"):
-            replace(bad, warp_specialize=True)
-
-
 def test_exp2_polynomial_accuracy():
     """The polynomial exp2 (kernels/triton/fwd.py: exp2_asm), emulated in float32 on fresh random inputs."""
     g = torch.Generator().manual_seed(17)
@@ -217,16 +189,6 @@ def test_gpu_exp2_polynomial(exp2_poly, causal):
     assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float32)
     grads = attention_backward_triton(dout, q, k, v, out, lse, 128 ** -0.5, causal, tiles=bwd_t)
     assert_grads_close(grads, q, k, v, dout, causal, ref_dtype=torch.float32)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("seqlen", [4133, 4096])  # key tail masked / no mask at all (non-causal)
-def test_gpu_warp_specialized_forward(causal, seqlen):
-    q, k, v, _ = random_qkv(2, seqlen, seqlen, 8, 4, 128, torch.bfloat16, "cuda", seed=23)
-    out, lse = attention_forward_triton(q, k, v, 128 ** -0.5, causal, tiles=Tiles(128, 128, 4, 2,
-                                                                                  warp_specialize=True))
-    assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float32)
 
 
 @pytest.mark.gpu
