@@ -84,7 +84,10 @@ def paths(batch, seqlen, heads, d, causal):
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
 
-    out = [("sdpa_cudnn_fwd", cudnn, True), ("ours_fwd", lambda: kernels.flash_attn_func(q, k, v, causal=causal), True)]
+    scale = d ** -0.5
+    out = [("sdpa_cudnn_fwd", cudnn, True), ("ours_fwd", lambda: kernels.flash_attn_func(q, k, v, causal=causal), True),
+           # the same dispatch without the torch.library custom op around it
+           ("ours_fwd_no_custom_op", lambda: kernels.attention_forward(q, k, v, scale, causal), True)]
     gluon = gluon_kernels()
     if gluon is not None:
         out.append(("gluon_fwd_direct", lambda: gluon.attention_forward(q, k, v, None, causal), True))
@@ -100,7 +103,9 @@ def paths(batch, seqlen, heads, d, causal):
     def ours_fwd_bwd():
         torch.autograd.grad(kernels.flash_attn_func(qg, kg, vg, causal=causal), (qg, kg, vg), dout)
 
-    out += [("sdpa_cudnn_fwd_bwd", cudnn_fwd_bwd, False), ("ours_fwd_bwd", ours_fwd_bwd, False)]
+    o, lse = kernels.attention_forward(q, k, v, scale, causal)
+    out += [("sdpa_cudnn_fwd_bwd", cudnn_fwd_bwd, False), ("ours_fwd_bwd", ours_fwd_bwd, False),
+            ("ours_bwd_no_custom_op", lambda: kernels.attention_backward(dout, q, k, v, o, lse, scale, causal), True)]
     if d in (64, 128, 256):
         cfg = kernels.FP8Config()
         x = quantize_qkv_triton(q, k, v, cfg)

@@ -8,16 +8,18 @@ hangs or faults costs its stage, not the run:
   ablation switches at hd128, FP8) against the float64 reference on a few odd
   shapes, outputs NaN-poisoned; FP8 also against the FP8 scheme's oracle and
   the Triton FP8 path. `check --group G`: the tile candidates of
-  CANDIDATES[G] likewise. All checks run at once, next to the GPU test suite
-  (tests/kernels/test_gluon_attention.py), so that they also fill Triton's
-  cache for the benchmarks in parallel.
+  CANDIDATES[G] likewise (group "fp8perm": FP8 with V^T in wgmma key order,
+  from the Triton pre-pass, whose V codes must be the natural order's). All
+  checks run at once, next to the GPU test suite
+  (tests/kernels/test_gluon_attention.py; `--skip-gpu-tests` leaves it out),
+  so that they also fill Triton's cache for the benchmarks in parallel.
 - `sanitize`: if a candidate group's check failed or crashed, one tiny launch
   of its first candidate under compute-sanitizer (memcheck).
 - `bench`: median times (triton.testing.do_bench) of the FA3 paper's Table 2
   ablation shape and of WAVE_SHAPE, then FP8 and BF16 at 16k tokens x hidden
   2048 per shape, the defaults and the candidates side by side, next to cuDNN
   SDPA and our Triton kernels; FP8 alone and including the Triton pre-pass
-  from bf16.
+  from bf16. `--fp8-only` times only the FP8 sweep (hd128/256 at --fp8-seqlens).
 - `stats`: registers, spills, shared memory of the default kernels.
 Results go to <out>/tune_gluon.json; a table is printed last.
 """
@@ -58,11 +60,15 @@ CANDIDATES = {
              ("s3_split", "fp8", 128, dict(stages=3, split_kv=True)),
              ("m128_s3", "bf16", 64, dict(block_m=128, stages=3, split_kv=False)),
              ("m128_s3_sync", "bf16", 64, dict(SYNC, block_m=128, stages=3, split_kv=False))],
+    # The default tiles on V^T in wgmma key order (V_KEY_ORDERS): P reaches PV without register shuffles.
+    "fp8perm": [("wgmma_v", "fp8", 128, {}), ("wgmma_v", "fp8", 256, {})],
 }
+# FP8 candidates that change the pre-pass's V^T key order (kernels.quant.FP8QKV.v_key_order) rather than the tile.
+V_KEY_ORDERS = {"wgmma_v": "wgmma"}
 # hd128 non-causal with whole waves of tiles: 132 m-blocks x 16 heads = 16 tiles per SM on 132 SMs (the 16k
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
-GROUP_ORDER = ("sync", "q", "tile")
+GROUP_ORDER = ("sync", "q", "tile", "fp8perm")
 
 
 def _tile(dtype, head_dim, changes):
@@ -108,19 +114,28 @@ def _check_bf16(head_dim, causal, shape, name, **kwargs):
                           poisoned=poisoned)), flush=True)
 
 
-def _check_fp8(head_dim, causal, shape, name, **kwargs):
-    """FP8 forward vs the scheme's oracle (kernels.quant) and the Triton FP8 path, errors against float64."""
+def _check_fp8(head_dim, causal, shape, name, v_key_order="natural", **kwargs):
+    """FP8 forward vs the scheme's oracle (kernels.quant) and the Triton FP8 path, errors against float64.
+
+    v_key_order "wgmma": the kernel reads V^T in that order from the Triton pre-pass, whose V codes must be the
+    natural order's, permuted (prepass_v_ok); the oracles read the natural order."""
     import torch
     from kernels.gluon import fp8_attention_forward
-    from kernels.quant import FP8Config, fp8_forward_ref, quantize_qkv_ref
+    from kernels.quant import FP8Config, fp8_forward_ref, quantize_qkv_ref, to_wgmma_key_order
     from kernels.reference import attention_ref
+    from kernels.triton.fp8_quant import quantize_qkv_triton
     b, sq, sk, h, h_kv = shape
     q = torch.randn(b, sq, h, head_dim, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(b, sk, h_kv, head_dim, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     x = quantize_qkv_ref(q, k, v, FP8Config())
+    x_run, prepass_v_ok = x, True
+    if v_key_order != "natural":
+        x_run = quantize_qkv_triton(q, k, v, FP8Config(), v_key_order=v_key_order)
+        natural_v_t = quantize_qkv_triton(q, k, v, FP8Config()).v_t
+        prepass_v_ok = torch.equal(x_run.v_t.view(torch.uint8), to_wgmma_key_order(natural_v_t).view(torch.uint8))
     scale = head_dim ** -0.5
-    out, lse, poisoned = _poisoned(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16, **kwargs),
+    out, lse, poisoned = _poisoned(lambda: fp8_attention_forward(x_run, scale, causal, torch.bfloat16, **kwargs),
                                    q.shape, torch.bfloat16)
     exact, lse_exact = attention_ref(q, k, v, causal)
     out8, lse8 = fp8_forward_ref(x, scale, causal)
@@ -138,10 +153,11 @@ def _check_fp8(head_dim, causal, shape, name, **kwargs):
     lse_err = (lse.double() - lse_exact)[finite].abs().max().item()
     lse_err8 = (lse8.double() - lse_exact)[finite].abs().max().item()
     inf_ok = torch.equal(torch.isinf(lse), ~finite)
-    ok = err <= 1.25 * min(err8, err_tr) + 1e-3 and lse_err <= 1.25 * lse_err8 + 1e-3 and inf_ok and poisoned
+    ok = (err <= 1.25 * min(err8, err_tr) + 1e-3 and lse_err <= 1.25 * lse_err8 + 1e-3 and inf_ok and poisoned
+          and prepass_v_ok)
     print(json.dumps(dict(stage="check", dtype="fp8", head_dim=head_dim, variant=name, causal=causal, shape=shape,
                           ok=ok, err=err, err_fp8_scheme=err8, err_triton_fp8=err_tr, lse_err=lse_err,
-                          lse_err_fp8_scheme=lse_err8, poisoned=poisoned)), flush=True)
+                          lse_err_fp8_scheme=lse_err8, poisoned=poisoned, prepass_v_ok=prepass_v_ok)), flush=True)
 
 
 def _check_fp8_long(head_dim, seqlen=8192):
@@ -182,9 +198,10 @@ def check_stage(head_dim, group):
         return
     for name, dtype, d, changes in CANDIDATES[group]:
         check = _check_fp8 if dtype == "fp8" else _check_bf16
+        order = dict(v_key_order=V_KEY_ORDERS[name]) if name in V_KEY_ORDERS else {}
         for causal in (False, True):
             for shape in CHECK_SHAPES[1:]:
-                check(d, causal, list(shape), name, tile=_tile(dtype, d, changes))
+                check(d, causal, list(shape), name, tile=_tile(dtype, d, changes), **order)
 
 
 def tiny_stage(group):
@@ -192,7 +209,8 @@ def tiny_stage(group):
     import torch
     name, dtype, d, changes = CANDIDATES[group][0]
     check = _check_fp8 if dtype == "fp8" else _check_bf16
-    check(d, True, [1, 300, 517, 2, 1], name, tile=_tile(dtype, d, changes))
+    order = dict(v_key_order=V_KEY_ORDERS[name]) if name in V_KEY_ORDERS else {}
+    check(d, True, [1, 300, 517, 2, 1], name, tile=_tile(dtype, d, changes), **order)
     torch.cuda.synchronize()
 
 
@@ -200,11 +218,13 @@ def stats_stage():
     """Resources of the compiled default kernels as the driver loaded them."""
     import torch
     from kernels.gluon import Variant
+    for d in HEAD_DIMS:  # FP8 first: its kernels are in the cache after an --fp8-only run
+        for v_wgmma_keys, name in ((False, "fp8"), (True, "fp8wg")):
+            _stats_row(Variant(torch.float8_e4m3fn, d, False, out_dtype=torch.bfloat16, q_scale_block=128,
+                               kv_scale_block=128, v_wgmma_keys=v_wgmma_keys), name)
     for d in HEAD_DIMS:
         for causal in (False, True):
             _stats_row(Variant(torch.bfloat16, d, causal), "full")
-        _stats_row(Variant(torch.float8_e4m3fn, d, False, out_dtype=torch.bfloat16, q_scale_block=128,
-                           kv_scale_block=128), "fp8")
 
 
 def _stats_row(variant, name):
@@ -285,10 +305,19 @@ def _bench_fp8(batch, seqlen, nheads, head_dim, causal, tiles=(), default=True):
         row["gluon_with_prepass_ms"], row["gluon_with_prepass_tflops"] = ms, tflops_per_s(flops, ms)
     for name, changes in tiles:
         try:
-            ms = _time(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16,
-                                                     tile=_tile("fp8", head_dim, changes)))
-            row.setdefault("tiles", []).append(dict(tile=name, tflops=tflops_per_s(flops, ms),
-                                                    with_prepass_tflops=tflops_per_s(flops, ms + row["prepass_ms"])))
+            tile = _tile("fp8", head_dim, changes)
+            if name in V_KEY_ORDERS:  # the pre-pass's output differs too: time it, and the two composed
+                order = V_KEY_ORDERS[name]
+                xc = quantize_qkv_triton(q, k, v, cfg, v_key_order=order)
+                ms = _time(lambda: fp8_attention_forward(xc, scale, causal, torch.bfloat16, tile=tile))
+                prepass_ms = _time(lambda: quantize_qkv_triton(q, k, v, cfg, v_key_order=order))
+                total_ms = _time(lambda: fp8_attention_forward(quantize_qkv_triton(q, k, v, cfg, v_key_order=order),
+                                                               scale, causal, torch.bfloat16, tile=tile))
+            else:
+                ms = _time(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16, tile=tile))
+                prepass_ms, total_ms = row["prepass_ms"], ms + row["prepass_ms"]
+            row.setdefault("tiles", []).append(dict(tile=name, tflops=tflops_per_s(flops, ms), prepass_ms=prepass_ms,
+                                                    with_prepass_tflops=tflops_per_s(flops, total_ms)))
         except Exception as e:
             row.setdefault("tiles", []).append(dict(tile=name, error=f"{type(e).__name__}: {e}"[:200]))
     ms = _time(lambda: fp8_attention_forward_triton(x, scale, causal, torch.bfloat16))
@@ -314,11 +343,17 @@ def _clean_candidates(group, rows):
             == n_checks]
 
 
-def bench_stage(seqlens, fp8_seqlens, keys, skip_head_dims=()):
-    """skip_head_dims: head dims whose default kernels failed their checks; only candidates are timed there."""
+def bench_stage(seqlens, fp8_seqlens, keys, skip_head_dims=(), fp8_only=False):
+    """skip_head_dims: head dims whose default kernels failed their checks; only candidates are timed there.
+    fp8_only: only the FP8 sweep (hd128 and hd256 at fp8_seqlens, non-causal)."""
     def full(d):
         return [] if d in skip_head_dims else ["full"]
 
+    if fp8_only:
+        for d in (128, 256):
+            for s in fp8_seqlens:
+                _bench_fp8(TOKENS // s, s, HIDDEN // d, d, False, _candidates(keys, "fp8", d), bool(full(d)))
+        return
     a = ABLATION
     hd128_tiles = _candidates(keys, "bf16", 128)
     _bench_bf16(a["batch"], a["seqlen"], a["nheads"], a["head_dim"], False,
@@ -367,7 +402,9 @@ def _table(rows):
             continue
         g, c, t = r.get("gluon_full_tflops", nan), r.get("cudnn_tflops", nan), r.get("triton_tflops", nan)
         best = max([g] + [x["tflops"] for x in r.get("tiles", []) if "tflops" in x])
-        tiles = " ".join(f"{x['tile']}:{x.get('tflops', nan):.0f}" for x in r.get("tiles", []))
+        tiles = " ".join(f"{x['tile']}:{x.get('tflops', nan):.0f}" +
+                         (f" (+pre {x['with_prepass_tflops']:.0f})" if "with_prepass_tflops" in x else "")
+                         for x in r.get("tiles", []))
         extra = f"+pre {r['gluon_with_prepass_tflops']:.0f} " if "gluon_with_prepass_tflops" in r else ""
         print(f"  {r['dtype']:5} hd{r['head_dim']:<4} {'causal' if r['causal'] else 'full':6} {r['seqlen']:>6} "
               f"gluon {g:6.1f} cudnn {c:6.1f} ratio {best / c:5.2f} triton {t:6.1f} {extra} {tiles}")
@@ -388,6 +425,8 @@ def main():
     parser.add_argument("--groups", default=",".join(GROUP_ORDER), help="candidate groups to check and time")
     parser.add_argument("--candidates", default="", help="bench: candidates to time, name/dtype/head_dim")
     parser.add_argument("--skip-default-check", action="store_true", help="check candidates only")
+    parser.add_argument("--skip-gpu-tests", action="store_true", help="leave out tests/kernels/test_gluon_attention.py")
+    parser.add_argument("--fp8-only", action="store_true", help="bench: only the FP8 sweep (hd128/256, --fp8-seqlens)")
     parser.add_argument("--skip-head-dims", default="", help="bench: head dims timed without their defaults")
     parser.add_argument("--seqlens", default=",".join(map(str, SEQLENS)), help="BF16 sweep seqlens, comma-separated")
     parser.add_argument("--fp8-seqlens", default=",".join(map(str, FP8_SEQLENS)), help="FP8 sweep seqlens")
@@ -401,7 +440,8 @@ def main():
         return stats_stage()
     if args.stage == "bench":
         return bench_stage([int(x) for x in args.seqlens.split(",")], [int(x) for x in args.fp8_seqlens.split(",")],
-                           args.candidates.split(","), [int(x) for x in args.skip_head_dims.split(",") if x])
+                           args.candidates.split(","), [int(x) for x in args.skip_head_dims.split(",") if x],
+                           args.fp8_only)
 
     import torch
     import triton
@@ -416,11 +456,13 @@ def main():
         stages = [["--stage", "check", "--head-dim", str(d)] for d in (() if args.skip_default_check else HEAD_DIMS)]
         stages += [["--stage", "check", "--group", g] for g in groups]
         with ThreadPoolExecutor(len(stages) + 1) as pool:
-            tests = pool.submit(run_child, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                            "tests/kernels/test_gluon_attention.py"], 200, log, "GPU tests")
+            if not args.skip_gpu_tests:
+                tests = pool.submit(run_child, [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                                "tests/kernels/test_gluon_attention.py"], 200, log, "GPU tests")
             results = list(pool.map(lambda a: _run_stage(a, 120, log), stages))
-            text, _, status = tests.result()
-            rows.append(dict(stage="pytest", status=status, summary=text.strip().splitlines()[-1:]))
+            if not args.skip_gpu_tests:
+                text, _, status = tests.result()
+                rows.append(dict(stage="pytest", status=status, summary=text.strip().splitlines()[-1:]))
         clean = []  # groups all of whose checks passed
         keys = []  # candidates all of whose checks passed
         failed_head_dims = []
@@ -443,8 +485,8 @@ def main():
             text, err, status = run_child(cmd, 60, log, f"sanitize {g}")
             rows.append(dict(stage="sanitize", group=g, status=status, tail=(text + err)[-1500:]))
         rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens, "--fp8-seqlens", args.fp8_seqlens,
-                            "--candidates", ",".join(keys), "--skip-head-dims", ",".join(failed_head_dims)], 200,
-                           log)[0]
+                            "--candidates", ",".join(keys), "--skip-head-dims", ",".join(failed_head_dims)]
+                           + (["--fp8-only"] if args.fp8_only else []), 200, log)[0]
         rows += _run_stage(["--stage", "stats"], 30, log)[0]
     (out / "tune_gluon.json").write_text(json.dumps(rows, indent=1))
     _table(rows)

@@ -20,6 +20,11 @@ picks the Gluon FP8 forward on sm_90 where it measured faster than Triton's
 TRITON_INTERPRET=1 Triton runs on CPU, else the PyTorch reference
 (kernels.quant). The pre-pass is the Triton kernel for both GPU forwards.
 
+V^T's key order (kernels.quant.FP8QKV.v_key_order) is the pre-pass's choice:
+every forward and the backward read both; with GLUON_FP8_WGMMA_V_ORDER on, a call
+that runs the Gluon forward asks the pre-pass for the wgmma order, in which P
+goes from the softmax to P·V without register shuffles.
+
 Non-finite inputs are not checked on the host (that would synchronize): a
 block holding inf or NaN gets a NaN scale, so every output row that reads it
 (its own query block, or any key/value block it attends to) is NaN.
@@ -39,6 +44,10 @@ BACKWARDS = ("fp8_operands", "bf16_inputs")
 # Where auto runs the Gluon FP8 forward on sm_90: it beat the Triton FP8 forward 1.15-2.0x at head dims 128
 # and 256 (4k-16k keys) and lost at head dim 64 (370 vs 537 TFLOPs/s) on the H200 (docs/tuning-gluon.md).
 GLUON_FP8_AUTO_HEAD_DIMS = (128, 256)
+# Whether flash_attn_fp8_func's pre-pass stores V^T in wgmma key order when the Gluon FP8 forward runs (P's
+# accumulator registers are then PV's A operand as they are: no SHFL/SEL/PRMT per key block; docs/tuning-gluon.md
+# entry 16). Off until the H200 measures it against the natural order.
+GLUON_FP8_WGMMA_V_ORDER = False
 
 
 def fp8_backend(device: torch.device, head_dim: int | None = None, seqlen_k: int | None = None) -> str:
@@ -60,13 +69,14 @@ def _check_config(config) -> FP8Config:
     return config
 
 
-def quantize_qkv(q, k, v, config: FP8Config = FP8Config()) -> FP8QKV:
-    """The FP8 pre-pass: bf16/fp16 (batch, seqlen, heads, headdim) q, k, v -> FP8QKV (layouts in kernels.quant)."""
+def quantize_qkv(q, k, v, config: FP8Config = FP8Config(), v_key_order: str = "natural") -> FP8QKV:
+    """The FP8 pre-pass: bf16/fp16 (batch, seqlen, heads, headdim) q, k, v -> FP8QKV (layouts in kernels.quant;
+    v_key_order: "natural" or "wgmma", the order of V^T's keys)."""
     config = _check_config(config)
     check_qkv(q, k, v, config)
     if select_impl(q.device) == "reference":
-        return quantize_qkv_ref(q, k, v, config)
-    return quantize_qkv_triton(q, k, v, config)
+        return quantize_qkv_ref(q, k, v, config, v_key_order)
+    return quantize_qkv_triton(q, k, v, config, v_key_order=v_key_order)
 
 
 def fp8_attention_forward(qkv: FP8QKV, softmax_scale=None, causal=False, out_dtype=torch.bfloat16):
@@ -93,7 +103,9 @@ def _flash_attn_fp8_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softm
     # FP8Config travels as its fields (custom op schemas take primitives); `deterministic` and `backward`
     # are for the backward.
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
-    return fp8_attention_forward(quantize_qkv(q, k, v, config), softmax_scale, causal, q.dtype)
+    gluon = fp8_backend(q.device, q.shape[-1], k.shape[1]) == "gluon"
+    v_key_order = "wgmma" if gluon and GLUON_FP8_WGMMA_V_ORDER else "natural"
+    return fp8_attention_forward(quantize_qkv(q, k, v, config, v_key_order), softmax_scale, causal, q.dtype)
 
 
 @_flash_attn_fp8_fwd.register_fake

@@ -11,7 +11,9 @@ Scheme (docs/fp8.md has the reasoning):
     or tensor and broadcast to every block, so all granularities share one layout.
   * V is not rotated. It is stored transposed, (batch, nheads_kv, headdim,
     seqlen_k padded to a multiple of 16) with seqlen_k contiguous, the K-major
-    B operand an FP8 P·V MMA reads.
+    B operand an FP8 P·V MMA reads; its keys in natural order, or (on request,
+    for the Gluon forward) in "wgmma" order inside every group of 16 keys
+    (`to_wgmma_key_order`).
   * The forward walks keys in tiles of exactly block_n (one K/V scale per
     tile), keeps an online softmax in fp32 (exp2 domain), and casts
     P = exp2(s - m + 8), i.e. 256 times the usual probabilities, to fp8 so
@@ -34,6 +36,11 @@ HEAD_DIMS = (64, 128, 256)
 P_LOG2_OFFSET = 8.0
 # seqlen_k of the transposed V is padded to this many elements (16 bytes: TMA's stride alignment).
 V_SEQ_ALIGN = 16
+# Orders of the keys along V^T's seqlen axis (FP8QKV.v_key_order).
+V_KEY_ORDERS = ("natural", "wgmma")
+# The wgmma order permutes keys inside groups of this many (a multiple of it divides every block size and
+# V_SEQ_ALIGN, so no group straddles a scale block or the padding boundary).
+WGMMA_KEY_GROUP = 16
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
@@ -89,6 +96,9 @@ class FP8QKV:
     q_scale: (batch, nheads, cdiv(seqlen_q, block_m)) fp32; q_scale[b, h, i]
         dequantizes rows [i*block_m, (i+1)*block_m) of head h.
     k_scale, v_scale: (batch, nheads_kv, cdiv(seqlen_k, block_n)) fp32, likewise.
+    v_key_order: "natural" (v_t[..., j] is key j) or "wgmma" (keys permuted inside every group of
+        WGMMA_KEY_GROUP, `to_wgmma_key_order`; v_t[..., :seqlen_k] then holds some padding zeros and
+        misses some keys, so read it through `natural_v_t`).
     M is the identity when config.hadamard is off.
     """
 
@@ -99,10 +109,46 @@ class FP8QKV:
     k_scale: torch.Tensor
     v_scale: torch.Tensor
     config: FP8Config
+    v_key_order: str = "natural"
+
+    def __post_init__(self):
+        check_v_key_order(self.v_key_order)
 
     @property
     def seqlen_k(self) -> int:
         return self.k.shape[1]
+
+    def natural_v_t(self) -> torch.Tensor:
+        """V^T with its keys in natural order, (batch, nheads_kv, headdim, seqlen_k): a view or a permuted copy."""
+        v_t = self.v_t if self.v_key_order == "natural" else from_wgmma_key_order(self.v_t)
+        return v_t[..., :self.seqlen_k]
+
+
+def check_v_key_order(order) -> None:
+    if order not in V_KEY_ORDERS:
+        raise ValueError(f"v_key_order must be one of {V_KEY_ORDERS}, got {order!r}")
+
+
+# The wgmma key order. An m64nNk32 FP8 wgmma accumulator gives thread (lane % 4 = t) of a quad the score columns
+# 8h + 2t + b (h, b in 0..1) of every 16, while the FP8 A operand wants that thread to hold k = 4t + 2h + b
+# (PTX ISA, wgmma register fragments). Storing key 16a + 8h + 2t + b of V^T at position 16a + 4t + 2h + b makes
+# P's accumulator registers the A operand as they are: P V = sum over positions of P[key(pos)] V_t[pos].
+# Group index bits (h, t1, t0, b) in natural order become (t1, t0, h, b): a rotation of the top three bits.
+def to_wgmma_key_order(x: torch.Tensor) -> torch.Tensor:
+    """Permute the last axis (a multiple of WGMMA_KEY_GROUP) from natural to wgmma key order."""
+    n = x.shape[-1]
+    if n % WGMMA_KEY_GROUP:
+        raise ValueError(f"the key axis must be a multiple of {WGMMA_KEY_GROUP}, got {n}")
+    # natural key 16a + 8h + 2t + b = index (a, h, t, b) -> position (a, t, h, b)
+    return x.unflatten(-1, (n // WGMMA_KEY_GROUP, 2, 4, 2)).transpose(-3, -2).flatten(-4)
+
+
+def from_wgmma_key_order(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of to_wgmma_key_order."""
+    n = x.shape[-1]
+    if n % WGMMA_KEY_GROUP:
+        raise ValueError(f"the key axis must be a multiple of {WGMMA_KEY_GROUP}, got {n}")
+    return x.unflatten(-1, (n // WGMMA_KEY_GROUP, 4, 2, 2)).transpose(-3, -2).flatten(-4)
 
 
 def check_qkv(q, k, v, config: FP8Config) -> None:
@@ -152,9 +198,11 @@ def quantize_rows(x: torch.Tensor, scale: torch.Tensor, block: int, config: FP8C
     return (x * inv).clamp(-config.fp8_max, config.fp8_max).to(config.dtype)
 
 
-def quantize_qkv_ref(q, k, v, config: FP8Config = FP8Config()) -> FP8QKV:
-    """The pre-pass in plain PyTorch: same scheme, same layouts as the Triton kernel."""
+def quantize_qkv_ref(q, k, v, config: FP8Config = FP8Config(), v_key_order: str = "natural") -> FP8QKV:
+    """The pre-pass in plain PyTorch: same scheme, same layouts as the Triton kernel (V^T's keys in
+    v_key_order, FP8QKV)."""
     check_qkv(q, k, v, config)
+    check_v_key_order(v_key_order)
     tensors = {}
     for name, x, block in (("q", q, config.block_m), ("k", k, config.block_n), ("v", v, config.block_n)):
         x = rotate(x, config.seed) if config.hadamard and name != "v" else x.float()
@@ -164,7 +212,9 @@ def quantize_qkv_ref(q, k, v, config: FP8Config = FP8Config()) -> FP8QKV:
     b, sk, hk, d = k.shape
     v_t = torch.zeros(b, hk, d, -(-sk // V_SEQ_ALIGN) * V_SEQ_ALIGN, dtype=config.dtype, device=v.device)
     v_t[..., :sk] = tensors.pop("v").permute(0, 2, 3, 1)
-    return FP8QKV(v_t=v_t, config=config, **tensors)
+    if v_key_order == "wgmma":
+        v_t = to_wgmma_key_order(v_t).contiguous()
+    return FP8QKV(v_t=v_t, config=config, v_key_order=v_key_order, **tensors)
 
 
 def dequantize(x: FP8QKV):
@@ -173,7 +223,7 @@ def dequantize(x: FP8QKV):
     sk = x.seqlen_k
     q = x.q.float() * rows_of(x.q_scale, cfg.block_m, x.q.shape[1])
     k = x.k.float() * rows_of(x.k_scale, cfg.block_n, sk)
-    v = x.v_t[..., :sk].permute(0, 3, 1, 2).float() * rows_of(x.v_scale, cfg.block_n, sk)
+    v = x.natural_v_t().permute(0, 3, 1, 2).float() * rows_of(x.v_scale, cfg.block_n, sk)
     return q, k, v
 
 
@@ -189,7 +239,7 @@ def fp8_forward_ref(x: FP8QKV, softmax_scale: float, causal: bool = False):
     group = h // hk
     q = x.q.float().transpose(1, 2)  # (b, h, sq, d)
     k = x.k.float().transpose(1, 2).repeat_interleave(group, dim=1)
-    v_t = x.v_t[..., :sk].float().repeat_interleave(group, dim=1)  # (b, h, d, sk)
+    v_t = x.natural_v_t().float().repeat_interleave(group, dim=1)  # (b, h, d, sk)
     k_scale = x.k_scale.repeat_interleave(group, dim=1)
     v_scale = x.v_scale.repeat_interleave(group, dim=1)
     qk_scale = torch.tensor(softmax_scale * LOG2E, dtype=torch.float32, device=q.device)

@@ -107,6 +107,11 @@ class Variant:
     out_dtype: torch.dtype | None = None  # None: q's dtype (16-bit inputs)
     q_scale_block: int | None = None  # FP8: query rows per Q scale
     kv_scale_block: int | None = None  # FP8: keys per K/V scale; the key block is the tile's, at most this
+    v_wgmma_keys: bool = False  # FP8: V^T's keys in wgmma order (kernels.quant.FP8QKV), P goes to PV unshuffled
+
+    def __post_init__(self):
+        if self.v_wgmma_keys and not self.fp8:
+            raise ValueError("Variant.v_wgmma_keys is an FP8 layout of V^T; 16-bit V is not transposed")
 
     @property
     def fp8(self):
@@ -146,6 +151,7 @@ class Variant:
             Q_STAGES=self.tile.q_stages,
             BRANCH_FENCE=self.tile.branch_fence,
             NAMED_TURN=self.tile.named_turn,
+            V_WGMMA_KEYS=self.v_wgmma_keys,
             Q_SCALE_BLOCK=self.q_scale_block,
             KV_SCALE_BLOCK=self.kv_scale_block,
             WARP_SPECIALIZE=self.warp_specialize,
@@ -245,6 +251,8 @@ def fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torc
     key tile may be a fraction of config.block_n (TILE_CONFIGS; hd256 keeps
     its S tile small enough for registers): the online softmax then updates
     its max more often, which changes P's fp8 rounding, not the scheme.
+    With V^T's keys in wgmma order (x.v_key_order) P's accumulator registers
+    are the PV A operand as they are; in natural order they are shuffled.
     """
     cfg = x.config
     if not x.q.is_cuda:
@@ -257,7 +265,7 @@ def fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torc
     if not softmax_scale > 0:
         raise ValueError(f"softmax_scale must be positive, got {softmax_scale}")
     variant = Variant(x.q.dtype, d, bool(causal), warp_specialize, pipeline, pingpong, tile, out_dtype, cfg.block_m,
-                      cfg.block_n)
+                      cfg.block_n, x.v_key_order == "wgmma")
     scales = tuple(s.contiguous() for s in (x.q_scale, x.k_scale, x.v_scale))
     return _launch(variant, x.q, x.k, x.v_t, scales, softmax_scale, out_dtype)
 

@@ -80,18 +80,19 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
                          STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, O_IN_Q: gl.constexpr,
                          SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
                          BRANCH_FENCE: gl.constexpr,
-                         NAMED_TURN: gl.constexpr,
+                         NAMED_TURN: gl.constexpr, V_WGMMA_KEYS: gl.constexpr,
                          Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
                          WARP_SPECIALIZE: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
                          CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     """q/k/v/o: 4-D TMA descriptors; q_scales/k_scales/v_scales: FP8 block scales (kernels.quant), None for 16-bit.
 
-    FP8 scales cover Q_SCALE_BLOCK query rows and KV_SCALE_BLOCK keys (a multiple of the key block)."""
+    FP8 scales cover Q_SCALE_BLOCK query rows and KV_SCALE_BLOCK keys (a multiple of the key block);
+    V_WGMMA_KEYS: FP8 V^T's keys are in wgmma order (kernels.quant.FP8QKV.v_key_order)."""
     BLOCK_M: gl.constexpr = NUM_CONSUMERS * q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
     p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q,
-                        Q_STAGES, BRANCH_FENCE, NAMED_TURN)
+                        Q_STAGES, BRANCH_FENCE, NAMED_TURN, V_WGMMA_KEYS)
     if WARP_SPECIALIZE:
         if NUM_CONSUMERS == 2:
             gl.warp_specialize([

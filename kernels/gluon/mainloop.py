@@ -18,6 +18,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 
+from kernels.quant import WGMMA_KEY_GROUP
+
 from .pipeline import Pipeline, Ring, kv_block_start
 from .softmax import block_needs_mask, mask_scores, p_log2_offset, softmax_update
 
@@ -33,6 +35,8 @@ def wgmma_layout(num_warps, n, dtype):
 # warpgroup bar.syncs take IDs 0 to NUM_CONSUMERS; 16 exist.
 TURN_BARRIER0 = 8
 WARPGROUP_THREADS = 128
+# FP8 P's columns are permuted inside groups of this many keys when V^T's keys are in wgmma order (p_operand).
+P_KEY_GROUP = gl.constexpr(WGMMA_KEY_GROUP)
 
 
 @gluon.constexpr_function
@@ -148,16 +152,29 @@ def wait_pv(o, pm, pr):
 
 
 @gluon.jit
-def p_operand(p, dtype: gl.constexpr, layout: gl.constexpr):
-    """P as the A operand of PV: cast to the MMA dtype in the A-operand register layout (a no-op if it is already)."""
+def p_operand(p, dtype: gl.constexpr, layout: gl.constexpr, V_WGMMA_KEYS: gl.constexpr):
+    """P as the A operand of PV: cast to the MMA dtype in the A-operand register layout (a no-op if it is already).
+
+    FP8 with V_WGMMA_KEYS: V^T's keys are stored in wgmma order, position 16a + 4t + 2h + b holding key
+    16a + 8h + 2t + b (kernels.quant.to_wgmma_key_order), so P's columns are permuted the same way; the
+    accumulator's registers then already sit where the 8-bit A operand (k_width 4) wants them, and the
+    conversion is checked at compile time to move no data. Otherwise FP8 takes 16 SHFL + SEL/PRMT per 64 values
+    (FA3's scheme).
+    """
     if p.dtype == dtype:
         return p
+    elif V_WGMMA_KEYS:
+        ROWS: gl.constexpr = p.shape[0]
+        N: gl.constexpr = p.shape[1]
+        # column 16a + 8h + 2t + b = index (a, h, t, b) -> (a, t, h, b) = column 16a + 4t + 2h + b
+        p8 = p.to(dtype).reshape([ROWS, N // P_KEY_GROUP, 2, 4, 2]).permute((0, 1, 3, 2, 4)).reshape([ROWS, N])
+        return gl.convert_layout(p8, layout, assert_trivial=True)
     else:
-        return gl.convert_layout(p.to(dtype), layout)  # FP8: 16 SHFL + SEL/PRMT per 64 values (FA3's scheme)
+        return gl.convert_layout(p.to(dtype), layout)
 
 
 @gluon.jit
-def carried_p(pr, dtype: gl.constexpr, layout: gl.constexpr):
+def carried_p(pr, dtype: gl.constexpr, layout: gl.constexpr, V_WGMMA_KEYS: gl.constexpr):
     """What the loop carries from one block's softmax to its PV in the next iteration.
 
     16-bit P is converted at once. FP8 P stays fp32 and is converted after
@@ -168,7 +185,7 @@ def carried_p(pr, dtype: gl.constexpr, layout: gl.constexpr):
     if dtype.is_fp8():
         return pr
     else:
-        return p_operand(pr, dtype, layout)
+        return p_operand(pr, dtype, layout, V_WGMMA_KEYS)
 
 
 @gluon.jit
@@ -272,10 +289,10 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
             pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
             _, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
-            pc = carried_p(pr, dtype, p_layout)
+            pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
             for i in range(1, n_blocks):
                 kv_next = kv.next()
-                pm = p_operand(pc, dtype, p_layout)
+                pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
                 k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
                 mbarrier.wait(p.k_ready.index(kv_next.index), kv_next.phase)
                 turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
@@ -292,9 +309,9 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                 o, pr = wait_pv(o, pm, pr)
                 release_v(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
                 o = o * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-                pc = carried_p(pr, dtype, p_layout)
+                pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
                 kv = kv_next
-            pm = p_operand(pc, dtype, p_layout)
+            pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
             mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
             o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
             o, pr = wait_pv(o, pm, pr)
@@ -313,7 +330,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
             alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
             o = o * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-            pm = p_operand(pr, dtype, p_layout)
+            pm = p_operand(pr, dtype, p_layout, p.V_WGMMA_KEYS)
             mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
             turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
             o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)

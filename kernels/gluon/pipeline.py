@@ -91,11 +91,12 @@ class Pipeline:
     BRANCH_FENCE: gl.constexpr
     NAMED_TURN: gl.constexpr
     V_TRANSPOSED: gl.constexpr
+    V_WGMMA_KEYS: gl.constexpr  # FP8: V^T's keys in wgmma order (kernels.quant.FP8QKV), P needs no shuffles
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
                  v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q, Q_STAGES,
-                 BRANCH_FENCE, NAMED_TURN, V_TRANSPOSED):
+                 BRANCH_FENCE, NAMED_TURN, V_TRANSPOSED, V_WGMMA_KEYS):
         self.q_desc = q_desc
         self.k_desc = k_desc
         self.v_desc = v_desc
@@ -120,11 +121,12 @@ class Pipeline:
         self.BRANCH_FENCE = gl.constexpr(BRANCH_FENCE)
         self.NAMED_TURN = gl.constexpr(NAMED_TURN)
         self.V_TRANSPOSED = gl.constexpr(V_TRANSPOSED)
+        self.V_WGMMA_KEYS = gl.constexpr(V_WGMMA_KEYS)
 
     @gluon.jit
     def create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS: gl.constexpr, STAGES: gl.constexpr,
                O_IN_Q: gl.constexpr, SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
-               BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr):
+               BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr, V_WGMMA_KEYS: gl.constexpr):
         Q_BARRIERS: gl.constexpr = Q_STAGES * (NUM_CONSUMERS if SPLIT_Q else 1)  # Pipeline.q_barrier
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [Q_STAGES * NUM_CONSUMERS] + q_desc.block_type.shape,
                                            q_desc.layout)
@@ -159,7 +161,7 @@ class Pipeline:
         # FP8 wgmma reads B K-major only: FP8 V arrives transposed, (batch, head, dim, seq) (kernels.quant).
         return Pipeline(q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
                         v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q,
-                        Q_STAGES, BRANCH_FENCE, NAMED_TURN, v_desc.dtype.is_fp8())
+                        Q_STAGES, BRANCH_FENCE, NAMED_TURN, v_desc.dtype.is_fp8(), V_WGMMA_KEYS)
 
     @gluon.constexpr_function
     def q_groups(self):

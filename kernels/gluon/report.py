@@ -30,12 +30,17 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, out_dtype=torch.bfloat16, q
 SYNC_OPTIONS = dict(branch_fence=True, named_turn=True, split_q=True)
 VARIANTS += [Variant(torch.bfloat16, d, False, tile_override=replace(TILE_CONFIGS[(2, d)], **SYNC_OPTIONS))
              for d in HEAD_DIMS]
+# FP8 with V^T's keys in wgmma order (P reaches PV without shuffles) at every head dim, non-causal.
+VARIANTS += [Variant(torch.float8_e4m3fn, d, False, out_dtype=torch.bfloat16, q_scale_block=128, kv_scale_block=128,
+                     v_wgmma_keys=True)
+             for d in HEAD_DIMS]
 
 
 def variant_name(v: Variant):
     dt = str(v.dtype).removeprefix("torch.")
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
-            f"_pipe{int(v.pipeline)}_pp{int(v.pingpong)}{'_sync' if v.tile_override else ''}")
+            f"_pipe{int(v.pipeline)}_pp{int(v.pingpong)}{'_sync' if v.tile_override else ''}"
+            f"{'_wgmmav' if v.v_wgmma_keys else ''}")
 
 
 def _sass_and_resources(cubin: bytes, tmpdir: str):
@@ -74,6 +79,7 @@ def compile_report(variant: Variant, tmpdir: str):
         ptx_tma_load=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.shared::cluster\.global", ptx)),
         ptx_tma_store=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.global\.shared", ptx)),
         sass_named_arrive=len(re.findall(r"\bBAR\.ARV\b", sass)),  # ping-pong turns on named barriers
+        sass_shfl=len(re.findall(r"\bSHFL\.", sass)),  # row reductions, and FP8 P's conversion to the A operand
         sass_warpgroup_bars=len(re.findall(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b", sass)),
     )
 

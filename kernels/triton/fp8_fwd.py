@@ -23,7 +23,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.quant import FP8QKV, LN2, LOG2E, P_LOG2_OFFSET
-from kernels.triton.fp8_quant import FP8_TL_DTYPES, INTERPRET, to_fp8
+from kernels.triton.fp8_quant import FP8_TL_DTYPES, INTERPRET, WGMMA_GROUP, to_fp8
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,15 @@ def _softmax(s, scale, m_i, l_i, P_DTYPE: tl.constexpr, INTERPRET: tl.constexpr)
 
 
 @triton.jit
-def _pv(p8, desc_v, b, hk, n0, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+def _pv(p8, desc_v, b, hk, n0, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, V_WGMMA_KEYS: tl.constexpr):
     """One tile's P·V from zero: Hopper's FP8 MMA adds into its accumulator with ~14-bit precision, so the
-    running sum is kept in fp32 outside it (one FMA per element, fused with the rescale)."""
+    running sum is kept in fp32 outside it (one FMA per element, fused with the rescale).
+
+    V_WGMMA_KEYS: V^T's keys are in wgmma order (kernels.quant.FP8QKV), put back in natural order here (a
+    register shuffle per tile: this kernel gains nothing from that order, it only accepts it)."""
     v = desc_v.load([b, hk, 0, n0]).reshape(HEAD_DIM, BLOCK_N)
+    if V_WGMMA_KEYS:  # kernels.quant.from_wgmma_key_order
+        v = v.reshape(HEAD_DIM, BLOCK_N // WGMMA_GROUP, 4, 2, 2).permute(0, 1, 3, 2, 4).reshape(HEAD_DIM, BLOCK_N)
     return tl.dot(p8, v.T)
 
 
@@ -102,7 +107,7 @@ def _pv(p8, desc_v, b, hk, n0, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
 def _fp8_fwd_tiles(acc, l_i, m_i, v_unit, q, desc_k, desc_v, KS, VS,
                    b, hk, offs_m, row_qk_scale, n_start, n_end, seqlen_q, seqlen_k,
                    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
-                   P_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+                   V_WGMMA_KEYS: tl.constexpr, P_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
     """Key tiles [n_start, n_end) (multiples of BLOCK_N); MASK applies the causal and seqlen_k masks.
 
     acc is kept in units of the last added tile's V scale, v_unit: adding tile j rescales it by
@@ -114,7 +119,7 @@ def _fp8_fwd_tiles(acc, l_i, m_i, v_unit, q, desc_k, desc_v, KS, VS,
         scale = row_qk_scale * tl.load(KS + n0 // BLOCK_N)
         p8, alpha, m_i, l_i = _softmax(s, scale, m_i, l_i, P_DTYPE, INTERPRET)
         v_scale = tl.load(VS + n0 // BLOCK_N)
-        acc = acc * (alpha * (v_unit / v_scale))[:, None] + _pv(p8, desc_v, b, hk, n0, HEAD_DIM, BLOCK_N)
+        acc = acc * (alpha * (v_unit / v_scale))[:, None] + _pv(p8, desc_v, b, hk, n0, HEAD_DIM, BLOCK_N, V_WGMMA_KEYS)
         v_unit = v_scale
     return acc, l_i, m_i, v_unit
 
@@ -123,8 +128,8 @@ def _fp8_fwd_tiles(acc, l_i, m_i, v_unit, q, desc_k, desc_v, KS, VS,
 def _fp8_fwd_kernel(desc_q, desc_k, desc_v, desc_o, QS, KS, VS, Lse,
                     nheads, group, seqlen_q, seqlen_k, nblocks_q, nblocks_k, qk_scale,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCALE_BLOCK_M: tl.constexpr,
-                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, P_DTYPE: tl.constexpr,
-                    INTERPRET: tl.constexpr):
+                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, V_WGMMA_KEYS: tl.constexpr,
+                    P_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // nheads
@@ -155,10 +160,10 @@ def _fp8_fwd_kernel(desc_q, desc_k, desc_v, desc_o, QS, KS, VS, Lse,
         end = tl.minimum(end, tl.maximum(m0 + BLOCK_M + seqlen_k - seqlen_q, 0))
     acc, l_i, m_i, v_unit = _fp8_fwd_tiles(acc, l_i, m_i, v_unit, q, desc_k, desc_v, KS, VS,
                                            b, hk, offs_m, row_qk_scale, 0, full_end, seqlen_q, seqlen_k,
-                                           BLOCK_N, HEAD_DIM, False, CAUSAL, P_DTYPE, INTERPRET)
+                                           BLOCK_N, HEAD_DIM, False, CAUSAL, V_WGMMA_KEYS, P_DTYPE, INTERPRET)
     acc, l_i, m_i, v_unit = _fp8_fwd_tiles(acc, l_i, m_i, v_unit, q, desc_k, desc_v, KS, VS,
                                            b, hk, offs_m, row_qk_scale, full_end, end, seqlen_q, seqlen_k,
-                                           BLOCK_N, HEAD_DIM, True, CAUSAL, P_DTYPE, INTERPRET)
+                                           BLOCK_N, HEAD_DIM, True, CAUSAL, V_WGMMA_KEYS, P_DTYPE, INTERPRET)
 
     # Rows that see no key (causal, seqlen_q > seqlen_k) get out 0 and lse +inf; NaN rows stay NaN.
     empty = l_i == 0.0
@@ -193,7 +198,7 @@ def fp8_attention_forward_triton(x: FP8QKV, softmax_scale: float, causal: bool, 
         desc_q, desc_k, desc_v, desc_o, x.q_scale, x.k_scale, x.v_scale, lse,
         h, h // hk, sq, sk, x.q_scale.shape[2], x.k_scale.shape[2], softmax_scale * LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, SCALE_BLOCK_M=cfg.block_m, HEAD_DIM=d, CAUSAL=causal,
-        P_DTYPE=FP8_TL_DTYPES[cfg.dtype], INTERPRET=INTERPRET,
+        V_WGMMA_KEYS=x.v_key_order == "wgmma", P_DTYPE=FP8_TL_DTYPES[cfg.dtype], INTERPRET=INTERPRET,
         num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs,
     )
     return out, lse

@@ -37,7 +37,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.checks import tma_ready
 from kernels.hadamard import signed_hadamard
-from kernels.quant import FP8QKV, V_SEQ_ALIGN, FP8Config, check_qkv, scales_from_amax
+from kernels.quant import (FP8QKV, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, check_qkv, check_v_key_order,
+                           scales_from_amax)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -67,6 +68,7 @@ PREPASS_TILES_GENERIC = {64: PrepassTiles(4, 1, 3), 128: PrepassTiles(8, 1, 2), 
 # Interpreter: few programs, so that each loops over several blocks.
 PREPASS_TILES_INTERPRETER = PrepassTiles(4, 1, 1, heads_fastest=True)
 INTERPRETER_PROGRAMS_PER_TENSOR = 2
+WGMMA_GROUP = tl.constexpr(WGMMA_KEY_GROUP)
 
 
 def prepass_tiles(head_dim: int, device: torch.device) -> PrepassTiles:
@@ -121,13 +123,17 @@ def _abs_max(y):
 
 @triton.jit
 def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr,
-               TRANSPOSE_OUT: tl.constexpr, FP8_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+               TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, FP8_DTYPE: tl.constexpr,
+               INTERPRET: tl.constexpr):
     y = y * inv_scale
     if INTERPRET:  # on the GPU, cvt.rn.satfinite clamps to ±fp8 max itself (and, by PTX's spec, keeps NaN)
         y = tl.clamp(y, -fp8_max, fp8_max)
     y8 = to_fp8(y, FP8_DTYPE, INTERPRET)
     if TRANSPOSE_OUT:
-        desc_out.store([b, h, col0, row0], y8.T.reshape(1, 1, COLS, ROWS))
+        y8 = y8.T
+        if WGMMA_KEYS:  # kernels.quant.to_wgmma_key_order on the key axis (row0 is a multiple of the group)
+            y8 = y8.reshape(COLS, ROWS // WGMMA_GROUP, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(COLS, ROWS)
+        desc_out.store([b, h, col0, row0], y8.reshape(1, 1, COLS, ROWS))
     else:
         desc_out.store([b, row0, h, col0], y8.reshape(1, ROWS, 1, COLS))
 
@@ -136,10 +142,11 @@ def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.const
 def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nheads, nchunks, chunks_per_block,
                     inv_sqrt_d, fp8_max,
                     ROWS: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr, HADAMARD: tl.constexpr,
-                    TRANSPOSE_OUT: tl.constexpr, MODE: tl.constexpr, FP8_DTYPE: tl.constexpr,
+                    TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, MODE: tl.constexpr, FP8_DTYPE: tl.constexpr,
                     NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr, INTERPRET: tl.constexpr):
     """Items first, first + step, ... of one tensor; an item is rows [c*ROWS, (c+1)*ROWS) of one (batch, head),
-    ordered (batch, c, head) if HEADS_FASTEST else (batch, head, c). MODE "block": the item is a whole scale
+    ordered (batch, c, head) if HEADS_FASTEST else (batch, head, c). TRANSPOSE_OUT: stored as (d, rows), the
+    rows (keys) in wgmma order if WGMMA_KEYS (kernels.quant.to_wgmma_key_order). MODE "block": the item is a whole scale
     block, quantized with its own scale (stored); "amax": store the item's amax at Scale[(batch, head), c];
     "given": quantize with Scale[(batch, head), c // chunks_per_block]."""
     TWO_HALVES: tl.constexpr = HEAD_DIM > COLS
@@ -201,11 +208,11 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
             # Rows past seqlen read as 0 and are stored as 0 up to V's padded length (ROWS is a multiple of
             # V_SEQ_ALIGN); past the tensor, TMA drops them.
             inv_scale = tl.math.div_rn(1.0, scale)
-            _store_fp8(desc_out, y0, inv_scale, fp8_max, b, h, row0, 0, ROWS, COLS, TRANSPOSE_OUT, FP8_DTYPE,
-                       INTERPRET)
+            _store_fp8(desc_out, y0, inv_scale, fp8_max, b, h, row0, 0, ROWS, COLS, TRANSPOSE_OUT, WGMMA_KEYS,
+                       FP8_DTYPE, INTERPRET)
             if TWO_HALVES:
                 _store_fp8(desc_out, y1, inv_scale, fp8_max, b, h, row0, COLS, ROWS, COLS, TRANSPOSE_OUT,
-                           FP8_DTYPE, INTERPRET)
+                           WGMMA_KEYS, FP8_DTYPE, INTERPRET)
 
 
 @triton.jit
@@ -213,23 +220,23 @@ def _prepass_kernel(desc_q, desc_k, desc_v, desc_q8, desc_k8, desc_vt, desc_dh, 
                     nheads, nheads_kv, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k,
                     programs_q, programs_k, inv_sqrt_d, fp8_max,
                     ROWS_Q: tl.constexpr, ROWS_K: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    HADAMARD: tl.constexpr, MODE: tl.constexpr, FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr,
-                    HEADS_FASTEST: tl.constexpr, INTERPRET: tl.constexpr):
+                    HADAMARD: tl.constexpr, V_WGMMA_KEYS: tl.constexpr, MODE: tl.constexpr, FP8_DTYPE: tl.constexpr,
+                    NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr, INTERPRET: tl.constexpr):
     """Programs [0, programs_q) quantize Q, the next programs_k K, the rest V (items_k blocks, like K)."""
     pid = tl.program_id(0)
     if pid < programs_q:
         _quantize_items(desc_q, desc_q8, desc_dh, QS, pid, programs_q, items_q, nheads, nchunks_q, cpb_q,
-                        inv_sqrt_d, fp8_max, ROWS_Q, COLS, HEAD_DIM, HADAMARD, False, MODE, FP8_DTYPE, NUM_STAGES,
-                        HEADS_FASTEST, INTERPRET)
+                        inv_sqrt_d, fp8_max, ROWS_Q, COLS, HEAD_DIM, HADAMARD, False, False, MODE, FP8_DTYPE,
+                        NUM_STAGES, HEADS_FASTEST, INTERPRET)
     elif pid < programs_q + programs_k:
         _quantize_items(desc_k, desc_k8, desc_dh, KS, pid - programs_q, programs_k, items_k, nheads_kv, nchunks_k,
-                        cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, HADAMARD, False, MODE, FP8_DTYPE,
+                        cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, HADAMARD, False, False, MODE, FP8_DTYPE,
                         NUM_STAGES, HEADS_FASTEST, INTERPRET)
     else:
         programs_v = tl.num_programs(0) - programs_q - programs_k
         _quantize_items(desc_v, desc_vt, desc_dh, VS, pid - programs_q - programs_k, programs_v, items_k,
-                        nheads_kv, nchunks_k, cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, False, True, MODE,
-                        FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
+                        nheads_kv, nchunks_k, cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, False, True,
+                        V_WGMMA_KEYS, MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
 
 
 def _item_rows(block: int, head_dim: int, num_warps: int) -> int:
@@ -237,13 +244,15 @@ def _item_rows(block: int, head_dim: int, num_warps: int) -> int:
     return min(block, VALUES_PER_THREAD * 32 * num_warps // head_dim)
 
 
-def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None = None) -> FP8QKV:
+def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None = None,
+                        v_key_order: str = "natural") -> FP8QKV:
     """The pre-pass on the GPU (or the interpreter): one launch for block scales whose blocks fit registers,
     two otherwise (chunk amax, then quantization with the reduced scales).
 
-    tiles: a PrepassTiles to override the table (tuning).
+    tiles: a PrepassTiles to override the table (tuning). v_key_order: of V^T's keys (kernels.quant.FP8QKV).
     """
     check_qkv(q, k, v, config)
+    check_v_key_order(v_key_order)
     tiles = tiles or prepass_tiles(q.shape[3], q.device)
     b, sq, h, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
@@ -254,8 +263,9 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
     v_t = torch.empty(b, hk, d, triton.cdiv(sk, V_SEQ_ALIGN) * V_SEQ_ALIGN, dtype=config.dtype, device=dev)
     rows_q = _item_rows(config.block_m, d, tiles.num_warps)
     rows_k = _item_rows(config.block_n, d, tiles.num_warps)
-    if min(rows_q, rows_k) % V_SEQ_ALIGN:
-        raise ValueError(f"pre-pass rows per item must be a multiple of {V_SEQ_ALIGN}, got {rows_q}, {rows_k}")
+    if min(rows_q, rows_k) % V_SEQ_ALIGN or rows_k % WGMMA_KEY_GROUP:
+        raise ValueError(f"pre-pass rows per item must be a multiple of {V_SEQ_ALIGN} and {WGMMA_KEY_GROUP}, "
+                         f"got {rows_q}, {rows_k}")
     nblocks_q, nblocks_k = triton.cdiv(sq, config.block_m), triton.cdiv(sk, config.block_n)
     cpb_q, cpb_k = config.block_m // rows_q, config.block_n // rows_k
     nchunks_q, nchunks_k = nblocks_q * cpb_q, nblocks_k * cpb_k
@@ -284,7 +294,8 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
         _prepass_kernel[(programs_q + programs_k + programs_v,)](
             *descs, *scales, h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
             1.0 / math.sqrt(d), config.fp8_max,
-            ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard, MODE=mode,
+            ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
+            V_WGMMA_KEYS=v_key_order == "wgmma", MODE=mode,
             FP8_DTYPE=FP8_TL_DTYPES[config.dtype], NUM_STAGES=tiles.num_stages, HEADS_FASTEST=tiles.heads_fastest,
             INTERPRET=INTERPRET, num_warps=tiles.num_warps,
         )
@@ -305,4 +316,5 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
                        for a, cpb in zip(amax, (cpb_q, cpb_k, cpb_k)))
         launch("given", scales)
     q_scale, k_scale, v_scale = scales
-    return FP8QKV(q=q8, k=k8, v_t=v_t, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, config=config)
+    return FP8QKV(q=q8, k=k8, v_t=v_t, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, config=config,
+                  v_key_order=v_key_order)

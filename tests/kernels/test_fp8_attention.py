@@ -8,7 +8,7 @@ import torch
 import kernels
 from experiments.paper import table3_numerics
 from kernels import FP8Config, flash_attn_fp8_func, fp8_attention_forward, quantize_qkv
-from kernels.quant import fp8_forward_ref
+from kernels.quant import fp8_forward_ref, quantize_qkv_ref, to_wgmma_key_order
 from kernels.reference import attention_backward_ref, attention_ref
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
 from kernels.triton.fp8_quant import quantize_qkv_triton
@@ -54,6 +54,59 @@ def test_forward_kernel_matches_reference_scheme(shape, cfg, causal):
     assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
     finite = torch.isfinite(ref_lse)
     torch.testing.assert_close(lse[finite], ref_lse[finite], rtol=0, atol=lse_tol)
+
+
+def test_p_permuted_as_the_gluon_kernel_does_meets_v_t_in_wgmma_order():
+    """kernels.gluon.mainloop.p_operand's reshape/permute of P's columns, against V^T stored in wgmma order:
+    the same P·V as natural order (float64, so only summation order differs)."""
+    gen = torch.Generator().manual_seed(11)
+    p, v_t = torch.rand(64, 128, generator=gen, dtype=torch.float64), torch.randn(32, 128, generator=gen,
+                                                                                dtype=torch.float64)
+    p_kernel = p.reshape(64, 8, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(64, 128)
+    torch.testing.assert_close(p_kernel @ to_wgmma_key_order(v_t).T, p @ v_t.T, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(p_kernel @ v_t.T, p @ v_t.T)  # the permutation matters
+
+
+@pytest.mark.parametrize("shape, cfg, causal", CASES[:3])
+def test_reference_and_triton_forward_read_v_in_wgmma_order(shape, cfg, causal):
+    """Both orders give the same attention (identical arithmetic); the Triton kernel on the wgmma order also
+    matches the reference scheme."""
+    q, k, v = make_qkv(*shape, seed=12)
+    scale = shape[-1] ** -0.5
+    x, xw = quantize_qkv_ref(q, k, v, cfg), quantize_qkv_ref(q, k, v, cfg, v_key_order="wgmma")
+    ref_out, ref_lse = fp8_forward_ref(x, scale, causal)
+    out_w, lse_w = fp8_forward_ref(xw, scale, causal)
+    assert torch.equal(out_w, ref_out) and torch.equal(lse_w, ref_lse)
+    out, lse = fp8_attention_forward_triton(xw, scale, causal, torch.float32)
+    assert rel_err(out, ref_out) < SCHEME_TOL[DEVICE][0]
+    out_n, lse_n = fp8_attention_forward_triton(x, scale, causal, torch.float32)
+    torch.testing.assert_close(out, out_n, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(lse, lse_n, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("switch", [False, True])
+def test_dispatcher_asks_for_wgmma_order_only_for_gluon_with_the_switch(switch, monkeypatch):
+    """The op quantizes V^T in wgmma order exactly when the Gluon forward runs and GLUON_FP8_WGMMA_V_ORDER is on;
+    a stand-in for the Gluon forward (the reference scheme) records the order it got."""
+    import kernels.fp8 as fp8
+    seen = []
+
+    class FakeGluon:
+        @staticmethod
+        def fp8_attention_forward(x, scale, causal, out_dtype):
+            seen.append(x.v_key_order)
+            out, lse = fp8_forward_ref(x, scale, causal)
+            return out.to(out_dtype), lse
+
+    q, k, v = make_qkv(1, 40, 72, 2, 1, 64, seed=13)
+    cfg = FP8Config(block_m=32, block_n=32)
+    want = flash_attn_fp8_func(q, k, v, causal=True, config=cfg)  # this machine's own backend, natural order
+    monkeypatch.setattr(fp8, "GLUON_FP8_WGMMA_V_ORDER", switch)
+    monkeypatch.setattr(fp8, "fp8_backend", lambda *args: "gluon")
+    monkeypatch.setattr(fp8, "gluon_kernels", lambda: FakeGluon)
+    out = flash_attn_fp8_func(q, k, v, causal=True, config=cfg)
+    assert seen == ["wgmma" if switch else "natural"]
+    torch.testing.assert_close(out.float(), want.float(), rtol=2**-7, atol=1e-5)
 
 
 @pytest.mark.parametrize("fmt, tol", [("e4m3", 0.06), ("e5m2", 0.12)])

@@ -156,6 +156,29 @@ def test_fp8_forward_matches_fp8_scheme(d, causal):
     assert lse_err <= 1e-3, f"seed {seed}: max |lse - fp8 scheme lse| {lse_err:.3e}"
 
 
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_fp8_forward_with_v_in_wgmma_order(d):
+    """V^T's keys in wgmma order (P goes to PV unshuffled), from the Triton pre-pass: the natural order's accuracy,
+    and the pre-pass's V codes are the natural ones, permuted."""
+    from kernels.gluon import fp8_attention_forward
+    from kernels.quant import FP8Config, fp8_forward_ref, to_wgmma_key_order
+    from kernels.triton.fp8_quant import quantize_qkv_triton
+    seed, q, k, v = _inputs(2, 333, 517, 4, 2, d, torch.bfloat16)
+    x = quantize_qkv_triton(q, k, v, FP8Config())
+    xw = quantize_qkv_triton(q, k, v, FP8Config(), v_key_order="wgmma")
+    assert torch.equal(xw.v_t.view(torch.uint8), to_wgmma_key_order(x.v_t).view(torch.uint8))
+    scale = d ** -0.5
+    out, lse = _poisoned(lambda: fp8_attention_forward(xw, scale, True, torch.bfloat16), q.shape, torch.bfloat16)
+    exact, _ = attention_ref(q, k, v, True)
+    out8, lse8 = fp8_forward_ref(x, scale, True)
+    err = (out.double() - exact).abs().max().item()
+    err8 = (out8.double() - exact).abs().max().item()
+    assert err <= 1.25 * err8 + 1e-3, f"seed {seed}: {err:.3e} vs scheme {err8:.3e}"
+    finite = torch.isfinite(lse8)
+    assert torch.equal(torch.isinf(lse), ~finite), f"seed {seed}: +inf LSE rows differ"
+    assert (lse - lse8)[finite].abs().max().item() <= 1e-3, f"seed {seed}: LSE differs from the scheme's"
+
+
 @pytest.mark.parametrize("block_n", [32, 256])
 def test_fp8_scale_blocks_other_than_the_key_tile(block_n):
     """K/V scale blocks smaller than the key tile (the tile shrinks to one block) and larger (one scale spans two

@@ -27,7 +27,9 @@ def _names():
     names += ["bfloat16_hd128_full_ws1_pipe0_pp1", "bfloat16_hd128_full_ws1_pipe1_pp0"]
     names += [f"float8_e4m3fn_hd{d}_{mask}_ws1_pipe1_pp1" for d in (64, 128, 256) for mask in ("full", "causal")]
     # With the synchronization options (branch fence, named-barrier turns, split Q barriers).
-    return names + [f"bfloat16_hd{d}_full_ws1_pipe1_pp1_sync" for d in (64, 128, 256)]
+    names += [f"bfloat16_hd{d}_full_ws1_pipe1_pp1_sync" for d in (64, 128, 256)]
+    # FP8 with V^T's keys in wgmma order.
+    return names + [f"float8_e4m3fn_hd{d}_full_ws1_pipe1_pp1_wgmmav" for d in (64, 128, 256)]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,18 @@ def test_variant_compiles_to_wgmma_and_tma(reports, name):
         assert CONSUMER_REGS[consumers] in r["setmaxnreg"] and PRODUCER_REGS in r["setmaxnreg"], r
     else:
         assert r["num_warps"] == 8 and not r["setmaxnreg"], r
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_fp8_wgmma_v_order_drops_the_p_shuffles(reports, head_dim):
+    """With V^T's keys in wgmma order P's accumulator registers are the PV A operand (the conversion is asserted
+    trivial at compile time): every P conversion site loses its 16 SHFL per 64 values; what is left are the
+    row max/sum reductions."""
+    natural = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1"]
+    wgmma = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1_wgmmav"]
+    assert "error" not in wgmma, wgmma.get("error")
+    assert wgmma["sass_shfl"] <= natural["sass_shfl"] - 2 * 16, (natural["sass_shfl"], wgmma["sass_shfl"])
+    assert wgmma["sass_gmma"] == natural["sass_gmma"]
 
 
 @pytest.mark.parametrize("fields, match", [((256, 128, 2, False), "block_m"), ((128, 96, 2, False), "block_n"),

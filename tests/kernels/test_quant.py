@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from kernels.quant import FP8Config, block_amax, check_qkv, dequantize, quantize_qkv_ref, rotate, rows_of
+from kernels.quant import (BLOCK_SIZES, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, block_amax, check_qkv, dequantize,
+                           from_wgmma_key_order, quantize_qkv_ref, rotate, rows_of, to_wgmma_key_order)
 from kernels.triton.fp8_quant import quantize_qkv_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -158,3 +159,48 @@ def test_non_finite_input_gives_its_block_a_nan_scale(quantize, head_dim):
     for scale, bad in ((x.q_scale, (0, 1, 1)), (x.k_scale, (0, 0, 0)), (x.v_scale, (0, 0, 1))):
         assert torch.isnan(scale[bad])
         assert torch.isfinite(scale).sum() == scale.numel() - 1
+
+
+def test_wgmma_key_order_is_the_documented_permutation_and_round_trips():
+    keys = torch.arange(48)
+    stored = to_wgmma_key_order(keys)
+    for a in range(3):
+        for t in range(4):
+            for h in range(2):
+                for b in range(2):
+                    assert stored[16 * a + 4 * t + 2 * h + b] == 16 * a + 8 * h + 2 * t + b
+    assert not torch.equal(stored, keys)
+    x = torch.randn(2, 3, 5, 64)
+    assert torch.equal(from_wgmma_key_order(to_wgmma_key_order(x)), x)
+    assert torch.equal(to_wgmma_key_order(from_wgmma_key_order(x)), x)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        to_wgmma_key_order(torch.zeros(40))
+    # Groups never straddle a scale block or V^T's padded end.
+    assert all(block % WGMMA_KEY_GROUP == 0 for block in BLOCK_SIZES) and V_SEQ_ALIGN % WGMMA_KEY_GROUP == 0
+
+
+@pytest.mark.parametrize("quantize", [quantize_qkv_ref, quantize_qkv_triton])
+def test_v_key_order_is_a_pure_permutation_of_v_t(quantize):
+    """Same codes and scales in either order; padding keys (45 of 48 here) stay zeros wherever they land."""
+    q, k, v = make_qkv(1, 70, 45, 4, 2, 64, seed=6)
+    cfg = FP8Config(block_m=64, block_n=32)
+    natural, wgmma = quantize(q, k, v, cfg), quantize(q, k, v, cfg, v_key_order="wgmma")
+    assert (natural.v_key_order, wgmma.v_key_order) == ("natural", "wgmma")
+    assert wgmma.v_t.shape == natural.v_t.shape and wgmma.v_t.is_contiguous()
+    assert torch.equal(wgmma.v_t.view(torch.uint8), to_wgmma_key_order(natural.v_t).view(torch.uint8))
+    assert torch.equal(from_wgmma_key_order(wgmma.v_t)[..., 45:].float(), torch.zeros(1, 2, 64, 3, device=q.device))
+    for name in ("q", "k", "q_scale", "k_scale", "v_scale"):
+        assert torch.equal(getattr(wgmma, name).view(torch.uint8), getattr(natural, name).view(torch.uint8))
+    for a, b in zip(dequantize(wgmma), dequantize(natural)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="v_key_order"):
+        quantize(q, k, v, cfg, v_key_order="sorted")
+
+
+@pytest.mark.parametrize("shape, cfg", [CASES[0], CASES[3]])
+def test_prepass_kernel_matches_reference_in_wgmma_order(shape, cfg):
+    q, k, v = make_qkv(*shape, seed=2)
+    got, want = (quantize(q, k, v, cfg, v_key_order="wgmma") for quantize in (quantize_qkv_triton, quantize_qkv_ref))
+    torch.testing.assert_close(got.v_scale, want.v_scale, rtol=1e-6, atol=0)
+    dist = fp8_ulp_distance(got.v_t, want.v_t)
+    assert dist.max().item() <= 1 and (dist > 0).float().mean().item() < 1e-3
