@@ -29,7 +29,10 @@ Warp-specialized (WARP_SPECIALIZE): one extra warpgroup issues every TMA load
 (waiting on `q_empty` for ring slots) and adds the dQ_partials, handed over
 through shared memory (`dq_full` / `dq_empty`, one buffer per MMA partition,
 summed before the atomics), to the accumulator, so the MMA warpgroups never
-wait for loads to be issued nor for atomics; setmaxnreg gives the MMA
+wait for loads to be issued nor for atomics. With DQ_FROM_REGS the MMA warps
+add dQ_partial straight from registers instead (fire-and-forget reductions,
+no hand-over: 64 KB less shared-memory traffic per query block, no barrier
+between dQ and the next block's products) and the worker only loads; setmaxnreg gives the MMA
 warpgroups 240 registers (232 to the first of two split ones: the launch's
 168 per thread caps the total). Without it one 8-warp partition issues loads
 and atomics itself.
@@ -194,6 +197,7 @@ class Buffers:
     @gluon.jit
     def create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, STAGES: gl.constexpr,
                MMA_PARTITIONS: gl.constexpr, DQ_IN_SMEM: gl.constexpr):
+        """DQ_IN_SMEM: allocate the dQ_partial hand-over (warp-specialized without DQ_FROM_REGS)."""
         BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
         KEYS: gl.constexpr = k_desc.block_type.shape[1]  # per MMA partition
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[3]
@@ -210,7 +214,7 @@ class Buffers:
             dq_smem = gl.allocate_shared_memory(gl.float32, [MMA_PARTITIONS, BLOCK_M, HEAD_DIM],
                                                 gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], gl.float32))
         else:
-            dq_smem = ds_smem  # placeholder: no hand-over without warp specialization
+            dq_smem = ds_smem  # placeholder: no hand-over
         kv_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -280,9 +284,10 @@ def store_grad(desc, smem, grad, w: Work, key0):
 
 @gluon.jit
 def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL: gl.constexpr,
-                  WARP_SPECIALIZE: gl.constexpr, G: gl.constexpr):
+                  WARP_SPECIALIZE: gl.constexpr, DQ_FROM_REGS: gl.constexpr, G: gl.constexpr):
     """MMA partition G: every product and the elementwise work of the loop over its keys (box G of K/V),
     then their dK and dV."""
+    HAND_OVER: gl.constexpr = WARP_SPECIALIZE and not DQ_FROM_REGS
     BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
     KEYS: gl.constexpr = b.k_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
@@ -342,6 +347,9 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
         # The partition's dS^T is in place (one partition: both warpgroups' halves, and both finished iteration
         # it - 1).
         gl.thread_barrier()
+        if DQ_FROM_REGS:
+            # Both warpgroups waited for all products of block it - 1 before this barrier: its slot is free.
+            mbarrier.arrive(b.q_empty.index((it + b.STAGES - 1) % b.STAGES), pred=it > 0)
         if not WARP_SPECIALIZE:
             if it > 0:
                 if it - 1 + b.STAGES < w.total:
@@ -354,7 +362,7 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
                            gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout(NW, HEAD_DIM, dtype)), use_acc=False,
                            is_async=True)
         dq, dk = warpgroup_mma_wait(0, deps=(dq, dk))
-        if WARP_SPECIALIZE:
+        if HAND_OVER:
             mbarrier.wait(b.dq_empty.index(G), (it & 1) ^ 1)  # the reducer has read the previous dQ_partial
             b.dq_smem.index(G).store(dq)
             gl.thread_barrier()
@@ -367,6 +375,18 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
     store_grad(dk_desc, k_box, dk, w, key0)
     store_grad(dv_desc, v_box, dv, w, key0)
     tma.store_wait(0)
+
+
+@gluon.jit
+def load_partition(b: Buffers, w: Work):
+    """The worker warpgroup when the MMA warps add dQ themselves (DQ_FROM_REGS): K/V and the query ring's TMA
+    loads only. Loading block it waits for the release of block it - STAGES, given at the dS barrier of block
+    it - STAGES + 1 (so STAGES >= 2)."""
+    b.load_kv(w)
+    for it in range(w.total):
+        # Ring slots start free: the first pass waits on the phase before 0, which counts as complete.
+        mbarrier.wait(b.q_empty.index(it % b.STAGES), ((it // b.STAGES) & 1) ^ 1)
+        b.load_query_block(w, it)
 
 
 @gluon.jit
@@ -410,7 +430,7 @@ def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr):
 def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2_desc, delta_desc, dq_acc_ptr,
                          qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
                          CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr,
-                         MMA_PARTITIONS: gl.constexpr):
+                         MMA_PARTITIONS: gl.constexpr, DQ_FROM_REGS: gl.constexpr):
     """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim), K/V/dK/dV boxes of one MMA partition's keys;
     lse2/delta: 1-D descriptors over the flat (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and
     rowsum(dO * O), +inf / 0 past seqlen_q; dq_acc: zeroed float32 like q."""
@@ -418,20 +438,30 @@ def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2
     BLOCK_N: gl.constexpr = MMA_PARTITIONS * k_desc.block_type.shape[1]
     w = Work.create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, BLOCK_M, BLOCK_N, CAUSAL)
     b = Buffers.create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, STAGES, MMA_PARTITIONS,
-                       WARP_SPECIALIZE)
+                       WARP_SPECIALIZE and not DQ_FROM_REGS)
     if WARP_SPECIALIZE:
         if MMA_PARTITIONS == 2:
             gl.warp_specialize([
-                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, 0)),
-                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, 1)),
+                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, False,
+                                 0)),
+                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, False,
+                                 1)),
                 (load_reduce_partition, (b, w, dq_acc_ptr)),
             ], [4, 4], [MMA_REGS, WORKER_REGS])
         else:
             gl.static_assert(MMA_PARTITIONS == 1, "one or two MMA partitions")
-            gl.warp_specialize([
-                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, 0)),
-                (load_reduce_partition, (b, w, dq_acc_ptr)),
-            ], [4], [WORKER_REGS])
+            if DQ_FROM_REGS:
+                gl.warp_specialize([
+                    (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, True,
+                                     0)),
+                    (load_partition, (b, w)),
+                ], [4], [WORKER_REGS])
+            else:
+                gl.warp_specialize([
+                    (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, False,
+                                     0)),
+                    (load_reduce_partition, (b, w, dq_acc_ptr)),
+                ], [4], [WORKER_REGS])
     else:
         gl.static_assert(MMA_PARTITIONS == 1, "without warp specialization one partition does everything")
-        mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False, 0)
+        mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False, False, 0)

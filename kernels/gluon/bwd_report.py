@@ -15,10 +15,10 @@ from .report import common_counts, print_reports
 
 def alternative_tiles(head_dim):
     """The tiles measured against the default: split MMA warpgroups (at hd 128 only 2 ring slots fit next to
-    the two dQ_partial hand-overs), and no warp specialization."""
+    the two dQ_partial hand-overs), no warp specialization, and dQ_partial added from the MMA warps' registers."""
     base = BWD_TILES[head_dim]
     split = replace(base, split_warpgroups=True, stages=2 if head_dim == 128 else base.stages)
-    return dict(split=split, nows=replace(base, warp_specialize=False))
+    return dict(split=split, nows=replace(base, warp_specialize=False), regdq=replace(base, dq_from_registers=True))
 
 
 # Every dtype, head dim and mask with the default tile, and bf16 with the alternatives.
@@ -29,6 +29,8 @@ VARIANTS += [BwdVariant(torch.bfloat16, d, causal, tile) for d in BWD_TILES for 
 
 
 def tile_mode(tile):
+    if tile.dq_from_registers:
+        return "regdq"
     return "split" if tile.split_warpgroups else "lockstep" if tile.warp_specialize else "nows"
 
 

@@ -24,7 +24,7 @@ MAX_SPLIT_LOCAL_ACCESSES = 32
 NAMES = [f"{dt}_hd{d}_{mask}_lockstep" for dt in ("bfloat16", "float16") for d in (64, 128)
          for mask in ("full", "causal")]
 NAMES += [f"bfloat16_hd{d}_{mask}_{mode}" for d in (64, 128) for mask in ("full", "causal")
-          for mode in ("split", "nows")]
+          for mode in ("split", "nows", "regdq")]
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +48,22 @@ def test_backward_compiles_to_wgmma_tma_and_atomics(reports, name):
     assert r["sass_gmma"] == r["ptx_wgmma"], "wgmma must survive ptxas as HGMMA"
     assert r["sass_tma_load"] > 0 and r["sass_tma_store"] > 0, r
     dq_bytes = BLOCK_M * d * 4
-    if mode != "nows":
+    if mode in ("lockstep", "split"):
         # The worker warpgroup reads dQ_partial back 4 floats per thread over 128 threads (parts summed first).
         assert r["sass_f32_atomics"] == dq_bytes // 16 // 128, r
+    else:
+        # The MMA warps add from registers: two floats per atomic over 256 threads, one copy for whole blocks and
+        # one masked.
+        assert r["sass_f32_atomics"] == 2 * (dq_bytes // 8 // 256), r
+    if mode != "nows":
         assert r["num_warps"] == 12 and 240 in r["setmaxnreg"] and 32 in r["setmaxnreg"], r
         spill_limit = MAX_SPLIT_LOCAL_ACCESSES if mode == "split" else 0
         assert r["sass_local_mem"] <= spill_limit, "the MMA warpgroups must not spill"
     else:
-        # Two floats per atomic over 256 threads, one copy for whole blocks and one masked.
-        assert r["sass_f32_atomics"] == 2 * (dq_bytes // 8 // 256), r
         assert r["num_warps"] == 8 and not r["setmaxnreg"], r
     ring = r["stages"] * (2 * BLOCK_M * d * 2 + 2 * BLOCK_M * 4)
-    expected = 2 * BLOCK_N * d * 2 + ring + 2 * keys * BLOCK_M * 2 + (parts * dq_bytes if mode != "nows" else 0)
+    hand_over = parts * dq_bytes if mode in ("lockstep", "split") else 0
+    expected = 2 * BLOCK_N * d * 2 + ring + 2 * keys * BLOCK_M * 2 + hand_over
     assert expected <= r["shared_bytes"] <= min(expected + BARRIER_SLACK, SMEM_LIMIT), r
 
 
