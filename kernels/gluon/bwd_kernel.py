@@ -283,10 +283,22 @@ def store_grad(desc, smem, grad, w: Work, key0):
 
 
 @gluon.jit
+def scores_t(k, b: Buffers, stage, acc):
+    """Issue S^T = K Q^T over ring slot `stage` (asynchronous) into acc's registers (not accumulated)."""
+    q = b.q_smem.index(stage).reshape([b.q_desc.block_type.shape[1], b.q_desc.block_type.shape[3]])
+    return warpgroup_mma(k, q.permute((1, 0)), acc, use_acc=False, is_async=True)
+
+
+@gluon.jit
 def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL: gl.constexpr,
-                  WARP_SPECIALIZE: gl.constexpr, DQ_FROM_REGS: gl.constexpr, G: gl.constexpr):
+                  WARP_SPECIALIZE: gl.constexpr, DQ_FROM_REGS: gl.constexpr, PREFETCH_S: gl.constexpr,
+                  G: gl.constexpr):
     """MMA partition G: every product and the elementwise work of the loop over its keys (box G of K/V),
-    then their dK and dV."""
+    then their dK and dV.
+
+    PREFETCH_S: the next query block's S^T is issued as soon as this block's products are complete, before
+    dQ_partial leaves (hand-over or atomics) and before the loop's first barrier, so the tensor cores do not
+    idle through them. Its 32 registers per thread are live next to dQ_partial's."""
     HAND_OVER: gl.constexpr = WARP_SPECIALIZE and not DQ_FROM_REGS
     BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
     KEYS: gl.constexpr = b.k_desc.block_type.shape[1]
@@ -314,18 +326,33 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
     dk = gl.zeros([KEYS, HEAD_DIM], gl.float32, kv_layout)
     dv = gl.zeros([KEYS, HEAD_DIM], gl.float32, kv_layout)
     mbarrier.wait(b.kv_ready, 0)
+    if PREFETCH_S:
+        # s_pending: the issued, not yet awaited S^T, carried into the next iteration. Issued whether or not the
+        # block exists (only the wait is predicated): ptxas serializes every wgmma of the kernel when an
+        # in-flight accumulator meets a value that no wgmma defined (a branch around the issue). Without the
+        # block, the product reads a slot no load is writing, and nothing reads the result.
+        mbarrier.wait(b.ready.index(0), 0, pred=w.total > 0)
+        s_pending = scores_t(k, b, 0, gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout))
 
     for it in range(w.total):
         stage = it % b.STAGES
         head, row0 = w.query_block(it)
-        mbarrier.wait(b.ready.index(stage), (it // b.STAGES) & 1)
         q = b.q_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
         do = b.do_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
-        s_t = warpgroup_mma(k, q.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
-                            use_acc=False, is_async=True)
-        dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
-                             use_acc=False, is_async=True)
-        s_t = warpgroup_mma_wait(1, deps=(s_t, ))
+        if PREFETCH_S:
+            # S^T (waited for and issued at the end of the previous block) is the only group in flight: waiting
+            # for all groups is what lets ptxas see which one retires (an in-flight group carried around the
+            # loop and retired by wait_group 1 serializes every wgmma of the kernel). It has had the atomics
+            # and the barrier to finish.
+            s_t = warpgroup_mma_wait(0, deps=(s_pending, ))
+            dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
+                                 use_acc=False, is_async=True)
+        else:
+            mbarrier.wait(b.ready.index(stage), (it // b.STAGES) & 1)
+            s_t = scores_t(k, b, stage, gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout))
+            dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
+                                 use_acc=False, is_async=True)
+            s_t = warpgroup_mma_wait(1, deps=(s_t, ))
         # Per-query statistics come from shared memory at their use: held in registers they would spill.
         lse2 = b.lse2_smem.index(stage).load(cols_layout)
         p_t = gl.exp2(s_t * qk_scale - gl.expand_dims(lse2, 0))
@@ -362,6 +389,12 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
                            gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout(NW, HEAD_DIM, dtype)), use_acc=False,
                            is_async=True)
         dq, dk = warpgroup_mma_wait(0, deps=(dq, dk))
+        if PREFETCH_S:
+            # Block it + 1's load waited only for the release of block it + 1 - STAGES, given before this point
+            # (regdq: block it - 1, at this block's dS barrier; hand-over: at the hand-over of that block).
+            nxt = it + 1
+            mbarrier.wait(b.ready.index(nxt % b.STAGES), (nxt // b.STAGES) & 1, pred=nxt < w.total)
+            s_pending = scores_t(k, b, nxt % b.STAGES, gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout))
         if HAND_OVER:
             mbarrier.wait(b.dq_empty.index(G), (it & 1) ^ 1)  # the reducer has read the previous dQ_partial
             b.dq_smem.index(G).store(dq)
@@ -371,6 +404,8 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
         else:
             add_dq(dq, dq_acc_ptr, w, head, row0)
 
+    if PREFETCH_S:
+        warpgroup_mma_wait(0, deps=(s_pending, ))  # the product past the last block still reads K
     # K and V are no longer read: their boxes stage dK and dV for the TMA stores.
     store_grad(dk_desc, k_box, dk, w, key0)
     store_grad(dv_desc, v_box, dv, w, key0)
@@ -430,7 +465,7 @@ def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr):
 def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2_desc, delta_desc, dq_acc_ptr,
                          qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
                          CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr,
-                         MMA_PARTITIONS: gl.constexpr, DQ_FROM_REGS: gl.constexpr):
+                         MMA_PARTITIONS: gl.constexpr, DQ_FROM_REGS: gl.constexpr, PREFETCH_S: gl.constexpr):
     """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim), K/V/dK/dV boxes of one MMA partition's keys;
     lse2/delta: 1-D descriptors over the flat (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and
     rowsum(dO * O), +inf / 0 past seqlen_q; dq_acc: zeroed float32 like q."""
@@ -443,9 +478,9 @@ def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2
         if MMA_PARTITIONS == 2:
             gl.warp_specialize([
                 (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, False,
-                                 0)),
+                                 False, 0)),
                 (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, False,
-                                 1)),
+                                 False, 1)),
                 (load_reduce_partition, (b, w, dq_acc_ptr)),
             ], [4, 4], [MMA_REGS, WORKER_REGS])
         else:
@@ -453,15 +488,15 @@ def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2
             if DQ_FROM_REGS:
                 gl.warp_specialize([
                     (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, True,
-                                     0)),
+                                     PREFETCH_S, 0)),
                     (load_partition, (b, w)),
                 ], [4], [WORKER_REGS])
             else:
                 gl.warp_specialize([
                     (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, False,
-                                     0)),
+                                     PREFETCH_S, 0)),
                     (load_reduce_partition, (b, w, dq_acc_ptr)),
                 ], [4], [WORKER_REGS])
     else:
         gl.static_assert(MMA_PARTITIONS == 1, "without warp specialization one partition does everything")
-        mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False, False, 0)
+        mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False, False, False, 0)
