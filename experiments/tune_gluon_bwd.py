@@ -5,11 +5,12 @@
 Stages run as child processes with their own time limits, so a kernel that
 hangs costs its stage, not the run: `check` (dq/dk/dv on small odd shapes,
 causal, GQA, against float64 autograd, FA's criterion: within 2x PyTorch's own
-bf16 error plus the reference's rounding), `stats` (registers, spills, shared
-memory as the driver loaded the kernels), `bench` (median backward times from
-triton.testing.do_bench at 16k tokens x hidden 2048, next to cuDNN SDPA's
-backward and our Triton backward; FLOPs = kernels.flops mode "bwd", 2.5x the
-forward's), `pytest` (the GPU tests of tests/kernels/test_gluon_backward.py).
+bf16 error plus the reference's rounding; `--check-dtypes`), `stats`
+(registers, spills, shared memory as the driver loaded the kernels), `bench`
+(median backward times from triton.testing.do_bench at 16k tokens x hidden
+2048, next to cuDNN SDPA's backward and our Triton backward; FLOPs =
+kernels.flops mode "bwd", 2.5x the forward's), `pytest` (the GPU tests of
+tests/kernels/test_gluon_backward.py; `--skip-pytest` leaves it out).
 The default tile and the alternatives in ALTERNATIVES are checked on every
 shape; a tile is timed only if all its checks passed. Results go to
 <out>/tune_gluon_bwd.json; a table is printed last.
@@ -36,11 +37,11 @@ def _errors(g, r):
     return d.abs().max().item(), (d.norm() / r.norm()).item()
 
 
-def check_stage(head_dim, tile_names):
+def check_stage(head_dim, tile_names, dtype_names):
     import torch
     tiles = dict(default=None, **_alternatives(head_dim))
     for name in tile_names:
-        for dtype in (torch.bfloat16, torch.float16):
+        for dtype in (getattr(torch, n) for n in dtype_names):
             for causal in (False, True):
                 for shape in CHECK_SHAPES:
                     _check_one(shape, head_dim, dtype, causal, name, tiles[name])
@@ -98,7 +99,10 @@ def _time(fn):
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
-ALTERNATIVES = ("split", )
+# Split warpgroups measured 10-16% slower than the default (docs/tuning-gluon.md, B3) and are no longer timed.
+# B4: the next block's S^T issued before dQ_partial leaves (lockstep_pf), dQ_partial added from the MMA warps'
+# registers (regdq), both (regdq_pf).
+ALTERNATIVES = ("lockstep_pf", "regdq", "regdq_pf")
 
 
 def _alternatives(head_dim):
@@ -169,8 +173,8 @@ def _table(rows):
     for r in rows:
         if r["stage"] == "bench":
             g, c, t = r.get("gluon_tflops", nan), r.get("cudnn_tflops", nan), r.get("triton_tflops", nan)
-            alts = " ".join(f"{n}:{r[f'gluon_{n}_tflops']:.0f}" for n in ALTERNATIVES
-                            if f"gluon_{n}_tflops" in r)
+            alts = " ".join(f"{n}:{r[f'gluon_{n}_tflops']:.0f} ({r[f'gluon_{n}_tflops'] / g:.3f}x gluon, "
+                            f"{r[f'gluon_{n}_tflops'] / c:.2f}x cudnn)" for n in ALTERNATIVES if f"gluon_{n}_tflops" in r)
             errors = " ".join(f"{k}: {v}" for k, v in r.items() if k.endswith("_error"))
             print(f"  {r['head_dim']:>4} {str(r['causal']):>6} {r['seqlen']:>6} {g:7.1f} {c:7.1f} {g / c:6.2f} {t:7.1f}"
                   f"  {alts} {errors}")
@@ -183,9 +187,11 @@ def main():
     parser.add_argument("--head-dim", type=int)
     parser.add_argument("--tiles", default="default", help="check, bench: tile names, comma-separated")
     parser.add_argument("--seqlens", default=",".join(map(str, SEQLENS)), help="bench seqlens, comma-separated")
+    parser.add_argument("--skip-pytest", action="store_true", help="leave out the GPU tests (default tile only)")
+    parser.add_argument("--check-dtypes", default="bfloat16,float16", help="check: dtypes, comma-separated")
     args = parser.parse_args()
     if args.stage == "check":
-        return check_stage(args.head_dim, args.tiles.split(","))
+        return check_stage(args.head_dim, args.tiles.split(","), args.check_dtypes.split(","))
     if args.stage == "stats":
         return stats_stage()
     if args.stage == "bench":
@@ -201,19 +207,22 @@ def main():
     with open(out / "tune_gluon_bwd.log", "w") as log:
         names = ("default", ) + ALTERNATIVES  # the default first: a hang of an alternative spares its checks
         for d in HEAD_DIMS:
-            rows += _run_stage(["--stage", "check", "--head-dim", str(d), "--tiles", ",".join(names)], 90, log)
-        rows += _run_stage(["--stage", "stats"], 30, log)
+            rows += _run_stage(["--stage", "check", "--head-dim", str(d), "--tiles", ",".join(names),
+                                "--check-dtypes", args.check_dtypes], 90, log)
+        rows += _run_stage(["--stage", "stats"], 60, log)
         # A tile that failed or hung any check is not timed.
-        per_tile = 2 * 2 * len(HEAD_DIMS) * len(CHECK_SHAPES)
+        per_tile = len(args.check_dtypes.split(",")) * 2 * len(HEAD_DIMS) * len(CHECK_SHAPES)
         passed = [n for n in names
                   if sum(r["ok"] for r in rows if r["stage"] == "check" and r["tile"] == n) == per_tile]
         if passed:
             rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens, "--tiles", ",".join(passed)], 150, log)
         (out / "tune_gluon_bwd.json").write_text(json.dumps(rows, indent=1))
-        pytest_out, _, _ = run_child([sys.executable, "-m", "pytest", "-q", "-m", "gpu",
-                                      "tests/kernels/test_gluon_backward.py"], 50, log, "pytest")
+        if not args.skip_pytest:
+            pytest_out, _, _ = run_child([sys.executable, "-m", "pytest", "-q", "-m", "gpu",
+                                          "tests/kernels/test_gluon_backward.py"], 50, log, "pytest")
     _table(rows)
-    print("\npytest (GPU tests, default tile):", (pytest_out.strip().splitlines() or ["no output"])[-1])
+    if not args.skip_pytest:
+        print("\npytest (GPU tests, default tile):", (pytest_out.strip().splitlines() or ["no output"])[-1])
 
 
 if __name__ == "__main__":
