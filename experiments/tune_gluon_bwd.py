@@ -99,10 +99,9 @@ def _time(fn):
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
-# Split warpgroups measured 10-16% slower than the default (docs/tuning-gluon.md, B3) and are no longer timed.
-# B4: the next block's S^T issued before dQ_partial leaves (lockstep_pf), dQ_partial added from the MMA warps'
-# registers (regdq), both (regdq_pf).
-ALTERNATIVES = ("lockstep_pf", "regdq", "regdq_pf")
+# Tile variants timed next to the default (kernels.gluon.bwd_report.alternative_tiles): split warpgroups lost
+# 10-16% (docs/tuning-gluon.md, B3); B4's prefetched S^T and register dQ lost 1-20% and were removed.
+ALTERNATIVES = ("split", )
 
 
 def _alternatives(head_dim):

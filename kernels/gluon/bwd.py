@@ -46,22 +46,12 @@ class BwdTile:
     warp_specialize: bool = True  # a worker warpgroup issues the loads and the dQ atomics
     # Each MMA warpgroup its own partition with its own keys and dQ_partial: no barrier in common.
     split_warpgroups: bool = False
-    # The MMA warps add dQ_partial to the accumulator from registers: no float32 hand-over through shared memory,
-    # the worker only loads; a ring slot is released at the next block's dS barrier (so stages >= 2).
-    dq_from_registers: bool = False
-    # The next query block's S^T is issued before this block's dQ_partial leaves (hand-over or atomics).
-    prefetch_scores: bool = False
 
     def __post_init__(self):
         if self.block_m != 64 or self.block_n != 128:
             raise ValueError(f"a backward tile needs block_m 64 and block_n 128, got {self}")
         if self.split_warpgroups and not self.warp_specialize:
             raise ValueError(f"split warpgroups need warp specialization, got {self}")
-        if self.dq_from_registers and (not self.warp_specialize or self.split_warpgroups or self.stages < 2):
-            raise ValueError(f"dQ from registers needs warp specialization, one MMA partition and >= 2 stages, "
-                             f"got {self}")
-        if self.prefetch_scores and (not self.warp_specialize or self.split_warpgroups):
-            raise ValueError(f"prefetching S^T needs warp specialization and one MMA partition, got {self}")
 
     @property
     def mma_partitions(self):
@@ -98,8 +88,7 @@ class BwdVariant:
 
     def constexprs(self):
         return dict(CAUSAL=self.causal, STAGES=self.tile.stages, WARP_SPECIALIZE=self.tile.warp_specialize,
-                    MMA_PARTITIONS=self.tile.mma_partitions, DQ_FROM_REGS=self.tile.dq_from_registers,
-                    PREFETCH_S=self.tile.prefetch_scores)
+                    MMA_PARTITIONS=self.tile.mma_partitions)
 
     def options(self):
         opts = dict(num_warps=self.tile.num_warps)

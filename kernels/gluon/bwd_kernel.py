@@ -29,10 +29,7 @@ Warp-specialized (WARP_SPECIALIZE): one extra warpgroup issues every TMA load
 (waiting on `q_empty` for ring slots) and adds the dQ_partials, handed over
 through shared memory (`dq_full` / `dq_empty`, one buffer per MMA partition,
 summed before the atomics), to the accumulator, so the MMA warpgroups never
-wait for loads to be issued nor for atomics. With DQ_FROM_REGS the MMA warps
-add dQ_partial straight from registers instead (fire-and-forget reductions,
-no hand-over: 64 KB less shared-memory traffic per query block, no barrier
-between dQ and the next block's products) and the worker only loads; setmaxnreg gives the MMA
+wait for loads to be issued nor for atomics; setmaxnreg gives the MMA
 warpgroups 240 registers (232 to the first of two split ones: the launch's
 168 per thread caps the total). Without it one 8-warp partition issues loads
 and atomics itself.
@@ -197,7 +194,6 @@ class Buffers:
     @gluon.jit
     def create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, STAGES: gl.constexpr,
                MMA_PARTITIONS: gl.constexpr, DQ_IN_SMEM: gl.constexpr):
-        """DQ_IN_SMEM: allocate the dQ_partial hand-over (warp-specialized without DQ_FROM_REGS)."""
         BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
         KEYS: gl.constexpr = k_desc.block_type.shape[1]  # per MMA partition
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[3]
@@ -214,7 +210,7 @@ class Buffers:
             dq_smem = gl.allocate_shared_memory(gl.float32, [MMA_PARTITIONS, BLOCK_M, HEAD_DIM],
                                                 gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], gl.float32))
         else:
-            dq_smem = ds_smem  # placeholder: no hand-over
+            dq_smem = ds_smem  # placeholder: no hand-over without warp specialization
         kv_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -283,23 +279,10 @@ def store_grad(desc, smem, grad, w: Work, key0):
 
 
 @gluon.jit
-def scores_t(k, b: Buffers, stage, acc):
-    """Issue S^T = K Q^T over ring slot `stage` (asynchronous) into acc's registers (not accumulated)."""
-    q = b.q_smem.index(stage).reshape([b.q_desc.block_type.shape[1], b.q_desc.block_type.shape[3]])
-    return warpgroup_mma(k, q.permute((1, 0)), acc, use_acc=False, is_async=True)
-
-
-@gluon.jit
 def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL: gl.constexpr,
-                  WARP_SPECIALIZE: gl.constexpr, DQ_FROM_REGS: gl.constexpr, PREFETCH_S: gl.constexpr,
-                  G: gl.constexpr):
+                  WARP_SPECIALIZE: gl.constexpr, G: gl.constexpr):
     """MMA partition G: every product and the elementwise work of the loop over its keys (box G of K/V),
-    then their dK and dV.
-
-    PREFETCH_S: the next query block's S^T is issued as soon as this block's products are complete, before
-    dQ_partial leaves (hand-over or atomics) and before the loop's first barrier, so the tensor cores do not
-    idle through them. Its 32 registers per thread are live next to dQ_partial's."""
-    HAND_OVER: gl.constexpr = WARP_SPECIALIZE and not DQ_FROM_REGS
+    then their dK and dV."""
     BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
     KEYS: gl.constexpr = b.k_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
@@ -326,33 +309,18 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
     dk = gl.zeros([KEYS, HEAD_DIM], gl.float32, kv_layout)
     dv = gl.zeros([KEYS, HEAD_DIM], gl.float32, kv_layout)
     mbarrier.wait(b.kv_ready, 0)
-    if PREFETCH_S:
-        # s_pending: the issued, not yet awaited S^T, carried into the next iteration. Issued whether or not the
-        # block exists (only the wait is predicated): ptxas serializes every wgmma of the kernel when an
-        # in-flight accumulator meets a value that no wgmma defined (a branch around the issue). Without the
-        # block, the product reads a slot no load is writing, and nothing reads the result.
-        mbarrier.wait(b.ready.index(0), 0, pred=w.total > 0)
-        s_pending = scores_t(k, b, 0, gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout))
 
     for it in range(w.total):
         stage = it % b.STAGES
         head, row0 = w.query_block(it)
+        mbarrier.wait(b.ready.index(stage), (it // b.STAGES) & 1)
         q = b.q_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
         do = b.do_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
-        if PREFETCH_S:
-            # S^T (waited for and issued at the end of the previous block) is the only group in flight: waiting
-            # for all groups is what lets ptxas see which one retires (an in-flight group carried around the
-            # loop and retired by wait_group 1 serializes every wgmma of the kernel). It has had the atomics
-            # and the barrier to finish.
-            s_t = warpgroup_mma_wait(0, deps=(s_pending, ))
-            dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
-                                 use_acc=False, is_async=True)
-        else:
-            mbarrier.wait(b.ready.index(stage), (it // b.STAGES) & 1)
-            s_t = scores_t(k, b, stage, gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout))
-            dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
-                                 use_acc=False, is_async=True)
-            s_t = warpgroup_mma_wait(1, deps=(s_t, ))
+        s_t = warpgroup_mma(k, q.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
+                            use_acc=False, is_async=True)
+        dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
+                             use_acc=False, is_async=True)
+        s_t = warpgroup_mma_wait(1, deps=(s_t, ))
         # Per-query statistics come from shared memory at their use: held in registers they would spill.
         lse2 = b.lse2_smem.index(stage).load(cols_layout)
         p_t = gl.exp2(s_t * qk_scale - gl.expand_dims(lse2, 0))
@@ -374,9 +342,6 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
         # The partition's dS^T is in place (one partition: both warpgroups' halves, and both finished iteration
         # it - 1).
         gl.thread_barrier()
-        if DQ_FROM_REGS:
-            # Both warpgroups waited for all products of block it - 1 before this barrier: its slot is free.
-            mbarrier.arrive(b.q_empty.index((it + b.STAGES - 1) % b.STAGES), pred=it > 0)
         if not WARP_SPECIALIZE:
             if it > 0:
                 if it - 1 + b.STAGES < w.total:
@@ -389,13 +354,7 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
                            gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout(NW, HEAD_DIM, dtype)), use_acc=False,
                            is_async=True)
         dq, dk = warpgroup_mma_wait(0, deps=(dq, dk))
-        if PREFETCH_S:
-            # Block it + 1's load waited only for the release of block it + 1 - STAGES, given before this point
-            # (regdq: block it - 1, at this block's dS barrier; hand-over: at the hand-over of that block).
-            nxt = it + 1
-            mbarrier.wait(b.ready.index(nxt % b.STAGES), (nxt // b.STAGES) & 1, pred=nxt < w.total)
-            s_pending = scores_t(k, b, nxt % b.STAGES, gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout))
-        if HAND_OVER:
+        if WARP_SPECIALIZE:
             mbarrier.wait(b.dq_empty.index(G), (it & 1) ^ 1)  # the reducer has read the previous dQ_partial
             b.dq_smem.index(G).store(dq)
             gl.thread_barrier()
@@ -404,24 +363,10 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
         else:
             add_dq(dq, dq_acc_ptr, w, head, row0)
 
-    if PREFETCH_S:
-        warpgroup_mma_wait(0, deps=(s_pending, ))  # the product past the last block still reads K
     # K and V are no longer read: their boxes stage dK and dV for the TMA stores.
     store_grad(dk_desc, k_box, dk, w, key0)
     store_grad(dv_desc, v_box, dv, w, key0)
     tma.store_wait(0)
-
-
-@gluon.jit
-def load_partition(b: Buffers, w: Work):
-    """The worker warpgroup when the MMA warps add dQ themselves (DQ_FROM_REGS): K/V and the query ring's TMA
-    loads only. Loading block it waits for the release of block it - STAGES, given at the dS barrier of block
-    it - STAGES + 1 (so STAGES >= 2)."""
-    b.load_kv(w)
-    for it in range(w.total):
-        # Ring slots start free: the first pass waits on the phase before 0, which counts as complete.
-        mbarrier.wait(b.q_empty.index(it % b.STAGES), ((it // b.STAGES) & 1) ^ 1)
-        b.load_query_block(w, it)
 
 
 @gluon.jit
@@ -465,7 +410,7 @@ def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr):
 def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2_desc, delta_desc, dq_acc_ptr,
                          qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
                          CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr,
-                         MMA_PARTITIONS: gl.constexpr, DQ_FROM_REGS: gl.constexpr, PREFETCH_S: gl.constexpr):
+                         MMA_PARTITIONS: gl.constexpr):
     """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim), K/V/dK/dV boxes of one MMA partition's keys;
     lse2/delta: 1-D descriptors over the flat (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and
     rowsum(dO * O), +inf / 0 past seqlen_q; dq_acc: zeroed float32 like q."""
@@ -473,30 +418,20 @@ def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2
     BLOCK_N: gl.constexpr = MMA_PARTITIONS * k_desc.block_type.shape[1]
     w = Work.create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, BLOCK_M, BLOCK_N, CAUSAL)
     b = Buffers.create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, STAGES, MMA_PARTITIONS,
-                       WARP_SPECIALIZE and not DQ_FROM_REGS)
+                       WARP_SPECIALIZE)
     if WARP_SPECIALIZE:
         if MMA_PARTITIONS == 2:
             gl.warp_specialize([
-                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, False,
-                                 False, 0)),
-                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, False,
-                                 False, 1)),
+                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, 0)),
+                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, 1)),
                 (load_reduce_partition, (b, w, dq_acc_ptr)),
             ], [4, 4], [MMA_REGS, WORKER_REGS])
         else:
             gl.static_assert(MMA_PARTITIONS == 1, "one or two MMA partitions")
-            if DQ_FROM_REGS:
-                gl.warp_specialize([
-                    (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, True,
-                                     PREFETCH_S, 0)),
-                    (load_partition, (b, w)),
-                ], [4], [WORKER_REGS])
-            else:
-                gl.warp_specialize([
-                    (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, False,
-                                     PREFETCH_S, 0)),
-                    (load_reduce_partition, (b, w, dq_acc_ptr)),
-                ], [4], [WORKER_REGS])
+            gl.warp_specialize([
+                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, 0)),
+                (load_reduce_partition, (b, w, dq_acc_ptr)),
+            ], [4], [WORKER_REGS])
     else:
         gl.static_assert(MMA_PARTITIONS == 1, "without warp specialization one partition does everything")
-        mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False, False, False, 0)
+        mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False, 0)

@@ -15,14 +15,10 @@ from .report import common_counts, print_reports
 
 def alternative_tiles(head_dim):
     """The tiles measured against the default: split MMA warpgroups (at hd 128 only 2 ring slots fit next to
-    the two dQ_partial hand-overs), no warp specialization, the next block's S^T issued before dQ_partial leaves
-    (lockstep_pf), dQ_partial added from the MMA warps' registers (regdq), and both."""
+    the two dQ_partial hand-overs), and no warp specialization."""
     base = BWD_TILES[head_dim]
     split = replace(base, split_warpgroups=True, stages=2 if head_dim == 128 else base.stages)
-    regdq = replace(base, dq_from_registers=True)
-    return dict(split=split, nows=replace(base, warp_specialize=False),
-                lockstep_pf=replace(base, prefetch_scores=True),
-                regdq=regdq, regdq_pf=replace(regdq, prefetch_scores=True))
+    return dict(split=split, nows=replace(base, warp_specialize=False))
 
 
 # Every dtype, head dim and mask with the default tile, and bf16 with the alternatives.
@@ -33,10 +29,7 @@ VARIANTS += [BwdVariant(torch.bfloat16, d, causal, tile) for d in BWD_TILES for 
 
 
 def tile_mode(tile):
-    if tile.split_warpgroups or not tile.warp_specialize:
-        return "split" if tile.split_warpgroups else "nows"
-    mode = "regdq" if tile.dq_from_registers else "lockstep"
-    return f"{mode}_pf" if tile.prefetch_scores else mode
+    return "split" if tile.split_warpgroups else "lockstep" if tile.warp_specialize else "nows"
 
 
 def variant_name(v: BwdVariant):
@@ -52,8 +45,6 @@ def compile_report(variant: BwdVariant, tmpdir: str):
         stages=variant.tile.stages,
         mma_partitions=variant.tile.mma_partitions,
         sass_f32_atomics=len(re.findall(r"\bREDG?\.E\.ADD\.F32", sass)),
-        # One wait per product group when ptxas keeps the wgmma pipeline; one per wgmma when it serializes it.
-        sass_wgmma_waits=sass.count("WARPGROUP.DEPBAR"),
     )
 
 
