@@ -9,7 +9,8 @@ hangs or faults costs its stage, not the run:
   shapes, outputs NaN-poisoned; FP8 also against the FP8 scheme's oracle and
   the Triton FP8 path. `check --group G`: the tile candidates of
   CANDIDATES[G] likewise (group "fp8perm": FP8 with V^T in wgmma key order,
-  from the Triton pre-pass, whose V codes must be the natural order's). All
+  from the Triton pre-pass, whose V codes must be the natural order's;
+  "fp8trim", "fp8trim1": the consumer instruction trims on top of it). All
   checks run at once, next to the GPU test suite
   (tests/kernels/test_gluon_attention.py; `--skip-gpu-tests` leaves it out),
   so that they also fill Triton's cache for the benchmarks in parallel.
@@ -47,6 +48,7 @@ CHECK_SHAPES = [(2, 113, 203, 4, 4), (1, 1000, 517, 6, 2), (1, 1101, 1101, 4, 2)
 # memory allows it; "tile": FP8 hd128 rings and 128-row hd64 tiles (short causal sequences waste less on the
 # diagonal).
 SYNC = dict(branch_fence=True, named_turn=True, split_q=True)
+TRIMS = dict(fast_v_ratio=True, thread_row_sum=True, unmasked_loop=True)
 CANDIDATES = {
     "sync": [("sync", "bf16", 128, SYNC), ("fence", "bf16", 128, dict(branch_fence=True)),
              ("turn", "bf16", 128, dict(named_turn=True)), ("split_q", "bf16", 128, dict(split_q=True)),
@@ -62,13 +64,24 @@ CANDIDATES = {
              ("m128_s3_sync", "bf16", 64, dict(SYNC, block_m=128, stages=3, split_kv=False))],
     # The default tiles on V^T in wgmma key order (V_KEY_ORDERS): P reaches PV without register shuffles.
     "fp8perm": [("wgmma_v", "fp8", 128, {}), ("wgmma_v", "fp8", 256, {})],
+    # On top of wgmma_v, the consumer instruction trims (docs/tuning-gluon.md entry 18): all three, then (hd128)
+    # each alone. Two groups so that their checks run in parallel children.
+    "fp8trim": [("wgmma_v_trim", "fp8", 128, TRIMS), ("wgmma_v_trim", "fp8", 256, TRIMS)],
+    "fp8trim1": [("wgmma_v_rcp", "fp8", 128, dict(fast_v_ratio=True)),
+                 ("wgmma_v_lsum", "fp8", 128, dict(thread_row_sum=True)),
+                 ("wgmma_v_nomask", "fp8", 128, dict(unmasked_loop=True))],
 }
-# FP8 candidates that change the pre-pass's V^T key order (kernels.quant.FP8QKV.v_key_order) rather than the tile.
+# FP8 candidates that change the pre-pass's V^T key order (kernels.quant.FP8QKV.v_key_order), by name prefix.
 V_KEY_ORDERS = {"wgmma_v": "wgmma"}
 # hd128 non-causal with whole waves of tiles: 132 m-blocks x 16 heads = 16 tiles per SM on 132 SMs (the 16k
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
-GROUP_ORDER = ("sync", "q", "tile", "fp8perm")
+GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1")
+
+
+def _v_key_order(name):
+    """{"v_key_order": ...} for a candidate whose name starts with a V_KEY_ORDERS key, else {}."""
+    return next(({"v_key_order": order} for prefix, order in V_KEY_ORDERS.items() if name.startswith(prefix)), {})
 
 
 def _tile(dtype, head_dim, changes):
@@ -198,7 +211,7 @@ def check_stage(head_dim, group):
         return
     for name, dtype, d, changes in CANDIDATES[group]:
         check = _check_fp8 if dtype == "fp8" else _check_bf16
-        order = dict(v_key_order=V_KEY_ORDERS[name]) if name in V_KEY_ORDERS else {}
+        order = _v_key_order(name)
         for causal in (False, True):
             for shape in CHECK_SHAPES[1:]:
                 check(d, causal, list(shape), name, tile=_tile(dtype, d, changes), **order)
@@ -209,7 +222,7 @@ def tiny_stage(group):
     import torch
     name, dtype, d, changes = CANDIDATES[group][0]
     check = _check_fp8 if dtype == "fp8" else _check_bf16
-    order = dict(v_key_order=V_KEY_ORDERS[name]) if name in V_KEY_ORDERS else {}
+    order = _v_key_order(name)
     check(d, True, [1, 300, 517, 2, 1], name, tile=_tile(dtype, d, changes), **order)
     torch.cuda.synchronize()
 
@@ -306,8 +319,8 @@ def _bench_fp8(batch, seqlen, nheads, head_dim, causal, tiles=(), default=True):
     for name, changes in tiles:
         try:
             tile = _tile("fp8", head_dim, changes)
-            if name in V_KEY_ORDERS:  # the pre-pass's output differs too: time it, and the two composed
-                order = V_KEY_ORDERS[name]
+            if _v_key_order(name):  # the pre-pass's output differs too: time it, and the two composed
+                order = _v_key_order(name)["v_key_order"]
                 xc = quantize_qkv_triton(q, k, v, cfg, v_key_order=order)
                 ms = _time(lambda: fp8_attention_forward(xc, scale, causal, torch.bfloat16, tile=tile))
                 prepass_ms = _time(lambda: quantize_qkv_triton(q, k, v, cfg, v_key_order=order))

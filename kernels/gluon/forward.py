@@ -61,6 +61,10 @@ class TileConfig:
     q_stages: int = 1  # Q ring depth: 2 loads the next tile's Q during the current one
     branch_fence: bool = False  # softmax kept ahead of the PV wait by a branch, not an mbarrier wait
     named_turn: bool = False  # ping-pong turns on named hardware barriers (FA3), not mbarriers
+    # Consumer instruction trims (mainloop.py; docs/tuning-gluon.md entry 18), off in the timed default.
+    fast_v_ratio: bool = False  # FP8: V-scale ratio by rcp.approx (one MUFU) instead of a full-range divide
+    thread_row_sum: bool = False  # row sums per thread, quad-reduced once per tile (no shuffles per block)
+    unmasked_loop: bool = False  # non-causal: blocks after the first visited one skip the mask test and -inf guard
 
     def __post_init__(self):
         if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
@@ -151,6 +155,9 @@ class Variant:
             Q_STAGES=self.tile.q_stages,
             BRANCH_FENCE=self.tile.branch_fence,
             NAMED_TURN=self.tile.named_turn,
+            FAST_V_RATIO=self.tile.fast_v_ratio,
+            THREAD_ROW_SUM=self.tile.thread_row_sum,
+            UNMASKED_LOOP=self.tile.unmasked_loop,
             V_WGMMA_KEYS=self.v_wgmma_keys,
             Q_SCALE_BLOCK=self.q_scale_block,
             KV_SCALE_BLOCK=self.kv_scale_block,

@@ -21,7 +21,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 from kernels.quant import WGMMA_KEY_GROUP
 
 from .pipeline import Pipeline, Ring, kv_block_start
-from .softmax import block_needs_mask, mask_scores, p_log2_offset, softmax_update
+from .softmax import block_needs_mask, mask_scores, p_log2_offset, row_sum_init, softmax_update, total_row_sum
 
 
 @gluon.constexpr_function
@@ -223,10 +223,11 @@ def fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N: gl.constexpr, KV_
 
 @gluon.jit
 def block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N: gl.constexpr,
-                 CAUSAL: gl.constexpr, FP8: gl.constexpr):
-    """Masked S of the i-th visited key block and its per-row score scale (FP8: times the block's K scale)."""
+                 CAUSAL: gl.constexpr, FP8: gl.constexpr, MAY_MASK: gl.constexpr = True):
+    """Masked S of the i-th visited key block and its per-row score scale (FP8: times the block's K scale).
+    MAY_MASK False: the caller knows the block needs no mask."""
     key0 = kv_block_start(n_blocks, i, BLOCK_N)
-    if block_needs_mask(key0, row0, seqlen_q, seqlen_k, BLOCK_N, CAUSAL):
+    if MAY_MASK and block_needs_mask(key0, row0, seqlen_q, seqlen_k, BLOCK_N, CAUSAL):
         s = mask_scores(s, key0, row0, seqlen_q, seqlen_k, CAUSAL)
     if FP8:
         row_scale = row_scale * k_scale
@@ -234,14 +235,26 @@ def block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, B
 
 
 @gluon.jit
-def v_rescale(alpha, v_unit, v_scale, FP8: gl.constexpr):
+def approx_reciprocal(x):
+    """1/x by rcp.approx.ftz.f32: one MUFU.RCP, within 1 ulp, but a subnormal x (a V block with amax below
+    5e-36) gives inf. `/` compiles to div.full.f32, a dozen more instructions of range checks and rescales;
+    rcp.approx.f32 without ftz keeps half of them."""
+    return gl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
+def v_rescale(alpha, v_unit, v_scale, FP8: gl.constexpr, FAST_V_RATIO: gl.constexpr = False):
     """Row factor that moves O to the current block's units: alpha, and for FP8 the ratio of V block scales.
 
     FP8 keeps O in units of the latest V block scale (so P and V stay unscaled
     fp8 operands); returns (factor, new unit).
     """
     if FP8:
-        alpha = alpha * (v_unit / v_scale)
+        if FAST_V_RATIO:
+            alpha = alpha * (v_unit * approx_reciprocal(v_scale))
+        else:
+            alpha = alpha * (v_unit / v_scale)
         v_unit = v_scale
     return alpha, v_unit
 
@@ -273,9 +286,12 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
 
     m = gl.full([ROWS], -float("inf"), gl.float32, s_rows)
-    l = gl.zeros([ROWS], gl.float32, s_rows)
+    l = row_sum_init(ROWS, BLOCK_N, s_layout, p.THREAD_ROW_SUM)
     o = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
     s_zero = gl.zeros([ROWS, BLOCK_N], gl.float32, s_layout)
+    # Non-causal blocks are visited from the last one down, so only the first (peeled when OVERLAP) can reach
+    # past seqlen_k, and every row has a finite max after it.
+    LOOP_MASK: gl.constexpr = CAUSAL or not p.UNMASKED_LOOP
     v_unit = gl.to_tensor(1.0)
 
     if OVERLAP:
@@ -302,9 +318,10 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                 pass_turn(p, CID, PINGPONG)
                 s = warpgroup_mma_wait(1, deps=(s, ))
                 release_k(p, kv_next)
-                s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
-                pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
-                alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
+                s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8,
+                                    LOOP_MASK)
+                pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, not LOOP_MASK)
+                alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
                 l = schedule_fence(p, kv, l)
                 o, pr = wait_pv(o, pm, pr)
                 release_v(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
@@ -328,7 +345,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             release_k(p, kv)
             s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
             pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
-            alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
+            alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
             o = o * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
             pm = p_operand(pr, dtype, p_layout, p.V_WGMMA_KEYS)
             mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
@@ -338,4 +355,4 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             o, pr = wait_pv(o, pm, pr)
             release_v(p, kv, i, n_blocks, batch, head_kv, INLINE_LOADS)
             kv = kv.next()
-    return o, m, l, v_unit, kv, turn_phase
+    return o, m, total_row_sum(l, s_rows), v_unit, kv, turn_phase

@@ -65,7 +65,9 @@ class Pipeline:
     and NAMED_TURN passes the ping-pong turn on named hardware barriers
     instead of the `turn` mbarriers. Gluon puts a warpgroup-wide bar.sync
     before every mbarrier arrive and before a wait that follows an arrive,
-    so both cut bar.syncs per key block (4 -> 2 without SPLIT_KV).
+    so both cut bar.syncs per key block (4 -> 2 without SPLIT_KV). Three
+    more trim the consumer's instructions per key block (mainloop.py):
+    FAST_V_RATIO, THREAD_ROW_SUM and UNMASKED_LOOP.
     """
     q_desc: tma.tensor_descriptor
     k_desc: tma.tensor_descriptor
@@ -92,11 +94,14 @@ class Pipeline:
     NAMED_TURN: gl.constexpr
     V_TRANSPOSED: gl.constexpr
     V_WGMMA_KEYS: gl.constexpr  # FP8: V^T's keys in wgmma order (kernels.quant.FP8QKV), P needs no shuffles
+    FAST_V_RATIO: gl.constexpr  # FP8: the V-scale ratio by an approximate reciprocal, not a full-range divide
+    THREAD_ROW_SUM: gl.constexpr  # row sums kept per thread, reduced across the quad once per tile (FA3)
+    UNMASKED_LOOP: gl.constexpr  # non-causal: loop blocks skip the mask test and the -inf max guard
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
                  v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q, Q_STAGES,
-                 BRANCH_FENCE, NAMED_TURN, V_TRANSPOSED, V_WGMMA_KEYS):
+                 BRANCH_FENCE, NAMED_TURN, V_TRANSPOSED, V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM, UNMASKED_LOOP):
         self.q_desc = q_desc
         self.k_desc = k_desc
         self.v_desc = v_desc
@@ -122,11 +127,15 @@ class Pipeline:
         self.NAMED_TURN = gl.constexpr(NAMED_TURN)
         self.V_TRANSPOSED = gl.constexpr(V_TRANSPOSED)
         self.V_WGMMA_KEYS = gl.constexpr(V_WGMMA_KEYS)
+        self.FAST_V_RATIO = gl.constexpr(FAST_V_RATIO)
+        self.THREAD_ROW_SUM = gl.constexpr(THREAD_ROW_SUM)
+        self.UNMASKED_LOOP = gl.constexpr(UNMASKED_LOOP)
 
     @gluon.jit
     def create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS: gl.constexpr, STAGES: gl.constexpr,
                O_IN_Q: gl.constexpr, SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
-               BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr, V_WGMMA_KEYS: gl.constexpr):
+               BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr, V_WGMMA_KEYS: gl.constexpr,
+               FAST_V_RATIO: gl.constexpr, THREAD_ROW_SUM: gl.constexpr, UNMASKED_LOOP: gl.constexpr):
         Q_BARRIERS: gl.constexpr = Q_STAGES * (NUM_CONSUMERS if SPLIT_Q else 1)  # Pipeline.q_barrier
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [Q_STAGES * NUM_CONSUMERS] + q_desc.block_type.shape,
                                            q_desc.layout)
@@ -161,7 +170,8 @@ class Pipeline:
         # FP8 wgmma reads B K-major only: FP8 V arrives transposed, (batch, head, dim, seq) (kernels.quant).
         return Pipeline(q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
                         v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q,
-                        Q_STAGES, BRANCH_FENCE, NAMED_TURN, v_desc.dtype.is_fp8(), V_WGMMA_KEYS)
+                        Q_STAGES, BRANCH_FENCE, NAMED_TURN, v_desc.dtype.is_fp8(), V_WGMMA_KEYS, FAST_V_RATIO,
+                        THREAD_ROW_SUM, UNMASKED_LOOP)
 
     @gluon.constexpr_function
     def q_groups(self):

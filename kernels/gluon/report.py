@@ -35,12 +35,34 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, False, out_dtype=torch.bfloat16, q_
                      v_wgmma_keys=True)
              for d in HEAD_DIMS]
 
+# ... and with the consumer instruction trims (docs/tuning-gluon.md entry 18), also causal and unpipelined at hd128.
+DIET = dict(fast_v_ratio=True, thread_row_sum=True, unmasked_loop=True)
+VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, pipeline=pipe, out_dtype=torch.bfloat16, q_scale_block=128,
+                     kv_scale_block=128, v_wgmma_keys=True, tile_override=replace(TILE_CONFIGS[(1, d)], **DIET))
+             for d, causal, pipe in [(64, False, True), (128, False, True), (256, False, True), (128, True, True),
+                                     (128, False, False)]]
+
 
 def variant_name(v: Variant):
     dt = str(v.dtype).removeprefix("torch.")
+    t = v.tile_override
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
-            f"_pipe{int(v.pipeline)}_pp{int(v.pingpong)}{'_sync' if v.tile_override else ''}"
-            f"{'_wgmmav' if v.v_wgmma_keys else ''}")
+            f"_pipe{int(v.pipeline)}_pp{int(v.pingpong)}{'_sync' if t and t.named_turn else ''}"
+            f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_diet' if t and t.thread_row_sum else ''}")
+
+
+def key_block_loop(sass: str):
+    """Instructions in the first consumer's key-block loop (the first backward branch in the code that jumps over
+    a wgmma), as laid out: its masking branch counts, the out-of-line mbarrier retry stubs do not."""
+    ins = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)
+    addrs = [int(a, 16) for a, _ in ins]
+    for i, (_, text) in enumerate(ins):
+        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < addrs[i]:
+            body = ins[addrs.index(int(target.group(1), 16)):i + 1]
+            if any("GMMA" in t for _, t in body):
+                return len(body)
+    return 0
 
 
 def _sass_and_resources(cubin: bytes, tmpdir: str):
@@ -81,6 +103,7 @@ def compile_report(variant: Variant, tmpdir: str):
         sass_named_arrive=len(re.findall(r"\bBAR\.ARV\b", sass)),  # ping-pong turns on named barriers
         sass_shfl=len(re.findall(r"\bSHFL\.", sass)),  # row reductions, and FP8 P's conversion to the A operand
         sass_warpgroup_bars=len(re.findall(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b", sass)),
+        sass_key_loop=key_block_loop(sass),
     )
 
 

@@ -44,18 +44,59 @@ def p_log2_offset(dtype):
 
 
 @gluon.jit
-def softmax_update(s, m_prev, l_prev, row_scale, P_OFFSET: gl.constexpr):
+def thread_row_sums(x):
+    """Each thread's share of the row sums of a wgmma accumulator tile, [rows, 4] (axis 1: the lane in the quad).
+
+    Lane t of a quad holds columns 8j + 2t + b of its rows; splitting the columns as (j, t, b) leaves j and b in
+    registers, so the sums are plain adds, no shuffles.
+    """
+    ROWS: gl.constexpr = x.shape[0]
+    N: gl.constexpr = x.shape[1]
+    return gl.sum(gl.sum(x.reshape([ROWS, N // 8, 4, 2]), axis=3), axis=1)
+
+
+@gluon.jit
+def row_sum_init(ROWS: gl.constexpr, N: gl.constexpr, s_layout: gl.constexpr, PER_THREAD: gl.constexpr):
+    """Zero running row sums for [ROWS, N] score tiles in s_layout: [ROWS], or with PER_THREAD [ROWS, 4] partial
+    sums (thread_row_sums)."""
+    if PER_THREAD:
+        return gl.zeros_like(thread_row_sums(gl.zeros([ROWS, N], gl.float32, s_layout)))
+    else:
+        return gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
+
+
+@gluon.jit
+def total_row_sum(l, rows_layout: gl.constexpr):
+    """Running row sums as [rows] in rows_layout: the per-thread partial sums (row_sum_init) reduced across the
+    quad, once per tile."""
+    if len(l.shape) == 2:
+        l = gl.sum(l, axis=1)
+    return gl.convert_layout(l, rows_layout, assert_trivial=True)
+
+
+@gluon.jit
+def softmax_update(s, m_prev, l_prev, row_scale, P_OFFSET: gl.constexpr, FINITE_MAX: gl.constexpr = False):
     """One online-softmax step on a score block; row_scale (> 0) takes S to the base-2 domain.
 
     Returns P = exp2(S * row_scale - m_new + P_OFFSET) (float32), the new
     scaled row max, the new row sum and alpha = exp2(m_prev - m_new), the
-    factor by which the running output must be rescaled.
+    factor by which the running output must be rescaled. l_prev of shape
+    [rows, 4] holds per-thread partial sums (FA3): the quad's shuffles are left
+    to total_row_sum. FINITE_MAX: the caller knows every row's new max is
+    finite (a key it sees was in an earlier block), so the -inf guard goes.
     """
     m_new = gl.maximum(m_prev, gl.max(s, axis=1) * row_scale)
-    m_use = gl.where(m_new == -float("inf"), 0.0, m_new)
+    if FINITE_MAX:
+        m_use = m_new
+    else:
+        m_use = gl.where(m_new == -float("inf"), 0.0, m_new)
     alpha = gl.exp2(m_prev - m_use)
     p = gl.exp2(s * gl.expand_dims(row_scale, 1) - gl.expand_dims(m_use - P_OFFSET, 1))
-    l_new = l_prev * alpha + gl.sum(p, axis=1)
+    if len(l_prev.shape) == 2:
+        l_rows: gl.constexpr = gl.SliceLayout(1, l_prev.type.layout)
+        l_new = l_prev * gl.expand_dims(gl.convert_layout(alpha, l_rows, assert_trivial=True), 1) + thread_row_sums(p)
+    else:
+        l_new = l_prev * alpha + gl.sum(p, axis=1)
     return p, m_new, l_new, alpha
 
 

@@ -28,8 +28,11 @@ def _names():
     names += [f"float8_e4m3fn_hd{d}_{mask}_ws1_pipe1_pp1" for d in (64, 128, 256) for mask in ("full", "causal")]
     # With the synchronization options (branch fence, named-barrier turns, split Q barriers).
     names += [f"bfloat16_hd{d}_full_ws1_pipe1_pp1_sync" for d in (64, 128, 256)]
-    # FP8 with V^T's keys in wgmma order.
-    return names + [f"float8_e4m3fn_hd{d}_full_ws1_pipe1_pp1_wgmmav" for d in (64, 128, 256)]
+    # FP8 with V^T's keys in wgmma order, and with the consumer instruction trims too.
+    names += [f"float8_e4m3fn_hd{d}_full_ws1_pipe1_pp1_wgmmav" for d in (64, 128, 256)]
+    names += [f"float8_e4m3fn_hd{d}_full_ws1_pipe1_pp1_wgmmav_diet" for d in (64, 128, 256)]
+    return names + ["float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav_diet",
+                    "float8_e4m3fn_hd128_full_ws1_pipe0_pp1_wgmmav_diet"]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,20 @@ def test_fp8_wgmma_v_order_drops_the_p_shuffles(reports, head_dim):
     assert "error" not in wgmma, wgmma.get("error")
     assert wgmma["sass_shfl"] <= natural["sass_shfl"] - 2 * 16, (natural["sass_shfl"], wgmma["sass_shfl"])
     assert wgmma["sass_gmma"] == natural["sass_gmma"]
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_fp8_consumer_trims_shorten_the_key_loop(reports, head_dim):
+    """The trims (fast V-scale ratio, per-thread row sums, unmasked non-causal loop): the loop loses its masking
+    branch (at least one select per score a thread holds, block_n / 2 of them) and the row sums' quad shuffles."""
+    base = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1_wgmmav"]
+    diet = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1_wgmmav_diet"]
+    assert "error" not in diet, diet.get("error")
+    block_n = TILES[(1, head_dim)][1]
+    assert 0 < diet["sass_key_loop"] <= base["sass_key_loop"] - block_n // 2, (base["sass_key_loop"],
+                                                                               diet["sass_key_loop"])
+    assert diet["sass_shfl"] < base["sass_shfl"], (base["sass_shfl"], diet["sass_shfl"])
+    assert diet["sass_local_mem"] <= base["sass_local_mem"], (base["sass_local_mem"], diet["sass_local_mem"])
 
 
 @pytest.mark.parametrize("fields, match", [((256, 128, 2, False), "block_m"), ((128, 96, 2, False), "block_n"),
