@@ -62,13 +62,16 @@ CANDIDATES = {
              ("m128_s3_sync", "bf16", 64, dict(SYNC, block_m=128, stages=3, split_kv=False))],
     # The default tiles on V^T in wgmma key order (V_KEY_ORDERS): P reaches PV without register shuffles.
     "fp8perm": [("wgmma_v", "fp8", 128, {}), ("wgmma_v", "fp8", 256, {})],
+    # One exp2 in every 4 / 8 of P by a polynomial on the FMA pipe (TileConfig.exp2_poly), natural and wgmma V.
+    "fp8exp2": [(f"{v}poly{n}", "fp8", d, dict(exp2_poly=n)) for d in (128, 256) for n in (4, 8)
+                for v in ("", "wgmma_v_")],
 }
 # FP8 candidates that change the pre-pass's V^T key order (kernels.quant.FP8QKV.v_key_order) rather than the tile.
-V_KEY_ORDERS = {"wgmma_v": "wgmma"}
+V_KEY_ORDERS = {name: "wgmma" for name in ("wgmma_v", "wgmma_v_poly4", "wgmma_v_poly8")}
 # hd128 non-causal with whole waves of tiles: 132 m-blocks x 16 heads = 16 tiles per SM on 132 SMs (the 16k
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
-GROUP_ORDER = ("sync", "q", "tile", "fp8perm")
+GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8exp2")
 
 
 def _tile(dtype, head_dim, changes):
