@@ -70,13 +70,18 @@ CANDIDATES = {
     "fp8trim1": [("wgmma_v_rcp", "fp8", 128, dict(fast_v_ratio=True)),
                  ("wgmma_v_lsum", "fp8", 128, dict(thread_row_sum=True)),
                  ("wgmma_v_nomask", "fp8", 128, dict(unmasked_loop=True))],
+    # One exp2 in every 4 / 8 of P by a polynomial on the FMA pipe (TileConfig.exp2_poly): natural V, and on top of
+    # wgmma_v with the trims.
+    # Two groups so that their checks run in parallel children.
+    "fp8exp2": [(f"poly{n}", "fp8", d, dict(exp2_poly=n)) for d in (128, 256) for n in (4, 8)],
+    "fp8exp2t": [(f"wgmma_v_trim_poly{n}", "fp8", d, dict(TRIMS, exp2_poly=n)) for d in (128, 256) for n in (4, 8)],
 }
 # FP8 candidates that change the pre-pass's V^T key order (kernels.quant.FP8QKV.v_key_order), by name prefix.
 V_KEY_ORDERS = {"wgmma_v": "wgmma"}
 # hd128 non-causal with whole waves of tiles: 132 m-blocks x 16 heads = 16 tiles per SM on 132 SMs (the 16k
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
-GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1")
+GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "fp8exp2", "fp8exp2t")
 
 
 def _v_key_order(name):

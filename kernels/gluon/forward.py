@@ -40,6 +40,7 @@ GL_DTYPES = {
     torch.float8_e5m2: gl.float8e5,
 }
 HALF_DTYPES = (torch.bfloat16, torch.float16)  # 16-bit inputs and every output
+EXP2_POLY_CHOICES = (0, 4, 8)  # softmax.exp2_scores: none, or one exp2 in every 4 or 8 by the polynomial
 LOG2_E = 1.4426950408889634
 CONSUMER_ROWS = 64  # query rows per consumer warpgroup (one m64 wgmma)
 # Registers per thread, keyed by consumer warpgroups: (at launch, consumers, producer) after setmaxnreg.
@@ -65,6 +66,9 @@ class TileConfig:
     fast_v_ratio: bool = False  # FP8: V-scale ratio by rcp.approx (one MUFU) instead of a full-range divide
     thread_row_sum: bool = False  # row sums per thread, quad-reduced once per tile (no shuffles per block)
     unmasked_loop: bool = False  # non-causal: blocks after the first visited one skip the mask test and -inf guard
+    # FP8 only: one exp2 in every exp2_poly (0: none) of P by a polynomial on the FMA pipe (kernels/exp2_poly.py),
+    # to take work off the MUFU, which at FP8 speed the softmax waits on (docs/tuning-gluon.md, entry 19).
+    exp2_poly: int = 0
 
     def __post_init__(self):
         if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
@@ -75,6 +79,8 @@ class TileConfig:
             raise ValueError(f"TileConfig.stages must be at least 1, got {self.stages}")
         if self.q_stages not in (1, 2):
             raise ValueError(f"TileConfig.q_stages must be 1 or 2, got {self.q_stages}")
+        if self.exp2_poly not in EXP2_POLY_CHOICES:
+            raise ValueError(f"TileConfig.exp2_poly must be one of {EXP2_POLY_CHOICES}, got {self.exp2_poly}")
 
 
 # Keyed by (input element bytes, head dim). Shared memory (of 227 KB), in KB, Q + stages * (K + V) + O:
@@ -116,6 +122,9 @@ class Variant:
     def __post_init__(self):
         if self.v_wgmma_keys and not self.fp8:
             raise ValueError("Variant.v_wgmma_keys is an FP8 layout of V^T; 16-bit V is not transposed")
+        if self.tile.exp2_poly and not self.fp8:
+            raise ValueError("TileConfig.exp2_poly is for FP8 only: its polynomial turns a NaN score into 0, and only "
+                             "FP8's block scales make every score of a non-finite input's block NaN")
 
     @property
     def fp8(self):
@@ -159,6 +168,7 @@ class Variant:
             THREAD_ROW_SUM=self.tile.thread_row_sum,
             UNMASKED_LOOP=self.tile.unmasked_loop,
             V_WGMMA_KEYS=self.v_wgmma_keys,
+            EXP2_POLY=self.tile.exp2_poly,
             Q_SCALE_BLOCK=self.q_scale_block,
             KV_SCALE_BLOCK=self.kv_scale_block,
             WARP_SPECIALIZE=self.warp_specialize,

@@ -34,6 +34,10 @@ VARIANTS += [Variant(torch.bfloat16, d, False, tile_override=replace(TILE_CONFIG
 VARIANTS += [Variant(torch.float8_e4m3fn, d, False, out_dtype=torch.bfloat16, q_scale_block=128, kv_scale_block=128,
                      v_wgmma_keys=True)
              for d in HEAD_DIMS]
+# FP8 with one exp2 in every 4 of P by the polynomial (TileConfig.exp2_poly), at hd128 and hd256, non-causal.
+VARIANTS += [Variant(torch.float8_e4m3fn, d, False, out_dtype=torch.bfloat16, q_scale_block=128, kv_scale_block=128,
+                     tile_override=replace(TILE_CONFIGS[(1, d)], exp2_poly=4))
+             for d in (128, 256)]
 
 # ... and with the consumer instruction trims (docs/tuning-gluon.md entry 18), also causal and unpipelined at hd128.
 DIET = dict(fast_v_ratio=True, thread_row_sum=True, unmasked_loop=True)
@@ -48,7 +52,8 @@ def variant_name(v: Variant):
     t = v.tile_override
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
             f"_pipe{int(v.pipeline)}_pp{int(v.pingpong)}{'_sync' if t and t.named_turn else ''}"
-            f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_diet' if t and t.thread_row_sum else ''}")
+            f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_diet' if t and t.thread_row_sum else ''}"
+            f"{f'_poly{t.exp2_poly}' if t and t.exp2_poly else ''}")
 
 
 def key_block_loop(sass: str):
@@ -102,6 +107,7 @@ def compile_report(variant: Variant, tmpdir: str):
         ptx_tma_store=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.global\.shared", ptx)),
         sass_named_arrive=len(re.findall(r"\bBAR\.ARV\b", sass)),  # ping-pong turns on named barriers
         sass_shfl=len(re.findall(r"\bSHFL\.", sass)),  # row reductions, and FP8 P's conversion to the A operand
+        sass_mufu_ex2=len(re.findall(r"\bMUFU\.EX2\b", sass)),
         sass_warpgroup_bars=len(re.findall(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b", sass)),
         sass_key_loop=key_block_loop(sass),
     )
