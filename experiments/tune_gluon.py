@@ -8,9 +8,9 @@ hangs or faults costs its stage, not the run:
   ablation switches at hd128, FP8) against the float64 reference on a few odd
   shapes, outputs NaN-poisoned; FP8 also against the FP8 scheme's oracle and
   the Triton FP8 path. `check --group G`: the tile candidates of
-  CANDIDATES[G] likewise (group "fp8perm": FP8 with V^T in wgmma key order,
-  from the Triton pre-pass, whose V codes must be the natural order's;
-  "fp8trim", "fp8trim1": the consumer instruction trims on top of it). All
+  CANDIDATES[G] likewise (group "fp8perm": FP8 on V^T in natural key order,
+  against the default's wgmma order from the Triton pre-pass; "fp8trim",
+  "fp8trim1": the default FP8 tiles without their consumer trims). All
   checks run at once, next to the GPU test suite
   (tests/kernels/test_gluon_attention.py; `--skip-gpu-tests` leaves it out),
   so that they also fill Triton's cache for the benchmarks in parallel.
@@ -48,7 +48,7 @@ CHECK_SHAPES = [(2, 113, 203, 4, 4), (1, 1000, 517, 6, 2), (1, 1101, 1101, 4, 2)
 # memory allows it; "tile": FP8 hd128 rings and 128-row hd64 tiles (short causal sequences waste less on the
 # diagonal).
 SYNC = dict(branch_fence=True, named_turn=True, split_q=True)
-TRIMS = dict(fast_v_ratio=True, thread_row_sum=True, unmasked_loop=True)
+NO_TRIMS = dict(fast_v_ratio=False, thread_row_sum=False, unmasked_loop=False)
 CANDIDATES = {
     "sync": [("sync", "bf16", 128, SYNC), ("fence", "bf16", 128, dict(branch_fence=True)),
              ("turn", "bf16", 128, dict(named_turn=True)), ("split_q", "bf16", 128, dict(split_q=True)),
@@ -62,26 +62,28 @@ CANDIDATES = {
              ("s3_split", "fp8", 128, dict(stages=3, split_kv=True)),
              ("m128_s3", "bf16", 64, dict(block_m=128, stages=3, split_kv=False)),
              ("m128_s3_sync", "bf16", 64, dict(SYNC, block_m=128, stages=3, split_kv=False))],
-    # The default tiles on V^T in wgmma key order (V_KEY_ORDERS): P reaches PV without register shuffles.
-    "fp8perm": [("wgmma_v", "fp8", 128, {}), ("wgmma_v", "fp8", 256, {})],
-    # On top of wgmma_v, the consumer instruction trims (docs/tuning-gluon.md entry 18): all three, then (hd128)
-    # each alone. Two groups so that their checks run in parallel children.
-    "fp8trim": [("wgmma_v_trim", "fp8", 128, TRIMS), ("wgmma_v_trim", "fp8", 256, TRIMS)],
-    "fp8trim1": [("wgmma_v_rcp", "fp8", 128, dict(fast_v_ratio=True)),
-                 ("wgmma_v_lsum", "fp8", 128, dict(thread_row_sum=True)),
-                 ("wgmma_v_nomask", "fp8", 128, dict(unmasked_loop=True))],
-    # One exp2 in every 4 / 8 of P by a polynomial on the FMA pipe (TileConfig.exp2_poly): natural V, and on top of
-    # wgmma_v with the trims.
-    # Two groups so that their checks run in parallel children.
-    "fp8exp2": [(f"poly{n}", "fp8", d, dict(exp2_poly=n)) for d in (128, 256) for n in (4, 8)],
-    "fp8exp2t": [(f"wgmma_v_trim_poly{n}", "fp8", d, dict(TRIMS, exp2_poly=n)) for d in (128, 256) for n in (4, 8)],
+    # The FP8 default (V^T in wgmma key order, the consumer trims; docs/tuning-gluon.md entries 17-18) ablated: the
+    # natural key order (V_KEY_ORDERS), no trims (both, then each trim off at hd128). Separate groups so that
+    # their checks run in parallel children.
+    "fp8perm": [("natural_v", "fp8", 128, {}), ("natural_v", "fp8", 256, {})],
+    "fp8trim": [("untrimmed", "fp8", 128, NO_TRIMS), ("untrimmed", "fp8", 256, NO_TRIMS),
+                ("natural_v_untrimmed", "fp8", 128, NO_TRIMS)],
+    "fp8trim1": [("no_rcp", "fp8", 128, dict(fast_v_ratio=False)),
+                 ("no_lsum", "fp8", 128, dict(thread_row_sum=False)),
+                 ("no_nomask", "fp8", 128, dict(unmasked_loop=False))],
 }
-# FP8 candidates that change the pre-pass's V^T key order (kernels.quant.FP8QKV.v_key_order), by name prefix.
-V_KEY_ORDERS = {"wgmma_v": "wgmma"}
+# V^T key order by candidate name prefix (kernels.quant.FP8QKV.v_key_order); others get the default's.
+V_KEY_ORDERS = {"natural_v": "natural"}
 # hd128 non-causal with whole waves of tiles: 132 m-blocks x 16 heads = 16 tiles per SM on 132 SMs (the 16k
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
-GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "fp8exp2", "fp8exp2t")
+GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1")
+
+
+def _default_v_order():
+    """The V^T key order flash_attn_fp8_func gives the Gluon FP8 forward (kernels.fp8.GLUON_FP8_WGMMA_V_ORDER)."""
+    from kernels.fp8 import GLUON_FP8_WGMMA_V_ORDER
+    return "wgmma" if GLUON_FP8_WGMMA_V_ORDER else "natural"
 
 
 def _v_key_order(name):
@@ -132,11 +134,12 @@ def _check_bf16(head_dim, causal, shape, name, **kwargs):
                           poisoned=poisoned)), flush=True)
 
 
-def _check_fp8(head_dim, causal, shape, name, v_key_order="natural", **kwargs):
+def _check_fp8(head_dim, causal, shape, name, v_key_order=None, **kwargs):
     """FP8 forward vs the scheme's oracle (kernels.quant) and the Triton FP8 path, errors against float64.
 
-    v_key_order "wgmma": the kernel reads V^T in that order from the Triton pre-pass, whose V codes must be the
-    natural order's, permuted (prepass_v_ok); the oracles read the natural order."""
+    v_key_order (default: the public op's, _default_v_order) "wgmma": the kernel reads V^T in that order from the
+    Triton pre-pass, whose V codes must be the natural order's, permuted (prepass_v_ok); the oracles read the
+    natural order."""
     import torch
     from kernels.gluon import fp8_attention_forward
     from kernels.quant import FP8Config, fp8_forward_ref, quantize_qkv_ref, to_wgmma_key_order
@@ -148,6 +151,7 @@ def _check_fp8(head_dim, causal, shape, name, v_key_order="natural", **kwargs):
     v = torch.randn_like(k)
     x = quantize_qkv_ref(q, k, v, FP8Config())
     x_run, prepass_v_ok = x, True
+    v_key_order = v_key_order or _default_v_order()
     if v_key_order != "natural":
         x_run = quantize_qkv_triton(q, k, v, FP8Config(), v_key_order=v_key_order)
         natural_v_t = quantize_qkv_triton(q, k, v, FP8Config()).v_t
@@ -310,16 +314,19 @@ def _bench_fp8(batch, seqlen, nheads, head_dim, causal, tiles=(), default=True):
     from kernels.triton.fp8_quant import quantize_qkv_triton
     cfg = FP8Config()
     q, k, v = _inputs(batch, seqlen, nheads, head_dim)
-    x = quantize_qkv_triton(q, k, v, cfg)
+    order = _default_v_order()
+    x = quantize_qkv_triton(q, k, v, cfg, v_key_order=order)
+    x_natural = quantize_qkv_triton(q, k, v, cfg)  # the Triton FP8 forward's own order
     flops = attention_flops(batch, seqlen, nheads, head_dim, causal)
     scale = head_dim ** -0.5
     row = dict(stage="bench", dtype="fp8", batch=batch, seqlen=seqlen, nheads=nheads, head_dim=head_dim,
                causal=causal)
-    row["prepass_ms"] = _time(lambda: quantize_qkv_triton(q, k, v, cfg))
+    row["prepass_ms"] = _time(lambda: quantize_qkv_triton(q, k, v, cfg, v_key_order=order))
     if default:
         ms = _time(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16))
         row["gluon_full_ms"], row["gluon_full_tflops"] = ms, tflops_per_s(flops, ms)
-        ms = _time(lambda: fp8_attention_forward(quantize_qkv_triton(q, k, v, cfg), scale, causal, torch.bfloat16))
+        ms = _time(lambda: fp8_attention_forward(quantize_qkv_triton(q, k, v, cfg, v_key_order=order), scale, causal,
+                                                 torch.bfloat16))
         row["gluon_with_prepass_ms"], row["gluon_with_prepass_tflops"] = ms, tflops_per_s(flops, ms)
     for name, changes in tiles:
         try:
@@ -338,7 +345,7 @@ def _bench_fp8(batch, seqlen, nheads, head_dim, causal, tiles=(), default=True):
                                                     with_prepass_tflops=tflops_per_s(flops, total_ms)))
         except Exception as e:
             row.setdefault("tiles", []).append(dict(tile=name, error=f"{type(e).__name__}: {e}"[:200]))
-    ms = _time(lambda: fp8_attention_forward_triton(x, scale, causal, torch.bfloat16))
+    ms = _time(lambda: fp8_attention_forward_triton(x_natural, scale, causal, torch.bfloat16))
     row["triton_ms"], row["triton_tflops"] = ms, tflops_per_s(flops, ms)
     print(json.dumps(row), flush=True)
 

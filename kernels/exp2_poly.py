@@ -1,16 +1,15 @@
-"""exp2 by a polynomial on the FMA pipe (FA4's trick), as PTX for Triton's and Gluon's inline asm.
+"""exp2 by a polynomial on the FMA pipe (FA4's trick), as PTX for inline asm (Triton's `exp2_poly` tiles).
 
 The MUFU unit runs 16 exp2 per clock per SM; a softmax that waits on it can
-move one exp2 in every `pack` to the FMA pipe, which is otherwise idle
-then. The PTX takes `pack` float32 elements, the first pack - 1 by
+move one exp2 in every `pack` to the FMA pipe. On the H200 it did not pay in
+the Triton forward nor in the Gluon FP8 forward (docs/tuning-triton.md step
+3, docs/tuning-gluon.md entry 19): there the softmax is not MUFU-bound. The PTX takes `pack` float32 elements, the first pack - 1 by
 `ex2.approx.ftz.f32`, the last by Cody-Waite range reduction and a degree-3
 polynomial: for x <= 0, n = floor(max(x, -127)) through a round-down add of
 1.5 * 2^23, f = x - n in [0, 1), and 2^x = p(f) * 2^n with n added into p's
 exponent bits. Every x <= -127, -inf included, gives exactly 0 (f = 0, p = 1,
 and the exponent add cancels p's bits), as exp2 does; NaN gives 0 instead of
-NaN, so the callers use it only where a NaN score cannot hide in one element
-(the Triton forward's unmasked blocks of finite inputs; the FP8 forward, whose
-block scales turn any non-finite input into a whole NaN block).
+NaN.
 """
 import struct
 
@@ -47,7 +46,3 @@ def exp2_asm(pack: int) -> str:
     ]
     return "{ .reg .b32 xc, r, f, p; " + " ".join(mufu + poly) + " }"
 
-
-def exp2_constraints(pack: int) -> str:
-    """The inline asm's constraint string: `pack` 32-bit outputs, then `pack` 32-bit inputs."""
-    return ",".join(["=r"] * pack + ["r"] * pack)

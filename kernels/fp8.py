@@ -45,9 +45,10 @@ BACKWARDS = ("fp8_operands", "bf16_inputs")
 # and 256 (4k-16k keys) and lost at head dim 64 (370 vs 537 TFLOPs/s) on the H200 (docs/tuning-gluon.md).
 GLUON_FP8_AUTO_HEAD_DIMS = (128, 256)
 # Whether flash_attn_fp8_func's pre-pass stores V^T in wgmma key order when the Gluon FP8 forward runs (P's
-# accumulator registers are then PV's A operand as they are: no SHFL/SEL/PRMT per key block; docs/tuning-gluon.md
-# entry 16). Off until the H200 measures it against the natural order.
-GLUON_FP8_WGMMA_V_ORDER = False
+# accumulator registers are then PV's A operand as they are: no SHFL/SEL/PRMT per key block). Alone it tied the
+# natural order on the H200; with the consumer trims of the FP8 tiles it is the measured fastest (docs/tuning-gluon.md
+# entries 17-18).
+GLUON_FP8_WGMMA_V_ORDER = True
 
 
 def fp8_backend(device: torch.device, head_dim: int | None = None, seqlen_k: int | None = None) -> str:

@@ -40,7 +40,6 @@ GL_DTYPES = {
     torch.float8_e5m2: gl.float8e5,
 }
 HALF_DTYPES = (torch.bfloat16, torch.float16)  # 16-bit inputs and every output
-EXP2_POLY_CHOICES = (0, 4, 8)  # softmax.exp2_scores: none, or one exp2 in every 4 or 8 by the polynomial
 LOG2_E = 1.4426950408889634
 CONSUMER_ROWS = 64  # query rows per consumer warpgroup (one m64 wgmma)
 # Registers per thread, keyed by consumer warpgroups: (at launch, consumers, producer) after setmaxnreg.
@@ -62,13 +61,10 @@ class TileConfig:
     q_stages: int = 1  # Q ring depth: 2 loads the next tile's Q during the current one
     branch_fence: bool = False  # softmax kept ahead of the PV wait by a branch, not an mbarrier wait
     named_turn: bool = False  # ping-pong turns on named hardware barriers (FA3), not mbarriers
-    # Consumer instruction trims (mainloop.py; docs/tuning-gluon.md entry 18), off in the timed default.
+    # Consumer instruction trims (mainloop.py; docs/tuning-gluon.md entry 18): on in the FP8 tiles (FP8_TRIMS).
     fast_v_ratio: bool = False  # FP8: V-scale ratio by rcp.approx (one MUFU) instead of a full-range divide
     thread_row_sum: bool = False  # row sums per thread, quad-reduced once per tile (no shuffles per block)
     unmasked_loop: bool = False  # non-causal: blocks after the first visited one skip the mask test and -inf guard
-    # FP8 only: one exp2 in every exp2_poly (0: none) of P by a polynomial on the FMA pipe (kernels/exp2_poly.py),
-    # to take work off the MUFU, which at FP8 speed the softmax waits on (docs/tuning-gluon.md, entry 19).
-    exp2_poly: int = 0
 
     def __post_init__(self):
         if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
@@ -79,10 +75,11 @@ class TileConfig:
             raise ValueError(f"TileConfig.stages must be at least 1, got {self.stages}")
         if self.q_stages not in (1, 2):
             raise ValueError(f"TileConfig.q_stages must be 1 or 2, got {self.q_stages}")
-        if self.exp2_poly not in EXP2_POLY_CHOICES:
-            raise ValueError(f"TileConfig.exp2_poly must be one of {EXP2_POLY_CHOICES}, got {self.exp2_poly}")
 
 
+# The consumer trims, with V^T in wgmma key order (kernels.fp8.GLUON_FP8_WGMMA_V_ORDER): FP8 hd128 +6-8%, hd256
+# +6-12% on the H200 (docs/tuning-gluon.md, entries 17-18; bf16 not measured with them).
+FP8_TRIMS = dict(fast_v_ratio=True, thread_row_sum=True, unmasked_loop=True)
 # Keyed by (input element bytes, head dim). Shared memory (of 227 KB), in KB, Q + stages * (K + V) + O:
 # 16-bit hd64 24 + 2*32 + 24 (192 query rows), hd128 32 + 3*64 (O in Q's place), hd256 64 + 2*64 (O in Q's
 # place); fp8 (bf16 O) hd64 8 + 4*16 + 16, hd128 16 + 3*32 + 32, hd256 32 + 3*32 + 64.
@@ -97,10 +94,10 @@ TILE_CONFIGS = {
     (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=True),
     # Split K/V release: the only way out of stage starvation where 3 stages do not fit (+45-60%).
     (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_in_q=True, split_kv=True),
-    (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_in_q=False),
-    (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False),
+    (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_in_q=False, **FP8_TRIMS),
+    (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False, **FP8_TRIMS),
     # 64-key tiles (half a scale block): a 128-key S tile spills 72 registers (O alone is 128 per thread).
-    (1, 256): TileConfig(block_m=128, block_n=64, stages=3, o_in_q=False),
+    (1, 256): TileConfig(block_m=128, block_n=64, stages=3, o_in_q=False, **FP8_TRIMS),
 }
 
 
@@ -122,9 +119,6 @@ class Variant:
     def __post_init__(self):
         if self.v_wgmma_keys and not self.fp8:
             raise ValueError("Variant.v_wgmma_keys is an FP8 layout of V^T; 16-bit V is not transposed")
-        if self.tile.exp2_poly and not self.fp8:
-            raise ValueError("TileConfig.exp2_poly is for FP8 only: its polynomial turns a NaN score into 0, and only "
-                             "FP8's block scales make every score of a non-finite input's block NaN")
 
     @property
     def fp8(self):
@@ -168,7 +162,6 @@ class Variant:
             THREAD_ROW_SUM=self.tile.thread_row_sum,
             UNMASKED_LOOP=self.tile.unmasked_loop,
             V_WGMMA_KEYS=self.v_wgmma_keys,
-            EXP2_POLY=self.tile.exp2_poly,
             Q_SCALE_BLOCK=self.q_scale_block,
             KV_SCALE_BLOCK=self.kv_scale_block,
             WARP_SPECIALIZE=self.warp_specialize,

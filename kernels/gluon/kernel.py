@@ -30,8 +30,7 @@ def row_scales(batch, head, row0, sched: TileScheduler, qk_scale, q_scales, ROWS
 @gluon.jit
 def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_scales, k_scales, v_scales,
                        Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
-                       INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
-                       EXP2_POLY: gl.constexpr):
+                       INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
     ROWS: gl.constexpr = p.q_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = p.q_desc.block_type.shape[3]
     row_layout: gl.constexpr = gl.SliceLayout(1, wgmma_layout(gl.num_warps(), sched.BLOCK_N, p.q_desc.dtype))
@@ -63,7 +62,7 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
         o, m, l, v_unit, kv, turn_phase = attend_tile(p, q, kv, turn_phase, n_blocks, row0, batch, head_kv,
                                                       sched.seqlen_q, sched.seqlen_k, row_scale, k_tile_scales,
                                                       v_tile_scales, KV_SCALE_BLOCK, CID, sched.CAUSAL, INLINE_LOADS,
-                                                      OVERLAP, PINGPONG, EXP2_POLY)
+                                                      OVERLAP, PINGPONG)
         if not p.O_IN_Q:
             mbarrier.arrive(p.q_empty.index(q_bar))
         o_tile = q_tile if p.O_IN_Q else p.o_smem.index(CID)
@@ -85,7 +84,6 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
                          THREAD_ROW_SUM: gl.constexpr, UNMASKED_LOOP: gl.constexpr,
                          Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
                          WARP_SPECIALIZE: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
-                         EXP2_POLY: gl.constexpr,
                          CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     """q/k/v/o: 4-D TMA descriptors; q_scales/k_scales/v_scales: FP8 block scales (kernels.quant), None for 16-bit.
 
@@ -101,24 +99,24 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
         if NUM_CONSUMERS == 2:
             gl.warp_specialize([
                 (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
-                                      KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG, EXP2_POLY)),
+                                      KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
                 (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
-                                      KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG, EXP2_POLY)),
+                                      KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
                 (producer_partition, (p, sched)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:
             gl.static_assert(NUM_CONSUMERS == 3, "the warp-specialized kernel runs two or three consumer warpgroups")
             gl.warp_specialize([
                 (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
-                                      KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG, EXP2_POLY)),
+                                      KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
                 (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
-                                      KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG, EXP2_POLY)),
+                                      KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
                 (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
-                                      KV_SCALE_BLOCK, 2, False, OVERLAP, PINGPONG, EXP2_POLY)),
+                                      KV_SCALE_BLOCK, 2, False, OVERLAP, PINGPONG)),
                 (producer_partition, (p, sched)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.static_assert(NUM_CONSUMERS == 1, "without warp specialization one partition consumes the whole tile")
         gl.static_assert(not SPLIT_KV, "without a producer K and V slots are refilled together")
         consumer_partition(p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK, KV_SCALE_BLOCK, 0,
-                           True, OVERLAP, False, EXP2_POLY)
+                           True, OVERLAP, False)

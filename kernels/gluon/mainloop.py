@@ -262,12 +262,12 @@ def v_rescale(alpha, v_unit, v_scale, FP8: gl.constexpr, FAST_V_RATIO: gl.conste
 @gluon.jit
 def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, head_kv, seqlen_q, seqlen_k, row_scale,
                 k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, CAUSAL: gl.constexpr,
-                INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, EXP2_POLY: gl.constexpr):
+                INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
     """Unnormalized O, scaled row max and row sum of q's rows over the tile's n_blocks key blocks.
 
     row_scale: per-row factor from S to the base-2 softmax domain. k_scales /
     v_scales: this (batch, kv head)'s FP8 block scales (one per KV_SCALE_BLOCK
-    keys), None for 16-bit inputs. EXP2_POLY: softmax.exp2_scores.
+    keys), None for 16-bit inputs.
     Returns (o, m, l, v_unit, kv, turn_phase): O is in units of v_unit (1 for
     16-bit), the ring and turn are advanced past this tile.
     """
@@ -303,7 +303,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             s = warpgroup_mma_wait(0, deps=(s, ))
             release_k(p, kv)
             s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
-            pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, EXP2_POLY)
+            pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
             _, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
             pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
             for i in range(1, n_blocks):
@@ -320,7 +320,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                 release_k(p, kv_next)
                 s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8,
                                     LOOP_MASK)
-                pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, EXP2_POLY, not LOOP_MASK)
+                pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, not LOOP_MASK)
                 alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
                 l = schedule_fence(p, kv, l)
                 o, pr = wait_pv(o, pm, pr)
@@ -344,7 +344,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             s = warpgroup_mma_wait(0, deps=(s, ))
             release_k(p, kv)
             s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
-            pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, EXP2_POLY)
+            pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
             alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
             o = o * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
             pm = p_operand(pr, dtype, p_layout, p.V_WGMMA_KEYS)

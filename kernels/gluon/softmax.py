@@ -11,15 +11,9 @@ and P carries a factor 2**8 that cancels in O and is taken out of LSE.
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from kernels import exp2_poly
 from kernels.quant import LN2, P_LOG2_OFFSET
 
 _LN2 = gl.constexpr(LN2)
-# Inline asm of exp2_scores, one per pack (jitted code reads module constants, not plain functions).
-_EXP2_ASM_4 = gl.constexpr(exp2_poly.exp2_asm(4))
-_EXP2_ASM_8 = gl.constexpr(exp2_poly.exp2_asm(8))
-_EXP2_CONSTRAINTS_4 = gl.constexpr(exp2_poly.exp2_constraints(4))
-_EXP2_CONSTRAINTS_8 = gl.constexpr(exp2_poly.exp2_constraints(8))
 
 
 @gluon.jit
@@ -81,21 +75,7 @@ def total_row_sum(l, rows_layout: gl.constexpr):
 
 
 @gluon.jit
-def exp2_scores(x, EXP2_POLY: gl.constexpr):
-    """exp2 of a score block; EXP2_POLY > 0 moves one element in every EXP2_POLY from the MUFU to a polynomial on
-    the FMA pipe (kernels/exp2_poly.py: exact 0 for -inf, but NaN becomes 0, so FP8 only: see there)."""
-    if EXP2_POLY == 0:
-        return gl.exp2(x)
-    elif EXP2_POLY == 4:
-        return gl.inline_asm_elementwise(_EXP2_ASM_4, _EXP2_CONSTRAINTS_4, [x], dtype=gl.float32, is_pure=True, pack=4)
-    else:
-        gl.static_assert(EXP2_POLY == 8, "exp2_scores: EXP2_POLY must be 0, 4 or 8")
-        return gl.inline_asm_elementwise(_EXP2_ASM_8, _EXP2_CONSTRAINTS_8, [x], dtype=gl.float32, is_pure=True, pack=8)
-
-
-@gluon.jit
-def softmax_update(s, m_prev, l_prev, row_scale, P_OFFSET: gl.constexpr, EXP2_POLY: gl.constexpr,
-                   FINITE_MAX: gl.constexpr = False):
+def softmax_update(s, m_prev, l_prev, row_scale, P_OFFSET: gl.constexpr, FINITE_MAX: gl.constexpr = False):
     """One online-softmax step on a score block; row_scale (> 0) takes S to the base-2 domain.
 
     Returns P = exp2(S * row_scale - m_new + P_OFFSET) (float32), the new
@@ -111,7 +91,7 @@ def softmax_update(s, m_prev, l_prev, row_scale, P_OFFSET: gl.constexpr, EXP2_PO
     else:
         m_use = gl.where(m_new == -float("inf"), 0.0, m_new)
     alpha = gl.exp2(m_prev - m_use)
-    p = exp2_scores(s * gl.expand_dims(row_scale, 1) - gl.expand_dims(m_use - P_OFFSET, 1), EXP2_POLY)
+    p = gl.exp2(s * gl.expand_dims(row_scale, 1) - gl.expand_dims(m_use - P_OFFSET, 1))
     if len(l_prev.shape) == 2:
         l_rows: gl.constexpr = gl.SliceLayout(1, l_prev.type.layout)
         l_new = l_prev * gl.expand_dims(gl.convert_layout(alpha, l_rows, assert_trivial=True), 1) + thread_row_sums(p)

@@ -179,42 +179,6 @@ def test_fp8_forward_with_v_in_wgmma_order(d):
     assert (lse - lse8)[finite].abs().max().item() <= 1e-3, f"seed {seed}: LSE differs from the scheme's"
 
 
-@pytest.mark.parametrize("d", [128, 256])
-def test_fp8_forward_with_exp2_polynomial(d):
-    """One exp2 in every 4 of P by the polynomial (TileConfig.exp2_poly): the scheme's accuracy, causal (masked
-    scores must still give exactly 0), rows that see no key included."""
-    from dataclasses import replace
-
-    from kernels.gluon import fp8_attention_forward
-    from kernels.gluon.forward import TILE_CONFIGS
-    from kernels.quant import FP8Config, fp8_forward_ref, quantize_qkv_ref
-    seed, q, k, v = _inputs(2, 517, 333, 4, 2, d, torch.bfloat16)
-    x = quantize_qkv_ref(q, k, v, FP8Config())
-    tile = replace(TILE_CONFIGS[(1, d)], exp2_poly=4)
-    out, lse = _poisoned(lambda: fp8_attention_forward(x, d ** -0.5, True, torch.bfloat16, tile=tile), q.shape,
-                         torch.bfloat16)
-    exact, _ = attention_ref(q, k, v, True)
-    out8, lse8 = fp8_forward_ref(x, d ** -0.5, True)
-    err = (out.double() - exact).abs().max().item()
-    err8 = (out8.double() - exact).abs().max().item()
-    assert err <= 1.25 * err8 + 1e-3, f"seed {seed}: {err:.3e} vs scheme {err8:.3e}"
-    finite = torch.isfinite(lse8)
-    assert not finite.all(), "the shape must have rows that see no key"
-    assert torch.equal(torch.isinf(lse), ~finite), f"seed {seed}: +inf LSE rows differ"
-    assert (out[~finite.transpose(1, 2)] == 0).all(), "rows that see no key must output 0"
-    assert (lse - lse8)[finite].abs().max().item() <= 1e-3, f"seed {seed}: LSE differs from the scheme's"
-
-
-def test_exp2_poly_refused_for_16_bit_inputs():
-    from dataclasses import replace
-
-    from kernels.gluon import attention_forward
-    from kernels.gluon.forward import TILE_CONFIGS
-    q = torch.randn(1, 64, 2, 128, device="cuda", dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="FP8 only"):
-        attention_forward(q, q, q, tile=replace(TILE_CONFIGS[(2, 128)], exp2_poly=4))
-
-
 @pytest.mark.parametrize("block_n", [32, 256])
 def test_fp8_scale_blocks_other_than_the_key_tile(block_n):
     """K/V scale blocks smaller than the key tile (the tile shrinks to one block) and larger (one scale spans two

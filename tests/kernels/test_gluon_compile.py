@@ -30,10 +30,9 @@ def _names():
     names += [f"bfloat16_hd{d}_full_ws1_pipe1_pp1_sync" for d in (64, 128, 256)]
     # FP8 with V^T's keys in wgmma order, and with the consumer instruction trims too.
     names += [f"float8_e4m3fn_hd{d}_full_ws1_pipe1_pp1_wgmmav" for d in (64, 128, 256)]
-    names += [f"float8_e4m3fn_hd{d}_full_ws1_pipe1_pp1_wgmmav_diet" for d in (64, 128, 256)]
-    return names + ["float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav_diet",
-                    "float8_e4m3fn_hd128_full_ws1_pipe0_pp1_wgmmav_diet"] + [
-                    f"float8_e4m3fn_hd{d}_full_ws1_pipe1_pp1_poly4" for d in (128, 256)]
+    names += ["float8_e4m3fn_hd128_full_ws1_pipe0_pp1_wgmmav"]
+    names += [f"float8_e4m3fn_hd{d}_full_ws1_pipe1_pp1_wgmmav_untrimmed" for d in (64, 128, 256)]
+    return names + ["float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav_untrimmed"]
 
 
 @pytest.fixture(scope="module")
@@ -98,27 +97,14 @@ def test_fp8_wgmma_v_order_drops_the_p_shuffles(reports, head_dim):
 def test_fp8_consumer_trims_shorten_the_key_loop(reports, head_dim):
     """The trims (fast V-scale ratio, per-thread row sums, unmasked non-causal loop): the loop loses its masking
     branch (at least one select per score a thread holds, block_n / 2 of them) and the row sums' quad shuffles."""
-    base = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1_wgmmav"]
-    diet = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1_wgmmav_diet"]
+    base = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1_wgmmav_untrimmed"]
+    diet = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1_wgmmav"]
     assert "error" not in diet, diet.get("error")
     block_n = TILES[(1, head_dim)][1]
     assert 0 < diet["sass_key_loop"] <= base["sass_key_loop"] - block_n // 2, (base["sass_key_loop"],
                                                                                diet["sass_key_loop"])
     assert diet["sass_shfl"] < base["sass_shfl"], (base["sass_shfl"], diet["sass_shfl"])
     assert diet["sass_local_mem"] <= base["sass_local_mem"], (base["sass_local_mem"], diet["sass_local_mem"])
-
-
-@pytest.mark.parametrize("head_dim", [128, 256])
-def test_fp8_exp2_poly_moves_exp2_off_the_mufu(reports, head_dim):
-    """exp2_poly=4: a quarter of P's exp2 leave the MUFU (P has 64 x block_n per consumer and pass, i.e. block_n / 2
-    per thread), and the wgmma pipeline survives (ptxas serializing it would also change nothing here)."""
-    plain = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1"]
-    poly = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1_poly4"]
-    assert "error" not in poly, poly.get("error")
-    block_n = TILES[(1, head_dim)][1]
-    # Two consumers, each with a peeled block and the loop: 4 softmax sites of block_n / 2 exp2 per thread.
-    assert poly["sass_mufu_ex2"] == plain["sass_mufu_ex2"] - 4 * (block_n // 2) // 4, (plain, poly)
-    assert poly["sass_gmma"] == plain["sass_gmma"] and poly["shared_bytes"] == plain["shared_bytes"]
 
 
 @pytest.mark.parametrize("fields, match", [((256, 128, 2, False), "block_m"), ((128, 96, 2, False), "block_n"),
@@ -128,9 +114,3 @@ def test_tile_config_rejects_bad_shapes(fields, match):
     from kernels.gluon import TileConfig
     with pytest.raises(ValueError, match=match):
         TileConfig(*fields)
-
-
-def test_tile_config_rejects_bad_exp2_poly():
-    from kernels.gluon import TileConfig
-    with pytest.raises(ValueError, match="exp2_poly"):
-        TileConfig(128, 128, 2, False, exp2_poly=3)
