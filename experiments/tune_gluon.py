@@ -71,13 +71,15 @@ CANDIDATES = {
     "fp8trim1": [("no_rcp", "fp8", 128, dict(fast_v_ratio=False)),
                  ("no_lsum", "fp8", 128, dict(thread_row_sum=False)),
                  ("no_nomask", "fp8", 128, dict(unmasked_loop=False))],
+    # The FP8 tiles' row-sum and loop trims on the bf16 kernels (fast_v_ratio is FP8's V-scale ratio only).
+    "bf16trim": [("trim", "bf16", d, dict(thread_row_sum=True, unmasked_loop=True)) for d in (64, 128, 256)],
 }
 # V^T key order by candidate name prefix (kernels.quant.FP8QKV.v_key_order); others get the default's.
 V_KEY_ORDERS = {"natural_v": "natural"}
 # hd128 non-causal with whole waves of tiles: 132 m-blocks x 16 heads = 16 tiles per SM on 132 SMs (the 16k
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
-GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1")
+GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "bf16trim")
 
 
 def _default_v_order():
