@@ -157,17 +157,23 @@ def test_fp8_forward_matches_fp8_scheme(d, causal):
 
 
 def _assert_like_fp8_scheme(out, lse, q, k, v, x, scale, causal, what):
-    """out/lse of an FP8 forward against the scheme's oracle on the natural-order pre-pass output x (float64 error of
-    out within 1.25x the oracle's plus 1e-3, the same +inf rows, LSE within 1e-3); `what` names the case."""
+    """out/lse of an FP8 forward as accurate as the scheme's oracle on the natural-order pre-pass output x: float64
+    errors of out and of LSE within 1.25x the oracle's plus 1e-3, the same +inf rows; `what` names the case.
+
+    LSE is held to float64 too, not to the oracle: the kernel's key tile may be half the oracle's scale block
+    (hd256), so its running max, and with it P's fp8 rounding, moves at other keys; on 2k causal keys the two
+    LSEs then differ by up to ~1.5e-3 while both stay as close to float64 (docs/tuning-gluon.md, entry 14)."""
     from kernels.quant import fp8_forward_ref
-    exact, _ = attention_ref(q, k, v, causal)
+    exact, lse_exact = attention_ref(q, k, v, causal)
     out8, lse8 = fp8_forward_ref(x, scale, causal)
     err = (out.double() - exact).abs().max().item()
     err8 = (out8.double() - exact).abs().max().item()
     assert err <= 1.25 * err8 + 1e-3, f"{what}: {err:.3e} vs scheme {err8:.3e}"
-    finite = torch.isfinite(lse8)
+    finite = torch.isfinite(lse_exact)
     assert torch.equal(torch.isinf(lse), ~finite), f"{what}: +inf LSE rows differ"
-    assert (lse - lse8)[finite].abs().max().item() <= 1e-3, f"{what}: LSE differs from the scheme's"
+    lse_err = (lse.double() - lse_exact)[finite].abs().max().item()
+    lse_err8 = (lse8.double() - lse_exact)[finite].abs().max().item()
+    assert lse_err <= 1.25 * lse_err8 + 1e-3, f"{what}: LSE error {lse_err:.3e} vs scheme {lse_err8:.3e}"
 
 
 @pytest.mark.parametrize("d", [64, 128, 256])
