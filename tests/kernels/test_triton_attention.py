@@ -19,8 +19,7 @@ import torch
 import kernels
 from kernels.reference import attention_backward_ref, attention_ref, attention_ref_grads
 from kernels.triton import attention_backward_triton, attention_forward_triton
-from kernels.exp2_poly import EXP2_POLY_CLAMP, EXP2_POLY_COEFFS
-from kernels.triton.fwd import interpreting
+from kernels.triton.fwd import EXP2_POLY_CLAMP, EXP2_POLY_COEFFS, interpreting
 from kernels.triton.tiles import BwdTiles, Tiles, bwd_tiles, fwd_tiles
 
 # CPU tests run the kernels in the interpreter (conftest sets TRITON_INTERPRET=1 where there is no GPU).
@@ -99,7 +98,7 @@ def test_forward_backward_match_reference(case, monkeypatch):
 
 
 def test_exp2_polynomial_accuracy():
-    """The polynomial exp2 (kernels/exp2_poly.py), emulated in float32 on fresh random inputs."""
+    """The polynomial exp2 (kernels/triton/fwd.py: exp2_asm), emulated in float32 on fresh random inputs."""
     g = torch.Generator().manual_seed(17)
     x = torch.empty(1 << 20).uniform_(-126.0, 0.0, generator=g)
     x[:4] = torch.tensor([0.0, -1.0, -0.5, -126.0])  # the ends of the range and an exact integer
