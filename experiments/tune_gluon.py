@@ -334,11 +334,11 @@ def _bench_fp8(batch, seqlen, nheads, head_dim, causal, tiles=(), default=True):
         try:
             tile = _tile("fp8", head_dim, changes)
             if _v_key_order(name):  # the pre-pass's output differs too: time it, and the two composed
-                order = _v_key_order(name)["v_key_order"]
-                xc = quantize_qkv_triton(q, k, v, cfg, v_key_order=order)
+                own = _v_key_order(name)["v_key_order"]
+                xc = quantize_qkv_triton(q, k, v, cfg, v_key_order=own)
                 ms = _time(lambda: fp8_attention_forward(xc, scale, causal, torch.bfloat16, tile=tile))
-                prepass_ms = _time(lambda: quantize_qkv_triton(q, k, v, cfg, v_key_order=order))
-                total_ms = _time(lambda: fp8_attention_forward(quantize_qkv_triton(q, k, v, cfg, v_key_order=order),
+                prepass_ms = _time(lambda: quantize_qkv_triton(q, k, v, cfg, v_key_order=own))
+                total_ms = _time(lambda: fp8_attention_forward(quantize_qkv_triton(q, k, v, cfg, v_key_order=own),
                                                                scale, causal, torch.bfloat16, tile=tile))
             else:
                 ms = _time(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16, tile=tile))

@@ -134,21 +134,23 @@ def check_v_key_order(order) -> None:
 # (PTX ISA, wgmma register fragments). Storing key 16a + 8h + 2t + b of V^T at position 16a + 4t + 2h + b makes
 # P's accumulator registers the A operand as they are: P V = sum over positions of P[key(pos)] V_t[pos].
 # Group index bits (h, t1, t0, b) in natural order become (t1, t0, h, b): a rotation of the top three bits.
-def to_wgmma_key_order(x: torch.Tensor) -> torch.Tensor:
-    """Permute the last axis (a multiple of WGMMA_KEY_GROUP) from natural to wgmma key order."""
+def _key_groups(x: torch.Tensor) -> int:
+    """Groups of WGMMA_KEY_GROUP keys along x's last axis; a clear error if it does not divide."""
     n = x.shape[-1]
     if n % WGMMA_KEY_GROUP:
         raise ValueError(f"the key axis must be a multiple of {WGMMA_KEY_GROUP}, got {n}")
+    return n // WGMMA_KEY_GROUP
+
+
+def to_wgmma_key_order(x: torch.Tensor) -> torch.Tensor:
+    """Permute the last axis (a multiple of WGMMA_KEY_GROUP) from natural to wgmma key order."""
     # natural key 16a + 8h + 2t + b = index (a, h, t, b) -> position (a, t, h, b)
-    return x.unflatten(-1, (n // WGMMA_KEY_GROUP, 2, 4, 2)).transpose(-3, -2).flatten(-4)
+    return x.unflatten(-1, (_key_groups(x), 2, 4, 2)).transpose(-3, -2).flatten(-4)
 
 
 def from_wgmma_key_order(x: torch.Tensor) -> torch.Tensor:
     """The inverse of to_wgmma_key_order."""
-    n = x.shape[-1]
-    if n % WGMMA_KEY_GROUP:
-        raise ValueError(f"the key axis must be a multiple of {WGMMA_KEY_GROUP}, got {n}")
-    return x.unflatten(-1, (n // WGMMA_KEY_GROUP, 4, 2, 2)).transpose(-3, -2).flatten(-4)
+    return x.unflatten(-1, (_key_groups(x), 4, 2, 2)).transpose(-3, -2).flatten(-4)
 
 
 def check_qkv(q, k, v, config: FP8Config) -> None:

@@ -23,7 +23,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.quant import FP8QKV, LN2, LOG2E, P_LOG2_OFFSET
-from kernels.triton.fp8_quant import FP8_TL_DTYPES, INTERPRET, WGMMA_GROUP, to_fp8
+from kernels.triton.fp8_quant import FP8_TL_DTYPES, INTERPRET, from_wgmma_keys, to_fp8
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,8 @@ def _pv(p8, desc_v, b, hk, n0, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, V_
     V_WGMMA_KEYS: V^T's keys are in wgmma order (kernels.quant.FP8QKV), put back in natural order here (a
     register shuffle per tile: this kernel gains nothing from that order, it only accepts it)."""
     v = desc_v.load([b, hk, 0, n0]).reshape(HEAD_DIM, BLOCK_N)
-    if V_WGMMA_KEYS:  # kernels.quant.from_wgmma_key_order
-        v = v.reshape(HEAD_DIM, BLOCK_N // WGMMA_GROUP, 4, 2, 2).permute(0, 1, 3, 2, 4).reshape(HEAD_DIM, BLOCK_N)
+    if V_WGMMA_KEYS:
+        v = from_wgmma_keys(v, HEAD_DIM, BLOCK_N)
     return tl.dot(p8, v.T)
 
 

@@ -71,6 +71,18 @@ INTERPRETER_PROGRAMS_PER_TENSOR = 2
 WGMMA_GROUP = tl.constexpr(WGMMA_KEY_GROUP)
 
 
+@triton.jit
+def to_wgmma_keys(x, ROWS: tl.constexpr, KEYS: tl.constexpr):
+    """kernels.quant.to_wgmma_key_order on the last axis of a [ROWS, KEYS] tile (KEYS a multiple of the group)."""
+    return x.reshape(ROWS, KEYS // WGMMA_GROUP, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(ROWS, KEYS)
+
+
+@triton.jit
+def from_wgmma_keys(x, ROWS: tl.constexpr, KEYS: tl.constexpr):
+    """kernels.quant.from_wgmma_key_order on the last axis of a [ROWS, KEYS] tile."""
+    return x.reshape(ROWS, KEYS // WGMMA_GROUP, 4, 2, 2).permute(0, 1, 3, 2, 4).reshape(ROWS, KEYS)
+
+
 def prepass_tiles(head_dim: int, device: torch.device) -> PrepassTiles:
     if device.type != "cuda":
         return PREPASS_TILES_INTERPRETER
@@ -131,8 +143,8 @@ def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.const
     y8 = to_fp8(y, FP8_DTYPE, INTERPRET)
     if TRANSPOSE_OUT:
         y8 = y8.T
-        if WGMMA_KEYS:  # kernels.quant.to_wgmma_key_order on the key axis (row0 is a multiple of the group)
-            y8 = y8.reshape(COLS, ROWS // WGMMA_GROUP, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(COLS, ROWS)
+        if WGMMA_KEYS:  # row0 is a multiple of the group
+            y8 = to_wgmma_keys(y8, COLS, ROWS)
         desc_out.store([b, h, col0, row0], y8.reshape(1, 1, COLS, ROWS))
     else:
         desc_out.store([b, row0, h, col0], y8.reshape(1, ROWS, 1, COLS))
