@@ -88,13 +88,17 @@ def fp8_attention_forward(qkv: FP8QKV, softmax_scale=None, causal=False, out_dty
     if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise TypeError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
     scale = resolve_scale(softmax_scale, qkv.q.shape[-1])
-    impl = fp8_backend(qkv.q.device, qkv.q.shape[-1], qkv.seqlen_k)
+    return _forward_on(fp8_backend(qkv.q.device, qkv.q.shape[-1], qkv.seqlen_k), qkv, scale, bool(causal), out_dtype)
+
+
+def _forward_on(impl: str, qkv: FP8QKV, scale: float, causal: bool, out_dtype):
+    """The FP8 forward on checked arguments, by the backend fp8_backend chose."""
     if impl == "reference":
-        out, lse = fp8_forward_ref(qkv, scale, bool(causal))
+        out, lse = fp8_forward_ref(qkv, scale, causal)
         return out.to(out_dtype), lse
     if impl == "gluon":
-        return gluon_kernels().fp8_attention_forward(qkv, scale, bool(causal), out_dtype)
-    return fp8_attention_forward_triton(qkv, scale, bool(causal), out_dtype)
+        return gluon_kernels().fp8_attention_forward(qkv, scale, causal, out_dtype)
+    return fp8_attention_forward_triton(qkv, scale, causal, out_dtype)
 
 
 @torch.library.custom_op("kernels::flash_attn_fp8_fwd", mutates_args=())
@@ -104,9 +108,10 @@ def _flash_attn_fp8_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softm
     # FP8Config travels as its fields (custom op schemas take primitives); `deterministic` and `backward`
     # are for the backward.
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
-    gluon = fp8_backend(q.device, q.shape[-1], k.shape[1]) == "gluon"
-    v_key_order = "wgmma" if gluon and GLUON_FP8_WGMMA_V_ORDER else "natural"
-    return fp8_attention_forward(quantize_qkv(q, k, v, config, v_key_order), softmax_scale, causal, q.dtype)
+    # One backend choice for both halves: the pre-pass lays V^T out for the forward that will read it.
+    impl = fp8_backend(q.device, q.shape[-1], k.shape[1])
+    v_key_order = "wgmma" if impl == "gluon" and GLUON_FP8_WGMMA_V_ORDER else "natural"
+    return _forward_on(impl, quantize_qkv(q, k, v, config, v_key_order), softmax_scale, causal, q.dtype)
 
 
 @_flash_attn_fp8_fwd.register_fake
