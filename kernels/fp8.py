@@ -34,8 +34,8 @@ import os
 import torch
 
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
-from kernels.ops import (GLUON_AUTO_MIN_SEQLEN_K, attention_backward, gluon_kernels, is_sm90, resolve_scale,
-                         select_impl)
+from kernels.ops import (GLUON_AUTO_MIN_SEQLEN_K, attention_backward, eager_autograd, gluon_kernels, is_sm90,
+                         resolve_scale, select_impl)
 from kernels.quant import FP8QKV, FP8Config, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref, rotate
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
 from kernels.triton.fp8_quant import quantize_qkv_triton
@@ -101,8 +101,7 @@ def _forward_on(impl: str, qkv: FP8QKV, scale: float, causal: bool, out_dtype):
     return fp8_attention_forward_triton(qkv, scale, causal, out_dtype)
 
 
-@torch.library.custom_op("kernels::flash_attn_fp8_fwd", mutates_args=())
-def _flash_attn_fp8_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
+def _fp8_fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
                         block_m: int, block_n: int, hadamard: bool, granularity: str, fmt: str, seed: int,
                         deterministic: bool, backward: str) -> tuple[torch.Tensor, torch.Tensor]:
     # FP8Config travels as its fields (custom op schemas take primitives); `deterministic` and `backward`
@@ -112,6 +111,9 @@ def _flash_attn_fp8_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softm
     impl = fp8_backend(q.device, q.shape[-1], k.shape[1])
     v_key_order = "wgmma" if impl == "gluon" and GLUON_FP8_WGMMA_V_ORDER else "natural"
     return _forward_on(impl, quantize_qkv(q, k, v, config, v_key_order), softmax_scale, causal, q.dtype)
+
+
+_flash_attn_fp8_fwd = torch.library.custom_op("kernels::flash_attn_fp8_fwd", mutates_args=())(_fp8_fwd_impl)
 
 
 @_flash_attn_fp8_fwd.register_fake
@@ -162,7 +164,7 @@ def _backward(ctx, dout, dlse):
     return dq, dk, dv, *([None] * 10)
 
 
-_flash_attn_fp8_fwd.register_autograd(_backward, setup_context=_setup_context)
+_flash_attn_fp8 = eager_autograd(_flash_attn_fp8_fwd, _fp8_fwd_impl, _backward, _setup_context)
 
 
 def flash_attn_fp8_func(q, k, v, softmax_scale=None, causal=False, *, config: FP8Config = FP8Config(),
@@ -181,6 +183,6 @@ def flash_attn_fp8_func(q, k, v, softmax_scale=None, causal=False, *, config: FP
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
     check_qkv(q, k, v, config)
     scale = resolve_scale(softmax_scale, q.shape[-1])
-    out, lse = _flash_attn_fp8_fwd(q, k, v, scale, bool(causal), config.block_m, config.block_n, config.hadamard,
+    out, lse = _flash_attn_fp8(q, k, v, scale, bool(causal), config.block_m, config.block_n, config.hadamard,
                                    config.granularity, config.fmt, config.seed, bool(deterministic), backward)
     return (out, lse) if return_attn_probs else out

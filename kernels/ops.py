@@ -14,7 +14,8 @@ Backends, chosen per call by the KERNELS_IMPL environment variable:
 other kernels build on (the FP8 path calls `attention_backward` with its own
 out/lse and operands, straight-through its quantizer). `flash_attn_func` wraps them in the
 custom ops `kernels::flash_attn_fwd` / `kernels::flash_attn_bwd`, so that
-torch.compile traces through without a graph break.
+torch.compile traces through without a graph break; eager calls take the same
+autograd without the custom op's dispatch (`eager_autograd`).
 """
 import functools
 import math
@@ -128,11 +129,13 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
 
 
-@torch.library.custom_op("kernels::flash_attn_fwd", mutates_args=())
-def _flash_attn_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
-                    deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
+              deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
     # `deterministic` only travels to the backward through the autograd context.
     return attention_forward(q, k, v, softmax_scale, causal)
+
+
+_flash_attn_fwd = torch.library.custom_op("kernels::flash_attn_fwd", mutates_args=())(_fwd_impl)
 
 
 @_flash_attn_fwd.register_fake
@@ -168,7 +171,24 @@ def _backward(ctx, dout, dlse):
     return dq, dk, dv, None, None, None
 
 
-_flash_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
+def eager_autograd(op, impl, backward, setup_context):
+    """`op` with its autograd, where eager calls on plain CPU/CUDA tensors skip the custom op's dispatch for an
+    autograd.Function around `impl` (15-35 µs less per call, measured on a CPU). torch.compile, fake and meta
+    tensors and tensor subclasses still go through `op`: no graph break, shapes without running."""
+    op.register_autograd(backward, setup_context=setup_context)
+    function = type(f"{impl.__name__}_eager", (torch.autograd.Function, ),
+                    dict(forward=staticmethod(impl), setup_context=staticmethod(setup_context),
+                         backward=staticmethod(backward)))
+
+    def call(q, *inputs):
+        if torch.compiler.is_compiling() or type(q) is not torch.Tensor or q.device.type not in ("cpu", "cuda"):
+            return op(q, *inputs)
+        return function.apply(q, *inputs)
+
+    return call
+
+
+_flash_attn = eager_autograd(_flash_attn_fwd, _fwd_impl, _backward, _setup_context)
 
 
 def flash_attn_func(q, k, v, softmax_scale=None, causal=False, *, deterministic=False, return_attn_probs=False):
@@ -188,5 +208,5 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, *, deterministic=
     """
     check_inputs(q, k, v)
     scale = resolve_scale(softmax_scale, q.shape[-1])
-    out, lse = _flash_attn_fwd(q, k, v, scale, bool(causal), bool(deterministic))
+    out, lse = _flash_attn(q, k, v, scale, bool(causal), bool(deterministic))
     return (out, lse) if return_attn_probs else out

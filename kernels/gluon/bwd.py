@@ -18,17 +18,15 @@ from dataclasses import dataclass
 
 import torch
 import triton
-from triton.compiler.compiler import make_backend
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon._runtime import GluonASTSource
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-from triton.runtime.jit import create_function_from_signature
 
+from kernels.launch import Launcher, compile_for
 from kernels.triton.bwd import PREPROCESS_BLOCK_M, _bwd_preprocess_kernel
 from kernels.triton.fwd import bsh_strides, set_descriptor_allocator
 
 from .bwd_kernel import attention_bwd_kernel
-from .forward import GL_DTYPES, HALF_DTYPES, HOPPER, LOG2_E
+from .forward import GL_DTYPES, HALF_DTYPES, HOPPER, LOG2_E, shared_layout
 
 
 # Warp-specialized: 12 warps (8 MMA + 4 load/reduce) share 64K registers, 168 per thread at launch,
@@ -103,14 +101,16 @@ class BwdVariant:
         kv_block = [1, self.tile.block_n // self.tile.mma_partitions, 1, self.head_dim]
 
         def desc(t, block):
-            layout = gl.NVMMASharedLayout.get_default_for(block, GL_DTYPES[t.dtype])
-            return TensorDescriptor.from_tensor(t, block, layout)
+            return TensorDescriptor.from_tensor(t, block, shared_layout(tuple(block), GL_DTYPES[t.dtype]))
 
         def stat_desc(t):
             return TensorDescriptor.from_tensor(t.view(-1), [self.tile.block_m], STAT_LAYOUT)
 
         return (desc(q, q_block), desc(k, kv_block), desc(v, kv_block), desc(dout, q_block), desc(dk, kv_block),
                 desc(dv, kv_block), stat_desc(lse2), stat_desc(delta))
+
+
+launch_backward = Launcher(attention_bwd_kernel)
 
 
 def _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic):
@@ -165,7 +165,7 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     args = _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad)
     grid = (triton.cdiv(k.shape[1], t.block_n), batch * k.shape[2])
-    attention_bwd_kernel[grid](*args, **variant.constexprs(), **variant.options())
+    launch_backward(grid, args, variant.constexprs(), variant.options())
     return dq_acc.to(q.dtype), dk, dv
 
 
@@ -175,14 +175,7 @@ def compile_backward(variant: BwdVariant, target=HOPPER):
     As `kernels.gluon.forward.compile_forward`: the launch path's specialization with every int 1; needs a
     process where TRITON_INTERPRET was unset when triton was imported.
     """
-    fn = attention_bwd_kernel
     t = torch.empty(1, 1, 1, variant.head_dim, dtype=variant.dtype)
-    kwargs = dict(**variant.constexprs(), **variant.options())
-    backend = make_backend(target)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
     f32 = torch.empty(64)
-    bound, specialization, options = binder(*_kernel_args(variant, t, t, t, t, t, t, f32, f32, f32, 1.0, 64),
-                                            **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
-    src = GluonASTSource(fn, signature, constexprs, attrs)
-    return triton.compile(src, target=target, options=options.__dict__)
+    args = _kernel_args(variant, t, t, t, t, t, t, f32, f32, f32, 1.0, 64)
+    return compile_for(attention_bwd_kernel, args, variant.constexprs(), variant.options(), target)

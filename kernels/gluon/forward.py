@@ -11,19 +11,17 @@ warpgroups (one 8-warp partition of 128 rows issues its own TMA loads),
 (tuning). `compile_forward` builds a variant ahead of time for a GPU target
 (used by the CPU compile test: no GPU needed).
 """
+import functools
 import math
 from dataclasses import dataclass, replace
 
 import torch
-import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler.compiler import make_backend
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon._runtime import GluonASTSource
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-from triton.runtime.jit import create_function_from_signature
 
 from kernels.checks import tma_ready
+from kernels.launch import Launcher, compile_for
 from kernels.quant import FP8QKV
 
 from .kernel import attention_fwd_kernel
@@ -124,7 +122,7 @@ class Variant:
     def fp8(self):
         return self.dtype.itemsize == 1
 
-    @property
+    @functools.cached_property  # read several times per launch
     def tile(self):
         tile = self.tile_override or TILE_CONFIGS[(self.dtype.itemsize, self.head_dim)]
         if not self.warp_specialize:
@@ -185,9 +183,18 @@ class Variant:
         v_block = [1, 1, d, bn] if self.fp8 else kv_block
 
         def desc(t, block):
-            return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, GL_DTYPES[t.dtype]))
+            return TensorDescriptor.from_tensor(t, block, shared_layout(tuple(block), GL_DTYPES[t.dtype]))
 
         return desc(q, q_block), desc(k, kv_block), desc(v, v_block), desc(o, q_block)
+
+
+launch_forward = Launcher(attention_fwd_kernel)
+
+
+@functools.cache
+def shared_layout(block: tuple, dtype) -> gl.NVMMASharedLayout:
+    """The swizzled shared-memory layout of a TMA box (NVMMASharedLayout.get_default_for costs ~7 µs a call)."""
+    return gl.NVMMASharedLayout.get_default_for(list(block), dtype)
 
 
 def head_dim_tile(head_dim):
@@ -225,11 +232,15 @@ def _launch(variant, q, k, v, scales, softmax_scale, out_dtype):
     if seqlen_k == 0:
         return out.zero_(), lse.fill_(float("inf"))
     n_tiles = num_m_blocks(seqlen_q, variant.tile.block_m) * b * h
-    n_sms = torch.cuda.get_device_properties(q.device).multi_processor_count
     sections = section_heads(b, h, h_kv, seqlen_k, d, q.element_size(), variant.causal)
     args = _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, h // h_kv, sections)
-    attention_fwd_kernel[(min(n_sms, n_tiles), )](*args, **variant.constexprs(), **variant.options())
+    launch_forward((min(sm_count(q.device), n_tiles), ), args, variant.constexprs(), variant.options())
     return out, lse
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, group, sections):
@@ -288,17 +299,11 @@ def compile_forward(variant: Variant, target: GPUTarget = HOPPER):
     Needs a process where TRITON_INTERPRET was unset when triton was imported
     (Gluon's standard library is built with triton.jit at import).
     """
-    fn = attention_fwd_kernel
     d = variant.head_dim
     t = torch.empty(1, 1, 1, d, dtype=variant.dtype)
     v = torch.empty(1, 1, d, 16, dtype=variant.dtype) if variant.fp8 else t
     o = torch.empty(1, 1, 1, d, dtype=variant.out_dtype or variant.dtype)
     f32 = torch.empty(1, 1, 1)
     scales = (f32, f32, f32) if variant.fp8 else (None, None, None)
-    kwargs = dict(**variant.constexprs(), **variant.options())
-    backend = make_backend(target)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*_kernel_args(variant, t, t, v, o, f32, scales, 1.0, 1, 1), **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
-    src = GluonASTSource(fn, signature, constexprs, attrs)
-    return triton.compile(src, target=target, options=options.__dict__)
+    args = _kernel_args(variant, t, t, v, o, f32, scales, 1.0, 1, 1)
+    return compile_for(attention_fwd_kernel, args, variant.constexprs(), variant.options(), target)

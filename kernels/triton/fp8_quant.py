@@ -37,6 +37,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.checks import tma_ready
 from kernels.hadamard import signed_hadamard
+from kernels.launch import Launcher
 from kernels.quant import (FP8QKV, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, check_qkv, check_v_key_order,
                            scales_from_amax)
 
@@ -256,6 +257,9 @@ def _item_rows(block: int, head_dim: int, num_warps: int) -> int:
     return min(block, VALUES_PER_THREAD * 32 * num_warps // head_dim)
 
 
+launch_prepass = Launcher(_prepass_kernel)
+
+
 def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None = None,
                         v_key_order: str = "natural") -> FP8QKV:
     """The pre-pass on the GPU (or the interpreter): one launch for block scales whose blocks fit registers,
@@ -303,13 +307,14 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
     programs_v = max(1, min(items_k, programs - programs_q - programs_k))
 
     def launch(mode, scales):
-        _prepass_kernel[(programs_q + programs_k + programs_v,)](
-            *descs, *scales, h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
-            1.0 / math.sqrt(d), config.fp8_max,
-            ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
-            V_WGMMA_KEYS=v_key_order == "wgmma", MODE=mode,
-            FP8_DTYPE=FP8_TL_DTYPES[config.dtype], NUM_STAGES=tiles.num_stages, HEADS_FASTEST=tiles.heads_fastest,
-            INTERPRET=INTERPRET, num_warps=tiles.num_warps,
+        launch_prepass(
+            (programs_q + programs_k + programs_v,),
+            (*descs, *scales, h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
+             1.0 / math.sqrt(d), config.fp8_max),
+            dict(ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
+                 V_WGMMA_KEYS=v_key_order == "wgmma", MODE=mode, FP8_DTYPE=FP8_TL_DTYPES[config.dtype],
+                 NUM_STAGES=tiles.num_stages, HEADS_FASTEST=tiles.heads_fastest, INTERPRET=INTERPRET),
+            dict(num_warps=tiles.num_warps),
         )
 
     if config.granularity == "block" and cpb_q == cpb_k == 1:

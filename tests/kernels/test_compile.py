@@ -91,3 +91,16 @@ def test_gpu_compiled_block_fullgraph(monkeypatch):
     assert torch.allclose(compiled_loss, eager_loss, rtol=2e-2)
     for a, b in zip(eager_grads, compiled_grads):
         assert ((a.float() - b.float()).norm() / a.float().norm()) < 5e-2
+
+
+def test_eager_calls_skip_the_custom_op(monkeypatch):
+    """Eager autograd runs the same implementation without the op's dispatch (kernels.ops.eager_autograd)."""
+    monkeypatch.setenv("KERNELS_IMPL", "reference")
+    q, k, v = qkv("cpu")
+    out = flash_attn_func(q, k, v, causal=True)
+    assert type(out.grad_fn).__name__.startswith("_fwd_impl_eager")
+    dq, dk, dv = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    out_op, _ = torch.ops.kernels.flash_attn_fwd(q, k, v, q.shape[-1] ** -0.5, True, False)
+    grads_op = torch.autograd.grad(out_op.float().square().sum(), (q, k, v))
+    assert torch.equal(out, out_op)
+    assert all(torch.equal(a, b) for a, b in zip((dq, dk, dv), grads_op))

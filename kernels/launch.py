@@ -1,0 +1,87 @@
+"""Launching Triton and Gluon kernels without Triton's per-call dispatch, and compiling them ahead of time.
+
+`kernel[grid](*args, **constexprs)` binds and specializes every argument and
+looks its kernel up on each call; with the Gluon forward's TMA layouts rebuilt
+each time that was most of the 160-290 µs of host time a launch cost on the
+H200 (docs/tuning-gluon.md, entry 20), more than the GPU time of a GPT-2-sized
+attention. `Launcher` goes through Triton's path once per key and then calls
+the CompiledKernel it returned. The key holds all that Triton specializes on:
+the device, the constexprs and launch options, and per runtime argument its
+`spec_class` (a superset of what Triton's binder looks at; tests/kernels/
+test_launch.py checks it against the binder).
+"""
+import torch
+import triton
+from triton import knobs
+from triton.compiler import ASTSource
+from triton.compiler.compiler import make_backend
+from triton.runtime import driver
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import create_function_from_signature
+
+
+def spec_class(arg):
+    """What Triton's specialization can see of one runtime argument: a tensor's dtype and 16-byte alignment, an
+    int's width, whether it is 1 and whether it divides by 16, a tensor descriptor's type."""
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if isinstance(arg, (bool, float)) or arg is None:
+        return type(arg)
+    if isinstance(arg, int):
+        return -2**31 <= arg < 2**31, arg == 1, arg % 16 == 0
+    # Host tensor descriptors (triton.tools's and Gluon's): typed by dtype, block and (Gluon) shared layout.
+    return arg.base.dtype, tuple(arg.block_shape), getattr(arg, "layout", None), arg.padding
+
+
+class Launcher:
+    """Launches one kernel: Triton's JIT on the first call of a key (compile or disk cache), the compiled kernel
+    directly after. Runtime arguments positionally, constexprs by name (declared after them), launch options.
+    Under TRITON_INTERPRET=1 every call goes to the interpreter."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled = {}  # key -> (CompiledKernel, constexpr values in signature order)
+
+    def __call__(self, grid, args, constexprs, options):
+        if isinstance(self.fn, InterpretedFunction):
+            self.fn[grid](*args, **constexprs, **options)
+            return
+        device = driver.active.get_current_device()
+        key = self.key(device, args, constexprs, options)
+        hit = self.compiled.get(key)
+        if hit is None or knobs.runtime.launch_enter_hook is not None:  # profilers hook Triton's own path
+            kernel = self.fn[grid](*args, **constexprs, **options)
+            self.compiled[key] = (kernel, constexpr_tail(self.fn, args, constexprs))
+            return
+        kernel, tail = hit
+        kernel[(*grid, 1, 1)[:3]](*args, *tail, stream=driver.active.get_current_stream(device))
+
+
+    @staticmethod
+    def key(device, args, constexprs, options):
+        return (device, *constexprs.values(), *options.values(), *(spec_class(a) for a in args))
+
+
+def constexpr_tail(fn, args, constexprs):
+    """The constexpr values that follow `args` in fn's signature, in its order (a compiled kernel takes all)."""
+    return [constexprs[name] for name in fn.arg_names[len(args):]]
+
+
+def specialization(fn, args, constexprs, options, target):
+    """Triton's (bound arguments, specialization) of a launch with `args` for `target`; its kernel cache key is
+    built from the specialization."""
+    binder = create_function_from_signature(fn.signature, fn.params, make_backend(target))
+    return binder(*args, **constexprs, **options)[:2]
+
+
+def compile_for(fn, args, constexprs, options, target):
+    """Compile `fn` for `target` (no GPU needed) through the specialization a launch with `args` would get."""
+    kwargs = dict(**constexprs, **options)
+    backend = make_backend(target)
+    bound, spec = specialization(fn, args, constexprs, options, target)
+    opts, signature, constexpr_vals, attrs = fn._pack_args(backend, kwargs, bound, spec, kwargs)
+    if fn.is_gluon():
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    else:
+        source = ASTSource
+    return triton.compile(source(fn, signature, constexpr_vals, attrs), target=target, options=opts.__dict__)

@@ -1,0 +1,98 @@
+"""kernels.launch.Launcher keys and calls compiled kernels as Triton's own launch would.
+
+`Launcher` reuses a compiled kernel for every launch whose constexprs, options
+and `spec_class` per argument match; that is only right if Triton would have
+picked the same specialization. Checked against Triton's own binder for sm_90
+over arguments that differ where Triton looks (ints equal to 1 or divisible by
+16, pointers off 16-byte alignment, input dtypes), for the Gluon forward and
+backward (ints not specialized) and the Triton FP8 pre-pass (ints
+specialized). The arguments it passes a compiled kernel are those Triton's
+launch passes. Runs in a child process: Gluon needs TRITON_INTERPRET unset
+when triton is imported.
+"""
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+INTS = (1, 16, 17, 4133)
+
+
+def _launches():
+    """[(kernel, args, constexprs, options)]: launches that differ where Triton's specialization looks."""
+    import torch
+
+    import kernels.triton.fp8_quant as fp8_quant
+    from kernels.gluon.bwd import BwdVariant, _kernel_args as bwd_args, attention_bwd_kernel
+    from kernels.gluon.forward import Variant, _kernel_args as fwd_args, attention_fwd_kernel
+    from kernels.quant import FP8Config
+
+    def f32(aligned):  # a float32 buffer 16-byte aligned or 4 bytes off
+        return torch.empty(257)[0 if aligned else 1:]
+
+    launches = []
+    fwd_variants = [Variant(torch.bfloat16, 128, False), Variant(torch.float16, 128, False),
+                    Variant(torch.float16, 64, True),
+                    Variant(torch.float8_e4m3fn, 128, False, out_dtype=torch.bfloat16, q_scale_block=128,
+                            kv_scale_block=128, v_wgmma_keys=True)]
+    for variant in fwd_variants:
+        d = variant.head_dim
+        t = torch.empty(2, 32, 2, d, dtype=variant.dtype)
+        v = torch.empty(2, 2, d, 32, dtype=variant.dtype) if variant.fp8 else t
+        o = torch.empty(2, 32, 2, d, dtype=variant.out_dtype or variant.dtype)
+        for aligned, ints in itertools.product((True, False), itertools.product(INTS, repeat=2)):
+            scales = (f32(aligned), f32(True), f32(not aligned)) if variant.fp8 else (None, None, None)
+            args = fwd_args(variant, t, t, v, o, f32(aligned), scales, 0.5, *ints)
+            launches.append((attention_fwd_kernel, args, variant.constexprs(), variant.options()))
+    variant = BwdVariant(torch.bfloat16, 128, True)
+    t = torch.empty(2, 64, 2, 128, dtype=torch.bfloat16)
+    for aligned, seqlen_pad in itertools.product((True, False), (64, 4160)):
+        args = bwd_args(variant, t, t, t, t, t, t, f32(aligned), f32(True), f32(True), 0.5, seqlen_pad)
+        launches.append((attention_bwd_kernel, args, variant.constexprs(), variant.options()))
+
+    # The pre-pass builds its arguments inline: record them instead of launching (no GPU here).
+    def record(grid, args, constexprs, options):
+        launches.append((fp8_quant._prepass_kernel, args, constexprs, options))
+
+    fp8_quant.launch_prepass = record
+    for dtype, seqlen, nheads in itertools.product((torch.bfloat16, torch.float16), (1, 128, 4133), (1, 16, 17)):
+        q = torch.randn(1, seqlen, nheads, 128, dtype=dtype)
+        fp8_quant.quantize_qkv_triton(q, q, q, FP8Config())
+    return launches
+
+
+def _rows():
+    from kernels.gluon.forward import HOPPER
+    from kernels.launch import Launcher, constexpr_tail, spec_class, specialization
+
+    rows = []
+    for fn, args, constexprs, options in _launches():
+        bound, spec = specialization(fn, args, constexprs, options, HOPPER)
+        # What Launcher passes a compiled kernel: the same arguments in the same order as Triton's own launch.
+        assert list(bound.values()) == [*args, *constexpr_tail(fn, args, constexprs)], fn.__name__
+        key = Launcher.key(0, args, constexprs, options)
+        rows.append((fn.__name__, repr(key), str(spec)))
+    return rows
+
+
+def test_launcher_key_determines_triton_specialization():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(proc.stdout.splitlines()[-1])
+    specs_by_key = {}
+    for kernel, key, spec in rows:
+        specs_by_key.setdefault((kernel, key), set()).add(spec)
+    for (kernel, key), specs in specs_by_key.items():
+        assert len(specs) == 1, f"{kernel} key {key}: Triton specializes differently: {specs}"
+    # The launches did reach what Triton looks at: every kernel got more than one specialization.
+    for kernel in {kernel for kernel, _, _ in rows}:
+        assert len({spec for name, _, spec in rows if name == kernel}) >= 2, kernel
+
+
+if __name__ == "__main__":
+    print(json.dumps(_rows()))
