@@ -6,7 +6,7 @@ Stages run as child processes with their own time limits (a hung kernel costs
 its stage, not the run):
 - `tests`: the `gpu`-marked tests of tests/kernels/test_triton_attention.py and test_compile.py
   (`--tests-filter`: only those whose names match, pytest's -k).
-- `sweep`: every candidate config (tiles and `exp2_poly`) at
+- `sweep`: every candidate config (tiles, `exp2_poly`, `warp_specialize`) at
   the sweep seqlens (default 8k) per head dim (`--sweep-head-dims`) and
   causality, forward and/or backward (`--sweep-kinds`), in the paper's setup
   (batch x seqlen = 16k tokens, hidden 2048, heads = 2048 / headdim, bf16);
@@ -40,15 +40,22 @@ TOKENS, HIDDEN = 16384, 2048
 HEAD_DIMS = (64, 128, 256)
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
 
-# Candidates: Tiles fields in order (block_m, block_n, num_warps, num_stages, max_regs, exp2_poly). Pruned
+# Candidates: Tiles fields in order (block_m, block_n, num_warps, num_stages, max_regs, exp2_poly,
+# warp_specialize). Pruned
 # on CPU by compiling for sm_90 (docs/tuning-triton.md): no or few spills, programs per SM from registers
 # and shared memory, and whether ptxas serializes the wgmmas (C7512: each one waited on at once, as at
 # hd128 (128, 64, 8 warps) under a 128-register cap, which still measured among the fastest).
+# Warp-specialized (Triton's pass: a TMA producer and two 64-row consumer warpgroups, 12 warps, 1 program per
+# SM, no spill; `python -m kernels.triton.ws_report --all`): num_stages = K/V buffers, shared memory 99/132 KB
+# at hd64, 197 KB (128, 128, 2) / 131 KB (128, 64, 2) / 164 KB (128, 64, 3) at hd128, 197 KB at hd256.
+WS = (None, 0, True)
 FWD_CANDIDATES = {
-    64: [(128, 128, 8, 3, 128), (128, 64, 8, 4, 128), (64, 128, 4, 1), (64, 64, 4, 1)],
+    64: [(128, 128, 8, 3, 128), (128, 64, 8, 4, 128), (64, 128, 4, 1), (64, 64, 4, 1),
+         (128, 128, 4, 2, *WS), (128, 128, 4, 3, *WS)],
     128: [(64, 128, 4, 1, 168), (128, 64, 8, 2, 128), (64, 128, 4, 1), (64, 64, 4, 1), (64, 64, 4, 3),
-          (128, 128, 8, 3), (128, 32, 8, 3, 128), (64, 128, 4, 1, 168, 8)],
-    256: [(128, 64, 8, 2), (64, 64, 4, 1), (64, 64, 4, 2)],
+          (128, 128, 8, 3), (128, 32, 8, 3, 128), (64, 128, 4, 1, 168, 8),
+          (128, 128, 4, 2, *WS), (128, 64, 4, 2, *WS), (128, 64, 4, 3, *WS)],
+    256: [(128, 64, 8, 2), (64, 64, 4, 1), (64, 64, 4, 2), (128, 64, 4, 1, *WS), (128, 32, 4, 2, *WS)],
 }
 # dK/dV kernel: block_m query rows per step, block_n keys per program; dQ kernel: the reverse.
 DKDV_CANDIDATES = {

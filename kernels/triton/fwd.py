@@ -15,6 +15,14 @@ one multiply so that exp2 replaces exp. The key loop is split in two: key
 blocks that every query row of the block sees in full (no mask), then the few
 blocks on the causal diagonal or the sequence tail (masked).
 
+With `Tiles.warp_specialize` the two loops become one over all key blocks,
+with a per-row bound on the keys kept: Triton 3.6's Hopper warp
+specialization takes one loop per kernel (two crash it, and a branch in the
+loop body turns it off), and then gives the loads to a producer warpgroup and
+each half of the query rows to a consumer warpgroup of its own. Row indices
+there are built as a scalar start plus an arange (never a splat start_m added
+to an arange, which the pass mis-slices).
+
 `Tiles.exp2_poly` moves one exp2 in every N of the unmasked blocks from the
 MUFU unit to a polynomial on the FMA pipe (FA4's trick; see `exp2`). On an
 H200 it did not pay in the forward (docs/tuning-triton.md), so the forward
@@ -214,13 +222,46 @@ def _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, lo, hi, seqlen_q, seqlen_k
     return acc, m_i, l_i
 
 
+@triton.jit
+def _attend_one_loop(acc, m_i, l_i, q, k_desc, v_desc, start_m, full_end, end, seqlen_q, seqlen_k, qk_scale,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK_KEYS: tl.constexpr,
+                     UPCAST: tl.constexpr):
+    """Key blocks [0, end) in one loop, warp-specialized on the GPU; a row's keys past its last are masked
+    in blocks from full_end on, and only if MASK_KEYS (causal, or a partial last key block)."""
+    dtype = k_desc.dtype
+    # Rows relative to start_m: the pass hands each consumer its slice of an arange, but in
+    # `start_m + arange` it also moves start_m by the slice's offset, so the second half's rows were shifted twice.
+    rows = tl.arange(0, BLOCK_M)
+    if CAUSAL:
+        row_last = tl.minimum(rows + (start_m + seqlen_k - seqlen_q), seqlen_k - 1)
+    else:
+        row_last = tl.zeros_like(rows) + (seqlen_k - 1)
+    for start_n in tl.range(0, end, BLOCK_N, warp_specialize=not UPCAST):  # the interpreter has no warps
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        k = k_desc.load([start_n, 0])
+        if UPCAST:
+            k = k.to(tl.float32)
+        qk = tl.dot(q, k.T)
+        if MASK_KEYS:
+            # A select rather than a branch: a branch in the loop turns the warp specialization off.
+            last = tl.where(start_n < full_end, BLOCK_N, row_last - start_n)
+            qk = tl.where(tl.arange(0, BLOCK_N)[None, :] <= last[:, None], qk, float("-inf"))
+        p, alpha, m_i, l_i = online_softmax(qk, m_i, l_i, qk_scale, MASK_KEYS)
+        v = v_desc.load([start_n, 0])
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = tl.dot(to_operand(p, dtype, UPCAST), v, acc * alpha[:, None])
+    return acc, m_i, l_i
+
+
 # Run-time sizes are not specialized on (divisibility by 16, == 1): one compiled
 # kernel serves every sequence length and head count.
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "group", "head_dim"])
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, v_strides, o_strides,
                      seqlen_q, seqlen_k, nheads, group, head_dim, qk_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     CAUSAL: tl.constexpr, UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
+                     CAUSAL: tl.constexpr, UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr,
+                     WARP_SPECIALIZE: tl.constexpr, MASK_KEYS: tl.constexpr):
     bh, batch, head, kv_head, start_m, offs_m = query_tile(nheads, group, BLOCK_M, CAUSAL)
 
     q_desc = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
@@ -234,15 +275,23 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, 
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
     full_end, end = kv_block_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, 0, full_end, seqlen_q, seqlen_k, qk_scale,
-                            BLOCK_N, CAUSAL, False, UPCAST, EXP2_POLY)
-    acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, full_end, end, seqlen_q, seqlen_k, qk_scale,
-                            BLOCK_N, CAUSAL, True, UPCAST, EXP2_POLY)
+    if WARP_SPECIALIZE:
+        acc, m_i, l_i = _attend_one_loop(acc, m_i, l_i, q, k_desc, v_desc, start_m, full_end, end, seqlen_q,
+                                         seqlen_k, qk_scale, BLOCK_M, BLOCK_N, CAUSAL, MASK_KEYS, UPCAST)
+    else:
+        acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, 0, full_end, seqlen_q, seqlen_k, qk_scale,
+                                BLOCK_N, CAUSAL, False, UPCAST, EXP2_POLY)
+        acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, full_end, end, seqlen_q, seqlen_k,
+                                qk_scale, BLOCK_N, CAUSAL, True, UPCAST, EXP2_POLY)
 
     out, lse = softmax_epilogue(acc, m_i, l_i)
     o_desc = head_view(o_ptr, o_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
     o_desc.store([start_m, 0], to_operand(out, o_desc.dtype, UPCAST).to(o_desc.dtype))
-    tl.store(lse_ptr + bh * seqlen_q + offs_m, lse, mask=offs_m < seqlen_q)
+    if WARP_SPECIALIZE:
+        rows = tl.arange(0, BLOCK_M)  # start_m stays in the scalar base (see _attend_one_loop)
+        tl.store(lse_ptr + bh * seqlen_q + start_m + rows, lse, mask=rows < seqlen_q - start_m)
+    else:
+        tl.store(lse_ptr + bh * seqlen_q + offs_m, lse, mask=offs_m < seqlen_q)
 
 
 def interpreting() -> bool:
@@ -282,6 +331,9 @@ def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None
         seqlen_q, seqlen_k, nheads, nheads // nheads_kv, head_dim, softmax_scale * LOG2E,
         HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
         UPCAST=interpreting(), EXP2_POLY=0 if interpreting() else tiles.exp2_poly,
+        WARP_SPECIALIZE=tiles.warp_specialize,
+        # Only the one-loop kernel reads this; False otherwise, so the two-loop kernel compiles once.
+        MASK_KEYS=tiles.warp_specialize and (causal or seqlen_k % tiles.block_n != 0),
         num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs,
     )
     return out, lse

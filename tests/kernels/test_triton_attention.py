@@ -97,6 +97,37 @@ def test_forward_backward_match_reference(case, monkeypatch):
     assert_grads_close((qg.grad, kg.grad, vg.grad), q, k, v, dout, causal)
 
 
+# The warp-specialized forward's one key loop: 128-row query blocks, 16-key blocks, so that full blocks, causal
+# diagonals, key tails and rows that see no key all occur in that one loop.
+WS_CASES = [
+    (1, 150, 53, 2, 1, 64, True, torch.bfloat16),  # seqlen_q > seqlen_k: leading rows see no key; two query blocks
+    (1, 200, 260, 2, 2, 80, True, torch.bfloat16),  # seqlen_q < seqlen_k over two query blocks, padded head dim
+    (2, 37, 53, 4, 2, 64, True, torch.bfloat16),  # GQA, seqlen_q < seqlen_k
+    (1, 45, 45, 2, 2, 64, False, torch.float16),  # key tail: masked
+    (1, 64, 64, 1, 1, 128, False, torch.bfloat16),  # whole key blocks: no mask at all
+    (1, 130, 64, 2, 1, 64, False, torch.bfloat16),  # a second query block of 2 rows, whole key blocks
+]
+
+
+@on_interpreter
+@pytest.mark.parametrize("case", WS_CASES, ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}_{}".format(
+    *c[:7], str(c[7]).removeprefix("torch.")))
+def test_warp_specialized_forward_matches_reference(case):
+    """The one-loop forward of `Tiles.warp_specialize` (the interpreter runs it without the specialization)."""
+    *shape, causal, dtype = case
+    q, k, v, _ = random_qkv(*shape, dtype, "cpu", seed=sum(shape))
+    out, lse = attention_forward_triton(q, k, v, shape[-1] ** -0.5, causal, tiles=Tiles(128, 16, 4, 1,
+                                                                                       warp_specialize=True))
+    assert_forward_close(out, lse, q, k, v, causal)
+
+
+def test_tiles_reject_warp_specialize_shapes_the_pass_cannot_split():
+    for bad in (Tiles(64, 128, 4, 2), Tiles(128, 128, 8, 2), Tiles(128, 128, 4, 2, max_regs=168),
+                Tiles(128, 128, 4, 2, exp2_poly=8)):
+        with pytest.raises(ValueError, match="warp_specialize"):
+            replace(bad, warp_specialize=True)
+
+
 def test_exp2_polynomial_accuracy():
     """The polynomial exp2 (kernels/triton/fwd.py: exp2_asm), emulated in float32 on fresh random inputs."""
     g = torch.Generator().manual_seed(17)
@@ -189,6 +220,36 @@ def test_gpu_exp2_polynomial(exp2_poly, causal):
     assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float32)
     grads = attention_backward_triton(dout, q, k, v, out, lse, 128 ** -0.5, causal, tiles=bwd_t)
     assert_grads_close(grads, q, k, v, dout, causal, ref_dtype=torch.float32)
+
+
+# Warp-specialized forward on the GPU: (tiles, head dim, seqlen_q, seqlen_k, causal or None for both), GQA 8 / 4 heads.
+WS_GPU_CASES = [
+    ((128, 128, 4, 2), 128, 4096, 4096, None),  # no mask at all (non-causal)
+    ((128, 128, 4, 2), 128, 4133, 4133, None),  # key tail
+    ((128, 64, 4, 2), 128, 4133, 4133, None),
+    ((128, 64, 4, 3), 128, 4133, 4133, None),  # gave NaN in the first attempt
+    ((128, 128, 4, 2), 64, 4133, 4133, None),
+    ((128, 128, 4, 3), 64, 4133, 4133, None),
+    ((128, 64, 4, 1), 256, 4133, 4133, None),
+    ((128, 32, 4, 2), 256, 4133, 4133, None),
+    ((128, 128, 4, 2), 128, 1000, 3001, True),
+    ((128, 128, 4, 2), 128, 3001, 1000, True),  # leading rows see no key
+]
+WS_GPU_PARAMS = [(c[:4], causal) for c in WS_GPU_CASES for causal in ([False, True] if c[4] is None else [c[4]])]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,causal", WS_GPU_PARAMS, ids=lambda x: "{}_d{}_sq{}_sk{}".format(
+    "-".join(map(str, x[0])), *x[1:]) if isinstance(x, tuple) else f"causal{x}")
+def test_gpu_warp_specialized_forward(case, causal):
+    """Out and LSE of every row, in memory poisoned with NaN (the first attempt left half the LSE rows unwritten)."""
+    spec, head_dim, seqlen_q, seqlen_k = case
+    g = torch.Generator(device="cuda").manual_seed(seqlen_q + head_dim + causal)
+    q = torch.randn(2, seqlen_q, 8, head_dim, generator=g, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(2, seqlen_k, 4, head_dim, generator=g, device="cuda", dtype=torch.bfloat16) for _ in "kv")
+    torch.full((1 << 28,), float("nan"), device="cuda")  # freed at once: poisons the allocator's cached blocks
+    out, lse = attention_forward_triton(q, k, v, head_dim ** -0.5, causal, tiles=Tiles(*spec, warp_specialize=True))
+    assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float32)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,108 @@
+"""What Triton's Hopper warp specialization made of the one-loop forward (`Tiles.warp_specialize`), no GPU needed.
+
+`python -m kernels.triton.ws_report [--all]` compiles the forward for sm_90 and
+prints one JSON object per variant: whether the loop was warp-specialized, the
+query rows each consumer partition takes, whether a partition splats the row
+offset of its output store (the pass moves that offset per half; a splat of it
+added to an arange is shifted twice, the bug of the first attempt), and
+registers, spills and shared memory. It runs as its own process so that a
+caller running Triton in interpreter mode (the CPU test suite) still gets a
+real compile.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import create_function_from_signature
+
+from .fwd import _attn_fwd_kernel
+from .tiles import Tiles, padded_head_dim
+
+HOPPER = GPUTarget("cuda", 90, 32)
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+# (head dim, block_n, num_stages); block_m 128 and 4 warps are what the pass splits (see Tiles).
+DEFAULT = [(128, 128, 2)]
+ALL = [(64, 128, 2), (64, 128, 3), (128, 128, 2), (128, 64, 2), (128, 64, 3), (256, 64, 1), (256, 32, 2)]
+
+
+def compile_ws_forward(head_dim: int, tiles: Tiles, causal: bool, mask_keys: bool):
+    """triton's CompiledKernel of the forward for sm_90, bf16, arguments specialized as at a launch (every int 1)."""
+    fn = _attn_fwd_kernel
+    t = torch.empty(1, 1, 1, head_dim, dtype=torch.bfloat16)
+    strides = (1, 1, 1)
+    args = (t, t, t, t, torch.empty(1, 1, 1), strides, strides, strides, strides, 1, 1, 1, 1, head_dim, 1.0)
+    kwargs = dict(HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
+                  UPCAST=False, EXP2_POLY=0, WARP_SPECIALIZE=tiles.warp_specialize, MASK_KEYS=mask_keys,
+                  num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+    backend = make_backend(HOPPER)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=HOPPER, options=options.__dict__)
+
+
+def partitions(ttgir: str) -> list[str]:
+    """The text of each `partitionN` region of the ttg.warp_specialize op."""
+    parts = re.split(r"\n\s*partition\d+\(", ttgir)[1:]
+    return [p.split("ttg.warp_return")[0] for p in parts]
+
+
+def consumer_rows(part: str) -> list[list[int]]:
+    """[start, end) of each arange named `rows` (the query rows relative to the tile) in one partition."""
+    found = re.finditer(r"%rows(?:_\d+)? = tt\.make_range \{[^}]*end = (\d+) : i32, start = (\d+) : i32", part)
+    return sorted({(int(m.group(2)), int(m.group(1))) for m in found})
+
+
+def splats_store_offset(part: str) -> bool:
+    """Whether the partition splats the row offset of its output descriptor store into a tensor."""
+    m = re.search(r"async_tma_copy_local_to_global %[\w.]+\[(%[\w.]+),", part)
+    return bool(m) and re.search(rf"tt\.splat {re.escape(m.group(1))} ", part) is not None
+
+
+def report(head_dim, block_n, num_stages, causal):
+    tiles = Tiles(128, block_n, 4, num_stages, warp_specialize=True)
+    name = f"hd{head_dim}_{block_n}_{num_stages}_{'causal' if causal else 'full'}"
+    try:
+        ck = compile_ws_forward(head_dim, tiles, causal, mask_keys=causal)
+    except Exception as e:  # a shape the pass or the backend rejects
+        return dict(name=name, error=f"{type(e).__name__}: {e}"[:300])
+    ttgir = ck.asm["ttgir"]
+    consumers = [p for p in partitions(ttgir) if "ttng.warp_group_dot" in p]
+    with tempfile.TemporaryDirectory() as d:
+        ptx = os.path.join(d, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(ck.asm["ptx"])
+        ptxas = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", ptx, "-o", os.path.join(d, "k.o")],
+                               capture_output=True, text=True).stderr
+
+    def count(pattern):
+        m = re.search(pattern, ptxas)
+        return int(m.group(1)) if m else None
+
+    return dict(name=name, warp_specialize_ops=ttgir.count("ttg.warp_specialize("), num_warps=ck.metadata.num_warps,
+                shared_bytes=ck.metadata.shared, consumers=len(consumers),
+                consumer_rows=[consumer_rows(p) for p in consumers],
+                splats_store_offset=[splats_store_offset(p) for p in consumers],
+                setmaxnreg=sorted({int(n) for n in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+);",
+                                                              ck.asm["ptx"])}),
+                registers=count(r"Used (\d+) registers"), spill_stores=count(r"(\d+) bytes spill stores"),
+                spill_loads=count(r"(\d+) bytes spill loads"), stack=count(r"(\d+) bytes stack frame"))
+
+
+def main():
+    shapes = ALL if "--all" in sys.argv[1:] else DEFAULT
+    for head_dim, block_n, num_stages in shapes:
+        for causal in (False, True):
+            print(json.dumps(report(head_dim, block_n, num_stages, causal)), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The warp-specialized Triton forward compiles for sm_90 on a machine without a GPU, split the way it must be.
+
+Triton 3.6 drops `warp_specialize=True` silently where it cannot apply it, and its data partitioning decides which
+query rows each consumer warpgroup takes; a Triton change to either shows up here before any GPU run. Compiles run
+in a child process (`python -m kernels.triton.ws_report`), since this one may run Triton in interpreter mode.
+"""
+import pytest
+
+from gluon_reports import compile_reports
+
+SMEM_LIMIT = 227 * 1024  # sm_90 opt-in shared memory per block
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return compile_reports("kernels.triton.ws_report", timeout=300)
+
+
+@pytest.mark.parametrize("name", ["hd128_128_2_full", "hd128_128_2_causal"])
+def test_warp_specialized_forward_splits_rows_between_two_consumers(reports, name):
+    r = reports[name]
+    assert "error" not in r, r.get("error")
+    assert r["warp_specialize_ops"] == 1 and r["num_warps"] == 12, r  # a producer and two consumer warpgroups
+    assert r["consumers"] == 2, r
+    # Each consumer's LSE store and causal bound come from its own 64 rows, not from a twice-shifted start.
+    assert r["consumer_rows"] == [[[0, 64]], [[64, 128]]], r
+    assert r["splats_store_offset"] == [False, False], r
+    assert r["spill_stores"] == 0 and r["shared_bytes"] <= SMEM_LIMIT, r
