@@ -6,7 +6,7 @@ Stages run as child processes with their own time limits (a hung kernel costs
 its stage, not the run):
 - `tests`: the `gpu`-marked tests of tests/kernels/test_triton_attention.py and test_compile.py
   (`--tests-filter`: only those whose names match, pytest's -k).
-- `sweep`: every candidate config (tiles and `exp2_poly`) at
+- `sweep`: every candidate config (tiles, `exp2_poly`, `warp_specialize`) at
   the sweep seqlens (default 8k) per head dim (`--sweep-head-dims`) and
   causality, forward and/or backward (`--sweep-kinds`), in the paper's setup
   (batch x seqlen = 16k tokens, hidden 2048, heads = 2048 / headdim, bf16);
@@ -40,7 +40,8 @@ TOKENS, HIDDEN = 16384, 2048
 HEAD_DIMS = (64, 128, 256)
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
 
-# Candidates: Tiles fields in order (block_m, block_n, num_warps, num_stages, max_regs, exp2_poly). Pruned
+# Candidates: Tiles fields in order (block_m, block_n, num_warps, num_stages, max_regs, exp2_poly,
+# warp_specialize). Pruned
 # on CPU by compiling for sm_90 (docs/tuning-triton.md): no or few spills, programs per SM from registers
 # and shared memory, and whether ptxas serializes the wgmmas (C7512: each one waited on at once, as at
 # hd128 (128, 64, 8 warps) under a 128-register cap, which still measured among the fastest).
@@ -53,7 +54,13 @@ FWD_CANDIDATES = {
 # dK/dV kernel: block_m query rows per step, block_n keys per program; dQ kernel: the reverse.
 DKDV_CANDIDATES = {
     64: [(64, 64, 4, 2), (32, 64, 4, 3), (64, 128, 8, 3)],
-    128: [(32, 64, 4, 3), (32, 64, 4, 3, None, 8), (32, 64, 4, 3, None, 4), (32, 64, 4, 2)],
+    128: [(32, 64, 4, 3), (32, 64, 4, 3, None, 8), (32, 64, 4, 3, None, 4), (32, 64, 4, 2),
+          # Warp-specialized by Triton (a TMA producer and two 4-warp consumers of 64 keys each, 12 warps,
+          # one program per SM); num_stages = Q/dO buffers. Compiled for sm_90 on CPU: 164 KB of shared
+          # memory at (64, 128, 2) (ptxas: 8 B spill stores, 60 B loads), 197 KB at (64, 128, 3); no spill
+          # at block_m 32: 148 KB at (32, 128, 3), 164 KB at (32, 128, 4). Block_m 128 crashes the pass.
+          (64, 128, 4, 2, None, 0, True), (64, 128, 4, 2, None, 8, True), (64, 128, 4, 3, None, 0, True),
+          (32, 128, 4, 3, None, 0, True), (32, 128, 4, 4, None, 0, True)],
     256: [(64, 64, 8, 2)],
 }
 DQ_CANDIDATES = {
