@@ -24,7 +24,7 @@ import triton.language as tl
 
 from kernels.triton.fwd import (LOG2E, bsh_strides, exp2, head_view, interpreting, kv_block_range, query_tile,
                                 set_descriptor_allocator, to_operand)
-from kernels.triton.tiles import BwdTiles, bwd_tiles, padded_head_dim
+from kernels.triton.tiles import BwdTiles, Tiles, bwd_tiles, padded_head_dim
 
 PREPROCESS_BLOCK_M = 64
 LOG2E_JIT = tl.constexpr(LOG2E)
@@ -127,6 +127,78 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delt
 
 
 @triton.jit
+def group_view(ptr, strides, batch, first_head, group, seqlen, head_dim, ROWS: tl.constexpr,
+               HEAD_DIM: tl.constexpr):
+    """Descriptor of (1, ROWS, HEAD_DIM) tiles over the `group` heads from `first_head` of one batch of a
+    (batch, seqlen, heads, headdim) tensor: a GQA group's query heads under one descriptor, indexed [g, row, 0]."""
+    base = ptr + batch.to(tl.int64) * strides[0] + first_head.to(tl.int64) * strides[2]
+    return tl.make_tensor_descriptor(base, shape=[group, seqlen, head_dim], strides=[strides[2], strides[1], 1],
+                                     block_shape=[1, ROWS, HEAD_DIM])
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "nheads_kv", "head_dim"])
+def _bwd_dkdv_ws_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delta_ptr,
+                        q_strides, k_strides, v_strides, do_strides, dk_strides, dv_strides,
+                        seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
+                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                        UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
+    """`_bwd_dkdv_kernel` as ONE loop over (query head of the group, query block) steps, for Triton 3.6's Hopper
+    warp specialization (`Tiles.warp_specialize`): a TMA producer warpgroup and two consumer warpgroups that
+    split the BLOCK_N keys (dK and dV rows) between them.
+
+    The pass takes one loop per kernel and skips a loop with a branch in its body, so the GQA head loop is
+    folded into the step index, the query tiles come through one 3-D descriptor over the group's heads, and
+    the causal mask is a select on every step (in steps before full_start only). Same sums in the same order
+    as `_bwd_dkdv_kernel` (head-major, query blocks ascending): no atomics.
+    """
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    batch = bh // nheads_kv
+    kv_head = bh % nheads_kv
+    group = nheads // nheads_kv
+    k = head_view(k_ptr, k_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM).load([start_n, 0])
+    v = head_view(v_ptr, v_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM).load([start_n, 0])
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dtype = k_ptr.dtype.element_ty
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    lo, full_start, end = q_block_range(start_n, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    first_head = kv_head * group
+    q_desc = group_view(q_ptr, q_strides, batch, first_head, group, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+    do_desc = group_view(do_ptr, do_strides, batch, first_head, group, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+    row_base = (batch * nheads + first_head) * seqlen_q_pad
+    n_blocks = (end - lo) // BLOCK_M
+    for i in tl.range(0, group * n_blocks, warp_specialize=not UPCAST):  # the interpreter has no warps
+        g = i // n_blocks
+        start_m = tl.multiple_of(lo + (i - g * n_blocks) * BLOCK_M, BLOCK_M)
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q = q_desc.load([g, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+        do = do_desc.load([g, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        lse2 = tl.load(lse2_ptr + row_base + g * seqlen_q_pad + offs_m)
+        delta = tl.load(delta_ptr + row_base + g * seqlen_q_pad + offs_m)
+        p_t = exp2(tl.dot(k, q.T) * qk_scale - lse2[None, :], 0 if CAUSAL else EXP2_POLY)  # (keys, rows)
+        if CAUSAL:  # a select, not a branch: a branch in the loop turns the warp specialization off
+            # Key j = start_n + n sees row i iff n <= i + shift - start_n. The key index is the bare arange:
+            # the pass offsets it for the second consumer (n in [64, 128)), but start_n + arange would get
+            # the offset twice (in the arange and in the scalar), which the TTGIR showed.
+            last_key = offs_m + (seqlen_k - seqlen_q - start_n)
+            keep = (tl.arange(0, BLOCK_N)[:, None] <= last_key[None, :]) | (start_m >= full_start)
+            p_t = tl.where(keep, p_t, 0.0)
+        dv = tl.dot(to_operand(p_t, dtype, UPCAST), do, dv)
+        ds_t = to_operand(p_t * (tl.dot(v, do.T) - delta[None, :]), dtype, UPCAST)
+        dk = tl.dot(ds_t, q, dk)
+    dk_desc = head_view(dk_ptr, dk_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
+    dv_desc = head_view(dv_ptr, dv_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
+    dk_desc.store([start_n, 0], to_operand(dk * softmax_scale, dk_desc.dtype, UPCAST).to(dk_desc.dtype))
+    dv_desc.store([start_n, 0], to_operand(dv, dv_desc.dtype, UPCAST).to(dv_desc.dtype))
+
+
+@triton.jit
 def _dq_steps(dq, q, do, lse2, delta, k_desc, v_desc, offs_m, lo, hi, seqlen_q, seqlen_k, qk_scale,
               BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
               EXP2_POLY: tl.constexpr):
@@ -174,6 +246,13 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse2_ptr, delta_ptr,
     dq_desc.store([start_m, 0], to_operand(dq * softmax_scale, dq_desc.dtype, UPCAST).to(dq_desc.dtype))
 
 
+def dkdv_warp_specialized(tiles: Tiles, head_dim: int) -> bool:
+    """Whether `tiles` run the one-loop dK/dV kernel: asked for, and a head dim whose dK and dV fit a
+    consumer's registers (64 keys x 128 columns each); otherwise the two-loop kernel runs the same tiles.
+    Causal masks and sequence tails are handled (see `_bwd_dkdv_ws_kernel`)."""
+    return tiles.warp_specialize and padded_head_dim(head_dim) <= 128
+
+
 def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False,
                               tiles: BwdTiles | None = None):
     """(dq, dk, dv) for validated inputs; lse (b, h, sq) float32 natural log, contiguous.
@@ -202,7 +281,8 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     qk_scale = softmax_scale * LOG2E
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    _bwd_dkdv_kernel[(triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv)](
+    dkdv_kernel = _bwd_dkdv_ws_kernel if dkdv_warp_specialized(dkdv_t, head_dim) else _bwd_dkdv_kernel
+    dkdv_kernel[(triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv)](
         q, k, v, dout, dk, dv, lse2, delta,
         bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout), bsh_strides(dk), bsh_strides(dv),
         seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,

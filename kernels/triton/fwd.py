@@ -323,6 +323,9 @@ def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None
     batch, seqlen_q, nheads, head_dim = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
     tiles = tiles or fwd_tiles(head_dim, causal, q.device)
+    # The Hopper pass gives each of its two consumers 64 rows of a 128-row tile (docs/tuning-triton.md, step 4).
+    if tiles.warp_specialize and (tiles.block_m, tiles.exp2_poly) != (128, 0):
+        raise ValueError(f"a warp-specialized forward needs block_m 128 and no exp2_poly, got {tiles}")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
     set_descriptor_allocator(q.device)

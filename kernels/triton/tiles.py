@@ -23,24 +23,32 @@ class Tiles:
     num_stages: int  # software-pipelining depth of the main loop
     max_regs: int | None = None  # Triton's maxnreg: a cap that lets more programs share an SM
     exp2_poly: int = 0  # one exp2 in every exp2_poly (0: none) by a polynomial on the FMA pipe (kernels/triton/fwd.py)
-    # Forward only: one key loop, warp-specialized by Triton's Hopper pass (a TMA producer warpgroup and two
-    # consumer warpgroups of block_m / 2 rows each; num_warps counts the warps of one group).
+    # One main loop, warp-specialized by Triton 3.6's Hopper pass: a TMA producer warpgroup and two consumer
+    # warpgroups of num_warps each (so 3 x num_warps warps), which split the MMA's M dimension. The forward
+    # and the dK/dV kernel have this form (each checks its shape: kernels/triton/fwd.py, BwdTiles); the dQ
+    # kernel rejects it.
     warp_specialize: bool = False
 
     def __post_init__(self):
         if self.exp2_poly not in (0, 2, 4, 8):
             raise ValueError(f"exp2_poly must be 0, 2, 4 or 8, got {self.exp2_poly}")
-        # Triton 3.6's pass splits the rows between two 4-warp consumers; at other shapes it declines (8 warps),
-        # gives both consumers the same rows (block_m 64) or spills (block_m 256). See docs/tuning-triton.md.
-        # The pass sets the register split itself (setmaxnreg), so no maxnreg cap either.
-        if self.warp_specialize and (self.block_m, self.num_warps, self.exp2_poly, self.max_regs) != (128, 4, 0, None):
-            raise ValueError(f"warp_specialize needs block_m 128, 4 warps, no exp2_poly and no max_regs, got {self}")
+        # Triton 3.6 drops the attribute at 8 warps; the pass sets the registers per warpgroup itself.
+        if self.warp_specialize and (self.num_warps != 4 or self.max_regs is not None):
+            raise ValueError(f"warp_specialize needs 4 warps and no max_regs, got {self}")
 
 
 @dataclass(frozen=True)
 class BwdTiles:
     dkdv: Tiles  # one program per key block, looping over query blocks
     dq: Tiles  # one program per query block, looping over key blocks
+
+    def __post_init__(self):
+        # dK/dV: the two consumers split the block_n keys (64 each); at block_n 64 both got the same keys
+        # (duplicated work), wider blocks hold more dK/dV registers than a consumer has (docs/tuning-triton.md).
+        if self.dkdv.warp_specialize and self.dkdv.block_n != 128:
+            raise ValueError(f"a warp-specialized dK/dV kernel needs block_n 128, got {self.dkdv}")
+        if self.dq.warp_specialize:
+            raise ValueError("the dQ kernel has no warp-specialized form")
 
 
 # Hopper (sm_90) winners of experiments/tune_triton.py, keyed on (padded head dim, causal).

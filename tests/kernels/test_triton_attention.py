@@ -19,6 +19,7 @@ import torch
 import kernels
 from kernels.reference import attention_backward_ref, attention_ref, attention_ref_grads
 from kernels.triton import attention_backward_triton, attention_forward_triton
+from kernels.triton import bwd as triton_bwd
 from kernels.triton.fwd import EXP2_POLY_CLAMP, EXP2_POLY_COEFFS, interpreting
 from kernels.triton.tiles import BwdTiles, Tiles, bwd_tiles, fwd_tiles
 
@@ -121,11 +122,66 @@ def test_warp_specialized_forward_matches_reference(case):
     assert_forward_close(out, lse, q, k, v, causal)
 
 
-def test_tiles_reject_warp_specialize_shapes_the_pass_cannot_split():
-    for bad in (Tiles(64, 128, 4, 2), Tiles(128, 128, 8, 2), Tiles(128, 128, 4, 2, max_regs=168),
-                Tiles(128, 128, 4, 2, exp2_poly=8)):
+@on_interpreter
+def test_warp_specialized_forward_rejects_tiles_the_pass_cannot_split():
+    for bad in (Tiles(128, 128, 8, 2), Tiles(128, 128, 4, 2, max_regs=168)):  # refused by Tiles itself
         with pytest.raises(ValueError, match="warp_specialize"):
             replace(bad, warp_specialize=True)
+    q, k, v, _ = random_qkv(1, 64, 64, 1, 1, 64, torch.bfloat16, "cpu", seed=3)
+    for bad in (Tiles(64, 128, 4, 2, warp_specialize=True), Tiles(128, 128, 4, 2, exp2_poly=8, warp_specialize=True)):
+        with pytest.raises(ValueError, match="warp-specialized forward"):
+            attention_forward_triton(q, k, v, 0.125, False, tiles=bad)
+# The warp-specialized dK/dV kernel's one loop over (query head, query block) steps: 128-key blocks (so
+# seqlen_k > 128 for several key blocks and a key tail), 16-row query blocks; GQA groups, causal diagonals,
+# query tails and (seqlen_q > seqlen_k, causal) rows that see no key all occur in that one loop.
+WS_BWD_CASES = [
+    (1, 150, 200, 4, 2, 64, True, torch.bfloat16),  # GQA, seqlen_q < seqlen_k, key and query tails
+    (2, 200, 150, 4, 1, 128, True, torch.float16),  # MQA, seqlen_q > seqlen_k: leading rows see no key
+    (1, 130, 260, 2, 1, 64, False, torch.bfloat16),  # GQA, key tail (260 = 2 x 128 + 4)
+    (1, 64, 256, 2, 2, 128, False, torch.bfloat16),  # whole blocks only
+]
+WS_DKDV = Tiles(16, 128, 4, 1, warp_specialize=True)
+
+
+@on_interpreter
+@pytest.mark.parametrize("case", WS_BWD_CASES, ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}_{}".format(
+    *c[:7], str(c[7]).removeprefix("torch.")))
+def test_warp_specialized_dkdv_matches_reference(case, monkeypatch):
+    """The one-loop dK/dV kernel of `Tiles.warp_specialize` (the interpreter runs it without the specialization),
+    on the reference's own out and LSE; and that it, not the two-loop kernel, ran."""
+    *shape, causal, dtype = case
+    q, k, v, dout = random_qkv(*shape, dtype, "cpu", seed=sum(shape) + 1)
+    out, lse = attention_ref(q, k, v, causal, dtype=torch.float32)
+    monkeypatch.setattr(triton_bwd, "_bwd_dkdv_kernel", None)  # a launch of the two-loop kernel would fail
+    grads = attention_backward_triton(dout, q, k, v, out.to(dtype), lse, shape[-1] ** -0.5, causal,
+                                      tiles=BwdTiles(WS_DKDV, Tiles(32, 16, 4, 1)))
+    assert_grads_close(grads, q, k, v, dout, causal)
+
+
+@on_interpreter
+def test_warp_specialized_dkdv_falls_back_above_head_dim_128(monkeypatch):
+    """Head dim 256 would not fit a consumer's registers: the two-loop kernel runs the same tiles."""
+    assert triton_bwd.dkdv_warp_specialized(WS_DKDV, 128) and triton_bwd.dkdv_warp_specialized(WS_DKDV, 72)
+    assert not triton_bwd.dkdv_warp_specialized(WS_DKDV, 256)
+    assert not triton_bwd.dkdv_warp_specialized(replace(WS_DKDV, warp_specialize=False), 128)
+    q, k, v, dout = random_qkv(1, 40, 150, 2, 1, 256, torch.bfloat16, "cpu", seed=29)
+    out, lse = attention_ref(q, k, v, True, dtype=torch.float32)
+    monkeypatch.setattr(triton_bwd, "_bwd_dkdv_ws_kernel", None)
+    grads = attention_backward_triton(dout, q, k, v, out.to(q.dtype), lse, 256 ** -0.5, True,
+                                      tiles=BwdTiles(WS_DKDV, Tiles(32, 16, 4, 1)))
+    assert_grads_close(grads, q, k, v, dout, True)
+
+
+def test_tiles_reject_warp_specialize_shapes_the_pass_cannot_split():
+    dq = Tiles(32, 16, 4, 1)
+    for bad in (Tiles(64, 128, 8, 2), Tiles(64, 128, 4, 2, max_regs=168)):  # 8 warps: dropped; regs: the pass's
+        with pytest.raises(ValueError, match="warp_specialize"):
+            replace(bad, warp_specialize=True)
+    with pytest.raises(ValueError, match="block_n 128"):  # at 64 keys both consumers took the same keys
+        BwdTiles(Tiles(64, 64, 4, 2, warp_specialize=True), dq)
+    with pytest.raises(ValueError, match="dQ"):
+        BwdTiles(Tiles(64, 64, 4, 2), Tiles(128, 64, 4, 2, warp_specialize=True))
+    BwdTiles(Tiles(64, 128, 4, 2, exp2_poly=8, warp_specialize=True), dq)  # accepted
 
 
 def test_exp2_polynomial_accuracy():
@@ -250,6 +306,23 @@ def test_gpu_warp_specialized_forward(case, causal):
     torch.full((1 << 28,), float("nan"), device="cuda")  # freed at once: poisons the allocator's cached blocks
     out, lse = attention_forward_triton(q, k, v, head_dim ** -0.5, causal, tiles=Tiles(*spec, warp_specialize=True))
     assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("seqlen", [4096, 4133])  # whole blocks / key and query tails
+@pytest.mark.parametrize("dkdv", [(64, 128, 4, 2), (64, 128, 4, 2, None, 8), (32, 128, 4, 3)],
+                         ids=lambda t: "_".join(map(str, t)))
+def test_gpu_warp_specialized_bwd(dkdv, seqlen, causal):
+    """The warp-specialized dK/dV kernel (GQA 8/2, so the fused head loop runs 4 heads) against float32:
+    a consumer that took the wrong keys, rows or mask shows as an O(1) error in dK or dV."""
+    q, k, v, dout = random_qkv(2, seqlen, seqlen, 8, 2, 128, torch.bfloat16, "cuda", seed=31 + seqlen)
+    out, lse = attention_forward_triton(q, k, v, 128 ** -0.5, causal)
+    tiles = BwdTiles(Tiles(*dkdv, warp_specialize=True), bwd_tiles(128, causal, q.device).dq)
+    grads = attention_backward_triton(dout, q, k, v, out, lse, 128 ** -0.5, causal, tiles=tiles)
+    assert_grads_close(grads, q, k, v, dout, causal, ref_dtype=torch.float32)
+    again = attention_backward_triton(dout, q, k, v, out, lse, 128 ** -0.5, causal, tiles=tiles)
+    assert all(torch.equal(a, b) for a, b in zip(grads, again))  # no atomics: bitwise reproducible
 
 
 @pytest.mark.gpu
