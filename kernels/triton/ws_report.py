@@ -30,7 +30,7 @@ BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"
 
 # (head dim, block_n, num_stages); block_m 128 and 4 warps are what the pass splits (see Tiles).
 DEFAULT = [(128, 128, 2)]
-ALL = [(64, 128, 2), (64, 128, 3), (128, 128, 2), (128, 64, 2), (128, 64, 3), (256, 64, 1), (256, 32, 2)]
+ALL = [(64, 128, 2), (128, 128, 2), (128, 64, 2), (256, 64, 1), (256, 32, 2)]  # the tune_triton candidates
 
 
 def compile_ws_forward(head_dim: int, tiles: Tiles, causal: bool, mask_keys: bool):
