@@ -91,41 +91,6 @@ def _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, of
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "nheads_kv", "head_dim"])
-def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delta_ptr,
-                     q_strides, k_strides, v_strides, do_strides, dk_strides, dv_strides,
-                     seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
-                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                     UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    batch = bh // nheads_kv
-    kv_head = bh % nheads_kv
-    group = nheads // nheads_kv
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = head_view(k_ptr, k_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM).load([start_n, 0])
-    v = head_view(v_ptr, v_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM).load([start_n, 0])
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    lo, full_start, end = q_block_range(start_n, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-    for g in range(group):  # the GQA group's query heads, summed in a fixed order
-        head = kv_head * group + g
-        q_desc = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
-        do_desc = head_view(do_ptr, do_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
-        row_base = (batch * nheads + head) * seqlen_q_pad
-        dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, offs_n, lo, full_start,
-                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, CAUSAL, True, UPCAST, EXP2_POLY)
-        dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, offs_n, full_start, end,
-                             seqlen_q, seqlen_k, qk_scale, BLOCK_M, CAUSAL, False, UPCAST, EXP2_POLY)
-    dk_desc = head_view(dk_ptr, dk_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
-    dv_desc = head_view(dv_ptr, dv_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
-    dk_desc.store([start_n, 0], to_operand(dk * softmax_scale, dk_desc.dtype, UPCAST).to(dk_desc.dtype))
-    dv_desc.store([start_n, 0], to_operand(dv, dv_desc.dtype, UPCAST).to(dv_desc.dtype))
-
-
 @triton.jit
 def group_view(ptr, strides, batch, first_head, group, seqlen, head_dim, ROWS: tl.constexpr,
                HEAD_DIM: tl.constexpr):
@@ -136,38 +101,23 @@ def group_view(ptr, strides, batch, first_head, group, seqlen, head_dim, ROWS: t
                                      block_shape=[1, ROWS, HEAD_DIM])
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "nheads_kv", "head_dim"])
-def _bwd_dkdv_ws_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delta_ptr,
-                        q_strides, k_strides, v_strides, do_strides, dk_strides, dv_strides,
-                        seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
-                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                        UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
-    """`_bwd_dkdv_kernel` as ONE loop over (query head of the group, query block) steps, for Triton 3.6's Hopper
-    warp specialization (`Tiles.warp_specialize`): a TMA producer warpgroup and two consumer warpgroups that
-    split the BLOCK_N keys (dK and dV rows) between them.
+@triton.jit
+def _dkdv_one_loop(dk, dv, k, v, q_ptr, do_ptr, q_strides, do_strides, lse2_ptr, delta_ptr, batch, first_head, group,
+                   nheads, start_n, lo, full_start, end, seqlen_q, seqlen_k, seqlen_q_pad, head_dim, qk_scale,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                   UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
+    """The dK/dV steps as ONE loop over (query head of the group, query block), for Triton 3.6's Hopper warp
+    specialization (`Tiles.warp_specialize`): a TMA producer warpgroup and two consumer warpgroups that split
+    the BLOCK_N keys (dK and dV rows) between them.
 
     The pass takes one loop per kernel and skips a loop with a branch in its body, so the GQA head loop is
     folded into the step index, the query tiles come through one 3-D descriptor over the group's heads, and
     the causal mask is a select on every step (in steps before full_start only). Same sums in the same order
-    as `_bwd_dkdv_kernel` (head-major, query blocks ascending): no atomics.
+    as the two-loop form (head-major, query blocks ascending): no atomics.
     """
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    batch = bh // nheads_kv
-    kv_head = bh % nheads_kv
-    group = nheads // nheads_kv
-    k = head_view(k_ptr, k_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM).load([start_n, 0])
-    v = head_view(v_ptr, v_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM).load([start_n, 0])
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    dtype = k_ptr.dtype.element_ty
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    lo, full_start, end = q_block_range(start_n, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
-    first_head = kv_head * group
     q_desc = group_view(q_ptr, q_strides, batch, first_head, group, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
     do_desc = group_view(do_ptr, do_strides, batch, first_head, group, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+    dtype = q_desc.dtype
     row_base = (batch * nheads + first_head) * seqlen_q_pad
     n_blocks = (end - lo) // BLOCK_M
     for i in tl.range(0, group * n_blocks, warp_specialize=not UPCAST):  # the interpreter has no warps
@@ -192,6 +142,43 @@ def _bwd_dkdv_ws_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, d
         dv = tl.dot(to_operand(p_t, dtype, UPCAST), do, dv)
         ds_t = to_operand(p_t * (tl.dot(v, do.T) - delta[None, :]), dtype, UPCAST)
         dk = tl.dot(ds_t, q, dk)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "nheads_kv", "head_dim"])
+def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delta_ptr,
+                     q_strides, k_strides, v_strides, do_strides, dk_strides, dv_strides,
+                     seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                     UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    batch = bh // nheads_kv
+    kv_head = bh % nheads_kv
+    group = nheads // nheads_kv
+    k = head_view(k_ptr, k_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM).load([start_n, 0])
+    v = head_view(v_ptr, v_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM).load([start_n, 0])
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    lo, full_start, end = q_block_range(start_n, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    if WARP_SPECIALIZE:
+        dk, dv = _dkdv_one_loop(dk, dv, k, v, q_ptr, do_ptr, q_strides, do_strides, lse2_ptr, delta_ptr, batch,
+                                kv_head * group, group, nheads, start_n, lo, full_start, end, seqlen_q, seqlen_k, seqlen_q_pad,
+                                head_dim, qk_scale, BLOCK_M, BLOCK_N, HEAD_DIM, CAUSAL, UPCAST, EXP2_POLY)
+    else:
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        for g in range(group):  # the GQA group's query heads, summed in a fixed order
+            head = kv_head * group + g
+            q_desc = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+            do_desc = head_view(do_ptr, do_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
+            row_base = (batch * nheads + head) * seqlen_q_pad
+            dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, offs_n, lo,
+                                 full_start, seqlen_q, seqlen_k, qk_scale, BLOCK_M, CAUSAL, True, UPCAST, EXP2_POLY)
+            dk, dv = _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, offs_n, full_start,
+                                 end, seqlen_q, seqlen_k, qk_scale, BLOCK_M, CAUSAL, False, UPCAST, EXP2_POLY)
     dk_desc = head_view(dk_ptr, dk_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
     dv_desc = head_view(dv_ptr, dv_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
     dk_desc.store([start_n, 0], to_operand(dk * softmax_scale, dk_desc.dtype, UPCAST).to(dk_desc.dtype))
@@ -249,7 +236,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse2_ptr, delta_ptr,
 def dkdv_warp_specialized(tiles: Tiles, head_dim: int) -> bool:
     """Whether `tiles` run the one-loop dK/dV kernel: asked for, and a head dim whose dK and dV fit a
     consumer's registers (64 keys x 128 columns each); otherwise the two-loop kernel runs the same tiles.
-    Causal masks and sequence tails are handled (see `_bwd_dkdv_ws_kernel`)."""
+    Causal masks and sequence tails are handled (see `_dkdv_one_loop`)."""
     return tiles.warp_specialize and padded_head_dim(head_dim) <= 128
 
 
@@ -281,13 +268,12 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     qk_scale = softmax_scale * LOG2E
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    dkdv_kernel = _bwd_dkdv_ws_kernel if dkdv_warp_specialized(dkdv_t, head_dim) else _bwd_dkdv_kernel
-    dkdv_kernel[(triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv)](
+    _bwd_dkdv_kernel[(triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv)](
         q, k, v, dout, dk, dv, lse2, delta,
         bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout), bsh_strides(dk), bsh_strides(dv),
         seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
         HEAD_DIM=d, BLOCK_M=dkdv_t.block_m, BLOCK_N=dkdv_t.block_n, CAUSAL=causal, UPCAST=upcast,
-        EXP2_POLY=0 if upcast else dkdv_t.exp2_poly,
+        EXP2_POLY=0 if upcast else dkdv_t.exp2_poly, WARP_SPECIALIZE=dkdv_warp_specialized(dkdv_t, head_dim),
         num_warps=dkdv_t.num_warps, num_stages=dkdv_t.num_stages, maxnreg=dkdv_t.max_regs,
     )
 

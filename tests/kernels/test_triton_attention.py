@@ -152,7 +152,7 @@ def test_warp_specialized_dkdv_matches_reference(case, monkeypatch):
     *shape, causal, dtype = case
     q, k, v, dout = random_qkv(*shape, dtype, "cpu", seed=sum(shape) + 1)
     out, lse = attention_ref(q, k, v, causal, dtype=torch.float32)
-    monkeypatch.setattr(triton_bwd, "_bwd_dkdv_kernel", None)  # a launch of the two-loop kernel would fail
+    monkeypatch.setattr(triton_bwd, "_dkdv_steps", None)  # a call of the two-loop form would fail
     grads = attention_backward_triton(dout, q, k, v, out.to(dtype), lse, shape[-1] ** -0.5, causal,
                                       tiles=BwdTiles(WS_DKDV, Tiles(32, 16, 4, 1)))
     assert_grads_close(grads, q, k, v, dout, causal)
@@ -166,7 +166,7 @@ def test_warp_specialized_dkdv_falls_back_above_head_dim_128(monkeypatch):
     assert not triton_bwd.dkdv_warp_specialized(replace(WS_DKDV, warp_specialize=False), 128)
     q, k, v, dout = random_qkv(1, 40, 150, 2, 1, 256, torch.bfloat16, "cpu", seed=29)
     out, lse = attention_ref(q, k, v, True, dtype=torch.float32)
-    monkeypatch.setattr(triton_bwd, "_bwd_dkdv_ws_kernel", None)
+    monkeypatch.setattr(triton_bwd, "_dkdv_one_loop", None)
     grads = attention_backward_triton(dout, q, k, v, out.to(q.dtype), lse, 256 ** -0.5, True,
                                       tiles=BwdTiles(WS_DKDV, Tiles(32, 16, 4, 1)))
     assert_grads_close(grads, q, k, v, dout, True)
