@@ -29,6 +29,8 @@ def spec_class(arg):
         return type(arg)
     if isinstance(arg, int):
         return -2**31 <= arg < 2**31, arg == 1, arg % 16 == 0
+    if isinstance(arg, tuple):  # e.g. a tensor's strides: Triton specializes each element
+        return tuple(spec_class(a) for a in arg)
     # Host tensor descriptors (triton.tools's and Gluon's): typed by dtype, block and (Gluon) shared layout.
     return arg.base.dtype, tuple(arg.block_shape), getattr(arg, "layout", None), arg.padding
 

@@ -22,7 +22,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.launch import Launcher, compile_for
-from kernels.triton.bwd import PREPROCESS_BLOCK_M, _bwd_preprocess_kernel
+from kernels.triton.bwd import PREPROCESS_BLOCK_M, launch_preprocess
 from kernels.triton.fwd import bsh_strides, set_descriptor_allocator
 
 from .bwd_kernel import attention_bwd_kernel
@@ -155,9 +155,11 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     set_descriptor_allocator(q.device)
     lse2 = torch.empty((batch, nheads, seqlen_q_pad), dtype=torch.float32, device=q.device)
     delta = torch.empty_like(lse2)
-    _bwd_preprocess_kernel[(seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads)](
-        out, dout, lse.contiguous(), lse2, delta, bsh_strides(out), bsh_strides(dout), seqlen_q, seqlen_q_pad, nheads,
-        head_dim, HEAD_DIM=head_dim, BLOCK_M=PREPROCESS_BLOCK_M,
+    launch_preprocess(
+        (seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads),
+        (out, dout, lse.contiguous(), lse2, delta, bsh_strides(out), bsh_strides(dout), seqlen_q, seqlen_q_pad,
+         nheads, head_dim),
+        dict(HEAD_DIM=head_dim, BLOCK_M=PREPROCESS_BLOCK_M), {},
     )
 
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)

@@ -24,6 +24,7 @@ import triton.language as tl
 
 from kernels.triton.fwd import (LOG2E, bsh_strides, exp2, head_view, interpreting, kv_block_range, query_tile,
                                 set_descriptor_allocator, to_operand)
+from kernels.launch import Launcher
 from kernels.triton.tiles import BwdTiles, Tiles, bwd_tiles, padded_head_dim
 
 PREPROCESS_BLOCK_M = 64
@@ -233,6 +234,11 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse2_ptr, delta_ptr,
     dq_desc.store([start_m, 0], to_operand(dq * softmax_scale, dq_desc.dtype, UPCAST).to(dq_desc.dtype))
 
 
+launch_preprocess = Launcher(_bwd_preprocess_kernel)
+launch_dkdv = Launcher(_bwd_dkdv_kernel)
+launch_dq = Launcher(_bwd_dq_kernel)
+
+
 def dkdv_warp_specialized(tiles: Tiles, head_dim: int) -> bool:
     """Whether `tiles` run the one-loop dK/dV kernel: asked for, and a head dim whose dK and dV fit a
     consumer's registers (64 keys x 128 columns each); otherwise the two-loop kernel runs the same tiles.
@@ -260,29 +266,32 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
 
     lse2 = torch.empty((batch, nheads, seqlen_q_pad), dtype=torch.float32, device=q.device)
     delta = torch.empty_like(lse2)
-    _bwd_preprocess_kernel[(seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads)](
-        out, dout, lse, lse2, delta, bsh_strides(out), bsh_strides(dout), seqlen_q, seqlen_q_pad, nheads, head_dim,
-        HEAD_DIM=d, BLOCK_M=PREPROCESS_BLOCK_M,
+    launch_preprocess(
+        (seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads),
+        (out, dout, lse, lse2, delta, bsh_strides(out), bsh_strides(dout), seqlen_q, seqlen_q_pad, nheads, head_dim),
+        dict(HEAD_DIM=d, BLOCK_M=PREPROCESS_BLOCK_M), {},
     )
 
     qk_scale = softmax_scale * LOG2E
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    _bwd_dkdv_kernel[(triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv)](
-        q, k, v, dout, dk, dv, lse2, delta,
-        bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout), bsh_strides(dk), bsh_strides(dv),
-        seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
-        HEAD_DIM=d, BLOCK_M=dkdv_t.block_m, BLOCK_N=dkdv_t.block_n, CAUSAL=causal, UPCAST=upcast,
-        EXP2_POLY=0 if upcast else dkdv_t.exp2_poly, WARP_SPECIALIZE=dkdv_warp_specialized(dkdv_t, head_dim),
-        num_warps=dkdv_t.num_warps, num_stages=dkdv_t.num_stages, maxnreg=dkdv_t.max_regs,
+    launch_dkdv(
+        (triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv),
+        (q, k, v, dout, dk, dv, lse2, delta,
+         bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout), bsh_strides(dk), bsh_strides(dv),
+         seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale),
+        dict(HEAD_DIM=d, BLOCK_M=dkdv_t.block_m, BLOCK_N=dkdv_t.block_n, CAUSAL=causal, UPCAST=upcast,
+             EXP2_POLY=0 if upcast else dkdv_t.exp2_poly, WARP_SPECIALIZE=dkdv_warp_specialized(dkdv_t, head_dim)),
+        dict(num_warps=dkdv_t.num_warps, num_stages=dkdv_t.num_stages, maxnreg=dkdv_t.max_regs),
     )
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    _bwd_dq_kernel[(triton.cdiv(seqlen_q, dq_t.block_m), batch * nheads)](
-        q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),
-        bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
-        HEAD_DIM=d, BLOCK_M=dq_t.block_m, BLOCK_N=dq_t.block_n, CAUSAL=causal, UPCAST=upcast,
-        EXP2_POLY=0 if upcast else dq_t.exp2_poly,
-        num_warps=dq_t.num_warps, num_stages=dq_t.num_stages, maxnreg=dq_t.max_regs,
+    launch_dq(
+        (triton.cdiv(seqlen_q, dq_t.block_m), batch * nheads),
+        (q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),
+         bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale),
+        dict(HEAD_DIM=d, BLOCK_M=dq_t.block_m, BLOCK_N=dq_t.block_n, CAUSAL=causal, UPCAST=upcast,
+             EXP2_POLY=0 if upcast else dq_t.exp2_poly),
+        dict(num_warps=dq_t.num_warps, num_stages=dq_t.num_stages, maxnreg=dq_t.max_regs),
     )
     return dq, dk, dv

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from kernels.launch import Launcher
 from kernels.triton.tiles import Tiles, fwd_tiles, padded_head_dim
 
 LOG2E = 1.4426950408889634
@@ -315,6 +316,9 @@ def bsh_strides(t: torch.Tensor):
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+launch_forward = Launcher(_attn_fwd_kernel)
+
+
 def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None = None):
     """(out, lse) for validated q (b, sq, h, d), k/v (b, sk, hkv, d); lse (b, h, sq) float32, natural log.
 
@@ -329,14 +333,15 @@ def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
     set_descriptor_allocator(q.device)
-    _attn_fwd_kernel[(triton.cdiv(seqlen_q, tiles.block_m), batch * nheads)](
-        q, k, v, out, lse, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(out),
-        seqlen_q, seqlen_k, nheads, nheads // nheads_kv, head_dim, softmax_scale * LOG2E,
-        HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
-        UPCAST=interpreting(), EXP2_POLY=0 if interpreting() else tiles.exp2_poly,
-        WARP_SPECIALIZE=tiles.warp_specialize,
-        # Only the one-loop kernel reads this; False otherwise, so the two-loop kernel compiles once.
-        MASK_KEYS=tiles.warp_specialize and (causal or seqlen_k % tiles.block_n != 0),
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs,
+    launch_forward(
+        (triton.cdiv(seqlen_q, tiles.block_m), batch * nheads),
+        (q, k, v, out, lse, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(out),
+         seqlen_q, seqlen_k, nheads, nheads // nheads_kv, head_dim, softmax_scale * LOG2E),
+        dict(HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
+             UPCAST=interpreting(), EXP2_POLY=0 if interpreting() else tiles.exp2_poly,
+             WARP_SPECIALIZE=tiles.warp_specialize,
+             # Only the one-loop kernel reads this; False otherwise, so the two-loop kernel compiles once.
+             MASK_KEYS=tiles.warp_specialize and (causal or seqlen_k % tiles.block_n != 0)),
+        dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs),
     )
     return out, lse

@@ -5,8 +5,8 @@ and `spec_class` per argument match; that is only right if Triton would have
 picked the same specialization. Checked against Triton's own binder for sm_90
 over arguments that differ where Triton looks (ints equal to 1 or divisible by
 16, pointers off 16-byte alignment, input dtypes), for the Gluon forward and
-backward (ints not specialized) and the Triton FP8 pre-pass (ints
-specialized). The arguments it passes a compiled kernel are those Triton's
+backward (ints not specialized) and the Triton kernels (FP8 pre-pass,
+forward, backward: ints and stride tuples specialized). The arguments it passes a compiled kernel are those Triton's
 launch passes. Runs in a child process: Gluon needs TRITON_INTERPRET unset
 when triton is imported.
 """
@@ -25,7 +25,9 @@ def _launches():
     """[(kernel, args, constexprs, options)]: launches that differ where Triton's specialization looks."""
     import torch
 
+    import kernels.triton.bwd as triton_bwd
     import kernels.triton.fp8_quant as fp8_quant
+    import kernels.triton.fwd as triton_fwd
     from kernels.gluon.bwd import BwdVariant, _kernel_args as bwd_args, attention_bwd_kernel
     from kernels.gluon.forward import Variant, _kernel_args as fwd_args, attention_fwd_kernel
     from kernels.quant import FP8Config
@@ -53,14 +55,18 @@ def _launches():
         args = bwd_args(variant, t, t, t, t, t, t, f32(aligned), f32(True), f32(True), 0.5, seqlen_pad)
         launches.append((attention_bwd_kernel, args, variant.constexprs(), variant.options()))
 
-    # The pre-pass builds its arguments inline: record them instead of launching (no GPU here).
-    def record(grid, args, constexprs, options):
-        launches.append((fp8_quant._prepass_kernel, args, constexprs, options))
+    # The Triton kernels' hosts build their arguments inline: record them instead of launching (no GPU here).
+    def recorder(launcher):
+        return lambda grid, args, constexprs, options: launches.append((launcher.fn, args, constexprs, options))
 
-    fp8_quant.launch_prepass = record
+    for module, name in ((fp8_quant, "launch_prepass"), (triton_fwd, "launch_forward"),
+                         (triton_bwd, "launch_preprocess"), (triton_bwd, "launch_dkdv"), (triton_bwd, "launch_dq")):
+        setattr(module, name, recorder(getattr(module, name)))
     for dtype, seqlen, nheads in itertools.product((torch.bfloat16, torch.float16), (1, 128, 4133), (1, 16, 17)):
         q = torch.randn(1, seqlen, nheads, 128, dtype=dtype)
         fp8_quant.quantize_qkv_triton(q, q, q, FP8Config())
+        out, lse = triton_fwd.attention_forward_triton(q, q, q, 0.125, seqlen > 1)
+        triton_bwd.attention_backward_triton(q, q, q, q, out, lse, 0.125, seqlen > 1)
     return launches
 
 
