@@ -52,26 +52,31 @@ WS = (None, 0, True)
 FWD_CANDIDATES = {
     # Warp-specialized at 3 stages gave wrong outputs on the H200 (hd64 (128, 128), hd128 (128, 64): NaN).
     64: [(128, 128, 8, 3, 128), (128, 64, 8, 4, 128), (64, 128, 4, 1), (64, 64, 4, 1), (128, 128, 4, 2, *WS)],
+    # Warp-specialized with exp2_poly: one exp2 in 8 (4) on the FMA pipe, unmasked loops only (ws_report).
     128: [(64, 128, 4, 1, 168), (128, 64, 8, 2, 128), (64, 128, 4, 1), (64, 64, 4, 1), (64, 64, 4, 3),
           (128, 128, 8, 3), (128, 32, 8, 3, 128), (64, 128, 4, 1, 168, 8),
-          (128, 128, 4, 2, *WS), (128, 64, 4, 2, *WS)],
+          (128, 128, 4, 2, *WS), (128, 64, 4, 2, *WS), (128, 128, 4, 2, None, 8, True),
+          (128, 128, 4, 2, None, 4, True)],
     256: [(128, 64, 8, 2), (64, 64, 4, 1), (64, 64, 4, 2), (128, 64, 4, 1, *WS), (128, 32, 4, 2, *WS)],
 }
-# dK/dV kernel: block_m query rows per step, block_n keys per program; dQ kernel: the reverse.
+# dK/dV kernel: block_m query rows per step, block_n keys per program; dQ kernel: the reverse. The first of
+# each list is the pair the other list's candidates run with (so the tuned pair comes first); that pair also
+# runs with the dQ kernel on the same stream as dK/dV (BwdTiles.dq_stream False).
 DKDV_CANDIDATES = {
     64: [(64, 64, 4, 2), (32, 64, 4, 3), (64, 128, 8, 3)],  # warp-specialized (64, 128, 4, 2): -6 to -12%
-    128: [(32, 64, 4, 3), (32, 64, 4, 3, None, 8), (32, 64, 4, 3, None, 4), (32, 64, 4, 2),
+    128: [(64, 128, 4, 2, None, 8, True), (32, 64, 4, 3), (32, 64, 4, 3, None, 8), (32, 64, 4, 3, None, 4),
+          (32, 64, 4, 2),
           # Warp-specialized by Triton (a TMA producer and two 4-warp consumers of 64 keys each, 12 warps,
           # one program per SM); num_stages = Q/dO buffers. Compiled for sm_90 on CPU: 164 KB of shared
           # memory at (64, 128, 2) (ptxas: 8 B spill stores, 60 B loads), 197 KB at (64, 128, 3); no spill
           # at block_m 32: 148 KB at (32, 128, 3), 164 KB at (32, 128, 4), but with GQA (8 / 2 heads) those
           # gave wrong dK on the H200 (the sweep has no GQA), as did (64, 128, 3). Block_m 128 crashes the pass.
-          (64, 128, 4, 2, None, 0, True), (64, 128, 4, 2, None, 8, True), (64, 128, 4, 2, None, 4, True)],
+          (64, 128, 4, 2, None, 0, True), (64, 128, 4, 2, None, 4, True)],
     256: [(64, 64, 8, 2)],
 }
 DQ_CANDIDATES = {
     64: [(128, 64, 8, 2), (64, 64, 4, 2)],
-    128: [(64, 64, 4, 2), (128, 32, 8, 3), (64, 64, 4, 2, None, 8), (64, 32, 4, 3), (128, 32, 8, 3, None, 8)],
+    128: [(128, 32, 8, 3), (64, 64, 4, 2), (64, 64, 4, 2, None, 8), (64, 32, 4, 3), (128, 32, 8, 3, None, 8)],
     256: [(128, 32, 8, 2), (128, 64, 8, 1)],
 }
 # --quick table: the targets' shapes (hd128 over seqlens) and the other head dims at the long seqlens.
@@ -118,15 +123,16 @@ def _fwd_tiles(spec):
 
 
 def _bwd_tiles(spec):
-    """spec: [dK/dV tiles, dQ tiles]."""
+    """spec: [dK/dV tiles, dQ tiles] or [dK/dV tiles, dQ tiles, dq_stream]."""
     from kernels.triton.tiles import BwdTiles, Tiles
-    return BwdTiles(Tiles(*spec[0]), Tiles(*spec[1]))
+    return BwdTiles(Tiles(*spec[0]), Tiles(*spec[1]), *spec[2:])
 
 
 def _bwd_candidates(head_dim):
-    """dK/dV variants with the first dQ tiles, then dQ variants with the first dK/dV tiles."""
+    """dK/dV variants with the first dQ tiles, then dQ variants with the first dK/dV tiles (dQ on its own
+    stream), then the first pair on one stream."""
     dkdv, dq = DKDV_CANDIDATES[head_dim], DQ_CANDIDATES[head_dim]
-    return [[c, dq[0]] for c in dkdv] + [[dkdv[0], c] for c in dq[1:]]
+    return [[c, dq[0]] for c in dkdv] + [[dkdv[0], c] for c in dq[1:]] + [[dkdv[0], dq[0], False]]
 
 
 def sweep_stage(head_dims, seqlens, kinds):
@@ -244,8 +250,8 @@ def _winners(rows):
     """Per (head dim, causal): the fastest correct forward tiles and backward tiles.
 
     Backward candidates vary the dK/dV tiles (dQ tiles fixed) or the dQ tiles
-    (dK/dV fixed); the fastest of each are combined, since the two kernels
-    run one after the other.
+    (dK/dV fixed); the fastest of each are combined, and run on one stream
+    if the first pair was faster so.
     """
     ok = [r for r in rows if r.get("stage") == "sweep" and r.get("ok")]
     winners = {}
@@ -257,10 +263,15 @@ def _winners(rows):
             w["fwd"] = _fastest(fwd)
         head_dim = int(key.split("/")[0])
         dkdv0, dq0 = list(DKDV_CANDIDATES[head_dim][0]), list(DQ_CANDIDATES[head_dim][0])
-        dkdv_rows = [r for r in mine if r["kind"] == "bwd" and r["tiles"][1] == dq0]
-        dq_rows = [r for r in mine if r["kind"] == "bwd" and r["tiles"][0] == dkdv0]
+        bwd = [r for r in mine if r["kind"] == "bwd"]
+        pairs = [r for r in bwd if len(r["tiles"]) == 2]  # dQ on its own stream
+        dkdv_rows = [r for r in pairs if r["tiles"][1] == dq0]
+        dq_rows = [r for r in pairs if r["tiles"][0] == dkdv0]
         if dkdv_rows and dq_rows:
             w["bwd"] = [_fastest(dkdv_rows, lambda r: r["tiles"][0]), _fastest(dq_rows, lambda r: r["tiles"][1])]
+            first_pair = [r for r in bwd if r["tiles"][:2] == [dkdv0, dq0]]
+            if first_pair and len(_fastest(first_pair)) == 3:
+                w["bwd"].append(False)
     return winners
 
 

@@ -57,6 +57,9 @@ class PrepassTiles:
     num_stages: int  # blocks in flight per program (TMA loads issued ahead of their use)
     programs_per_sm: int  # persistent grid size, per multiprocessor
     heads_fastest: bool = False  # walk blocks (batch, block, head): concurrent reads share DRAM pages
+    # Programs for V per program for K (Q's and K's go by their blocks): a V block skips the rotation but is
+    # stored transposed, so its cost differs from a Q or K block's.
+    v_share: float = 1.0
 
 
 # H200, 16k tokens x hidden 2048 (docs/fp8.md, session 2 round 2): 0.097 / 0.106 / 0.173 ms at head dims
@@ -300,10 +303,11 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
         programs = 3 * INTERPRETER_PROGRAMS_PER_TENSOR
     else:
         programs = tiles.programs_per_sm * _num_sms(dev.index if dev.index is not None else 0)
-    # Programs in proportion to each tensor's items, at least one each (V's items are K's).
+    # Programs in proportion to each tensor's items (V's weighted by v_share), at least one each.
     programs = max(programs, 3)
-    programs_q = max(1, min(items_q, round(programs * items_q / (items_q + 2 * items_k))))
-    programs_k = max(1, min(items_k, (programs - programs_q) // 2))
+    weight = items_q + (1 + tiles.v_share) * items_k
+    programs_q = max(1, min(items_q, round(programs * items_q / weight)))
+    programs_k = max(1, min(items_k, round(programs * items_k / weight)))
     programs_v = max(1, min(items_k, programs - programs_q - programs_k))
 
     def launch(mode, scales):

@@ -226,10 +226,11 @@ def _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, lo, hi, seqlen_q, seqlen_k
 @triton.jit
 def _attend_one_loop(acc, m_i, l_i, q, k_desc, v_desc, start_m, full_end, end, seqlen_q, seqlen_k, qk_scale,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK_KEYS: tl.constexpr,
-                     UPCAST: tl.constexpr):
+                     UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
     """Key blocks [0, end) in one loop, warp-specialized on the GPU; a row's keys past its last are masked
     in blocks from full_end on, and only if MASK_KEYS (causal, or a partial last key block)."""
     dtype = k_desc.dtype
+    POLY: tl.constexpr = 0 if MASK_KEYS else EXP2_POLY  # the polynomial only where nothing is masked (see exp2)
     # Rows relative to start_m: the pass hands each consumer its slice of an arange, but in
     # `start_m + arange` it also moves start_m by the slice's offset, so the second half's rows were shifted twice.
     rows = tl.arange(0, BLOCK_M)
@@ -247,7 +248,7 @@ def _attend_one_loop(acc, m_i, l_i, q, k_desc, v_desc, start_m, full_end, end, s
             # A select rather than a branch: a branch in the loop turns the warp specialization off.
             last = tl.where(start_n < full_end, BLOCK_N, row_last - start_n)
             qk = tl.where(tl.arange(0, BLOCK_N)[None, :] <= last[:, None], qk, float("-inf"))
-        p, alpha, m_i, l_i = online_softmax(qk, m_i, l_i, qk_scale, MASK_KEYS)
+        p, alpha, m_i, l_i = online_softmax(qk, m_i, l_i, qk_scale, MASK_KEYS, POLY)
         v = v_desc.load([start_n, 0])
         if UPCAST:
             v = v.to(tl.float32)
@@ -278,7 +279,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, 
     full_end, end = kv_block_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
     if WARP_SPECIALIZE:
         acc, m_i, l_i = _attend_one_loop(acc, m_i, l_i, q, k_desc, v_desc, start_m, full_end, end, seqlen_q,
-                                         seqlen_k, qk_scale, BLOCK_M, BLOCK_N, CAUSAL, MASK_KEYS, UPCAST)
+                                         seqlen_k, qk_scale, BLOCK_M, BLOCK_N, CAUSAL, MASK_KEYS, UPCAST, EXP2_POLY)
     else:
         acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, 0, full_end, seqlen_q, seqlen_k, qk_scale,
                                 BLOCK_N, CAUSAL, False, UPCAST, EXP2_POLY)
@@ -328,8 +329,8 @@ def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
     tiles = tiles or fwd_tiles(head_dim, causal, q.device)
     # The Hopper pass gives each of its two consumers 64 rows of a 128-row tile (docs/tuning-triton.md, step 4).
-    if tiles.warp_specialize and (tiles.block_m, tiles.exp2_poly) != (128, 0):
-        raise ValueError(f"a warp-specialized forward needs block_m 128 and no exp2_poly, got {tiles}")
+    if tiles.warp_specialize and tiles.block_m != 128:
+        raise ValueError(f"a warp-specialized forward needs block_m 128, got {tiles}")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
     set_descriptor_allocator(q.device)

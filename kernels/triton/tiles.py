@@ -41,6 +41,9 @@ class Tiles:
 class BwdTiles:
     dkdv: Tiles  # one program per key block, looping over query blocks
     dq: Tiles  # one program per query block, looping over key blocks
+    # The dQ kernel on a second CUDA stream, concurrent with the dK/dV kernel (they share only inputs), so
+    # that each fills the SMs the other's last wave leaves idle.
+    dq_stream: bool = True
 
     def __post_init__(self):
         # dK/dV: the two consumers split the block_n keys (64 each); at block_n 64 both got the same keys

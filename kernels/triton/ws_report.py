@@ -4,7 +4,8 @@
 prints one JSON object per variant: whether the loop was warp-specialized, the
 query rows each consumer partition takes, whether a partition splats the row
 offset of its output store (the pass moves that offset per half; a splat of it
-added to an arange is shifted twice, the bug of the first attempt), and
+added to an arange is shifted twice, the bug of the first attempt), how
+many exp2 went to the polynomial (`Tiles.exp2_poly`) and to the MUFU, and
 registers, spills and shared memory. It runs as its own process so that a
 caller running Triton in interpreter mode (the CPU test suite) still gets a
 real compile.
@@ -28,9 +29,10 @@ from .tiles import Tiles, padded_head_dim
 HOPPER = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
-# (head dim, block_n, num_stages); block_m 128 and 4 warps are what the pass splits (see Tiles).
-DEFAULT = [(128, 128, 2)]
-ALL = [(64, 128, 2), (128, 128, 2), (128, 64, 2), (256, 64, 1), (256, 32, 2)]  # the tune_triton candidates
+# (head dim, block_n, num_stages, exp2_poly); block_m 128 and 4 warps are what the pass splits (see Tiles).
+DEFAULT = [(128, 128, 2, 0), (128, 128, 2, 8)]
+ALL = [(64, 128, 2, 0), (128, 128, 2, 0), (128, 128, 2, 8), (128, 128, 2, 4), (128, 64, 2, 0), (256, 64, 1, 0),
+       (256, 32, 2, 0)]  # the tune_triton candidates
 
 
 def compile_ws_forward(head_dim: int, tiles: Tiles, causal: bool, mask_keys: bool):
@@ -40,7 +42,7 @@ def compile_ws_forward(head_dim: int, tiles: Tiles, causal: bool, mask_keys: boo
     strides = (1, 1, 1)
     args = (t, t, t, t, torch.empty(1, 1, 1), strides, strides, strides, strides, 1, 1, 1, 1, head_dim, 1.0)
     kwargs = dict(HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
-                  UPCAST=False, EXP2_POLY=0, WARP_SPECIALIZE=tiles.warp_specialize, MASK_KEYS=mask_keys,
+                  UPCAST=False, EXP2_POLY=tiles.exp2_poly, WARP_SPECIALIZE=tiles.warp_specialize, MASK_KEYS=mask_keys,
                   num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     backend = make_backend(HOPPER)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
@@ -67,9 +69,10 @@ def splats_store_offset(part: str) -> bool:
     return bool(m) and re.search(rf"tt\.splat {re.escape(m.group(1))} ", part) is not None
 
 
-def report(head_dim, block_n, num_stages, causal):
-    tiles = Tiles(128, block_n, 4, num_stages, warp_specialize=True)
+def report(head_dim, block_n, num_stages, exp2_poly, causal):
+    tiles = Tiles(128, block_n, 4, num_stages, exp2_poly=exp2_poly, warp_specialize=True)
     name = f"hd{head_dim}_{block_n}_{num_stages}_{'causal' if causal else 'full'}"
+    name += f"_poly{exp2_poly}" if exp2_poly else ""
     try:
         ck = compile_ws_forward(head_dim, tiles, causal, mask_keys=causal)
     except Exception as e:  # a shape the pass or the backend rejects
@@ -88,6 +91,8 @@ def report(head_dim, block_n, num_stages, causal):
         return int(m.group(1)) if m else None
 
     return dict(name=name, warp_specialize_ops=ttgir.count("ttg.warp_specialize("), num_warps=ck.metadata.num_warps,
+                # exp2 by the polynomial (its round-down add) and by the MUFU, in the PTX
+                poly_exp2=ck.asm["ptx"].count("add.rm.ftz.f32"), mufu_exp2=ck.asm["ptx"].count("ex2.approx"),
                 shared_bytes=ck.metadata.shared, consumers=len(consumers),
                 consumer_rows=[consumer_rows(p) for p in consumers],
                 splats_store_offset=[splats_store_offset(p) for p in consumers],
@@ -99,9 +104,9 @@ def report(head_dim, block_n, num_stages, causal):
 
 def main():
     shapes = ALL if "--all" in sys.argv[1:] else DEFAULT
-    for head_dim, block_n, num_stages in shapes:
+    for head_dim, block_n, num_stages, exp2_poly in shapes:
         for causal in (False, True):
-            print(json.dumps(report(head_dim, block_n, num_stages, causal)), flush=True)
+            print(json.dumps(report(head_dim, block_n, num_stages, exp2_poly, causal)), flush=True)
 
 
 if __name__ == "__main__":

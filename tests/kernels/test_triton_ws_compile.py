@@ -26,3 +26,14 @@ def test_warp_specialized_forward_splits_rows_between_two_consumers(reports, nam
     assert r["consumer_rows"] == [[[0, 64]], [[64, 128]]], r
     assert r["splats_store_offset"] == [False, False], r
     assert r["spill_stores"] == 0 and r["shared_bytes"] <= SMEM_LIMIT, r
+
+
+def test_warp_specialized_forward_keeps_the_exp2_polynomial(reports):
+    """Tiles.exp2_poly 8 on the non-causal one-loop forward: still split in two, one exp2 in 8 on the FMA pipe."""
+    r, plain = reports["hd128_128_2_full_poly8"], reports["hd128_128_2_full"]
+    assert "error" not in r, r.get("error")
+    assert r["warp_specialize_ops"] == 1 and r["consumers"] == 2, r
+    assert r["poly_exp2"] > 0 and r["poly_exp2"] + r["mufu_exp2"] == plain["mufu_exp2"], (r, plain)
+    assert r["spill_stores"] == 0, r
+    # A causal (masked) loop keeps every exp2 on the MUFU: the polynomial turns NaN into 0.
+    assert reports["hd128_128_2_causal_poly8"]["poly_exp2"] == 0
