@@ -60,8 +60,7 @@ FWD_CANDIDATES = {
     256: [(128, 64, 8, 2), (64, 64, 4, 1), (64, 64, 4, 2), (128, 64, 4, 1, *WS), (128, 32, 4, 2, *WS)],
 }
 # dK/dV kernel: block_m query rows per step, block_n keys per program; dQ kernel: the reverse. The first of
-# each list is the pair the other list's candidates run with (so the tuned pair comes first); that pair also
-# runs with the dQ kernel on the same stream as dK/dV (BwdTiles.dq_stream False).
+# each list is the pair the other list's candidates run with (so the tuned pair comes first).
 DKDV_CANDIDATES = {
     64: [(64, 64, 4, 2), (32, 64, 4, 3), (64, 128, 8, 3)],  # warp-specialized (64, 128, 4, 2): -6 to -12%
     128: [(64, 128, 4, 2, None, 8, True), (32, 64, 4, 3), (32, 64, 4, 3, None, 8), (32, 64, 4, 3, None, 4),
@@ -123,16 +122,15 @@ def _fwd_tiles(spec):
 
 
 def _bwd_tiles(spec):
-    """spec: [dK/dV tiles, dQ tiles] or [dK/dV tiles, dQ tiles, dq_stream]."""
+    """spec: [dK/dV tiles, dQ tiles]."""
     from kernels.triton.tiles import BwdTiles, Tiles
-    return BwdTiles(Tiles(*spec[0]), Tiles(*spec[1]), *spec[2:])
+    return BwdTiles(Tiles(*spec[0]), Tiles(*spec[1]))
 
 
 def _bwd_candidates(head_dim):
-    """dK/dV variants with the first dQ tiles, then dQ variants with the first dK/dV tiles (dQ on its own
-    stream), then the first pair on one stream."""
+    """dK/dV variants with the first dQ tiles, then dQ variants with the first dK/dV tiles."""
     dkdv, dq = DKDV_CANDIDATES[head_dim], DQ_CANDIDATES[head_dim]
-    return [[c, dq[0]] for c in dkdv] + [[dkdv[0], c] for c in dq[1:]] + [[dkdv[0], dq[0], False]]
+    return [[c, dq[0]] for c in dkdv] + [[dkdv[0], c] for c in dq[1:]]
 
 
 def sweep_stage(head_dims, seqlens, kinds):
@@ -250,10 +248,10 @@ def _winners(rows):
     """Per (head dim, causal): the fastest correct forward tiles and backward tiles.
 
     Backward candidates vary the dK/dV tiles (dQ tiles fixed) or the dQ tiles
-    (dK/dV fixed); the fastest of each are combined, and run on one stream
-    if the first pair was faster so.
+    (dK/dV fixed); the fastest of each are combined, since the two kernels
+    run one after the other.
     """
-    ok = [r for r in rows if r.get("stage") == "sweep" and r.get("ok")]
+    ok = [r for r in rows if r.get("stage") == "sweep" and r.get("ok") and "tflops" in r]  # checked and timed
     winners = {}
     for key in sorted({f"{r['head_dim']}/{r['causal']}" for r in ok}):
         mine = [r for r in ok if f"{r['head_dim']}/{r['causal']}" == key]
@@ -263,15 +261,10 @@ def _winners(rows):
             w["fwd"] = _fastest(fwd)
         head_dim = int(key.split("/")[0])
         dkdv0, dq0 = list(DKDV_CANDIDATES[head_dim][0]), list(DQ_CANDIDATES[head_dim][0])
-        bwd = [r for r in mine if r["kind"] == "bwd"]
-        pairs = [r for r in bwd if len(r["tiles"]) == 2]  # dQ on its own stream
-        dkdv_rows = [r for r in pairs if r["tiles"][1] == dq0]
-        dq_rows = [r for r in pairs if r["tiles"][0] == dkdv0]
+        dkdv_rows = [r for r in mine if r["kind"] == "bwd" and r["tiles"][1] == dq0]
+        dq_rows = [r for r in mine if r["kind"] == "bwd" and r["tiles"][0] == dkdv0]
         if dkdv_rows and dq_rows:
             w["bwd"] = [_fastest(dkdv_rows, lambda r: r["tiles"][0]), _fastest(dq_rows, lambda r: r["tiles"][1])]
-            first_pair = [r for r in bwd if r["tiles"][:2] == [dkdv0, dq0]]
-            if first_pair and len(_fastest(first_pair)) == 3:
-                w["bwd"].append(False)
     return winners
 
 

@@ -18,8 +18,6 @@ Tiles past seqlen_k or seqlen_q load as zeros (see `head_view`): padded keys
 only touch dK/dV rows that are never stored and add ds * 0 to dQ, and padded
 queries get P = 0 from their +inf LSE, so sequence tails need no mask.
 """
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -241,21 +239,6 @@ launch_dkdv = Launcher(_bwd_dkdv_kernel)
 launch_dq = Launcher(_bwd_dq_kernel)
 
 
-@functools.lru_cache(maxsize=None)
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    """The stream the dQ kernel runs on beside the dK/dV kernel (one per device, reused)."""
-    return torch.cuda.Stream(device)
-
-
-def _fork(device: torch.device) -> torch.cuda.Stream:
-    """The side stream, made to start after the current stream's work so far. Tensors made before the fork
-    need no record_stream as long as the current stream waits for the side stream before they are freed:
-    that wait orders any reuse of their memory after the side stream's work."""
-    side = _side_stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    return side
-
-
 def dkdv_warp_specialized(tiles: Tiles, head_dim: int) -> bool:
     """Whether `tiles` run the one-loop dK/dV kernel: asked for, and a head dim whose dK and dV fit a
     consumer's registers (64 keys x 128 columns each); otherwise the two-loop kernel runs the same tiles.
@@ -268,8 +251,7 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     """(dq, dk, dv) for validated inputs; lse (b, h, sq) float32 natural log, contiguous.
 
     Always deterministic: no atomics, every sum in a fixed order, so
-    `deterministic` (FlashAttention's flag) changes nothing here. With `tiles.dq_stream` the dQ kernel runs
-    on a second stream, concurrent with dK/dV (same results: the kernels share only inputs).
+    `deterministic` (FlashAttention's flag) changes nothing here.
     `tiles` overrides the tuned tile table (used by the tuning script).
     """
     batch, seqlen_q, nheads, head_dim = q.shape
@@ -291,8 +273,6 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     )
 
     qk_scale = softmax_scale * LOG2E
-    # Both kernels read delta and lse2; past this point they share only inputs.
-    side = _fork(q.device) if tiles.dq_stream and q.is_cuda else None
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     launch_dkdv(
@@ -306,16 +286,12 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     )
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    with torch.cuda.stream(side):  # None: the current stream
-        launch_dq(
-            (triton.cdiv(seqlen_q, dq_t.block_m), batch * nheads),
-            (q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),
-             bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale,
-             softmax_scale),
-            dict(HEAD_DIM=d, BLOCK_M=dq_t.block_m, BLOCK_N=dq_t.block_n, CAUSAL=causal, UPCAST=upcast,
-                 EXP2_POLY=0 if upcast else dq_t.exp2_poly),
-            dict(num_warps=dq_t.num_warps, num_stages=dq_t.num_stages, maxnreg=dq_t.max_regs),
-        )
-    if side is not None:
-        torch.cuda.current_stream(q.device).wait_stream(side)
+    launch_dq(
+        (triton.cdiv(seqlen_q, dq_t.block_m), batch * nheads),
+        (q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),
+         bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale),
+        dict(HEAD_DIM=d, BLOCK_M=dq_t.block_m, BLOCK_N=dq_t.block_n, CAUSAL=causal, UPCAST=upcast,
+             EXP2_POLY=0 if upcast else dq_t.exp2_poly),
+        dict(num_warps=dq_t.num_warps, num_stages=dq_t.num_stages, maxnreg=dq_t.max_regs),
+    )
     return dq, dk, dv

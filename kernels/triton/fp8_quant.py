@@ -62,11 +62,12 @@ class PrepassTiles:
     v_share: float = 1.0
 
 
-# H200, 16k tokens x hidden 2048 (docs/fp8.md, session 2 round 2): 0.097 / 0.106 / 0.173 ms at head dims
-# 64 / 128 / 256 (3.1 / 2.8 / 1.7 TB/s; do_bench, which may hold host launch work); at 256 the third stage
-# (a load in flight during each block's work: 2 stages hold one buffer) took 0.196 -> 0.173 ms.
-PREPASS_TILES_SM90 = {64: PrepassTiles(4, 3, 4), 128: PrepassTiles(8, 3, 2),
-                      256: PrepassTiles(16, 3, 1, heads_fastest=True)}
+# H200, 16k tokens x hidden 2048 (docs/fp8.md): the tiles of session 2 (at 256 the third stage, a load in
+# flight during each block's work, took 0.196 -> 0.173 ms), and since session 6 more programs for V, whose
+# blocks cost more than Q's and K's: GPU time (CUDA graph) 0.097 -> 0.087 / 0.104 -> 0.094 / 0.168 -> 0.153 ms
+# at head dims 64 / 128 / 256.
+PREPASS_TILES_SM90 = {64: PrepassTiles(4, 3, 4, v_share=1.33), 128: PrepassTiles(8, 3, 2, v_share=1.6),
+                      256: PrepassTiles(16, 3, 1, heads_fastest=True, v_share=1.25)}
 # Other GPUs: not measured; one stage (less shared memory).
 PREPASS_TILES_GENERIC = {64: PrepassTiles(4, 1, 3), 128: PrepassTiles(8, 1, 2), 256: PrepassTiles(16, 1, 1)}
 # Interpreter: few programs, so that each loops over several blocks.

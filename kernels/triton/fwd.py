@@ -25,8 +25,9 @@ to an arange, which the pass mis-slices).
 
 `Tiles.exp2_poly` moves one exp2 in every N of the unmasked blocks from the
 MUFU unit to a polynomial on the FMA pipe (FA4's trick; see `exp2`). On an
-H200 it did not pay in the forward (docs/tuning-triton.md), so the forward
-tables leave it off.
+H200 it gains 1-2% in the warp-specialized hd128 forward, where each
+consumer's softmax is on its own critical path, and loses in the two-loop
+kernels (docs/tuning-triton.md, steps 3 and 5).
 """
 import struct
 

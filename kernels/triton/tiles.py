@@ -41,9 +41,6 @@ class Tiles:
 class BwdTiles:
     dkdv: Tiles  # one program per key block, looping over query blocks
     dq: Tiles  # one program per query block, looping over key blocks
-    # The dQ kernel on a second CUDA stream, concurrent with the dK/dV kernel (they share only inputs), so
-    # that each fills the SMs the other's last wave leaves idle.
-    dq_stream: bool = True
 
     def __post_init__(self):
         # dK/dV: the two consumers split the block_n keys (64 each); at block_n 64 both got the same keys
@@ -58,9 +55,9 @@ class BwdTiles:
 FWD_TILES_SM90 = {
     (64, False): Tiles(128, 128, 8, 3, max_regs=128),
     (64, True): Tiles(128, 128, 8, 3, max_regs=128),
-    # Non-causal: warp-specialized by Triton's pass, +4-6% at 8k/16k; causal: three programs per SM (16 B spilled)
-    # still 2% ahead (docs/tuning-triton.md, step 4b).
-    (128, False): Tiles(128, 128, 4, 2, warp_specialize=True),
+    # Non-causal: warp-specialized by Triton's pass, +4-6% at 8k/16k, and one exp2 in 8 on the FMA pipe, +1-2%
+    # more (step 5); causal: three programs per SM (16 B spilled) still 2% ahead (docs/tuning-triton.md, step 4b).
+    (128, False): Tiles(128, 128, 4, 2, exp2_poly=8, warp_specialize=True),
     (128, True): Tiles(64, 128, 4, 1, max_regs=168),
     # Warp-specialized, one K/V buffer (197 KB of shared memory): +13-16% over (128, 64, 8, 2) on the H200.
     (256, False): Tiles(128, 64, 4, 1, warp_specialize=True),

@@ -279,27 +279,6 @@ def test_gpu_exp2_polynomial(exp2_poly, causal):
     assert_grads_close(grads, q, k, v, dout, causal, ref_dtype=torch.float32)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("causal", [False, True])
-def test_gpu_dq_stream_gives_the_bits_of_one_stream(causal):
-    """dQ on the side stream beside dK/dV, called from a stream of the caller's: the same bits as one stream, and
-    the results are ready for the caller's stream at once (a clone there reads them before any sync)."""
-    q, k, v, dout = random_qkv(2, 4133, 4133, 8, 2, 128, torch.bfloat16, "cuda", seed=23 + causal)
-    out, lse = attention_forward_triton(q, k, v, 128 ** -0.5, causal)
-    tiles = bwd_tiles(128, causal, q.device)
-    assert tiles.dq_stream
-    serial = attention_backward_triton(dout, q, k, v, out, lse, 128 ** -0.5, causal,
-                                       tiles=replace(tiles, dq_stream=False))
-    caller = torch.cuda.Stream()
-    caller.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(caller):
-        forked = [g.clone() for g in attention_backward_triton(dout, q, k, v, out, lse, 128 ** -0.5, causal,
-                                                               tiles=tiles)]
-    torch.cuda.current_stream().wait_stream(caller)
-    for name, a, b in zip("q k v".split(), serial, forked):
-        assert torch.equal(a, b), f"d{name} differs"
-
-
 # Warp-specialized forward on the GPU: (tiles, head dim, seqlen_q, seqlen_k, causal or None for both), GQA 8 / 4 heads.
 WS_GPU_CASES = [
     ((128, 128, 4, 2), 128, 4096, 4096, None),  # no mask at all (non-causal)
