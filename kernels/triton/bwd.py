@@ -70,7 +70,7 @@ def _dkdv_steps(dk, dv, k, v, q_desc, do_desc, lse2_ptr, delta_ptr, row_base, of
                 qk_scale, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr,
                 EXP2_POLY: tl.constexpr):
     dtype = q_desc.dtype
-    POLY: tl.constexpr = 0 if MASKED else EXP2_POLY  # the polynomial only where nothing is masked (fwd.exp2)
+    POLY: tl.constexpr = 0 if MASKED else EXP2_POLY  # the polynomial only where nothing is masked (as tuned)
     # Counting blocks rather than rows cut the registers of hd128 (32, 64) tiles
     # from 255 (spilling) to 229 (see docs/tuning-triton.md).
     for i in range(0, (hi - lo) // BLOCK_M):

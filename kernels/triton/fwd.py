@@ -58,13 +58,16 @@ def exp2_asm(pack: int) -> str:
 
     For x <= 0: n = floor(max(x, -127)) through a round-down add of 1.5 * 2^23,
     f = x - n in [0, 1), 2^x = p(f) * 2^n with n added into p's exponent bits.
+    The clamp is a NaN-propagating max: with a plain max (which returns the
+    non-NaN operand) a NaN score became 0, so a NaN key vanished from the rows
+    whose element of it fell on the polynomial instead of reaching every row.
     """
     c1, c2, c3 = (_f32_hex(c) for c in EXP2_POLY_COEFFS)
     magic = _f32_hex(_ROUND_MAGIC)
     mufu = [f"ex2.approx.ftz.f32 ${i}, ${pack + i};" for i in range(pack - 1)]
     out, x = f"${pack - 1}", f"${2 * pack - 1}"
     poly = [
-        f"max.ftz.f32 xc, {x}, {_f32_hex(EXP2_POLY_CLAMP)};",
+        f"max.ftz.NaN.f32 xc, {x}, {_f32_hex(EXP2_POLY_CLAMP)};",  # .NaN: a NaN score stays NaN
         f"add.rm.ftz.f32 r, xc, {magic};",
         f"sub.ftz.f32 f, r, {magic};",
         "sub.ftz.f32 f, xc, f;",
@@ -87,8 +90,9 @@ def exp2(x, POLY: tl.constexpr):
     """exp2 of float32 `x` <= 0; one element in every POLY (0: none) by the polynomial, the rest on the MUFU.
 
     The polynomial maps every x <= -127, -inf included, to exactly 0 (f = 0,
-    p = 1, and the exponent add cancels p's bits), but NaN to 0 too: the
-    kernels use it only on unmasked blocks.
+    p = 1, and the exponent add cancels p's bits), and NaN to NaN, as the
+    MUFU's ex2.approx does. The kernels use it on unmasked blocks only (where
+    it was tuned).
     """
     if POLY == 0:
         return tl.math.exp2(x)
@@ -206,7 +210,7 @@ def _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, lo, hi, seqlen_q, seqlen_k
             EXP2_POLY: tl.constexpr):
     """Key blocks [lo, hi) folded into the running (acc, m, l)."""
     dtype = k_desc.dtype
-    POLY: tl.constexpr = 0 if MASKED else EXP2_POLY  # the polynomial only where nothing is masked (see exp2)
+    POLY: tl.constexpr = 0 if MASKED else EXP2_POLY  # the polynomial only where nothing is masked (as tuned)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         k = k_desc.load([start_n, 0])
@@ -231,7 +235,7 @@ def _attend_one_loop(acc, m_i, l_i, q, k_desc, v_desc, start_m, full_end, end, s
     """Key blocks [0, end) in one loop, warp-specialized on the GPU; a row's keys past its last are masked
     in blocks from full_end on, and only if MASK_KEYS (causal, or a partial last key block)."""
     dtype = k_desc.dtype
-    POLY: tl.constexpr = 0 if MASK_KEYS else EXP2_POLY  # the polynomial only where nothing is masked (see exp2)
+    POLY: tl.constexpr = 0 if MASK_KEYS else EXP2_POLY  # the polynomial only where nothing is masked (as tuned)
     # Rows relative to start_m: the pass hands each consumer its slice of an arange, but in
     # `start_m + arange` it also moves start_m by the slice's offset, so the second half's rows were shifted twice.
     rows = tl.arange(0, BLOCK_M)

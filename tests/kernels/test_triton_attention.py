@@ -279,6 +279,20 @@ def test_gpu_exp2_polynomial(exp2_poly, causal):
     assert_grads_close(grads, q, k, v, dout, causal, ref_dtype=torch.float32)
 
 
+@pytest.mark.gpu
+def test_gpu_nan_key_reaches_every_row_through_the_polynomial():
+    """One NaN key per head at 16 positions that cover every lane pattern of the exp2 packs: the tuned forward
+    (the polynomial on one exp2 in 8) makes every row of that head NaN. Its clamp once returned the non-NaN
+    operand, and the rows whose element of that key fell on the polynomial came out finite."""
+    q, k, v, _ = random_qkv(1, 4096, 4096, 16, 16, 128, torch.bfloat16, "cuda", seed=29)
+    for h in range(16):
+        k[0, 1000 + 9 * h, h, 5] = float("nan")  # 9 is odd: the 16 keys cover every residue mod 16
+    tiles = fwd_tiles(128, False, q.device)
+    assert tiles.exp2_poly and tiles.warp_specialize
+    out, lse = attention_forward_triton(q, k, v, 128 ** -0.5, False, tiles=tiles)
+    assert out.isnan().all() and lse.isnan().all()
+
+
 # Warp-specialized forward on the GPU: (tiles, head dim, seqlen_q, seqlen_k, causal or None for both), GQA 8 / 4 heads.
 WS_GPU_CASES = [
     ((128, 128, 4, 2), 128, 4096, 4096, None),  # no mask at all (non-causal)
