@@ -58,16 +58,16 @@ def exp2_asm(pack: int) -> str:
 
     For x <= 0: n = floor(max(x, -127)) through a round-down add of 1.5 * 2^23,
     f = x - n in [0, 1), 2^x = p(f) * 2^n with n added into p's exponent bits.
-    The clamp is a NaN-propagating max: with a plain max (which returns the
-    non-NaN operand) a NaN score became 0, so a NaN key vanished from the rows
-    whose element of it fell on the polynomial instead of reaching every row.
+    A last NaN-propagating max with x keeps a NaN score NaN: without it the
+    clamp (a plain max returns the non-NaN operand) made it 0, and a NaN key
+    vanished from the rows whose element of it fell on the polynomial.
     """
     c1, c2, c3 = (_f32_hex(c) for c in EXP2_POLY_COEFFS)
     magic = _f32_hex(_ROUND_MAGIC)
     mufu = [f"ex2.approx.ftz.f32 ${i}, ${pack + i};" for i in range(pack - 1)]
     out, x = f"${pack - 1}", f"${2 * pack - 1}"
     poly = [
-        f"max.ftz.NaN.f32 xc, {x}, {_f32_hex(EXP2_POLY_CLAMP)};",  # .NaN: a NaN score stays NaN
+        f"max.ftz.f32 xc, {x}, {_f32_hex(EXP2_POLY_CLAMP)};",
         f"add.rm.ftz.f32 r, xc, {magic};",
         f"sub.ftz.f32 f, r, {magic};",
         "sub.ftz.f32 f, xc, f;",
@@ -76,6 +76,8 @@ def exp2_asm(pack: int) -> str:
         "fma.rn.ftz.f32 p, p, f, 0f3F800000;",
         "shl.b32 r, r, 23;",
         f"add.s32 {out}, p, r;",
+        # 2^x > x, so this changes nothing but a NaN x, which the integer steps above turn into a number.
+        f"max.ftz.NaN.f32 {out}, {out}, {x};",
     ]
     return "{ .reg .b32 xc, r, f, p; " + " ".join(mufu + poly) + " }"
 
