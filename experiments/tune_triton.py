@@ -75,7 +75,10 @@ DKDV_CANDIDATES = {
 }
 DQ_CANDIDATES = {
     64: [(128, 64, 8, 2), (64, 64, 4, 2)],
-    128: [(128, 32, 8, 3), (64, 64, 4, 2), (64, 64, 4, 2, None, 8), (64, 32, 4, 3), (128, 32, 8, 3, None, 8)],
+    # ptxas (sm_90a): (128, 32, 8, 3) 115 KB of shared memory, one program per SM; (128, 32, 8, 2) 98 KB and
+    # 128 registers, two; (128, 64, 8, 2) 131 KB, 160 registers, one.
+    128: [(128, 32, 8, 3), (64, 64, 4, 2), (64, 64, 4, 2, None, 8), (64, 32, 4, 3), (128, 32, 8, 3, None, 8),
+          (128, 32, 8, 2), (128, 32, 8, 2, None, 8), (128, 64, 8, 2)],
     256: [(128, 32, 8, 2), (128, 64, 8, 1)],
 }
 # --quick table: the targets' shapes (hd128 over seqlens) and the other head dims at the long seqlens.
