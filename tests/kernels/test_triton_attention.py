@@ -13,6 +13,7 @@ relative L2 error (catches small global ones: a scale off by 1%).
 """
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +21,7 @@ import kernels
 from kernels.reference import attention_backward_ref, attention_ref, attention_ref_grads
 from kernels.triton import attention_backward_triton, attention_forward_triton
 from kernels.triton import bwd as triton_bwd
-from kernels.triton.fwd import EXP2_POLY_CLAMP, EXP2_POLY_COEFFS, interpreting
+from kernels.triton.fwd import exp2_asm, interpreting
 from kernels.triton.tiles import BwdTiles, Tiles, bwd_tiles, fwd_tiles
 
 # CPU tests run the kernels in the interpreter (conftest sets TRITON_INTERPRET=1 where there is no GPU).
@@ -183,21 +184,68 @@ def test_tiles_reject_warp_specialize_shapes_the_pass_cannot_split():
     BwdTiles(Tiles(64, 128, 4, 2, exp2_poly=8, warp_specialize=True), dq)  # accepted
 
 
-def test_exp2_polynomial_accuracy():
-    """The polynomial exp2 (kernels/triton/fwd.py: exp2_asm), emulated in float32 on fresh random inputs."""
-    g = torch.Generator().manual_seed(17)
-    x = torch.empty(1 << 20).uniform_(-126.0, 0.0, generator=g)
-    x[:4] = torch.tensor([0.0, -1.0, -0.5, -126.0])  # the ends of the range and an exact integer
-    xc = x.clamp(min=EXP2_POLY_CLAMP)
-    n = torch.floor(xc)
-    f = xc - n
-    c1, c2, c3 = (torch.tensor(c, dtype=torch.float32) for c in EXP2_POLY_COEFFS)
-    p = torch.addcmul(c2, f, c3)
-    p = torch.addcmul(c1, p, f)
-    p = torch.addcmul(torch.tensor(1.0), p, f)
-    y = torch.ldexp(p, n)
-    rel = ((y.double() - torch.exp2(x.double())) / torch.exp2(x.double())).abs().max().item()
-    assert rel < 1e-4  # the fit's 8.6e-5 plus float32 rounding; bf16 P rounds at 2e-3
+def _run_exp2_ptx(asm: str, x: np.ndarray, pack: int) -> np.ndarray:
+    """The PTX of kernels/triton/fwd.py's exp2_asm, run on numpy float32 lanes: the few instructions it uses,
+    with their NaN (canonical 0x7FFFFFFF results), rounding and flush-to-zero rules, so the CPU suite checks
+    the asm as written."""
+    def f32(bits):
+        return bits.view(np.float32)
+
+    def ftz(v):
+        return np.where(np.abs(v) < np.finfo(np.float32).tiny, np.float32(0.0) * v, v).astype(np.float32)
+
+    def operand(tok, regs):
+        if tok.startswith("0f"):
+            return np.full(x.shape[1:], int(tok[2:], 16), dtype=np.uint32)
+        return regs[tok] if tok in regs else np.full(x.shape[1:], int(tok), dtype=np.uint32)
+
+    regs = {f"${pack + i}": x[i].astype(np.float32).view(np.uint32) for i in range(pack)}
+    body = asm.strip().removeprefix("{").removesuffix("}").split(";")
+    with np.errstate(all="ignore"):
+        for ins in (i.strip() for i in body if i.strip() and not i.strip().startswith(".reg")):
+            op, args = ins.split(None, 1)
+            d, *src = [t.strip() for t in args.split(",")]
+            a = [operand(t, regs) for t in src]
+            if op == "ex2.approx.ftz.f32":
+                r = ftz(np.exp2(ftz(f32(a[0]))))
+            elif op in ("max.ftz.f32", "max.ftz.NaN.f32"):
+                u, v = ftz(f32(a[0])), ftz(f32(a[1]))
+                r = np.fmax(u, v) if op == "max.ftz.f32" else np.maximum(u, v)  # fmax: the non-NaN operand
+            elif op == "add.rm.ftz.f32":  # exact in float64, then rounded toward -inf
+                exact = f32(a[0]).astype(np.float64) + f32(a[1]).astype(np.float64)
+                r = exact.astype(np.float32)
+                r = np.where(r.astype(np.float64) > exact, np.nextafter(r, np.float32(-np.inf)), r)
+            elif op == "sub.ftz.f32":
+                r = ftz(ftz(f32(a[0])) - ftz(f32(a[1])))
+            elif op == "fma.rn.ftz.f32":
+                r = ftz((f32(a[0]).astype(np.float64) * f32(a[1]) + f32(a[2])).astype(np.float32))
+            elif op == "shl.b32":
+                regs[d] = (a[0] << a[1]).astype(np.uint32)
+                continue
+            elif op == "add.s32":
+                regs[d] = (a[0].astype(np.uint64) + a[1]).astype(np.uint32)
+                continue
+            else:
+                raise AssertionError(f"instruction not emulated: {ins}")
+            r = np.asarray(r, dtype=np.float32).view(np.uint32)
+            regs[d] = np.where(np.isnan(f32(r)), np.uint32(0x7FFFFFFF), r)  # the GPU's canonical NaN
+    return np.stack([f32(regs[f"${i}"]) for i in range(pack)])
+
+
+@pytest.mark.parametrize("pack", [2, 4, 8])
+def test_exp2_polynomial_ptx(pack):
+    """exp2_asm's PTX on fresh random scores: within the fit's error of 2^x on the polynomial's lane, exactly 0
+    for -inf, and NaN for NaN (the clamp and the exponent add once turned a NaN score into 0, then FLT_MAX)."""
+    g = np.random.default_rng(17 + pack)
+    x = g.uniform(-126.0, 0.0, size=(pack, 1 << 16)).astype(np.float32)
+    x[:, :4] = np.array([0.0, -1.0, -0.5, -126.0], dtype=np.float32)  # the ends of the range, exact integers
+    x[:, 4], x[:, 5] = -np.inf, np.nan
+    y = _run_exp2_ptx(exp2_asm(pack), x, pack)
+    want = np.exp2(x.astype(np.float64))
+    rel = np.abs(y[-1, 6:] - want[-1, 6:]) / want[-1, 6:]  # the polynomial's lane
+    assert rel.max() < 1e-4  # the fit's 8.6e-5 plus float32 rounding; bf16 P rounds at 2e-3
+    assert np.all(y[:, 4] == 0.0) and np.all(np.isnan(y[:, 5]))
+    assert np.allclose(y[:-1, 6:], want[:-1, 6:], rtol=1e-6)  # the MUFU lanes
 
 
 def test_tiles_reject_unknown_exp2_split():
