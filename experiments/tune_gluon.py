@@ -73,13 +73,28 @@ CANDIDATES = {
                  ("no_nomask", "fp8", 128, dict(unmasked_loop=False))],
     # The FP8 tiles' row-sum and loop trims on the bf16 kernels (fast_v_ratio is FP8's V-scale ratio only).
     "bf16trim": [("trim", "bf16", d, dict(thread_row_sum=True, unmasked_loop=True)) for d in (64, 128, 256)],
+    # FP8 key tiles twice as wide (FA3: 128 x 224 at hd128, 128 x 128 at hd256): each block's fixed latency (S wait,
+    # row reductions, turn) spread over twice the GEMM work. They fit the registers only unpipelined (pipelined
+    # they spill 448 B at hd128); hd128's 256-key tile needs 256-key scale blocks (kv_block). "fp8wide_ctl": each
+    # change alone. Three groups so that their checks run in parallel children.
+    "fp8wide128": [("n256_nopipe", "fp8", 128, dict(block_n=256, stages=2, pipeline=False, kv_block=256)),
+                   ("n256_nopipe_split", "fp8", 128,
+                    dict(block_n=256, stages=2, split_kv=True, pipeline=False, kv_block=256))],
+    "fp8wide256": [("n128_nopipe", "fp8", 256, dict(block_n=128, stages=2, pipeline=False)),
+                   ("n128_nopipe_split", "fp8", 256, dict(block_n=128, stages=2, split_kv=True, pipeline=False))],
+    "fp8wide_ctl": [("kv256", "fp8", 128, dict(kv_block=256)), ("nopipe", "fp8", 128, dict(pipeline=False)),
+                    ("nopipe", "fp8", 256, dict(pipeline=False))],
 }
+# Candidate changes that are not TileConfig fields: Variant switches (keyword arguments of the forward) and the FP8
+# scale block of K and V (FP8Config.block_n).
+CALL_KEYS = ("pipeline", )
+KV_BLOCK_KEY = "kv_block"
 # V^T key order by candidate name prefix (kernels.quant.FP8QKV.v_key_order); others get the default's.
 V_KEY_ORDERS = {"natural_v": "natural"}
 # hd128 non-causal with whole waves of tiles: 132 m-blocks x 16 heads = 16 tiles per SM on 132 SMs (the 16k
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
-GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "bf16trim")
+GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "bf16trim", "fp8wide128", "fp8wide256", "fp8wide_ctl")
 
 
 def _default_v_order():
@@ -94,10 +109,20 @@ def _v_key_order(name):
 
 
 def _tile(dtype, head_dim, changes):
-    """The default TileConfig of (dtype, head dim) with `changes` applied."""
+    """The default TileConfig of (dtype, head dim) with `changes` (its TileConfig fields) applied."""
     from dataclasses import replace
     from kernels.gluon.forward import TILE_CONFIGS
-    return replace(TILE_CONFIGS[(1 if dtype == "fp8" else 2, head_dim)], **changes)
+    fields = {k: v for k, v in changes.items() if k not in CALL_KEYS and k != KV_BLOCK_KEY}
+    return replace(TILE_CONFIGS[(1 if dtype == "fp8" else 2, head_dim)], **fields)
+
+
+def _call_kwargs(dtype, head_dim, changes):
+    """Keyword arguments of the forward for a candidate: its tile, its Variant switches, FP8: its FP8Config."""
+    kwargs = dict(tile=_tile(dtype, head_dim, changes), **{k: changes[k] for k in CALL_KEYS if k in changes})
+    if dtype == "fp8":
+        from kernels.quant import FP8Config
+        kwargs["config"] = FP8Config(block_n=changes.get(KV_BLOCK_KEY, FP8Config.block_n))
+    return kwargs
 
 
 def _poisoned(run, out_shape, out_dtype):
@@ -136,7 +161,7 @@ def _check_bf16(head_dim, causal, shape, name, **kwargs):
                           poisoned=poisoned)), flush=True)
 
 
-def _check_fp8(head_dim, causal, shape, name, v_key_order=None, **kwargs):
+def _check_fp8(head_dim, causal, shape, name, v_key_order=None, config=None, **kwargs):
     """FP8 forward vs the scheme's oracle (kernels.quant) and the Triton FP8 path, errors against float64.
 
     v_key_order (default: the public op's, _default_v_order) "wgmma": the kernel reads V^T in that order from the
@@ -151,12 +176,13 @@ def _check_fp8(head_dim, causal, shape, name, v_key_order=None, **kwargs):
     q = torch.randn(b, sq, h, head_dim, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(b, sk, h_kv, head_dim, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    x = quantize_qkv_ref(q, k, v, FP8Config())
+    config = config or FP8Config()
+    x = quantize_qkv_ref(q, k, v, config)
     x_run, prepass_v_ok = x, True
     v_key_order = v_key_order or _default_v_order()
     if v_key_order != "natural":
-        x_run = quantize_qkv_triton(q, k, v, FP8Config(), v_key_order=v_key_order)
-        natural_v_t = quantize_qkv_triton(q, k, v, FP8Config()).v_t
+        x_run = quantize_qkv_triton(q, k, v, config, v_key_order=v_key_order)
+        natural_v_t = quantize_qkv_triton(q, k, v, config).v_t
         prepass_v_ok = torch.equal(x_run.v_t.view(torch.uint8), to_wgmma_key_order(natural_v_t).view(torch.uint8))
     scale = head_dim ** -0.5
     out, lse, poisoned = _poisoned(lambda: fp8_attention_forward(x_run, scale, causal, torch.bfloat16, **kwargs),
@@ -225,7 +251,7 @@ def check_stage(head_dim, group):
         order = _v_key_order(name)
         for causal in (False, True):
             for shape in CHECK_SHAPES[1:]:
-                check(d, causal, list(shape), name, tile=_tile(dtype, d, changes), **order)
+                check(d, causal, list(shape), name, **_call_kwargs(dtype, d, changes), **order)
 
 
 def tiny_stage(group):
@@ -234,7 +260,7 @@ def tiny_stage(group):
     name, dtype, d, changes = CANDIDATES[group][0]
     check = _check_fp8 if dtype == "fp8" else _check_bf16
     order = _v_key_order(name)
-    check(d, True, [1, 300, 517, 2, 1], name, tile=_tile(dtype, d, changes), **order)
+    check(d, True, [1, 300, 517, 2, 1], name, **_call_kwargs(dtype, d, changes), **order)
     torch.cuda.synchronize()
 
 
@@ -284,7 +310,7 @@ def _bench_bf16(batch, seqlen, nheads, head_dim, causal, variants, tiles=(), oth
         row[f"gluon_{name}_ms"], row[f"gluon_{name}_tflops"] = ms, tflops_per_s(flops, ms)
     for name, changes in tiles:
         try:
-            ms = _time(lambda: attention_forward(q, k, v, None, causal, tile=_tile("bf16", head_dim, changes)))
+            ms = _time(lambda: attention_forward(q, k, v, None, causal, **_call_kwargs("bf16", head_dim, changes)))
             row.setdefault("tiles", []).append(dict(tile=name, tflops=tflops_per_s(flops, ms)))
         except Exception as e:  # a candidate that does not compile or launch here is reported, not fatal
             row.setdefault("tiles", []).append(dict(tile=name, error=f"{type(e).__name__}: {e}"[:200]))
@@ -332,16 +358,17 @@ def _bench_fp8(batch, seqlen, nheads, head_dim, causal, tiles=(), default=True):
         row["gluon_with_prepass_ms"], row["gluon_with_prepass_tflops"] = ms, tflops_per_s(flops, ms)
     for name, changes in tiles:
         try:
-            tile = _tile("fp8", head_dim, changes)
-            if _v_key_order(name):  # the pre-pass's output differs too: time it, and the two composed
-                own = _v_key_order(name)["v_key_order"]
-                xc = quantize_qkv_triton(q, k, v, cfg, v_key_order=own)
-                ms = _time(lambda: fp8_attention_forward(xc, scale, causal, torch.bfloat16, tile=tile))
-                prepass_ms = _time(lambda: quantize_qkv_triton(q, k, v, cfg, v_key_order=own))
-                total_ms = _time(lambda: fp8_attention_forward(quantize_qkv_triton(q, k, v, cfg, v_key_order=own),
-                                                               scale, causal, torch.bfloat16, tile=tile))
+            kwargs = _call_kwargs("fp8", head_dim, changes)
+            own_cfg = kwargs.pop("config")
+            own = _v_key_order(name).get("v_key_order", order)
+            if own != order or own_cfg != cfg:  # the pre-pass's output differs too: time it, and the two composed
+                xc = quantize_qkv_triton(q, k, v, own_cfg, v_key_order=own)
+                ms = _time(lambda: fp8_attention_forward(xc, scale, causal, torch.bfloat16, **kwargs))
+                prepass_ms = _time(lambda: quantize_qkv_triton(q, k, v, own_cfg, v_key_order=own))
+                total_ms = _time(lambda: fp8_attention_forward(quantize_qkv_triton(q, k, v, own_cfg, v_key_order=own),
+                                                               scale, causal, torch.bfloat16, **kwargs))
             else:
-                ms = _time(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16, tile=tile))
+                ms = _time(lambda: fp8_attention_forward(x, scale, causal, torch.bfloat16, **kwargs))
                 prepass_ms, total_ms = row["prepass_ms"], ms + row["prepass_ms"]
             row.setdefault("tiles", []).append(dict(tile=name, tflops=tflops_per_s(flops, ms), prepass_ms=prepass_ms,
                                                     with_prepass_tflops=tflops_per_s(flops, total_ms)))

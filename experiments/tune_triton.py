@@ -196,7 +196,11 @@ def sweep_stage(head_dims, seqlens, kinds):
                 print(json.dumps(row), flush=True)
 
 
-def table_stage(head_dims, seqlens, winners, quick=False):
+def table_stage(head_dims, seqlens, winners, quick=False, rounds=1):
+    """rounds > 1: every timing of a shape is repeated that many times, the implementations taking turns (ours,
+    cuDNN, flash; forward, then backward), and the row holds the median over the rounds plus each one's
+    min and max: a GPU whose clock drifts during the run then weighs on all of them alike."""
+    import statistics
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from kernels.flops import attention_flops, tflops_per_s
@@ -213,25 +217,38 @@ def table_stage(head_dims, seqlens, winners, quick=False):
                 q, k, v, do = _inputs(batch, s, h, d, seed=seqlen)
                 row = dict(stage="table", head_dim=d, causal=causal, batch=batch, seqlen=s, nheads=h,
                            fwd_tiles=w.get("fwd"), bwd_tiles=w.get("bwd"))
-                fwd_flops = attention_flops(batch, s, h, d, causal, "fwd")
-                bwd_flops = attention_flops(batch, s, h, d, causal, "bwd")
+                flops = {kind: attention_flops(batch, s, h, d, causal, kind) for kind in ("fwd", "bwd")}
                 out, lse = attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=fwd_t)
-                row["triton_fwd"] = tflops_per_s(fwd_flops, _time(
-                    lambda: attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=fwd_t)))
-                row["triton_bwd"] = tflops_per_s(bwd_flops, _time(
-                    lambda: attention_backward_triton(do, q, k, v, out, lse, d ** -0.5, causal, tiles=bwd_t)))
+                timed = {"triton_fwd": lambda: attention_forward_triton(q, k, v, d ** -0.5, causal, tiles=fwd_t),
+                         "triton_bwd": lambda: attention_backward_triton(do, q, k, v, out, lse, d ** -0.5, causal,
+                                                                         tiles=bwd_t)}
                 qt, kt, vt = (t.transpose(1, 2).requires_grad_() for t in (q, k, v))  # SDPA's (b, h, s, d) view
                 for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
                     try:
                         with sdpa_kernel(backend):
-                            row[f"{name}_fwd"] = tflops_per_s(fwd_flops, _time(
-                                lambda: sdpa(qt, kt, vt, is_causal=causal)))
                             o = sdpa(qt, kt, vt, is_causal=causal)
-                            row[f"{name}_bwd"] = tflops_per_s(bwd_flops, _time(
-                                lambda: torch.autograd.grad(o, (qt, kt, vt), do.transpose(1, 2), retain_graph=True)))
                     except RuntimeError as e:
                         row[f"{name}_error"] = str(e)[:200]
+                        continue
+                    timed[f"{name}_fwd"] = functools.partial(_under, backend, lambda: sdpa(qt, kt, vt, is_causal=causal))
+                    timed[f"{name}_bwd"] = functools.partial(_under, backend, functools.partial(
+                        torch.autograd.grad, o, (qt, kt, vt), do.transpose(1, 2), retain_graph=True))
+                order = sorted(timed, key=lambda key: key.endswith("_bwd"))  # forwards first, ours first within
+                got = {key: [] for key in order}
+                for _ in range(rounds):
+                    for key in order:
+                        got[key].append(tflops_per_s(flops[key[-3:]], _time(timed[key])))
+                for key, values in got.items():
+                    row[key] = statistics.median(values)
+                    if rounds > 1:
+                        row[f"{key}_range"] = [min(values), max(values)]
                 print(json.dumps(row), flush=True)
+
+
+def _under(backend, fn):
+    from torch.nn.attention import sdpa_kernel
+    with sdpa_kernel(backend):
+        return fn()
 
 
 def _run_stage(args, timeout, log):
@@ -309,14 +326,21 @@ def _table_markdown(rows, record):
              "| hd | causal | seqlen | fwd | cuDNN | flash | fwd / cuDNN | bwd | cuDNN | flash | bwd / cuDNN | "
              "fwd tiles | bwd tiles |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        if r.get("stage") != "table":
-            continue
+    table = [r for r in rows if r.get("stage") == "table"]
+    ranged = ("triton_fwd", "cudnn_fwd", "triton_bwd", "cudnn_bwd")
+    if any("triton_fwd_range" in r for r in table):
+        n = [r for r in rows if r.get("stage") == "rounds"]
+        lines[4] += (f" Medians over {n[0]['rounds'] if n else 'several'} rounds, the implementations taking turns; "
+                     "the last columns give each one's min-max over the rounds.")
+        lines[6] += "".join(f" {key.replace('triton', 'ours').replace('_', ' ')} range |" for key in ranged)
+        lines[7] += " --- |" * len(ranged)
+    for r in table:
         cf, cb = r.get("cudnn_fwd", nan), r.get("cudnn_bwd", nan)
         lines.append(f"| {r['head_dim']} | {'yes' if r['causal'] else 'no'} | {r['seqlen']} | {r['triton_fwd']:.0f} | "
                      f"{cf:.0f} | {r.get('flash_fwd', nan):.0f} | {r['triton_fwd'] / cf:.2f} | {r['triton_bwd']:.0f} | "
                      f"{cb:.0f} | {r.get('flash_bwd', nan):.0f} | {r['triton_bwd'] / cb:.2f} | "
-                     f"{r['fwd_tiles'] or 'table'} | {r['bwd_tiles'] or 'table'} |")
+                     f"{r['fwd_tiles'] or 'table'} | {r['bwd_tiles'] or 'table'} |" +
+                     "".join(" {:.0f}-{:.0f} |".format(*r[f"{key}_range"]) for key in ranged if f"{key}_range" in r))
     return "\n".join(lines) + "\n"
 
 
@@ -331,6 +355,8 @@ def main():
     parser.add_argument("--sweep-kinds", nargs="+", choices=["fwd", "bwd"], default=["fwd", "bwd"])
     parser.add_argument("--tests-filter", help="run only the GPU tests whose names match (pytest -k)")
     parser.add_argument("--quick", action="store_true", help="table over QUICK_SEQLENS instead of --seqlens")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="table: time every shape this many times, implementations taking turns (median)")
     parser.add_argument("--timeouts", type=int, nargs=3, default=[130, 140, 130], metavar=("TESTS", "SWEEP", "TABLE"))
     parser.add_argument("--stage", choices=["sweep", "table"], help=argparse.SUPPRESS)  # child-process entry
     parser.add_argument("--winners", default="{}", help=argparse.SUPPRESS)
@@ -338,7 +364,7 @@ def main():
     if args.stage == "sweep":
         return sweep_stage(args.head_dims, args.sweep_seqlens, args.sweep_kinds)
     if args.stage == "table":
-        return table_stage(args.head_dims, args.seqlens, json.loads(args.winners), args.quick)
+        return table_stage(args.head_dims, args.seqlens, json.loads(args.winners), args.quick, args.rounds)
 
     import torch
     import triton
@@ -363,8 +389,10 @@ def main():
                                args.timeouts[1], log)
             winners = _winners(rows)
         if "table" in stages:
+            rows.append(dict(stage="rounds", rounds=args.rounds))
             rows += _run_stage(["--stage", "table", "--head-dims", *dims, "--seqlens", *map(str, args.seqlens),
-                                "--winners", json.dumps(winners), *(["--quick"] if args.quick else [])],
+                                "--winners", json.dumps(winners), "--rounds", str(args.rounds),
+                                *(["--quick"] if args.quick else [])],
                                args.timeouts[2], log)
     (out / "tune_triton.json").write_text(json.dumps(dict(winners=winners, rows=rows), indent=1))
     if any(r.get("stage") == "table" for r in rows):
