@@ -20,7 +20,7 @@ hangs or faults costs its stage, not the run:
   ablation shape and of WAVE_SHAPE, then FP8 and BF16 at 16k tokens x hidden
   2048 per shape, the defaults and the candidates side by side, next to cuDNN
   SDPA and our Triton kernels; FP8 alone and including the Triton pre-pass
-  from bf16. `--fp8-only` times only the FP8 sweep (hd128/256 at --fp8-seqlens).
+  from bf16. `--fp8-only` times only the FP8 sweep (hd128/256 at --fp8-seqlens, causal at the longest).
 - `stats`: registers, spills, shared memory of the default kernels.
 Results go to <out>/tune_gluon.json; a table is printed last.
 """
@@ -399,7 +399,7 @@ def _clean_candidates(group, rows):
 
 def bench_stage(seqlens, fp8_seqlens, keys, skip_head_dims=(), fp8_only=False):
     """skip_head_dims: head dims whose default kernels failed their checks; only candidates are timed there.
-    fp8_only: only the FP8 sweep (hd128 and hd256 at fp8_seqlens, non-causal)."""
+    fp8_only: only the FP8 sweep (hd128 and hd256 at fp8_seqlens non-causal, and causal at the longest)."""
     def full(d):
         return [] if d in skip_head_dims else ["full"]
 
@@ -407,6 +407,8 @@ def bench_stage(seqlens, fp8_seqlens, keys, skip_head_dims=(), fp8_only=False):
         for d in (128, 256):
             for s in fp8_seqlens:
                 _bench_fp8(TOKENS // s, s, HIDDEN // d, d, False, _candidates(keys, "fp8", d), bool(full(d)))
+            s = max(fp8_seqlens)  # and causal at the longest
+            _bench_fp8(TOKENS // s, s, HIDDEN // d, d, True, _candidates(keys, "fp8", d), bool(full(d)))
         return
     a = ABLATION
     hd128_tiles = _candidates(keys, "bf16", 128)
@@ -480,7 +482,8 @@ def main():
     parser.add_argument("--candidates", default="", help="bench: candidates to time, name/dtype/head_dim")
     parser.add_argument("--skip-default-check", action="store_true", help="check candidates only")
     parser.add_argument("--skip-gpu-tests", action="store_true", help="leave out tests/kernels/test_gluon_attention.py")
-    parser.add_argument("--fp8-only", action="store_true", help="bench: only the FP8 sweep (hd128/256, --fp8-seqlens)")
+    parser.add_argument("--fp8-only", action="store_true",
+                        help="bench: only the FP8 sweep (hd128/256 at --fp8-seqlens, and causal at the longest)")
     parser.add_argument("--skip-head-dims", default="", help="bench: head dims timed without their defaults")
     parser.add_argument("--seqlens", default=",".join(map(str, SEQLENS)), help="BF16 sweep seqlens, comma-separated")
     parser.add_argument("--fp8-seqlens", default=",".join(map(str, FP8_SEQLENS)), help="FP8 sweep seqlens")

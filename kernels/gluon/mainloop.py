@@ -335,24 +335,45 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             release_v(p, kv, n_blocks - 1, n_blocks, batch, head_kv, INLINE_LOADS)
             kv = kv.next()
     else:
-        for i in range(n_blocks):
-            k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
-            mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
-            turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
-            s = warpgroup_mma(q, key_block(p, kv), s_zero, use_acc=False, is_async=True)
-            pass_turn(p, CID, PINGPONG)
-            s = warpgroup_mma_wait(0, deps=(s, ))
-            release_k(p, kv)
-            s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
-            pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
-            alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
-            o = o * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-            pm = p_operand(pr, dtype, p_layout, p.V_WGMMA_KEYS)
-            mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
-            turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
-            o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
-            pass_turn(p, CID, PINGPONG)
-            o, pr = wait_pv(o, pm, pr)
-            release_v(p, kv, i, n_blocks, batch, head_kv, INLINE_LOADS)
-            kv = kv.next()
+        if n_blocks > 0:  # the first visited block may need the mask even where the rest do not (LOOP_MASK)
+            o, m, l, v_unit, kv, turn_phase = plain_block(
+                p, q, kv, turn_phase, 0, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
+                row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, True)
+        for i in range(1, n_blocks):
+            o, m, l, v_unit, kv, turn_phase = plain_block(
+                p, q, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
+                row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, LOOP_MASK)
     return o, m, total_row_sum(l, s_rows), v_unit, kv, turn_phase
+
+
+@gluon.jit
+def plain_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv,
+                seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
+                CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr, PINGPONG: gl.constexpr, MAY_MASK: gl.constexpr):
+    """One key block without intra-warpgroup overlap: QK^T, softmax, PV, each GEMM waited on at once (the other
+    consumers' turns fill the gaps). MAY_MASK False: the block needs no mask and every row's max is finite."""
+    dtype: gl.constexpr = p.q_desc.dtype
+    FP8: gl.constexpr = dtype.is_fp8()
+    BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
+    o_layout: gl.constexpr = o.type.layout
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout,
+                                                 k_width=32 // dtype.primitive_bitwidth)
+    k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
+    mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
+    turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
+    s = warpgroup_mma(q, key_block(p, kv), s_zero, use_acc=False, is_async=True)
+    pass_turn(p, CID, PINGPONG)
+    s = warpgroup_mma_wait(0, deps=(s, ))
+    release_k(p, kv)
+    s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8, MAY_MASK)
+    pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), not MAY_MASK)
+    alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
+    o = o * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    pm = p_operand(pr, dtype, p_layout, p.V_WGMMA_KEYS)
+    mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
+    turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
+    o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
+    pass_turn(p, CID, PINGPONG)
+    o, pr = wait_pv(o, pm, pr)
+    release_v(p, kv, i, n_blocks, batch, head_kv, INLINE_LOADS)
+    return o, m, l, v_unit, kv.next(), turn_phase

@@ -207,13 +207,14 @@ def test_fp8_scale_blocks_other_than_the_key_tile(block_n):
 TRIMS = ("fast_v_ratio", "thread_row_sum", "unmasked_loop")
 
 
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "unpipelined"])
 @pytest.mark.parametrize("changes", [{}, dict.fromkeys(TRIMS, False)], ids=["default", "untrimmed"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("d", [128, 256])
-def test_fp8_consumer_trims_stay_correct(d, causal, changes):
+def test_fp8_consumer_trims_stay_correct(d, causal, changes, pipeline):
     """The FP8 tiles' consumer trims (TileConfig, docs/tuning-gluon.md entry 18), all on (the default) and all off,
-    on V^T in wgmma order: the scheme's accuracy, on a ragged last key block and where each program runs
-    several tiles."""
+    with and without the intra-warpgroup overlap (two loops that each peel their first block), on V^T in wgmma
+    order: the scheme's accuracy, on a ragged last key block and where each program runs several tiles."""
     from dataclasses import replace
     from kernels.gluon import fp8_attention_forward
     from kernels.gluon.forward import TILE_CONFIGS
@@ -224,6 +225,6 @@ def test_fp8_consumer_trims_stay_correct(d, causal, changes):
         x = quantize_qkv_ref(q, k, v, FP8Config())
         xw = quantize_qkv_ref(q, k, v, FP8Config(), v_key_order="wgmma")
         scale = d ** -0.5
-        out, lse = _poisoned(lambda: fp8_attention_forward(xw, scale, causal, torch.bfloat16, tile=tile), q.shape,
-                             torch.bfloat16)
+        out, lse = _poisoned(lambda: fp8_attention_forward(xw, scale, causal, torch.bfloat16, tile=tile,
+                                                           pipeline=pipeline), q.shape, torch.bfloat16)
         _assert_like_fp8_scheme(out, lse, q, k, v, x, scale, causal, f"seed {seed} {shape}")
