@@ -74,27 +74,27 @@ CANDIDATES = {
     # The FP8 tiles' row-sum and loop trims on the bf16 kernels (fast_v_ratio is FP8's V-scale ratio only).
     "bf16trim": [("trim", "bf16", d, dict(thread_row_sum=True, unmasked_loop=True)) for d in (64, 128, 256)],
     # FP8 key tiles twice as wide (FA3: 128 x 224 at hd128, 128 x 128 at hd256): each block's fixed latency (S wait,
-    # row reductions, turn) spread over twice the GEMM work. They fit the registers only unpipelined (pipelined
-    # they spill 448 B at hd128); hd128's 256-key tile needs 256-key scale blocks (kv_block). "fp8wide_ctl": each
-    # change alone. Three groups so that their checks run in parallel children.
-    "fp8wide128": [("n256_nopipe", "fp8", 128, dict(block_n=256, stages=2, pipeline=False, kv_block=256)),
+    # row reductions, turn) spread over twice the GEMM work. They fit the registers only without the overlap
+    # (overlapped they spill 448 B at hd128); hd128's 256-key tile needs 256-key scale blocks (kv_block). hd256's
+    # default is such a tile since entry 22 of docs/tuning-gluon.md: its group times the previous default (64 keys,
+    # overlapped). "fp8wide_ctl": each change alone. Three groups so that their checks run in parallel children.
+    "fp8wide128": [("n256_nopipe", "fp8", 128, dict(block_n=256, stages=2, overlap=False, kv_block=256)),
                    ("n256_nopipe_split", "fp8", 128,
-                    dict(block_n=256, stages=2, split_kv=True, pipeline=False, kv_block=256))],
-    "fp8wide256": [("n128_nopipe", "fp8", 256, dict(block_n=128, stages=2, pipeline=False)),
-                   ("n128_nopipe_split", "fp8", 256, dict(block_n=128, stages=2, split_kv=True, pipeline=False))],
-    "fp8wide_ctl": [("kv256", "fp8", 128, dict(kv_block=256)), ("nopipe", "fp8", 128, dict(pipeline=False)),
-                    ("nopipe", "fp8", 256, dict(pipeline=False))],
+                    dict(block_n=256, stages=2, split_kv=True, overlap=False, kv_block=256))],
+    "fp8wide256": [("n64_overlap", "fp8", 256, dict(block_n=64, stages=3, overlap=True)),
+                   ("n128_split", "fp8", 256, dict(split_kv=True))],
+    "fp8wide_ctl": [("kv256", "fp8", 128, dict(kv_block=256)), ("nopipe", "fp8", 128, dict(overlap=False)),
+                    ("n64_nopipe", "fp8", 256, dict(block_n=64, stages=3))],
 }
-# Candidate changes that are not TileConfig fields: Variant switches (keyword arguments of the forward) and the FP8
-# scale block of K and V (FP8Config.block_n).
-CALL_KEYS = ("pipeline", )
+# A candidate's change that is not a TileConfig field: the FP8 scale block of K and V (FP8Config.block_n).
 KV_BLOCK_KEY = "kv_block"
 # V^T key order by candidate name prefix (kernels.quant.FP8QKV.v_key_order); others get the default's.
 V_KEY_ORDERS = {"natural_v": "natural"}
 # hd128 non-causal with whole waves of tiles: 132 m-blocks x 16 heads = 16 tiles per SM on 132 SMs (the 16k
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
-GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "bf16trim", "fp8wide128", "fp8wide256", "fp8wide_ctl")
+GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "bf16trim", "fp8wide128", "fp8wide256",
+               "fp8wide_ctl")
 
 
 def _default_v_order():
@@ -112,13 +112,13 @@ def _tile(dtype, head_dim, changes):
     """The default TileConfig of (dtype, head dim) with `changes` (its TileConfig fields) applied."""
     from dataclasses import replace
     from kernels.gluon.forward import TILE_CONFIGS
-    fields = {k: v for k, v in changes.items() if k not in CALL_KEYS and k != KV_BLOCK_KEY}
+    fields = {k: v for k, v in changes.items() if k != KV_BLOCK_KEY}
     return replace(TILE_CONFIGS[(1 if dtype == "fp8" else 2, head_dim)], **fields)
 
 
 def _call_kwargs(dtype, head_dim, changes):
-    """Keyword arguments of the forward for a candidate: its tile, its Variant switches, FP8: its FP8Config."""
-    kwargs = dict(tile=_tile(dtype, head_dim, changes), **{k: changes[k] for k in CALL_KEYS if k in changes})
+    """Keyword arguments of the forward for a candidate: its tile, and for FP8 its FP8Config."""
+    kwargs = dict(tile=_tile(dtype, head_dim, changes))
     if dtype == "fp8":
         from kernels.quant import FP8Config
         kwargs["config"] = FP8Config(block_n=changes.get(KV_BLOCK_KEY, FP8Config.block_n))

@@ -63,6 +63,9 @@ class TileConfig:
     fast_v_ratio: bool = False  # FP8: V-scale ratio by rcp.approx (one MUFU) instead of a full-range divide
     thread_row_sum: bool = False  # row sums per thread, quad-reduced once per tile (no shuffles per block)
     unmasked_loop: bool = False  # non-causal: blocks after the first visited one skip the mask test and -inf guard
+    # FA3's intra-warpgroup softmax/GEMM overlap; off where a key tile's S, the previous block's fp32 P and O do
+    # not fit a consumer's registers together (the ping-pong between consumers still hides the softmax).
+    overlap: bool = True
 
     def __post_init__(self):
         if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
@@ -94,8 +97,10 @@ TILE_CONFIGS = {
     (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_in_q=True, split_kv=True),
     (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_in_q=False, **FP8_TRIMS),
     (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False, **FP8_TRIMS),
-    # 64-key tiles (half a scale block): a 128-key S tile spills 72 registers (O alone is 128 per thread).
-    (1, 256): TileConfig(block_m=128, block_n=64, stages=3, o_in_q=False, **FP8_TRIMS),
+    # 128-key tiles without the overlap: overlapped, a 128-key tile spills 72 registers (O alone is 128 per
+    # thread), and 64-key overlapped tiles measured 2-10% slower (docs/tuning-gluon.md, entry 22). 224 KB of
+    # shared memory.
+    (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_in_q=False, overlap=False, **FP8_TRIMS),
 }
 
 
@@ -133,6 +138,11 @@ class Variant:
         return tile
 
     @property
+    def overlap(self):
+        """Whether the consumers overlap a block's softmax with their own GEMMs (the switch and the tile agree)."""
+        return self.pipeline and self.tile.overlap
+
+    @property
     def num_consumers(self):
         return self.tile.block_m // CONSUMER_ROWS if self.warp_specialize else 1
 
@@ -163,7 +173,7 @@ class Variant:
             Q_SCALE_BLOCK=self.q_scale_block,
             KV_SCALE_BLOCK=self.kv_scale_block,
             WARP_SPECIALIZE=self.warp_specialize,
-            OVERLAP=self.pipeline,
+            OVERLAP=self.overlap,
             PINGPONG=self.pingpong and self.warp_specialize,
             CONSUMER_REGS=WS_REGS[self.num_consumers][1] if self.warp_specialize else None,
             PRODUCER_REGS=WS_REGS[self.num_consumers][2] if self.warp_specialize else None,
@@ -269,9 +279,9 @@ def fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torc
 
     Same arithmetic as kernels.quant.fp8_forward_ref (one K/V scale per
     config.block_n keys, one Q scale per config.block_m rows), except that the
-    key tile may be a fraction of config.block_n (TILE_CONFIGS; hd256 keeps
-    its S tile small enough for registers): the online softmax then updates
-    its max more often, which changes P's fp8 rounding, not the scheme.
+    key tile may be a fraction of config.block_n (TILE_CONFIGS: 128 keys when
+    the scale block is larger): the online softmax then updates its max more
+    often, which changes P's fp8 rounding, not the scheme.
     With V^T's keys in wgmma order (x.v_key_order) P's accumulator registers
     are the PV A operand as they are; in natural order they are shuffled.
     """

@@ -49,7 +49,7 @@ def variant_name(v: Variant):
     dt = str(v.dtype).removeprefix("torch.")
     t = v.tile_override
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
-            f"_pipe{int(v.pipeline)}_pp{int(v.pingpong)}{'_sync' if t and t.named_turn else ''}"
+            f"_pipe{int(v.overlap)}_pp{int(v.pingpong)}{'_sync' if t and t.named_turn else ''}"
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}")
 
 
