@@ -314,7 +314,7 @@ def _print_tables(rows, winners):
                   f"{cb:5.0f} {r.get('flash_bwd', nan):5.0f} {r['triton_bwd'] / cb:5.2f}")
 
 
-def _table_markdown(rows, record):
+def _table_markdown(rows, record, rounds):
     """The table stage as a results file: provenance, then one row per shape (TFLOPs/s; ratio = ours / cuDNN)."""
     from experiments.provenance import markdown
     nan = float("nan")
@@ -329,8 +329,7 @@ def _table_markdown(rows, record):
     table = [r for r in rows if r.get("stage") == "table"]
     ranged = ("triton_fwd", "cudnn_fwd", "triton_bwd", "cudnn_bwd")
     if any("triton_fwd_range" in r for r in table):
-        n = [r for r in rows if r.get("stage") == "rounds"]
-        lines[4] += (f" Medians over {n[0]['rounds'] if n else 'several'} rounds, the implementations taking turns; "
+        lines[4] += (f" Medians over {rounds} rounds, the implementations taking turns; "
                      "the last columns give each one's min-max over the rounds.")
         lines[6] += "".join(f" {key.replace('triton', 'ours').replace('_', ' ')} range |" for key in ranged)
         lines[7] += " --- |" * len(ranged)
@@ -389,7 +388,6 @@ def main():
                                args.timeouts[1], log)
             winners = _winners(rows)
         if "table" in stages:
-            rows.append(dict(stage="rounds", rounds=args.rounds))
             rows += _run_stage(["--stage", "table", "--head-dims", *dims, "--seqlens", *map(str, args.seqlens),
                                 "--winners", json.dumps(winners), "--rounds", str(args.rounds),
                                 *(["--quick"] if args.quick else [])],
@@ -397,7 +395,7 @@ def main():
     (out / "tune_triton.json").write_text(json.dumps(dict(winners=winners, rows=rows), indent=1))
     if any(r.get("stage") == "table" for r in rows):
         from experiments.provenance import collect
-        (out / "triton_vs_sdpa.md").write_text(_table_markdown(rows, collect()))
+        (out / "triton_vs_sdpa.md").write_text(_table_markdown(rows, collect(), args.rounds))
     _print_tables(rows, winners)
 
 
