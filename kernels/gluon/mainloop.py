@@ -31,6 +31,12 @@ def wgmma_layout(num_warps, n, dtype):
                                      instr_shape=[16, n, 256 // dtype.primitive_bitwidth])
 
 
+@gluon.constexpr_function
+def p_operand_layout(o_layout, dtype):
+    """Register layout of P as the A operand of O += P V (32-bit registers of 16- or 8-bit values)."""
+    return gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=32 // dtype.primitive_bitwidth)
+
+
 # Named hardware barriers of the NAMED_TURN ping-pong: consumer c waits on TURN_BARRIER0 + c. Triton's own
 # warpgroup bar.syncs take IDs 0 to NUM_CONSUMERS; 16 exist.
 TURN_BARRIER0 = 8
@@ -280,8 +286,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     NW: gl.constexpr = gl.num_warps()
     s_layout: gl.constexpr = wgmma_layout(NW, BLOCK_N, dtype)
     o_layout: gl.constexpr = wgmma_layout(NW, HEAD_DIM, dtype)
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout,
-                                                 k_width=32 // dtype.primitive_bitwidth)
+    p_layout: gl.constexpr = p_operand_layout(o_layout, dtype)
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
 
@@ -356,8 +361,7 @@ def plain_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_un
     FP8: gl.constexpr = dtype.is_fp8()
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
     o_layout: gl.constexpr = o.type.layout
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout,
-                                                 k_width=32 // dtype.primitive_bitwidth)
+    p_layout: gl.constexpr = p_operand_layout(o_layout, dtype)
     k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
     mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
     turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
