@@ -75,7 +75,13 @@ def quantize_qkv(q, k, v, config: FP8Config = FP8Config(), v_key_order: str = "n
     v_key_order: "natural" or "wgmma", the order of V^T's keys)."""
     config = _check_config(config)
     check_qkv(q, k, v, config)
-    if select_impl(q.device) == "reference":
+    return _quantize_on(select_impl(q.device), q, k, v, config, v_key_order)
+
+
+def _quantize_on(impl: str, q, k, v, config: FP8Config, v_key_order: str) -> FP8QKV:
+    """The pre-pass on checked arguments: the PyTorch reference for the reference backend, else the Triton kernel
+    (the GPU forwards' and the interpreter's)."""
+    if impl == "reference":
         return quantize_qkv_ref(q, k, v, config, v_key_order)
     return quantize_qkv_triton(q, k, v, config, v_key_order=v_key_order)
 
@@ -110,7 +116,7 @@ def _fp8_fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
     # One backend choice for both halves: the pre-pass lays V^T out for the forward that will read it.
     impl = fp8_backend(q.device, q.shape[-1], k.shape[1])
     v_key_order = "wgmma" if impl == "gluon" and GLUON_FP8_WGMMA_V_ORDER else "natural"
-    return _forward_on(impl, quantize_qkv(q, k, v, config, v_key_order), softmax_scale, causal, q.dtype)
+    return _forward_on(impl, _quantize_on(impl, q, k, v, config, v_key_order), softmax_scale, causal, q.dtype)
 
 
 _flash_attn_fp8_fwd = torch.library.custom_op("kernels::flash_attn_fp8_fwd", mutates_args=())(_fp8_fwd_impl)

@@ -176,9 +176,16 @@ def eager_autograd(op, impl, backward, setup_context):
     autograd.Function around `impl` (15-35 µs less per call, measured on a CPU). torch.compile, fake and meta
     tensors and tensor subclasses still go through `op`: no graph break, shapes without running."""
     op.register_autograd(backward, setup_context=setup_context)
+
+    # The ctx-taking forward of old: with a separate setup_context, Function.apply binds its arguments
+    # through inspect.signature on every call (30-45 µs a call with the FP8 op's 13 arguments, on our CPU).
+    def forward(ctx, *inputs):
+        output = impl(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
+
     function = type(f"{impl.__name__}_eager", (torch.autograd.Function, ),
-                    dict(forward=staticmethod(impl), setup_context=staticmethod(setup_context),
-                         backward=staticmethod(backward)))
+                    dict(forward=staticmethod(forward), backward=staticmethod(backward)))
 
     def call(q, *inputs):
         if torch.compiler.is_compiling() or type(q) is not torch.Tensor or q.device.type not in ("cpu", "cuda"):

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 INTS = (1, 16, 17, 4133)
 
@@ -98,6 +100,54 @@ def test_launcher_key_determines_triton_specialization():
     # The launches did reach what Triton looks at: every kernel got more than one specialization.
     for kernel in {kernel for kernel, _, _ in rows}:
         assert len({spec for name, _, spec in rows if name == kernel}) >= 2, kernel
+
+
+def _jit_dispatch_counter(monkeypatch, launcher):
+    """A list that grows by one each time `launcher` goes through Triton's own JIT dispatch."""
+    calls, run = [], launcher.fn.run
+    monkeypatch.setattr(launcher.fn, "run", lambda *a, **kw: calls.append(1) or run(*a, **kw))
+    return calls
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["prepass", "triton_fwd", "gluon_fwd"])
+def test_launcher_reuses_compiled_kernel(monkeypatch, path):
+    """After a key's first launch, Launcher calls the compiled kernel directly (with the outputs Triton's own
+    launch gives, bit for bit), and goes back through Triton's dispatch while a launch hook is installed."""
+    import torch
+    from triton import knobs
+
+    import kernels.triton.fp8_quant as fp8_quant
+    import kernels.triton.fwd as triton_fwd
+    from kernels.quant import FP8Config
+    if path == "gluon_fwd":
+        if torch.cuda.get_device_capability() != (9, 0):
+            pytest.skip("Gluon kernels need sm_90")
+        import kernels.gluon.forward as gluon_fwd
+        launcher, call = gluon_fwd.launch_forward, lambda q, k, v: gluon_fwd.attention_forward(q, k, v, None, True)
+    elif path == "triton_fwd":
+        launcher, call = triton_fwd.launch_forward, lambda q, k, v: triton_fwd.attention_forward_triton(
+            q, k, v, 128 ** -0.5, True)
+    else:
+        def call(q, k, v):
+            x = fp8_quant.quantize_qkv_triton(q, k, v, FP8Config())
+            return x.q, x.k, x.v_t, x.q_scale, x.k_scale, x.v_scale
+        launcher = fp8_quant.launch_prepass
+    q, k, v = (torch.randn(2, 1000, 4, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    launcher.compiled.clear()
+    jit_calls = _jit_dispatch_counter(monkeypatch, launcher)
+    first = call(q, k, v)
+    second = call(q, k, v)
+    assert len(jit_calls) == 1
+    for a, b in zip(first, second):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    hook = lambda metadata: None  # noqa: E731
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        call(q, k, v)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+    assert len(jit_calls) == 2
 
 
 if __name__ == "__main__":
