@@ -12,7 +12,13 @@ bench_ms well above graph_ms means the path is host-bound at that shape.
 Writes <out>/host_overhead.json and prints a table. `--profile` also writes
 <out>/host_profile.txt: cProfile's top functions (by own time) over the calls
 of each path at the first shape, to show where the host time goes.
+`--timeline` adds to each graphable path's row (and the printed table)
+each GPU kernel of one call with its median duration and the median idle time
+before it (torch.profiler over calls that each follow an L2 flush, as in
+do_bench), which shows whether a multi-kernel path (the FP8 op: pre-pass, then
+forward) waits for the host between its kernels.
 """
+import statistics
 import argparse
 import cProfile
 import io
@@ -25,9 +31,10 @@ import torch
 import triton
 
 # (name, batch, seqlen, heads, head dim, causal): GPT-2 small's attention at its training shape, and the paper's
-# 16k-token shapes at 4k keys, where the FP8 bar (>= 750 TFLOPs/s including the pre-pass) is hardest.
-SHAPES = [("gpt2", 32, 1024, 12, 64, True), ("hd128_4k", 4, 4096, 16, 128, False),
-          ("hd256_4k", 4, 4096, 8, 256, False)]
+# 16k-token shapes at 1k keys (short: the host's share is largest) and 4k keys, where the FP8 bar (>= 750 TFLOPs/s
+# including the pre-pass) is hardest.
+SHAPES = [("gpt2", 32, 1024, 12, 64, True), ("hd128_1k", 16, 1024, 16, 128, False),
+          ("hd128_4k", 4, 4096, 16, 128, False), ("hd256_4k", 4, 4096, 8, 256, False)]
 CALLS = 50
 
 
@@ -68,6 +75,34 @@ def profile(fn, top=25):
     text = io.StringIO()
     pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
     return text.getvalue()
+
+
+def timeline(fn, calls=30):
+    """[{kernel, gpu_us, idle_before_us}] for one call of fn: medians over `calls` calls, each after an L2 flush
+    (a 256 MB memset, do_bench's; its kernel is not listed, the idle time after it is the first kernel's)."""
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    for _ in range(3):
+        flush.zero_()
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            flush.zero_()
+            fn()
+        torch.cuda.synchronize()
+    events = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                    key=lambda e: e.time_range.start)
+    per_call = len(events) // calls
+    if per_call * calls != len(events):
+        raise RuntimeError(f"{len(events)} GPU events over {calls} calls: not the same kernels every call")
+    groups = [events[i * per_call:(i + 1) * per_call] for i in range(calls)]
+    rows = []
+    for j in range(1, per_call):  # j = 0 is the flush
+        rows.append(dict(kernel=groups[0][j].name[:60],
+                         gpu_us=statistics.median(g[j].time_range.end - g[j].time_range.start for g in groups),
+                         idle_before_us=statistics.median(g[j].time_range.start - g[j - 1].time_range.end
+                                                          for g in groups)))
+    return rows
 
 
 def paths(batch, seqlen, heads, d, causal):
@@ -119,6 +154,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--profile", action="store_true", help="cProfile each path at the first shape")
+    parser.add_argument("--timeline", action="store_true", help="GPU kernels and idle gaps of each graphable path")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
@@ -138,6 +174,11 @@ def main():
                     row["graph_ms"] = graph_ms(fn)
                 except Exception as e:  # a path that cannot be captured is reported, not fatal
                     row["graph_error"] = f"{type(e).__name__}: {e}"[:200]
+            if args.timeline and graphable:
+                try:
+                    row["timeline"] = timeline(fn)
+                except RuntimeError as e:  # e.g. a path whose kernels differ between calls
+                    row["timeline_error"] = str(e)[:200]
             rows.append(row)
             print(json.dumps(row), flush=True)
     (Path(args.out) / "host_overhead.json").write_text(json.dumps(rows, indent=1))
@@ -146,6 +187,8 @@ def main():
         g = r.get("graph_ms", float("nan"))
         print(f"{r['shape']:10} {r['path']:22} {r['host_us']:8.0f} {r['bench_ms']:9.3f} {g:9.3f} "
               f"{r['bench_ms'] / g:11.2f}")
+        for k in r.get("timeline", []):
+            print(f"{'':33} {k['kernel'][:40]:40} {k['gpu_us']:8.1f} us, idle before {k['idle_before_us']:6.1f} us")
 
 
 if __name__ == "__main__":
