@@ -33,9 +33,10 @@ import os
 
 import torch
 
+from kernels.device import is_sm90
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
-from kernels.ops import (GLUON_AUTO_MIN_SEQLEN_K, attention_backward, eager_autograd, gluon_kernels, is_sm90,
-                         resolve_scale, select_impl)
+from kernels.ops import (GLUON_AUTO_MIN_SEQLEN_K, attention_backward, eager_autograd, gluon_kernels, resolve_scale,
+                         select_impl)
 from kernels.quant import FP8QKV, FP8Config, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref, rotate
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
 from kernels.triton.fp8_quant import quantize_qkv_triton

@@ -24,6 +24,7 @@ import os
 import torch
 
 from kernels.checks import check_inputs, tma_ready
+from kernels.device import is_sm90
 from kernels.reference import attention_backward_ref, attention_ref
 from kernels.triton import attention_backward_triton, attention_forward_triton
 from kernels.triton.fwd import interpreting
@@ -44,10 +45,6 @@ def gluon_kernels():
     except ImportError:
         return None
     return gluon if hasattr(gluon, "attention_forward") else None
-
-
-def is_sm90(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
 
 
 def select_impl(device: torch.device, head_dim: int | None = None, seqlen_k: int | None = None) -> str:
@@ -190,6 +187,8 @@ def eager_autograd(op, impl, backward, setup_context):
     def call(q, *inputs):
         if torch.compiler.is_compiling() or type(q) is not torch.Tensor or q.device.type not in ("cpu", "cuda"):
             return op(q, *inputs)
+        if not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (q, *inputs))):
+            return impl(q, *inputs)  # nothing to differentiate: no autograd node (Function.apply costs ~10 µs)
         return function.apply(q, *inputs)
 
     return call

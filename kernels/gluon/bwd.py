@@ -14,6 +14,7 @@ Atomics make dQ's summation order vary between runs: `deterministic=True` is
 refused here (the Triton backward is deterministic). `compile_backward` builds
 a variant ahead of time for a GPU target (CPU compile test, no GPU needed).
 """
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -84,10 +85,12 @@ class BwdVariant:
     def tile(self):
         return self.tile_override or BWD_TILES[self.head_dim]
 
+    @functools.cached_property  # built once per configuration (`cached_bwd_variant`), read on every launch
     def constexprs(self):
         return dict(CAUSAL=self.causal, STAGES=self.tile.stages, WARP_SPECIALIZE=self.tile.warp_specialize,
                     MMA_PARTITIONS=self.tile.mma_partitions)
 
+    @functools.cached_property
     def options(self):
         opts = dict(num_warps=self.tile.num_warps)
         if self.tile.warp_specialize:
@@ -111,6 +114,7 @@ class BwdVariant:
 
 
 launch_backward = Launcher(attention_bwd_kernel)
+cached_bwd_variant = functools.lru_cache(maxsize=None)(BwdVariant)
 
 
 def _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic):
@@ -148,7 +152,7 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     """
     _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic)
     batch, seqlen_q, nheads, head_dim = q.shape
-    variant = BwdVariant(q.dtype, head_dim, bool(causal), tile)
+    variant = cached_bwd_variant(q.dtype, head_dim, bool(causal), tile)
     t = variant.tile
     seqlen_q_pad = triton.cdiv(seqlen_q, max(t.block_m, PREPROCESS_BLOCK_M)) * max(t.block_m, PREPROCESS_BLOCK_M)
 
@@ -167,7 +171,7 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     args = _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad)
     grid = (triton.cdiv(k.shape[1], t.block_n), batch * k.shape[2])
-    launch_backward(grid, args, variant.constexprs(), variant.options())
+    launch_backward(grid, args, variant.constexprs, variant.options)
     return dq_acc.to(q.dtype), dk, dv
 
 
@@ -180,4 +184,4 @@ def compile_backward(variant: BwdVariant, target=HOPPER):
     t = torch.empty(1, 1, 1, variant.head_dim, dtype=variant.dtype)
     f32 = torch.empty(64)
     args = _kernel_args(variant, t, t, t, t, t, t, f32, f32, f32, 1.0, 64)
-    return compile_for(attention_bwd_kernel, args, variant.constexprs(), variant.options(), target)
+    return compile_for(attention_bwd_kernel, args, variant.constexprs, variant.options, target)

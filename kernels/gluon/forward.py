@@ -155,6 +155,7 @@ class Variant:
     def rows_per_consumer(self):
         return self.tile.block_m // self.num_consumers
 
+    @functools.cached_property  # built once per configuration (`cached_variant`), read on every launch
     def constexprs(self):
         return dict(
             CAUSAL=self.causal,
@@ -179,6 +180,7 @@ class Variant:
             PRODUCER_REGS=WS_REGS[self.num_consumers][2] if self.warp_specialize else None,
         )
 
+    @functools.cached_property
     def options(self):
         opts = dict(num_warps=self.num_warps)
         if self.warp_specialize:
@@ -199,6 +201,8 @@ class Variant:
 
 
 launch_forward = Launcher(attention_fwd_kernel)
+# One Variant per configuration, so that its tile and launch dicts are worked out once (~10 µs a launch on our CPU).
+cached_variant = functools.lru_cache(maxsize=None)(Variant)
 
 
 @functools.cache
@@ -244,7 +248,7 @@ def _launch(variant, q, k, v, scales, softmax_scale, out_dtype):
     n_tiles = num_m_blocks(seqlen_q, variant.tile.block_m) * b * h
     sections = section_heads(b, h, h_kv, seqlen_k, d, q.element_size(), variant.causal)
     args = _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, h // h_kv, sections)
-    launch_forward((min(sm_count(q.device), n_tiles), ), args, variant.constexprs(), variant.options())
+    launch_forward((min(sm_count(q.device), n_tiles), ), args, variant.constexprs, variant.options)
     return out, lse
 
 
@@ -269,7 +273,8 @@ def attention_forward(q, k, v, softmax_scale=None, causal=False, *, warp_special
     softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
     _check_inputs(q, k, v, softmax_scale)
     q, k, v = (tma_ready(t) for t in (q, k, v))
-    variant = Variant(q.dtype, head_dim_tile(q.shape[-1]), bool(causal), warp_specialize, pipeline, pingpong, tile)
+    variant = cached_variant(q.dtype, head_dim_tile(q.shape[-1]), bool(causal), warp_specialize, pipeline, pingpong,
+                             tile)
     return _launch(variant, q, k, v, (None, None, None), softmax_scale, q.dtype)
 
 
@@ -295,8 +300,8 @@ def fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torc
         raise ValueError(f"FP8 head dim must be one of {HEAD_DIMS}, got {d}")
     if not softmax_scale > 0:
         raise ValueError(f"softmax_scale must be positive, got {softmax_scale}")
-    variant = Variant(x.q.dtype, d, bool(causal), warp_specialize, pipeline, pingpong, tile, out_dtype, cfg.block_m,
-                      cfg.block_n, x.v_key_order == "wgmma")
+    variant = cached_variant(x.q.dtype, d, bool(causal), warp_specialize, pipeline, pingpong, tile, out_dtype,
+                             cfg.block_m, cfg.block_n, x.v_key_order == "wgmma")
     scales = tuple(s.contiguous() for s in (x.q_scale, x.k_scale, x.v_scale))
     return _launch(variant, x.q, x.k, x.v_t, scales, softmax_scale, out_dtype)
 
@@ -316,4 +321,4 @@ def compile_forward(variant: Variant, target: GPUTarget = HOPPER):
     f32 = torch.empty(1, 1, 1)
     scales = (f32, f32, f32) if variant.fp8 else (None, None, None)
     args = _kernel_args(variant, t, t, v, o, f32, scales, 1.0, 1, 1)
-    return compile_for(attention_fwd_kernel, args, variant.constexprs(), variant.options(), target)
+    return compile_for(attention_fwd_kernel, args, variant.constexprs, variant.options, target)

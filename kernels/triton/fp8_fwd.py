@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from kernels.device import is_sm90
 from kernels.quant import FP8QKV, LN2, LOG2E, P_LOG2_OFFSET
 from kernels.triton.fp8_quant import FP8_TL_DTYPES, INTERPRET, from_wgmma_keys, to_fp8
 
@@ -53,7 +54,7 @@ _LN2 = tl.constexpr(LN2)
 def fwd_tiles(head_dim: int, device: torch.device) -> FP8FwdTiles:
     if device.type != "cuda":
         return FWD_TILES_INTERPRETER
-    table = FWD_TILES_SM90 if torch.cuda.get_device_capability(device) == (9, 0) else FWD_TILES_GENERIC
+    table = FWD_TILES_SM90 if is_sm90(device) else FWD_TILES_GENERIC
     return table[head_dim]
 
 

@@ -36,6 +36,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.checks import tma_ready
+from kernels.device import is_sm90
 from kernels.hadamard import signed_hadamard
 from kernels.launch import Launcher
 from kernels.quant import (FP8QKV, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, check_qkv, check_v_key_order,
@@ -91,7 +92,7 @@ def from_wgmma_keys(x, ROWS: tl.constexpr, KEYS: tl.constexpr):
 def prepass_tiles(head_dim: int, device: torch.device) -> PrepassTiles:
     if device.type != "cuda":
         return PREPASS_TILES_INTERPRETER
-    table = PREPASS_TILES_SM90 if torch.cuda.get_device_capability(device) == (9, 0) else PREPASS_TILES_GENERIC
+    table = PREPASS_TILES_SM90 if is_sm90(device) else PREPASS_TILES_GENERIC
     return table[head_dim]
 
 

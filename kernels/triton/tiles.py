@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.device import is_sm90
+
 
 @dataclass(frozen=True)
 class Tiles:
@@ -94,7 +96,7 @@ def padded_head_dim(head_dim: int) -> int:
 def _table_key(device: torch.device):
     if device.type != "cuda":
         return "interpreter"
-    return "sm90" if torch.cuda.get_device_capability(device) == (9, 0) else "generic"
+    return "sm90" if is_sm90(device) else "generic"
 
 
 def fwd_tiles(head_dim: int, causal: bool, device: torch.device) -> Tiles:
