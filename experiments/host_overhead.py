@@ -4,7 +4,8 @@
 
 For each path and shape three numbers:
 - `host_us`: Python/driver time per call, from the wall clock over calls that
-  are queued without synchronizing (the GPU never stalls the host here);
+  are queued without synchronizing (the GPU never stalls the host here), the
+  median of 5 windows of 50 calls;
 - `bench_ms`: triton.testing.do_bench's median, what the tables report: it
   includes GPU idle time whenever the host cannot keep the queue full;
 - `graph_ms`: the same calls replayed from a CUDA graph, the GPU time alone.
@@ -36,17 +37,22 @@ import triton
 SHAPES = [("gpt2", 32, 1024, 12, 64, True), ("hd128_1k", 16, 1024, 16, 128, False),
           ("hd128_4k", 4, 4096, 16, 128, False), ("hd256_4k", 4, 4096, 8, 256, False)]
 CALLS = 50
+WINDOWS = 5
 
 
-def host_us(fn):
+def host_us(fn, windows=WINDOWS):
+    """Median over `windows` windows of CALLS calls (one window's figure moved by +-30% between runs)."""
     fn()
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(CALLS):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / CALLS * 1e6
+    per_call = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(CALLS):
+            fn()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        per_call.append((t1 - t0) / CALLS * 1e6)
+    return statistics.median(per_call)
 
 
 def graph_ms(fn):

@@ -130,11 +130,9 @@ def _(q, k, v, softmax_scale, causal, block_m, block_n, hadamard, granularity, f
             q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32))
 
 
-@torch.library.custom_op("kernels::flash_attn_fp8_bwd", mutates_args=())
-def _flash_attn_fp8_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                        lse: torch.Tensor, softmax_scale: float, causal: bool, block_m: int, block_n: int,
-                        hadamard: bool, granularity: str, fmt: str, seed: int,
-                        deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _fp8_bwd_impl(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                  lse: torch.Tensor, softmax_scale: float, causal: bool, block_m: int, block_n: int, hadamard: bool,
+                  granularity: str, fmt: str, seed: int, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """backward="fp8_operands": the BF16 backward on the forward's dequantized Q·M, K·M, V (recomputed by the
     cheap pre-pass), so that exp(S - lse) is the forward's own softmax; dQ·Mᵀ, dK·Mᵀ map back to q, k."""
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
@@ -143,6 +141,9 @@ def _flash_attn_fp8_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     if hadamard:  # Q' = Q·M, so dQ = dQ'·Mᵀ (likewise K), straight-through the rounding
         dq, dk = (rotate(g, seed, inverse=True).to(q.dtype) for g in (dq, dk))
     return dq, dk, dv
+
+
+_flash_attn_fp8_bwd = torch.library.custom_op("kernels::flash_attn_fp8_bwd", mutates_args=())(_fp8_bwd_impl)
 
 
 @_flash_attn_fp8_bwd.register_fake
@@ -160,18 +161,24 @@ def _setup_context(ctx, inputs, output):
     ctx.fields = fields
 
 
-def _backward(ctx, dout, dlse):
-    q, k, v, out, lse = ctx.saved_tensors
-    if ctx.backward == "fp8_operands":
-        dq, dk, dv = torch.ops.kernels.flash_attn_fp8_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal,
-                                                          *ctx.fields, ctx.deterministic)
-    else:
-        dq, dk, dv = torch.ops.kernels.flash_attn_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal,
-                                                      ctx.deterministic)
-    return dq, dk, dv, *([None] * 10)
+def _backward_through(bf16_bwd, fp8_bwd):
+    """The autograd backward, running the backward custom ops (traced by torch.compile) or, in eager calls,
+    their implementations (kernels.ops.eager_autograd)."""
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        if ctx.backward == "fp8_operands":
+            dq, dk, dv = fp8_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal, *ctx.fields,
+                                 ctx.deterministic)
+        else:
+            dq, dk, dv = bf16_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal, ctx.deterministic)
+        return dq, dk, dv, *([None] * 10)
+
+    return backward
 
 
-_flash_attn_fp8 = eager_autograd(_flash_attn_fp8_fwd, _fp8_fwd_impl, _backward, _setup_context)
+_flash_attn_fp8 = eager_autograd(_flash_attn_fp8_fwd, _fp8_fwd_impl, _setup_context,
+                                 _backward_through(torch.ops.kernels.flash_attn_bwd, _flash_attn_fp8_bwd),
+                                 _backward_through(attention_backward, _fp8_bwd_impl))
 
 
 def flash_attn_fp8_func(q, k, v, softmax_scale=None, causal=False, *, config: FP8Config = FP8Config(),

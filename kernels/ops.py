@@ -162,16 +162,23 @@ def _setup_context(ctx, inputs, output):
     ctx.softmax_scale, ctx.causal, ctx.deterministic = softmax_scale, causal, deterministic
 
 
-def _backward(ctx, dout, dlse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _flash_attn_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal, ctx.deterministic)
-    return dq, dk, dv, None, None, None
+def _backward_through(bwd):
+    """The autograd backward, running `bwd`: the backward custom op (traced by torch.compile) or, in eager
+    calls, its implementation."""
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal, ctx.deterministic)
+        return dq, dk, dv, None, None, None
+
+    return backward
 
 
-def eager_autograd(op, impl, backward, setup_context):
-    """`op` with its autograd, where eager calls on plain CPU/CUDA tensors skip the custom op's dispatch for an
-    autograd.Function around `impl` (15-35 µs less per call, measured on a CPU). torch.compile, fake and meta
-    tensors and tensor subclasses still go through `op`: no graph break, shapes without running."""
+def eager_autograd(op, impl, setup_context, backward, eager_backward):
+    """`op` with its autograd, where eager calls on plain CPU/CUDA tensors skip the custom ops' dispatch: an
+    autograd.Function around `impl` whose backward is `eager_backward` (the same arithmetic as `backward`,
+    without the backward custom op: the op's dispatch cost ~0.7 ms of host time per backward on the H200's
+    host, docs/tuning-gluon.md entry 24). torch.compile, fake and meta tensors and tensor subclasses still go
+    through `op`: no graph break, shapes without running."""
     op.register_autograd(backward, setup_context=setup_context)
 
     # The ctx-taking forward of old: with a separate setup_context, Function.apply binds its arguments
@@ -182,7 +189,7 @@ def eager_autograd(op, impl, backward, setup_context):
         return output
 
     function = type(f"{impl.__name__}_eager", (torch.autograd.Function, ),
-                    dict(forward=staticmethod(forward), backward=staticmethod(backward)))
+                    dict(forward=staticmethod(forward), backward=staticmethod(eager_backward)))
 
     def call(q, *inputs):
         if torch.compiler.is_compiling() or type(q) is not torch.Tensor or q.device.type not in ("cpu", "cuda"):
@@ -194,7 +201,8 @@ def eager_autograd(op, impl, backward, setup_context):
     return call
 
 
-_flash_attn = eager_autograd(_flash_attn_fwd, _fwd_impl, _backward, _setup_context)
+_flash_attn = eager_autograd(_flash_attn_fwd, _fwd_impl, _setup_context, _backward_through(_flash_attn_bwd),
+                             _backward_through(attention_backward))
 
 
 def flash_attn_func(q, k, v, softmax_scale=None, causal=False, *, deterministic=False, return_attn_probs=False):
