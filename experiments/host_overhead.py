@@ -19,12 +19,12 @@ before it (torch.profiler over calls that each follow an L2 flush, as in
 do_bench), which shows whether a multi-kernel path (the FP8 op: pre-pass, then
 forward) waits for the host between its kernels.
 """
-import statistics
 import argparse
 import cProfile
 import io
 import json
 import pstats
+import statistics
 import time
 from pathlib import Path
 
@@ -40,12 +40,12 @@ CALLS = 50
 WINDOWS = 5
 
 
-def host_us(fn, windows=WINDOWS):
-    """Median over `windows` windows of CALLS calls (one window's figure moved by +-30% between runs)."""
+def host_us(fn):
+    """Median over WINDOWS windows of CALLS calls (one window's figure moved by +-30% between runs)."""
     fn()
     torch.cuda.synchronize()
     per_call = []
-    for _ in range(windows):
+    for _ in range(WINDOWS):
         t0 = time.perf_counter()
         for _ in range(CALLS):
             fn()

@@ -132,7 +132,8 @@ def _(q, k, v, softmax_scale, causal, block_m, block_n, hadamard, granularity, f
 
 def _fp8_bwd_impl(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                   lse: torch.Tensor, softmax_scale: float, causal: bool, block_m: int, block_n: int, hadamard: bool,
-                  granularity: str, fmt: str, seed: int, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  granularity: str, fmt: str, seed: int,
+                  deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """backward="fp8_operands": the BF16 backward on the forward's dequantized Q·M, K·M, V (recomputed by the
     cheap pre-pass), so that exp(S - lse) is the forward's own softmax; dQ·Mᵀ, dK·Mᵀ map back to q, k."""
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)

@@ -176,9 +176,8 @@ def _backward_through(bwd):
 def eager_autograd(op, impl, setup_context, backward, eager_backward):
     """`op` with its autograd, where eager calls on plain CPU/CUDA tensors skip the custom ops' dispatch: an
     autograd.Function around `impl` whose backward is `eager_backward` (the same arithmetic as `backward`,
-    without the backward custom op's dispatch; docs/tuning-gluon.md entry 24 has what that saved: less than
-    cProfile said). torch.compile, fake and meta tensors and tensor subclasses still go through `op`: no graph
-    break, shapes without running."""
+    without the backward custom op's dispatch). torch.compile, fake and meta tensors and tensor subclasses still
+    go through `op`: no graph break, shapes without running."""
     op.register_autograd(backward, setup_context=setup_context)
 
     # The ctx-taking forward of old: with a separate setup_context, Function.apply binds its arguments
