@@ -10,6 +10,10 @@ For each path and shape three numbers:
   includes GPU idle time whenever the host cannot keep the queue full;
 - `graph_ms`: the same calls replayed from a CUDA graph, the GPU time alone.
 bench_ms well above graph_ms means the path is host-bound at that shape.
+Forward + backward paths come three ways: as users call them, with the
+backward on the calling thread (`_1thread`: autograd's multithreading off,
+so no hand-over to the engine's CUDA device thread), and `autograd_floor`, a
+clone/identity autograd.Function's round trip (the engine's own cost).
 Writes <out>/host_overhead.json and prints a table. `--profile` also writes
 <out>/host_profile.txt: cProfile's top functions (by own time) over the calls
 of each path at the first shape, to show where the host time goes.
@@ -111,6 +115,20 @@ def timeline(fn, calls=30):
     return rows
 
 
+class _Identity(torch.autograd.Function):
+    """The cheapest autograd round trip with one saved tensor: a clone forward, an identity backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.saved_tensors
+        return grad
+
+
 def paths(batch, seqlen, heads, d, causal):
     """(name, fn, graphable) of the entry points at one shape; inputs drawn once, fresh per shape."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -144,8 +162,18 @@ def paths(batch, seqlen, heads, d, causal):
     def ours_fwd_bwd():
         torch.autograd.grad(kernels.flash_attn_func(qg, kg, vg, causal=causal), (qg, kg, vg), dout)
 
+    def one_thread(fn):
+        """fn with the autograd engine running the backward on the calling thread, not its CUDA device thread."""
+        def wrapped():
+            with torch.autograd.set_multithreading_enabled(False):
+                fn()
+        return wrapped
+
     o, lse = kernels.attention_forward(q, k, v, scale, causal)
     out += [("sdpa_cudnn_fwd_bwd", cudnn_fwd_bwd, False), ("ours_fwd_bwd", ours_fwd_bwd, False),
+            ("autograd_floor", lambda: torch.autograd.grad(_Identity.apply(qg), qg, dout), False),
+            ("sdpa_cudnn_fwd_bwd_1thread", one_thread(cudnn_fwd_bwd), False),
+            ("ours_fwd_bwd_1thread", one_thread(ours_fwd_bwd), False),
             ("ours_bwd_no_custom_op", lambda: kernels.attention_backward(dout, q, k, v, o, lse, scale, causal), True)]
     if d in (64, 128, 256):
         cfg = kernels.FP8Config()
@@ -161,6 +189,7 @@ def main():
     parser.add_argument("--out", default=".")
     parser.add_argument("--profile", action="store_true", help="cProfile each path at the first shape")
     parser.add_argument("--timeline", action="store_true", help="GPU kernels and idle gaps of each graphable path")
+    parser.add_argument("--shapes", default=",".join(s[0] for s in SHAPES), help="comma-separated shape names")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
@@ -171,7 +200,7 @@ def main():
             for path, fn, _ in paths(b, s, h, d, causal):
                 f.write(f"===== {name} {path} ({CALLS} calls)\n{profile(fn)}\n")
     rows = []
-    for name, b, s, h, d, causal in SHAPES:
+    for name, b, s, h, d, causal in [shape for shape in SHAPES if shape[0] in args.shapes.split(",")]:
         for path, fn, graphable in paths(b, s, h, d, causal):
             row = dict(shape=name, path=path, host_us=host_us(fn),
                        bench_ms=triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))

@@ -105,6 +105,8 @@ class TrainerConfig:
     micro_batch_size: Optional[int] = None  # per rank and forward; None: batch_size / world size
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
+    # The backward on the thread that calls it, not on autograd's per-GPU worker thread (docs/architecture.md).
+    backward_on_caller_thread: bool = True
     device: str = "auto"
     allow_tf32: bool = True
     seed: int = 1337

@@ -246,7 +246,7 @@ def _launch(variant, q, k, v, scales, softmax_scale, out_dtype):
     if seqlen_k == 0:
         return out.zero_(), lse.fill_(float("inf"))
     n_tiles = num_m_blocks(seqlen_q, variant.tile.block_m) * b * h
-    sections = section_heads(b, h, h_kv, seqlen_k, d, q.element_size(), variant.causal)
+    sections = section_heads(b, h, h_kv, variant.causal)
     args = _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, h // h_kv, sections)
     launch_forward((min(sm_count(q.device), n_tiles), ), args, variant.constexprs, variant.options)
     return out, lse

@@ -5,8 +5,13 @@ program per SM and program `pid` takes tiles pid, pid + grid, ... (one "wave"
 of tiles per grid). Tiles are ordered so that programs running at the same
 time share K/V in L2: the order is m-block-major, heads inner.
 
-Non-causal tiles all cost the same; heads are cut into sections whose K/V fit
-in L2 (`section_heads`, picked on the host), one section after the other.
+Non-causal tiles all cost the same; the heads are cut into sections of one
+GQA group (the query heads of one K/V head, `section_heads`), one section
+after the other, so the programs running together read one or a few K/V
+heads in step and each K/V block comes from DRAM about once. Sections sized
+to fill L2 (4-16 K/V heads at once, until session 10) read K/V ~4x from DRAM
+at hd128 16k (Nsight Compute: 727 MB against cuDNN SDPA's 270) and, at the
+H200's power cap, ran 2-5% slower for it (docs/tuning-gluon.md, entry 25).
 
 Causal tiles cost in proportion to their m-block, so the order is longest
 first, over all heads at once (one section: the tiles running together have
@@ -24,17 +29,9 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.language.core import _aggregate as aggregate
 
-# Share of the 50 MB L2 that one section's K/V may take: leaves room for Q/O streams.
-L2_KV_BUDGET_BYTES = 32 * 1024 * 1024
-
-
-def section_heads(batch, nheads, nheads_kv, seqlen_k, headdim, elem_bytes, causal):
-    """Query heads per L2 section: whole GQA groups whose K/V fit L2_KV_BUDGET_BYTES together (causal: all)."""
-    if causal:
-        return batch * nheads
-    kv_head_bytes = 2 * seqlen_k * headdim * elem_bytes
-    kv_heads = max(1, L2_KV_BUDGET_BYTES // kv_head_bytes)
-    return min(batch * nheads, kv_heads * (nheads // nheads_kv))
+def section_heads(batch, nheads, nheads_kv, causal):
+    """Query heads per section: one GQA group (causal: all heads, one section)."""
+    return batch * nheads if causal else nheads // nheads_kv
 
 
 def num_m_blocks(seqlen_q, block_m):

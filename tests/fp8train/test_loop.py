@@ -42,6 +42,23 @@ def test_accumulation_matches_one_big_batch(make_cfg, tmp_path):
     assert whole["final_loss"] == pytest.approx(accum["final_loss"], abs=1e-5)
 
 
+@pytest.mark.parametrize("caller_thread", [True, False])
+def test_backward_thread_follows_config(make_cfg, tmp_path, monkeypatch, caller_thread):
+    # What the engine is told during the step; on CPU it runs the backward on the caller either way.
+    seen = []
+    forward = GPT.forward
+
+    def recording_forward(self, *args, **kwargs):
+        seen.append(torch._C._is_multithreading_enabled())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", recording_forward)
+    loop.run(make_cfg("trainer.max_steps=2", "trainer.eval_interval=0", "trainer.save_checkpoints=false",
+                      f"trainer.backward_on_caller_thread={caller_thread}"), tmp_path)
+    assert seen and set(seen) == {not caller_thread}
+    assert torch._C._is_multithreading_enabled()  # restored after the step
+
+
 def test_straight_equals_half_resume_half(make_cfg, tmp_path):
     # Dropout on: resuming must restore the RNG too, not just weights and data position.
     common = ["model.dropout=0.1", "optim.decay_steps=12", "optim.warmup_steps=2"]
