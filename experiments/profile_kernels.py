@@ -16,7 +16,6 @@ by a few percent between runs; the ratios within one kernel are the point.
 import argparse
 import csv
 import io
-import os
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ TARGETS = {
     "gluon_fwd_hd128_16k": (128, 16384, "fwd", "gluon"),
     "cudnn_fwd_hd128_16k": (128, 16384, "fwd", "cudnn"),
     "gluon_fp8_hd128_4k": (128, 4096, "fp8", "gluon"),
+    "triton_fp8_hd128_4k": (128, 4096, "fp8", "triton"),
     "triton_fwd_hd128_8k": (128, 8192, "fwd", "triton"),
     "gluon_fwd_hd256_16k": (256, 16384, "fwd", "gluon"),
     "cudnn_fwd_hd256_16k": (256, 16384, "fwd", "cudnn"),

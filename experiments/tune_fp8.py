@@ -1,7 +1,7 @@
 """One-shot H200 run for FP8 attention (issue 4): pre-pass and forward sweeps, timing grid, Table 3, GPU tests.
 
     PYTHONUNBUFFERED=1 python -m experiments.tune_fp8 --out $OUT [--steps tests,prepass,prepass_grid,sweep,grid,table3,
-                                                                          gluon,profile]
+                                                                          gluon]
 
   tests    the FP8 test files on the GPU (KERNELS_IMPL=triton), pytest-xdist; log in OUT/tests.log.
   prepass  pre-pass tiles at 16k tokens x hidden 2048, per head dim: time, GB/s moved (bf16 read once,
@@ -18,7 +18,8 @@
            BF16; TFLOPs/s by kernels.flops (FP8 counted like BF16). KERNELS_IMPL=triton throughout.
   table3   experiments.paper.table3_numerics on the kernels, and its FP8 rows on the reference path.
   gluon    a time-limited probe of kernels.gluon.fp8_attention_forward.
-  profile  Nsight Compute (ncu) on the head-dim-128 pre-pass and forward; tables in OUT/ncu_*.txt.
+Nsight Compute on the pre-pass and the Triton FP8 forward (the `profile` step until 2026-12-04):
+`python -m experiments.profile_kernels --targets triton_fp8_hd128_4k`.
 Kernels are compiled by a process pool first; timings are medians of triton.testing.do_bench.
 Every step is guarded (a failing variant or problem is recorded, not fatal); OUT/tune_fp8_<steps>.json is
 rewritten after each step, and a summary is printed last. Log of what was seen: docs/fp8.md.
@@ -417,37 +418,6 @@ def step_gluon(log, summary):
     summary.append("gluon fp8 probe: " + text.replace("\n", " ")[-1200:])
 
 
-PROFILE_SNIPPET = """
-import torch
-from experiments.tune_fp8 import inputs, shape
-from kernels import FP8Config, fp8_attention_forward, quantize_qkv
-q, k, v = inputs(*shape(128, 4096))
-for _ in range(3):
-    x = quantize_qkv(q, k, v, FP8Config())
-    fp8_attention_forward(x, causal=False)
-torch.cuda.synchronize()
-"""
-NCU_SECTIONS = ("SpeedOfLight", "MemoryWorkloadAnalysis", "WarpStateStats", "Occupancy", "LaunchStats")
-
-
-def step_profile(log, summary, out):
-    """Nsight Compute on the hd128 4k pre-pass and forward (third call of each), tables in OUT/ncu_*.txt."""
-    for name, kernel in (("prepass", "_prepass_kernel"), ("fwd", "_fp8_fwd_kernel")):
-        cmd = ["ncu", "--clock-control", "none", "-k", f"regex:{kernel}", "--launch-skip", "2", "--launch-count", "1"]
-        cmd += [a for sec in NCU_SECTIONS for a in ("--section", sec)]
-        cmd += [sys.executable, "-c", PROFILE_SNIPPET]
-        try:
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=90,
-                                  env=dict(os.environ, KERNELS_IMPL="triton"))
-            text = proc.stdout + proc.stderr
-        except (subprocess.TimeoutExpired, FileNotFoundError) as err:
-            text = short(err)
-        (out / f"ncu_{name}.txt").write_text(text)
-        keep = ("Duration", "DRAM Throughput", "Memory Throughput", "Compute (SM) Throughput", "Achieved Occupancy",
-                "Registers Per Thread", "Stall", "Warp Cycles Per Issued", "Theoretical Occupancy", "Issue Slot")
-        summary.extend(f"ncu {name}: {ln.strip()}" for ln in text.splitlines() if any(key in ln for key in keep))
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/tune_fp8")
@@ -462,7 +432,6 @@ def main(argv=None):
     summary = []
     causals = (False, True) if args.causal else (False,)
     steps = {"prepass": step_prepass, "prepass_grid": step_prepass_grid, "sweep": step_sweep,
-             "profile": lambda log, summary: step_profile(log, summary, out),
              "grid": lambda log, summary: step_grid(log, summary, causals), "table3": step_table3,
              "tests": lambda log, summary: step_tests(log, summary, out), "gluon": step_gluon}
     for name in args.steps.split(","):
