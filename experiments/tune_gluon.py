@@ -85,6 +85,12 @@ CANDIDATES = {
                    ("n128_split", "fp8", 256, dict(split_kv=True))],
     "fp8wide_ctl": [("kv256", "fp8", 128, dict(kv_block=256)), ("nopipe", "fp8", 128, dict(overlap=False)),
                     ("n64_nopipe", "fp8", 256, dict(block_n=64, stages=3))],
+    # FP8 hd128 with three consumer warpgroups (192 query rows), not overlapped (overlapped they spill): at hd128
+    # each consumer's 64 exp2 per thread and block keep the MUFU busy as long as its two GEMMs keep the tensor
+    # cores, so a third warpgroup's GEMMs are there to hide the other two's softmax.
+    "fp8rows": [("m192_s3", "fp8", 128, dict(block_m=192, stages=3, overlap=False)),
+                ("m192_s2", "fp8", 128, dict(block_m=192, stages=2, overlap=False)),
+                ("m192_s4", "fp8", 128, dict(block_m=192, stages=4, overlap=False))],
 }
 # A candidate's change that is not a TileConfig field: the FP8 scale block of K and V (FP8Config.block_n).
 KV_BLOCK_KEY = "kv_block"
@@ -94,7 +100,7 @@ V_KEY_ORDERS = {"natural_v": "natural"}
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
 GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "bf16trim", "fp8wide128", "fp8wide256",
-               "fp8wide_ctl")
+               "fp8wide_ctl", "fp8rows")
 
 
 def _default_v_order():

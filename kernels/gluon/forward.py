@@ -21,6 +21,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.checks import tma_ready
+from kernels.device import sm_count
 from kernels.launch import Launcher, compile_for
 from kernels.quant import FP8QKV
 
@@ -250,11 +251,6 @@ def _launch(variant, q, k, v, scales, softmax_scale, out_dtype):
     args = _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, h // h_kv, sections)
     launch_forward((min(sm_count(q.device), n_tiles), ), args, variant.constexprs, variant.options)
     return out, lse
-
-
-@functools.cache
-def sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, group, sections):

@@ -25,7 +25,6 @@ On an H200 it measures 2.8-3.1 TB/s at head dims 64/128 and 1.7 TB/s at 256
 (one 16-warp program per SM), against 4.1 TB/s for a copy; docs/fp8.md has
 the numbers and what limits them.
 """
-import functools
 import math
 import os
 from dataclasses import dataclass, replace
@@ -36,7 +35,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.checks import tma_ready
-from kernels.device import is_sm90
+from kernels.device import is_sm90, sm_count
 from kernels.hadamard import signed_hadamard
 from kernels.launch import Launcher
 from kernels.quant import (FP8QKV, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, check_qkv, check_v_key_order,
@@ -94,11 +93,6 @@ def prepass_tiles(head_dim: int, device: torch.device) -> PrepassTiles:
         return PREPASS_TILES_INTERPRETER
     table = PREPASS_TILES_SM90 if is_sm90(device) else PREPASS_TILES_GENERIC
     return table[head_dim]
-
-
-@functools.lru_cache(maxsize=8)
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 @triton.jit
@@ -304,7 +298,7 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
     if INTERPRET or dev.type != "cuda":
         programs = 3 * INTERPRETER_PROGRAMS_PER_TENSOR
     else:
-        programs = tiles.programs_per_sm * _num_sms(dev.index if dev.index is not None else 0)
+        programs = tiles.programs_per_sm * sm_count(dev)
     # Programs in proportion to each tensor's items (V's weighted by v_share), at least one each.
     programs = max(programs, 3)
     weight = items_q + (1 + tiles.v_share) * items_k

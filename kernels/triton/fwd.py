@@ -23,6 +23,11 @@ each half of the query rows to a consumer warpgroup of its own. Row indices
 there are built as a scalar start plus an arange (never a splat start_m added
 to an arange, which the pass mis-slices).
 
+With `Tiles.persistent` one program per SM walks the tiles round-robin
+instead of one program per tile; with warp specialization the producer then
+loads the next tile's Q and first K/V blocks under the current tile's last
+blocks and epilogue, which a new program's start cannot overlap.
+
 `Tiles.exp2_poly` moves one exp2 in every N of the unmasked blocks from the
 MUFU unit to a polynomial on the FMA pipe (FA4's trick; see `exp2`). On an
 H200 it gains 1-2% in the warp-specialized hd128 forward, where each
@@ -36,6 +41,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
+from kernels.device import sm_count
 from kernels.launch import Launcher
 from kernels.triton.tiles import Tiles, fwd_tiles, padded_head_dim
 
@@ -158,10 +164,14 @@ def kv_block_range(start_m, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: 
 def query_tile(nheads, group, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
     """This program's query tile on a (query block, batch * head) grid: (bh, batch, head, kv head, first row,
     row offsets). Causal grids run in reverse, so the last query blocks, which see the most keys, start first."""
-    pid_m = tl.program_id(0)
+    return query_tile_at(tl.program_id(0), tl.num_programs(0), tl.program_id(1), nheads, group, BLOCK_M, CAUSAL)
+
+
+@triton.jit
+def query_tile_at(pid_m, m_blocks, bh, nheads, group, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """`query_tile` of query block pid_m (of m_blocks) of batch * head bh."""
     if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    bh = tl.program_id(1)
+        pid_m = m_blocks - 1 - pid_m
     batch = bh // nheads
     head = bh % nheads
     start_m = pid_m * BLOCK_M
@@ -263,15 +273,14 @@ def _attend_one_loop(acc, m_i, l_i, q, k_desc, v_desc, start_m, full_end, end, s
     return acc, m_i, l_i
 
 
-# Run-time sizes are not specialized on (divisibility by 16, == 1): one compiled
-# kernel serves every sequence length and head count.
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "group", "head_dim"])
-def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, v_strides, o_strides,
-                     seqlen_q, seqlen_k, nheads, group, head_dim, qk_scale,
-                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     CAUSAL: tl.constexpr, UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr,
-                     WARP_SPECIALIZE: tl.constexpr, MASK_KEYS: tl.constexpr):
-    bh, batch, head, kv_head, start_m, offs_m = query_tile(nheads, group, BLOCK_M, CAUSAL)
+@triton.jit
+def _forward_tile(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, v_strides, o_strides,
+                  seqlen_q, seqlen_k, nheads, group, head_dim, qk_scale, pid_m, m_blocks, bh,
+                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  CAUSAL: tl.constexpr, UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr,
+                  WARP_SPECIALIZE: tl.constexpr, MASK_KEYS: tl.constexpr):
+    """Out and LSE of query block pid_m (of m_blocks) of batch * head bh."""
+    bh, batch, head, kv_head, start_m, offs_m = query_tile_at(pid_m, m_blocks, bh, nheads, group, BLOCK_M, CAUSAL)
 
     q_desc = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
     k_desc = head_view(k_ptr, k_strides, batch, kv_head, seqlen_k, head_dim, BLOCK_N, HEAD_DIM)
@@ -303,6 +312,29 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, 
         tl.store(lse_ptr + bh * seqlen_q + offs_m, lse, mask=offs_m < seqlen_q)
 
 
+# Run-time sizes are not specialized on (divisibility by 16, == 1): one compiled
+# kernel serves every sequence length and head count.
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "group", "head_dim", "batch_heads"])
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, v_strides, o_strides,
+                     seqlen_q, seqlen_k, nheads, group, head_dim, qk_scale, batch_heads,
+                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     CAUSAL: tl.constexpr, UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr,
+                     WARP_SPECIALIZE: tl.constexpr, MASK_KEYS: tl.constexpr, PERSISTENT: tl.constexpr):
+    args = (q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, v_strides, o_strides,
+            seqlen_q, seqlen_k, nheads, group, head_dim, qk_scale)
+    if PERSISTENT:
+        # Tiles dealt round-robin, query blocks fastest: the programs running at once share a few K/V heads in
+        # L2. Triton's pass warp-specializes across this loop too: the producer loads the next tile's Q and
+        # first K/V blocks while the consumers finish the current tile.
+        m_blocks = tl.cdiv(seqlen_q, BLOCK_M)
+        for tile in tl.range(tl.program_id(0), m_blocks * batch_heads, tl.num_programs(0)):
+            _forward_tile(*args, tile % m_blocks, m_blocks, tile // m_blocks, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL,
+                          UPCAST, EXP2_POLY, WARP_SPECIALIZE, MASK_KEYS)
+    else:
+        _forward_tile(*args, tl.program_id(0), tl.num_programs(0), tl.program_id(1), HEAD_DIM, BLOCK_M, BLOCK_N,
+                      CAUSAL, UPCAST, EXP2_POLY, WARP_SPECIALIZE, MASK_KEYS)
+
+
 def interpreting() -> bool:
     """Whether these kernels run in Triton's numpy interpreter (TRITON_INTERPRET=1 when they were defined).
 
@@ -325,6 +357,7 @@ def bsh_strides(t: torch.Tensor):
 
 
 launch_forward = Launcher(_attn_fwd_kernel)
+INTERPRETER_PROGRAMS = 3  # a persistent grid's size on the CPU: the tests' few tiles still come several per program
 
 
 def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None = None):
@@ -341,15 +374,22 @@ def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
     set_descriptor_allocator(q.device)
+    m_blocks = triton.cdiv(seqlen_q, tiles.block_m)
+    if tiles.persistent:
+        programs = INTERPRETER_PROGRAMS if interpreting() else sm_count(q.device)
+        grid = (min(programs, m_blocks * batch * nheads), )
+    else:
+        grid = (m_blocks, batch * nheads)
     launch_forward(
-        (triton.cdiv(seqlen_q, tiles.block_m), batch * nheads),
+        grid,
         (q, k, v, out, lse, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(out),
-         seqlen_q, seqlen_k, nheads, nheads // nheads_kv, head_dim, softmax_scale * LOG2E),
+         seqlen_q, seqlen_k, nheads, nheads // nheads_kv, head_dim, softmax_scale * LOG2E, batch * nheads),
         dict(HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
              UPCAST=interpreting(), EXP2_POLY=0 if interpreting() else tiles.exp2_poly,
              WARP_SPECIALIZE=tiles.warp_specialize,
              # Only the one-loop kernel reads this; False otherwise, so the two-loop kernel compiles once.
-             MASK_KEYS=tiles.warp_specialize and (causal or seqlen_k % tiles.block_n != 0)),
+             MASK_KEYS=tiles.warp_specialize and (causal or seqlen_k % tiles.block_n != 0),
+             PERSISTENT=tiles.persistent),
         dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs),
     )
     return out, lse

@@ -30,6 +30,7 @@ class Tiles:
     # and the dK/dV kernel have this form (each checks its shape: kernels/triton/fwd.py, BwdTiles); the dQ
     # kernel rejects it.
     warp_specialize: bool = False
+    persistent: bool = False  # forward: one program per SM walks the tiles (kernels/triton/fwd.py)
 
     def __post_init__(self):
         if self.exp2_poly not in (0, 2, 4, 8):
@@ -58,11 +59,13 @@ FWD_TILES_SM90 = {
     (64, False): Tiles(128, 128, 8, 3, max_regs=128),
     (64, True): Tiles(128, 128, 8, 3, max_regs=128),
     # Non-causal: warp-specialized by Triton's pass, +4-6% at 8k/16k, and one exp2 in 8 on the FMA pipe, +1-2%
-    # more (step 5); causal: three programs per SM (16 B spilled) still 2% ahead (docs/tuning-triton.md, step 4b).
-    (128, False): Tiles(128, 128, 4, 2, exp2_poly=8, warp_specialize=True),
+    # more (step 5), persistent +4% at 4k, +1% at 8k (step 7); causal: three programs per SM (16 B spilled) still
+    # 2% ahead (docs/tuning-triton.md, step 4b).
+    (128, False): Tiles(128, 128, 4, 2, exp2_poly=8, warp_specialize=True, persistent=True),
     (128, True): Tiles(64, 128, 4, 1, max_regs=168),
-    # Warp-specialized, one K/V buffer (197 KB of shared memory): +13-16% over (128, 64, 8, 2) on the H200.
-    (256, False): Tiles(128, 64, 4, 1, warp_specialize=True),
+    # Warp-specialized, one K/V buffer (197 KB of shared memory): +13-16% over (128, 64, 8, 2) on the H200;
+    # persistent non-causal (causal tiles would need a balanced order first).
+    (256, False): Tiles(128, 64, 4, 1, warp_specialize=True, persistent=True),
     (256, True): Tiles(128, 64, 4, 1, warp_specialize=True),
 }
 BWD_TILES_SM90 = {

@@ -29,10 +29,11 @@ from .tiles import Tiles, padded_head_dim
 HOPPER = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
-# (head dim, block_n, num_stages, exp2_poly); block_m 128 and 4 warps are what the pass splits (see Tiles).
-DEFAULT = [(128, 128, 2, 0), (128, 128, 2, 8)]
-ALL = [(64, 128, 2, 0), (128, 128, 2, 0), (128, 128, 2, 8), (128, 128, 2, 4), (128, 64, 2, 0), (256, 64, 1, 0),
-       (256, 32, 2, 0)]  # the tune_triton candidates
+# (head dim, block_n, num_stages, exp2_poly, persistent); block_m 128 and 4 warps are what the pass splits (see
+# Tiles).
+DEFAULT = [(128, 128, 2, 0, False), (128, 128, 2, 8, False), (128, 128, 2, 8, True), (256, 64, 1, 0, True)]
+ALL = DEFAULT + [(64, 128, 2, 0, False), (128, 128, 2, 4, False), (128, 64, 2, 0, False), (256, 64, 1, 0, False),
+                 (256, 32, 2, 0, False)]  # the tune_triton candidates
 
 
 def compile_ws_forward(head_dim: int, tiles: Tiles, causal: bool, mask_keys: bool):
@@ -40,10 +41,10 @@ def compile_ws_forward(head_dim: int, tiles: Tiles, causal: bool, mask_keys: boo
     fn = _attn_fwd_kernel
     t = torch.empty(1, 1, 1, head_dim, dtype=torch.bfloat16)
     strides = (1, 1, 1)
-    args = (t, t, t, t, torch.empty(1, 1, 1), strides, strides, strides, strides, 1, 1, 1, 1, head_dim, 1.0)
+    args = (t, t, t, t, torch.empty(1, 1, 1), strides, strides, strides, strides, 1, 1, 1, 1, head_dim, 1.0, 1)
     kwargs = dict(HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
                   UPCAST=False, EXP2_POLY=tiles.exp2_poly, WARP_SPECIALIZE=tiles.warp_specialize, MASK_KEYS=mask_keys,
-                  num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+                  PERSISTENT=tiles.persistent, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     backend = make_backend(HOPPER)
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
@@ -69,10 +70,11 @@ def splats_store_offset(part: str) -> bool:
     return bool(m) and re.search(rf"tt\.splat {re.escape(m.group(1))} ", part) is not None
 
 
-def report(head_dim, block_n, num_stages, exp2_poly, causal):
-    tiles = Tiles(128, block_n, 4, num_stages, exp2_poly=exp2_poly, warp_specialize=True)
+def report(head_dim, block_n, num_stages, exp2_poly, persistent, causal):
+    tiles = Tiles(128, block_n, 4, num_stages, exp2_poly=exp2_poly, warp_specialize=True, persistent=persistent)
     name = f"hd{head_dim}_{block_n}_{num_stages}_{'causal' if causal else 'full'}"
     name += f"_poly{exp2_poly}" if exp2_poly else ""
+    name += "_persistent" if persistent else ""
     try:
         ck = compile_ws_forward(head_dim, tiles, causal, mask_keys=causal)
     except Exception as e:  # a shape the pass or the backend rejects
@@ -104,9 +106,9 @@ def report(head_dim, block_n, num_stages, exp2_poly, causal):
 
 def main():
     shapes = ALL if "--all" in sys.argv[1:] else DEFAULT
-    for head_dim, block_n, num_stages, exp2_poly in shapes:
+    for shape in shapes:
         for causal in (False, True):
-            print(json.dumps(report(head_dim, block_n, num_stages, exp2_poly, causal)), flush=True)
+            print(json.dumps(report(*shape, causal)), flush=True)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,19 @@ def test_warp_specialized_forward_matches_reference(case):
 
 
 @on_interpreter
+@pytest.mark.parametrize("warp_specialize", [True, False], ids=["one_loop", "two_loops"])
+@pytest.mark.parametrize("case", WS_CASES[:4], ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}_{}".format(
+    *c[:7], str(c[7]).removeprefix("torch.")))
+def test_persistent_forward_matches_reference(case, warp_specialize):
+    """`Tiles.persistent`: a few programs walk all tiles (several tiles each on the CPU), in both loop forms."""
+    *shape, causal, dtype = case
+    q, k, v, _ = random_qkv(*shape, dtype, "cpu", seed=sum(shape) + 1)
+    tiles = Tiles(128 if warp_specialize else 32, 16, 4, 1, warp_specialize=warp_specialize, persistent=True)
+    out, lse = attention_forward_triton(q, k, v, shape[-1] ** -0.5, causal, tiles=tiles)
+    assert_forward_close(out, lse, q, k, v, causal)
+
+
+@on_interpreter
 def test_warp_specialized_forward_rejects_tiles_the_pass_cannot_split():
     for bad in (Tiles(128, 128, 8, 2), Tiles(128, 128, 4, 2, max_regs=168)):  # refused by Tiles itself
         with pytest.raises(ValueError, match="warp_specialize"):
@@ -353,6 +366,32 @@ WS_GPU_CASES = [
     ((128, 128, 4, 2), 128, 3001, 1000, True),  # leading rows see no key
 ]
 WS_GPU_PARAMS = [(c[:4], causal) for c in WS_GPU_CASES for causal in ([False, True] if c[4] is None else [c[4]])]
+
+
+# Persistent forward on the GPU: (tiles, head dim, seqlen_q, seqlen_k, causal); 2 x 8 heads, so every program
+# walks several tiles (up to 16 at 4133 rows); GQA 8 / 4.
+PERSISTENT_GPU_CASES = [
+    ((128, 128, 4, 2, None, 8, True), 128, 4096, 4096, False),  # the hd128 non-causal candidate, no mask
+    ((128, 128, 4, 2, None, 8, True), 128, 4133, 4133, False),  # key and query tails
+    ((128, 128, 4, 2, None, 0, True), 128, 3001, 1000, True),  # causal, leading rows see no key
+    ((128, 64, 4, 1, None, 0, True), 256, 4133, 4133, False),
+    ((128, 64, 4, 1, None, 0, True), 256, 4133, 4133, True),
+    ((64, 128, 4, 1, 168), 128, 4133, 4133, True),  # the two-loop kernel
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", PERSISTENT_GPU_CASES, ids=lambda c: "{}_d{}_sq{}_sk{}_causal{}".format(
+    "-".join(map(str, c[0])), *c[1:]))
+def test_gpu_persistent_forward(case):
+    """Out and LSE of every row, in memory poisoned with NaN, with tiles dealt to one program per SM."""
+    spec, head_dim, seqlen_q, seqlen_k, causal = case
+    g = torch.Generator(device="cuda").manual_seed(seqlen_q + head_dim + causal + 7)
+    q = torch.randn(2, seqlen_q, 8, head_dim, generator=g, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(2, seqlen_k, 4, head_dim, generator=g, device="cuda", dtype=torch.bfloat16) for _ in "kv")
+    torch.full((1 << 28,), float("nan"), device="cuda")  # freed at once: poisons the allocator's cached blocks
+    out, lse = attention_forward_triton(q, k, v, head_dim ** -0.5, causal, tiles=Tiles(*spec, persistent=True))
+    assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float32)
 
 
 @pytest.mark.gpu
