@@ -1,4 +1,4 @@
-"""FlashAttention forward in Triton: one program per (query block, batch, head), online softmax in exp2.
+"""FlashAttention forward in Triton: a program per (query block, batch, head) or per SM, online softmax in exp2.
 
 The jitted helpers here (`head_view`, `query_tile`, `kv_block_range`, `causal_keep`,
 `online_softmax`, `softmax_epilogue`, `to_operand`) are shared with the backward and the FP8
