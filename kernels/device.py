@@ -4,18 +4,24 @@ import functools
 import torch
 
 
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 @functools.cache
 def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)  # a few µs a call
 
 
-def is_sm90(device: torch.device) -> bool:
-    if device.type != "cuda":
-        return False
-    return _capability(device.index if device.index is not None else torch.cuda.current_device()) == (9, 0)
-
-
 @functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def is_sm90(device: torch.device) -> bool:
+    return device.type == "cuda" and _capability(_index(device)) == (9, 0)
+
+
 def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors: the size of a persistent grid."""
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    """Streaming multiprocessors of a CUDA device: the size of a persistent grid."""
+    return _sm_count(_index(device))
