@@ -17,7 +17,6 @@ Writes <out>/power.json and prints TFLOP/s, mean MHz, mean W, TFLOP/s per GHz
 """
 import argparse
 import json
-import os
 import statistics
 import threading
 import time
@@ -26,12 +25,16 @@ from pathlib import Path
 import torch
 import triton
 
-import kernels
-from kernels.flops import attention_flops
+from experiments.paper import candidates
+from experiments.paper.candidates import environment
+from experiments.paper.runner import Problem
 
 # (name, batch, seqlen, heads, head dim): the paper's 16k tokens x hidden 2048 where the bars are measured.
 SHAPES = [("hd128_16k", 1, 16384, 16, 128), ("hd256_16k", 1, 16384, 8, 256), ("hd128_4k", 4, 4096, 16, 128)]
-PATHS = ("gluon", "cudnn", "triton", "fp8")
+# Path name -> experiments.paper.candidates column; each runs under its candidate's environment (KERNELS_IMPL).
+PATHS = {"gluon": "ours-gluon", "cudnn": "sdpa-cudnn", "triton": "ours-triton", "fp8": "ours-fp8",
+         "fp8kernel": "ours-fp8-kernel", "fa3": "fa3", "fa3fp8": "fa3-fp8"}
+DEFAULT_PATHS = ("gluon", "cudnn", "triton", "fp8")
 
 
 class Sampler(threading.Thread):
@@ -46,27 +49,6 @@ class Sampler(threading.Thread):
             self.samples.append((self.nvml.nvmlDeviceGetClockInfo(self.handle, self.nvml.NVML_CLOCK_SM),
                                  self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1000))
             time.sleep(self.period)
-
-
-# The backend each path forces (read by kernels on every call); cuDNN SDPA ignores it.
-IMPLS = {"gluon": "gluon", "triton": "triton", "fp8": "gluon", "cudnn": "auto"}
-
-
-def make_call(path, q, k, v):
-    if path == "cudnn":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-
-        def call():
-            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
-    elif path == "fp8":
-        def call():  # the public op: pre-pass, then the forward
-            return kernels.flash_attn_fp8_func(q, k, v)
-    else:
-        def call():
-            return kernels.flash_attn_func(q, k, v)
-    return call
 
 
 def sustained(call, flops, nvml, handle, seconds):
@@ -110,7 +92,7 @@ def main():
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
-    p.add_argument("--paths", default=",".join(PATHS))
+    p.add_argument("--paths", default=",".join(DEFAULT_PATHS), help=f"comma-separated, of: {', '.join(PATHS)}")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,27 +105,33 @@ def main():
     rows = []
     for name, b, s, h, d in [x for x in SHAPES if x[0] in args.shapes.split(",")]:
         q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        flops = attention_flops(b, s, h, d, causal=False, mode="fwd")
-        paths = [x for x in args.paths.split(",") if x != "fp8" or d == 128]
-        calls = {path: make_call(path, q, k, v) for path in paths}
-        for path, fn in calls.items():  # compile everything before the first window
-            os.environ["KERNELS_IMPL"] = IMPLS[path]
-            fn()
+        problem = Problem(b, s, h, d, causal=False)
+        flops = problem.flops("fwd")
+        calls = {}
+        for path in args.paths.split(","):  # build and compile everything before the first window
+            cand = candidates.by_name(PATHS[path])
+            try:
+                with environment(dict(cand.env)):
+                    calls[path] = cand.build(problem, q, k, v)
+                    calls[path]()
+            except candidates.Unavailable as err:
+                print(f"{name} {path}: skipped ({err})", flush=True)
+        paths = list(calls)
         for r in range(args.rounds):
             for path in (paths if r % 2 == 0 else paths[::-1]):
-                os.environ["KERNELS_IMPL"] = IMPLS[path]
-                row = dict(shape=name, path=path, round=r,
-                           **sustained(calls[path], flops, pynvml, handle, args.seconds))
-                row["bench_tflops"] = flops / triton.testing.do_bench(calls[path], return_mode="median") * 1e-9
+                with environment(dict(candidates.by_name(PATHS[path]).env)):
+                    row = dict(shape=name, path=path, round=r,
+                               **sustained(calls[path], flops, pynvml, handle, args.seconds))
+                    row["bench_tflops"] = flops / triton.testing.do_bench(calls[path], return_mode="median") * 1e-9
                 row["tflops_per_ghz"] = row["tflops"] / (row["mhz"] / 1000)
                 row["gflop_per_joule"] = flops / row["joules_per_call"] * 1e-9
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     (out / "power.json").write_text(json.dumps(rows, indent=1))
-    print(f"\n{'shape':10} {'path':7} {'rnd':>3} {'TFLOP/s':>8} {'bench':>7} {'MHz':>6} {'W':>5} {'TF/GHz':>7} "
+    print(f"\n{'shape':10} {'path':9} {'rnd':>3} {'TFLOP/s':>8} {'bench':>7} {'MHz':>6} {'W':>5} {'TF/GHz':>7} "
           f"{'GFLOP/J':>8}")
     for r in rows:
-        print(f"{r['shape']:10} {r['path']:7} {r['round']:3d} {r['tflops']:8.1f} {r['bench_tflops']:7.1f} "
+        print(f"{r['shape']:10} {r['path']:9} {r['round']:3d} {r['tflops']:8.1f} {r['bench_tflops']:7.1f} "
               f"{r['mhz']:6.0f} {r['watts']:5.0f} {r['tflops_per_ghz']:7.1f} {r['gflop_per_joule']:8.1f}")
 
 

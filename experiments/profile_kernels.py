@@ -1,4 +1,4 @@
-"""Nsight Compute on our attention kernels and cuDNN SDPA's at the paper's shapes (one GPU call).
+"""Nsight Compute on our attention kernels, cuDNN SDPA's and FA3's at the paper's shapes (one GPU call).
 
     PYTHONUNBUFFERED=1 python -m experiments.profile_kernels --out $OUT/ncu [--targets NAME,...]
 
@@ -21,53 +21,46 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.paper import candidates
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS, HIDDEN = 16384, 2048
 SECTIONS = ("SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "SourceCounters",
             "InstructionStats", "Occupancy", "LaunchStats", "MemoryWorkloadAnalysis")
-# (name, head dim, seqlen, what is timed, KERNELS_IMPL): the forward at the lengths where its bars are missed.
+# (name, head dim, seqlen, pass, experiments.paper.candidates column): the forward at the lengths where its bars
+# are missed; FA3's kernels beside ours where an FA3 wheel is installed (experiments/fa3_wheel.sh).
 TARGETS = {
-    "gluon_fwd_hd128_16k": (128, 16384, "fwd", "gluon"),
-    "cudnn_fwd_hd128_16k": (128, 16384, "fwd", "cudnn"),
-    "gluon_fp8_hd128_4k": (128, 4096, "fp8", "gluon"),
-    "triton_fp8_hd128_4k": (128, 4096, "fp8", "triton"),
-    "triton_fwd_hd128_8k": (128, 8192, "fwd", "triton"),
-    "gluon_fwd_hd256_16k": (256, 16384, "fwd", "gluon"),
-    "cudnn_fwd_hd256_16k": (256, 16384, "fwd", "cudnn"),
-    "gluon_bwd_hd128_8k": (128, 8192, "bwd", "gluon"),
-    "cudnn_bwd_hd128_8k": (128, 8192, "bwd", "cudnn"),
-    "triton_bwd_hd128_8k": (128, 8192, "bwd", "triton"),
+    "gluon_fwd_hd128_16k": (128, 16384, "fwd", "ours-gluon"),
+    "cudnn_fwd_hd128_16k": (128, 16384, "fwd", "sdpa-cudnn"),
+    "fa3_fwd_hd128_16k": (128, 16384, "fwd", "fa3"),
+    "gluon_fp8_hd128_4k": (128, 4096, "fwd", "ours-fp8-gluon"),
+    "triton_fp8_hd128_4k": (128, 4096, "fwd", "ours-fp8-triton"),
+    "gluon_fp8kernel_hd128_16k": (128, 16384, "fwd", "ours-fp8-kernel"),
+    "fa3_fp8_hd128_16k": (128, 16384, "fwd", "fa3-fp8"),
+    "triton_fwd_hd128_8k": (128, 8192, "fwd", "ours-triton"),
+    "gluon_fwd_hd256_16k": (256, 16384, "fwd", "ours-gluon"),
+    "cudnn_fwd_hd256_16k": (256, 16384, "fwd", "sdpa-cudnn"),
+    "fa3_fwd_hd256_16k": (256, 16384, "fwd", "fa3"),
+    "gluon_bwd_hd128_8k": (128, 8192, "bwd", "ours-gluon"),
+    "cudnn_bwd_hd128_8k": (128, 8192, "bwd", "sdpa-cudnn"),
+    "triton_bwd_hd128_8k": (128, 8192, "bwd", "ours-triton"),
 }
-# The child: build inputs, warm up, profile one call.
+# The child: build inputs and the candidate's call (its environment set by the parent), warm up, profile one call.
 CHILD = """
 import sys, torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-import kernels
-d, s, what, impl = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-b, h = {tokens} // s, {hidden} // d
+from experiments.paper import candidates
+from experiments.paper.runner import Problem
+d, s, what, name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+problem = Problem({tokens} // s, s, {hidden} // d, d, causal=False)
 gen = torch.Generator(device="cuda").manual_seed(0)
-q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16, generator=gen, requires_grad=what == "bwd")
-           for _ in range(3))
-if impl == "cudnn":
-    qt, kt, vt = (x.detach().transpose(1, 2).requires_grad_(what == "bwd") for x in (q, k, v))
-    def fwd():
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
-    inputs = (qt, kt, vt)
-else:
-    def fwd():
-        return kernels.flash_attn_func(q, k, v)
-    inputs = (q, k, v)
-if what == "fp8":
-    def call():  # the public op: pre-pass, then the forward
-        return kernels.flash_attn_fp8_func(q, k, v)
-elif what == "bwd":
-    out = fwd()
+q, k, v = (torch.randn(problem.batch, s, problem.nheads, d, device="cuda", dtype=torch.bfloat16, generator=gen,
+                       requires_grad=what == "bwd") for _ in range(3))
+call = candidates.by_name(name).build(problem, q, k, v)
+if what == "bwd":
+    out = call()
     grad = torch.randn_like(out)
     def call():
-        return torch.autograd.grad(out, inputs, grad, retain_graph=True)
-else:
-    call = fwd
+        return torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
 for _ in range(3):
     call()
 torch.cuda.synchronize()
@@ -147,12 +140,12 @@ def main(argv=None):
             if args.budget and time.time() - start > args.budget:
                 summary.append(f"== {name}: not run (budget of {args.budget} s spent)")
                 continue
-            d, s, what, impl = TARGETS[name]
-            env_impl = [] if impl == "cudnn" else [f"KERNELS_IMPL={impl}"]
+            d, s, what, column = TARGETS[name]
+            env = [f"{key}={value}" for key, value in candidates.by_name(column).env]
             rep = out / name
-            cmd = ["env", *env_impl, "ncu", "--clock-control", "none", "--profile-from-start", "off", "-f", "-o",
+            cmd = ["env", *env, "ncu", "--clock-control", "none", "--profile-from-start", "off", "-f", "-o",
                    str(rep), *[a for sec in SECTIONS for a in ("--section", sec)],
-                   sys.executable, "-c", child, str(d), str(s), what, impl]
+                   sys.executable, "-c", child, str(d), str(s), what, column]
             text, rc = run(cmd, log, args.timeout)
             print(f"== {name}: rc {rc}", flush=True)
             if not rep.with_suffix(".ncu-rep").exists():

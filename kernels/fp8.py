@@ -22,8 +22,9 @@ TRITON_INTERPRET=1 Triton runs on CPU, else the PyTorch reference
 
 V^T's key order (kernels.quant.FP8QKV.v_key_order) is the pre-pass's choice:
 every forward and the backward read both; with GLUON_FP8_WGMMA_V_ORDER on, a call
-that runs the Gluon forward asks the pre-pass for the wgmma order, in which P
-goes from the softmax to P·V without register shuffles.
+that runs the Gluon forward (and quantize_qkv, by default, where the Gluon forward
+will read its output) asks the pre-pass for the wgmma order, in which P goes from
+the softmax to P·V without register shuffles.
 
 Non-finite inputs are not checked on the host (that would synchronize): a
 block holding inf or NaN gets a NaN scale, so every output row that reads it
@@ -71,12 +72,20 @@ def _check_config(config) -> FP8Config:
     return config
 
 
-def quantize_qkv(q, k, v, config: FP8Config = FP8Config(), v_key_order: str = "natural") -> FP8QKV:
-    """The FP8 pre-pass: bf16/fp16 (batch, seqlen, heads, headdim) q, k, v -> FP8QKV (layouts in kernels.quant;
-    v_key_order: "natural" or "wgmma", the order of V^T's keys)."""
+def quantize_qkv(q, k, v, config: FP8Config = FP8Config(), v_key_order: str = "auto") -> FP8QKV:
+    """The FP8 pre-pass: bf16/fp16 (batch, seqlen, heads, headdim) q, k, v -> FP8QKV (layouts in kernels.quant).
+
+    v_key_order: the order of V^T's keys, "natural", "wgmma", or "auto": the order that the forward
+    fp8_attention_forward will pick for these shapes reads fastest (what flash_attn_fp8_func uses)."""
     config = _check_config(config)
     check_qkv(q, k, v, config)
+    if v_key_order == "auto":
+        v_key_order = _fast_v_key_order(fp8_backend(q.device, q.shape[-1], k.shape[1]))
     return _quantize_on(select_impl(q.device), q, k, v, config, v_key_order)
+
+
+def _fast_v_key_order(impl: str) -> str:
+    return "wgmma" if impl == "gluon" and GLUON_FP8_WGMMA_V_ORDER else "natural"
 
 
 def _quantize_on(impl: str, q, k, v, config: FP8Config, v_key_order: str) -> FP8QKV:
@@ -116,8 +125,8 @@ def _fp8_fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
     # One backend choice for both halves: the pre-pass lays V^T out for the forward that will read it.
     impl = fp8_backend(q.device, q.shape[-1], k.shape[1])
-    v_key_order = "wgmma" if impl == "gluon" and GLUON_FP8_WGMMA_V_ORDER else "natural"
-    return _forward_on(impl, _quantize_on(impl, q, k, v, config, v_key_order), softmax_scale, causal, q.dtype)
+    return _forward_on(impl, _quantize_on(impl, q, k, v, config, _fast_v_key_order(impl)), softmax_scale, causal,
+                       q.dtype)
 
 
 _flash_attn_fp8_fwd = torch.library.custom_op("kernels::flash_attn_fp8_fwd", mutates_args=())(_fp8_fwd_impl)
@@ -137,7 +146,7 @@ def _fp8_bwd_impl(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     """backward="fp8_operands": the BF16 backward on the forward's dequantized Q·M, K·M, V (recomputed by the
     cheap pre-pass), so that exp(S - lse) is the forward's own softmax; dQ·Mᵀ, dK·Mᵀ map back to q, k."""
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
-    operands = (t.to(q.dtype).contiguous() for t in dequantize(quantize_qkv(q, k, v, config)))
+    operands = (t.to(q.dtype).contiguous() for t in dequantize(quantize_qkv(q, k, v, config, "natural")))
     dq, dk, dv = attention_backward(dout, *operands, out, lse, softmax_scale, causal, deterministic)
     if hadamard:  # Q' = Q·M, so dQ = dQ'·Mᵀ (likewise K), straight-through the rounding
         dq, dk = (rotate(g, seed, inverse=True).to(q.dtype) for g in (dq, dk))

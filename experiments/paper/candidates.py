@@ -174,17 +174,27 @@ def _flex(problem, q, k, v):
     return lambda: flex(qt, kt, vt, block_mask=block_mask).transpose(1, 2)
 
 
-def _fa3_module():
+def _fa3_module(problem, fp8=False):
+    """FA3's interface, if its build has kernels for this head dim and dtype: a reduced build
+    (experiments/fa3_wheel.sh) would otherwise run another head dim's kernel or fail inside the call."""
     _need_cuda()
     try:
         import flash_attn_interface
     except ImportError as err:
         raise Unavailable(f"FA3 flash_attn_interface not installed: {err}") from err
+    try:
+        from flash_attn_config import CONFIG
+        flags = CONFIG["build_flags"]
+    except (ImportError, KeyError):  # builds without the config module have every kernel
+        flags = {}
+    for flag in (f"FLASHATTENTION_DISABLE_HDIM{problem.headdim}", "FLASHATTENTION_DISABLE_FP8" if fp8 else None):
+        if flags.get(flag):
+            raise Unavailable(f"this FA3 build was made with {flag}")
     return flash_attn_interface
 
 
 def _fa3(problem, q, k, v):
-    fa3 = _fa3_module()
+    fa3 = _fa3_module(problem)
     return lambda: _first(fa3.flash_attn_func(q, k, v, causal=problem.causal))
 
 
@@ -193,7 +203,7 @@ FP8_MAX = 448.0  # largest float8_e4m3fn value
 
 def _fa3_fp8(problem, q, k, v):
     """FA3's FP8 forward on per-tensor-scaled e4m3 inputs, cast before timing (as the paper times it)."""
-    fa3 = _fa3_module()
+    fa3 = _fa3_module(problem, fp8=True)
     shape = (problem.batch, problem.nheads)
     casts, descales = [], []
     for t in (q, k, v):
@@ -229,3 +239,11 @@ BF16_ROSTER = (OURS_GLUON, OURS_TRITON, SDPA_CUDNN, SDPA_FLASH, SDPA_EFFICIENT, 
 OURS_BF16 = Candidate("ours-bf16", "ours", _ours_bf16("auto"), env=(("KERNELS_IMPL", "auto"),),
                       backend=_bf16_backend)
 FP8_ROSTER = (OURS_FP8, OURS_FP8_GLUON, OURS_FP8_TRITON, OURS_FP8_KERNEL, OURS_BF16, FA3_FP8, SDPA_CUDNN)
+
+
+def by_name(name: str) -> Candidate:
+    """A candidate of the BF16 or FP8 roster by its column name."""
+    for cand in (*BF16_ROSTER, *FP8_ROSTER):
+        if cand.name == name:
+            return cand
+    raise KeyError(f"no candidate {name!r}")

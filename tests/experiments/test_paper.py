@@ -130,3 +130,13 @@ def test_ablation_variants_run_on_hopper(tmp_path):
     _, rows, _ = _outputs(tmp_path, "ablation")
     assert [r["status"] for r in rows] == ["ok"] * len(names)
     assert all(float(r["max_abs_err"]) < 0.02 for r in rows)
+
+
+def test_gpu_scripts_name_real_candidates():
+    """experiments.power and experiments.profile_kernels pick implementations by candidate column."""
+    from experiments import power, profile_kernels
+    names = set(power.PATHS.values()) | {target[3] for target in profile_kernels.TARGETS.values()}
+    for name in names:
+        assert candidates.by_name(name).name == name
+    with pytest.raises(KeyError):
+        candidates.by_name("fa2")

@@ -86,8 +86,8 @@ def test_reference_and_triton_forward_read_v_in_wgmma_order(shape, cfg, causal):
 
 @pytest.mark.parametrize("switch", [False, True])
 def test_dispatcher_asks_for_wgmma_order_only_for_gluon_with_the_switch(switch, monkeypatch):
-    """The op quantizes V^T in wgmma order exactly when the Gluon forward runs and GLUON_FP8_WGMMA_V_ORDER is on;
-    a stand-in for the Gluon forward (the reference scheme) records the order it got."""
+    """The op (and quantize_qkv by default) quantizes V^T in wgmma order exactly when the Gluon forward runs and
+    GLUON_FP8_WGMMA_V_ORDER is on; a stand-in for the Gluon forward (the reference scheme) records the order it got."""
     import kernels.fp8 as fp8
     seen = []
 
@@ -107,6 +107,9 @@ def test_dispatcher_asks_for_wgmma_order_only_for_gluon_with_the_switch(switch, 
     out = flash_attn_fp8_func(q, k, v, causal=True, config=cfg)
     assert seen == ["wgmma" if switch else "natural"]
     torch.testing.assert_close(out.float(), want.float(), rtol=2**-7, atol=1e-5)
+    # The public pre-pass lays V^T out for that same forward unless told otherwise.
+    assert quantize_qkv(q, k, v, cfg).v_key_order == seen[0]
+    assert quantize_qkv(q, k, v, cfg, v_key_order="natural").v_key_order == "natural"
 
 
 @pytest.mark.parametrize("fmt, tol", [("e4m3", 0.06), ("e5m2", 0.12)])
