@@ -14,6 +14,10 @@ the kernel is built to read each element once and keep loads in flight:
     fp32. At head dim 256 it runs as two 128-wide halves and one butterfly
     (H_256 = [[H, H], [H, -H]]), which halves the dot's work and keeps only
     256 x 128 of D·H in shared memory;
+  * V^T (in either key order) at head dims 128/256 is also a tensor-core
+    product: the block's transpose times a 0/1 key permutation matrix (exact),
+    so it leaves the MMA in the layout it is stored in; a transpose in
+    registers before the store cost V's blocks 1.6x a Q or K block;
   * few instructions per element between load and store (they were most of
     each block's chain): one NaN-keeping max per element for the amax, and
     no clamp before the cast (cvt.rn.satfinite saturates to ±fp8 max).
@@ -21,9 +25,9 @@ Blocks too large for registers (and the "head"/"tensor" granularities) take
 two launches: per-chunk amax, then a quantization with the scales the host
 reduces from it (kernels.quant.scales_from_amax). The layouts and the
 arithmetic are kernels.quant's, which the tests hold this kernel to.
-On an H200 it measures 2.8-3.1 TB/s at head dims 64/128 and 1.7 TB/s at 256
-(one 16-warp program per SM), against 4.1 TB/s for a copy; docs/fp8.md has
-the numbers and what limits them.
+On an H200 its GPU time (CUDA graph) is 3.4-3.5 TB/s at head dims 64/128 and
+2.2 TB/s at 256 (one 16-warp program per SM), against 4.2 TB/s for a copy;
+docs/fp8.md has the numbers and what limits them.
 """
 import math
 import os
@@ -60,14 +64,18 @@ class PrepassTiles:
     # Programs for V per program for K (Q's and K's go by their blocks): a V block skips the rotation but is
     # stored transposed, so its cost differs from a Q or K block's.
     v_share: float = 1.0
+    # V^T by a tensor-core product with a key permutation matrix (exact), stored as it comes out of the MMA,
+    # instead of a register transpose before the store.
+    v_by_dot: bool = False
 
 
 # H200, 16k tokens x hidden 2048 (docs/fp8.md): the tiles of session 2 (at 256 the third stage, a load in
-# flight during each block's work, took 0.196 -> 0.173 ms), and since session 6 more programs for V, whose
-# blocks cost more than Q's and K's: GPU time (CUDA graph) 0.097 -> 0.087 / 0.104 -> 0.094 / 0.168 -> 0.153 ms
-# at head dims 64 / 128 / 256.
-PREPASS_TILES_SM90 = {64: PrepassTiles(4, 3, 4, v_share=1.33), 128: PrepassTiles(8, 3, 2, v_share=1.6),
-                      256: PrepassTiles(16, 3, 1, heads_fastest=True, v_share=1.25)}
+# flight during each block's work, took 0.196 -> 0.173 ms), since session 6 more programs for V, whose
+# blocks cost more than Q's and K's (GPU time, CUDA graph: 0.097 -> 0.087 / 0.104 -> 0.094 / 0.168 -> 0.153 ms
+# at head dims 64 / 128 / 256), and since session 12 V transposed on the tensor cores at 128 and 256, where a V
+# block then costs what a Q or K block does (0.0945 -> 0.0885, 0.148 -> 0.139 ms; at 64 it lost, 0.086 -> 0.092).
+PREPASS_TILES_SM90 = {64: PrepassTiles(4, 3, 4, v_share=1.33), 128: PrepassTiles(8, 3, 2, v_by_dot=True),
+                      256: PrepassTiles(16, 3, 1, heads_fastest=True, v_by_dot=True)}
 # Other GPUs: not measured; one stage (less shared memory).
 PREPASS_TILES_GENERIC = {64: PrepassTiles(4, 1, 3), 128: PrepassTiles(8, 1, 2), 256: PrepassTiles(16, 1, 1)}
 # Interpreter: few programs, so that each loops over several blocks.
@@ -86,6 +94,19 @@ def to_wgmma_keys(x, ROWS: tl.constexpr, KEYS: tl.constexpr):
 def from_wgmma_keys(x, ROWS: tl.constexpr, KEYS: tl.constexpr):
     """kernels.quant.from_wgmma_key_order on the last axis of a [ROWS, KEYS] tile."""
     return x.reshape(ROWS, KEYS // WGMMA_GROUP, 4, 2, 2).permute(0, 1, 3, 2, 4).reshape(ROWS, KEYS)
+
+
+@triton.jit
+def key_permutation(ROWS: tl.constexpr, WGMMA_KEYS: tl.constexpr, dtype: tl.constexpr):
+    """[ROWS, ROWS] 0/1 matrix P with (x^T·P)[:, j] = x^T[:, key(j)]: key(j) = j, or in wgmma order position
+    16a + 4t + 2h + b takes key 16a + 8h + 2t + b (kernels.quant.to_wgmma_key_order)."""
+    j = tl.arange(0, ROWS)
+    if WGMMA_KEYS:
+        r = j % WGMMA_GROUP
+        key = j - r + 8 * ((r // 2) % 2) + 2 * (r // 4) + r % 2
+    else:
+        key = j
+    return (tl.arange(0, ROWS)[:, None] == key[None, :]).to(dtype)
 
 
 def prepass_tiles(head_dim: int, device: torch.device) -> PrepassTiles:
@@ -135,16 +156,17 @@ def _abs_max(y):
 
 @triton.jit
 def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr,
-               TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, FP8_DTYPE: tl.constexpr,
+               TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, FP8_DTYPE: tl.constexpr,
                INTERPRET: tl.constexpr):
     y = y * inv_scale
     if INTERPRET:  # on the GPU, cvt.rn.satfinite clamps to ±fp8 max itself (and, by PTX's spec, keeps NaN)
         y = tl.clamp(y, -fp8_max, fp8_max)
     y8 = to_fp8(y, FP8_DTYPE, INTERPRET)
     if TRANSPOSE_OUT:
-        y8 = y8.T
-        if WGMMA_KEYS:  # row0 is a multiple of the group
-            y8 = to_wgmma_keys(y8, COLS, ROWS)
+        if not V_DOT:  # else y is V^T in its key order already
+            y8 = y8.T
+            if WGMMA_KEYS:  # row0 is a multiple of the group
+                y8 = to_wgmma_keys(y8, COLS, ROWS)
         desc_out.store([b, h, col0, row0], y8.reshape(1, 1, COLS, ROWS))
     else:
         desc_out.store([b, row0, h, col0], y8.reshape(1, ROWS, 1, COLS))
@@ -154,11 +176,13 @@ def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.const
 def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nheads, nchunks, chunks_per_block,
                     inv_sqrt_d, fp8_max,
                     ROWS: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr, HADAMARD: tl.constexpr,
-                    TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, MODE: tl.constexpr, FP8_DTYPE: tl.constexpr,
-                    NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr, INTERPRET: tl.constexpr):
+                    TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, MODE: tl.constexpr,
+                    FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr,
+                    INTERPRET: tl.constexpr):
     """Items first, first + step, ... of one tensor; an item is rows [c*ROWS, (c+1)*ROWS) of one (batch, head),
     ordered (batch, c, head) if HEADS_FASTEST else (batch, head, c). TRANSPOSE_OUT: stored as (d, rows), the
-    rows (keys) in wgmma order if WGMMA_KEYS (kernels.quant.to_wgmma_key_order). MODE "block": the item is a whole scale
+    rows (keys) in wgmma order if WGMMA_KEYS (kernels.quant.to_wgmma_key_order), by a product with a key
+    permutation matrix if V_DOT (then the tile is in the stored layout from the start). MODE "block": the item is a whole scale
     block, quantized with its own scale (stored); "amax": store the item's amax at Scale[(batch, head), c];
     "given": quantize with Scale[(batch, head), c // chunks_per_block]."""
     TWO_HALVES: tl.constexpr = HEAD_DIM > COLS
@@ -172,6 +196,8 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
             dh1 = desc_dh.load([COLS, 0])
             if INTERPRET:
                 dh1 = dh1.to(tl.float32)
+    if TRANSPOSE_OUT and V_DOT:
+        perm = key_permutation(ROWS, WGMMA_KEYS, tl.float32 if INTERPRET else desc_x.dtype)
     for item in tl.range(first, n_items, step, num_stages=NUM_STAGES):
         if HEADS_FASTEST:  # concurrent programs read the same rows of every head: nearby addresses
             h = item % nheads
@@ -199,6 +225,14 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
                 y1 = (u0 - u1) * inv_sqrt_d
             else:
                 y0 = u0 * inv_sqrt_d
+        elif TRANSPOSE_OUT and V_DOT:  # exact: one product by 1 per entry, fp32 sums of zeros
+            if INTERPRET:
+                x0 = x0.to(tl.float32)
+            y0 = tl.dot(x0.T, perm)
+            if TWO_HALVES:
+                if INTERPRET:
+                    x1 = x1.to(tl.float32)
+                y1 = tl.dot(x1.T, perm)
         else:
             y0 = x0.to(tl.float32)
             if TWO_HALVES:
@@ -221,10 +255,10 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
             # V_SEQ_ALIGN); past the tensor, TMA drops them.
             inv_scale = tl.math.div_rn(1.0, scale)
             _store_fp8(desc_out, y0, inv_scale, fp8_max, b, h, row0, 0, ROWS, COLS, TRANSPOSE_OUT, WGMMA_KEYS,
-                       FP8_DTYPE, INTERPRET)
+                       V_DOT, FP8_DTYPE, INTERPRET)
             if TWO_HALVES:
                 _store_fp8(desc_out, y1, inv_scale, fp8_max, b, h, row0, COLS, ROWS, COLS, TRANSPOSE_OUT,
-                           WGMMA_KEYS, FP8_DTYPE, INTERPRET)
+                           WGMMA_KEYS, V_DOT, FP8_DTYPE, INTERPRET)
 
 
 @triton.jit
@@ -232,23 +266,24 @@ def _prepass_kernel(desc_q, desc_k, desc_v, desc_q8, desc_k8, desc_vt, desc_dh, 
                     nheads, nheads_kv, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k,
                     programs_q, programs_k, inv_sqrt_d, fp8_max,
                     ROWS_Q: tl.constexpr, ROWS_K: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    HADAMARD: tl.constexpr, V_WGMMA_KEYS: tl.constexpr, MODE: tl.constexpr, FP8_DTYPE: tl.constexpr,
-                    NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr, INTERPRET: tl.constexpr):
+                    HADAMARD: tl.constexpr, V_WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, MODE: tl.constexpr,
+                    FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr,
+                    INTERPRET: tl.constexpr):
     """Programs [0, programs_q) quantize Q, the next programs_k K, the rest V (items_k blocks, like K)."""
     pid = tl.program_id(0)
     if pid < programs_q:
         _quantize_items(desc_q, desc_q8, desc_dh, QS, pid, programs_q, items_q, nheads, nchunks_q, cpb_q,
-                        inv_sqrt_d, fp8_max, ROWS_Q, COLS, HEAD_DIM, HADAMARD, False, False, MODE, FP8_DTYPE,
-                        NUM_STAGES, HEADS_FASTEST, INTERPRET)
+                        inv_sqrt_d, fp8_max, ROWS_Q, COLS, HEAD_DIM, HADAMARD, False, False, False, MODE,
+                        FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
     elif pid < programs_q + programs_k:
         _quantize_items(desc_k, desc_k8, desc_dh, KS, pid - programs_q, programs_k, items_k, nheads_kv, nchunks_k,
-                        cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, HADAMARD, False, False, MODE, FP8_DTYPE,
-                        NUM_STAGES, HEADS_FASTEST, INTERPRET)
+                        cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, HADAMARD, False, False, False, MODE,
+                        FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
     else:
         programs_v = tl.num_programs(0) - programs_q - programs_k
         _quantize_items(desc_v, desc_vt, desc_dh, VS, pid - programs_q - programs_k, programs_v, items_k,
                         nheads_kv, nchunks_k, cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, False, True,
-                        V_WGMMA_KEYS, MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
+                        V_WGMMA_KEYS, V_DOT, MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
 
 
 def _item_rows(block: int, head_dim: int, num_warps: int) -> int:
@@ -312,7 +347,7 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
             (*descs, *scales, h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
              1.0 / math.sqrt(d), config.fp8_max),
             dict(ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
-                 V_WGMMA_KEYS=v_key_order == "wgmma", MODE=mode, FP8_DTYPE=FP8_TL_DTYPES[config.dtype],
+                 V_WGMMA_KEYS=v_key_order == "wgmma", V_DOT=tiles.v_by_dot, MODE=mode, FP8_DTYPE=FP8_TL_DTYPES[config.dtype],
                  NUM_STAGES=tiles.num_stages, HEADS_FASTEST=tiles.heads_fastest, INTERPRET=INTERPRET),
             dict(num_warps=tiles.num_warps),
         )

@@ -1,10 +1,12 @@
 """FP8 quantization scheme (kernels.quant) and the Triton pre-pass kernel that must reproduce it."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 from kernels.quant import (BLOCK_SIZES, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, block_amax, check_qkv, dequantize,
                            from_wgmma_key_order, quantize_qkv_ref, rotate, rows_of, to_wgmma_key_order)
-from kernels.triton.fp8_quant import quantize_qkv_triton
+from kernels.triton.fp8_quant import prepass_tiles, quantize_qkv_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Mantissa bits and smallest normal exponent: a value's rounding error is at most
@@ -204,3 +206,16 @@ def test_prepass_kernel_matches_reference_in_wgmma_order(shape, cfg):
     torch.testing.assert_close(got.v_scale, want.v_scale, rtol=1e-6, atol=0)
     dist = fp8_ulp_distance(got.v_t, want.v_t)
     assert dist.max().item() <= 1 and (dist > 0).float().mean().item() < 1e-3
+
+
+@pytest.mark.parametrize("v_key_order", ["natural", "wgmma"])
+@pytest.mark.parametrize("shape, cfg", [CASES[0], CASES[3], CASES[4], CASES[7], CASES[8]])
+def test_v_transposed_on_the_tensor_cores_is_the_same_v_t(shape, cfg, v_key_order):
+    """PrepassTiles.v_by_dot (V^T as x^T times a 0/1 key permutation) stores what the register transpose stores
+    (up to the sign of a zero: x * 1 + 0 turns -0 into +0)."""
+    q, k, v = make_qkv(*shape, seed=8)
+    tiles = prepass_tiles(shape[-1], q.device)
+    a, b = (quantize_qkv_triton(q, k, v, cfg, tiles=replace(tiles, v_by_dot=on), v_key_order=v_key_order)
+            for on in (False, True))
+    assert torch.equal(a.v_scale, b.v_scale)
+    assert torch.equal(a.v_t.float(), b.v_t.float())
