@@ -87,33 +87,71 @@ def run(cmd, log, timeout):
     return text, rc
 
 
+def source_tables(sass_csv: str):
+    """(header, rows) of each kernel's table in the source page's CSV, in launch order."""
+    header, body = None, []
+    for r in csv.reader(io.StringIO(sass_csv)):
+        if "Source" in r and any(c.startswith("Warp Stall Sampling") for c in r):
+            if header is not None:
+                yield header, body
+            header, body = r, []
+        elif header is not None and len(r) == len(header):
+            body.append(r)
+    if header is not None:
+        yield header, body
+
+
 def top_stalls(sass_csv: str, top=30):
     """Per kernel in the source page's CSV: the SASS instructions with the most sampled warp stalls, each with
     its share of the kernel's samples."""
-    rows = list(csv.reader(io.StringIO(sass_csv)))
-    lines, header, body = [], None, []
-
-    def flush():
-        if header is None or not body:
-            return
+    lines = []
+    for header, body in source_tables(sass_csv):
+        lines.append("-- kernel")
         col = next((i for i, c in enumerate(header) if c.startswith("Warp Stall Sampling (All")), None)
         if col is None:
             lines.append(f"(no stall column in {header[:8]})")
-            return
+            continue
         total = sum(num(r[col]) for r in body) or 1.0
-        src = header.index("Source") if "Source" in header else 0
+        src = header.index("Source")
         for r in sorted(body, key=lambda r: -num(r[col]))[:top]:
             lines.append(f"{100 * num(r[col]) / total:5.1f}%  {r[src]}")
-
-    for r in rows:
-        if "Source" in r and any(c.startswith("Warp Stall Sampling") for c in r):
-            flush()
-            header, body = r, []
-            lines.append("-- kernel")
-        elif header is not None and len(r) == len(header):
-            body.append(r)
-    flush()
     return lines or ["(no source table)"]
+
+
+def opcodes(header, body):
+    """{opcode: [warp instructions executed, share of sampled stalls]} of one kernel's table (predicates and
+    modifiers dropped: `@!P0 SYNCS.ARRIVE.TRANS64` counts as SYNCS)."""
+    src, ex = header.index("Source"), header.index("Instructions Executed")
+    stall = next(i for i, c in enumerate(header) if c.startswith("Warp Stall Sampling (All"))
+    counts, total = {}, sum(num(r[stall]) for r in body) or 1.0
+    for r in body:
+        words = [w for w in r[src].split() if not w.startswith("@")]
+        if words:
+            entry = counts.setdefault(words[0].split(".")[0], [0.0, 0.0])
+            entry[0] += num(r[ex])
+            entry[1] += num(r[stall]) / total
+    return counts
+
+
+def compare_opcodes(name_a: str, csv_a: str, name_b: str, csv_b: str, min_share=0.004):
+    """Lines comparing the instruction mix of the busiest kernel of two profiles (executed warp instructions by
+    opcode, millions, and each opcode's share of stall samples), largest excess of b over a first."""
+    def busiest(text):
+        tables = list(source_tables(text))
+        if not tables:
+            raise ValueError("no source table in the profile")
+        return opcodes(*max(tables, key=lambda t: sum(num(r[t[0].index("Instructions Executed")]) for r in t[1])))
+    a, b = busiest(csv_a), busiest(csv_b)
+    total_a, total_b = sum(v[0] for v in a.values()), sum(v[0] for v in b.values())
+    zero = [0.0, 0.0]
+    lines = [f"{'opcode':10} {name_a[:24]:>24} {name_b[:24]:>24} {'b - a':>8}   stalls a / b"]
+    for op in sorted(set(a) | set(b), key=lambda o: a.get(o, zero)[0] - b.get(o, zero)[0]):
+        ea, eb = a.get(op, zero), b.get(op, zero)
+        if max(ea[0], eb[0]) >= min_share * total_b:
+            lines.append(f"{op:10} {ea[0] / 1e6:24.1f} {eb[0] / 1e6:24.1f} {(eb[0] - ea[0]) / 1e6:8.1f}   "
+                         f"{100 * ea[1]:5.1f}% / {100 * eb[1]:5.1f}%")
+    lines.append(f"{'total':10} {total_a / 1e6:24.1f} {total_b / 1e6:24.1f} {(total_b - total_a) / 1e6:8.1f}")
+    return lines
 
 
 def num(x):
@@ -129,6 +167,8 @@ def main(argv=None):
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of: {', '.join(TARGETS)}")
     p.add_argument("--timeout", type=int, default=150, help="seconds per target")
     p.add_argument("--budget", type=int, default=0, help="start no target after this many seconds (0: no limit)")
+    p.add_argument("--compare", default="", help="A:B,... pairs of targets whose instruction mixes opcodes.txt "
+                   "sets side by side (profiled now or earlier into --out); with --targets '' only the comparison")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +176,7 @@ def main(argv=None):
     summary = []
     with open(out / "ncu_log.txt", "w") as log:
         start = time.time()
-        for name in args.targets.split(","):
+        for name in filter(None, args.targets.split(",")):
             if args.budget and time.time() - start > args.budget:
                 summary.append(f"== {name}: not run (budget of {args.budget} s spent)")
                 continue
@@ -163,7 +203,16 @@ def main(argv=None):
             summary += top_stalls(sass)
             (out / "summary.txt").write_text("\n".join(summary) + "\n")
             print("\n".join(summary[-45:]), flush=True)
-        (out / "summary.txt").write_text("\n".join(summary) + "\n")
+        if summary:
+            (out / "summary.txt").write_text("\n".join(summary) + "\n")
+    comparisons = []
+    for pair in filter(None, args.compare.split(",")):
+        a, b = pair.split(":")
+        comparisons += [f"== {a} vs {b}"] + compare_opcodes(a, (out / f"{a}_sass.csv").read_text(),
+                                                           b, (out / f"{b}_sass.csv").read_text())
+    if comparisons:
+        (out / "opcodes.txt").write_text("\n".join(comparisons) + "\n")
+        print("\n".join(comparisons), flush=True)
 
 
 if __name__ == "__main__":
