@@ -60,7 +60,8 @@ class TileConfig:
     q_stages: int = 1  # Q ring depth: 2 loads the next tile's Q during the current one
     branch_fence: bool = False  # softmax kept ahead of the PV wait by a branch, not an mbarrier wait
     named_turn: bool = False  # ping-pong turns on named hardware barriers (FA3), not mbarriers
-    # Consumer instruction trims (mainloop.py; docs/tuning-gluon.md entry 18): on in the FP8 tiles (FP8_TRIMS).
+    # Consumer instruction trims (mainloop.py; docs/tuning-gluon.md entries 18, 30): on in the FP8 tiles
+    # (FP8_TRIMS) and, but for the FP8-only fast_v_ratio, in the 16-bit hd128/hd256 tiles (ROW_TRIMS).
     fast_v_ratio: bool = False  # FP8: V-scale ratio by rcp.approx (one MUFU) instead of a full-range divide
     thread_row_sum: bool = False  # row sums per thread, quad-reduced once per tile (no shuffles per block)
     unmasked_loop: bool = False  # non-causal: blocks after the first visited one skip the mask test and -inf guard
@@ -81,7 +82,8 @@ class TileConfig:
 
 # The consumer trims, with V^T in wgmma key order (kernels.fp8.GLUON_FP8_WGMMA_V_ORDER): FP8 hd128 +6-8%, hd256
 # +6-12% on the H200 (docs/tuning-gluon.md, entries 17-18; bf16 not measured with them).
-FP8_TRIMS = dict(fast_v_ratio=True, thread_row_sum=True, unmasked_loop=True)
+ROW_TRIMS = dict(thread_row_sum=True, unmasked_loop=True)
+FP8_TRIMS = dict(ROW_TRIMS, fast_v_ratio=True)
 # Keyed by (input element bytes, head dim). Shared memory (of 227 KB), in KB, Q + stages * (K + V) + O:
 # 16-bit hd64 24 + 2*32 + 24 (192 query rows), hd128 32 + 3*64 (O in Q's place), hd256 64 + 2*64 (O in Q's
 # place); fp8 (bf16 O) hd64 8 + 4*16 + 16, hd128 16 + 3*32 + 32, hd256 32 + 3*32 + 64.
@@ -93,9 +95,11 @@ TILE_CONFIGS = {
     # 3 stages: the pipelined consumer holds two slots at once (K of block i, V of block i-1); with 2 stages
     # the next load waits for a release and hd128 ran at 438 TFLOPs/s, with 3 at 620. Split K/V release
     # with 2 stages measured 0.9-1.0x of this.
-    (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=True),
+    # ROW_TRIMS at hd128 and hd256: +0-2% and +2-7% non-causal, +2-3% causal at 16k (entry 30); hd64 keeps its
+    # row sums (its causal tiles were not re-measured; a session-4 single run had them 1-6% slower trimmed).
+    (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=True, **ROW_TRIMS),
     # Split K/V release: the only way out of stage starvation where 3 stages do not fit (+45-60%).
-    (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_in_q=True, split_kv=True),
+    (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_in_q=True, split_kv=True, **ROW_TRIMS),
     (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_in_q=False, **FP8_TRIMS),
     (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False, **FP8_TRIMS),
     # 128-key tiles without the overlap: overlapped, a 128-key tile spills 72 registers (O alone is 128 per

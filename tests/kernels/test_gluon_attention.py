@@ -101,6 +101,22 @@ def test_pipeline_options_stay_correct(d, changes, causal):
     _check(out, lse, q, k, v, causal, seed)
 
 
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "unpipelined"])
+@pytest.mark.parametrize("trims", [True, False], ids=["trimmed", "untrimmed"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_row_trims_stay_correct(d, causal, trims, pipeline):
+    # The 16-bit tiles with and without the consumer's row trims (per-thread row sums, unmasked loop blocks;
+    # default on at hd128/256): a ragged last key block, query rows that see no key, several tiles a program.
+    from dataclasses import replace
+    from kernels.gluon.forward import TILE_CONFIGS
+    tile = replace(TILE_CONFIGS[(2, d)], thread_row_sum=trims, unmasked_loop=trims)
+    for shape in [(1, 1000, 517, 6, 2), MANY_TILES]:
+        seed, q, k, v = _inputs(*shape, d, torch.bfloat16)
+        out, lse = _poisoned_forward(q, k, v, causal, tile=tile, pipeline=pipeline)
+        _check(out, lse, q, k, v, causal, f"{seed} {shape}")
+
+
 @pytest.mark.parametrize("d", [40, 96, 200])
 def test_head_dims_between_tiles(d):
     # Computed on the next tile head dim: TMA zero-fills the extra columns and clips them on store.
