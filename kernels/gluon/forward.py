@@ -81,7 +81,7 @@ class TileConfig:
 
 
 # The consumer trims, with V^T in wgmma key order (kernels.fp8.GLUON_FP8_WGMMA_V_ORDER): FP8 hd128 +6-8%, hd256
-# +6-12% on the H200 (docs/tuning-gluon.md, entries 17-18; bf16 not measured with them).
+# +6-12% on the H200 (docs/tuning-gluon.md, entries 17-18); the row trims alone on 16-bit tiles: entry 30.
 ROW_TRIMS = dict(thread_row_sum=True, unmasked_loop=True)
 FP8_TRIMS = dict(ROW_TRIMS, fast_v_ratio=True)
 # Keyed by (input element bytes, head dim). Shared memory (of 227 KB), in KB, Q + stages * (K + V) + O:
@@ -95,8 +95,8 @@ TILE_CONFIGS = {
     # 3 stages: the pipelined consumer holds two slots at once (K of block i, V of block i-1); with 2 stages
     # the next load waits for a release and hd128 ran at 438 TFLOPs/s, with 3 at 620. Split K/V release
     # with 2 stages measured 0.9-1.0x of this.
-    # ROW_TRIMS at hd128 and hd256: +0-2% and +2-7% non-causal, +2-3% causal at 16k (entry 30); hd64 keeps its
-    # row sums (its causal tiles were not re-measured; a session-4 single run had them 1-6% slower trimmed).
+    # ROW_TRIMS at hd128 and hd256: a tie to +2% and +2-7% non-causal, +2-3% causal at 16k (entry 30); hd64 keeps its
+    # row sums (its causal tiles were not re-measured; a session-4 single run had them 0.6-6% slower trimmed).
     (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=True, **ROW_TRIMS),
     # Split K/V release: the only way out of stage starvation where 3 stages do not fit (+45-60%).
     (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_in_q=True, split_kv=True, **ROW_TRIMS),
