@@ -107,22 +107,23 @@ def main():
         q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         problem = Problem(b, s, h, d, causal=False)
         flops = problem.flops("fwd")
-        calls = {}
+        calls = {}  # path -> (its candidate's environment, the call)
         for path in args.paths.split(","):  # build and compile everything before the first window
             cand = candidates.by_name(PATHS[path])
             try:
                 with environment(dict(cand.env)):
-                    calls[path] = cand.build(problem, q, k, v)
-                    calls[path]()
+                    call = cand.build(problem, q, k, v)
+                    call()
+                calls[path] = (dict(cand.env), call)
             except candidates.Unavailable as err:
                 print(f"{name} {path}: skipped ({err})", flush=True)
         paths = list(calls)
         for r in range(args.rounds):
             for path in (paths if r % 2 == 0 else paths[::-1]):
-                with environment(dict(candidates.by_name(PATHS[path]).env)):
-                    row = dict(shape=name, path=path, round=r,
-                               **sustained(calls[path], flops, pynvml, handle, args.seconds))
-                    row["bench_tflops"] = flops / triton.testing.do_bench(calls[path], return_mode="median") * 1e-9
+                env, call = calls[path]
+                with environment(env):
+                    row = dict(shape=name, path=path, round=r, **sustained(call, flops, pynvml, handle, args.seconds))
+                    row["bench_tflops"] = flops / triton.testing.do_bench(call, return_mode="median") * 1e-9
                 row["tflops_per_ghz"] = row["tflops"] / (row["mhz"] / 1000)
                 row["gflop_per_joule"] = flops / row["joules_per_call"] * 1e-9
                 rows.append(row)

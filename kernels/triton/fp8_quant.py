@@ -182,9 +182,9 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
     """Items first, first + step, ... of one tensor; an item is rows [c*ROWS, (c+1)*ROWS) of one (batch, head),
     ordered (batch, c, head) if HEADS_FASTEST else (batch, head, c). TRANSPOSE_OUT: stored as (d, rows), the
     rows (keys) in wgmma order if WGMMA_KEYS (kernels.quant.to_wgmma_key_order), by a product with a key
-    permutation matrix if V_DOT (then the tile is in the stored layout from the start). MODE "block": the item is a whole scale
-    block, quantized with its own scale (stored); "amax": store the item's amax at Scale[(batch, head), c];
-    "given": quantize with Scale[(batch, head), c // chunks_per_block]."""
+    permutation matrix if V_DOT (then the tile is in the stored layout from the start). MODE "block": the item
+    is a whole scale block, quantized with its own scale (stored); "amax": store the item's amax at
+    Scale[(batch, head), c]; "given": quantize with Scale[(batch, head), c // chunks_per_block]."""
     TWO_HALVES: tl.constexpr = HEAD_DIM > COLS
     if HADAMARD:
         # D·H's first COLS columns: rows [0, COLS) are D0·H_COLS and, at head dim 256, rows [COLS, 2·COLS)
@@ -212,13 +212,13 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
         x0 = desc_x.load([b, row0, h, 0]).reshape(ROWS, COLS)
         if TWO_HALVES:
             x1 = desc_x.load([b, row0, h, COLS]).reshape(ROWS, COLS)
+        if INTERPRET:  # numpy has no bf16 matmul; every branch below works in fp32 anyway
+            x0 = x0.to(tl.float32)
+            if TWO_HALVES:
+                x1 = x1.to(tl.float32)
         if HADAMARD:
-            if INTERPRET:
-                x0 = x0.to(tl.float32)
             u0 = tl.dot(x0, dh0)
             if TWO_HALVES:
-                if INTERPRET:
-                    x1 = x1.to(tl.float32)
                 # x·(D·H_256) = [u0 + u1, u0 - u1] with u0 = x0·D0·H, u1 = x1·D1·H.
                 u1 = tl.dot(x1, dh1)
                 y0 = (u0 + u1) * inv_sqrt_d
@@ -226,12 +226,8 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
             else:
                 y0 = u0 * inv_sqrt_d
         elif TRANSPOSE_OUT and V_DOT:  # exact: one product by 1 per entry, fp32 sums of zeros
-            if INTERPRET:
-                x0 = x0.to(tl.float32)
             y0 = tl.dot(x0.T, perm)
             if TWO_HALVES:
-                if INTERPRET:
-                    x1 = x1.to(tl.float32)
                 y1 = tl.dot(x1.T, perm)
         else:
             y0 = x0.to(tl.float32)
@@ -347,8 +343,9 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
             (*descs, *scales, h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
              1.0 / math.sqrt(d), config.fp8_max),
             dict(ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
-                 V_WGMMA_KEYS=v_key_order == "wgmma", V_DOT=tiles.v_by_dot, MODE=mode, FP8_DTYPE=FP8_TL_DTYPES[config.dtype],
-                 NUM_STAGES=tiles.num_stages, HEADS_FASTEST=tiles.heads_fastest, INTERPRET=INTERPRET),
+                 V_WGMMA_KEYS=v_key_order == "wgmma", V_DOT=tiles.v_by_dot, MODE=mode,
+                 FP8_DTYPE=FP8_TL_DTYPES[config.dtype], NUM_STAGES=tiles.num_stages,
+                 HEADS_FASTEST=tiles.heads_fastest, INTERPRET=INTERPRET),
             dict(num_warps=tiles.num_warps),
         )
 
