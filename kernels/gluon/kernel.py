@@ -40,8 +40,8 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
     turn_phase = gl.to_tensor(1 if CID == 0 else 0)
     first_turn(p, CID, PINGPONG)
     q_slot = Ring.start(p.Q_STAGES)
-    for tile_id in range(gl.program_id(0), sched.num_tiles, gl.num_programs(0)):
-        batch, head, m_block = sched.tile(tile_id)
+    for k in range(sched.tiles_here()):
+        batch, head, m_block = sched.tile(k)
         head_kv = head // sched.group
         n_blocks = kv_block_count(sched, m_block)
         tile_row0 = m_block * sched.BLOCK_M
@@ -84,14 +84,15 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
                          THREAD_ROW_SUM: gl.constexpr, UNMASKED_LOOP: gl.constexpr,
                          Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
                          WARP_SPECIALIZE: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
-                         CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+                         CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, PAIRED_CAUSAL: gl.constexpr):
     """q/k/v/o: 4-D TMA descriptors; q_scales/k_scales/v_scales: FP8 block scales (kernels.quant), None for 16-bit.
 
     FP8 scales cover Q_SCALE_BLOCK query rows and KV_SCALE_BLOCK keys (a multiple of the key block);
     V_WGMMA_KEYS: FP8 V^T's keys are in wgmma order (kernels.quant.FP8QKV.v_key_order)."""
     BLOCK_M: gl.constexpr = NUM_CONSUMERS * q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
-    sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
+    sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL,
+                                   PAIRED_CAUSAL)
     p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q,
                         Q_STAGES, BRANCH_FENCE, NAMED_TURN, V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM,
                         UNMASKED_LOOP)

@@ -252,8 +252,8 @@ def producer_partition(p: Pipeline, sched: TileScheduler):
     k_slot = Ring.start(p.STAGES)
     v_slot = Ring.start(p.STAGES)
     q_slot = Ring.start(p.Q_STAGES)
-    for tile_id in range(gl.program_id(0), sched.num_tiles, gl.num_programs(0)):
-        batch, head, m_block = sched.tile(tile_id)
+    for k in range(sched.tiles_here()):
+        batch, head, m_block = sched.tile(k)
         head_kv = head // sched.group
         n_blocks = kv_block_count(sched, m_block)
         row0 = m_block * sched.BLOCK_M

@@ -51,10 +51,11 @@ class TileScheduler:
     BLOCK_M: gl.constexpr
     BLOCK_N: gl.constexpr
     CAUSAL: gl.constexpr
+    PAIRED: gl.constexpr
 
     @gluon.constexpr_function
     def __init__(self, num_tiles, num_m_blocks, num_bh, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M,
-                 BLOCK_N, CAUSAL):
+                 BLOCK_N, CAUSAL, PAIRED):
         self.num_tiles = num_tiles
         self.num_m_blocks = num_m_blocks
         self.num_bh = num_bh
@@ -66,24 +67,39 @@ class TileScheduler:
         self.BLOCK_M = gl.constexpr(BLOCK_M)
         self.BLOCK_N = gl.constexpr(BLOCK_N)
         self.CAUSAL = gl.constexpr(CAUSAL)
+        self.PAIRED = gl.constexpr(PAIRED)
 
     @gluon.jit
     def create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-               CAUSAL: gl.constexpr):
+               CAUSAL: gl.constexpr, PAIRED: gl.constexpr):
         n_m = gl.cdiv(seqlen_q, BLOCK_M)
         num_bh = batch * nheads
         return TileScheduler(n_m * num_bh, n_m, num_bh, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M,
-                             BLOCK_N, CAUSAL)
+                             BLOCK_N, CAUSAL, PAIRED)
 
     @gluon.jit
-    def tile(self, tile_id):
-        """(batch, head, m_block) of tile `tile_id`."""
+    def tiles_here(self):
+        """How many tiles this program runs."""
+        pid = gl.program_id(0)
+        grid = gl.num_programs(0)
+        if self.CAUSAL and self.PAIRED:
+            units, singles = self.paired_counts()
+            return 2 * gl.cdiv(gl.maximum(units - pid, 0), grid) + gl.cdiv(gl.maximum(singles - (grid - 1 - pid), 0), grid)
+        return gl.cdiv(self.num_tiles - pid, grid)
+
+    @gluon.jit
+    def tile(self, k):
+        """(batch, head, m_block) of this program's k-th tile."""
+        pid = gl.program_id(0)
+        grid = gl.num_programs(0)
+        if self.CAUSAL and self.PAIRED:
+            bh, m_block = self.paired_tile(pid, grid, k)
+            return bh // self.nheads, bh % self.nheads, m_block
+        tile_id = pid + k * grid
         if self.CAUSAL:  # odd waves in reverse
-            grid = gl.num_programs(0)
-            wave = tile_id // grid
+            wave = k
             wave_size = gl.minimum(grid, self.num_tiles - wave * grid)
-            lane = tile_id - wave * grid
-            tile_id = gl.where(wave % 2 == 1, wave * grid + wave_size - 1 - lane, tile_id)
+            tile_id = gl.where(wave % 2 == 1, wave * grid + wave_size - 1 - pid, tile_id)
         section_tiles = self.section_heads * self.num_m_blocks
         section = tile_id // section_tiles
         first_bh = section * self.section_heads
@@ -96,6 +112,34 @@ class TileScheduler:
         else:
             m_block = m_idx
         return bh // self.nheads, bh % self.nheads, m_block
+
+    @gluon.jit
+    def paired_counts(self):
+        """Causal paired order: (units, single tiles). A unit is two m-blocks of one head whose key counts add up
+        to the same total, (n_m - 1 - j, j), or (n_m - 1 - j, j + 1) when n_m is odd; m-block 0 of each head then
+        runs alone."""
+        units = self.num_bh * (self.num_m_blocks // 2)
+        return units, self.num_bh * (self.num_m_blocks % 2)
+
+    @gluon.jit
+    def paired_tile(self, pid, grid, k):
+        """(batch * nheads + head, m_block) of program pid's k-th tile in the paired order.
+
+        Units go head after head and program pid runs units pid, pid + grid, ...,
+        each as its long tile then its short one, so every program does the
+        same work but for one unit, and the programs running together read the
+        K/V of a few heads. Single tiles (one or two key blocks) come last,
+        dealt from the last program down, which ran no unit fewer.
+        """
+        units, _ = self.paired_counts()
+        pairs = gl.maximum(self.num_m_blocks // 2, 1)  # no units when n_m is 1
+        my_units = gl.cdiv(gl.maximum(units - pid, 0), grid)
+        unit = pid + k // 2 * grid
+        j = unit % pairs
+        m_block = gl.where(k % 2 == 1, j + self.num_m_blocks % 2, self.num_m_blocks - 1 - j)
+        single = grid - 1 - pid + (k - 2 * my_units) * grid
+        in_unit = k < 2 * my_units
+        return gl.where(in_unit, unit // pairs, single), gl.where(in_unit, m_block, 0)
 
 
 @gluon.jit

@@ -117,6 +117,20 @@ def test_row_trims_stay_correct(d, causal, trims, pipeline):
         _check(out, lse, q, k, v, causal, f"{seed} {shape}")
 
 
+@pytest.mark.parametrize("paired", [True, False], ids=["paired", "longest_first"])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_causal_tile_orders_cover_every_tile(d, paired):
+    # Both causal tile orders (scheduler.py) on grids that end in a part round of units, odd m-block counts
+    # (m-block 0 alone), one m-block per head (no units at all), and rows that see no key.
+    from dataclasses import replace
+    from kernels.gluon.forward import TILE_CONFIGS
+    tile = replace(TILE_CONFIGS[(2, d)], paired_causal=paired)
+    for shape in [MANY_TILES, (3, 1537, 1537, 12, 3), (5, 100, 700, 4, 4), (2, 700, 300, 4, 2)]:
+        seed, q, k, v = _inputs(*shape, d, torch.bfloat16)
+        out, lse = _poisoned_forward(q, k, v, True, tile=tile)
+        _check(out, lse, q, k, v, True, f"{seed} {shape}")
+
+
 @pytest.mark.parametrize("d", [40, 96, 200])
 def test_head_dims_between_tiles(d):
     # Computed on the next tile head dim: TMA zero-fills the extra columns and clips them on store.
