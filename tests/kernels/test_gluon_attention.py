@@ -123,8 +123,8 @@ def test_causal_tile_orders_cover_every_tile(d, paired):
     # Both causal tile orders (scheduler.py) on grids that end in a part round of units, odd m-block counts
     # (m-block 0 alone), one m-block per head (no units at all), and rows that see no key.
     from dataclasses import replace
-    from kernels.gluon.forward import TILE_CONFIGS
-    tile = replace(TILE_CONFIGS[(2, d)], paired_causal=paired)
+    from kernels.gluon.forward import default_tile
+    tile = replace(default_tile(2, d, causal=True), paired_causal=paired)
     for shape in [MANY_TILES, (3, 1537, 1537, 12, 3), (5, 100, 700, 4, 4), (2, 700, 300, 4, 2)]:
         seed, q, k, v = _inputs(*shape, d, torch.bfloat16)
         out, lse = _poisoned_forward(q, k, v, True, tile=tile)
