@@ -1,27 +1,30 @@
 """Persistent tile scheduler of the Hopper forward.
 
 A tile is BLOCK_M query rows of one (batch, head). The grid has at most one
-program per SM and program `pid` takes tiles pid, pid + grid, ... (one "wave"
-of tiles per grid). Tiles are ordered so that programs running at the same
-time share K/V in L2: the order is m-block-major, heads inner.
+program per SM; `tiles_here` says how many tiles this program runs and
+`tile(k)` which is its k-th. Tiles are ordered so that the programs running
+at the same time read the K/V of a few heads, which then come from DRAM about
+once.
 
-Non-causal tiles all cost the same; the heads are cut into sections of one
-GQA group (the query heads of one K/V head, `section_heads`), one section
-after the other, so the programs running together read one or a few K/V
-heads in step and each K/V block comes from DRAM about once. Sections sized
-to fill L2 (4-16 K/V heads at once, until session 10) read K/V ~4x from DRAM
-at hd128 16k (Nsight Compute: 727 MB against cuDNN SDPA's 270) and, at the
-H200's power cap, ran 2-5% slower for it (docs/tuning-gluon.md, entry 25).
+Non-causal tiles all cost the same and are dealt round robin (program `pid`
+takes tiles pid, pid + grid, ...), m-block-major within sections of one GQA
+group (the query heads of one K/V head, `section_heads`), one section after
+the other. Sections sized to fill L2 (4-16 K/V heads at once, until session
+10) read K/V ~4x from DRAM at hd128 16k (Nsight Compute: 727 MB against cuDNN
+SDPA's 270) and, at the H200's power cap, ran 2-5% slower for it
+(docs/tuning-gluon.md, entry 25).
 
-Causal tiles cost in proportion to their m-block, so the order is longest
-first, over all heads at once (one section: the tiles running together have
-similar m-blocks and walk the same key range down in step, which keeps their
-K/V in L2 without sections), and every other wave is dealt to the programs in
-reverse, so that a program that drew a long tile in one wave draws a short one
-in the next. By a count of key blocks per program (experiments' simulation in
-docs/tuning-gluon.md) that takes the busiest program from 1.4x the average
-down to 1.01x at head dim 256, 16k tokens; sections plus a plain round robin
-left hd256 causal at 0.68x of its non-causal speed.
+A causal tile costs in proportion to its m-block. The paired order (the
+default) makes units of two m-blocks of one head whose costs add up to the
+same total, n_m - 1 - j with j; units go head after head and a program runs
+whole units, so the programs are balanced to within one unit and those
+running together read the K/V of a few heads. The longest-first order
+(`TileConfig.paired_causal=False`, hd64's 192-row tiles) deals all heads'
+tiles longest first, every other wave in reverse (busiest program ~1.01x the
+average), but a wave then spans as many heads as programs: by an LRU model
+of L2 it reads K/V 4-7x from DRAM (hd128 2k: 0.93 GB against 0.13), and the
+paired order ran 5-25% faster at hd128 and hd256 (docs/tuning-gluon.md,
+entries 9 and 31).
 """
 import triton
 
