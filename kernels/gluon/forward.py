@@ -110,10 +110,11 @@ TILE_CONFIGS = {
     # shared memory.
     (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_in_q=False, overlap=False, **FP8_TRIMS),
 }
-# Causal tiles where they differ: at hd64 two consumers of paired tiles ran 5-21% faster than three consumers of
-# longest-first tiles from 1k to 4k keys (docs/tuning-gluon.md, entry 31).
+# Causal tiles where they differ: at hd64 two consumers of paired tiles ran 9-22% faster than three consumers of
+# longest-first tiles from 1k to 4k keys, level at 8k-16k, and the row trims added 0-3% (docs/tuning-gluon.md,
+# entry 31).
 CAUSAL_TILE_CONFIGS = {
-    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False),
+    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False, **ROW_TRIMS),
 }
 
 
