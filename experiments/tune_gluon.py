@@ -116,17 +116,17 @@ def _v_key_order(name):
     return next(({"v_key_order": order} for prefix, order in V_KEY_ORDERS.items() if name.startswith(prefix)), {})
 
 
-def _tile(dtype, head_dim, changes):
-    """The default TileConfig of (dtype, head dim) with `changes` (its TileConfig fields) applied."""
+def _tile(dtype, head_dim, causal, changes):
+    """The default TileConfig of (dtype, head dim, mask) with `changes` (its TileConfig fields) applied."""
     from dataclasses import replace
-    from kernels.gluon.forward import TILE_CONFIGS
+    from kernels.gluon.forward import default_tile
     fields = {k: v for k, v in changes.items() if k != KV_BLOCK_KEY}
-    return replace(TILE_CONFIGS[(1 if dtype == "fp8" else 2, head_dim)], **fields)
+    return replace(default_tile(1 if dtype == "fp8" else 2, head_dim, causal), **fields)
 
 
-def _call_kwargs(dtype, head_dim, changes):
+def _call_kwargs(dtype, head_dim, causal, changes):
     """Keyword arguments of the forward for a candidate: its tile, and for FP8 its FP8Config."""
-    kwargs = dict(tile=_tile(dtype, head_dim, changes))
+    kwargs = dict(tile=_tile(dtype, head_dim, causal, changes))
     if dtype == "fp8":
         from kernels.quant import FP8Config
         kwargs["config"] = FP8Config(block_n=changes.get(KV_BLOCK_KEY, FP8Config.block_n))
@@ -259,7 +259,7 @@ def check_stage(head_dim, group):
         order = _v_key_order(name)
         for causal in (False, True):
             for shape in CHECK_SHAPES[1:]:
-                check(d, causal, list(shape), name, **_call_kwargs(dtype, d, changes), **order)
+                check(d, causal, list(shape), name, **_call_kwargs(dtype, d, causal, changes), **order)
 
 
 def tiny_stage(group):
@@ -268,7 +268,7 @@ def tiny_stage(group):
     name, dtype, d, changes = CANDIDATES[group][0]
     check = _check_fp8 if dtype == "fp8" else _check_bf16
     order = _v_key_order(name)
-    check(d, True, [1, 300, 517, 2, 1], name, **_call_kwargs(dtype, d, changes), **order)
+    check(d, True, [1, 300, 517, 2, 1], name, **_call_kwargs(dtype, d, True, changes), **order)
     torch.cuda.synchronize()
 
 
@@ -318,7 +318,8 @@ def _bench_bf16(batch, seqlen, nheads, head_dim, causal, variants, tiles=(), oth
         row[f"gluon_{name}_ms"], row[f"gluon_{name}_tflops"] = ms, tflops_per_s(flops, ms)
     for name, changes in tiles:
         try:
-            ms = _time(lambda: attention_forward(q, k, v, None, causal, **_call_kwargs("bf16", head_dim, changes)))
+            kwargs = _call_kwargs("bf16", head_dim, causal, changes)
+            ms = _time(lambda: attention_forward(q, k, v, None, causal, **kwargs))
             row.setdefault("tiles", []).append(dict(tile=name, tflops=tflops_per_s(flops, ms)))
         except Exception as e:  # a candidate that does not compile or launch here is reported, not fatal
             row.setdefault("tiles", []).append(dict(tile=name, error=f"{type(e).__name__}: {e}"[:200]))
@@ -366,7 +367,7 @@ def _bench_fp8(batch, seqlen, nheads, head_dim, causal, tiles=(), default=True):
         row["gluon_with_prepass_ms"], row["gluon_with_prepass_tflops"] = ms, tflops_per_s(flops, ms)
     for name, changes in tiles:
         try:
-            kwargs = _call_kwargs("fp8", head_dim, changes)
+            kwargs = _call_kwargs("fp8", head_dim, causal, changes)
             own_cfg = kwargs.pop("config")
             own = _v_key_order(name).get("v_key_order", order)
             if own != order or own_cfg != cfg:  # the pre-pass's output differs too: time it, and the two composed

@@ -87,7 +87,9 @@ class TileScheduler:
         grid = gl.num_programs(0)
         if self.CAUSAL and self.PAIRED:
             units, singles = self.paired_counts()
-            return 2 * gl.cdiv(gl.maximum(units - pid, 0), grid) + gl.cdiv(gl.maximum(singles - (grid - 1 - pid), 0), grid)
+            my_units = gl.cdiv(gl.maximum(units - pid, 0), grid)
+            my_singles = gl.cdiv(gl.maximum(singles - (grid - 1 - pid), 0), grid)  # dealt from the last program
+            return 2 * my_units + my_singles
         return gl.cdiv(self.num_tiles - pid, grid)
 
     @gluon.jit
