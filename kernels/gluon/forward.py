@@ -92,8 +92,8 @@ FP8_TRIMS = dict(ROW_TRIMS, fast_v_ratio=True)
 # H200 numbers behind each choice are in docs/tuning-gluon.md.
 TILE_CONFIGS = {
     # Three consumer warpgroups (FA3's hd64 choice): more softmax hides under GEMMs; 160 registers each.
-    # Causal tiles longest first at hd64: paired, 1k and 2k keys ran 23% and 5% slower, 4k-16k 4-14% faster
-    # (FP8: -2% to +1%); elsewhere paired, +4-25% causal (docs/tuning-gluon.md, entry 31).
+    # Causal hd64 runs its own tile (CAUSAL_TILE_CONFIGS); this one, run causal, keeps the longest-first order: with
+    # three consumers the paired order ran 23% and 5% slower at 1k and 2k keys (docs/tuning-gluon.md, entry 31).
     (2, 64): TileConfig(block_m=192, block_n=128, stages=2, o_in_q=False, split_kv=True, paired_causal=False),
     # 3 stages: the pipelined consumer holds two slots at once (K of block i, V of block i-1); with 2 stages
     # the next load waits for a release and hd128 ran at 438 TFLOPs/s, with 3 at 620. Split K/V release
@@ -103,6 +103,7 @@ TILE_CONFIGS = {
     (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=True, **ROW_TRIMS),
     # Split K/V release: the only way out of stage starvation where 3 stages do not fit (+45-60%).
     (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_in_q=True, split_kv=True, **ROW_TRIMS),
+    # Causal FP8 hd64: the paired order measured -2% to +1% (entry 31), the others +4-7% from 1k to 8k keys.
     (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_in_q=False, paired_causal=False, **FP8_TRIMS),
     (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False, **FP8_TRIMS),
     # 128-key tiles without the overlap: overlapped, a 128-key tile spills 72 registers (O alone is 128 per

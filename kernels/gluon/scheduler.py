@@ -19,12 +19,13 @@ default) makes units of two m-blocks of one head whose costs add up to the
 same total, n_m - 1 - j with j; units go head after head and a program runs
 whole units, so the programs are balanced to within one unit and those
 running together read the K/V of a few heads. The longest-first order
-(`TileConfig.paired_causal=False`, hd64's 192-row tiles) deals all heads'
-tiles longest first, every other wave in reverse (busiest program ~1.01x the
-average), but a wave then spans as many heads as programs: by an LRU model
-of L2 it reads K/V 4-7x from DRAM (hd128 2k: 0.93 GB against 0.13), and the
-paired order ran 5-25% faster at hd128 and hd256 (docs/tuning-gluon.md,
-entries 9 and 31).
+(`TileConfig.paired_causal=False`: the FP8 hd64 tile and the 192-row bf16
+hd64 tile, where pairs did not pay) deals all heads' tiles longest first,
+every other wave in reverse (busiest program ~1.01x the average), but a wave
+then spans as many heads as programs: by an LRU model of L2
+(experiments/tile_order.py) it reads K/V 4-7x from DRAM (hd128 2k: 0.93 GB
+against 0.13), and the paired order ran 5-25% faster at hd128 and hd256
+(docs/tuning-gluon.md, entries 9 and 31).
 """
 import triton
 
@@ -133,8 +134,9 @@ class TileScheduler:
         Units go head after head and program pid runs units pid, pid + grid, ...,
         each as its long tile then its short one, so every program does the
         same work but for one unit, and the programs running together read the
-        K/V of a few heads. Single tiles (one or two key blocks) come last,
-        dealt from the last program down, which ran no unit fewer.
+        K/V of a few heads. Single tiles (m-block 0, the shortest) come last,
+        dealt from the last program down: where the units do not fill their
+        last round, the last programs ran one unit fewer.
         """
         units, _ = self.paired_counts()
         pairs = gl.maximum(self.num_m_blocks // 2, 1)  # no units when n_m is 1
