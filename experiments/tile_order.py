@@ -15,8 +15,6 @@ from collections import OrderedDict
 
 GRID = 132  # SMs of an H100 / H200
 TOKENS, HIDDEN = 16384, 2048  # the paper's shapes: batch = TOKENS / seqlen, heads = HIDDEN / head_dim
-# Causal 16-bit tiles (kernels.gluon.forward.default_tile): (query rows, keys) per head dim.
-CAUSAL_TILES = {64: (128, 128), 128: (128, 128), 256: (128, 64)}
 
 
 def paired(pid, grid, bh, n_m):
@@ -73,7 +71,10 @@ def simulate(programs, seqlen, block_m, block_n, block_bytes, l2_bytes, overhead
 
 
 def model(head_dim, seqlen, order, grid=GRID, l2_bytes=50 << 20):
-    block_m, block_n = CAUSAL_TILES[head_dim]
+    """(busiest / average, modelled DRAM bytes) of the causal 16-bit forward's default tile at a paper shape."""
+    from kernels.gluon.forward import default_tile
+    tile = default_tile(2, head_dim, causal=True)
+    block_m, block_n = tile.block_m, tile.block_n
     bh = TOKENS // seqlen * (HIDDEN // head_dim)
     n_m = math.ceil(seqlen / block_m)
     programs = [order(pid, grid, bh, n_m) for pid in range(min(grid, bh * n_m))]
