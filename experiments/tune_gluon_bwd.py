@@ -175,8 +175,8 @@ def _table(rows):
             alts = " ".join(f"{n}:{r[f'gluon_{n}_tflops']:.0f} ({r[f'gluon_{n}_tflops'] / g:.3f}x gluon, "
                             f"{r[f'gluon_{n}_tflops'] / c:.2f}x cudnn)" for n in ALTERNATIVES if f"gluon_{n}_tflops" in r)
             errors = " ".join(f"{k}: {v}" for k, v in r.items() if k.endswith("_error"))
-            print(f"  {r['head_dim']:>4} {str(r['causal']):>6} {r['seqlen']:>6} {g:7.1f} {c:7.1f} {g / c:6.2f} {t:7.1f}"
-                  f"  {alts} {errors}")
+            print(f"  {r['head_dim']:>4} {str(r['causal']):>6} {r['seqlen']:>6} {g:7.1f} {c:7.1f} {g / c:6.2f}"
+                  f" {t:7.1f}  {alts} {errors}")
 
 
 def main():
