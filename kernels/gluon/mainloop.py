@@ -265,6 +265,41 @@ def v_rescale(alpha, v_unit, v_scale, FP8: gl.constexpr, FAST_V_RATIO: gl.conste
     return alpha, v_unit
 
 
+@gluon.constexpr_function
+def rescale_asm(n):
+    """PTX for n O registers of one thread: multiply each by its alpha unless the thread's flag is 0 (a branch
+    round the multiplies). Operands: n outputs tied to the n O inputs, then n alphas, then n flags (all equal)."""
+    muls = " ".join(f"mul.f32 ${i}, ${i}, ${2 * n + i};" for i in range(n))
+    return f"{{ .reg .pred keep; setp.eq.s32 keep, ${3 * n}, 0; @keep bra done; {muls} done: }}"
+
+
+@gluon.constexpr_function
+def rescale_constraints(n):
+    return ",".join(["=r"] * n + [str(i) for i in range(n)] + ["r"] * (2 * n))
+
+
+@gluon.jit
+def rescale_o(o, alpha, LAZY: gl.constexpr):
+    """O times alpha per row. LAZY: a thread whose rows all kept their max (alpha exactly 1) skips its multiplies;
+    the flag is reduced over the thread's own rows only (wgmma rows 16w + 8h + lane/4: h in registers)."""
+    o_layout: gl.constexpr = o.type.layout
+    a = gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))
+    if LAZY:
+        ROWS: gl.constexpr = o.shape[0]
+        moved = (a != 1.0).to(gl.int32)
+        per_thread = gl.max(moved.reshape([ROWS // 16, 2, 8]), axis=1)
+        flag = gl.convert_layout(gl.expand_dims(per_thread, 1).broadcast_to([ROWS // 16, 2, 8]).reshape([ROWS]),
+                                 a.type.layout, assert_trivial=True)
+        a2 = gl.expand_dims(a, 1).broadcast_to(o.shape)
+        f2 = gl.expand_dims(flag, 1).broadcast_to(o.shape)
+        # One asm block, so one branch, per thread (a thread holds ROWS * HEAD_DIM / 128 of O), at most 64 registers.
+        PACK: gl.constexpr = min(64, ROWS * o.shape[1] // (32 * gl.num_warps()))
+        return gl.inline_asm_elementwise(rescale_asm(PACK), rescale_constraints(PACK), [o, a2, f2], dtype=gl.float32,
+                                         is_pure=True, pack=PACK)
+    else:
+        return o * gl.expand_dims(a, 1)
+
+
 @gluon.jit
 def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, head_kv, seqlen_q, seqlen_k, row_scale,
                 k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, CAUSAL: gl.constexpr,
@@ -287,7 +322,6 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     s_layout: gl.constexpr = wgmma_layout(NW, BLOCK_N, dtype)
     o_layout: gl.constexpr = wgmma_layout(NW, HEAD_DIM, dtype)
     p_layout: gl.constexpr = p_operand_layout(o_layout, dtype)
-    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
 
     m = gl.full([ROWS], -float("inf"), gl.float32, s_rows)
@@ -308,7 +342,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             s = warpgroup_mma_wait(0, deps=(s, ))
             release_k(p, kv)
             s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
-            pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET)
+            pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, LAZY=p.LAZY_RESCALE)
             _, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
             pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
             for i in range(1, n_blocks):
@@ -325,12 +359,12 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                 release_k(p, kv_next)
                 s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8,
                                     LOOP_MASK)
-                pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, not LOOP_MASK)
+                pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, not LOOP_MASK, p.LAZY_RESCALE)
                 alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
                 l = schedule_fence(p, kv, l)
                 o, pr = wait_pv(o, pm, pr)
                 release_v(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
-                o = o * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+                o = rescale_o(o, alpha, p.LAZY_RESCALE)
                 pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
                 kv = kv_next
             pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
@@ -370,9 +404,9 @@ def plain_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_un
     s = warpgroup_mma_wait(0, deps=(s, ))
     release_k(p, kv)
     s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8, MAY_MASK)
-    pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), not MAY_MASK)
+    pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), not MAY_MASK, p.LAZY_RESCALE)
     alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
-    o = o * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    o = rescale_o(o, alpha, p.LAZY_RESCALE)
     pm = p_operand(pr, dtype, p_layout, p.V_WGMMA_KEYS)
     mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
     turn_phase = take_turn(p, turn_phase, CID, PINGPONG)

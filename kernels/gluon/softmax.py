@@ -74,8 +74,13 @@ def total_row_sum(l, rows_layout: gl.constexpr):
     return gl.convert_layout(l, rows_layout, assert_trivial=True)
 
 
+# LAZY: a row's max moves only when a block's max exceeds it by more than this (log2 units), so P <= 2^8 (FA4).
+LAZY_MAX_STEP = gl.constexpr(8.0)
+
+
 @gluon.jit
-def softmax_update(s, m_prev, l_prev, row_scale, P_OFFSET: gl.constexpr, FINITE_MAX: gl.constexpr = False):
+def softmax_update(s, m_prev, l_prev, row_scale, P_OFFSET: gl.constexpr, FINITE_MAX: gl.constexpr = False,
+                   LAZY: gl.constexpr = False):
     """One online-softmax step on a score block; row_scale (> 0) takes S to the base-2 domain.
 
     Returns P = exp2(S * row_scale - m_new + P_OFFSET) (float32), the new
@@ -84,8 +89,12 @@ def softmax_update(s, m_prev, l_prev, row_scale, P_OFFSET: gl.constexpr, FINITE_
     [rows, 4] holds per-thread partial sums (FA3): the quad's shuffles are left
     to total_row_sum. FINITE_MAX: the caller knows every row's new max is
     finite (a key it sees was in an earlier block), so the -inf guard goes.
+    LAZY: the max stays where it was unless it grows by more than LAZY_MAX_STEP; alpha is then exactly 1, and O's
+    rescale can be skipped (16-bit P only: P reaches 2^8, past fp8 P's range with its 2^8 offset).
     """
     m_new = gl.maximum(m_prev, gl.max(s, axis=1) * row_scale)
+    if LAZY:
+        m_new = gl.where(m_new > m_prev + LAZY_MAX_STEP, m_new, m_prev)  # from -inf any finite max moves
     if FINITE_MAX:
         m_use = m_new
     else:

@@ -187,14 +187,23 @@ def causal_keep(offs_m, offs_n, seqlen_q, seqlen_k, CAUSAL: tl.constexpr):
     return keep
 
 
+# Lazy rescale (Tiles.lazy_rescale): a row's max moves only when a block's max exceeds it by more than this (log2
+# units), so P stays <= 2^8 and alpha is exactly 1 in most blocks (FA4's trick).
+LAZY_MAX_STEP = tl.constexpr(8.0)
+
+
 @triton.jit
-def online_softmax(qk, m_i, l_i, qk_scale, MASKED: tl.constexpr, EXP2_POLY: tl.constexpr = 0):
+def online_softmax(qk, m_i, l_i, qk_scale, MASKED: tl.constexpr, EXP2_POLY: tl.constexpr = 0,
+                   LAZY: tl.constexpr = False):
     """One step of the online softmax on raw scores `qk` (masked entries -inf; then EXP2_POLY must be 0).
 
     Returns p = exp2(qk * qk_scale - m_new), the rescale factor alpha for the
     running output, and the new running max m (log2 domain) and row sum l.
+    LAZY: m moves only past LAZY_MAX_STEP (from -inf, any finite max moves it).
     """
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    if LAZY:
+        m_new = tl.where(m_new > m_i + LAZY_MAX_STEP, m_new, m_i)
     if MASKED:
         # A row that has seen no key yet keeps m = -inf: subtract 0 so exp2 gives 0, not NaN.
         m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -204,6 +213,34 @@ def online_softmax(qk, m_i, l_i, qk_scale, MASKED: tl.constexpr, EXP2_POLY: tl.c
     alpha = tl.math.exp2(m_i - m_sub)
     l_new = l_i * alpha + tl.sum(p, 1)
     return p, alpha, m_new, l_new
+
+
+def rescale_asm(n: int) -> str:
+    """PTX for n accumulator registers of one thread: each times its row's alpha, skipped (a branch) when the
+    thread's two rows both kept their max. Operands: n outputs, the n inputs tied to them ($n..), then the n
+    alphas ($2n..); in the wgmma accumulator a thread's registers go (row r: 2 columns, row r + 8: 2 columns) per
+    8 columns, so alphas 0 and 2 are its two rows."""
+    muls = " ".join(f"mul.f32 ${i}, ${i}, ${2 * n + i};" for i in range(n))
+    return ("{ .reg .pred moved; " + f"setp.neu.f32 moved, ${2 * n}, 0f3F800000; "
+            f"setp.neu.or.f32 moved, ${2 * n + 2}, 0f3F800000, moved; @!moved bra done; {muls} done: }}")
+
+
+RESCALE_PACK = tl.constexpr(64)  # accumulator registers of a consumer thread at hd128 (64 rows x 128 / 128 threads)
+RESCALE_ASM = tl.constexpr(rescale_asm(RESCALE_PACK.value))
+RESCALE_CONSTRAINTS = tl.constexpr(",".join(["=r"] * RESCALE_PACK.value + [str(i) for i in range(RESCALE_PACK.value)]
+                                            + ["r"] * RESCALE_PACK.value))
+
+
+@triton.jit
+def rescale(acc, alpha, LAZY: tl.constexpr):
+    """acc times alpha per row; LAZY (warp-specialized tiles, on the GPU): a thread whose rows kept their max
+    (alpha exactly 1) skips its multiplies."""
+    if LAZY:
+        alphas = tl.broadcast_to(alpha[:, None], acc.shape)
+        return tl.inline_asm_elementwise(RESCALE_ASM, RESCALE_CONSTRAINTS, [acc, alphas], dtype=tl.float32,
+                                         is_pure=True, pack=RESCALE_PACK)
+    else:
+        return acc * alpha[:, None]
 
 
 @triton.jit
@@ -243,7 +280,7 @@ def _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, lo, hi, seqlen_q, seqlen_k
 @triton.jit
 def _attend_one_loop(acc, m_i, l_i, q, k_desc, v_desc, start_m, full_end, end, seqlen_q, seqlen_k, qk_scale,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK_KEYS: tl.constexpr,
-                     UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
+                     UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr, LAZY: tl.constexpr):
     """Key blocks [0, end) in one loop, warp-specialized on the GPU; a row's keys past its last are masked
     in blocks from full_end on, and only if MASK_KEYS (causal, or a partial last key block)."""
     dtype = k_desc.dtype
@@ -265,11 +302,11 @@ def _attend_one_loop(acc, m_i, l_i, q, k_desc, v_desc, start_m, full_end, end, s
             # A select rather than a branch: a branch in the loop turns the warp specialization off.
             last = tl.where(start_n < full_end, BLOCK_N, row_last - start_n)
             qk = tl.where(tl.arange(0, BLOCK_N)[None, :] <= last[:, None], qk, float("-inf"))
-        p, alpha, m_i, l_i = online_softmax(qk, m_i, l_i, qk_scale, MASK_KEYS, POLY)
+        p, alpha, m_i, l_i = online_softmax(qk, m_i, l_i, qk_scale, MASK_KEYS, POLY, LAZY)
         v = v_desc.load([start_n, 0])
         if UPCAST:
             v = v.to(tl.float32)
-        acc = tl.dot(to_operand(p, dtype, UPCAST), v, acc * alpha[:, None])
+        acc = tl.dot(to_operand(p, dtype, UPCAST), v, rescale(acc, alpha, LAZY and not UPCAST))
     return acc, m_i, l_i
 
 
@@ -278,7 +315,7 @@ def _forward_tile(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, v_s
                   seqlen_q, seqlen_k, nheads, group, head_dim, qk_scale, pid_m, m_blocks, bh,
                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   CAUSAL: tl.constexpr, UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr,
-                  WARP_SPECIALIZE: tl.constexpr, MASK_KEYS: tl.constexpr):
+                  WARP_SPECIALIZE: tl.constexpr, MASK_KEYS: tl.constexpr, LAZY: tl.constexpr):
     """Out and LSE of query block pid_m (of m_blocks) of batch * head bh."""
     bh, batch, head, kv_head, start_m, offs_m = query_tile_at(pid_m, m_blocks, bh, nheads, group, BLOCK_M, CAUSAL)
 
@@ -295,7 +332,8 @@ def _forward_tile(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, v_s
     full_end, end = kv_block_range(start_m, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL)
     if WARP_SPECIALIZE:
         acc, m_i, l_i = _attend_one_loop(acc, m_i, l_i, q, k_desc, v_desc, start_m, full_end, end, seqlen_q,
-                                         seqlen_k, qk_scale, BLOCK_M, BLOCK_N, CAUSAL, MASK_KEYS, UPCAST, EXP2_POLY)
+                                         seqlen_k, qk_scale, BLOCK_M, BLOCK_N, CAUSAL, MASK_KEYS, UPCAST, EXP2_POLY,
+                                         LAZY)
     else:
         acc, m_i, l_i = _attend(acc, m_i, l_i, q, k_desc, v_desc, offs_m, 0, full_end, seqlen_q, seqlen_k, qk_scale,
                                 BLOCK_N, CAUSAL, False, UPCAST, EXP2_POLY)
@@ -319,7 +357,8 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, 
                      seqlen_q, seqlen_k, nheads, group, head_dim, qk_scale, batch_heads,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      CAUSAL: tl.constexpr, UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr,
-                     WARP_SPECIALIZE: tl.constexpr, MASK_KEYS: tl.constexpr, PERSISTENT: tl.constexpr):
+                     WARP_SPECIALIZE: tl.constexpr, MASK_KEYS: tl.constexpr, PERSISTENT: tl.constexpr,
+                     LAZY: tl.constexpr):
     args = (q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, v_strides, o_strides,
             seqlen_q, seqlen_k, nheads, group, head_dim, qk_scale)
     if PERSISTENT:
@@ -329,10 +368,10 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_strides, k_strides, 
         m_blocks = tl.cdiv(seqlen_q, BLOCK_M)
         for tile in tl.range(tl.program_id(0), m_blocks * batch_heads, tl.num_programs(0)):
             _forward_tile(*args, tile % m_blocks, m_blocks, tile // m_blocks, HEAD_DIM, BLOCK_M, BLOCK_N, CAUSAL,
-                          UPCAST, EXP2_POLY, WARP_SPECIALIZE, MASK_KEYS)
+                          UPCAST, EXP2_POLY, WARP_SPECIALIZE, MASK_KEYS, LAZY)
     else:
         _forward_tile(*args, tl.program_id(0), tl.num_programs(0), tl.program_id(1), HEAD_DIM, BLOCK_M, BLOCK_N,
-                      CAUSAL, UPCAST, EXP2_POLY, WARP_SPECIALIZE, MASK_KEYS)
+                      CAUSAL, UPCAST, EXP2_POLY, WARP_SPECIALIZE, MASK_KEYS, LAZY)
 
 
 def interpreting() -> bool:
@@ -389,7 +428,7 @@ def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None
              WARP_SPECIALIZE=tiles.warp_specialize,
              # Only the one-loop kernel reads this; False otherwise, so the two-loop kernel compiles once.
              MASK_KEYS=tiles.warp_specialize and (causal or seqlen_k % tiles.block_n != 0),
-             PERSISTENT=tiles.persistent),
+             PERSISTENT=tiles.persistent, LAZY=tiles.lazy_rescale),
         dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs),
     )
     return out, lse

@@ -31,6 +31,9 @@ class Tiles:
     # kernel rejects it.
     warp_specialize: bool = False
     persistent: bool = False  # forward: one program per SM walks the tiles (kernels/triton/fwd.py)
+    # Forward, warp-specialized: the row max moves only past a factor 2^8 and a thread skips the O rescale when its
+    # rows kept theirs (kernels/triton/fwd.py; the interpreter multiplies by the exact 1 instead).
+    lazy_rescale: bool = False
 
     def __post_init__(self):
         if self.exp2_poly not in (0, 2, 4, 8):
@@ -38,6 +41,8 @@ class Tiles:
         # Triton 3.6 drops the attribute at 8 warps; the pass sets the registers per warpgroup itself.
         if self.warp_specialize and (self.num_warps != 4 or self.max_regs is not None):
             raise ValueError(f"warp_specialize needs 4 warps and no max_regs, got {self}")
+        if self.lazy_rescale and not self.warp_specialize:
+            raise ValueError(f"lazy_rescale is for the warp-specialized forward (64 O registers a thread), got {self}")
 
 
 @dataclass(frozen=True)
@@ -61,12 +66,12 @@ FWD_TILES_SM90 = {
     # Non-causal: warp-specialized by Triton's pass, +4-6% at 8k/16k, and one exp2 in 8 on the FMA pipe, +1-2%
     # more (step 5), persistent +4% at 4k, +1% at 8k (step 7); causal: three programs per SM (16 B spilled) still
     # 2% ahead (docs/tuning-triton.md, step 4b).
-    (128, False): Tiles(128, 128, 4, 2, exp2_poly=8, warp_specialize=True, persistent=True),
+    (128, False): Tiles(128, 128, 4, 2, exp2_poly=8, warp_specialize=True, persistent=True, lazy_rescale=True),
     (128, True): Tiles(64, 128, 4, 1, max_regs=168),
     # Warp-specialized, one K/V buffer (197 KB of shared memory): +13-16% over (128, 64, 8, 2) on the H200;
     # persistent non-causal (causal tiles would need a balanced order first).
-    (256, False): Tiles(128, 64, 4, 1, warp_specialize=True, persistent=True),
-    (256, True): Tiles(128, 64, 4, 1, warp_specialize=True),
+    (256, False): Tiles(128, 64, 4, 1, warp_specialize=True, persistent=True, lazy_rescale=True),
+    (256, True): Tiles(128, 64, 4, 1, warp_specialize=True, lazy_rescale=True),
 }
 BWD_TILES_SM90 = {
     (64, False): BwdTiles(Tiles(64, 64, 4, 2), Tiles(128, 64, 8, 2)),

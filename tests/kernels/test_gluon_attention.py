@@ -258,3 +258,31 @@ def test_fp8_consumer_trims_stay_correct(d, causal, changes, pipeline):
         out, lse = _poisoned(lambda: fp8_attention_forward(xw, scale, causal, torch.bfloat16, tile=tile,
                                                            pipeline=pipeline), q.shape, torch.bfloat16)
         _assert_like_fp8_scheme(out, lse, q, k, v, x, scale, causal, f"seed {seed} {shape}")
+
+
+def _moving_max_keys(k, kind):
+    """K whose scores make the row max move while the blocks are visited (last key block first): a ramp that
+    grows toward the first keys (steps below 2^8 each block), or outliers every 300 keys (jumps past it)."""
+    if kind == "ramp":
+        return (k.float() * torch.linspace(4.0, 0.5, k.shape[1], device=k.device).view(1, -1, 1, 1)).to(k.dtype)
+    k = k.clone()
+    k[:, ::300] *= 30
+    return k
+
+
+@pytest.mark.parametrize("kind", ["ramp", "outliers"])
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipelined", "unpipelined"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d, dtype", [(64, torch.bfloat16), (128, torch.bfloat16), (128, torch.float16),
+                                      (256, torch.bfloat16)], ids=["d64", "d128", "d128_fp16", "d256"])
+def test_lazy_rescale_stays_correct(d, dtype, causal, pipeline, kind):
+    # TileConfig.lazy_rescale (default on at hd128/256): the row max moves only past a factor 2^8, and a thread
+    # skips O's rescale when none of its rows moved; these keys move it in small steps and in large jumps.
+    from dataclasses import replace
+    from kernels.gluon.forward import TILE_CONFIGS
+    tile = replace(TILE_CONFIGS[(2, d)], lazy_rescale=True)
+    for shape in [(1, 1000, 2049, 6, 2), MANY_TILES]:
+        seed, q, k, v = _inputs(*shape, d, dtype)
+        k = _moving_max_keys(k, kind)
+        out, lse = _poisoned_forward(q, k, v, causal, tile=tile, pipeline=pipeline)
+        _check(out, lse, q, k, v, causal, f"{seed} {shape} {kind}")

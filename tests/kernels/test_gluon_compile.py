@@ -38,6 +38,7 @@ def _names():
     names += [f"float8_e4m3fn_hd{d}_full_ws1_{_fp8_pipe(d)}_pp1_wgmmav" for d in (64, 128, 256)]
     names += ["float8_e4m3fn_hd128_full_ws1_pipe0_pp1_wgmmav"]
     names += [f"float8_e4m3fn_hd{d}_full_ws1_{_fp8_pipe(d)}_pp1_wgmmav_untrimmed" for d in (64, 128, 256)]
+    names += [f"bfloat16_hd{d}_{mask}_ws1_pipe1_pp1_eager" for d in (128, 256) for mask in ("full", "causal")]
     return names + ["float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav_untrimmed"]
 
 
@@ -111,6 +112,19 @@ def test_fp8_consumer_trims_shorten_the_key_loop(reports, head_dim):
                                                                                diet["sass_key_loop"])
     assert diet["sass_shfl"] < base["sass_shfl"], (base["sass_shfl"], diet["sass_shfl"])
     assert diet["sass_local_mem"] <= base["sass_local_mem"], (base["sass_local_mem"], diet["sass_local_mem"])
+
+
+@pytest.mark.parametrize("mask", ["full", "causal"])
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_lazy_rescale_adds_no_spills(reports, head_dim, mask):
+    """The 16-bit hd128/hd256 tiles rescale O lazily (TileConfig.lazy_rescale): one inline-asm block of 64 O
+    registers, their alphas and flags per thread and step may not push the consumer into local memory, and the
+    key loop grows by the flag and a branch round each block of multiplies (two blocks at hd256): a few
+    instructions."""
+    lazy, eager = (reports[f"bfloat16_hd{head_dim}_{mask}_ws1_pipe1_pp1{suffix}"] for suffix in ("", "_eager"))
+    assert "error" not in lazy and "error" not in eager, (lazy.get("error"), eager.get("error"))
+    assert lazy["sass_local_mem"] <= eager["sass_local_mem"], (lazy, eager)
+    assert 0 < lazy["sass_key_loop"] - eager["sass_key_loop"] <= 24, (lazy["sass_key_loop"], eager["sass_key_loop"])
 
 
 @pytest.mark.parametrize("fields, match", [((256, 128, 2, False), "block_m"), ((128, 96, 2, False), "block_n"),

@@ -136,6 +136,32 @@ def test_persistent_forward_matches_reference(case, warp_specialize):
     assert_forward_close(out, lse, q, k, v, causal)
 
 
+def moving_max_keys(k, kind):
+    """K whose scores move the row max while the key blocks are visited (first block first): a ramp that grows
+    toward the last keys (small steps), or outliers every `step` keys (jumps far past a factor 2^8)."""
+    if kind == "ramp":
+        return (k.float() * torch.linspace(0.5, 4.0, k.shape[1], device=k.device).view(1, -1, 1, 1)).to(k.dtype)
+    k = k.clone()
+    k[:, 3::max(k.shape[1] // 7, 1)] *= 30
+    return k
+
+
+@on_interpreter
+@pytest.mark.parametrize("kind", ["ramp", "outliers"])
+@pytest.mark.parametrize("case", WS_CASES[:4], ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}_{}".format(
+    *c[:7], str(c[7]).removeprefix("torch.")))
+def test_lazy_rescale_forward_matches_reference(case, kind):
+    """`Tiles.lazy_rescale`: the max moves only past 2^8, with keys that move it in small steps and in jumps; P
+    then exceeds 1 without harm. (The interpreter multiplies by the exact 1 where the GPU skips the multiply: the
+    skip itself is checked by test_gpu_lazy_rescale_forward.)"""
+    *shape, causal, dtype = case
+    q, k, v, _ = random_qkv(*shape, dtype, "cpu", seed=sum(shape) + 5)
+    k = moving_max_keys(k, kind)
+    tiles = Tiles(128, 16, 4, 1, warp_specialize=True, lazy_rescale=True)
+    out, lse = attention_forward_triton(q, k, v, shape[-1] ** -0.5, causal, tiles=tiles)
+    assert_forward_close(out, lse, q, k, v, causal)
+
+
 @on_interpreter
 def test_warp_specialized_forward_rejects_tiles_the_pass_cannot_split():
     for bad in (Tiles(128, 128, 8, 2), Tiles(128, 128, 4, 2, max_regs=168)):  # refused by Tiles itself
@@ -391,6 +417,22 @@ def test_gpu_persistent_forward(case):
     k, v = (torch.randn(2, seqlen_k, 4, head_dim, generator=g, device="cuda", dtype=torch.bfloat16) for _ in "kv")
     torch.full((1 << 28,), float("nan"), device="cuda")  # freed at once: poisons the allocator's cached blocks
     out, lse = attention_forward_triton(q, k, v, head_dim ** -0.5, causal, tiles=Tiles(*spec, persistent=True))
+    assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["ramp", "outliers"])
+@pytest.mark.parametrize("head_dim,causal", [(128, False), (256, False), (256, True)])
+def test_gpu_lazy_rescale_forward(head_dim, causal, kind):
+    """The tuned warp-specialized tiles with the lazy rescale (a thread skips O's multiply by its rows' alpha
+    when they kept their max), in NaN-poisoned memory, keys that move the max in steps and jumps; GQA 8 / 4."""
+    tiles = replace(fwd_tiles(head_dim, causal, torch.device("cuda")), lazy_rescale=True)  # the default there
+    g = torch.Generator(device="cuda").manual_seed(head_dim + causal + len(kind))
+    q = torch.randn(2, 4133, 8, head_dim, generator=g, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(2, 4133, 4, head_dim, generator=g, device="cuda", dtype=torch.bfloat16) for _ in "kv")
+    k = moving_max_keys(k, kind)
+    torch.full((1 << 28,), float("nan"), device="cuda")  # freed at once: poisons the allocator's cached blocks
+    out, lse = attention_forward_triton(q, k, v, head_dim ** -0.5, causal, tiles=tiles)
     assert_forward_close(out, lse, q, k, v, causal, ref_dtype=torch.float32)
 
 
