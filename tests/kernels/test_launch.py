@@ -74,7 +74,7 @@ def _launches():
 
 def _rows():
     from kernels.gluon.forward import HOPPER
-    from kernels.launch import Launcher, constexpr_tail, spec_class, specialization
+    from kernels.launch import Launcher, constexpr_tail, specialization
 
     rows = []
     for fn, args, constexprs, options in _launches():
