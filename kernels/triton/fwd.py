@@ -225,10 +225,15 @@ def rescale_asm(n: int) -> str:
             f"setp.neu.or.f32 moved, ${2 * n + 2}, 0f3F800000, moved; @!moved bra done; {muls} done: }}")
 
 
-RESCALE_PACK = tl.constexpr(64)  # accumulator registers of a consumer thread at hd128 (64 rows x 128 / 128 threads)
+def rescale_constraints(n: int) -> str:
+    return ",".join(["=r"] * n + [str(i) for i in range(n)] + ["r"] * n)
+
+
+# A consumer thread of the warp-specialized forward holds 64 rows x HEAD_DIM / 128 threads of O: HEAD_DIM / 2
+# registers; one asm block takes 64 of them (two at hd256). Head dims below 128 are refused (not run on a GPU).
+RESCALE_PACK = tl.constexpr(64)
 RESCALE_ASM = tl.constexpr(rescale_asm(RESCALE_PACK.value))
-RESCALE_CONSTRAINTS = tl.constexpr(",".join(["=r"] * RESCALE_PACK.value + [str(i) for i in range(RESCALE_PACK.value)]
-                                            + ["r"] * RESCALE_PACK.value))
+RESCALE_CONSTRAINTS = tl.constexpr(rescale_constraints(RESCALE_PACK.value))
 
 
 @triton.jit
@@ -410,6 +415,8 @@ def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None
     # The Hopper pass gives each of its two consumers 64 rows of a 128-row tile (docs/tuning-triton.md, step 4).
     if tiles.warp_specialize and tiles.block_m != 128:
         raise ValueError(f"a warp-specialized forward needs block_m 128, got {tiles}")
+    if tiles.lazy_rescale and padded_head_dim(head_dim) < 128:
+        raise ValueError(f"lazy_rescale skips 64 O registers a thread at once: head dim 128 or more, got {head_dim}")
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
     set_descriptor_allocator(q.device)

@@ -146,9 +146,14 @@ def moving_max_keys(k, kind):
     return k
 
 
+# The lazy rescale takes head dims of 128 and more (80 runs on a 128 tile).
+LAZY_CASES = [(1, 150, 53, 2, 1, 128, True, torch.bfloat16), (1, 200, 260, 2, 2, 80, True, torch.bfloat16),
+              (2, 37, 53, 4, 2, 128, True, torch.bfloat16), (1, 45, 45, 2, 2, 128, False, torch.float16)]
+
+
 @on_interpreter
 @pytest.mark.parametrize("kind", ["ramp", "outliers"])
-@pytest.mark.parametrize("case", WS_CASES[:4], ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}_{}".format(
+@pytest.mark.parametrize("case", LAZY_CASES, ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}_{}".format(
     *c[:7], str(c[7]).removeprefix("torch.")))
 def test_lazy_rescale_forward_matches_reference(case, kind):
     """`Tiles.lazy_rescale`: the max moves only past 2^8, with keys that move it in small steps and in jumps; P
@@ -160,6 +165,16 @@ def test_lazy_rescale_forward_matches_reference(case, kind):
     tiles = Tiles(128, 16, 4, 1, warp_specialize=True, lazy_rescale=True)
     out, lse = attention_forward_triton(q, k, v, shape[-1] ** -0.5, causal, tiles=tiles)
     assert_forward_close(out, lse, q, k, v, causal)
+
+
+@on_interpreter
+def test_lazy_rescale_refuses_small_head_dims():
+    with pytest.raises(ValueError, match="warp-specialized"):
+        Tiles(64, 128, 4, 1, lazy_rescale=True)
+    q, k, v, _ = random_qkv(1, 64, 64, 1, 1, 64, torch.bfloat16, "cpu", seed=4)
+    with pytest.raises(ValueError, match="head dim 128"):
+        attention_forward_triton(q, k, v, 0.125, False, tiles=Tiles(128, 16, 4, 1, warp_specialize=True,
+                                                                    lazy_rescale=True))
 
 
 @on_interpreter
