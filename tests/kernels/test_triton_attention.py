@@ -138,7 +138,7 @@ def test_persistent_forward_matches_reference(case, warp_specialize):
 
 def moving_max_keys(k, kind):
     """K whose scores move the row max while the key blocks are visited (first block first): a ramp that grows
-    toward the last keys (small steps), or outliers every `step` keys (jumps far past a factor 2^8)."""
+    toward the last keys (small steps), or outliers at seven places (jumps far past a factor 2^8)."""
     if kind == "ramp":
         return (k.float() * torch.linspace(0.5, 4.0, k.shape[1], device=k.device).view(1, -1, 1, 1)).to(k.dtype)
     k = k.clone()
