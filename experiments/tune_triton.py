@@ -41,7 +41,7 @@ HEAD_DIMS = (64, 128, 256)
 SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
 
 # Candidates: Tiles fields in order (block_m, block_n, num_warps, num_stages, max_regs, exp2_poly,
-# warp_specialize, persistent). Pruned
+# warp_specialize, persistent, lazy_rescale). Pruned
 # on CPU by compiling for sm_90 (docs/tuning-triton.md): no or few spills, programs per SM from registers
 # and shared memory, and whether ptxas serializes the wgmmas (C7512: each one waited on at once, as at
 # hd128 (128, 64, 8 warps) under a 128-register cap, which still measured among the fastest).
@@ -58,9 +58,11 @@ FWD_CANDIDATES = {
           (128, 128, 4, 2, *WS), (128, 64, 4, 2, *WS), (128, 128, 4, 2, None, 8, True),
           (128, 128, 4, 2, None, 4, True),
           # Persistent (one program per SM walks the tiles; 224 KB of shared memory with the epilogue's buffer).
-          (128, 128, 4, 2, None, 8, True, True), (128, 128, 4, 2, None, 0, True, True)],
+          (128, 128, 4, 2, None, 8, True, True), (128, 128, 4, 2, None, 0, True, True),
+          # Lazy O rescale (docs/tuning-triton.md step 10): the tuned non-causal tile.
+          (128, 128, 4, 2, None, 8, True, True, True)],
     256: [(128, 64, 8, 2), (64, 64, 4, 1), (64, 64, 4, 2), (128, 64, 4, 1, *WS), (128, 32, 4, 2, *WS),
-          (128, 64, 4, 1, *WS, True)],
+          (128, 64, 4, 1, *WS, True), (128, 64, 4, 1, *WS, False, True), (128, 64, 4, 1, *WS, True, True)],
 }
 # dK/dV kernel: block_m query rows per step, block_n keys per program; dQ kernel: the reverse. The first of
 # each list is the pair the other list's candidates run with (so the tuned pair comes first).
