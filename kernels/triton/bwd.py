@@ -10,6 +10,12 @@ forward (the FP8 forward uses this as its straight-through backward).
   every query head in its GQA group, so the group's sum needs no atomics.
 - dQ: one program per (query block, batch, head) walks the key blocks.
 
+The dQ kernel reads only the inputs and the preprocess's output, so on sm_90+
+it is launched as a programmatic dependent launch: its programs take the SMs
+that the dK/dV kernel's last wave leaves idle (at 8k and 16k the 2048 dK/dV
+programs fill 15.5 waves of an H200), and each waits for the dK/dV kernel
+to finish before its store, so the backward ends when both kernels have.
+
 No atomics anywhere: gradients are bitwise reproducible. (FA2-style dQ
 accumulated with atomic adds in the dK/dV kernel saves two of the seven
 matmuls, but measured 20-30% slower on an H200: docs/tuning-triton.md.)
@@ -21,9 +27,11 @@ queries get P = 0 from their +inf LSE, so sequence tails need no mask.
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels.triton.fwd import (LOG2E, bsh_strides, exp2, head_view, interpreting, kv_block_range, query_tile,
                                 set_descriptor_allocator, to_operand)
+from kernels.device import capability
 from kernels.launch import Launcher
 from kernels.triton.tiles import BwdTiles, Tiles, bwd_tiles, padded_head_dim
 
@@ -151,7 +159,10 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delt
                      q_strides, k_strides, v_strides, do_strides, dk_strides, dv_strides,
                      seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                     UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+                     UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+                     PDL: tl.constexpr):
+    if PDL:  # the dQ kernel may launch once every program of this one has started
+        gdc_launch_dependents()
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     batch = bh // nheads_kv
@@ -213,7 +224,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse2_ptr, delta_ptr,
                    q_strides, k_strides, v_strides, do_strides, dq_strides,
                    seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                   UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr):
+                   UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr, PDL: tl.constexpr):
     bh, batch, head, kv_head, start_m, offs_m = query_tile(nheads, nheads // nheads_kv, BLOCK_M, CAUSAL)
     q = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM).load([start_m, 0])
     do = head_view(do_ptr, do_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM).load([start_m, 0])
@@ -230,6 +241,8 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse2_ptr, delta_ptr,
                    BLOCK_N, CAUSAL, False, UPCAST, EXP2_POLY)
     dq = _dq_steps(dq, q, do, lse2, delta, k_desc, v_desc, offs_m, full_end, end, seqlen_q, seqlen_k, qk_scale,
                    BLOCK_N, CAUSAL, True, UPCAST, EXP2_POLY)
+    if PDL:  # launched before the dK/dV kernel ended: end after it, so that work after the backward sees dK/dV
+        gdc_wait()
     dq_desc = head_view(dq_ptr, dq_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM)
     dq_desc.store([start_m, 0], to_operand(dq * softmax_scale, dq_desc.dtype, UPCAST).to(dq_desc.dtype))
 
@@ -262,6 +275,7 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     pad = max(dkdv_t.block_m, dq_t.block_m, PREPROCESS_BLOCK_M)
     seqlen_q_pad = triton.cdiv(seqlen_q, pad) * pad
     upcast = interpreting()
+    pdl = tiles.dq_early and q.is_cuda and capability(q.device) >= (9, 0)
     set_descriptor_allocator(q.device)
 
     lse2 = torch.empty((batch, nheads, seqlen_q_pad), dtype=torch.float32, device=q.device)
@@ -281,7 +295,8 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
          bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout), bsh_strides(dk), bsh_strides(dv),
          seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale),
         dict(HEAD_DIM=d, BLOCK_M=dkdv_t.block_m, BLOCK_N=dkdv_t.block_n, CAUSAL=causal, UPCAST=upcast,
-             EXP2_POLY=0 if upcast else dkdv_t.exp2_poly, WARP_SPECIALIZE=dkdv_warp_specialized(dkdv_t, head_dim)),
+             EXP2_POLY=0 if upcast else dkdv_t.exp2_poly, WARP_SPECIALIZE=dkdv_warp_specialized(dkdv_t, head_dim),
+             PDL=pdl),
         dict(num_warps=dkdv_t.num_warps, num_stages=dkdv_t.num_stages, maxnreg=dkdv_t.max_regs),
     )
 
@@ -291,7 +306,7 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
         (q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),
          bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale),
         dict(HEAD_DIM=d, BLOCK_M=dq_t.block_m, BLOCK_N=dq_t.block_n, CAUSAL=causal, UPCAST=upcast,
-             EXP2_POLY=0 if upcast else dq_t.exp2_poly),
-        dict(num_warps=dq_t.num_warps, num_stages=dq_t.num_stages, maxnreg=dq_t.max_regs),
+             EXP2_POLY=0 if upcast else dq_t.exp2_poly, PDL=pdl),
+        dict(num_warps=dq_t.num_warps, num_stages=dq_t.num_stages, maxnreg=dq_t.max_regs, launch_pdl=pdl),
     )
     return dq, dk, dv

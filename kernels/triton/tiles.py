@@ -49,6 +49,9 @@ class Tiles:
 class BwdTiles:
     dkdv: Tiles  # one program per key block, looping over query blocks
     dq: Tiles  # one program per query block, looping over key blocks
+    # Launch the dQ kernel as a programmatic dependent launch (sm_90+): its programs start on the SMs that the
+    # dK/dV kernel's last, part-filled wave leaves idle instead of after it (kernels/triton/bwd.py).
+    dq_early: bool = True
 
     def __post_init__(self):
         # dK/dV: the two consumers split the block_n keys (64 each); at block_n 64 both got the same keys

@@ -483,6 +483,24 @@ def test_gpu_warp_specialized_bwd(dkdv, seqlen, causal):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(4096, 4096), (16384, 128)])
+def test_gpu_dq_early_launch_matches_the_serial_one(seqlen_q, seqlen_k):
+    """The dQ kernel as a programmatic dependent launch gives the serial launch's gradients bitwise. At 16k
+    queries over 128 keys the 32 dK/dV programs run long and the 4096 short dQ programs beside them, so a dQ
+    kernel that ended before dK/dV (no wait before its store) would let the comparison read unfinished dK/dV."""
+    q, k, v, dout = random_qkv(2, seqlen_q, seqlen_k, 16, 16, 128, torch.bfloat16, "cuda", seed=37 + seqlen_k)
+    out, lse = attention_forward_triton(q, k, v, 128 ** -0.5, False)
+    tiles = bwd_tiles(128, False, q.device)
+    assert tiles.dq_early
+    serial = attention_backward_triton(dout, q, k, v, out, lse, 128 ** -0.5, False,
+                                       tiles=replace(tiles, dq_early=False))
+    assert_grads_close(serial, q, k, v, dout, False, ref_dtype=torch.float32)
+    for _ in range(5):
+        early = attention_backward_triton(dout, q, k, v, out, lse, 128 ** -0.5, False, tiles=tiles)
+        assert all(torch.equal(a, b) for a, b in zip(early, serial))
+
+
+@pytest.mark.gpu
 def test_gpu_deterministic_bitwise(monkeypatch):
     monkeypatch.setenv("KERNELS_IMPL", "triton")
     q, k, v, dout = random_qkv(2, 4096, 4096, 16, 4, 128, torch.bfloat16, "cuda", seed=11)
