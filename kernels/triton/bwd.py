@@ -276,7 +276,10 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     seqlen_q_pad = triton.cdiv(seqlen_q, pad) * pad
     upcast = interpreting()
     pdl = tiles.dq_early and q.is_cuda and capability(q.device) >= (9, 0)
-    set_descriptor_allocator(q.device)
+    # dK/dV may still run when dQ starts: its descriptor buffers stay allocated until both are launched, so that
+    # neither dQ's buffers nor dq reuse them (a crash in the GQA tests before this).
+    scratch = []
+    set_descriptor_allocator(q.device, keep=scratch)
 
     lse2 = torch.empty((batch, nheads, seqlen_q_pad), dtype=torch.float32, device=q.device)
     delta = torch.empty_like(lse2)
@@ -287,6 +290,7 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     )
 
     qk_scale = softmax_scale * LOG2E
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     launch_dkdv(
@@ -300,7 +304,6 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
         dict(num_warps=dkdv_t.num_warps, num_stages=dkdv_t.num_stages, maxnreg=dkdv_t.max_regs),
     )
 
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     launch_dq(
         (triton.cdiv(seqlen_q, dq_t.block_m), batch * nheads),
         (q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),

@@ -387,12 +387,21 @@ def interpreting() -> bool:
     return isinstance(_attn_fwd_kernel, InterpretedFunction)
 
 
-def set_descriptor_allocator(device: torch.device):
+def set_descriptor_allocator(device: torch.device, keep: list | None = None):
     """In-kernel descriptors need a small global scratch buffer from Triton's allocator.
 
     The allocator is per thread (autograd runs the backward on its own thread), so it is set before each launch.
+    A buffer is freed when its launch returns, which PyTorch's caching allocator may hand to the next allocation
+    on the stream at once: safe only if the next kernel starts after this one ends. Kernels that overlap (a
+    programmatic dependent launch) pass `keep`, which holds their buffers until the caller drops it.
     """
-    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
+    def allocate(size, alignment, stream):
+        buffer = torch.empty(size, dtype=torch.int8, device=device)
+        if keep is not None:
+            keep.append(buffer)
+        return buffer
+
+    triton.set_allocator(allocate)
 
 
 def bsh_strides(t: torch.Tensor):

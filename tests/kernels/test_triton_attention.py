@@ -483,12 +483,15 @@ def test_gpu_warp_specialized_bwd(dkdv, seqlen, causal):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("seqlen_q,seqlen_k", [(4096, 4096), (16384, 128)])
-def test_gpu_dq_early_launch_matches_the_serial_one(seqlen_q, seqlen_k):
-    """The dQ kernel as a programmatic dependent launch gives the serial launch's gradients bitwise. At 16k
-    queries over 128 keys the 32 dK/dV programs run long and the 4096 short dQ programs beside them, so a dQ
-    kernel that ended before dK/dV (no wait before its store) would let the comparison read unfinished dK/dV."""
-    q, k, v, dout = random_qkv(2, seqlen_q, seqlen_k, 16, 16, 128, torch.bfloat16, "cuda", seed=37 + seqlen_k)
+@pytest.mark.parametrize("seqlen_q,seqlen_k,nheads_kv", [(4096, 4096, 4), (16384, 128, 16)])
+def test_gpu_dq_early_launch_matches_the_serial_one(seqlen_q, seqlen_k, nheads_kv):
+    """The dQ kernel as a programmatic dependent launch gives the serial launch's gradients bitwise. With GQA
+    the dK/dV kernel's freed descriptor buffers were handed to the dQ launch while dK/dV still ran (an illegal
+    address). At 16k queries over 128 keys the 32 dK/dV programs run long and the 4096 short dQ programs beside
+    them, so a dQ kernel that ended before dK/dV (no wait before its store) would let the comparison read
+    unfinished dK/dV."""
+    q, k, v, dout = random_qkv(2, seqlen_q, seqlen_k, 16, nheads_kv, 128, torch.bfloat16, "cuda",
+                               seed=37 + seqlen_k)
     out, lse = attention_forward_triton(q, k, v, 128 ** -0.5, False)
     tiles = bwd_tiles(128, False, q.device)
     assert tiles.dq_early
