@@ -1,5 +1,9 @@
 """What Triton's Hopper warp specialization made of the one-loop forward (`Tiles.warp_specialize`), no GPU needed.
 
+It also reports the backward's launch pair at hd128 (`BwdTiles.dq_early`): whether the dK/dV kernel is still
+warp-specialized with its `griddepcontrol.launch_dependents`, and whether the dQ kernel is a programmatic dependent
+launch that waits (`griddepcontrol.wait`) before its store.
+
 `python -m kernels.triton.ws_report [--all]` compiles the forward for sm_90 and
 prints one JSON object per variant: whether the loop was warp-specialized, the
 query rows each consumer partition takes, whether a partition splats the row
@@ -23,8 +27,11 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
+from kernels.launch import compile_for
+
+from .bwd import _bwd_dkdv_kernel, _bwd_dq_kernel
 from .fwd import _attn_fwd_kernel
-from .tiles import Tiles, padded_head_dim
+from .tiles import BWD_TILES_SM90, Tiles, padded_head_dim
 
 HOPPER = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -107,11 +114,40 @@ def report(head_dim, block_n, num_stages, exp2_poly, persistent, causal):
                 spill_loads=count(r"(\d+) bytes spill loads"), stack=count(r"(\d+) bytes stack frame"))
 
 
+def report_bwd(causal):
+    """The hd128 dK/dV and dQ kernels as the backward launches them on sm_90 (tuned tiles, dQ launched early)."""
+    t = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16)
+    f = torch.empty(1, 1, 1)
+    s = (1, 1, 1)
+    tiles = BWD_TILES_SM90[128, causal]
+    rows = []
+    for name, fn, args, t_, extra in (
+            ("dkdv", _bwd_dkdv_kernel, (t, t, t, t, t, t, f, f, s, s, s, s, s, s), tiles.dkdv,
+             dict(WARP_SPECIALIZE=tiles.dkdv.warp_specialize)),
+            ("dq", _bwd_dq_kernel, (t, t, t, t, t, f, f, s, s, s, s, s), tiles.dq, {})):
+        ck = compile_for(fn, (*args, 1, 1, 64, 1, 1, 128, 1.0, 1.0),
+                         dict(HEAD_DIM=128, BLOCK_M=t_.block_m, BLOCK_N=t_.block_n, CAUSAL=causal, UPCAST=False,
+                              EXP2_POLY=t_.exp2_poly, PDL=True, **extra),
+                         dict(num_warps=t_.num_warps, num_stages=t_.num_stages, maxnreg=t_.max_regs,
+                              launch_pdl=name == "dq"), HOPPER)
+        ptx = ck.asm["ptx"]
+        wait, store = ptx.find("griddepcontrol.wait"), ptx.rfind("cp.async.bulk.tensor.2d.global.shared")
+        rows.append(dict(name=f"bwd_{name}_hd128_{'causal' if causal else 'full'}",
+                         warp_specialize_ops=ck.asm["ttgir"].count("ttg.warp_specialize("),
+                         num_warps=ck.metadata.num_warps, launch_pdl=ck.metadata.launch_pdl,
+                         launch_dependents=ptx.count("griddepcontrol.launch_dependents"),
+                         waits=ptx.count("griddepcontrol.wait"), wait_before_store=-1 < wait < store))
+    return rows
+
+
 def main():
     shapes = ALL if "--all" in sys.argv[1:] else DEFAULT
     for shape in shapes:
         for causal in (False, True):
             print(json.dumps(report(*shape, causal)), flush=True)
+    for causal in (False, True):
+        for row in report_bwd(causal):
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

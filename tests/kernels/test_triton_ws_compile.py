@@ -40,3 +40,15 @@ def test_warp_specialized_forward_keeps_the_exp2_polynomial(reports):
     assert r["spill_stores"] == 0, r
     # A causal (masked) loop keeps every exp2 on the MUFU (the polynomial is tuned for unmasked loops only).
     assert reports["hd128_128_2_causal_poly8"]["poly_exp2"] == 0
+
+
+@pytest.mark.parametrize("mask", ["full", "causal"])
+def test_backward_launches_dq_beside_dkdv(reports, mask):
+    """BwdTiles.dq_early at hd128: the dK/dV kernel lets the dQ kernel launch and stays warp-specialized; the dQ
+    kernel is a programmatic dependent launch that waits for dK/dV before its store (else the backward could
+    return, to the stream, before dK/dV is written)."""
+    dkdv, dq = reports[f"bwd_dkdv_hd128_{mask}"], reports[f"bwd_dq_hd128_{mask}"]
+    assert dkdv["warp_specialize_ops"] == 1 and dkdv["num_warps"] == 12, dkdv
+    assert dkdv["launch_dependents"] == 1 and dkdv["waits"] == 0 and not dkdv["launch_pdl"], dkdv
+    assert dq["launch_pdl"] and dq["launch_dependents"] == 0, dq
+    assert dq["waits"] == 1 and dq["wait_before_store"], dq
