@@ -121,14 +121,14 @@ def report_bwd(causal):
     s = (1, 1, 1)
     tiles = BWD_TILES_SM90[128, causal]
     rows = []
-    for name, fn, args, t_, extra in (
+    for name, fn, args, kt, extra in (
             ("dkdv", _bwd_dkdv_kernel, (t, t, t, t, t, t, f, f, s, s, s, s, s, s), tiles.dkdv,
              dict(WARP_SPECIALIZE=tiles.dkdv.warp_specialize)),
             ("dq", _bwd_dq_kernel, (t, t, t, t, t, f, f, s, s, s, s, s), tiles.dq, {})):
         ck = compile_for(fn, (*args, 1, 1, 64, 1, 1, 128, 1.0, 1.0),
-                         dict(HEAD_DIM=128, BLOCK_M=t_.block_m, BLOCK_N=t_.block_n, CAUSAL=causal, UPCAST=False,
-                              EXP2_POLY=t_.exp2_poly, PDL=True, **extra),
-                         dict(num_warps=t_.num_warps, num_stages=t_.num_stages, maxnreg=t_.max_regs,
+                         dict(HEAD_DIM=128, BLOCK_M=kt.block_m, BLOCK_N=kt.block_n, CAUSAL=causal, UPCAST=False,
+                              EXP2_POLY=kt.exp2_poly, PDL=True, **extra),
+                         dict(num_warps=kt.num_warps, num_stages=kt.num_stages, maxnreg=kt.max_regs,
                               launch_pdl=name == "dq"), HOPPER)
         ptx = ck.asm["ptx"]
         wait, store = ptx.find("griddepcontrol.wait"), ptx.rfind("cp.async.bulk.tensor.2d.global.shared")
