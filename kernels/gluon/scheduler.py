@@ -87,8 +87,8 @@ class TileScheduler:
         pid = gl.program_id(0)
         grid = gl.num_programs(0)
         if self.CAUSAL and self.PAIRED:
-            units, singles = self.paired_counts()
-            my_units = gl.cdiv(gl.maximum(units - pid, 0), grid)
+            _, singles = self.paired_counts()
+            my_units = self.program_units(pid, grid)
             my_singles = gl.cdiv(gl.maximum(singles - (grid - 1 - pid), 0), grid)  # dealt from the last program
             return 2 * my_units + my_singles
         return gl.cdiv(self.num_tiles - pid, grid)
@@ -128,6 +128,12 @@ class TileScheduler:
         return units, self.num_bh * (self.num_m_blocks % 2)
 
     @gluon.jit
+    def program_units(self, pid, grid):
+        """Causal paired order: how many units program pid runs (units pid, pid + grid, ...)."""
+        units, _ = self.paired_counts()
+        return gl.cdiv(gl.maximum(units - pid, 0), grid)
+
+    @gluon.jit
     def paired_tile(self, pid, grid, k):
         """(batch * nheads + head, m_block) of program pid's k-th tile in the paired order.
 
@@ -138,9 +144,8 @@ class TileScheduler:
         dealt from the last program down: where the units do not fill their
         last round, the last programs ran one unit fewer.
         """
-        units, _ = self.paired_counts()
         pairs = gl.maximum(self.num_m_blocks // 2, 1)  # no units when n_m is 1
-        my_units = gl.cdiv(gl.maximum(units - pid, 0), grid)
+        my_units = self.program_units(pid, grid)
         unit = pid + k // 2 * grid
         j = unit % pairs
         m_block = gl.where(k % 2 == 1, j + self.num_m_blocks % 2, self.num_m_blocks - 1 - j)

@@ -12,6 +12,9 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from kernels.quant import LN2, P_LOG2_OFFSET
+# LAZY: a row's max moves only when a block's max exceeds it by more than this (log2 units), so P <= 2^8 (FA4),
+# the same step as the Triton forward's.
+from kernels.triton.fwd import LAZY_MAX_STEP
 
 _LN2 = gl.constexpr(LN2)
 
@@ -72,10 +75,6 @@ def total_row_sum(l, rows_layout: gl.constexpr):
     if len(l.shape) == 2:
         l = gl.sum(l, axis=1)
     return gl.convert_layout(l, rows_layout, assert_trivial=True)
-
-
-# LAZY: a row's max moves only when a block's max exceeds it by more than this (log2 units), so P <= 2^8 (FA4).
-LAZY_MAX_STEP = gl.constexpr(8.0)
 
 
 @gluon.jit

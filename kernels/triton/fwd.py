@@ -187,8 +187,9 @@ def causal_keep(offs_m, offs_n, seqlen_q, seqlen_k, CAUSAL: tl.constexpr):
     return keep
 
 
-# Lazy rescale (Tiles.lazy_rescale): a row's max moves only when a block's max exceeds it by more than this (log2
-# units), so P stays <= 2^8 and alpha is exactly 1 in most blocks (FA4's trick).
+# Lazy rescale (Tiles.lazy_rescale; the Gluon forward imports the same step): a row's max moves only when a
+# block's max exceeds it by more than this (log2 units), so P stays <= 2^8 and alpha is exactly 1 in most blocks
+# (FA4's trick).
 LAZY_MAX_STEP = tl.constexpr(8.0)
 
 

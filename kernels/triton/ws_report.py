@@ -24,8 +24,6 @@ import tempfile
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource, make_backend
-from triton.runtime.jit import create_function_from_signature
 
 from kernels.launch import compile_for
 
@@ -49,15 +47,10 @@ def compile_ws_forward(head_dim: int, tiles: Tiles, causal: bool, mask_keys: boo
     t = torch.empty(1, 1, 1, head_dim, dtype=torch.bfloat16)
     strides = (1, 1, 1)
     args = (t, t, t, t, torch.empty(1, 1, 1), strides, strides, strides, strides, 1, 1, 1, 1, head_dim, 1.0, 1)
-    kwargs = dict(HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
-                  UPCAST=False, EXP2_POLY=tiles.exp2_poly, WARP_SPECIALIZE=tiles.warp_specialize, MASK_KEYS=mask_keys,
-                  PERSISTENT=tiles.persistent, LAZY=tiles.lazy_rescale, num_warps=tiles.num_warps,
-                  num_stages=tiles.num_stages)
-    backend = make_backend(HOPPER)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
-    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=HOPPER, options=options.__dict__)
+    constexprs = dict(HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+                      CAUSAL=causal, UPCAST=False, EXP2_POLY=tiles.exp2_poly, WARP_SPECIALIZE=tiles.warp_specialize,
+                      MASK_KEYS=mask_keys, PERSISTENT=tiles.persistent, LAZY=tiles.lazy_rescale)
+    return compile_for(fn, args, constexprs, dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages), HOPPER)
 
 
 def partitions(ttgir: str) -> list[str]:
