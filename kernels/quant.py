@@ -7,10 +7,6 @@ Scheme (docs/fp8.md has the reasoning):
     for Q, block_n rows for K and V. A block's scale is amax / fp8_max (1 for
     an all-zero block, NaN for a block holding inf or NaN), so that
     x * (1 / scale), clamped to ±fp8_max, is cast to fp8 without overflow.
-    V's scales are then rounded up to powers of two (`ceil_pow2`), so that a
-    forward can move P·V between V blocks' units exactly (the Gluon forward's
-    lazy rescale); V's codes then fill (fp8_max / 2, fp8_max], where fp8's
-    relative step is the same as at fp8_max.
     With granularity "head" or "tensor" the amax is taken over the whole head
     or tensor and broadcast to every block, so all granularities share one layout.
   * V is not rotated. It is stored transposed, (batch, nheads_kv, headdim,
@@ -183,24 +179,14 @@ def block_amax(x: torch.Tensor, block: int) -> torch.Tensor:
     return xa.view(b, nblk, block, h, d).amax(dim=(2, 4)).transpose(1, 2).contiguous()
 
 
-def ceil_pow2(scale: torch.Tensor) -> torch.Tensor:
-    """The smallest power of two >= scale, at least 2**-126 (fp32's smallest normal); NaN stays NaN.
-    The pre-pass kernel computes the same on the bits: (bits + 0x7FFFFF) & 0x7F800000."""
-    mant, exp = torch.frexp(scale)  # scale = mant * 2**exp, mant in [0.5, 1)
-    pow2 = torch.ldexp(torch.ones_like(scale), exp - (mant == 0.5).to(exp.dtype)).clamp_min(2.0 ** -126)
-    return torch.where(torch.isnan(scale), scale, pow2)
-
-
-def scales_from_amax(amax: torch.Tensor, config: FP8Config, pow2: bool = False) -> torch.Tensor:
-    """Per-block amax -> per-block scales at config's granularity (same shape); pow2: rounded up to powers of two
-    (V's scales)."""
+def scales_from_amax(amax: torch.Tensor, config: FP8Config) -> torch.Tensor:
+    """Per-block amax -> per-block scales at config's granularity (same shape)."""
     if config.granularity == "head":
         amax = amax.amax(dim=2, keepdim=True).expand_as(amax)
     elif config.granularity == "tensor":
         amax = amax.amax().expand_as(amax)
     scale = torch.where(amax > 0, amax / config.fp8_max, torch.ones_like(amax))
-    scale = torch.where(torch.isfinite(amax), scale, torch.full_like(amax, float("nan")))
-    return (ceil_pow2(scale) if pow2 else scale).contiguous()
+    return torch.where(torch.isfinite(amax), scale, torch.full_like(amax, float("nan"))).contiguous()
 
 
 def rows_of(scale: torch.Tensor, block: int, seqlen: int) -> torch.Tensor:
@@ -222,7 +208,7 @@ def quantize_qkv_ref(q, k, v, config: FP8Config = FP8Config(), v_key_order: str 
     tensors = {}
     for name, x, block in (("q", q, config.block_m), ("k", k, config.block_n), ("v", v, config.block_n)):
         x = rotate(x, config.seed) if config.hadamard and name != "v" else x.float()
-        scale = scales_from_amax(block_amax(x, block), config, pow2=name == "v")
+        scale = scales_from_amax(block_amax(x, block), config)
         tensors[name] = quantize_rows(x, scale, block, config)
         tensors[name + "_scale"] = scale
     b, sk, hk, d = k.shape

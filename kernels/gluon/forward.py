@@ -65,10 +65,9 @@ class TileConfig:
     fast_v_ratio: bool = False  # FP8: V-scale ratio by rcp.approx (one MUFU) instead of a full-range divide
     thread_row_sum: bool = False  # row sums per thread, quad-reduced once per tile (no shuffles per block)
     unmasked_loop: bool = False  # non-causal: blocks after the first visited one skip the mask test and -inf guard
-    # A row's max moves only when it grows by more than a factor 2^8 (FA4's trick; FP8: 2^0.8, so that P, which
-    # carries 2^8, stays in e4m3's range), so the O rescale, skipped by a thread none of whose rows moved, becomes
-    # rare (mainloop.rescale_o). P's largest values are then rounded too (16-bit max error up to ~2x, entry 33).
-    # FP8 keeps O in units of the largest V block scale so far, exactly (mainloop.lazy_v_units).
+    # 16-bit: a row's max moves only when it grows by more than a factor 2^8 (FA4's trick), so the O rescale,
+    # skipped by a thread none of whose rows moved, becomes rare (mainloop.rescale_o). P then reaches 2^8 and its
+    # largest values are rounded too (max error up to ~2x, entry 33); FP8 P would leave e4m3's range.
     lazy_rescale: bool = False
     # FA3's intra-warpgroup softmax/GEMM overlap; off where a key tile's S, the previous block's fp32 P and O do
     # not fit a consumer's registers together (the ping-pong between consumers still hides the softmax).
@@ -112,12 +111,11 @@ TILE_CONFIGS = {
                          **ROW_TRIMS),
     # Causal FP8 hd64: the paired order measured -2% to +1% (entry 31), the others +2-7% from 1k to 8k keys.
     (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_in_q=False, paired_causal=False, **FP8_TRIMS),
-    (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False, lazy_rescale=True, **FP8_TRIMS),
+    (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False, **FP8_TRIMS),
     # 128-key tiles without the overlap: overlapped, a 128-key tile spills 72 registers (O alone is 128 per
     # thread), and 64-key overlapped tiles measured 2-10% slower (docs/tuning-gluon.md, entry 22). 224 KB of
     # shared memory.
-    (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_in_q=False, overlap=False, lazy_rescale=True,
-                         **FP8_TRIMS),
+    (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_in_q=False, overlap=False, **FP8_TRIMS),
 }
 # Causal tiles where they differ: at hd64 two consumers of paired tiles ran 9-22% faster than three consumers of
 # longest-first tiles from 1k to 4k keys, level at 8k-16k, and the row trims added 0-3% (docs/tuning-gluon.md,
@@ -150,6 +148,8 @@ class Variant:
     def __post_init__(self):
         if self.v_wgmma_keys and not self.fp8:
             raise ValueError("Variant.v_wgmma_keys is an FP8 layout of V^T; 16-bit V is not transposed")
+        if self.fp8 and self.tile_override is not None and self.tile_override.lazy_rescale:
+            raise ValueError("TileConfig.lazy_rescale is for 16-bit inputs: FP8 P would leave e4m3's range")
 
     @property
     def fp8(self):

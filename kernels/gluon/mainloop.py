@@ -21,8 +21,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 from kernels.quant import WGMMA_KEY_GROUP
 
 from .pipeline import Pipeline, Ring, kv_block_start
-from .softmax import (block_needs_mask, lazy_max_step, mask_scores, p_log2_offset, row_sum_init, softmax_update,
-                      total_row_sum)
+from .softmax import block_needs_mask, mask_scores, p_log2_offset, row_sum_init, softmax_update, total_row_sum
 
 
 @gluon.constexpr_function
@@ -266,50 +265,6 @@ def v_rescale(alpha, v_unit, v_scale, FP8: gl.constexpr, FAST_V_RATIO: gl.conste
     return alpha, v_unit
 
 
-@gluon.jit
-def biased_exponent(x):
-    """The exponent field of fp32 x: x = 2^(e - 127) for a power of two (a NaN gives 255)."""
-    return (x.to(gl.int32, bitcast=True) >> 23) & 0xFF
-
-
-@gluon.jit
-def pow2_of_biased(e):
-    """2^(e - 127) as fp32, built from its bits, e clamped to the normal exponents [1, 254]."""
-    return (gl.minimum(gl.maximum(e, 1), 254) << 23).to(gl.float32, bitcast=True)
-
-
-@gluon.jit
-def lazy_v_units(e_unit, v_scale):
-    """FP8 with the lazy rescale: O stays in units of the largest V block scale seen so far (biased exponent e_unit),
-    so that O's factor is exactly 1 unless that grows; P carries the block's ratio v_scale / unit (<= 1) in its
-    exponent instead. V scales are powers of two (kernels.quant.ceil_pow2), so every ratio is exact and P's largest
-    values keep their exact fp8 codes (a ratio rounded into P cost 8-17% of RMSE on the paper's Table 3 inputs).
-    A NaN V block's codes are NaN (the pre-pass), so its NaN still reaches O.
-
-    Returns (O's factor, the new e_unit, log2 of P's factor, the row sum's factor).
-    """
-    e_scale = biased_exponent(v_scale)
-    e_new = gl.maximum(e_unit, e_scale)
-    return (pow2_of_biased(e_unit - e_new + 127), e_new, (e_scale - e_new).to(gl.float32),
-            pow2_of_biased(e_new - e_scale + 127))
-
-
-@gluon.jit
-def block_softmax(s, m, l, c, v_unit, v_scale, P_OFFSET: gl.constexpr, FINITE_MAX: gl.constexpr,
-                  LAZY_STEP: gl.constexpr, FP8: gl.constexpr, FAST_V_RATIO: gl.constexpr):
-    """One key block's softmax_update and the factor O is rescaled by before this block's PV (alpha, and for FP8
-    the move between V units): returns (P, m, l, factor, v_unit). v_unit: O's unit, for the lazy FP8 rescale as
-    a biased exponent (lazy_v_units)."""
-    if FP8 and LAZY_STEP > 0:
-        o_factor, v_unit, p_shift, l_factor = lazy_v_units(v_unit, v_scale)
-        p, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, FINITE_MAX, LAZY_STEP, p_shift, l_factor)
-        return p, m, l, alpha * o_factor, v_unit
-    else:
-        p, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, FINITE_MAX, LAZY_STEP)
-        alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, FAST_V_RATIO)
-        return p, m, l, alpha, v_unit
-
-
 @gluon.constexpr_function
 def rescale_asm(n):
     """PTX for n O registers of one thread: multiply each by its alpha unless the thread's flag is 0 (a branch
@@ -376,14 +331,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     # Non-causal blocks are visited from the last one down, so only the first (peeled when OVERLAP) can reach
     # past seqlen_k, and every row has a finite max after it.
     LOOP_MASK: gl.constexpr = CAUSAL or not p.UNMASKED_LOOP
-    LAZY_STEP: gl.constexpr = lazy_max_step(dtype, p.LAZY_RESCALE)
-    # FP8's V unit: the eager rescale takes the first block's scale; the lazy one (lazy_v_units) carries its biased
-    # exponent, from that of the smallest normal power of two, so the first block's scale replaces it.
-    LAZY_FP8: gl.constexpr = FP8 and p.LAZY_RESCALE
-    if LAZY_FP8:
-        v_unit = gl.to_tensor(1)
-    else:
-        v_unit = gl.to_tensor(1.0)
+    v_unit = gl.to_tensor(1.0)
 
     if OVERLAP:
         if n_blocks > 0:
@@ -394,8 +342,8 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             s = warpgroup_mma_wait(0, deps=(s, ))
             release_k(p, kv)
             s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
-            pr, m, l, _, v_unit = block_softmax(s, m, l, c, v_unit, v_scale, P_OFFSET, False, LAZY_STEP, FP8,
-                                                p.FAST_V_RATIO)
+            pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, LAZY=p.LAZY_RESCALE)
+            _, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
             pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
             for i in range(1, n_blocks):
                 kv_next = kv.next()
@@ -411,8 +359,8 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                 release_k(p, kv_next)
                 s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8,
                                     LOOP_MASK)
-                pr, m, l, alpha, v_unit = block_softmax(s, m, l, c, v_unit, v_scale, P_OFFSET, not LOOP_MASK,
-                                                        LAZY_STEP, FP8, p.FAST_V_RATIO)
+                pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, not LOOP_MASK, p.LAZY_RESCALE)
+                alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
                 l = schedule_fence(p, kv, l)
                 o, pr = wait_pv(o, pm, pr)
                 release_v(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
@@ -434,8 +382,6 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             o, m, l, v_unit, kv, turn_phase = plain_block(
                 p, q, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
                 row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, LOOP_MASK)
-    if LAZY_FP8:
-        v_unit = pow2_of_biased(v_unit)
     return o, m, total_row_sum(l, s_rows), v_unit, kv, turn_phase
 
 
@@ -458,8 +404,8 @@ def plain_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_un
     s = warpgroup_mma_wait(0, deps=(s, ))
     release_k(p, kv)
     s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8, MAY_MASK)
-    pr, m, l, alpha, v_unit = block_softmax(s, m, l, c, v_unit, v_scale, p_log2_offset(dtype), not MAY_MASK,
-                                            lazy_max_step(dtype, p.LAZY_RESCALE), FP8, p.FAST_V_RATIO)
+    pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), not MAY_MASK, p.LAZY_RESCALE)
+    alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
     o = rescale_o(o, alpha, p.LAZY_RESCALE)
     pm = p_operand(pr, dtype, p_layout, p.V_WGMMA_KEYS)
     mbarrier.wait(p.v_ready.index(kv.index), kv.phase)

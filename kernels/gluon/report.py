@@ -44,16 +44,10 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, out_dtype=torch.bfloat16, q
                      v_wgmma_keys=True, tile_override=replace(TILE_CONFIGS[(1, d)], **NO_TRIMS))
              for d, causal in [(64, False), (128, False), (256, False), (128, True)]]
 
-# The tiles that rescale O lazily by default (TileConfig.lazy_rescale), also with the eager rescale: 16-bit, and FP8
-# on V^T in wgmma order.
+# The 16-bit tiles that rescale O lazily by default (TileConfig.lazy_rescale), also with the eager rescale.
 LAZY_HEAD_DIMS = tuple(d for d in HEAD_DIMS if TILE_CONFIGS[(2, d)].lazy_rescale)
 VARIANTS += [Variant(torch.bfloat16, d, causal, tile_override=replace(default_tile(2, d, causal), lazy_rescale=False))
              for d in LAZY_HEAD_DIMS for causal in (False, True)]
-FP8_LAZY_HEAD_DIMS = tuple(d for d in HEAD_DIMS if TILE_CONFIGS[(1, d)].lazy_rescale)
-VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, out_dtype=torch.bfloat16, q_scale_block=128, kv_scale_block=128,
-                     v_wgmma_keys=True, tile_override=tile)
-             for d in FP8_LAZY_HEAD_DIMS for causal in (False, True)
-             for tile in ([None] if causal else []) + [replace(default_tile(1, d, causal), lazy_rescale=False)]]
 
 
 def variant_name(v: Variant):
@@ -62,7 +56,7 @@ def variant_name(v: Variant):
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
             f"_pipe{int(v.overlap)}_pp{int(v.pingpong)}{'_sync' if t and t.named_turn else ''}"
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}"
-            f"{'_eager' if t and v.head_dim in (FP8_LAZY_HEAD_DIMS if v.fp8 else LAZY_HEAD_DIMS) and not t.lazy_rescale else ''}")
+            f"{'_eager' if t and not v.fp8 and v.head_dim in LAZY_HEAD_DIMS and not t.lazy_rescale else ''}")
 
 
 def key_block_loop(sass: str):

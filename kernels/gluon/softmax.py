@@ -8,20 +8,14 @@ instead of NaN (FA3's Check_inf). FP8 follows kernels.quant's scheme: S is
 scaled per row by the Q block scale and per key block by the K block scale,
 and P carries a factor 2**8 that cancels in O and is taken out of LSE.
 """
-import math
-
-import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from kernels.quant import LN2, P_LOG2_OFFSET
-# The lazy rescale: a row's max moves only when a block's max exceeds it by more than a step (log2 units). 16-bit P
-# then stays <= 2^8 (FA4; the Triton forward's step). FP8 P already carries 2^8, so its step is what keeps
-# 2^(8 + step) inside the fp8 format's range, rounded down to a tenth: 0.8 for e4m3 (2^8.8 = 446 < 448).
+# LAZY: a row's max moves only when a block's max exceeds it by more than this (log2 units), so P <= 2^8 (FA4),
+# the same step as the Triton forward's.
 from kernels.triton.fwd import LAZY_MAX_STEP
 
-FP8_LAZY_STEPS = {name: math.floor((math.log2(torch.finfo(t).max) - P_LOG2_OFFSET) * 10) / 10
-                  for name, t in (("fp8e4nv", torch.float8_e4m3fn), ("fp8e5", torch.float8_e5m2))}
 _LN2 = gl.constexpr(LN2)
 
 
@@ -50,14 +44,6 @@ def block_needs_mask(key0, row0, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUS
 def p_log2_offset(dtype):
     """log2 of the factor P carries: 2**8 for fp8 P, so that P <= 256 uses fp8's normal range (FA3; kernels.quant)."""
     return P_LOG2_OFFSET if dtype.is_fp8() else 0.0
-
-
-@gluon.constexpr_function
-def lazy_max_step(dtype, lazy):
-    """The lazy rescale's step for P of this dtype (FP8_LAZY_STEPS, LAZY_MAX_STEP); 0.0 (eager) unless lazy."""
-    if not lazy:
-        return 0.0
-    return FP8_LAZY_STEPS[dtype.name] if dtype.is_fp8() else LAZY_MAX_STEP.value
 
 
 @gluon.jit
@@ -93,7 +79,7 @@ def total_row_sum(l, rows_layout: gl.constexpr):
 
 @gluon.jit
 def softmax_update(s, m_prev, l_prev, row_scale, P_OFFSET: gl.constexpr, FINITE_MAX: gl.constexpr = False,
-                   LAZY_STEP: gl.constexpr = 0.0, p_shift=None, l_factor=None):
+                   LAZY: gl.constexpr = False):
     """One online-softmax step on a score block; row_scale (> 0) takes S to the base-2 domain.
 
     Returns P = exp2(S * row_scale - m_new + P_OFFSET) (float32), the new
@@ -102,34 +88,23 @@ def softmax_update(s, m_prev, l_prev, row_scale, P_OFFSET: gl.constexpr, FINITE_
     [rows, 4] holds per-thread partial sums (FA3): the quad's shuffles are left
     to total_row_sum. FINITE_MAX: the caller knows every row's new max is
     finite (a key it sees was in an earlier block), so the -inf guard goes.
-    LAZY_STEP > 0: the max stays where it was unless it grows by more than this; alpha is then exactly 1, and O's
-    rescale can be skipped (lazy_max_step). p_shift (a scalar, log2 units): P carries a further factor
-    2^p_shift, which l_factor = 2^-p_shift takes out of the row sum (FP8's V units, mainloop.lazy_v_units).
+    LAZY: the max stays where it was unless it grows by more than LAZY_MAX_STEP; alpha is then exactly 1, and O's
+    rescale can be skipped (16-bit P only: P reaches 2^8, past fp8 P's range with its 2^8 offset).
     """
     m_new = gl.maximum(m_prev, gl.max(s, axis=1) * row_scale)
-    if LAZY_STEP > 0:
-        m_new = gl.where(m_new > m_prev + LAZY_STEP, m_new, m_prev)  # from -inf any finite max moves
+    if LAZY:
+        m_new = gl.where(m_new > m_prev + LAZY_MAX_STEP, m_new, m_prev)  # from -inf any finite max moves
     if FINITE_MAX:
         m_use = m_new
     else:
         m_use = gl.where(m_new == -float("inf"), 0.0, m_new)
     alpha = gl.exp2(m_prev - m_use)
-    if p_shift is None:
-        bias = m_use - P_OFFSET
-    else:
-        bias = m_use - (P_OFFSET + p_shift)
-    p = gl.exp2(s * gl.expand_dims(row_scale, 1) - gl.expand_dims(bias, 1))
+    p = gl.exp2(s * gl.expand_dims(row_scale, 1) - gl.expand_dims(m_use - P_OFFSET, 1))
     if len(l_prev.shape) == 2:
         l_rows: gl.constexpr = gl.SliceLayout(1, l_prev.type.layout)
-        sums = thread_row_sums(p)
-        if l_factor is not None:
-            sums = sums * l_factor
-        l_new = l_prev * gl.expand_dims(gl.convert_layout(alpha, l_rows, assert_trivial=True), 1) + sums
+        l_new = l_prev * gl.expand_dims(gl.convert_layout(alpha, l_rows, assert_trivial=True), 1) + thread_row_sums(p)
     else:
-        sums = gl.sum(p, axis=1)
-        if l_factor is not None:
-            sums = sums * l_factor
-        l_new = l_prev * alpha + sums
+        l_new = l_prev * alpha + gl.sum(p, axis=1)
     return p, m_new, l_new, alpha
 
 

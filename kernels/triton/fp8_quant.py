@@ -178,14 +178,13 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
                     ROWS: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr, HADAMARD: tl.constexpr,
                     TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, MODE: tl.constexpr,
                     FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr,
-                    INTERPRET: tl.constexpr, POW2_SCALE: tl.constexpr = False):
+                    INTERPRET: tl.constexpr):
     """Items first, first + step, ... of one tensor; an item is rows [c*ROWS, (c+1)*ROWS) of one (batch, head),
     ordered (batch, c, head) if HEADS_FASTEST else (batch, head, c). TRANSPOSE_OUT: stored as (d, rows), the
     rows (keys) in wgmma order if WGMMA_KEYS (kernels.quant.to_wgmma_key_order), by a product with a key
     permutation matrix if V_DOT (then the tile is in the stored layout from the start). MODE "block": the item
     is a whole scale block, quantized with its own scale (stored); "amax": store the item's amax at
-    Scale[(batch, head), c]; "given": quantize with Scale[(batch, head), c // chunks_per_block]. POW2_SCALE:
-    "block" scales are rounded up to powers of two (V's, kernels.quant.ceil_pow2)."""
+    Scale[(batch, head), c]; "given": quantize with Scale[(batch, head), c // chunks_per_block]."""
     TWO_HALVES: tl.constexpr = HEAD_DIM > COLS
     if HADAMARD:
         # D·H's first COLS columns: rows [0, COLS) are D0·H_COLS and, at head dim 256, rows [COLS, 2·COLS)
@@ -246,10 +245,6 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
                 tl.store(Scale + bh * nchunks + chunk, amax)
             else:
                 scale = tl.where(amax == 0.0, 1.0, tl.math.div_rn(amax, fp8_max))
-                if POW2_SCALE:  # kernels.quant.ceil_pow2: up to the next power of two, NaN kept
-                    bits = scale.to(tl.int32, bitcast=True)
-                    pow2 = ((bits + 0x7FFFFF) & 0x7F800000).to(tl.float32, bitcast=True)
-                    scale = tl.where(scale == scale, pow2, scale)
                 tl.store(scale_ptr, scale)
         if MODE != "amax":
             # Rows past seqlen read as 0 and are stored as 0 up to V's padded length (ROWS is a multiple of
@@ -284,7 +279,7 @@ def _prepass_kernel(desc_q, desc_k, desc_v, desc_q8, desc_k8, desc_vt, desc_dh, 
         programs_v = tl.num_programs(0) - programs_q - programs_k
         _quantize_items(desc_v, desc_vt, desc_dh, VS, pid - programs_q - programs_k, programs_v, items_k,
                         nheads_kv, nchunks_k, cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, False, True,
-                        V_WGMMA_KEYS, V_DOT, MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET, True)
+                        V_WGMMA_KEYS, V_DOT, MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
 
 
 def _item_rows(block: int, head_dim: int, num_warps: int) -> int:
@@ -366,8 +361,8 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
         amax = tuple(torch.empty(b, heads, n, dtype=torch.float32, device=dev)
                      for heads, n in ((h, nchunks_q), (hk, nchunks_k), (hk, nchunks_k)))
         launch("amax", amax)
-        scales = tuple(scales_from_amax(a.view(b, a.shape[1], -1, cpb).amax(dim=3), config, pow2=name == "v")
-                       for a, cpb, name in zip(amax, (cpb_q, cpb_k, cpb_k), "qkv"))
+        scales = tuple(scales_from_amax(a.view(b, a.shape[1], -1, cpb).amax(dim=3), config)
+                       for a, cpb in zip(amax, (cpb_q, cpb_k, cpb_k)))
         launch("given", scales)
     q_scale, k_scale, v_scale = scales
     return FP8QKV(q=q8, k=k8, v_t=v_t, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, config=config,
