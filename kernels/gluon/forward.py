@@ -69,6 +69,9 @@ class TileConfig:
     # skipped by a thread none of whose rows moved, becomes rare (mainloop.rescale_o). P then reaches 2^8 and its
     # largest values are rounded too (max error up to ~2x, entry 33); FP8 P would leave e4m3's range.
     lazy_rescale: bool = False
+    # Overlapped loop: O's rescale by the previous block's alpha runs after this block's QK^T is issued, under it
+    # (FA3's order), instead of before the turn; PV still waits for it.
+    rescale_under_s: bool = False
     # FA3's intra-warpgroup softmax/GEMM overlap; off where a key tile's S, the previous block's fp32 P and O do
     # not fit a consumer's registers together (the ping-pong between consumers still hides the softmax).
     overlap: bool = True
@@ -199,6 +202,7 @@ class Variant:
             THREAD_ROW_SUM=self.tile.thread_row_sum,
             UNMASKED_LOOP=self.tile.unmasked_loop,
             LAZY_RESCALE=self.tile.lazy_rescale,
+            RESCALE_UNDER_S=self.tile.rescale_under_s,
             V_WGMMA_KEYS=self.v_wgmma_keys,
             Q_SCALE_BLOCK=self.q_scale_block,
             KV_SCALE_BLOCK=self.kv_scale_block,

@@ -345,6 +345,8 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, LAZY=p.LAZY_RESCALE)
             _, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
             pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
+            # With RESCALE_UNDER_S, O's rescale by block i - 1's alpha waits for block i's QK^T issue (the peeled
+            # block's alpha meets O = 0).
             for i in range(1, n_blocks):
                 kv_next = kv.next()
                 pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
@@ -352,6 +354,8 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                 mbarrier.wait(p.k_ready.index(kv_next.index), kv_next.phase)
                 turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
                 s = warpgroup_mma(q, key_block(p, kv_next), s_zero, use_acc=False, is_async=True)
+                if p.RESCALE_UNDER_S:
+                    o = rescale_o(o, alpha, p.LAZY_RESCALE)
                 mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
                 o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
                 pass_turn(p, CID, PINGPONG)
@@ -364,10 +368,13 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                 l = schedule_fence(p, kv, l)
                 o, pr = wait_pv(o, pm, pr)
                 release_v(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
-                o = rescale_o(o, alpha, p.LAZY_RESCALE)
+                if not p.RESCALE_UNDER_S:
+                    o = rescale_o(o, alpha, p.LAZY_RESCALE)
                 pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
                 kv = kv_next
             pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
+            if p.RESCALE_UNDER_S:
+                o = rescale_o(o, alpha, p.LAZY_RESCALE)
             mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
             o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
             o, pr = wait_pv(o, pm, pr)

@@ -67,7 +67,8 @@ class Pipeline:
     before every mbarrier arrive and before a wait that follows an arrive,
     so both cut bar.syncs per key block (4 -> 2 without SPLIT_KV). Three
     more trim the consumer's instructions per key block (mainloop.py):
-    FAST_V_RATIO, THREAD_ROW_SUM and UNMASKED_LOOP; LAZY_RESCALE skips most O rescales.
+    FAST_V_RATIO, THREAD_ROW_SUM and UNMASKED_LOOP; LAZY_RESCALE skips most O rescales, and
+    RESCALE_UNDER_S moves O's rescale after the next block's QK^T issue (FA3's order).
     """
     q_desc: tma.tensor_descriptor
     k_desc: tma.tensor_descriptor
@@ -98,12 +99,13 @@ class Pipeline:
     THREAD_ROW_SUM: gl.constexpr  # row sums kept per thread, reduced across the quad once per tile (FA3)
     UNMASKED_LOOP: gl.constexpr  # non-causal: loop blocks skip the mask test and the -inf max guard
     LAZY_RESCALE: gl.constexpr  # 16-bit: the row max moves only when it grows by 2^8; O is rescaled only then
+    RESCALE_UNDER_S: gl.constexpr  # overlapped loop: O is rescaled while the next block's QK^T runs
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
                  v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q, Q_STAGES,
                  BRANCH_FENCE, NAMED_TURN, V_TRANSPOSED, V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM, UNMASKED_LOOP,
-                 LAZY_RESCALE):
+                 LAZY_RESCALE, RESCALE_UNDER_S):
         self.q_desc = q_desc
         self.k_desc = k_desc
         self.v_desc = v_desc
@@ -133,13 +135,14 @@ class Pipeline:
         self.THREAD_ROW_SUM = gl.constexpr(THREAD_ROW_SUM)
         self.UNMASKED_LOOP = gl.constexpr(UNMASKED_LOOP)
         self.LAZY_RESCALE = gl.constexpr(LAZY_RESCALE)
+        self.RESCALE_UNDER_S = gl.constexpr(RESCALE_UNDER_S)
 
     @gluon.jit
     def create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS: gl.constexpr, STAGES: gl.constexpr,
                O_IN_Q: gl.constexpr, SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
                BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr, V_WGMMA_KEYS: gl.constexpr,
                FAST_V_RATIO: gl.constexpr, THREAD_ROW_SUM: gl.constexpr, UNMASKED_LOOP: gl.constexpr,
-               LAZY_RESCALE: gl.constexpr):
+               LAZY_RESCALE: gl.constexpr, RESCALE_UNDER_S: gl.constexpr):
         Q_BARRIERS: gl.constexpr = Q_STAGES * (NUM_CONSUMERS if SPLIT_Q else 1)  # Pipeline.q_barrier
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [Q_STAGES * NUM_CONSUMERS] + q_desc.block_type.shape,
                                            q_desc.layout)
@@ -175,7 +178,7 @@ class Pipeline:
         return Pipeline(q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
                         v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q,
                         Q_STAGES, BRANCH_FENCE, NAMED_TURN, v_desc.dtype.is_fp8(), V_WGMMA_KEYS, FAST_V_RATIO,
-                        THREAD_ROW_SUM, UNMASKED_LOOP, LAZY_RESCALE)
+                        THREAD_ROW_SUM, UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S)
 
     @gluon.constexpr_function
     def q_groups(self):

@@ -260,6 +260,28 @@ def test_fp8_consumer_trims_stay_correct(d, causal, changes, pipeline):
         _assert_like_fp8_scheme(out, lse, q, k, v, x, scale, causal, f"seed {seed} {shape}")
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d, dtype", [(128, torch.float8_e4m3fn), (128, torch.bfloat16), (256, torch.bfloat16)],
+                         ids=["fp8_d128", "d128", "d256"])
+def test_rescale_under_s_is_bitwise_the_other_order(d, dtype, causal):
+    """TileConfig.rescale_under_s moves O's rescale from after the PV wait to after the next QK^T issue: the same
+    multiplies before the same PV, so the same bits, on a ragged shape and where programs run several tiles."""
+    from dataclasses import replace
+    from kernels.gluon import attention_forward, fp8_attention_forward
+    from kernels.gluon.forward import default_tile
+    from kernels.quant import FP8Config, quantize_qkv_ref
+    fp8 = dtype.itemsize == 1
+    tiles = [replace(default_tile(dtype.itemsize, d, causal), rescale_under_s=on) for on in (False, True)]
+    for shape in [(2, 333, 1517, 4, 2), MANY_TILES]:
+        seed, q, k, v = _inputs(*shape, d, torch.bfloat16)
+        if fp8:
+            x = quantize_qkv_ref(q, k, v, FP8Config(), v_key_order="wgmma")
+            outs = [fp8_attention_forward(x, d ** -0.5, causal, torch.bfloat16, tile=t) for t in tiles]
+        else:
+            outs = [attention_forward(q, k, v, None, causal, tile=t) for t in tiles]
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), f"seed {seed} {shape}"
+
+
 def _moving_max_keys(k, kind):
     """K whose scores make the row max move while the blocks are visited (last key block first): a ramp that
     grows toward the first keys (steps below 2^8 each block), or outliers every 300 keys (jumps past it)."""
