@@ -49,6 +49,15 @@ LAZY_HEAD_DIMS = tuple(d for d in HEAD_DIMS if TILE_CONFIGS[(2, d)].lazy_rescale
 VARIANTS += [Variant(torch.bfloat16, d, causal, tile_override=replace(default_tile(2, d, causal), lazy_rescale=False))
              for d in LAZY_HEAD_DIMS for causal in (False, True)]
 
+# The tiles whose O rescale runs under the next QK^T by default (TileConfig.rescale_under_s), also with it after the
+# PV wait; FP8 on V^T in wgmma order, both masks (the causal default added here).
+UNDER_S_KEYS = tuple(key for key, tile in TILE_CONFIGS.items() if tile.rescale_under_s)
+VARIANTS += [Variant(torch.float8_e4m3fn if nbytes == 1 else torch.bfloat16, d, causal, tile_override=tile,
+                     **(dict(out_dtype=torch.bfloat16, q_scale_block=128, kv_scale_block=128, v_wgmma_keys=True)
+                        if nbytes == 1 else {}))
+             for nbytes, d in UNDER_S_KEYS for causal in (False, True)
+             for tile in ([None] if causal else []) + [replace(default_tile(nbytes, d, causal), rescale_under_s=False)]]
+
 
 def variant_name(v: Variant):
     dt = str(v.dtype).removeprefix("torch.")
@@ -56,12 +65,13 @@ def variant_name(v: Variant):
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
             f"_pipe{int(v.overlap)}_pp{int(v.pingpong)}{'_sync' if t and t.named_turn else ''}"
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}"
-            f"{'_eager' if t and not v.fp8 and v.head_dim in LAZY_HEAD_DIMS and not t.lazy_rescale else ''}")
+            f"{'_eager' if t and not v.fp8 and v.head_dim in LAZY_HEAD_DIMS and not t.lazy_rescale else ''}"
+            f"{'_late_rescale' if t and (v.dtype.itemsize, v.head_dim) in UNDER_S_KEYS and not t.rescale_under_s else ''}")
 
 
 def key_block_loop(sass: str):
-    """Instructions in the first consumer's key-block loop (the first backward branch in the code that jumps over
-    a wgmma), as laid out: its masking branch counts, the out-of-line mbarrier retry stubs do not."""
+    """The instructions of the first consumer's key-block loop (the first backward branch in the code that jumps
+    over a wgmma), as laid out: its masking branch counts, the out-of-line mbarrier retry stubs do not."""
     ins = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)
     addrs = [int(a, 16) for a, _ in ins]
     for i, (_, text) in enumerate(ins):
@@ -69,8 +79,8 @@ def key_block_loop(sass: str):
         if target and int(target.group(1), 16) < addrs[i]:
             body = ins[addrs.index(int(target.group(1), 16)):i + 1]
             if any("GMMA" in t for _, t in body):
-                return len(body)
-    return 0
+                return [t for _, t in body]
+    return []
 
 
 def _sass_and_resources(cubin: bytes, tmpdir: str):
@@ -102,6 +112,7 @@ def common_counts(ck, tmpdir: str):
 
 def compile_report(variant: Variant, tmpdir: str):
     ptx, sass, counts = common_counts(compile_forward(variant), tmpdir)
+    loop = key_block_loop(sass)
     return dict(
         name=variant_name(variant),
         **counts,
@@ -111,7 +122,8 @@ def compile_report(variant: Variant, tmpdir: str):
         sass_named_arrive=len(re.findall(r"\bBAR\.ARV\b", sass)),  # ping-pong turns on named barriers
         sass_shfl=len(re.findall(r"\bSHFL\.", sass)),  # row reductions, and FP8 P's conversion to the A operand
         sass_warpgroup_bars=len(re.findall(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b", sass)),
-        sass_key_loop=key_block_loop(sass),
+        sass_key_loop=len(loop),
+        sass_key_loop_local_mem=sum(1 for t in loop if re.search(r"\b(?:LDL|STL)\b", t)),
     )
 
 

@@ -39,7 +39,9 @@ def _names():
     names += ["float8_e4m3fn_hd128_full_ws1_pipe0_pp1_wgmmav"]
     names += [f"float8_e4m3fn_hd{d}_full_ws1_{_fp8_pipe(d)}_pp1_wgmmav_untrimmed" for d in (64, 128, 256)]
     names += [f"bfloat16_hd{d}_{mask}_ws1_pipe1_pp1_eager" for d in (128, 256) for mask in ("full", "causal")]
-    return names + ["float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav_untrimmed"]
+    names += ["float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav_untrimmed", "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav"]
+    # The FP8 hd128 tile with its O rescale after the PV wait, not under the next QK^T.
+    return names + [f"float8_e4m3fn_hd128_{mask}_ws1_pipe1_pp1_wgmmav_late_rescale" for mask in ("full", "causal")]
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +127,17 @@ def test_lazy_rescale_adds_no_spills(reports, head_dim, mask):
     assert "error" not in lazy and "error" not in eager, (lazy.get("error"), eager.get("error"))
     assert lazy["sass_local_mem"] <= eager["sass_local_mem"], (lazy, eager)
     assert 0 < lazy["sass_key_loop"] - eager["sass_key_loop"] <= 24, (lazy["sass_key_loop"], eager["sass_key_loop"])
+
+
+@pytest.mark.parametrize("mask", ["full", "causal"])
+def test_rescale_under_s_keeps_the_fp8_key_loop_in_registers(reports, mask):
+    """The FP8 hd128 tile rescales O under the next QK^T (TileConfig.rescale_under_s): the same multiplies in
+    another place, so the key loop may not grow nor touch local memory (the kernel's per-tile code spills 10
+    more instructions' worth with it, outside the loop)."""
+    under, late = (reports[f"float8_e4m3fn_hd128_{mask}_ws1_pipe1_pp1_wgmmav{suffix}"] for suffix in ("", "_late_rescale"))
+    assert "error" not in under and "error" not in late, (under.get("error"), late.get("error"))
+    assert under["sass_key_loop_local_mem"] == 0, under
+    assert 0 < under["sass_key_loop"] <= late["sass_key_loop"], (under["sass_key_loop"], late["sass_key_loop"])
 
 
 @pytest.mark.parametrize("fields, match", [((256, 128, 2, False), "block_m"), ((128, 96, 2, False), "block_n"),
