@@ -149,6 +149,9 @@ class Variant:
     q_scale_block: int | None = None  # FP8: query rows per Q scale
     kv_scale_block: int | None = None  # FP8: keys per K/V scale; the key block is the tile's, at most this
     v_wgmma_keys: bool = False  # FP8: V^T's keys in wgmma order (kernels.quant.FP8QKV), P goes to PV unshuffled
+    # A programmatic dependent launch: the programs start (shared memory, barriers, registers) while the kernel
+    # before them ends, and wait for it before touching global memory (pipeline.wait_for_prior_grids).
+    launch_pdl: bool = True
 
     def __post_init__(self):
         if self.v_wgmma_keys and not self.fp8:
@@ -218,7 +221,7 @@ class Variant:
 
     @functools.cached_property
     def options(self):
-        opts = dict(num_warps=self.num_warps)
+        opts = dict(num_warps=self.num_warps, launch_pdl=self.launch_pdl)
         if self.warp_specialize:
             opts["maxnreg"] = WS_REGS[self.num_consumers][0]
         return opts

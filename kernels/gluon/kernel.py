@@ -11,7 +11,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 from .epilogue import write_output
 from .mainloop import attend_tile, first_turn, prefetch_tile, wgmma_layout
-from .pipeline import Pipeline, Ring, producer_partition
+from .pipeline import Pipeline, Ring, producer_partition, wait_for_prior_grids
 from .scheduler import TileScheduler, kv_block_count
 
 
@@ -34,6 +34,7 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
     ROWS: gl.constexpr = p.q_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = p.q_desc.block_type.shape[3]
     row_layout: gl.constexpr = gl.SliceLayout(1, wgmma_layout(gl.num_warps(), sched.BLOCK_N, p.q_desc.dtype))
+    wait_for_prior_grids()
     kv = Ring.start(p.STAGES)
     # Consumer 0 takes the first GEMM turn (its first wait is on the already-completed phase), then the turn
     # goes round the consumers in order.

@@ -246,6 +246,16 @@ def kv_block_start(n_blocks, i, BLOCK_N: gl.constexpr):
 
 
 @gluon.jit
+def wait_for_prior_grids():
+    """griddepcontrol.wait: block until the kernels before this one on the stream are done and their writes are
+    visible. The forward is a programmatic dependent launch (Variant.launch_pdl), so its programs may start while
+    the kernel before it (the FP8 pre-pass, a QKV projection) still runs; every partition calls this before its
+    first global load or store. A no-op in a kernel launched without PDL."""
+    gl.inline_asm_elementwise("griddepcontrol.wait; mov.b32 $0, 0;", "=r,r", [gl.to_tensor(0)], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
 def producer_partition(p: Pipeline, sched: TileScheduler):
     """One warp: for each tile of this program, every K and V block into their rings and Q.
 
@@ -256,6 +266,7 @@ def producer_partition(p: Pipeline, sched: TileScheduler):
     block i only after QK^T of block i + 1 is issued.
     """
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
+    wait_for_prior_grids()
     k_slot = Ring.start(p.STAGES)
     v_slot = Ring.start(p.STAGES)
     q_slot = Ring.start(p.Q_STAGES)

@@ -122,6 +122,7 @@ def compile_report(variant: Variant, tmpdir: str):
         sass_named_arrive=len(re.findall(r"\bBAR\.ARV\b", sass)),  # ping-pong turns on named barriers
         sass_shfl=len(re.findall(r"\bSHFL\.", sass)),  # row reductions, and FP8 P's conversion to the A operand
         sass_warpgroup_bars=len(re.findall(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b", sass)),
+        ptx_griddep_wait=ptx.count("griddepcontrol.wait"),
         sass_key_loop=len(loop),
         sass_key_loop_local_mem=sum(1 for t in loop if re.search(r"\b(?:LDL|STL)\b", t)),
     )

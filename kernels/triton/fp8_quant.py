@@ -36,10 +36,11 @@ from dataclasses import dataclass, replace
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.checks import tma_ready
-from kernels.device import is_sm90, sm_count
+from kernels.device import capability, is_sm90, sm_count
 from kernels.hadamard import signed_hadamard
 from kernels.launch import Launcher
 from kernels.quant import (FP8QKV, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, check_qkv, check_v_key_order,
@@ -264,8 +265,12 @@ def _prepass_kernel(desc_q, desc_k, desc_v, desc_q8, desc_k8, desc_vt, desc_dh, 
                     ROWS_Q: tl.constexpr, ROWS_K: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr,
                     HADAMARD: tl.constexpr, V_WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, MODE: tl.constexpr,
                     FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr,
-                    INTERPRET: tl.constexpr):
-    """Programs [0, programs_q) quantize Q, the next programs_k K, the rest V (items_k blocks, like K)."""
+                    INTERPRET: tl.constexpr, EARLY_DEPENDENTS: tl.constexpr):
+    """Programs [0, programs_q) quantize Q, the next programs_k K, the rest V (items_k blocks, like K).
+    EARLY_DEPENDENTS: a programmatic dependent launch after this one (the Gluon FP8 forward) may start its programs
+    as SMs free up, not only once the last program here has ended; it waits for this kernel before reading."""
+    if EARLY_DEPENDENTS:
+        gdc_launch_dependents()
     pid = tl.program_id(0)
     if pid < programs_q:
         _quantize_items(desc_q, desc_q8, desc_dh, QS, pid, programs_q, items_q, nheads, nchunks_q, cpb_q,
@@ -337,6 +342,8 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
     programs_k = max(1, min(items_k, round(programs * items_k / weight)))
     programs_v = max(1, min(items_k, programs - programs_q - programs_k))
 
+    early_dependents = not INTERPRET and dev.type == "cuda" and capability(dev) >= (9, 0)
+
     def launch(mode, scales):
         launch_prepass(
             (programs_q + programs_k + programs_v,),
@@ -345,7 +352,7 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
             dict(ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
                  V_WGMMA_KEYS=v_key_order == "wgmma", V_DOT=tiles.v_by_dot, MODE=mode,
                  FP8_DTYPE=FP8_TL_DTYPES[config.dtype], NUM_STAGES=tiles.num_stages,
-                 HEADS_FASTEST=tiles.heads_fastest, INTERPRET=INTERPRET),
+                 HEADS_FASTEST=tiles.heads_fastest, INTERPRET=INTERPRET, EARLY_DEPENDENTS=early_dependents),
             dict(num_warps=tiles.num_warps),
         )
 

@@ -73,6 +73,8 @@ def test_variant_compiles_to_wgmma_and_tma(reports, name):
     assert r["sass_gmma"] == r["ptx_wgmma"], "wgmma must survive ptxas as HGMMA/QGMMA"
     assert r["ptx_tma_load"] > 0 and r["sass_tma_load"] > 0, r
     assert r["ptx_tma_store"] > 0 and r["sass_tma_store"] > 0, r
+    # A programmatic dependent launch: every partition (each consumer, the producer) waits for the kernel before it.
+    assert r["ptx_griddep_wait"] == (consumers + 1 if ws else 1), r
 
     q_bytes = block_m * d * elem
     o_bytes = 0 if o_in_q else block_m * d * 2  # O is 16-bit
