@@ -62,11 +62,12 @@ VARIANTS += [Variant(torch.float8_e4m3fn if nbytes == 1 else torch.bfloat16, d, 
 def variant_name(v: Variant):
     dt = str(v.dtype).removeprefix("torch.")
     t = v.tile_override
+    late = t and (v.dtype.itemsize, v.head_dim) in UNDER_S_KEYS and not t.rescale_under_s
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
             f"_pipe{int(v.overlap)}_pp{int(v.pingpong)}{'_sync' if t and t.named_turn else ''}"
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}"
             f"{'_eager' if t and not v.fp8 and v.head_dim in LAZY_HEAD_DIMS and not t.lazy_rescale else ''}"
-            f"{'_late_rescale' if t and (v.dtype.itemsize, v.head_dim) in UNDER_S_KEYS and not t.rescale_under_s else ''}")
+            f"{'_late_rescale' if late else ''}")
 
 
 def key_block_loop(sass: str):

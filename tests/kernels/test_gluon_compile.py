@@ -39,7 +39,7 @@ def _names():
     names += ["float8_e4m3fn_hd128_full_ws1_pipe0_pp1_wgmmav"]
     names += [f"float8_e4m3fn_hd{d}_full_ws1_{_fp8_pipe(d)}_pp1_wgmmav_untrimmed" for d in (64, 128, 256)]
     names += [f"bfloat16_hd{d}_{mask}_ws1_pipe1_pp1_eager" for d in (128, 256) for mask in ("full", "causal")]
-    names += ["float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav_untrimmed", "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav"]
+    names += [f"float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav{suffix}" for suffix in ("_untrimmed", "")]
     # The FP8 hd128 tile with its O rescale after the PV wait, not under the next QK^T.
     return names + [f"float8_e4m3fn_hd128_{mask}_ws1_pipe1_pp1_wgmmav_late_rescale" for mask in ("full", "causal")]
 
@@ -136,7 +136,8 @@ def test_rescale_under_s_keeps_the_fp8_key_loop_in_registers(reports, mask):
     """The FP8 hd128 tile rescales O under the next QK^T (TileConfig.rescale_under_s): the same multiplies in
     another place, so the key loop may not grow nor touch local memory (the kernel's per-tile code spills 10
     more instructions' worth with it, outside the loop)."""
-    under, late = (reports[f"float8_e4m3fn_hd128_{mask}_ws1_pipe1_pp1_wgmmav{suffix}"] for suffix in ("", "_late_rescale"))
+    under, late = (reports[f"float8_e4m3fn_hd128_{mask}_ws1_pipe1_pp1_wgmmav{suffix}"]
+                   for suffix in ("", "_late_rescale"))
     assert "error" not in under and "error" not in late, (under.get("error"), late.get("error"))
     assert under["sass_key_loop_local_mem"] == 0, under
     assert 0 < under["sass_key_loop"] <= late["sass_key_loop"], (under["sass_key_loop"], late["sass_key_loop"])
