@@ -18,12 +18,13 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def capability(device: torch.device) -> tuple[int, int]:
-    return _capability(_index(device))
-
-
 def is_sm90(device: torch.device) -> bool:
-    return device.type == "cuda" and capability(device) == (9, 0)
+    return device.type == "cuda" and _capability(_index(device)) == (9, 0)
+
+
+def takes_pdl(device: torch.device) -> bool:
+    """Whether kernels on this device can be programmatic dependent launches (griddepcontrol: sm_90 and later)."""
+    return device.type == "cuda" and _capability(_index(device)) >= (9, 0)
 
 
 def sm_count(device: torch.device) -> int:

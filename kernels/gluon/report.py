@@ -31,17 +31,15 @@ SYNC_OPTIONS = dict(branch_fence=True, named_turn=True, split_q=True)
 VARIANTS += [Variant(torch.bfloat16, d, False, tile_override=replace(TILE_CONFIGS[(2, d)], **SYNC_OPTIONS))
              for d in HEAD_DIMS]
 # FP8 with V^T's keys in wgmma order (P reaches PV without shuffles) at every head dim, non-causal.
-VARIANTS += [Variant(torch.float8_e4m3fn, d, False, out_dtype=torch.bfloat16, q_scale_block=128, kv_scale_block=128,
-                     v_wgmma_keys=True)
-             for d in HEAD_DIMS]
+FP8_WGMMA = dict(out_dtype=torch.bfloat16, q_scale_block=128, kv_scale_block=128, v_wgmma_keys=True)
+VARIANTS += [Variant(torch.float8_e4m3fn, d, False, **FP8_WGMMA) for d in HEAD_DIMS]
 
 # The FP8 tiles' consumer trims (docs/tuning-gluon.md entry 18) against their absence, on V^T in wgmma order: the
 # default tiles also unpipelined at hd128, and the trims turned off (the ablation) where the default runs.
 NO_TRIMS = dict(fast_v_ratio=False, thread_row_sum=False, unmasked_loop=False)
-VARIANTS += [Variant(torch.float8_e4m3fn, 128, False, pipeline=False, out_dtype=torch.bfloat16, q_scale_block=128,
-                     kv_scale_block=128, v_wgmma_keys=True)]
-VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, out_dtype=torch.bfloat16, q_scale_block=128, kv_scale_block=128,
-                     v_wgmma_keys=True, tile_override=replace(TILE_CONFIGS[(1, d)], **NO_TRIMS))
+VARIANTS += [Variant(torch.float8_e4m3fn, 128, False, pipeline=False, **FP8_WGMMA)]
+VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, tile_override=replace(TILE_CONFIGS[(1, d)], **NO_TRIMS),
+                     **FP8_WGMMA)
              for d, causal in [(64, False), (128, False), (256, False), (128, True)]]
 
 # The 16-bit tiles that rescale O lazily by default (TileConfig.lazy_rescale), also with the eager rescale.
@@ -49,20 +47,19 @@ LAZY_HEAD_DIMS = tuple(d for d in HEAD_DIMS if TILE_CONFIGS[(2, d)].lazy_rescale
 VARIANTS += [Variant(torch.bfloat16, d, causal, tile_override=replace(default_tile(2, d, causal), lazy_rescale=False))
              for d in LAZY_HEAD_DIMS for causal in (False, True)]
 
-# The tiles whose O rescale runs under the next QK^T by default (TileConfig.rescale_under_s), also with it after the
-# PV wait; FP8 on V^T in wgmma order, both masks (the causal default added here).
-UNDER_S_KEYS = tuple(key for key, tile in TILE_CONFIGS.items() if tile.rescale_under_s)
-VARIANTS += [Variant(torch.float8_e4m3fn if nbytes == 1 else torch.bfloat16, d, causal, tile_override=tile,
-                     **(dict(out_dtype=torch.bfloat16, q_scale_block=128, kv_scale_block=128, v_wgmma_keys=True)
-                        if nbytes == 1 else {}))
-             for nbytes, d in UNDER_S_KEYS for causal in (False, True)
-             for tile in ([None] if causal else []) + [replace(default_tile(nbytes, d, causal), rescale_under_s=False)]]
+# The FP8 tiles whose O rescale runs under the next QK^T by default (TileConfig.rescale_under_s), causal too (the
+# non-causal default is above), and both masks with the rescale after the PV wait; V^T in wgmma order.
+UNDER_S_HEAD_DIMS = tuple(d for d in HEAD_DIMS if TILE_CONFIGS[(1, d)].rescale_under_s)
+VARIANTS += [Variant(torch.float8_e4m3fn, d, True, **FP8_WGMMA) for d in UNDER_S_HEAD_DIMS]
+VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, tile_override=replace(default_tile(1, d, causal),
+                                                                            rescale_under_s=False), **FP8_WGMMA)
+             for d in UNDER_S_HEAD_DIMS for causal in (False, True)]
 
 
 def variant_name(v: Variant):
     dt = str(v.dtype).removeprefix("torch.")
     t = v.tile_override
-    late = t and (v.dtype.itemsize, v.head_dim) in UNDER_S_KEYS and not t.rescale_under_s
+    late = t and v.fp8 and v.head_dim in UNDER_S_HEAD_DIMS and not t.rescale_under_s
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
             f"_pipe{int(v.overlap)}_pp{int(v.pingpong)}{'_sync' if t and t.named_turn else ''}"
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}"

@@ -31,7 +31,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels.triton.fwd import (LOG2E, bsh_strides, exp2, head_view, interpreting, kv_block_range, query_tile,
                                 set_descriptor_allocator, to_operand)
-from kernels.device import capability
+from kernels.device import takes_pdl
 from kernels.launch import Launcher
 from kernels.triton.tiles import BwdTiles, Tiles, bwd_tiles, padded_head_dim
 
@@ -275,7 +275,7 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     pad = max(dkdv_t.block_m, dq_t.block_m, PREPROCESS_BLOCK_M)
     seqlen_q_pad = triton.cdiv(seqlen_q, pad) * pad
     upcast = interpreting()
-    pdl = tiles.dq_early and not upcast and q.is_cuda and capability(q.device) >= (9, 0)
+    pdl = tiles.dq_early and not upcast and takes_pdl(q.device)
     # dK/dV may still run when dQ starts: its descriptor buffers stay allocated until both are launched, so that
     # neither dQ's buffers nor dq reuse them (a crash in the GQA tests before this).
     scratch = []

@@ -40,7 +40,7 @@ from triton.language.extra.cuda import gdc_launch_dependents
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.checks import tma_ready
-from kernels.device import capability, is_sm90, sm_count
+from kernels.device import is_sm90, sm_count, takes_pdl
 from kernels.hadamard import signed_hadamard
 from kernels.launch import Launcher
 from kernels.quant import (FP8QKV, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, check_qkv, check_v_key_order,
@@ -342,7 +342,7 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
     programs_k = max(1, min(items_k, round(programs * items_k / weight)))
     programs_v = max(1, min(items_k, programs - programs_q - programs_k))
 
-    early_dependents = not INTERPRET and dev.type == "cuda" and capability(dev) >= (9, 0)
+    early_dependents = not INTERPRET and takes_pdl(dev)
 
     def launch(mode, scales):
         launch_prepass(
