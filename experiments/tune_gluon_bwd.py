@@ -100,8 +100,9 @@ def _time(fn):
 
 
 # Tile variants timed next to the default (kernels.gluon.bwd_report.alternative_tiles): split warpgroups lost
-# 10-16% (docs/tuning-gluon.md, B3); B4's prefetched S^T and register dQ lost 1-20% and were removed.
-ALTERNATIVES = ("split", )
+# 10-16% (docs/tuning-gluon.md, B3); B4's prefetched S^T and register dQ lost 1-20% and were removed; the other
+# dK order (B5) is timed at each head dim.
+ALTERNATIVES = ("dkfirst", "dklastrs")
 
 
 def _alternatives(head_dim):

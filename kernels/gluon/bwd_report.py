@@ -15,10 +15,14 @@ from .report import common_counts, print_reports
 
 def alternative_tiles(head_dim):
     """The tiles measured against the default: split MMA warpgroups (at hd 128 only 2 ring slots fit next to
-    the two dQ_partial hand-overs), and no warp specialization."""
+    the two dQ_partial hand-overs), no warp specialization, and the dK order the default does not use: dK first
+    from shared memory (`dkfirst`) or FA3's, after dQ_partial and from registers (`dklastrs`)."""
     base = BWD_TILES[head_dim]
     split = replace(base, split_warpgroups=True, stages=2 if head_dim == 128 else base.stages)
-    return dict(split=split, nows=replace(base, warp_specialize=False))
+    orders = dict(dkfirst=replace(base, dk_last=False, dk_from_registers=False),
+                  dklastrs=replace(base, dk_last=True, dk_from_registers=True))
+    return dict(split=split, nows=replace(base, warp_specialize=False),
+                **{name: tile for name, tile in orders.items() if tile != base})
 
 
 # Every dtype, head dim and mask with the default tile, and bf16 with the alternatives.
@@ -29,7 +33,8 @@ VARIANTS += [BwdVariant(torch.bfloat16, d, causal, tile) for d in BWD_TILES for 
 
 
 def tile_mode(tile):
-    return "split" if tile.split_warpgroups else "lockstep" if tile.warp_specialize else "nows"
+    mode = "split" if tile.split_warpgroups else "lockstep" if tile.warp_specialize else "nows"
+    return mode + ("_dklast" if tile.dk_last else "") + ("_dkrs" if tile.dk_from_registers else "")
 
 
 def variant_name(v: BwdVariant):
@@ -45,6 +50,7 @@ def compile_report(variant: BwdVariant, tmpdir: str):
         stages=variant.tile.stages,
         mma_partitions=variant.tile.mma_partitions,
         sass_f32_atomics=len(re.findall(r"\bREDG?\.E\.ADD\.F32", sass)),
+        sass_wgmma_waits=sass.count("WARPGROUP.DEPBAR"),  # one per wgmma when ptxas serializes them
     )
 
 
