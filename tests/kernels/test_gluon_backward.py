@@ -26,12 +26,12 @@ MAX_SPLIT_LOCAL_ACCESSES = 32
 MAX_WGMMA_WAITS_PER_PARTITION = 5
 
 
-def _variants():
+def _tiles():
     from kernels.gluon.bwd_report import VARIANTS, variant_name
     return {variant_name(v): v.tile for v in VARIANTS}
 
 
-NAMES = sorted(_variants())
+TILES = _tiles()  # report name -> BwdTile, for every variant kernels.gluon.bwd_report compiles
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +39,15 @@ def reports():
     return compile_reports("kernels.gluon.bwd_report", timeout=600)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sorted(TILES))
 def test_backward_compiles_to_wgmma_tma_and_atomics(reports, name):
     assert name in reports, f"no report for {name}: {sorted(reports)}"
     r = reports[name]
     assert "error" not in r, r.get("error")
     d = int(name.split("_hd")[1].split("_")[0])
-    tile = _variants()[name]
-    mode = "split" if tile.split_warpgroups else "lockstep" if tile.warp_specialize else "nows"
+    tile = TILES[name]
     parts = r["mma_partitions"]
-    assert parts == (2 if mode == "split" else 1), r
+    assert parts == (2 if tile.split_warpgroups else 1), r
     assert r["sass_wgmma_waits"] <= parts * MAX_WGMMA_WAITS_PER_PARTITION, "ptxas serialized the wgmma pipeline"
     keys = BLOCK_N // parts
     # m64nNk16 per warpgroup: S^T and dP^T d/16 steps each, dV and dK BLOCK_M/16, dQ_partial (over the
@@ -57,18 +56,18 @@ def test_backward_compiles_to_wgmma_tma_and_atomics(reports, name):
     assert r["sass_gmma"] == r["ptx_wgmma"], "wgmma must survive ptxas as HGMMA"
     assert r["sass_tma_load"] > 0 and r["sass_tma_store"] > 0, r
     dq_bytes = BLOCK_M * d * 4
-    if mode != "nows":
+    if tile.warp_specialize:
         # The worker warpgroup reads dQ_partial back 4 floats per thread over 128 threads (parts summed first).
         assert r["sass_f32_atomics"] == dq_bytes // 16 // 128, r
         assert r["num_warps"] == 12 and 240 in r["setmaxnreg"] and 32 in r["setmaxnreg"], r
-        spill_limit = MAX_SPLIT_LOCAL_ACCESSES if mode == "split" else 0
+        spill_limit = MAX_SPLIT_LOCAL_ACCESSES if tile.split_warpgroups else 0
         assert r["sass_local_mem"] <= spill_limit, "the MMA warpgroups must not spill"
     else:
         # Two floats per atomic over 256 threads, one copy for whole blocks and one masked.
         assert r["sass_f32_atomics"] == 2 * (dq_bytes // 8 // 256), r
         assert r["num_warps"] == 8 and not r["setmaxnreg"], r
     ring = r["stages"] * (2 * BLOCK_M * d * 2 + 2 * BLOCK_M * 4)
-    expected = 2 * BLOCK_N * d * 2 + ring + 2 * keys * BLOCK_M * 2 + (parts * dq_bytes if mode != "nows" else 0)
+    expected = 2 * BLOCK_N * d * 2 + ring + 2 * keys * BLOCK_M * 2 + (parts * dq_bytes if tile.warp_specialize else 0)
     assert expected <= r["shared_bytes"] <= min(expected + BARRIER_SLACK, SMEM_LIMIT), r
 
 
