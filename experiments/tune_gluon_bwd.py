@@ -39,8 +39,8 @@ def _errors(g, r):
 
 def check_stage(head_dim, tile_names, dtype_names):
     import torch
-    tiles = dict(default=None, **_alternatives(head_dim))
-    for name in tile_names:
+    tiles = _tiles(head_dim)
+    for name in (n for n in tile_names if n in tiles):
         for dtype in (getattr(torch, n) for n in dtype_names):
             for causal in (False, True):
                 for shape in CHECK_SHAPES:
@@ -86,7 +86,7 @@ def stats_stage():
     from kernels.gluon.bwd import BwdVariant, compile_backward
     for d in HEAD_DIMS:
         for causal in (False, True):
-            for name, tile in [("default", None)] + list(_alternatives(d).items()):
+            for name, tile in _tiles(d).items():
                 ck = compile_backward(BwdVariant(torch.bfloat16, d, causal, tile))
                 ck._init_handles()
                 print(json.dumps(dict(stage="stats", head_dim=d, causal=causal, tile=name, n_regs=ck.n_regs,
@@ -102,13 +102,15 @@ def _time(fn):
 # Tile variants timed next to the default (kernels.gluon.bwd_report.alternative_tiles): split warpgroups lost
 # 10-16% (docs/tuning-gluon.md, B3); B4's prefetched S^T and register dQ lost 1-20% and were removed; the other
 # dK order (B5) is timed at each head dim.
-ALTERNATIVES = ("dkfirst", "dklastrs")
+ALTERNATIVES = ("dkfirst", "fa3dk")
 
 
-def _alternatives(head_dim):
-    """Tile variants next to the default (kernels.gluon.bwd_report.alternative_tiles)."""
+def _tiles(head_dim):
+    """The default (None) and its variants in ALTERNATIVES that this head dim has
+    (kernels.gluon.bwd_report.alternative_tiles: `dkfirst` or `fa3dk`, whichever the default is not)."""
     from kernels.gluon.bwd_report import alternative_tiles
-    return {name: tile for name, tile in alternative_tiles(head_dim).items() if name in ALTERNATIVES}
+    return dict(default=None, **{name: tile for name, tile in alternative_tiles(head_dim).items()
+                                 if name in ALTERNATIVES})
 
 
 def _bench(batch, seqlen, nheads, head_dim, causal, tile_names):
@@ -123,9 +125,9 @@ def _bench(batch, seqlen, nheads, head_dim, causal, tile_names):
     out, lse = attention_forward_triton(q, k, v, scale, causal)
     flops = attention_flops(batch, seqlen, nheads, head_dim, causal, mode="bwd")
     row = dict(stage="bench", batch=batch, seqlen=seqlen, nheads=nheads, head_dim=head_dim, causal=causal)
-    tiles = dict(default=None, **_alternatives(head_dim))
+    tiles = _tiles(head_dim)
     timed = {"triton": lambda: attention_backward_triton(dout, q, k, v, out, lse, scale, causal)}
-    for name in tile_names:
+    for name in (n for n in tile_names if n in tiles):
         timed["gluon" if name == "default" else f"gluon_{name}"] = (
             lambda tile=tiles[name]: attention_backward(dout, q, k, v, out, lse, scale, causal, tile=tile))
     for name, fn in timed.items():
@@ -211,9 +213,10 @@ def main():
                                 "--check-dtypes", args.check_dtypes], 90, log)
         rows += _run_stage(["--stage", "stats"], 60, log)
         # A tile that failed or hung any check is not timed.
-        per_tile = len(args.check_dtypes.split(",")) * 2 * len(HEAD_DIMS) * len(CHECK_SHAPES)
+        per_head_dim = len(args.check_dtypes.split(",")) * 2 * len(CHECK_SHAPES)
         passed = [n for n in names
-                  if sum(r["ok"] for r in rows if r["stage"] == "check" and r["tile"] == n) == per_tile]
+                  if sum(r["ok"] for r in rows if r["stage"] == "check" and r["tile"] == n)
+                  == per_head_dim * sum(n in _tiles(d) for d in HEAD_DIMS)]
         if passed:
             rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens, "--tiles", ",".join(passed)], 150, log)
         (out / "tune_gluon_bwd.json").write_text(json.dumps(rows, indent=1))

@@ -45,10 +45,9 @@ class BwdTile:
     warp_specialize: bool = True  # a worker warpgroup issues the loads and the dQ atomics
     # Each MMA warpgroup its own partition with its own keys and dQ_partial: no barrier in common.
     split_warpgroups: bool = False
-    # FA3's order: dQ_partial issued before dK, so dK runs on the tensor cores while dQ_partial is handed over.
-    dk_last: bool = False
-    # FA3's RS dK: dS^T reaches dK from registers (as P^T reaches dV), not from shared memory.
-    dk_from_registers: bool = False
+    # FA3's order of the last two products: dQ_partial first, then dK from dS^T in registers (RS, as P^T reaches
+    # dV), which runs on the tensor cores while dQ_partial is handed over. Off: dK first, from shared memory.
+    fa3_dk_order: bool = False
 
     def __post_init__(self):
         if self.block_m != 64 or self.block_n != 128:
@@ -72,8 +71,8 @@ class BwdTile:
 # 2 * (128 * d / 256), S^T and dP^T 2 * 32, dQ_partial 64 * d / 256. Split warpgroups measured 2-16% slower
 # (docs/tuning-gluon.md, B3): the second float32 hand-over costs more shared-memory traffic than the overlap gains.
 BWD_TILES = {
-    # FA3's dK order and RS dK: +5-7% non-causal, +0-2% causal against dK first from shared memory (B5).
-    64: BwdTile(block_m=64, block_n=128, stages=3, dk_last=True, dk_from_registers=True),
+    # FA3's dK order: +5-7% non-causal, +0-2% causal against dK first from shared memory (B5).
+    64: BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True),
     # Both orders within +-2% of each other here (B5): the tile keeps session 2's.
     128: BwdTile(block_m=64, block_n=128, stages=3),
 }
@@ -94,8 +93,7 @@ class BwdVariant:
     @functools.cached_property  # built once per configuration (`cached_bwd_variant`), read on every launch
     def constexprs(self):
         return dict(CAUSAL=self.causal, STAGES=self.tile.stages, WARP_SPECIALIZE=self.tile.warp_specialize,
-                    MMA_PARTITIONS=self.tile.mma_partitions, DK_LAST=self.tile.dk_last,
-                    DK_FROM_REGISTERS=self.tile.dk_from_registers)
+                    MMA_PARTITIONS=self.tile.mma_partitions, FA3_DK_ORDER=self.tile.fa3_dk_order)
 
     @functools.cached_property
     def options(self):

@@ -11,8 +11,8 @@ dQ runs with keys as its M dimension (FA3's "swapAB" layouts):
     dV  += P^T dO                           (RS wgmma: P^T stays in registers)
     dK  += dS^T Q,  dQ_partial = dS K       (dS^T through shared memory, read as is and transposed)
 
-Two orders of the last two products (BwdTile): dK first, its dS^T from shared memory (hd 128), or FA3's,
-dQ_partial first and dK from dS^T in registers, so dK runs through the dQ_partial hand-over (hd 64).
+Two orders of the last two products (BwdTile.fa3_dk_order): dK first, its dS^T from shared memory (hd 128), or
+FA3's, dQ_partial first and dK from dS^T in registers, so dK runs through the dQ_partial hand-over (hd 64).
 dK and dV stay in registers until the end; dQ_partial goes to a float32
 accumulator with relaxed atomic adds. The softmax scale is folded into dS, so
 neither dK nor the accumulator needs a rescale afterwards.
@@ -282,8 +282,7 @@ def store_grad(desc, smem, grad, w: Work, key0):
 
 @gluon.jit
 def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL: gl.constexpr,
-                  WARP_SPECIALIZE: gl.constexpr, DK_LAST: gl.constexpr, DK_FROM_REGISTERS: gl.constexpr,
-                  G: gl.constexpr):
+                  WARP_SPECIALIZE: gl.constexpr, FA3_DK_ORDER: gl.constexpr, G: gl.constexpr):
     """MMA partition G: every product and the elementwise work of the loop over its keys (box G of K/V),
     then their dK and dV."""
     BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
@@ -350,25 +349,22 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
             if it > 0:
                 if it - 1 + b.STAGES < w.total:
                     b.load_query_block(w, it - 1 + b.STAGES)
-        # dK's A operand: dS^T from shared memory, or (DK_FROM_REGISTERS, FA3's RS dK) from registers like P^T.
-        ds_op = gl.convert_layout(ds16, op_layout) if DK_FROM_REGISTERS else ds_buf
         dq_zero = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout(NW, HEAD_DIM, dtype))
-        if DK_LAST:
-            # FA3's order: dQ_partial first, dK issued once dV is complete and still running while dQ_partial
-            # is handed over (or added), so the tensor cores are busy through the hand-over.
+        if FA3_DK_ORDER:
+            # dQ_partial first; dK, from dS^T in registers (as P^T for dV), issued once dV is complete and still
+            # running while dQ_partial is handed over (or added), so the tensor cores stay busy through it.
+            ds_op = gl.convert_layout(ds16, op_layout)
             dq = warpgroup_mma(ds_buf.permute((1, 0)), k, dq_zero, use_acc=False, is_async=True)
             dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
             dk = warpgroup_mma(ds_op, q, dk, is_async=True)
             dq = warpgroup_mma_wait(1, deps=(dq, ))
         else:
-            dk = warpgroup_mma(ds_op, q, dk, is_async=True)
+            # dS^T is read from shared memory by both products.
+            dk = warpgroup_mma(ds_buf, q, dk, is_async=True)
             # dV is complete before dQ_partial takes its registers: P^T's registers are free by then.
             dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
             dq = warpgroup_mma(ds_buf.permute((1, 0)), k, dq_zero, use_acc=False, is_async=True)
-            if DK_FROM_REGISTERS:
-                dq, dk, ds_op = warpgroup_mma_wait(0, deps=(dq, dk, ds_op))
-            else:
-                dq, dk = warpgroup_mma_wait(0, deps=(dq, dk))
+            dq, dk = warpgroup_mma_wait(0, deps=(dq, dk))
         if WARP_SPECIALIZE:
             mbarrier.wait(b.dq_empty.index(G), (it & 1) ^ 1)  # the reducer has read the previous dQ_partial
             b.dq_smem.index(G).store(dq)
@@ -376,11 +372,8 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
             mbarrier.arrive(b.dq_full.index(G))
         else:
             add_dq(dq, dq_acc_ptr, w, head, row0)
-        if DK_LAST:
-            if DK_FROM_REGISTERS:  # dS^T's registers stay allocated until dK has read them
-                dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
-            else:
-                dk = warpgroup_mma_wait(0, deps=(dk, ))
+        if FA3_DK_ORDER:  # dS^T's registers stay allocated until dK has read them
+            dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
         if WARP_SPECIALIZE:
             mbarrier.arrive(b.q_empty.index(stage))  # every product reading this slot is complete
 
@@ -431,7 +424,7 @@ def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr):
 def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2_desc, delta_desc, dq_acc_ptr,
                          qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
                          CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr,
-                         MMA_PARTITIONS: gl.constexpr, DK_LAST: gl.constexpr, DK_FROM_REGISTERS: gl.constexpr):
+                         MMA_PARTITIONS: gl.constexpr, FA3_DK_ORDER: gl.constexpr):
     """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim), K/V/dK/dV boxes of one MMA partition's keys;
     lse2/delta: 1-D descriptors over the flat (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and
     rowsum(dO * O), +inf / 0 past seqlen_q; dq_acc: zeroed float32 like q."""
@@ -443,20 +436,20 @@ def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2
     if WARP_SPECIALIZE:
         if MMA_PARTITIONS == 2:
             gl.warp_specialize([
-                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, DK_LAST,
-                                DK_FROM_REGISTERS, 0)),
-                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, DK_LAST,
-                                DK_FROM_REGISTERS, 1)),
+                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True,
+                                FA3_DK_ORDER, 0)),
+                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True,
+                                FA3_DK_ORDER, 1)),
                 (load_reduce_partition, (b, w, dq_acc_ptr)),
             ], [4, 4], [MMA_REGS, WORKER_REGS])
         else:
             gl.static_assert(MMA_PARTITIONS == 1, "one or two MMA partitions")
             gl.warp_specialize([
-                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True, DK_LAST,
-                                DK_FROM_REGISTERS, 0)),
+                (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True,
+                                FA3_DK_ORDER, 0)),
                 (load_reduce_partition, (b, w, dq_acc_ptr)),
             ], [4], [WORKER_REGS])
     else:
         gl.static_assert(MMA_PARTITIONS == 1, "without warp specialization one partition does everything")
-        mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False, DK_LAST,
-                      DK_FROM_REGISTERS, 0)
+        mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False,
+                      FA3_DK_ORDER, 0)

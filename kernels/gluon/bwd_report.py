@@ -16,13 +16,12 @@ from .report import common_counts, print_reports
 def alternative_tiles(head_dim):
     """The tiles measured against the default: split MMA warpgroups (at hd 128 only 2 ring slots fit next to
     the two dQ_partial hand-overs), no warp specialization, and the dK order the default does not use: dK first
-    from shared memory (`dkfirst`) or FA3's, after dQ_partial and from registers (`dklastrs`)."""
+    from shared memory (`dkfirst`) or FA3's (`fa3dk`)."""
     base = BWD_TILES[head_dim]
     split = replace(base, split_warpgroups=True, stages=2 if head_dim == 128 else base.stages)
-    orders = dict(dkfirst=replace(base, dk_last=False, dk_from_registers=False),
-                  dklastrs=replace(base, dk_last=True, dk_from_registers=True))
+    other_order = replace(base, fa3_dk_order=not base.fa3_dk_order)
     return dict(split=split, nows=replace(base, warp_specialize=False),
-                **{name: tile for name, tile in orders.items() if tile != base})
+                **{"fa3dk" if other_order.fa3_dk_order else "dkfirst": other_order})
 
 
 # Every dtype, head dim and mask with the default tile, and bf16 with the alternatives.
@@ -34,7 +33,7 @@ VARIANTS += [BwdVariant(torch.bfloat16, d, causal, tile) for d in BWD_TILES for 
 
 def tile_mode(tile):
     mode = "split" if tile.split_warpgroups else "lockstep" if tile.warp_specialize else "nows"
-    return mode + ("_dklast" if tile.dk_last else "") + ("_dkrs" if tile.dk_from_registers else "")
+    return mode + ("_fa3dk" if tile.fa3_dk_order else "")
 
 
 def variant_name(v: BwdVariant):
