@@ -101,13 +101,14 @@ def _time(fn):
 
 # Tile variants timed next to the default (kernels.gluon.bwd_report.alternative_tiles): split warpgroups lost
 # 10-16% (docs/tuning-gluon.md, B3); B4's prefetched S^T and register dQ lost 1-20% and were removed; the other
-# dK order (B5) is timed at each head dim.
-ALTERNATIVES = ("dkfirst", "fa3dk")
+# dK order (B5) and the other way of adding dQ_partial (B6), alone and together, are timed at each head dim.
+ALTERNATIVES = ("dkfirst", "fa3dk", "dqtma", "dqatomic", "dqtma_dkfirst", "dqtma_fa3dk", "dqatomic_dkfirst",
+                "dqatomic_fa3dk")
 
 
 def _tiles(head_dim):
     """The default (None) and its variants in ALTERNATIVES that this head dim has
-    (kernels.gluon.bwd_report.alternative_tiles: `dkfirst` or `fa3dk`, whichever the default is not)."""
+    (kernels.gluon.bwd_report.alternative_tiles: the dK order and the dQ adds the default does not use)."""
     from kernels.gluon.bwd_report import alternative_tiles
     return dict(default=None, **{name: tile for name, tile in alternative_tiles(head_dim).items()
                                  if name in ALTERNATIVES})
@@ -210,7 +211,7 @@ def main():
         names = ("default", ) + ALTERNATIVES  # the default first: a hang of an alternative spares its checks
         for d in HEAD_DIMS:
             rows += _run_stage(["--stage", "check", "--head-dim", str(d), "--tiles", ",".join(names),
-                                "--check-dtypes", args.check_dtypes], 90, log)
+                                "--check-dtypes", args.check_dtypes], 150, log)
         rows += _run_stage(["--stage", "stats"], 60, log)
         # A tile that failed or hung any check is not timed.
         per_head_dim = len(args.check_dtypes.split(",")) * 2 * len(CHECK_SHAPES)
@@ -218,11 +219,11 @@ def main():
                   if sum(r["ok"] for r in rows if r["stage"] == "check" and r["tile"] == n)
                   == per_head_dim * sum(n in _tiles(d) for d in HEAD_DIMS)]
         if passed:
-            rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens, "--tiles", ",".join(passed)], 150, log)
+            rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens, "--tiles", ",".join(passed)], 330, log)
         (out / "tune_gluon_bwd.json").write_text(json.dumps(rows, indent=1))
         if not args.skip_pytest:
             pytest_out, _, _ = run_child([sys.executable, "-m", "pytest", "-q", "-m", "gpu",
-                                          "tests/kernels/test_gluon_backward.py"], 50, log, "pytest")
+                                          "tests/kernels/test_gluon_backward.py"], 150, log, "pytest")
     _table(rows)
     if not args.skip_pytest:
         print("\npytest (GPU tests, default tile):", (pytest_out.strip().splitlines() or ["no output"])[-1])

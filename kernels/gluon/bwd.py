@@ -6,8 +6,8 @@ Triton backward's signature) and runs three steps:
 1. preprocess (the Triton backward's kernel): delta = rowsum(dO * O) and LSE
    in log2 units, padded with +inf to whole query blocks;
 2. the main kernel (bwd_kernel.py): dK, dV written once per key block, dQ
-   added in float32 with atomics into a zeroed (batch, seqlen_q, nheads, d)
-   accumulator;
+   added in float32 (atomics or TMA reduce-adds) into a zeroed
+   (batch, seqlen_q, nheads, d) accumulator;
 3. dQ = the accumulator cast to q's dtype (the softmax scale is already in it).
 
 Atomics make dQ's summation order vary between runs: `deterministic=True` is
@@ -48,12 +48,15 @@ class BwdTile:
     # FA3's order of the last two products: dQ_partial first, then dK from dS^T in registers (RS, as P^T reaches
     # dV), which runs on the tensor cores while dQ_partial is handed over. Off: dK first, from shared memory.
     fa3_dk_order: bool = False
+    # The worker adds dQ_partial to the accumulator by TMA reduce-adds from the shared-memory hand-over (FA3),
+    # instead of reading it back and issuing v4 atomics: the adds leave the load/store unit.
+    dq_tma_reduce: bool = False
 
     def __post_init__(self):
         if self.block_m != 64 or self.block_n != 128:
             raise ValueError(f"a backward tile needs block_m 64 and block_n 128, got {self}")
-        if self.split_warpgroups and not self.warp_specialize:
-            raise ValueError(f"split warpgroups need warp specialization, got {self}")
+        if (self.split_warpgroups or self.dq_tma_reduce) and not self.warp_specialize:
+            raise ValueError(f"split warpgroups and TMA dQ reduce-adds need warp specialization, got {self}")
 
     @property
     def mma_partitions(self):
@@ -102,9 +105,10 @@ class BwdVariant:
             opts["maxnreg"] = WS_MAXNREG
         return opts
 
-    def descriptors(self, q, k, v, dout, dk, dv, lse2, delta):
+    def descriptors(self, q, k, v, dout, dk, dv, lse2, delta, dq_acc):
         """TMA descriptors: 4-D with boxes of one (batch, head), Q/dO blocks of block_m rows, K/V/dK/dV of one MMA
-        partition's keys; LSE2 and delta flat 1-D, block_m values per box."""
+        partition's keys; LSE2 and delta flat 1-D, block_m values per box; the dQ accumulator with Q's box when
+        the tile adds into it by TMA, else None."""
         q_block = [1, self.tile.block_m, 1, self.head_dim]
         kv_block = [1, self.tile.block_n // self.tile.mma_partitions, 1, self.head_dim]
 
@@ -115,7 +119,8 @@ class BwdVariant:
             return TensorDescriptor.from_tensor(t.view(-1), [self.tile.block_m], STAT_LAYOUT)
 
         return (desc(q, q_block), desc(k, kv_block), desc(v, kv_block), desc(dout, q_block), desc(dk, kv_block),
-                desc(dv, kv_block), stat_desc(lse2), stat_desc(delta))
+                desc(dv, kv_block), stat_desc(lse2), stat_desc(delta), dq_acc,
+                desc(dq_acc, q_block) if self.tile.dq_tma_reduce else None)
 
 
 launch_backward = Launcher(attention_bwd_kernel)
@@ -143,7 +148,7 @@ def _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic):
 
 def _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad):
     _, seqlen_q, nheads, _ = q.shape
-    return (*variant.descriptors(q, k, v, dout, dk, dv, lse2, delta), dq_acc, softmax_scale * LOG2_E, softmax_scale,
+    return (*variant.descriptors(q, k, v, dout, dk, dv, lse2, delta, dq_acc), softmax_scale * LOG2_E, softmax_scale,
             nheads, nheads // k.shape[2], seqlen_q, k.shape[1], seqlen_q_pad)
 
 
@@ -188,5 +193,6 @@ def compile_backward(variant: BwdVariant, target=HOPPER):
     """
     t = torch.empty(1, 1, 1, variant.head_dim, dtype=variant.dtype)
     f32 = torch.empty(64)
-    args = _kernel_args(variant, t, t, t, t, t, t, f32, f32, f32, 1.0, 64)
+    dq_acc = torch.empty(1, 1, 1, variant.head_dim)
+    args = _kernel_args(variant, t, t, t, t, t, t, dq_acc, f32, f32, 1.0, 64)
     return compile_for(attention_bwd_kernel, args, variant.constexprs, variant.options, target)

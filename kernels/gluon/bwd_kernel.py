@@ -14,8 +14,9 @@ dQ runs with keys as its M dimension (FA3's "swapAB" layouts):
 Two orders of the last two products (BwdTile.fa3_dk_order): dK first, its dS^T from shared memory (hd 128), or
 FA3's, dQ_partial first and dK from dS^T in registers, so dK runs through the dQ_partial hand-over (hd 64).
 dK and dV stay in registers until the end; dQ_partial goes to a float32
-accumulator with relaxed atomic adds. The softmax scale is folded into dS, so
-neither dK nor the accumulator needs a rescale afterwards.
+accumulator, by relaxed atomic adds from registers or (DQ_TMA_REDUCE, FA3's way) by TMA
+reduce-adds straight from the shared-memory hand-over, which keep the adds off the load/store unit. The
+softmax scale is folded into dS, so neither dK nor the accumulator needs a rescale afterwards.
 
 MMA_PARTITIONS says how the two MMA warpgroups share the work. 1: one 8-warp
 partition, dQ_partial = dS K over all BLOCK_N keys with the warpgroups
@@ -42,7 +43,9 @@ rows are zero, so they add nothing to dQ, and their dK/dV rows are clipped by
 the TMA store.
 """
 from triton.experimental import gluon
+from triton._C.libtriton import ir
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 from triton.language.core import _aggregate as aggregate
@@ -51,6 +54,15 @@ from triton.language.core import _aggregate as aggregate
 # warpgroup; the default partition takes the rest of 64K (240).
 WORKER_REGS = gl.constexpr(32)
 MMA_REGS = gl.constexpr(240)
+
+
+@builtin
+def tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+    """cp.reduce.async.bulk.tensor .add: add the shared-memory box src into the global box at coord (clipped at the
+    tensor's bounds like a TMA store; completion is waited for with tma.store_wait). Triton 3.6's builder has the
+    op (ttng.async_tma_reduce), its Gluon API does not wrap it yet."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
 
 
 @gluon.constexpr_function
@@ -143,7 +155,8 @@ class Buffers:
     arrival per MMA partition). dS^T has two buffers: with one partition they
     alternate (one warpgroup may write the next while the other still reads
     this one for dQ), with two each partition owns one. dq (float32, one per
-    MMA partition) is the hand-over to the reducing warps.
+    MMA partition) is the hand-over to the reducing warps; with DQ_TMA_REDUCE it
+    is laid out as the accumulator descriptor's box, which the TMA adds from.
     """
     q_desc: tma.tensor_descriptor
     k_desc: tma.tensor_descriptor
@@ -166,11 +179,12 @@ class Buffers:
     dq_empty: gl.shared_memory_descriptor
     STAGES: gl.constexpr
     MMA_PARTITIONS: gl.constexpr
+    DQ_TMA_REDUCE: gl.constexpr
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, q_smem, k_smem, v_smem, do_smem,
                  lse2_smem, delta_smem, ds_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty, STAGES,
-                 MMA_PARTITIONS):
+                 MMA_PARTITIONS, DQ_TMA_REDUCE):
         self.q_desc = q_desc
         self.k_desc = k_desc
         self.v_desc = v_desc
@@ -192,10 +206,12 @@ class Buffers:
         self.dq_empty = dq_empty
         self.STAGES = gl.constexpr(STAGES)
         self.MMA_PARTITIONS = gl.constexpr(MMA_PARTITIONS)
+        self.DQ_TMA_REDUCE = gl.constexpr(DQ_TMA_REDUCE)
 
     @gluon.jit
-    def create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, STAGES: gl.constexpr,
+    def create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, dq_desc, STAGES: gl.constexpr,
                MMA_PARTITIONS: gl.constexpr, DQ_IN_SMEM: gl.constexpr):
+        """dq_desc: the accumulator's descriptor when dQ_partial is added by TMA, else None."""
         BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
         KEYS: gl.constexpr = k_desc.block_type.shape[1]  # per MMA partition
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[3]
@@ -208,7 +224,10 @@ class Buffers:
         v_smem = gl.allocate_shared_memory(dtype, [MMA_PARTITIONS] + v_desc.block_type.shape, v_desc.layout)
         ds_smem = gl.allocate_shared_memory(dtype, [2, KEYS, BLOCK_M],
                                             gl.NVMMASharedLayout.get_default_for([KEYS, BLOCK_M], dtype))
-        if DQ_IN_SMEM:
+        if dq_desc is not None:
+            dq_smem = gl.allocate_shared_memory(gl.float32, [MMA_PARTITIONS] + dq_desc.block_type.shape,
+                                                dq_desc.layout)
+        elif DQ_IN_SMEM:
             dq_smem = gl.allocate_shared_memory(gl.float32, [MMA_PARTITIONS, BLOCK_M, HEAD_DIM],
                                                 gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], gl.float32))
         else:
@@ -227,7 +246,12 @@ class Buffers:
             mbarrier.init(q_empty.index(s), count=MMA_PARTITIONS)
         return Buffers(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, q_smem, k_smem, v_smem, do_smem,
                        lse2_smem, delta_smem, ds_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty, STAGES,
-                       MMA_PARTITIONS)
+                       MMA_PARTITIONS, dq_desc is not None)
+
+    @gluon.jit
+    def dq_tile(self, g):
+        """Hand-over buffer g as [BLOCK_M, HEAD_DIM]."""
+        return self.dq_smem.index(g).reshape([self.q_desc.block_type.shape[1], self.q_desc.block_type.shape[3]])
 
     @gluon.jit
     def load_kv(self, w: Work):
@@ -367,7 +391,9 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
             dq, dk = warpgroup_mma_wait(0, deps=(dq, dk))
         if WARP_SPECIALIZE:
             mbarrier.wait(b.dq_empty.index(G), (it & 1) ^ 1)  # the reducer has read the previous dQ_partial
-            b.dq_smem.index(G).store(dq)
+            b.dq_tile(G).store(dq)
+            if b.DQ_TMA_REDUCE:
+                fence_async_shared()  # the TMA (async proxy) reads what these threads wrote
             gl.thread_barrier()
             mbarrier.arrive(b.dq_full.index(G))
         else:
@@ -384,19 +410,14 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
 
 
 @gluon.jit
-def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr):
+def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr, dq_desc):
     """The worker warpgroup: K/V and the query ring's TMA loads, and the dQ_partial atomics (the MMA
-    partitions' parts summed first: one atomic per element).
+    partitions' parts summed first: one atomic per element), or with DQ_TMA_REDUCE one TMA reduce-add per
+    partition's hand-over, rows past seqlen_q clipped by the TMA.
 
     Loads run STAGES - 1 query blocks ahead of the reductions: loading block it waits for the MMA partitions
     to release block it - STAGES, which they do as they hand over its dQ_partials (reduced one step before)."""
-    BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
-    HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
-    CHUNK: gl.constexpr = 8  # rows per read-back (the hand-over's swizzle pattern): 8 floats per thread at hd 128
-    layout: gl.constexpr = dq_rows_layout(gl.num_warps(), HEAD_DIM)
     b.load_kv(w)
-    chunk_rows = gl.arange(0, CHUNK, layout=gl.SliceLayout(1, layout))
-    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
     for it in range(w.total + b.STAGES - 1):
         if it < w.total:
             # Ring slots start free: the first pass waits on the phase before 0, which counts as complete.
@@ -407,31 +428,49 @@ def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr):
             head, row0 = w.query_block(j)
             for g in gl.static_range(b.MMA_PARTITIONS):
                 mbarrier.wait(b.dq_full.index(g), j & 1)
-            for c in gl.static_range(BLOCK_M // CHUNK):
-                rows = row0 + c * CHUNK + chunk_rows
-                dq = b.dq_smem.index(0).slice(c * CHUNK, CHUNK).load(layout)
-                for g in gl.static_range(1, b.MMA_PARTITIONS):
-                    dq += b.dq_smem.index(g).slice(c * CHUNK, CHUNK).load(layout)
-                offs = ((w.batch * w.seqlen_q + rows).to(gl.int64) * w.nheads + head) * HEAD_DIM
-                ptrs = dq_acc_ptr + gl.expand_dims(offs, 1) + gl.expand_dims(cols, 0)
-                gl.atomic_add(ptrs, dq, mask=gl.expand_dims(rows < w.seqlen_q, 1), sem="relaxed")
+            if b.DQ_TMA_REDUCE:
+                for g in gl.static_range(b.MMA_PARTITIONS):
+                    tma_reduce_add(dq_desc, [w.batch, row0, head, 0], b.dq_smem.index(g))
+                tma.store_wait(0)  # the TMA has read the hand-over (the adds themselves may still be in flight)
+            else:
+                add_dq_from_smem(b, w, dq_acc_ptr, head, row0)
             for g in gl.static_range(b.MMA_PARTITIONS):
                 mbarrier.arrive(b.dq_empty.index(g))
+
+
+@gluon.jit
+def add_dq_from_smem(b: Buffers, w: Work, dq_acc_ptr, head, row0):
+    """The hand-overs' sum, read back CHUNK rows at a time, added to the accumulator with v4 atomics."""
+    BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
+    HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
+    CHUNK: gl.constexpr = 8  # rows per read-back (the hand-over's swizzle pattern): 8 floats per thread at hd 128
+    layout: gl.constexpr = dq_rows_layout(gl.num_warps(), HEAD_DIM)
+    chunk_rows = gl.arange(0, CHUNK, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+    for c in gl.static_range(BLOCK_M // CHUNK):
+        rows = row0 + c * CHUNK + chunk_rows
+        dq = b.dq_smem.index(0).slice(c * CHUNK, CHUNK).load(layout)
+        for g in gl.static_range(1, b.MMA_PARTITIONS):
+            dq += b.dq_smem.index(g).slice(c * CHUNK, CHUNK).load(layout)
+        offs = ((w.batch * w.seqlen_q + rows).to(gl.int64) * w.nheads + head) * HEAD_DIM
+        ptrs = dq_acc_ptr + gl.expand_dims(offs, 1) + gl.expand_dims(cols, 0)
+        gl.atomic_add(ptrs, dq, mask=gl.expand_dims(rows < w.seqlen_q, 1), sem="relaxed")
 
 
 # Shapes stay runtime values: no recompile per seqlen, and no int silently turned into a constant.
 @gluon.jit(do_not_specialize=["nheads", "group", "seqlen_q", "seqlen_k", "seqlen_q_pad"])
 def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2_desc, delta_desc, dq_acc_ptr,
-                         qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
+                         dq_desc, qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
                          CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr,
                          MMA_PARTITIONS: gl.constexpr, FA3_DK_ORDER: gl.constexpr):
     """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim), K/V/dK/dV boxes of one MMA partition's keys;
     lse2/delta: 1-D descriptors over the flat (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and
-    rowsum(dO * O), +inf / 0 past seqlen_q; dq_acc: zeroed float32 like q."""
+    rowsum(dO * O), +inf / 0 past seqlen_q; dq_acc: zeroed float32 like q; dq_desc: a 4-D descriptor of it
+    with Q's box when the worker adds dQ_partial by TMA, else None."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = MMA_PARTITIONS * k_desc.block_type.shape[1]
     w = Work.create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, BLOCK_M, BLOCK_N, CAUSAL)
-    b = Buffers.create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, STAGES, MMA_PARTITIONS,
+    b = Buffers.create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, dq_desc, STAGES, MMA_PARTITIONS,
                        WARP_SPECIALIZE)
     if WARP_SPECIALIZE:
         if MMA_PARTITIONS == 2:
@@ -440,14 +479,14 @@ def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2
                                 FA3_DK_ORDER, 0)),
                 (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True,
                                 FA3_DK_ORDER, 1)),
-                (load_reduce_partition, (b, w, dq_acc_ptr)),
+                (load_reduce_partition, (b, w, dq_acc_ptr, dq_desc)),
             ], [4, 4], [MMA_REGS, WORKER_REGS])
         else:
             gl.static_assert(MMA_PARTITIONS == 1, "one or two MMA partitions")
             gl.warp_specialize([
                 (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True,
                                 FA3_DK_ORDER, 0)),
-                (load_reduce_partition, (b, w, dq_acc_ptr)),
+                (load_reduce_partition, (b, w, dq_acc_ptr, dq_desc)),
             ], [4], [WORKER_REGS])
     else:
         gl.static_assert(MMA_PARTITIONS == 1, "without warp specialization one partition does everything")

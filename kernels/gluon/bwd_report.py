@@ -15,13 +15,17 @@ from .report import common_counts, print_reports
 
 def alternative_tiles(head_dim):
     """The tiles measured against the default: split MMA warpgroups (at hd 128 only 2 ring slots fit next to
-    the two dQ_partial hand-overs), no warp specialization, and the dK order the default does not use: dK first
-    from shared memory (`dkfirst`) or FA3's (`fa3dk`)."""
+    the two dQ_partial hand-overs), no warp specialization, the dK order the default does not use (dK first
+    from shared memory, `dkfirst`, or FA3's, `fa3dk`), the dQ adds it does not use (TMA reduce-adds, `dqtma`,
+    or the worker's atomics, `dqatomic`), and both changes together."""
     base = BWD_TILES[head_dim]
-    split = replace(base, split_warpgroups=True, stages=2 if head_dim == 128 else base.stages)
+    order = "dkfirst" if base.fa3_dk_order else "fa3dk"
+    add = "dqatomic" if base.dq_tma_reduce else "dqtma"
     other_order = replace(base, fa3_dk_order=not base.fa3_dk_order)
-    return dict(split=split, nows=replace(base, warp_specialize=False),
-                **{"fa3dk" if other_order.fa3_dk_order else "dkfirst": other_order})
+    split = replace(base, split_warpgroups=True, stages=2 if head_dim == 128 else base.stages)
+    return {"split": split, "nows": replace(base, warp_specialize=False, dq_tma_reduce=False), order: other_order,
+            add: replace(base, dq_tma_reduce=not base.dq_tma_reduce),
+            f"{add}_{order}": replace(other_order, dq_tma_reduce=not base.dq_tma_reduce)}
 
 
 # Every dtype, head dim and mask with the default tile, and bf16 with the alternatives.
@@ -33,7 +37,7 @@ VARIANTS += [BwdVariant(torch.bfloat16, d, causal, tile) for d in BWD_TILES for 
 
 def tile_mode(tile):
     mode = "split" if tile.split_warpgroups else "lockstep" if tile.warp_specialize else "nows"
-    return mode + ("_fa3dk" if tile.fa3_dk_order else "")
+    return mode + ("_fa3dk" if tile.fa3_dk_order else "") + ("_dqtma" if tile.dq_tma_reduce else "")
 
 
 def variant_name(v: BwdVariant):
@@ -49,6 +53,7 @@ def compile_report(variant: BwdVariant, tmpdir: str):
         stages=variant.tile.stages,
         mma_partitions=variant.tile.mma_partitions,
         sass_f32_atomics=len(re.findall(r"\bREDG?\.E\.ADD\.F32", sass)),
+        sass_tma_reduces=len(re.findall(r"\bUBLKRED|\bUTMAREDG", sass)),
         sass_wgmma_waits=sass.count("WARPGROUP.DEPBAR"),  # one per wgmma when ptxas serializes them
     )
 

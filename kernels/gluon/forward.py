@@ -37,6 +37,7 @@ GL_DTYPES = {
     torch.float16: gl.float16,
     torch.float8_e4m3fn: gl.float8e4nv,
     torch.float8_e5m2: gl.float8e5,
+    torch.float32: gl.float32,  # the backward's dQ accumulator
 }
 HALF_DTYPES = (torch.bfloat16, torch.float16)  # 16-bit inputs and every output
 LOG2_E = 1.4426950408889634

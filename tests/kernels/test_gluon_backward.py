@@ -3,13 +3,16 @@
 CPU: every variant compiles for sm_90a (in a child process, `python -m
 kernels.gluon.bwd_report`: this process may run Triton in interpreter mode)
 into the instructions FA3's backward relies on: wgmma for all five products,
-TMA loads and stores, float32 atomic adds for dQ.
+TMA loads and stores, float32 atomic adds or TMA reduce-adds for dQ.
 
 GPU (`hopper`): dq/dk/dv against float64 autograd of the reference on fresh
 random inputs (odd seqlens, causal both ways, GQA/MQA, head dims 64/128),
 FA's criterion: error at most 2x PyTorch's own bf16/fp16 error plus the
-reference's rounding to the dtype, on the max and the relative L2 error.
+reference's rounding to the dtype, on the max and the relative L2 error; each
+case with the head dim's tile and with its other way of adding dQ.
 """
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -56,10 +59,14 @@ def test_backward_compiles_to_wgmma_tma_and_atomics(reports, name):
     assert r["sass_gmma"] == r["ptx_wgmma"], "wgmma must survive ptxas as HGMMA"
     assert r["sass_tma_load"] > 0 and r["sass_tma_store"] > 0, r
     dq_bytes = BLOCK_M * d * 4
-    if tile.warp_specialize:
+    if tile.dq_tma_reduce:  # one TMA reduce-add per MMA partition's hand-over, nothing on the load/store unit
+        assert r["sass_f32_atomics"] == 0 and r["sass_tma_reduces"] == parts, r
+    elif tile.warp_specialize:
         # The worker warpgroup reads dQ_partial back 4 floats per thread over 128 threads (parts summed first).
         assert r["sass_f32_atomics"] == dq_bytes // 16 // 128, r
+    if tile.warp_specialize:
         assert r["num_warps"] == 12 and 240 in r["setmaxnreg"] and 32 in r["setmaxnreg"], r
+        assert r["sass_tma_reduces"] == (parts if tile.dq_tma_reduce else 0), r
         spill_limit = MAX_SPLIT_LOCAL_ACCESSES if tile.split_warpgroups else 0
         assert r["sass_local_mem"] <= spill_limit, "the MMA warpgroups must not spill"
     else:
@@ -90,10 +97,14 @@ GPU_CASES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, causal
 @pytest.mark.hopper
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}".format(*c))
-def test_gpu_backward_matches_float64(case, dtype):
-    from kernels.gluon.bwd import attention_backward
+@pytest.mark.parametrize("dq_add", ["default", "other"])  # the other of atomics and TMA reduce-adds
+def test_gpu_backward_matches_float64(case, dtype, dq_add):
+    from kernels.gluon.bwd import BWD_TILES, attention_backward
     from kernels.reference import attention_ref, attention_ref_grads
     b, sq, sk, h, h_kv, d, causal = case
+    tile = BWD_TILES[d]
+    if dq_add == "other":
+        tile = replace(tile, dq_tma_reduce=not tile.dq_tma_reduce)
     q = torch.randn(b, sq, h, d, device="cuda", dtype=dtype)
     k = torch.randn(b, sk, h_kv, d, device="cuda", dtype=dtype)
     v = torch.randn_like(k)
@@ -101,7 +112,7 @@ def test_gpu_backward_matches_float64(case, dtype):
     out, lse = attention_ref(q, k, v, causal, dtype=torch.float32)
     poison = [torch.full_like(t, float("nan")) for t in (k, v)]  # freed blocks the allocator hands to dk, dv
     del poison
-    grads = attention_backward(dout, q, k, v, out.to(dtype), lse, d ** -0.5, causal)
+    grads = attention_backward(dout, q, k, v, out.to(dtype), lse, d ** -0.5, causal, tile=tile)
     ref = attention_ref_grads(q, k, v, dout, causal, torch.float64)[2:]
     low = attention_ref_grads(q, k, v, dout, causal, dtype)[2:]
     for name, g, r, lo, t in zip("qkv", grads, ref, low, (q, k, v)):
