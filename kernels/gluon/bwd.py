@@ -74,10 +74,12 @@ class BwdTile:
 # 2 * (128 * d / 256), S^T and dP^T 2 * 32, dQ_partial 64 * d / 256. Split warpgroups measured 2-16% slower
 # (docs/tuning-gluon.md, B3): the second float32 hand-over costs more shared-memory traffic than the overlap gains.
 BWD_TILES = {
-    # FA3's dK order: +5-7% non-causal, +0-2% causal against dK first from shared memory (B5).
+    # FA3's dK order: +5-7% non-causal, +0-2% causal against dK first from shared memory (B5). TMA reduce-adds
+    # for dQ: level with the atomics here (0.97-1.01x, B6), so the tile keeps them.
     64: BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True),
-    # Both orders within +-2% of each other here (B5): the tile keeps session 2's.
-    128: BwdTile(block_m=64, block_n=128, stages=3),
+    # TMA reduce-adds for dQ with FA3's dK order: +10-13% against atomics and dK first from 2k to 16k keys (B6);
+    # with the atomics the two orders were level (B5).
+    128: BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True, dq_tma_reduce=True),
 }
 
 

@@ -22,7 +22,9 @@ def alternative_tiles(head_dim):
     order = "dkfirst" if base.fa3_dk_order else "fa3dk"
     add = "dqatomic" if base.dq_tma_reduce else "dqtma"
     other_order = replace(base, fa3_dk_order=not base.fa3_dk_order)
-    split = replace(base, split_warpgroups=True, stages=2 if head_dim == 128 else base.stages)
+    # Split at hd 128: 2 ring slots, and dK first (with FA3's order ptxas serializes every wgmma there, 56 waits).
+    split = replace(base, split_warpgroups=True, stages=2 if head_dim == 128 else base.stages,
+                    fa3_dk_order=base.fa3_dk_order and head_dim != 128)
     return {"split": split, "nows": replace(base, warp_specialize=False, dq_tma_reduce=False), order: other_order,
             add: replace(base, dq_tma_reduce=not base.dq_tma_reduce),
             f"{add}_{order}": replace(other_order, dq_tma_reduce=not base.dq_tma_reduce)}
