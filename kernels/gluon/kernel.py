@@ -16,11 +16,11 @@ from .scheduler import TileScheduler, kv_block_count
 
 
 @gluon.jit
-def tile_scales(k, sched: TileScheduler, q_scales, k_scales, v_scales, CID: gl.constexpr, ROWS: gl.constexpr,
-                Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr, row_layout: gl.constexpr):
-    """The global loads tile k starts with (FP8): this consumer's rows of Q block scales, and the K and V scales of
-    its first visited key block; ones for 16-bit inputs. Issued a tile ahead of their use (consumer_partition)."""
-    batch, head, m_block = sched.tile(k)
+def tile_scales(batch, head, m_block, n_blocks, sched: TileScheduler, q_scales, k_scales, v_scales,
+                CID: gl.constexpr, ROWS: gl.constexpr, Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
+                row_layout: gl.constexpr):
+    """The global loads a tile starts with (FP8): this consumer's rows of Q block scales, and the K and V scales of
+    its first visited key block; ones for 16-bit inputs."""
     q_rows = gl.full([ROWS], 1.0, gl.float32, row_layout)
     k_scale0 = gl.to_tensor(1.0)
     v_scale0 = gl.to_tensor(1.0)
@@ -28,11 +28,11 @@ def tile_scales(k, sched: TileScheduler, q_scales, k_scales, v_scales, CID: gl.c
         rows = m_block * sched.BLOCK_M + CID * ROWS + gl.arange(0, ROWS, layout=row_layout)
         q_row0 = (batch * sched.nheads + head) * gl.cdiv(sched.seqlen_q, Q_SCALE_BLOCK)
         q_rows = gl.load(q_scales + q_row0 + rows // Q_SCALE_BLOCK, mask=rows < sched.seqlen_q, other=1.0)
-        n_blocks = kv_block_count(sched, m_block)
-        block = kv_row0(batch, head // sched.group, sched, KV_SCALE_BLOCK) + kv_block_start(
-            n_blocks, 0, sched.BLOCK_N) // KV_SCALE_BLOCK
-        k_scale0 = gl.load(k_scales + block, mask=n_blocks > 0, other=1.0)
-        v_scale0 = gl.load(v_scales + block, mask=n_blocks > 0, other=1.0)
+        if n_blocks > 0:
+            block = kv_row0(batch, head // sched.group, sched, KV_SCALE_BLOCK) + kv_block_start(
+                n_blocks, 0, sched.BLOCK_N) // KV_SCALE_BLOCK
+            k_scale0 = gl.load(k_scales + block)
+            v_scale0 = gl.load(v_scales + block)
     return q_rows, k_scale0, v_scale0
 
 
@@ -56,13 +56,7 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
     turn_phase = gl.to_tensor(1 if CID == 0 else 0)
     first_turn(p, CID, PINGPONG)
     q_slot = Ring.start(p.Q_STAGES)
-    n_tiles = sched.tiles_here()
-    # FP8 scales are loaded a tile ahead, at the end of the tile before: loaded at the tile's start, the Q scales'
-    # latency stalled each consumer ~640 cycles a tile before its Q wait (a %clock64 trace, docs/tuning-gluon.md
-    # entry 37).
-    next_q_rows, next_k_scale0, next_v_scale0 = tile_scales(0, sched, q_scales, k_scales, v_scales, CID, ROWS,
-                                                            Q_SCALE_BLOCK, KV_SCALE_BLOCK, row_layout)
-    for k in range(n_tiles):
+    for k in range(sched.tiles_here()):
         batch, head, m_block = sched.tile(k)
         head_kv = head // sched.group
         n_blocks = kv_block_count(sched, m_block)
@@ -70,6 +64,11 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
         row0 = tile_row0 + CID * ROWS
         if INLINE_LOADS:
             prefetch_tile(p, kv, q_slot, n_blocks, batch, head, head_kv, tile_row0)
+        # FP8 scales are loaded before the Q wait and used after it, so their latency runs under the wait (a
+        # %clock64 trace found each consumer stalled ~640 cycles a tile on them before its Q wait, when the Q scales
+        # were multiplied in before it; docs/tuning-gluon.md entry 37).
+        q_rows, k_scale0, v_scale0 = tile_scales(batch, head, m_block, n_blocks, sched, q_scales, k_scales, v_scales,
+                                                 CID, ROWS, Q_SCALE_BLOCK, KV_SCALE_BLOCK, row_layout)
         k_tile_scales = k_scales
         v_tile_scales = v_scales
         if k_scales is not None:  # FP8: this (batch, kv head)'s row of K/V block scales
@@ -80,18 +79,13 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
         # Per-row factor from S to the softmax's base-2 domain: softmax scale * log2(e), times the Q block scale.
         row_scale = gl.zeros([ROWS], gl.float32, row_layout) + qk_scale
         if q_scales is not None:
-            row_scale = row_scale * next_q_rows
+            row_scale = row_scale * q_rows
         q_tile = p.q_tile(q_slot.index, CID)
         q = q_tile.reshape([ROWS, HEAD_DIM])
         o, m, l, v_unit, kv, turn_phase = attend_tile(p, q, kv, turn_phase, n_blocks, row0, batch, head_kv,
                                                       sched.seqlen_q, sched.seqlen_k, row_scale, k_tile_scales,
-                                                      v_tile_scales, next_k_scale0, next_v_scale0, KV_SCALE_BLOCK,
-                                                      CID, sched.CAUSAL, INLINE_LOADS, OVERLAP, PINGPONG)
-        # The next tile's loads, under this tile's epilogue and the next one's Q wait (not live across the key
-        # loop: there the registers are taken).
-        next_q_rows, next_k_scale0, next_v_scale0 = tile_scales(gl.minimum(k + 1, n_tiles - 1), sched, q_scales,
-                                                                k_scales, v_scales, CID, ROWS, Q_SCALE_BLOCK,
-                                                                KV_SCALE_BLOCK, row_layout)
+                                                      v_tile_scales, k_scale0, v_scale0, KV_SCALE_BLOCK, CID,
+                                                      sched.CAUSAL, INLINE_LOADS, OVERLAP, PINGPONG)
         if not p.O_IN_Q:
             mbarrier.arrive(p.q_empty.index(q_bar))
         o_tile = q_tile if p.O_IN_Q else p.o_smem.index(CID)
