@@ -64,9 +64,9 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
         row0 = tile_row0 + CID * ROWS
         if INLINE_LOADS:
             prefetch_tile(p, kv, q_slot, n_blocks, batch, head, head_kv, tile_row0)
-        # FP8 scales are loaded before the Q wait and used after it, so their latency runs under the wait (a
-        # %clock64 trace found each consumer stalled ~640 cycles a tile on them before its Q wait, when the Q scales
-        # were multiplied in before it; docs/tuning-gluon.md entry 37).
+        # FP8 scales are loaded before the Q wait and first used after the first QK^T is issued, so their latency
+        # runs under the wait and the product (a %clock64 trace found each consumer stalled ~640 cycles a tile on
+        # them before its Q wait, when the Q scales were multiplied in before it; docs/tuning-gluon.md entry 37).
         q_rows, k_scale0, v_scale0 = tile_scales(batch, head, m_block, n_blocks, sched, q_scales, k_scales, v_scales,
                                                  CID, ROWS, Q_SCALE_BLOCK, KV_SCALE_BLOCK, row_layout)
         k_tile_scales = k_scales
@@ -76,14 +76,10 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
             v_tile_scales = v_scales + kv_row0(batch, head_kv, sched, KV_SCALE_BLOCK)
         q_bar = p.q_barrier(q_slot.index, CID if p.SPLIT_Q else 0)
         mbarrier.wait(p.q_ready.index(q_bar), q_slot.phase)
-        # Per-row factor from S to the softmax's base-2 domain: softmax scale * log2(e), times the Q block scale.
-        row_scale = gl.zeros([ROWS], gl.float32, row_layout) + qk_scale
-        if q_scales is not None:
-            row_scale = row_scale * q_rows
         q_tile = p.q_tile(q_slot.index, CID)
         q = q_tile.reshape([ROWS, HEAD_DIM])
         o, m, l, v_unit, kv, turn_phase = attend_tile(p, q, kv, turn_phase, n_blocks, row0, batch, head_kv,
-                                                      sched.seqlen_q, sched.seqlen_k, row_scale, k_tile_scales,
+                                                      sched.seqlen_q, sched.seqlen_k, qk_scale, q_rows, k_tile_scales,
                                                       v_tile_scales, k_scale0, v_scale0, KV_SCALE_BLOCK, CID,
                                                       sched.CAUSAL, INLINE_LOADS, OVERLAP, PINGPONG)
         if not p.O_IN_Q:

@@ -301,12 +301,13 @@ def rescale_o(o, alpha, LAZY: gl.constexpr):
 
 
 @gluon.jit
-def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, head_kv, seqlen_q, seqlen_k, row_scale,
-                k_scales, v_scales, k_scale0, v_scale0, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
+def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, head_kv, seqlen_q, seqlen_k, qk_scale,
+                q_rows, k_scales, v_scales, k_scale0, v_scale0, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
                 CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
     """Unnormalized O, scaled row max and row sum of q's rows over the tile's n_blocks key blocks.
 
-    row_scale: per-row factor from S to the base-2 softmax domain. k_scales /
+    qk_scale * q_rows: per-row factor from S to the base-2 softmax domain (q_rows: the rows' FP8 Q block
+    scales, ones for 16-bit inputs; multiplied in once the first QK^T is issued). k_scales /
     v_scales: this (batch, kv head)'s FP8 block scales (one per KV_SCALE_BLOCK
     keys), None for 16-bit inputs; k_scale0 / v_scale0: those of the first
     visited block, loaded by the caller (a tile ahead).
@@ -325,6 +326,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     p_layout: gl.constexpr = p_operand_layout(o_layout, dtype)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
 
+    row_scale = gl.zeros([ROWS], gl.float32, s_rows) + qk_scale
     m = gl.full([ROWS], -float("inf"), gl.float32, s_rows)
     l = row_sum_init(ROWS, BLOCK_N, s_layout, p.THREAD_ROW_SUM)
     o = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
@@ -341,6 +343,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             v_scale = v_scale0
             mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
             s = warpgroup_mma(q, key_block(p, kv), s_zero, use_acc=False, is_async=True)
+            row_scale = row_scale * q_rows
             s = warpgroup_mma_wait(0, deps=(s, ))
             release_k(p, kv)
             s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
@@ -383,6 +386,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             release_v(p, kv, n_blocks - 1, n_blocks, batch, head_kv, INLINE_LOADS)
             kv = kv.next()
     else:
+        row_scale = row_scale * q_rows
         if n_blocks > 0:  # the first visited block may need the mask even where the rest do not (LOOP_MASK)
             o, m, l, v_unit, kv, turn_phase = plain_block(
                 p, q, kv, turn_phase, 0, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
