@@ -11,35 +11,20 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 from .epilogue import write_output
 from .mainloop import attend_tile, first_turn, prefetch_tile, wgmma_layout
-from .pipeline import Pipeline, Ring, kv_block_start, producer_partition, wait_for_prior_grids
+from .pipeline import Pipeline, Ring, producer_partition, wait_for_prior_grids
 from .scheduler import TileScheduler, kv_block_count
 
 
 @gluon.jit
-def tile_scales(batch, head, m_block, n_blocks, sched: TileScheduler, q_scales, k_scales, v_scales,
-                CID: gl.constexpr, ROWS: gl.constexpr, Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
-                row_layout: gl.constexpr):
-    """The global loads a tile starts with (FP8): this consumer's rows of Q block scales, and the K and V scales of
-    its first visited key block; ones for 16-bit inputs."""
-    q_rows = gl.full([ROWS], 1.0, gl.float32, row_layout)
-    k_scale0 = gl.to_tensor(1.0)
-    v_scale0 = gl.to_tensor(1.0)
+def row_scales(batch, head, row0, sched: TileScheduler, qk_scale, q_scales, ROWS: gl.constexpr,
+               Q_SCALE_BLOCK: gl.constexpr, row_layout: gl.constexpr):
+    """Per-row factor from S to the softmax's base-2 domain: softmax scale * log2(e), times the Q block scale (FP8)."""
+    row_scale = gl.zeros([ROWS], gl.float32, row_layout) + qk_scale
     if q_scales is not None:
-        rows = m_block * sched.BLOCK_M + CID * ROWS + gl.arange(0, ROWS, layout=row_layout)
+        rows = row0 + gl.arange(0, ROWS, layout=row_layout)
         q_row0 = (batch * sched.nheads + head) * gl.cdiv(sched.seqlen_q, Q_SCALE_BLOCK)
-        q_rows = gl.load(q_scales + q_row0 + rows // Q_SCALE_BLOCK, mask=rows < sched.seqlen_q, other=1.0)
-        if n_blocks > 0:
-            block = kv_row0(batch, head // sched.group, sched, KV_SCALE_BLOCK) + kv_block_start(
-                n_blocks, 0, sched.BLOCK_N) // KV_SCALE_BLOCK
-            k_scale0 = gl.load(k_scales + block)
-            v_scale0 = gl.load(v_scales + block)
-    return q_rows, k_scale0, v_scale0
-
-
-@gluon.jit
-def kv_row0(batch, head_kv, sched: TileScheduler, KV_SCALE_BLOCK: gl.constexpr):
-    """Offset of (batch, head_kv)'s row of K/V block scales."""
-    return (batch * (sched.nheads // sched.group) + head_kv) * gl.cdiv(sched.seqlen_k, KV_SCALE_BLOCK)
+        row_scale *= gl.load(q_scales + q_row0 + rows // Q_SCALE_BLOCK, mask=rows < sched.seqlen_q, other=1.0)
+    return row_scale
 
 
 @gluon.jit
@@ -64,24 +49,21 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
         row0 = tile_row0 + CID * ROWS
         if INLINE_LOADS:
             prefetch_tile(p, kv, q_slot, n_blocks, batch, head, head_kv, tile_row0)
-        # FP8 scales are loaded before the Q wait and first used after the first QK^T is issued, so their latency
-        # runs under the wait and the product (a %clock64 trace found each consumer stalled ~640 cycles a tile on
-        # them before its Q wait, when the Q scales were multiplied in before it; docs/tuning-gluon.md entry 37).
-        q_rows, k_scale0, v_scale0 = tile_scales(batch, head, m_block, n_blocks, sched, q_scales, k_scales, v_scales,
-                                                 CID, ROWS, Q_SCALE_BLOCK, KV_SCALE_BLOCK, row_layout)
+        row_scale = row_scales(batch, head, row0, sched, qk_scale, q_scales, ROWS, Q_SCALE_BLOCK, row_layout)
         k_tile_scales = k_scales
         v_tile_scales = v_scales
         if k_scales is not None:  # FP8: this (batch, kv head)'s row of K/V block scales
-            k_tile_scales = k_scales + kv_row0(batch, head_kv, sched, KV_SCALE_BLOCK)
-            v_tile_scales = v_scales + kv_row0(batch, head_kv, sched, KV_SCALE_BLOCK)
+            kv_row0 = (batch * (sched.nheads // sched.group) + head_kv) * gl.cdiv(sched.seqlen_k, KV_SCALE_BLOCK)
+            k_tile_scales = k_scales + kv_row0
+            v_tile_scales = v_scales + kv_row0
         q_bar = p.q_barrier(q_slot.index, CID if p.SPLIT_Q else 0)
         mbarrier.wait(p.q_ready.index(q_bar), q_slot.phase)
         q_tile = p.q_tile(q_slot.index, CID)
         q = q_tile.reshape([ROWS, HEAD_DIM])
         o, m, l, v_unit, kv, turn_phase = attend_tile(p, q, kv, turn_phase, n_blocks, row0, batch, head_kv,
-                                                      sched.seqlen_q, sched.seqlen_k, qk_scale, q_rows, k_tile_scales,
-                                                      v_tile_scales, k_scale0, v_scale0, KV_SCALE_BLOCK, CID,
-                                                      sched.CAUSAL, INLINE_LOADS, OVERLAP, PINGPONG)
+                                                      sched.seqlen_q, sched.seqlen_k, row_scale, k_tile_scales,
+                                                      v_tile_scales, KV_SCALE_BLOCK, CID, sched.CAUSAL, INLINE_LOADS,
+                                                      OVERLAP, PINGPONG)
         if not p.O_IN_Q:
             mbarrier.arrive(p.q_empty.index(q_bar))
         o_tile = q_tile if p.O_IN_Q else p.o_smem.index(CID)

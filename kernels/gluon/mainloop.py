@@ -301,16 +301,14 @@ def rescale_o(o, alpha, LAZY: gl.constexpr):
 
 
 @gluon.jit
-def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, head_kv, seqlen_q, seqlen_k, qk_scale,
-                q_rows, k_scales, v_scales, k_scale0, v_scale0, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
-                CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
+def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, head_kv, seqlen_q, seqlen_k, row_scale,
+                k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, CAUSAL: gl.constexpr,
+                INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
     """Unnormalized O, scaled row max and row sum of q's rows over the tile's n_blocks key blocks.
 
-    qk_scale * q_rows: per-row factor from S to the base-2 softmax domain (q_rows: the rows' FP8 Q block
-    scales, ones for 16-bit inputs; multiplied in once the first QK^T is issued). k_scales /
+    row_scale: per-row factor from S to the base-2 softmax domain. k_scales /
     v_scales: this (batch, kv head)'s FP8 block scales (one per KV_SCALE_BLOCK
-    keys), None for 16-bit inputs; k_scale0 / v_scale0: those of the first
-    visited block, loaded by the caller (a tile ahead).
+    keys), None for 16-bit inputs.
     Returns (o, m, l, v_unit, kv, turn_phase): O is in units of v_unit (1 for
     16-bit), the ring and turn are advanced past this tile.
     """
@@ -326,7 +324,6 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     p_layout: gl.constexpr = p_operand_layout(o_layout, dtype)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
 
-    row_scale = gl.zeros([ROWS], gl.float32, s_rows) + qk_scale
     m = gl.full([ROWS], -float("inf"), gl.float32, s_rows)
     l = row_sum_init(ROWS, BLOCK_N, s_layout, p.THREAD_ROW_SUM)
     o = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
@@ -339,11 +336,9 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     if OVERLAP:
         if n_blocks > 0:
             # Peeled first block: nothing to overlap its softmax with yet.
-            k_scale = k_scale0
-            v_scale = v_scale0
+            k_scale, v_scale = fp8_block_scales(0, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
             mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
             s = warpgroup_mma(q, key_block(p, kv), s_zero, use_acc=False, is_async=True)
-            row_scale = row_scale * q_rows
             s = warpgroup_mma_wait(0, deps=(s, ))
             release_k(p, kv)
             s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
@@ -386,31 +381,29 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             release_v(p, kv, n_blocks - 1, n_blocks, batch, head_kv, INLINE_LOADS)
             kv = kv.next()
     else:
-        row_scale = row_scale * q_rows
         if n_blocks > 0:  # the first visited block may need the mask even where the rest do not (LOOP_MASK)
             o, m, l, v_unit, kv, turn_phase = plain_block(
                 p, q, kv, turn_phase, 0, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
-                row_scale, k_scale0, v_scale0, CID, CAUSAL, INLINE_LOADS, PINGPONG, True)
+                row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, True)
         for i in range(1, n_blocks):
-            k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
             o, m, l, v_unit, kv, turn_phase = plain_block(
                 p, q, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
-                row_scale, k_scale, v_scale, CID, CAUSAL, INLINE_LOADS, PINGPONG, LOOP_MASK)
+                row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, LOOP_MASK)
     return o, m, total_row_sum(l, s_rows), v_unit, kv, turn_phase
 
 
 @gluon.jit
 def plain_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv,
-                seqlen_q, seqlen_k, row_scale, k_scale, v_scale, CID: gl.constexpr, CAUSAL: gl.constexpr,
-                INLINE_LOADS: gl.constexpr, PINGPONG: gl.constexpr, MAY_MASK: gl.constexpr):
+                seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
+                CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr, PINGPONG: gl.constexpr, MAY_MASK: gl.constexpr):
     """One key block without intra-warpgroup overlap: QK^T, softmax, PV, each GEMM waited on at once (the other
-    consumers' turns fill the gaps). k_scale / v_scale: the block's FP8 scales (1 for 16-bit). MAY_MASK False:
-    the block needs no mask and every row's max is finite."""
+    consumers' turns fill the gaps). MAY_MASK False: the block needs no mask and every row's max is finite."""
     dtype: gl.constexpr = p.q_desc.dtype
     FP8: gl.constexpr = dtype.is_fp8()
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
     o_layout: gl.constexpr = o.type.layout
     p_layout: gl.constexpr = p_operand_layout(o_layout, dtype)
+    k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
     mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
     turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
     s = warpgroup_mma(q, key_block(p, kv), s_zero, use_acc=False, is_async=True)
