@@ -99,11 +99,12 @@ def _time(fn):
     return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
 
 
-# Tile variants timed next to the default (kernels.gluon.bwd_report.alternative_tiles): B4's prefetched S^T and
-# register dQ lost 1-20% and were removed; the other dK order (B5) and the other way of adding dQ_partial (B6),
-# alone and together, are timed at each head dim, and split warpgroups (10-16% slower with the atomics, B3).
+# Tile variants timed next to the default (kernels.gluon.bwd_report.alternative_tiles): split warpgroups lost
+# 10-16% with the atomics (B3) and 16-25% with TMA reduce-adds (B6); B4's prefetched S^T and register dQ lost 1-20%
+# and were removed; the other dK order (B5) and the other way of adding dQ_partial (B6), alone and together, are
+# timed at each head dim.
 ALTERNATIVES = ("dkfirst", "fa3dk", "dqtma", "dqatomic", "dqtma_dkfirst", "dqtma_fa3dk", "dqatomic_dkfirst",
-                "dqatomic_fa3dk", "split")
+                "dqatomic_fa3dk")
 
 
 def _tiles(head_dim):
