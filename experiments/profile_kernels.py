@@ -43,6 +43,8 @@ TARGETS = {
     "fa3_fwd_hd256_16k": (256, 16384, "fwd", "fa3"),
     "gluon_bwd_hd128_8k": (128, 8192, "bwd", "ours-gluon"),
     "cudnn_bwd_hd128_8k": (128, 8192, "bwd", "sdpa-cudnn"),
+    "gluon_bwd_hd64_8k": (64, 8192, "bwd", "ours-gluon"),
+    "cudnn_bwd_hd64_8k": (64, 8192, "bwd", "sdpa-cudnn"),
     "triton_bwd_hd128_8k": (128, 8192, "bwd", "ours-triton"),
 }
 # The child: build inputs and the candidate's call (its environment set by the parent), warm up, profile one call.

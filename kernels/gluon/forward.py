@@ -275,8 +275,9 @@ def _check_inputs(q, k, v, softmax_scale):
         raise ValueError(f"softmax_scale must be positive, got {softmax_scale}")
 
 
-def _launch(variant, q, k, v, scales, softmax_scale, out_dtype):
-    """Allocate out and lse, launch the persistent grid; q/k/v as the descriptors expect them."""
+def _launch(variant, q, k, v, scales, softmax_scale, out_dtype, trace=None):
+    """Allocate out and lse, launch the persistent grid; q/k/v as the descriptors expect them. trace: an int64
+    buffer for the consumers' cycle stamps (kernels.gluon.trace), None normally."""
     b, seqlen_q, h, d = q.shape
     seqlen_k, h_kv = k.shape[1], k.shape[2]
     out = torch.empty(b, seqlen_q, h, d, device=q.device, dtype=out_dtype)
@@ -287,34 +288,36 @@ def _launch(variant, q, k, v, scales, softmax_scale, out_dtype):
         return out.zero_(), lse.fill_(float("inf"))
     n_tiles = num_m_blocks(seqlen_q, variant.tile.block_m) * b * h
     sections = section_heads(b, h, h_kv, variant.causal)
-    args = _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, h // h_kv, sections)
+    args = _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, h // h_kv, sections, trace)
     launch_forward((min(sm_count(q.device), n_tiles), ), args, variant.constexprs, variant.options)
     return out, lse
 
 
-def _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, group, sections):
+def _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, group, sections, trace=None):
     b, seqlen_q, h, _ = q.shape
     return (*variant.descriptors(q, k, v, out), lse, *scales, softmax_scale * LOG2_E, b, h, group, sections, seqlen_q,
-            k.shape[1])
+            k.shape[1], trace)
 
 
 def attention_forward(q, k, v, softmax_scale=None, causal=False, *, warp_specialize=True, pipeline=True, pingpong=True,
-                      tile: TileConfig | None = None):
+                      tile: TileConfig | None = None, trace: torch.Tensor | None = None):
     """FlashAttention-3 forward on Hopper: returns (out like q, lse (batch, nheads, seqlen_q) float32, natural log).
 
     Layout (batch, seqlen, nheads, headdim); GQA when k/v have fewer heads;
     causal is bottom-right aligned; rows that see no key get out 0, lse +inf.
+    trace: a buffer from kernels.gluon.trace.trace_buffer, filled with the consumers' cycle stamps.
     """
     softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
     _check_inputs(q, k, v, softmax_scale)
     q, k, v = (tma_ready(t) for t in (q, k, v))
     variant = cached_variant(q.dtype, head_dim_tile(q.shape[-1]), bool(causal), warp_specialize, pipeline, pingpong,
                              tile)
-    return _launch(variant, q, k, v, (None, None, None), softmax_scale, q.dtype)
+    return _launch(variant, q, k, v, (None, None, None), softmax_scale, q.dtype, trace)
 
 
 def fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torch.bfloat16, *, warp_specialize=True,
-                          pipeline=True, pingpong=True, tile: TileConfig | None = None):
+                          pipeline=True, pingpong=True, tile: TileConfig | None = None,
+                          trace: torch.Tensor | None = None):
     """The FP8 forward on the pre-pass's outputs (kernels.quant.FP8QKV): (out in out_dtype, lse float32).
 
     Same arithmetic as kernels.quant.fp8_forward_ref (one K/V scale per
@@ -324,6 +327,7 @@ def fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torc
     often, which changes P's fp8 rounding, not the scheme.
     With V^T's keys in wgmma order (x.v_key_order) P's accumulator registers
     are the PV A operand as they are; in natural order they are shuffled.
+    trace: as in attention_forward.
     """
     cfg = x.config
     if not x.q.is_cuda:
@@ -338,11 +342,12 @@ def fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torc
     variant = cached_variant(x.q.dtype, d, bool(causal), warp_specialize, pipeline, pingpong, tile, out_dtype,
                              cfg.block_m, cfg.block_n, x.v_key_order == "wgmma")
     scales = tuple(s.contiguous() for s in (x.q_scale, x.k_scale, x.v_scale))
-    return _launch(variant, x.q, x.k, x.v_t, scales, softmax_scale, out_dtype)
+    return _launch(variant, x.q, x.k, x.v_t, scales, softmax_scale, out_dtype, trace)
 
 
-def compile_forward(variant: Variant, target: GPUTarget = HOPPER):
-    """Compile one variant ahead of time (no GPU needed); returns triton's CompiledKernel.
+def compile_forward(variant: Variant, target: GPUTarget = HOPPER, traced: bool = False):
+    """Compile one variant ahead of time (no GPU needed); returns triton's CompiledKernel. traced: with the
+    consumers' cycle stamps (kernels.gluon.trace).
 
     Arguments go through the same specialization as a launch (with every
     integer 1, the case where Triton would turn an int into a constant).
@@ -355,5 +360,6 @@ def compile_forward(variant: Variant, target: GPUTarget = HOPPER):
     o = torch.empty(1, 1, 1, d, dtype=variant.out_dtype or variant.dtype)
     f32 = torch.empty(1, 1, 1)
     scales = (f32, f32, f32) if variant.fp8 else (None, None, None)
-    args = _kernel_args(variant, t, t, v, o, f32, scales, 1.0, 1, 1)
+    trace = torch.empty(1, dtype=torch.int64) if traced else None
+    args = _kernel_args(variant, t, t, v, o, f32, scales, 1.0, 1, 1, trace)
     return compile_for(attention_fwd_kernel, args, variant.constexprs, variant.options, target)

@@ -4,6 +4,10 @@ Warp-specialized (default): NUM_CONSUMERS consumer warpgroups (4 warps each,
 the first in the default partition) and one producer warp. Without warp
 specialization a single partition of num_warps warps consumes the whole tile
 and issues its own loads.
+
+With a trace buffer (kernels.gluon.trace; None in every normal launch, and
+then no code) each consumer stamps %clock64 at TRACE_EVENTS points of its
+first TRACE_TILES tiles.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -13,6 +17,21 @@ from .epilogue import write_output
 from .mainloop import attend_tile, first_turn, prefetch_tile, wgmma_layout
 from .pipeline import Pipeline, Ring, producer_partition, wait_for_prior_grids
 from .scheduler import TileScheduler, kv_block_count
+
+
+# Per tile and consumer: start, Q (and its scales) ready, all key blocks attended, O and LSE written.
+TRACE_EVENTS = gl.constexpr(4)
+TRACE_TILES = gl.constexpr(32)
+
+
+@gluon.jit
+def stamp(trace, k, CID: gl.constexpr, event: gl.constexpr, NUM_CONSUMERS: gl.constexpr):
+    """Store this SM's cycle counter as `event` of this consumer's tile k (the first TRACE_TILES tiles)."""
+    if trace is not None:
+        clock = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [gl.to_tensor(0)], dtype=gl.int64,
+                                          is_pure=False, pack=1)
+        slot = ((gl.program_id(0) * NUM_CONSUMERS + CID) * TRACE_TILES + k) * TRACE_EVENTS + event
+        gl.store(trace + slot, clock, mask=k < TRACE_TILES)
 
 
 @gluon.jit
@@ -28,7 +47,7 @@ def row_scales(batch, head, row0, sched: TileScheduler, qk_scale, q_scales, ROWS
 
 
 @gluon.jit
-def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_scales, k_scales, v_scales,
+def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
                        Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
                        INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
     ROWS: gl.constexpr = p.q_desc.block_type.shape[1]
@@ -42,6 +61,7 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
     first_turn(p, CID, PINGPONG)
     q_slot = Ring.start(p.Q_STAGES)
     for k in range(sched.tiles_here()):
+        stamp(trace, k, CID, 0, p.NUM_CONSUMERS)
         batch, head, m_block = sched.tile(k)
         head_kv = head // sched.group
         n_blocks = kv_block_count(sched, m_block)
@@ -60,16 +80,19 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
         mbarrier.wait(p.q_ready.index(q_bar), q_slot.phase)
         q_tile = p.q_tile(q_slot.index, CID)
         q = q_tile.reshape([ROWS, HEAD_DIM])
+        stamp(trace, k, CID, 1, p.NUM_CONSUMERS)
         o, m, l, v_unit, kv, turn_phase = attend_tile(p, q, kv, turn_phase, n_blocks, row0, batch, head_kv,
                                                       sched.seqlen_q, sched.seqlen_k, row_scale, k_tile_scales,
                                                       v_tile_scales, KV_SCALE_BLOCK, CID, sched.CAUSAL, INLINE_LOADS,
                                                       OVERLAP, PINGPONG)
+        stamp(trace, k, CID, 2, p.NUM_CONSUMERS)
         if not p.O_IN_Q:
             mbarrier.arrive(p.q_empty.index(q_bar))
         o_tile = q_tile if p.O_IN_Q else p.o_smem.index(CID)
         write_output(p, o, m, l, v_unit, o_tile, lse_ptr, batch, head, sched.nheads, row0, sched.seqlen_q)
         if p.O_IN_Q:
             mbarrier.arrive(p.q_empty.index(q_bar))
+        stamp(trace, k, CID, 3, p.NUM_CONSUMERS)
         q_slot = q_slot.next()
     tma.store_wait(0)
 
@@ -77,7 +100,7 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
 # Shapes stay runtime values: no recompile per seqlen, and no int silently turned into a constant.
 @gluon.jit(do_not_specialize=["batch", "nheads", "group", "section_heads", "seqlen_q", "seqlen_k"])
 def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_scales, v_scales, qk_scale, batch,
-                         nheads, group, section_heads, seqlen_q, seqlen_k, CAUSAL: gl.constexpr,
+                         nheads, group, section_heads, seqlen_q, seqlen_k, trace, CAUSAL: gl.constexpr,
                          STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, O_IN_Q: gl.constexpr,
                          SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
                          BRANCH_FENCE: gl.constexpr,
@@ -90,7 +113,8 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
     """q/k/v/o: 4-D TMA descriptors; q_scales/k_scales/v_scales: FP8 block scales (kernels.quant), None for 16-bit.
 
     FP8 scales cover Q_SCALE_BLOCK query rows and KV_SCALE_BLOCK keys (a multiple of the key block);
-    V_WGMMA_KEYS: FP8 V^T's keys are in wgmma order (kernels.quant.FP8QKV.v_key_order)."""
+    V_WGMMA_KEYS: FP8 V^T's keys are in wgmma order (kernels.quant.FP8QKV.v_key_order); trace: an int64 buffer of
+    (programs, consumers, TRACE_TILES, TRACE_EVENTS) cycle stamps, or None."""
     BLOCK_M: gl.constexpr = NUM_CONSUMERS * q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL,
@@ -101,25 +125,25 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
     if WARP_SPECIALIZE:
         if NUM_CONSUMERS == 2:
             gl.warp_specialize([
-                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
+                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
                                       KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
-                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
+                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
                                       KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
                 (producer_partition, (p, sched)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:
             gl.static_assert(NUM_CONSUMERS == 3, "the warp-specialized kernel runs two or three consumer warpgroups")
             gl.warp_specialize([
-                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
+                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
                                       KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
-                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
+                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
                                       KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
-                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK,
+                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
                                       KV_SCALE_BLOCK, 2, False, OVERLAP, PINGPONG)),
                 (producer_partition, (p, sched)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.static_assert(NUM_CONSUMERS == 1, "without warp specialization one partition consumes the whole tile")
         gl.static_assert(not SPLIT_KV, "without a producer K and V slots are refilled together")
-        consumer_partition(p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, Q_SCALE_BLOCK, KV_SCALE_BLOCK, 0,
-                           True, OVERLAP, False)
+        consumer_partition(p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
+                           KV_SCALE_BLOCK, 0, True, OVERLAP, False)

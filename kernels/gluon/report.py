@@ -56,6 +56,10 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, tile_override=replace(defau
              for d in UNDER_S_HEAD_DIMS for causal in (False, True)]
 
 
+# Built with the consumers' cycle stamps (kernels.gluon.trace): the FP8 hd128 tile and the three-consumer hd64 tile.
+TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.bfloat16, 64, False)]
+
+
 def variant_name(v: Variant):
     dt = str(v.dtype).removeprefix("torch.")
     t = v.tile_override
@@ -108,11 +112,11 @@ def common_counts(ck, tmpdir: str):
     )
 
 
-def compile_report(variant: Variant, tmpdir: str):
-    ptx, sass, counts = common_counts(compile_forward(variant), tmpdir)
+def compile_report(variant: Variant, tmpdir: str, traced: bool = False):
+    ptx, sass, counts = common_counts(compile_forward(variant, traced=traced), tmpdir)
     loop = key_block_loop(sass)
     return dict(
-        name=variant_name(variant),
+        name=traced_name(variant) if traced else variant_name(variant),
         **counts,
         ptx_wgmma_fp8=len(re.findall(r"wgmma\.mma_async\S*\.e4m3", ptx)),
         ptx_tma_load=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.shared::cluster\.global", ptx)),
@@ -123,7 +127,12 @@ def compile_report(variant: Variant, tmpdir: str):
         ptx_griddep_wait=ptx.count("griddepcontrol.wait"),
         sass_key_loop=len(loop),
         sass_key_loop_local_mem=sum(1 for t in loop if re.search(r"\b(?:LDL|STL)\b", t)),
+        ptx_clock_reads=ptx.count("%clock64"),
     )
+
+
+def traced_name(v: Variant):
+    return variant_name(v) + "_traced"
 
 
 def print_reports(variants, report, name):
@@ -139,6 +148,7 @@ def print_reports(variants, report, name):
 
 def main():
     print_reports(VARIANTS, compile_report, variant_name)
+    print_reports(TRACED, lambda v, tmpdir: compile_report(v, tmpdir, traced=True), traced_name)
 
 
 if __name__ == "__main__":

@@ -150,3 +150,17 @@ def test_tile_config_rejects_bad_shapes(fields, match):
     from kernels.gluon import TileConfig
     with pytest.raises(ValueError, match=match):
         TileConfig(*fields)
+
+
+@pytest.mark.parametrize("name", ["float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav", "bfloat16_hd64_full_ws1_pipe1_pp1"])
+def test_trace_stamps_only_in_the_traced_build(reports, name):
+    """kernels.gluon.trace: the traced build reads %clock64 four times per consumer warpgroup, the normal build
+    never, and the stamps stay out of the key loop."""
+    plain, traced = reports[name], reports[name + "_traced"]
+    assert "error" not in traced, traced.get("error")
+    consumers = TILES[(1 if name.startswith("float8") else 2, int(name.split("_hd")[1].split("_")[0]))][0] // 64
+    assert plain["ptx_clock_reads"] == 0
+    assert traced["ptx_clock_reads"] == 4 * consumers
+    assert traced["sass_gmma"] == plain["sass_gmma"]
+    assert traced["sass_key_loop_local_mem"] == 0
+    assert abs(traced["sass_key_loop"] - plain["sass_key_loop"]) <= 8, (plain["sass_key_loop"], traced["sass_key_loop"])

@@ -51,11 +51,16 @@ def _launches():
             scales = (f32(aligned), f32(True), f32(not aligned)) if variant.fp8 else (None, None, None)
             args = fwd_args(variant, t, t, v, o, f32(aligned), scales, 0.5, *ints)
             launches.append((attention_fwd_kernel, args, variant.constexprs, variant.options))
-    variant = BwdVariant(torch.bfloat16, 128, True)
-    t = torch.empty(2, 64, 2, 128, dtype=torch.bfloat16)
-    for aligned, seqlen_pad in itertools.product((True, False), (64, 4160)):
-        args = bwd_args(variant, t, t, t, t, t, t, f32(aligned), f32(True), f32(True), 0.5, seqlen_pad)
-        launches.append((attention_bwd_kernel, args, variant.constexprs, variant.options))
+    # hd128 adds dQ by TMA (its accumulator also goes in as a descriptor, which must be aligned), hd64 by atomics.
+    for variant in (BwdVariant(torch.bfloat16, 128, True), BwdVariant(torch.bfloat16, 64, True)):
+        t = torch.empty(2, 64, 2, variant.head_dim, dtype=torch.bfloat16)
+        for aligned, seqlen_pad in itertools.product((True, False), (64, 4160)):
+            if variant.tile.dq_tma_reduce:
+                dq_acc = torch.empty(2, 64, 2, variant.head_dim)
+            else:
+                dq_acc = f32(aligned)
+            args = bwd_args(variant, t, t, t, t, t, t, dq_acc, f32(True), f32(True), 0.5, seqlen_pad)
+            launches.append((attention_bwd_kernel, args, variant.constexprs, variant.options))
 
     # The Triton kernels' hosts build their arguments inline: record them instead of launching (no GPU here).
     def recorder(launcher):
