@@ -10,8 +10,8 @@ Triton backward's signature) and runs three steps:
    (batch, seqlen_q, nheads, d) accumulator;
 3. dQ = the accumulator cast to q's dtype (the softmax scale is already in it).
 
-Atomics make dQ's summation order vary between runs: `deterministic=True` is
-refused here (the Triton backward is deterministic). `compile_backward` builds
+Atomic adds (the worker's, or the TMA's reduce-adds) make dQ's summation order vary between runs:
+`deterministic=True` is refused here (the Triton backward is deterministic). `compile_backward` builds
 a variant ahead of time for a GPU target (CPU compile test, no GPU needed).
 """
 import functools

@@ -11,8 +11,8 @@ dQ runs with keys as its M dimension (FA3's "swapAB" layouts):
     dV  += P^T dO                           (RS wgmma: P^T stays in registers)
     dK  += dS^T Q,  dQ_partial = dS K       (dS^T through shared memory, read as is and transposed)
 
-Two orders of the last two products (BwdTile.fa3_dk_order): dK first, its dS^T from shared memory (hd 128), or
-FA3's, dQ_partial first and dK from dS^T in registers, so dK runs through the dQ_partial hand-over (hd 64).
+Two orders of the last two products (BwdTile.fa3_dk_order): dK first, its dS^T from shared memory, or FA3's
+(the default tiles'), dQ_partial first and dK from dS^T in registers, so dK runs through the dQ_partial hand-over.
 dK and dV stay in registers until the end; dQ_partial goes to a float32
 accumulator, by relaxed atomic adds from registers or (DQ_TMA_REDUCE, FA3's way) by TMA
 reduce-adds straight from the shared-memory hand-over, which keep the adds off the load/store unit. The
@@ -30,8 +30,8 @@ default tile keeps 1.
 
 Warp-specialized (WARP_SPECIALIZE): one extra warpgroup issues every TMA load
 (waiting on `q_empty` for ring slots) and adds the dQ_partials, handed over
-through shared memory (`dq_full` / `dq_empty`, one buffer per MMA partition,
-summed before the atomics), to the accumulator, so the MMA warpgroups never
+through shared memory (`dq_full` / `dq_empty`, one buffer per MMA partition;
+summed before the atomics, or each added by a TMA reduce-add), to the accumulator, so the MMA warpgroups never
 wait for loads to be issued nor for atomics; setmaxnreg gives the MMA
 warpgroups 240 registers (232 to the first of two split ones: the launch's
 168 per thread caps the total). Without it one 8-warp partition issues loads
@@ -42,8 +42,8 @@ padded LSE2 is +inf, so P = 0 there. Key tails need none either: padded K/V
 rows are zero, so they add nothing to dQ, and their dK/dV rows are clipped by
 the TMA store.
 """
-from triton.experimental import gluon
 from triton._C.libtriton import ir
+from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
