@@ -57,3 +57,38 @@ def test_tile_override_parses_fields_and_refuses_unknown_ones():
     assert parse_tile("", base) == base
     with pytest.raises(ValueError, match="not a TileConfig field"):
         parse_tile("stage=4", base)
+
+
+@pytest.mark.gpu
+@pytest.mark.hopper
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_gpu_traced_forward_is_the_forward_and_stamps_in_order(fp8):
+    """A traced launch writes the same out and lse as the normal one, stamps every tile a program ran (up to
+    TRACE_TILES) with four increasing cycle counts, and phase_cycles reads them back."""
+    from kernels.fp8 import quantize_qkv
+    from kernels.gluon import forward as fwd
+    from kernels.gluon.trace import PHASES, phase_cycles, trace_buffer
+    b, s, h, d = 4, 2048, 8, 128  # 512 tiles of 128 rows: several per program
+    q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    tile = fwd.default_tile(1 if fp8 else 2, d, False)
+    trace = trace_buffer(q.device, tile.block_m // fwd.CONSUMER_ROWS)
+    if fp8:
+        qkv = quantize_qkv(q, k, v)
+        plain = fwd.fp8_attention_forward(qkv, d ** -0.5)
+        traced = fwd.fp8_attention_forward(qkv, d ** -0.5, trace=trace)
+    else:
+        plain = fwd.attention_forward(q, k, v)
+        traced = fwd.attention_forward(q, k, v, trace=trace)
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, t) for a, t in zip(plain, traced))
+    stamps = trace.cpu()
+    programs = min(trace.shape[0], b * h * s // tile.block_m)
+    n_tiles = b * h * s // tile.block_m
+    per_program = torch.tensor([len(range(p, n_tiles, programs)) for p in range(programs)])
+    stamped = (stamps[:programs, :, :, 0] > 0).sum(dim=2)  # (programs, consumers)
+    assert torch.equal(stamped, per_program.clamp(max=trace.shape[2])[:, None].expand_as(stamped))
+    assert not stamps[programs:].any()
+    ran = stamps[:programs][stamps[:programs, :, :, 0] > 0]  # (stamped tiles, events)
+    assert (ran[:, 1:] > ran[:, :-1]).all()
+    for row in phase_cycles(trace):
+        assert all(row[name] > 0 for name in PHASES) and row["tile"] > row["attend"]
