@@ -77,6 +77,11 @@ class TileConfig:
     # not fit a consumer's registers together (the ping-pong between consumers still hides the softmax).
     overlap: bool = True
     paired_causal: bool = True  # causal tile order: m-blocks in pairs of equal work (scheduler.py), else longest first
+    # O staged in the K buffer of the tile's last key block, which the consumers free only once O's store has read
+    # it, so Q's slot goes back right after the key loop instead of after O's store (the next Q loads under the
+    # epilogue). 16-bit, non-causal, warp-specialized, one key block per block_m rows (elsewhere Variant.tile falls
+    # back to O in Q's buffer).
+    o_in_k: bool = False
 
     def __post_init__(self):
         if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
@@ -87,6 +92,9 @@ class TileConfig:
             raise ValueError(f"TileConfig.stages must be at least 1, got {self.stages}")
         if self.q_stages not in (1, 2):
             raise ValueError(f"TileConfig.q_stages must be 1 or 2, got {self.q_stages}")
+        if self.o_in_k and (self.o_in_q or self.split_kv or self.block_n != self.block_m or not self.overlap):
+            raise ValueError(f"TileConfig.o_in_k needs block_n == block_m, o_in_q and split_kv off, overlap on, "
+                             f"got {self}")
 
 
 # The consumer trims, with V^T in wgmma key order (kernels.fp8.GLUON_FP8_WGMMA_V_ORDER): FP8 hd128 +6-8%, hd256
@@ -167,6 +175,10 @@ class Variant:
     @functools.cached_property  # read several times per launch
     def tile(self):
         tile = self.tile_override or default_tile(self.dtype.itemsize, self.head_dim, self.causal)
+        if tile.o_in_k and (self.fp8 or self.causal or not self.warp_specialize or not self.pipeline):
+            # FP8 K is not O's dtype; a causal tile may have no key block; without a producer the slot is refilled
+            # at once; the unpipelined loop frees every slot itself.
+            tile = replace(tile, o_in_k=False, o_in_q=True)
         if not self.warp_specialize:
             # One 8-warp partition (two m64 wgmma row blocks) that refills each slot itself once it is free.
             tile = replace(tile, block_m=2 * CONSUMER_ROWS, split_kv=False)
@@ -199,6 +211,7 @@ class Variant:
             STAGES=self.tile.stages,
             NUM_CONSUMERS=self.num_consumers,
             O_IN_Q=self.tile.o_in_q,
+            O_IN_K=self.tile.o_in_k,
             SPLIT_KV=self.tile.split_kv,
             SPLIT_Q=self.tile.split_q,
             Q_STAGES=self.tile.q_stages,

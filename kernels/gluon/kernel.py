@@ -88,10 +88,19 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
         stamp(trace, k, CID, 2, p.NUM_CONSUMERS)
         if not p.O_IN_Q:
             mbarrier.arrive(p.q_empty.index(q_bar))
-        o_tile = q_tile if p.O_IN_Q else p.o_smem.index(CID)
-        write_output(p, o, m, l, v_unit, o_tile, lse_ptr, batch, head, sched.nheads, row0, sched.seqlen_q)
+        if p.O_IN_K:
+            # Every consumer's QK^T of the last key block is complete: its K buffer may take O.
+            mbarrier.wait(p.k_done, k & 1)
+            last = gl.where(kv.index == 0, p.STAGES - 1, kv.index - 1)
+            o_box, o_rows = p.k_rows(last, CID)
+        else:
+            o_box = q_tile if p.O_IN_Q else p.o_smem.index(CID)
+            o_rows = o_box.reshape([ROWS, HEAD_DIM])
+        write_output(p, o, m, l, v_unit, o_box, o_rows, lse_ptr, batch, head, sched.nheads, row0, sched.seqlen_q)
         if p.O_IN_Q:
             mbarrier.arrive(p.q_empty.index(q_bar))
+        if p.O_IN_K:
+            mbarrier.arrive(p.k_empty.index(last))  # O's store has read it
         stamp(trace, k, CID, 3, p.NUM_CONSUMERS)
         q_slot = q_slot.next()
     tma.store_wait(0)
@@ -101,7 +110,7 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
 @gluon.jit(do_not_specialize=["batch", "nheads", "group", "section_heads", "seqlen_q", "seqlen_k"])
 def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_scales, v_scales, qk_scale, batch,
                          nheads, group, section_heads, seqlen_q, seqlen_k, trace, CAUSAL: gl.constexpr,
-                         STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, O_IN_Q: gl.constexpr,
+                         STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, O_IN_Q: gl.constexpr, O_IN_K: gl.constexpr,
                          SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
                          BRANCH_FENCE: gl.constexpr,
                          NAMED_TURN: gl.constexpr, V_WGMMA_KEYS: gl.constexpr, FAST_V_RATIO: gl.constexpr,
@@ -119,7 +128,7 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL,
                                    PAIRED_CAUSAL)
-    p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q,
+    p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_IN_Q, O_IN_K, SPLIT_KV, SPLIT_Q,
                         Q_STAGES, BRANCH_FENCE, NAMED_TURN, V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM,
                         UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S)
     if WARP_SPECIALIZE:

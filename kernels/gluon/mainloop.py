@@ -372,13 +372,16 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                     o = rescale_o(o, alpha, p.LAZY_RESCALE)
                 pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
                 kv = kv_next
+            if p.O_IN_K:
+                mbarrier.arrive(p.k_done)  # this consumer's QK^T of the last block is complete
             pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
             if p.RESCALE_UNDER_S:
                 o = rescale_o(o, alpha, p.LAZY_RESCALE)
             mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
             o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
             o, pr = wait_pv(o, pm, pr)
-            release_v(p, kv, n_blocks - 1, n_blocks, batch, head_kv, INLINE_LOADS)
+            if not p.O_IN_K:  # else the slot goes back once O's store has read its K buffer (kernel.py)
+                release_v(p, kv, n_blocks - 1, n_blocks, batch, head_kv, INLINE_LOADS)
             kv = kv.next()
     else:
         if n_blocks > 0:  # the first visited block may need the mask even where the rest do not (LOOP_MASK)

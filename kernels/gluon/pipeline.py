@@ -85,9 +85,11 @@ class Pipeline:
     k_empty: gl.shared_memory_descriptor
     v_empty: gl.shared_memory_descriptor  # k_empty itself unless SPLIT_KV
     turn: gl.shared_memory_descriptor
+    k_done: gl.shared_memory_descriptor  # O_IN_K: every consumer's QK^T of the tile's last block is complete
     NUM_CONSUMERS: gl.constexpr
     STAGES: gl.constexpr
     O_IN_Q: gl.constexpr
+    O_IN_K: gl.constexpr  # O staged in the K buffer of the tile's last key block (TileConfig.o_in_k)
     SPLIT_KV: gl.constexpr
     SPLIT_Q: gl.constexpr
     Q_STAGES: gl.constexpr
@@ -103,7 +105,8 @@ class Pipeline:
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
-                 v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q, Q_STAGES,
+                 v_ready, k_empty, v_empty, turn, k_done, NUM_CONSUMERS, STAGES, O_IN_Q, O_IN_K, SPLIT_KV, SPLIT_Q,
+                 Q_STAGES,
                  BRANCH_FENCE, NAMED_TURN, V_TRANSPOSED, V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM, UNMASKED_LOOP,
                  LAZY_RESCALE, RESCALE_UNDER_S):
         self.q_desc = q_desc
@@ -121,9 +124,11 @@ class Pipeline:
         self.k_empty = k_empty
         self.v_empty = v_empty
         self.turn = turn
+        self.k_done = k_done
         self.NUM_CONSUMERS = gl.constexpr(NUM_CONSUMERS)
         self.STAGES = gl.constexpr(STAGES)
         self.O_IN_Q = gl.constexpr(O_IN_Q)
+        self.O_IN_K = gl.constexpr(O_IN_K)
         self.SPLIT_KV = gl.constexpr(SPLIT_KV)
         self.SPLIT_Q = gl.constexpr(SPLIT_Q)
         self.Q_STAGES = gl.constexpr(Q_STAGES)
@@ -139,7 +144,7 @@ class Pipeline:
 
     @gluon.jit
     def create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS: gl.constexpr, STAGES: gl.constexpr,
-               O_IN_Q: gl.constexpr, SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
+               O_IN_Q: gl.constexpr, O_IN_K: gl.constexpr, SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
                BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr, V_WGMMA_KEYS: gl.constexpr,
                FAST_V_RATIO: gl.constexpr, THREAD_ROW_SUM: gl.constexpr, UNMASKED_LOOP: gl.constexpr,
                LAZY_RESCALE: gl.constexpr, RESCALE_UNDER_S: gl.constexpr):
@@ -148,8 +153,8 @@ class Pipeline:
                                            q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-        if O_IN_Q:
-            o_smem = q_smem
+        if O_IN_Q or O_IN_K:
+            o_smem = q_smem  # O_IN_K: unused (Pipeline.k_rows)
         else:
             o_smem = gl.allocate_shared_memory(o_desc.dtype, [NUM_CONSUMERS] + o_desc.block_type.shape,
                                                o_desc.layout)
@@ -163,6 +168,11 @@ class Pipeline:
         else:
             v_empty = k_empty
         turn = gl.allocate_shared_memory(gl.int64, [NUM_CONSUMERS, 1], mbarrier.MBarrierLayout())
+        if O_IN_K:
+            k_done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+            mbarrier.init(k_done, count=NUM_CONSUMERS)
+        else:
+            k_done = turn  # unused
         for g in gl.static_range(Q_BARRIERS):
             mbarrier.init(q_ready.index(g), count=1)
             mbarrier.init(q_empty.index(g), count=NUM_CONSUMERS * Q_STAGES // Q_BARRIERS)
@@ -176,7 +186,7 @@ class Pipeline:
             mbarrier.init(turn.index(c), count=1)
         # FP8 wgmma reads B K-major only: FP8 V arrives transposed, (batch, head, dim, seq) (kernels.quant).
         return Pipeline(q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
-                        v_ready, k_empty, v_empty, turn, NUM_CONSUMERS, STAGES, O_IN_Q, SPLIT_KV, SPLIT_Q,
+                        v_ready, k_empty, v_empty, turn, k_done, NUM_CONSUMERS, STAGES, O_IN_Q, O_IN_K, SPLIT_KV, SPLIT_Q,
                         Q_STAGES, BRANCH_FENCE, NAMED_TURN, v_desc.dtype.is_fp8(), V_WGMMA_KEYS, FAST_V_RATIO,
                         THREAD_ROW_SUM, UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S)
 
@@ -205,6 +215,16 @@ class Pipeline:
     def q_tile(self, q_slot, consumer: gl.constexpr):
         """This consumer's slice of Q ring slot q_slot (also where O is staged when O_IN_Q)."""
         return self.q_smem.index(q_slot * self.NUM_CONSUMERS + consumer)
+
+    @gluon.jit
+    def k_rows(self, slot, consumer: gl.constexpr):
+        """O_IN_K: this consumer's rows of K ring slot `slot` (a key block holds all consumers' rows), as an O box
+        for the TMA store and as [rows, head_dim] (Gluon cannot reshape a slice)."""
+        rows: gl.constexpr = self.o_desc.block_type.shape[1]
+        keys: gl.constexpr = self.k_desc.block_type.shape[1]
+        dim: gl.constexpr = self.k_desc.block_type.shape[3]
+        k_box = self.k_smem.index(slot)
+        return k_box.slice(consumer * rows, rows, dim=1), k_box.reshape([keys, dim]).slice(consumer * rows, rows)
 
     @gluon.jit
     def load_q(self, group, q_slot: Ring, batch, head, row0):
