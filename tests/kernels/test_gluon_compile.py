@@ -164,3 +164,13 @@ def test_trace_stamps_only_in_the_traced_build(reports, name):
     assert traced["sass_gmma"] == plain["sass_gmma"]
     assert traced["sass_key_loop_local_mem"] == 0
     assert abs(traced["sass_key_loop"] - plain["sass_key_loop"]) <= 8, (plain["sass_key_loop"], traced["sass_key_loop"])
+
+
+def test_o_in_k_compiles_like_o_in_q(reports):
+    """TileConfig.o_in_k (O staged in the last key block's K buffer) on the 16-bit hd128 tile: the same key loop and
+    products as O in Q's buffer, no local memory, one more mbarrier in shared memory."""
+    plain, oink = reports["bfloat16_hd128_full_ws1_pipe1_pp1"], reports["bfloat16_hd128_full_ws1_pipe1_pp1_oink"]
+    assert "error" not in oink, oink.get("error")
+    assert oink["sass_gmma"] == plain["sass_gmma"] and oink["sass_key_loop"] == plain["sass_key_loop"], (plain, oink)
+    assert oink["sass_local_mem"] == 0 and oink["sass_key_loop_local_mem"] == 0, oink
+    assert plain["shared_bytes"] < oink["shared_bytes"] <= plain["shared_bytes"] + 64, (plain, oink)
