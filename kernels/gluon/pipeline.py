@@ -52,7 +52,8 @@ class Pipeline:
 
     Q and O tiles are [NUM_CONSUMERS] slices of rows, one per consumer, in a
     ring of Q_STAGES tiles (2: the next tile's Q loads while the current one
-    is consumed; O is staged in its tile's Q slot when O_IN_Q). With SPLIT_Q
+    is consumed; O is staged in its tile's Q slot when O_IN_Q, in the K buffer of
+    the tile's last key block when O_IN_K). With SPLIT_Q
     each slice has its own ready/empty barriers, so a consumer that finishes a
     tile first gets its next Q without waiting for the others. K and
     V rings hold STAGES blocks of BLOCK_N keys. Tiles are 4-D (batch, seq,
