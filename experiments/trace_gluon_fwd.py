@@ -1,7 +1,7 @@
 """Where the Gluon forward's tiles spend their cycles: phase lengths from the consumers' %clock64 stamps (one GPU).
 
     PYTHONUNBUFFERED=1 python -m experiments.trace_gluon_fwd --out $OUT [--dtype fp8|bf16] [--head-dim 128]
-        [--seqlens 4096,16384] [--tile q_stages=2,...] [--rounds 2]
+        [--seqlens 4096,16384] [--tile q_stages=2,o_buffer=k,...] [--rounds 2]
 
 For each seqlen (16k tokens x hidden 2048, non-causal, the paper's shapes) the forward runs a few times with a
 trace buffer (kernels.gluon.trace); each round prints, per consumer warpgroup, the median cycles of a tile's
@@ -26,14 +26,17 @@ TOKENS, HIDDEN = 16384, 2048
 
 
 def parse_tile(spec: str, base):
-    """'q_stages=2,stages=4' -> base with those TileConfig fields (ints, or true/false)."""
+    """'q_stages=2,o_buffer=k' -> base with those TileConfig fields (ints, true/false, or strings)."""
     names = {f.name for f in fields(base)}
     changes = {}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
         if key not in names:
             raise ValueError(f"--tile: {key!r} is not a TileConfig field ({', '.join(sorted(names))})")
-        changes[key] = value.lower() == "true" if value.lower() in ("true", "false") else int(value)
+        if value.lower() in ("true", "false"):
+            changes[key] = value.lower() == "true"
+        else:
+            changes[key] = int(value) if value.lstrip("-").isdigit() else value
     return replace(base, **changes)
 
 

@@ -48,12 +48,20 @@ CONSUMER_ROWS = 64  # query rows per consumer warpgroup (one m64 wgmma)
 WS_REGS = {2: (168, 240, 24), 3: (128, 160, 24)}
 
 
+O_BUFFERS = ("own", "q", "k")  # TileConfig.o_buffer
+
+
 @dataclass(frozen=True)
 class TileConfig:
     block_m: int  # query rows per tile: 64 per consumer warpgroup (128 or 192; 128 without warp specialization)
     block_n: int  # keys per K/V block
     stages: int  # K/V ring depth
-    o_in_q: bool  # O staged for its TMA store in Q's buffer (saves shared memory; needs O no wider than Q)
+    # Where O is staged for its TMA store: "own" (its own buffer), "q" (Q's buffer: saves shared memory, needs O no
+    # wider than Q) or "k" (the K buffer of the tile's last key block, which the consumers free only once O's store
+    # has read it, so Q's slot goes back right after the key loop and the next Q loads under the epilogue; where it
+    # cannot run (FP8, causal, no warp specialization or pipelining, split K/V, block_n != block_m) Variant.tile
+    # stages O in Q's buffer instead (16-bit) or its own (FP8)).
+    o_buffer: str
     split_kv: bool = False  # K and V slots released separately, V loaded a block behind K (pipeline.py)
     # Synchronization options (pipeline.py, mainloop.py). All off is the kernel timed in docs/tuning-gluon.md;
     # on, they passed the H200 checks with two consumers (three: fixed since, not run yet), untimed against it.
@@ -77,11 +85,6 @@ class TileConfig:
     # not fit a consumer's registers together (the ping-pong between consumers still hides the softmax).
     overlap: bool = True
     paired_causal: bool = True  # causal tile order: m-blocks in pairs of equal work (scheduler.py), else longest first
-    # O staged in the K buffer of the tile's last key block, which the consumers free only once O's store has read
-    # it, so Q's slot goes back right after the key loop instead of after O's store (the next Q loads under the
-    # epilogue). Where it cannot run (FP8, causal, no warp specialization or pipelining, split K/V, block_n !=
-    # block_m) Variant.tile stages O in Q's buffer instead (16-bit) or its own (FP8).
-    o_in_k: bool = False
 
     def __post_init__(self):
         if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
@@ -92,8 +95,8 @@ class TileConfig:
             raise ValueError(f"TileConfig.stages must be at least 1, got {self.stages}")
         if self.q_stages not in (1, 2):
             raise ValueError(f"TileConfig.q_stages must be 1 or 2, got {self.q_stages}")
-        if self.o_in_k and self.o_in_q:
-            raise ValueError(f"TileConfig.o_in_k and o_in_q are two places for O: at most one, got {self}")
+        if self.o_buffer not in O_BUFFERS:
+            raise ValueError(f"TileConfig.o_buffer must be one of {O_BUFFERS}, got {self.o_buffer!r}")
 
 
 # The consumer trims, with V^T in wgmma key order (kernels.fp8.GLUON_FP8_WGMMA_V_ORDER): FP8 hd128 +6-8%, hd256
@@ -109,34 +112,34 @@ TILE_CONFIGS = {
     # Three consumer warpgroups (FA3's hd64 choice): more softmax hides under GEMMs; 160 registers each.
     # Causal hd64 runs its own tile (CAUSAL_TILE_CONFIGS); this one, run causal, keeps the longest-first order: with
     # three consumers the paired order ran 23% and 5% slower at 1k and 2k keys (docs/tuning-gluon.md, entry 31).
-    (2, 64): TileConfig(block_m=192, block_n=128, stages=2, o_in_q=False, split_kv=True, paired_causal=False),
+    (2, 64): TileConfig(block_m=192, block_n=128, stages=2, o_buffer="own", split_kv=True, paired_causal=False),
     # 3 stages: the pipelined consumer holds two slots at once (K of block i, V of block i-1); with 2 stages
     # the next load waits for a release and hd128 ran at 438 TFLOPs/s, with 3 at 620. Split K/V release
     # with 2 stages measured 0.9-1.0x of this.
     # ROW_TRIMS at hd128 and hd256: a tie to +2% and +2-7% non-causal, +2-3% causal at 16k (entry 30); hd64 keeps its
     # row sums (its causal tiles were not re-measured; a session-4 single run had them 0.6-6% slower trimmed).
     # Lazy rescale at hd128 and hd256: +2-5% and +7% (entry 33). O staged in the last key block's K buffer
-    # (`o_in_k`) measured +3.4% / +1.8% at 1k / 2k keys and level from 4k (entry 38); not the default until the whole
-    # GPU suite has passed with it.
-    (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=True, lazy_rescale=True, **ROW_TRIMS),
+    # (o_buffer "k") measured +3.4% / +1.8% at 1k / 2k keys and level from 4k (entry 38); not the default until the
+    # whole GPU suite has passed with it.
+    (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="q", lazy_rescale=True, **ROW_TRIMS),
     # Split K/V release: the only way out of stage starvation where 3 stages do not fit (+45-60%).
-    (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_in_q=True, split_kv=True, lazy_rescale=True,
+    (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_buffer="q", split_kv=True, lazy_rescale=True,
                          **ROW_TRIMS),
     # Causal FP8 hd64: the paired order measured -2% to +1% (entry 31), the others +2-7% from 1k to 8k keys.
-    (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_in_q=False, paired_causal=False, **FP8_TRIMS),
+    (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_buffer="own", paired_causal=False, **FP8_TRIMS),
     # O's rescale under the next QK^T (FA3's order): +1-4% from 2k to 16k keys (docs/tuning-gluon.md, entry 35); the
     # 16-bit tiles measured -4% to +2% with it and keep the rescale after the PV wait.
-    (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False, rescale_under_s=True, **FP8_TRIMS),
+    (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="own", rescale_under_s=True, **FP8_TRIMS),
     # 128-key tiles without the overlap: overlapped, a 128-key tile spills 72 registers (O alone is 128 per
     # thread), and 64-key overlapped tiles measured 2-10% slower (docs/tuning-gluon.md, entry 22). 224 KB of
     # shared memory.
-    (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_in_q=False, overlap=False, **FP8_TRIMS),
+    (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_buffer="own", overlap=False, **FP8_TRIMS),
 }
 # Causal tiles where they differ: at hd64 two consumers of paired tiles ran 9-22% faster than three consumers of
 # longest-first tiles from 1k to 4k keys, level at 8k-16k, and the row trims added 0-3% (docs/tuning-gluon.md,
 # entry 31).
 CAUSAL_TILE_CONFIGS = {
-    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_in_q=False, **ROW_TRIMS),
+    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="own", **ROW_TRIMS),
 }
 
 
@@ -176,12 +179,12 @@ class Variant:
     @functools.cached_property  # read several times per launch
     def tile(self):
         tile = self.tile_override or default_tile(self.dtype.itemsize, self.head_dim, self.causal)
-        if tile.o_in_k and (self.fp8 or self.causal or not self.warp_specialize or not self.pipeline or tile.split_kv
-                            or tile.block_n != tile.block_m or not tile.overlap):
+        if tile.o_buffer == "k" and (self.fp8 or self.causal or not self.warp_specialize or not self.pipeline
+                                     or tile.split_kv or tile.block_n != tile.block_m or not tile.overlap):
             # FP8 K is not O's dtype; a causal tile may have no key block; without a producer the slot is refilled at
             # once; the unpipelined loop frees every slot itself; split K/V frees K slots after QK^T; a K block must
             # hold all consumers' rows.
-            tile = replace(tile, o_in_k=False, o_in_q=not self.fp8)
+            tile = replace(tile, o_buffer="own" if self.fp8 else "q")
         if not self.warp_specialize:
             # One 8-warp partition (two m64 wgmma row blocks) that refills each slot itself once it is free.
             tile = replace(tile, block_m=2 * CONSUMER_ROWS, split_kv=False)
@@ -213,8 +216,7 @@ class Variant:
             CAUSAL=self.causal,
             STAGES=self.tile.stages,
             NUM_CONSUMERS=self.num_consumers,
-            O_IN_Q=self.tile.o_in_q,
-            O_IN_K=self.tile.o_in_k,
+            O_BUFFER=self.tile.o_buffer,
             SPLIT_KV=self.tile.split_kv,
             SPLIT_Q=self.tile.split_q,
             Q_STAGES=self.tile.q_stages,

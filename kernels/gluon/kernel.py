@@ -110,7 +110,7 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
 @gluon.jit(do_not_specialize=["batch", "nheads", "group", "section_heads", "seqlen_q", "seqlen_k"])
 def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_scales, v_scales, qk_scale, batch,
                          nheads, group, section_heads, seqlen_q, seqlen_k, trace, CAUSAL: gl.constexpr,
-                         STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, O_IN_Q: gl.constexpr, O_IN_K: gl.constexpr,
+                         STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, O_BUFFER: gl.constexpr,
                          SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
                          BRANCH_FENCE: gl.constexpr,
                          NAMED_TURN: gl.constexpr, V_WGMMA_KEYS: gl.constexpr, FAST_V_RATIO: gl.constexpr,
@@ -128,7 +128,7 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
     sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL,
                                    PAIRED_CAUSAL)
-    p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_IN_Q, O_IN_K, SPLIT_KV, SPLIT_Q,
+    p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV, SPLIT_Q,
                         Q_STAGES, BRANCH_FENCE, NAMED_TURN, V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM,
                         UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S)
     if WARP_SPECIALIZE:

@@ -89,8 +89,8 @@ class Pipeline:
     k_done: gl.shared_memory_descriptor  # O_IN_K: every consumer's QK^T of the tile's last block is complete
     NUM_CONSUMERS: gl.constexpr
     STAGES: gl.constexpr
-    O_IN_Q: gl.constexpr
-    O_IN_K: gl.constexpr  # O staged in the K buffer of the tile's last key block (TileConfig.o_in_k)
+    O_IN_Q: gl.constexpr  # TileConfig.o_buffer "q"
+    O_IN_K: gl.constexpr  # TileConfig.o_buffer "k": O staged in the K buffer of the tile's last key block
     SPLIT_KV: gl.constexpr
     SPLIT_Q: gl.constexpr
     Q_STAGES: gl.constexpr
@@ -106,10 +106,9 @@ class Pipeline:
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
-                 v_ready, k_empty, v_empty, turn, k_done, NUM_CONSUMERS, STAGES, O_IN_Q, O_IN_K, SPLIT_KV, SPLIT_Q,
-                 Q_STAGES,
-                 BRANCH_FENCE, NAMED_TURN, V_TRANSPOSED, V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM, UNMASKED_LOOP,
-                 LAZY_RESCALE, RESCALE_UNDER_S):
+                 v_ready, k_empty, v_empty, turn, k_done, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV, SPLIT_Q,
+                 Q_STAGES, BRANCH_FENCE, NAMED_TURN, V_TRANSPOSED, V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM,
+                 UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S):
         self.q_desc = q_desc
         self.k_desc = k_desc
         self.v_desc = v_desc
@@ -128,8 +127,8 @@ class Pipeline:
         self.k_done = k_done
         self.NUM_CONSUMERS = gl.constexpr(NUM_CONSUMERS)
         self.STAGES = gl.constexpr(STAGES)
-        self.O_IN_Q = gl.constexpr(O_IN_Q)
-        self.O_IN_K = gl.constexpr(O_IN_K)
+        self.O_IN_Q = gl.constexpr(O_BUFFER == "q")
+        self.O_IN_K = gl.constexpr(O_BUFFER == "k")
         self.SPLIT_KV = gl.constexpr(SPLIT_KV)
         self.SPLIT_Q = gl.constexpr(SPLIT_Q)
         self.Q_STAGES = gl.constexpr(Q_STAGES)
@@ -145,7 +144,7 @@ class Pipeline:
 
     @gluon.jit
     def create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS: gl.constexpr, STAGES: gl.constexpr,
-               O_IN_Q: gl.constexpr, O_IN_K: gl.constexpr, SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
+               O_BUFFER: gl.constexpr, SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
                BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr, V_WGMMA_KEYS: gl.constexpr,
                FAST_V_RATIO: gl.constexpr, THREAD_ROW_SUM: gl.constexpr, UNMASKED_LOOP: gl.constexpr,
                LAZY_RESCALE: gl.constexpr, RESCALE_UNDER_S: gl.constexpr):
@@ -154,8 +153,8 @@ class Pipeline:
                                            q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-        if O_IN_Q or O_IN_K:
-            o_smem = q_smem  # O_IN_K: unused (Pipeline.k_rows)
+        if O_BUFFER != "own":
+            o_smem = q_smem  # "k": unused (Pipeline.k_rows)
         else:
             o_smem = gl.allocate_shared_memory(o_desc.dtype, [NUM_CONSUMERS] + o_desc.block_type.shape,
                                                o_desc.layout)
@@ -169,7 +168,7 @@ class Pipeline:
         else:
             v_empty = k_empty
         turn = gl.allocate_shared_memory(gl.int64, [NUM_CONSUMERS, 1], mbarrier.MBarrierLayout())
-        if O_IN_K:
+        if O_BUFFER == "k":
             k_done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
             mbarrier.init(k_done, count=NUM_CONSUMERS)
         else:
@@ -187,7 +186,7 @@ class Pipeline:
             mbarrier.init(turn.index(c), count=1)
         # FP8 wgmma reads B K-major only: FP8 V arrives transposed, (batch, head, dim, seq) (kernels.quant).
         return Pipeline(q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
-                        v_ready, k_empty, v_empty, turn, k_done, NUM_CONSUMERS, STAGES, O_IN_Q, O_IN_K, SPLIT_KV, SPLIT_Q,
+                        v_ready, k_empty, v_empty, turn, k_done, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV, SPLIT_Q,
                         Q_STAGES, BRANCH_FENCE, NAMED_TURN, v_desc.dtype.is_fp8(), V_WGMMA_KEYS, FAST_V_RATIO,
                         THREAD_ROW_SUM, UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S)
 

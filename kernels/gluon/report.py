@@ -56,8 +56,8 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, tile_override=replace(defau
              for d in UNDER_S_HEAD_DIMS for causal in (False, True)]
 
 
-# O staged in the last key block's K buffer (TileConfig.o_in_k) on the 16-bit hd128 tile.
-O_IN_K_TILE = replace(TILE_CONFIGS[(2, 128)], o_in_q=False, o_in_k=True)
+# O staged in the last key block's K buffer (TileConfig.o_buffer "k") on the 16-bit hd128 tile.
+O_IN_K_TILE = replace(TILE_CONFIGS[(2, 128)], o_buffer="k")
 VARIANTS += [Variant(torch.bfloat16, 128, False, tile_override=O_IN_K_TILE)]
 
 # Built with the consumers' cycle stamps (kernels.gluon.trace): the FP8 hd128 tile and the three-consumer hd64 tile.
@@ -72,7 +72,7 @@ def variant_name(v: Variant):
             f"_pipe{int(v.overlap)}_pp{int(v.pingpong)}{'_sync' if t and t.named_turn else ''}"
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}"
             f"{'_eager' if t and not v.fp8 and v.head_dim in LAZY_HEAD_DIMS and not t.lazy_rescale else ''}"
-            f"{'_late_rescale' if late else ''}{'_oink' if t and t.o_in_k else ''}")
+            f"{'_late_rescale' if late else ''}{'_oink' if t and t.o_buffer == 'k' else ''}")
 
 
 def key_block_loop(sass: str):

@@ -284,13 +284,13 @@ def test_rescale_under_s_is_bitwise_the_other_order(d, dtype, causal):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_o_in_k_is_bitwise_o_in_q(dtype):
-    """TileConfig.o_in_k stages O in the last key block's K buffer instead of Q's: the same arithmetic, so the
+    """TileConfig.o_buffer "k" stages O in the last key block's K buffer instead of Q's: the same arithmetic, so the
     same bits, on ragged shapes and where programs run several tiles (causal launches fall back to O in Q)."""
     from dataclasses import replace
     from kernels.gluon import attention_forward
     from kernels.gluon.forward import default_tile
     base = default_tile(2, 128, False)
-    tiles = [base, replace(base, o_in_q=False, o_in_k=True)]
+    tiles = [base, replace(base, o_buffer="k")]
     for shape, causal in [((2, 333, 1517, 4, 2), False), (MANY_TILES, False), ((1, 2049, 2049, 2, 1), False),
                           ((2, 333, 1517, 4, 2), True)]:
         seed, q, k, v = _inputs(*shape, 128, dtype)

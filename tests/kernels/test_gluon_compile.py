@@ -143,9 +143,10 @@ def test_rescale_under_s_keeps_the_fp8_key_loop_in_registers(reports, mask):
     assert 0 < under["sass_key_loop"] <= late["sass_key_loop"], (under["sass_key_loop"], late["sass_key_loop"])
 
 
-@pytest.mark.parametrize("fields, match", [((256, 128, 2, False), "block_m"), ((128, 96, 2, False), "block_n"),
-                                           ((128, 128, 0, False), "stages"),
-                                           ((128, 128, 2, False, False, False, 3), "q_stages")])
+@pytest.mark.parametrize("fields, match", [((256, 128, 2, "own"), "block_m"), ((128, 96, 2, "own"), "block_n"),
+                                           ((128, 128, 0, "own"), "stages"),
+                                           ((128, 128, 2, "own", False, False, 3), "q_stages"),
+                                           ((128, 128, 2, "v"), "o_buffer")])
 def test_tile_config_rejects_bad_shapes(fields, match):
     from kernels.gluon import TileConfig
     with pytest.raises(ValueError, match=match):
@@ -167,8 +168,8 @@ def test_trace_stamps_only_in_the_traced_build(reports, name):
 
 
 def test_o_in_k_compiles_like_o_in_q(reports):
-    """TileConfig.o_in_k (O staged in the last key block's K buffer) on the 16-bit hd128 tile: the same key loop and
-    products as O in Q's buffer, no local memory, one more mbarrier in shared memory."""
+    """TileConfig.o_buffer "k" (O staged in the last key block's K buffer) on the 16-bit hd128 tile: the same key
+    loop and products as O in Q's buffer, no local memory, one more mbarrier in shared memory."""
     plain, oink = reports["bfloat16_hd128_full_ws1_pipe1_pp1"], reports["bfloat16_hd128_full_ws1_pipe1_pp1_oink"]
     assert "error" not in oink, oink.get("error")
     assert oink["sass_gmma"] == plain["sass_gmma"] and oink["sass_key_loop"] == plain["sass_key_loop"], (plain, oink)

@@ -52,8 +52,8 @@ def test_tile_override_parses_fields_and_refuses_unknown_ones():
     from experiments.trace_gluon_fwd import parse_tile
     from kernels.gluon.forward import default_tile
     base = default_tile(1, 128, False)
-    tile = parse_tile("q_stages=2,split_q=true,stages=4", base)
-    assert (tile.q_stages, tile.split_q, tile.stages) == (2, True, 4)
+    tile = parse_tile("q_stages=2,split_q=true,stages=4,o_buffer=k", base)
+    assert (tile.q_stages, tile.split_q, tile.stages, tile.o_buffer) == (2, True, 4, "k")
     assert parse_tile("", base) == base
     with pytest.raises(ValueError, match="not a TileConfig field"):
         parse_tile("stage=4", base)
