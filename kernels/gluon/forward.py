@@ -59,8 +59,9 @@ class TileConfig:
     # Where O is staged for its TMA store: "own" (its own buffer), "q" (Q's buffer: saves shared memory, needs O no
     # wider than Q) or "k" (the K buffer of the tile's last key block, which the consumers free only once O's store
     # has read it, so Q's slot goes back right after the key loop and the next Q loads under the epilogue; where it
-    # cannot run (FP8, causal, no warp specialization or pipelining, split K/V, block_n != block_m) Variant.tile
-    # stages O in Q's buffer instead (16-bit) or its own (FP8)).
+    # cannot run (FP8, no warp specialization or pipelining, split K/V, block_n != block_m) Variant.tile stages O
+    # in Q's buffer instead (16-bit) or its own (FP8), and so does attention_forward for causal tiles that see no
+    # key (seqlen_q > seqlen_k)).
     o_buffer: str
     split_kv: bool = False  # K and V slots released separately, V loaded a block behind K (pipeline.py)
     # Synchronization options (pipeline.py, mainloop.py). All off is the kernel timed in docs/tuning-gluon.md;
@@ -119,9 +120,8 @@ TILE_CONFIGS = {
     # ROW_TRIMS at hd128 and hd256: a tie to +2% and +2-7% non-causal, +2-3% causal at 16k (entry 30); hd64 keeps its
     # row sums (its causal tiles were not re-measured; a session-4 single run had them 0.6-6% slower trimmed).
     # Lazy rescale at hd128 and hd256: +2-5% and +7% (entry 33). O staged in the last key block's K buffer
-    # (o_buffer "k") measured +3.4% / +1.8% at 1k / 2k keys and level from 4k (entry 38); not the default until the
-    # whole GPU suite has passed with it.
-    (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="q", lazy_rescale=True, **ROW_TRIMS),
+    # (o_buffer "k"): +3.4% / +1.8% at 1k / 2k keys and level from 4k non-causal (entry 38).
+    (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS),
     # Split K/V release: the only way out of stage starvation where 3 stages do not fit (+45-60%).
     (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_buffer="q", split_kv=True, lazy_rescale=True,
                          **ROW_TRIMS),
@@ -179,11 +179,10 @@ class Variant:
     @functools.cached_property  # read several times per launch
     def tile(self):
         tile = self.tile_override or default_tile(self.dtype.itemsize, self.head_dim, self.causal)
-        if tile.o_buffer == "k" and (self.fp8 or self.causal or not self.warp_specialize or not self.pipeline
-                                     or tile.split_kv or tile.block_n != tile.block_m or not tile.overlap):
-            # FP8 K is not O's dtype; a causal tile may have no key block; without a producer the slot is refilled at
-            # once; the unpipelined loop frees every slot itself; split K/V frees K slots after QK^T; a K block must
-            # hold all consumers' rows.
+        if tile.o_buffer == "k" and (self.fp8 or not self.warp_specialize or not self.pipeline or tile.split_kv
+                                     or tile.block_n != tile.block_m or not tile.overlap):
+            # FP8 K is not O's dtype; without a producer the slot is refilled at once; the unpipelined loop frees
+            # every slot itself; split K/V frees K slots after QK^T; a K block must hold all consumers' rows.
             tile = replace(tile, o_buffer="own" if self.fp8 else "q")
         if not self.warp_specialize:
             # One 8-warp partition (two m64 wgmma row blocks) that refills each slot itself once it is free.
@@ -328,8 +327,11 @@ def attention_forward(q, k, v, softmax_scale=None, causal=False, *, warp_special
     softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else softmax_scale
     _check_inputs(q, k, v, softmax_scale)
     q, k, v = (tma_ready(t) for t in (q, k, v))
-    variant = cached_variant(q.dtype, head_dim_tile(q.shape[-1]), bool(causal), warp_specialize, pipeline, pingpong,
-                             tile)
+    shape = (q.dtype, head_dim_tile(q.shape[-1]), bool(causal), warp_specialize, pipeline, pingpong)
+    variant = cached_variant(*shape, tile)
+    if causal and q.shape[1] > k.shape[1] and variant.tile.o_buffer == "k":
+        # The top tiles see no key, so they have no K buffer to stage O in.
+        variant = cached_variant(*shape, replace(variant.tile, o_buffer="q"))
     return _launch(variant, q, k, v, (None, None, None), softmax_scale, q.dtype, trace)
 
 

@@ -89,7 +89,8 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
         if not p.O_IN_Q:
             mbarrier.arrive(p.q_empty.index(q_bar))
         if p.O_IN_K:
-            # Every consumer's QK^T of the last key block is complete: its K buffer may take O.
+            # Every consumer's QK^T of the last key block is complete: its K buffer may take O (every tile has a key
+            # block: attention_forward stages O in Q's buffer where causal tiles may see none).
             mbarrier.wait(p.k_done, k & 1)
             last = gl.where(kv.index == 0, p.STAGES - 1, kv.index - 1)
             o_box, o_rows = p.k_rows(last, CID)

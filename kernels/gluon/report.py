@@ -56,9 +56,9 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, tile_override=replace(defau
              for d in UNDER_S_HEAD_DIMS for causal in (False, True)]
 
 
-# O staged in the last key block's K buffer (TileConfig.o_buffer "k") on the 16-bit hd128 tile.
-O_IN_K_TILE = replace(TILE_CONFIGS[(2, 128)], o_buffer="k")
-VARIANTS += [Variant(torch.bfloat16, 128, False, tile_override=O_IN_K_TILE)]
+# The 16-bit hd128 tile stages O in its last key block's K buffer (TileConfig.o_buffer "k"); also with O in Q's.
+O_IN_Q_TILE = replace(TILE_CONFIGS[(2, 128)], o_buffer="q")
+VARIANTS += [Variant(torch.bfloat16, 128, causal, tile_override=O_IN_Q_TILE) for causal in (False, True)]
 
 # Built with the consumers' cycle stamps (kernels.gluon.trace): the FP8 hd128 tile and the three-consumer hd64 tile.
 TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.bfloat16, 64, False)]
@@ -67,12 +67,13 @@ TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.b
 def variant_name(v: Variant):
     dt = str(v.dtype).removeprefix("torch.")
     t = v.tile_override
+    moved_o = t and t.o_buffer != default_tile(v.dtype.itemsize, v.head_dim, v.causal).o_buffer
     late = t and v.fp8 and v.head_dim in UNDER_S_HEAD_DIMS and not t.rescale_under_s
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
             f"_pipe{int(v.overlap)}_pp{int(v.pingpong)}{'_sync' if t and t.named_turn else ''}"
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}"
             f"{'_eager' if t and not v.fp8 and v.head_dim in LAZY_HEAD_DIMS and not t.lazy_rescale else ''}"
-            f"{'_late_rescale' if late else ''}{'_oink' if t and t.o_buffer == 'k' else ''}")
+            f"{'_late_rescale' if late else ''}{f'_o_in_{t.o_buffer}' if moved_o else ''}")
 
 
 def key_block_loop(sass: str):

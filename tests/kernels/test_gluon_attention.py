@@ -284,17 +284,18 @@ def test_rescale_under_s_is_bitwise_the_other_order(d, dtype, causal):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_o_in_k_is_bitwise_o_in_q(dtype):
-    """TileConfig.o_buffer "k" stages O in the last key block's K buffer instead of Q's: the same arithmetic, so the
-    same bits, on ragged shapes and where programs run several tiles (causal launches fall back to O in Q)."""
+    """TileConfig.o_buffer "k" (the hd128 default) stages O in the last key block's K buffer instead of Q's: the
+    same arithmetic, so the same bits, on ragged shapes, where programs run several tiles, and causal with more
+    queries than keys (the top tiles have no key block and stage O in Q's buffer)."""
     from dataclasses import replace
     from kernels.gluon import attention_forward
     from kernels.gluon.forward import default_tile
-    base = default_tile(2, 128, False)
-    tiles = [base, replace(base, o_buffer="k")]
     for shape, causal in [((2, 333, 1517, 4, 2), False), (MANY_TILES, False), ((1, 2049, 2049, 2, 1), False),
-                          ((2, 333, 1517, 4, 2), True)]:
+                          ((2, 333, 1517, 4, 2), True), (MANY_TILES, True), ((2, 1517, 333, 4, 2), True)]:
+        base = default_tile(2, 128, causal)
+        assert base.o_buffer == "k"
         seed, q, k, v = _inputs(*shape, 128, dtype)
-        outs = [attention_forward(q, k, v, None, causal, tile=t) for t in tiles]
+        outs = [attention_forward(q, k, v, None, causal, tile=t) for t in (base, replace(base, o_buffer="q"))]
         assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), f"seed {seed} {shape}"
 
 
