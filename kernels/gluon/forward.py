@@ -110,15 +110,16 @@ FP8_TRIMS = dict(ROW_TRIMS, fast_v_ratio=True)
 # Block sizes must be powers of two (Gluon tensor shapes), so FA3's 176 and 80 key blocks are out.
 # H200 numbers behind each choice are in docs/tuning-gluon.md.
 TILE_CONFIGS = {
-    # Three consumer warpgroups (FA3's hd64 choice): more softmax hides under GEMMs; 160 registers each.
-    # Causal hd64 runs its own tile (CAUSAL_TILE_CONFIGS); this one, run causal, keeps the longest-first order: with
-    # three consumers the paired order ran 23% and 5% slower at 1k and 2k keys (docs/tuning-gluon.md, entry 31).
-    (2, 64): TileConfig(block_m=192, block_n=128, stages=2, o_buffer="own", split_kv=True, paired_causal=False),
+    # Three consumer warpgroups (FA3's hd64 choice): more softmax hides under GEMMs; 160 registers each. The row
+    # trims: +0.3-3.4% from 2k to 16k keys (entry 39). Causal hd64, and non-causal launches that this tile would
+    # pad (short_tile), run 128-row tiles; this one, run causal, keeps the longest-first order: with three
+    # consumers the paired order ran 23% and 5% slower at 1k and 2k keys (docs/tuning-gluon.md, entry 31).
+    (2, 64): TileConfig(block_m=192, block_n=128, stages=2, o_buffer="own", split_kv=True, paired_causal=False,
+                        **ROW_TRIMS),
     # 3 stages: the pipelined consumer holds two slots at once (K of block i, V of block i-1); with 2 stages
     # the next load waits for a release and hd128 ran at 438 TFLOPs/s, with 3 at 620. Split K/V release
     # with 2 stages measured 0.9-1.0x of this.
-    # ROW_TRIMS at hd128 and hd256: a tie to +2% and +2-7% non-causal, +2-3% causal at 16k (entry 30); hd64 keeps its
-    # row sums (its causal tiles were not re-measured; a session-4 single run had them 0.6-6% slower trimmed).
+    # ROW_TRIMS at hd128 and hd256: a tie to +2% and +2-7% non-causal, +2-3% causal at 16k (entry 30).
     # Lazy rescale at hd128 and hd256: +2-5% and +7% (entry 33). O staged in the last key block's K buffer
     # (o_buffer "k"): +3.4% / +1.8% at 1k / 2k keys and level from 4k non-causal (entry 38).
     (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS),
@@ -137,15 +138,36 @@ TILE_CONFIGS = {
 }
 # Causal tiles where they differ: at hd64 two consumers of paired tiles ran 9-22% faster than three consumers of
 # longest-first tiles from 1k to 4k keys, level at 8k-16k, and the row trims added 0-3% (docs/tuning-gluon.md,
-# entry 31).
+# entry 31); O in the K buffer with the lazy rescale another +1-3% from 2k to 16k (entry 39).
 CAUSAL_TILE_CONFIGS = {
-    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="own", **ROW_TRIMS),
+    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS),
 }
+# Non-causal tiles for query lengths that the default's rows overshoot by more than PADDING_SLACK times this
+# tile's (short_tile): at hd64 192-row tiles pad 512 or 1k queries by 12.5%, and this tile ran 5-8% faster
+# there; from 2k keys the 192-row tile leads by 1-9% (entry 39).
+SHORT_TILE_CONFIGS = {
+    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="own", lazy_rescale=True, **ROW_TRIMS),
+}
+PADDING_SLACK = 1.05
 
 
 def default_tile(dtype_bytes: int, head_dim: int, causal: bool) -> TileConfig:
     key = (dtype_bytes, head_dim)
     return CAUSAL_TILE_CONFIGS.get(key, TILE_CONFIGS[key]) if causal else TILE_CONFIGS[key]
+
+
+def short_tile(dtype_bytes: int, head_dim: int, causal: bool, seqlen_q: int) -> TileConfig | None:
+    """The tile of SHORT_TILE_CONFIGS for a non-causal launch of seqlen_q queries that the default tile would pad
+    by more than PADDING_SLACK times as many rows; else None (the default stands)."""
+    short = SHORT_TILE_CONFIGS.get((dtype_bytes, head_dim))
+    if causal or short is None:
+        return None
+
+    def padded(rows):
+        return -(-seqlen_q // rows) * rows
+
+    overshoot = padded(TILE_CONFIGS[dtype_bytes, head_dim].block_m) / padded(short.block_m)
+    return short if overshoot > PADDING_SLACK else None
 
 
 @dataclass(frozen=True)
@@ -328,7 +350,7 @@ def attention_forward(q, k, v, softmax_scale=None, causal=False, *, warp_special
     _check_inputs(q, k, v, softmax_scale)
     q, k, v = (tma_ready(t) for t in (q, k, v))
     shape = (q.dtype, head_dim_tile(q.shape[-1]), bool(causal), warp_specialize, pipeline, pingpong)
-    variant = cached_variant(*shape, tile)
+    variant = cached_variant(*shape, tile or short_tile(q.dtype.itemsize, shape[1], shape[2], q.shape[1]))
     if causal and q.shape[1] > k.shape[1] and variant.tile.o_buffer == "k":
         # The top tiles see no key, so they have no K buffer to stage O in.
         variant = cached_variant(*shape, replace(variant.tile, o_buffer="q"))

@@ -15,7 +15,7 @@ BARRIER_SLACK = 1024  # mbarriers and epilogue scratch on top of the buffers
 TILES = {(2, 64): (192, 128, 2, False, True), (2, 128): (128, 128, 3, True, False),
          (2, 256): (128, 64, 2, True, True), (1, 64): (128, 128, 4, False, False),
          (1, 128): (128, 128, 3, False, False), (1, 256): (128, 128, 2, False, False)}
-CAUSAL_TILES = {(2, 64): (128, 128, 3, False, False)}  # kernels.gluon.forward.CAUSAL_TILE_CONFIGS
+CAUSAL_TILES = {(2, 64): (128, 128, 3, True, False)}  # kernels.gluon.forward.CAUSAL_TILE_CONFIGS
 CONSUMER_ROWS = 64
 CONSUMER_REGS = {2: 240, 3: 160}  # setmaxnreg of each consumer warpgroup, by their number
 PRODUCER_REGS = 24
@@ -151,6 +151,17 @@ def test_tile_config_rejects_bad_shapes(fields, match):
     from kernels.gluon import TileConfig
     with pytest.raises(ValueError, match=match):
         TileConfig(*fields)
+
+
+@pytest.mark.parametrize("seqlen_q, short", [(1, True), (512, True), (1000, True), (1024, True), (1500, False),
+                                              (2048, False), (2049, False), (4096, False), (16384, False)])
+def test_short_tile_where_192_rows_overshoot(seqlen_q, short):
+    """Non-causal hd64 runs 128-row tiles where 192-row ones would pad the queries by over 5% more rows (1024 queries:
+    1152 rows against 1024; 2048: 2112 against 2048); causal and the other head dims keep their defaults."""
+    from kernels.gluon.forward import SHORT_TILE_CONFIGS, short_tile
+    assert short_tile(2, 64, False, seqlen_q) == (SHORT_TILE_CONFIGS[(2, 64)] if short else None)
+    assert short_tile(2, 64, True, seqlen_q) is None
+    assert short_tile(2, 128, False, seqlen_q) is None and short_tile(1, 64, False, seqlen_q) is None
 
 
 @pytest.mark.parametrize("name", ["float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav", "bfloat16_hd64_full_ws1_pipe1_pp1"])
