@@ -32,7 +32,12 @@ def parse(argv):
     p.add_argument("--seqlens", type=_ints, help="comma-separated sequence lengths (default: the paper's)")
     p.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up (default: %(default)s)")
     p.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved timing rounds per problem on a GPU, the median reported (default: %(default)s; "
+                        "the CPU path times one)")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     unknown = set(args.impls.split(",")) - IMPLS if args.impls else set()
     if unknown:
         p.error(f"unknown --impls {', '.join(sorted(unknown))}; known: {', '.join(sorted(IMPLS))}")
@@ -48,7 +53,7 @@ def main(argv=None):
         opts = Options(out=args.out, quick=args.quick, wandb=args.wandb,
                        impls=frozenset(args.impls.split(",")) if args.impls else None,
                        headdims=args.headdims, seqlens=args.seqlens, warmup_ms=args.warmup_ms,
-                       rep_ms=args.rep_ms, command=shlex.join(["python", "-m", "experiments.paper", *argv]),
+                       rep_ms=args.rep_ms, rounds=args.rounds, command=shlex.join(["python", "-m", "experiments.paper", *argv]),
                        explicit=args.name != "all")
         codes[name] = TABLES[name].run(opts)
     failed = {n: c for n, c in codes.items() if c}

@@ -12,7 +12,7 @@ import torch
 
 from experiments import writers
 from experiments.paper import candidates, outputs, paper_figures
-from experiments.paper.runner import CPU_TIMING_NOTE, ROW_COLUMNS, TIMING_NOTE, Problem, measure
+from experiments.paper.runner import ROW_COLUMNS, Problem, measure
 
 NAME = "ablation"
 TITLE = "Table 2: forward ablation, BF16 (warp specialization, GEMM-softmax pipelining)"
@@ -45,8 +45,7 @@ def run(opts):
     out_dir = Path(opts.out) / NAME
     prov = opts.provenance
     paths = [writers.write_csv(out_dir / f"{NAME}.csv", rows, columns, prov)]
-    timing = CPU_TIMING_NOTE if opts.device() == "cpu" else TIMING_NOTE
-    paths.append(writers.write_text(out_dir / f"{NAME}.md", _markdown(problem, rows, prov, timing)))
+    paths.append(writers.write_text(out_dir / f"{NAME}.md", _markdown(problem, rows, prov, opts.timing_note())))
     paths.append(_plot(out_dir / f"{NAME}.png", rows, prov))
     if opts.wandb:
         writers.log_wandb(NAME, rows, columns, [paths[-1]], prov, out_dir, group="paper")

@@ -1,6 +1,10 @@
 """Shared runner of the paper's throughput figures: the problem grid, timing, and one row per measurement.
 
-Timing is `triton.testing.do_bench`'s median after its warm-up, on CUDA only.
+Timing is `triton.testing.do_bench`'s median after its warm-up, on CUDA only,
+taken in `rounds` interleaved rounds per problem (every candidate once a
+round, the order reversed every other round) and reported as the median
+round: drift of the clock or the host over a table then falls on every
+candidate alike instead of on whichever ran at the time.
 Backward time is the backward pass alone: one forward builds the graph, then
 `out.backward(dout, retain_graph=True)` is timed (gradients reset between
 repetitions), so no forward time is subtracted. TFLOPs/s use the paper's counts
@@ -25,8 +29,6 @@ from experiments.paper.paper_figures import PAPER_SEQLENS, paper_series
 from kernels.flops import attention_flops, tflops_per_s
 from kernels.reference import attention_ref
 
-TIMING_NOTE = ("median of triton.testing.do_bench after warm-up (CUDA); backward timed alone "
-               "with retain_graph=True; TFLOPs/s by the paper's FLOP counts")
 CPU_TIMING_NOTE = "CPU wall-clock median on tiny shapes: meaningless as speed, proves the pipeline only"
 
 # Paper grid: batch * seqlen = 16k tokens, heads * headdim = 2048.
@@ -64,6 +66,7 @@ class Options:
     seqlens: tuple = None            # override the figure's sequence lengths
     warmup_ms: int = 25
     rep_ms: int = 100
+    rounds: int = 3                  # interleaved timing rounds per problem on a GPU (the CPU path times one)
     command: str = ""
     explicit: bool = True            # this table was named on the command line (not via `all`)
 
@@ -77,6 +80,16 @@ class Options:
         if not self.quick:
             raise SystemExit("full-size paper figures need a CUDA GPU; use --quick on CPU")
         return "cpu"
+
+    def timing_rounds(self):
+        return self.rounds if self.device() == "cuda" else 1
+
+    def timing_note(self):
+        if self.device() == "cpu":
+            return CPU_TIMING_NOTE
+        return (f"median of {self.timing_rounds()} interleaved rounds (order reversed every other round) of "
+                "triton.testing.do_bench's median after warm-up (CUDA); backward timed alone with "
+                "retain_graph=True; TFLOPs/s by the paper's FLOP counts")
 
     def pick(self, roster):
         return [c for c in roster if self.impls is None or c.name in self.impls]
@@ -126,7 +139,7 @@ def _failure(candidate, err):
 
 
 def _time_candidate(cand, problem, q, k, v, ref, mode, opts):
-    """{backend, max_abs_err, ms, tflops} of one candidate; its graph and outputs die with this frame."""
+    """{backend, max_abs_err, ms} of one candidate, one round; its graph and outputs die with this frame."""
     with environment(dict(cand.env)):
         call = cand.build(problem, q, k, v)
         backend = cand.backend(q, k, mode) if cand.backend else ""
@@ -137,29 +150,41 @@ def _time_candidate(cand, problem, q, k, v, ref, mode, opts):
         else:
             dout = torch.randn_like(out)
             ms = time_ms(lambda: out.backward(dout, retain_graph=True), opts, grad_to_none=[q, k, v])
-    return dict(backend=backend, max_abs_err=err, ms=ms, tflops=tflops_per_s(problem.flops(mode), ms))
+    return dict(backend=backend, max_abs_err=err, ms=ms)
 
 
 def measure(problem, candidates, mode, dtype, opts, figure):
-    """One row per candidate for one problem: time, TFLOPs/s, error against a float32 reference."""
+    """One row per candidate for one problem: time (median of the rounds), TFLOPs/s, error against a float32
+    reference. A candidate that fails in a round is not timed again."""
     device = opts.device()
     q, k, v = _inputs(problem, dtype, device, requires_grad=(mode == "bwd"))
     # The oracle on batch 0 / head 0 only: a full float32 reference at 16k would not fit.
     ref, _ = attention_ref(*(t.detach()[:1, :, :1] for t in (q, k, v)), causal=problem.causal, dtype=torch.float32)
-    rows = []
-    for cand in candidates:
-        row = dict(figure=figure, mode=mode, dtype=str(dtype).removeprefix("torch."), batch=problem.batch,
-                   seqlen=problem.seqlen, nheads=problem.nheads, headdim=problem.headdim, causal=problem.causal,
-                   impl=cand.name, kind=cand.kind)
-        try:
-            row.update(status="ok", **_time_candidate(cand, problem, q, k, v, ref, mode, opts))
-        except Exception as err:  # noqa: BLE001 -- one failing implementation must not stop the table
-            row["status"], row["reason"] = _failure(cand, err)
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        rows.append(row)
+    rows = {cand.name: dict(figure=figure, mode=mode, dtype=str(dtype).removeprefix("torch."), batch=problem.batch,
+                            seqlen=problem.seqlen, nheads=problem.nheads, headdim=problem.headdim,
+                            causal=problem.causal, impl=cand.name, kind=cand.kind, status="ok")
+            for cand in candidates}
+    times = {cand.name: [] for cand in candidates}
+    for r in range(opts.timing_rounds()):
+        for cand in candidates if r % 2 == 0 else candidates[::-1]:
+            row = rows[cand.name]
+            if row["status"] != "ok":
+                continue
+            try:
+                timed = _time_candidate(cand, problem, q, k, v, ref, mode, opts)
+                times[cand.name].append(timed.pop("ms"))
+                row.update(timed)
+            except Exception as err:  # noqa: BLE001 -- one failing implementation must not stop the table
+                row["status"], row["reason"] = _failure(cand, err)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    for row in rows.values():
+        if row["status"] == "ok":
+            row["ms"] = statistics.median(times[row["impl"]])
+            row["tflops"] = tflops_per_s(problem.flops(mode), row["ms"])
         speed = f"{row['tflops']:.1f} TFLOPs/s" if "tflops" in row else row.get("reason", "")
-        print(f"[{figure}] {problem} {cand.name}: {row['status']} {speed}", flush=True)
+        print(f"[{figure}] {problem} {row['impl']}: {row['status']} {speed}", flush=True)
+    rows = list(rows.values())
     _add_peer_ratios(rows)
     return rows
 
@@ -211,8 +236,7 @@ def run_figure(fig, opts):
     out_dir = Path(opts.out) / fig.name
     prov = opts.provenance
     paths = [writers.write_csv(out_dir / f"{fig.name}.csv", rows, ROW_COLUMNS, prov)]
-    md = outputs.throughput_markdown(fig, rows, candidates, problems, prov,
-                                     CPU_TIMING_NOTE if opts.device() == "cpu" else TIMING_NOTE)
+    md = outputs.throughput_markdown(fig, rows, candidates, problems, prov, opts.timing_note())
     paths.append(writers.write_text(out_dir / f"{fig.name}.md", md))
     paths.append(outputs.throughput_plot(out_dir / f"{fig.name}.png", fig, rows, problems, prov))
     if opts.wandb:

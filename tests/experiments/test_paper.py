@@ -101,6 +101,55 @@ def test_peer_ratio_and_failure_classification():
     assert runner._failure(ours, torch.cuda.OutOfMemoryError("x"))[0] == "oom"
 
 
+def test_rounds_interleave_candidates_and_report_the_median(tmp_path, monkeypatch):
+    """Every candidate once a round, the order reversed every other round; a row's time is its median round, and
+    a candidate that fails in a round is not timed again. Times come from a stub timer (CPU), the outputs from
+    the float32 reference, so the error column is real."""
+    from kernels.reference import attention_ref
+    order = []
+    times = {"a": [3.0, 1.0, 2.0], "b": [5.0, 4.0, 9.0]}
+
+    def build(name, fail_in_round=None):
+        def call_factory(problem, q, k, v):
+            def call():
+                if fail_in_round is not None and sum(n == name for n in order) == fail_in_round:
+                    raise RuntimeError("boom")
+                return attention_ref(q, k, v, causal=problem.causal, dtype=torch.float32)[0]
+            return call
+        return call_factory
+
+    def fake_time(fn, opts, grad_to_none=None):
+        name = fake_time.current
+        order.append(name)
+        return times[name][sum(n == name for n in order) - 1]
+
+    def timed(cand, *args):
+        fake_time.current = cand.name
+        return original(cand, *args)
+
+    original = runner._time_candidate
+    monkeypatch.setattr(runner, "time_ms", fake_time)
+    monkeypatch.setattr(runner, "_time_candidate", timed)
+    monkeypatch.setattr(runner.Options, "timing_rounds", lambda self: 3)
+    cands = [candidates.Candidate("a", "ours", build("a")), candidates.Candidate("b", "peer", build("b")),
+             candidates.Candidate("c", "ours", build("c", fail_in_round=1))]
+    times["c"] = [7.0]
+    opts = runner.Options(out=tmp_path, quick=True)
+    rows = {r["impl"]: r for r in runner.measure(runner.Problem(1, 16, 2, 16, False), cands, "fwd", torch.float32,
+                                                 opts, "fwd")}
+    assert order == ["a", "b", "c", "b", "a", "a", "b"]
+    assert rows["a"]["ms"] == 2.0 and rows["b"]["ms"] == 5.0
+    assert rows["a"]["vs_best_peer"] == pytest.approx(5.0 / 2.0)
+    assert rows["c"]["status"] == "error" and "ms" not in rows["c"]
+    assert rows["a"]["max_abs_err"] < 1e-6
+
+
+def test_rounds_must_be_positive():
+    with pytest.raises(SystemExit):
+        cli.parse(["fwd", "--rounds", "0"])
+    assert runner.Options(out="unused", quick=True).timing_rounds() == (3 if torch.cuda.is_available() else 1)
+
+
 def test_paper_rows_only_where_the_paper_has_a_bar():
     problems = [runner.Problem(16, 1024, 16, 128, True), runner.Problem(1, 16384, 16, 128, True),
                 runner.Problem(2, 8192, 32, 64, True)]
