@@ -53,7 +53,8 @@ def main(argv=None):
         opts = Options(out=args.out, quick=args.quick, wandb=args.wandb,
                        impls=frozenset(args.impls.split(",")) if args.impls else None,
                        headdims=args.headdims, seqlens=args.seqlens, warmup_ms=args.warmup_ms,
-                       rep_ms=args.rep_ms, rounds=args.rounds, command=shlex.join(["python", "-m", "experiments.paper", *argv]),
+                       rep_ms=args.rep_ms, rounds=args.rounds,
+                       command=shlex.join(["python", "-m", "experiments.paper", *argv]),
                        explicit=args.name != "all")
         codes[name] = TABLES[name].run(opts)
     failed = {n: c for n, c in codes.items() if c}
