@@ -183,3 +183,47 @@ def test_gpu_scripts_name_real_candidates():
         assert candidates.by_name(name).name == name
     with pytest.raises(KeyError):
         candidates.by_name("fa2")
+
+
+def _spread_run(root, cells):
+    """A paper-table run directory holding fwd/fwd.csv with the given {(impl, seqlen): tflops} cells."""
+    from experiments.paper import spread
+    (root / "fwd").mkdir(parents=True)
+    with (root / "fwd" / "fwd.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, [*spread.CELL, "status", "tflops"])
+        w.writeheader()
+        for (impl, seqlen), tflops in cells.items():
+            w.writerow(dict(figure="fwd", mode="fwd", dtype="bfloat16", batch=1, seqlen=seqlen, nheads=16, headdim=128,
+                            causal=False, impl=impl, status="ok", tflops=tflops))
+        w.writerow(dict(figure="fwd", mode="fwd", dtype="bfloat16", batch=1, seqlen=64, nheads=16, headdim=128,
+                        causal=False, impl="sdpa-cudnn", status="skipped", tflops=""))
+    return root
+
+
+def test_spread_between_two_runs(tmp_path):
+    import random
+    from experiments.paper import spread
+    rng = random.Random()
+    a = {(impl, s): rng.uniform(100, 900) for impl in ("ours-gluon", "sdpa-cudnn") for s in (1024, 4096, 16384)}
+    factors = {key: 1 + rng.uniform(-0.03, 0.03) for key in a}
+    factors[("ours-gluon", 1024)] = 0.6  # one cell far outside the spread
+    b = {key: v * factors[key] for key, v in a.items()}
+    run_a, run_b = _spread_run(tmp_path / "a", a), _spread_run(tmp_path / "b", b)
+    moved = spread.changes(spread.load(run_a), spread.load(run_b))
+    assert len(moved) == len(a)  # the skipped cell is not compared
+    assert all(abs(d - (factors[(k[-1], int(k[4]))] - 1)) < 1e-9 for k, d in moved.items())
+    out = tmp_path / "spread.md"
+    assert spread.main([str(run_a), str(run_b), "--threshold", "0.1", "--out", str(out)]) == 0
+    text = out.read_text()
+    gluon = sorted(abs(factors[("ours-gluon", s)] - 1) for s in (1024, 4096, 16384))
+    assert f"| fwd | ours-gluon | 3 | {gluon[1]:.1%} | 40.0% |" in text
+    listed = text.split("more than 10%")[1]
+    assert "| fwd | ours-gluon | 128 | False | 1024 |" in listed and "sdpa-cudnn" not in listed
+
+
+def test_spread_needs_common_cells(tmp_path):
+    from experiments.paper import spread
+    run_a = _spread_run(tmp_path / "a", {("ours-gluon", 1024): 500.0})
+    run_b = _spread_run(tmp_path / "b", {("ours-gluon", 2048): 500.0})
+    with pytest.raises(SystemExit, match="no timed cell in common"):
+        spread.main([str(run_a), str(run_b)])
