@@ -13,8 +13,10 @@ import statistics
 import sys
 from pathlib import Path
 
+from experiments.paper.runner import ROW_COLUMNS
+
 TABLES = ("fwd", "bwd", "fp8", "ablation")
-CELL = ("figure", "mode", "dtype", "batch", "seqlen", "nheads", "headdim", "causal", "impl")
+CELL = ROW_COLUMNS[:ROW_COLUMNS.index("impl") + 1]  # what a throughput row measures: figure, shape, mask, impl
 
 
 def load(run: Path) -> dict:
