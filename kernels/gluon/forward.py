@@ -70,6 +70,9 @@ class TileConfig:
     q_stages: int = 1  # Q ring depth: 2 loads the next tile's Q during the current one
     branch_fence: bool = False  # softmax kept ahead of the PV wait by a branch, not an mbarrier wait
     named_turn: bool = False  # ping-pong turns on named hardware barriers (FA3), not mbarriers
+    # Consumers release slots and pass turns by a per-thread arrive (cp.async.mbarrier.arrive.noinc, every thread
+    # counted), which Gluon does not fence with the warpgroup bar.sync it puts before a single-thread arrive.
+    thread_arrive: bool = False
     # Consumer instruction trims (mainloop.py; docs/tuning-gluon.md entries 18, 30): on in the FP8 tiles
     # (FP8_TRIMS) and, but for the FP8-only fast_v_ratio, in the 16-bit hd128/hd256 tiles (ROW_TRIMS).
     fast_v_ratio: bool = False  # FP8: V-scale ratio by rcp.approx (one MUFU) instead of a full-range divide
@@ -104,6 +107,11 @@ class TileConfig:
 # +6-12% on the H200 (docs/tuning-gluon.md, entries 17-18); the row trims alone on 16-bit tiles: entry 30.
 ROW_TRIMS = dict(thread_row_sum=True, unmasked_loop=True)
 FP8_TRIMS = dict(ROW_TRIMS, fast_v_ratio=True)
+# Per-thread arrives (TileConfig.thread_arrive: one warpgroup bar.sync per key block instead of four), where three
+# H200 A/Bs did not see them lose (docs/tuning-gluon.md, entry 44): FP8 hd128 +4-7%, the 16-bit hd128/hd256 and
+# 192-row hd64 tiles -3% to +3%. Left out: FP8 hd256 (-1% to -2%), FP8 hd64 (-2%), the 128-row hd64 tiles (-5% at
+# 1k keys, level at 2k causal).
+ARRIVE = dict(thread_arrive=True)
 # Keyed by (input element bytes, head dim). Shared memory (of 227 KB), in KB, Q + stages * (K + V) + O:
 # 16-bit hd64 24 + 2*32 + 24 (192 query rows), hd128 32 + 3*64 (O in Q's place), hd256 64 + 2*64 (O in Q's
 # place); fp8 (bf16 O) hd64 8 + 4*16 + 16, hd128 16 + 3*32 + 32, hd256 32 + 3*32 + 64.
@@ -115,22 +123,24 @@ TILE_CONFIGS = {
     # pad (short_tile), run 128-row tiles; this one, run causal, keeps the longest-first order: with three
     # consumers the paired order ran 23% and 5% slower at 1k and 2k keys (docs/tuning-gluon.md, entry 31).
     (2, 64): TileConfig(block_m=192, block_n=128, stages=2, o_buffer="own", split_kv=True, paired_causal=False,
-                        **ROW_TRIMS),
+                        **ROW_TRIMS, **ARRIVE),
     # 3 stages: the pipelined consumer holds two slots at once (K of block i, V of block i-1); with 2 stages
     # the next load waits for a release and hd128 ran at 438 TFLOPs/s, with 3 at 620. Split K/V release
     # with 2 stages measured 0.9-1.0x of this.
     # ROW_TRIMS at hd128 and hd256: a tie to +2% and +2-7% non-causal, +2-3% causal at 16k (entry 30).
     # Lazy rescale at hd128 and hd256: +2-5% and +7% (entry 33). O staged in the last key block's K buffer
     # (o_buffer "k"): +3.4% / +1.8% at 1k / 2k keys and level from 4k non-causal (entry 38).
-    (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS),
+    (2, 128): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS, **ARRIVE),
     # Split K/V release: the only way out of stage starvation where 3 stages do not fit (+45-60%).
     (2, 256): TileConfig(block_m=128, block_n=64, stages=2, o_buffer="q", split_kv=True, lazy_rescale=True,
-                         **ROW_TRIMS),
+                         **ROW_TRIMS, **ARRIVE),
     # Causal FP8 hd64: the paired order measured -2% to +1% (entry 31), the others +2-7% from 1k to 8k keys.
     (1, 64): TileConfig(block_m=128, block_n=128, stages=4, o_buffer="own", paired_causal=False, **FP8_TRIMS),
     # O's rescale under the next QK^T (FA3's order): +1-4% from 2k to 16k keys (docs/tuning-gluon.md, entry 35); the
-    # 16-bit tiles measured -4% to +2% with it and keep the rescale after the PV wait.
-    (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="own", rescale_under_s=True, **FP8_TRIMS),
+    # 16-bit tiles measured -4% to +2% with it and keep the rescale after the PV wait. Named-barrier turns on top of
+    # the per-thread arrives: -1% to +2.5% (entry 44).
+    (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="own", rescale_under_s=True, **FP8_TRIMS,
+                         **ARRIVE, named_turn=True),
     # 128-key tiles without the overlap: overlapped, a 128-key tile spills 72 registers (O alone is 128 per
     # thread), and 64-key overlapped tiles measured 2-10% slower (docs/tuning-gluon.md, entry 22). 224 KB of
     # shared memory.
@@ -208,7 +218,7 @@ class Variant:
             tile = replace(tile, o_buffer="own" if self.fp8 else "q")
         if not self.warp_specialize:
             # One 8-warp partition (two m64 wgmma row blocks) that refills each slot itself once it is free.
-            tile = replace(tile, block_m=2 * CONSUMER_ROWS, split_kv=False)
+            tile = replace(tile, block_m=2 * CONSUMER_ROWS, split_kv=False, thread_arrive=False)
         if self.kv_scale_block is not None and self.kv_scale_block < tile.block_n:
             tile = replace(tile, block_n=self.kv_scale_block)  # a key block never straddles two scale blocks
         return tile
@@ -243,6 +253,7 @@ class Variant:
             Q_STAGES=self.tile.q_stages,
             BRANCH_FENCE=self.tile.branch_fence,
             NAMED_TURN=self.tile.named_turn,
+            THREAD_ARRIVE=self.tile.thread_arrive,
             FAST_V_RATIO=self.tile.fast_v_ratio,
             THREAD_ROW_SUM=self.tile.thread_row_sum,
             UNMASKED_LOOP=self.tile.unmasked_loop,

@@ -87,7 +87,7 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
                                                       OVERLAP, PINGPONG)
         stamp(trace, k, CID, 2, p.NUM_CONSUMERS)
         if not p.O_IN_Q:
-            mbarrier.arrive(p.q_empty.index(q_bar))
+            p.release(p.q_empty.index(q_bar))
         if p.O_IN_K:
             # Every consumer's QK^T of the last key block is complete: its K buffer may take O (every tile has a key
             # block: attention_forward stages O in Q's buffer where causal tiles may see none).
@@ -99,9 +99,9 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
             o_rows = o_box.reshape([ROWS, HEAD_DIM])
         write_output(p, o, m, l, v_unit, o_box, o_rows, lse_ptr, batch, head, sched.nheads, row0, sched.seqlen_q)
         if p.O_IN_Q:
-            mbarrier.arrive(p.q_empty.index(q_bar))
+            p.release(p.q_empty.index(q_bar))
         if p.O_IN_K:
-            mbarrier.arrive(p.k_empty.index(last))  # O's store has read it
+            p.release(p.k_empty.index(last))  # O's store has read it
         stamp(trace, k, CID, 3, p.NUM_CONSUMERS)
         q_slot = q_slot.next()
     tma.store_wait(0)
@@ -113,8 +113,8 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
                          nheads, group, section_heads, seqlen_q, seqlen_k, trace, CAUSAL: gl.constexpr,
                          STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, O_BUFFER: gl.constexpr,
                          SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
-                         BRANCH_FENCE: gl.constexpr,
-                         NAMED_TURN: gl.constexpr, V_WGMMA_KEYS: gl.constexpr, FAST_V_RATIO: gl.constexpr,
+                         BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr, THREAD_ARRIVE: gl.constexpr,
+                         V_WGMMA_KEYS: gl.constexpr, FAST_V_RATIO: gl.constexpr,
                          THREAD_ROW_SUM: gl.constexpr, UNMASKED_LOOP: gl.constexpr, LAZY_RESCALE: gl.constexpr,
                          RESCALE_UNDER_S: gl.constexpr,
                          Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
@@ -130,8 +130,8 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
     sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL,
                                    PAIRED_CAUSAL)
     p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV, SPLIT_Q,
-                        Q_STAGES, BRANCH_FENCE, NAMED_TURN, V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM,
-                        UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S)
+                        Q_STAGES, BRANCH_FENCE, NAMED_TURN, THREAD_ARRIVE, V_WGMMA_KEYS, FAST_V_RATIO,
+                        THREAD_ROW_SUM, UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S)
     if WARP_SPECIALIZE:
         if NUM_CONSUMERS == 2:
             gl.warp_specialize([

@@ -74,7 +74,7 @@ def take_turn(p: Pipeline, turn_phase, CID: gl.constexpr, PINGPONG: gl.constexpr
         if p.NAMED_TURN:
             named_turn("bar.sync", CID)
         else:
-            mbarrier.wait(p.turn.index(CID), turn_phase)
+            mbarrier.wait(p.turn[CID], turn_phase)
             turn_phase ^= 1
     return turn_phase
 
@@ -85,14 +85,14 @@ def pass_turn(p: Pipeline, CID: gl.constexpr, PINGPONG: gl.constexpr):
         if p.NAMED_TURN:
             named_turn("bar.arrive", (CID + 1) % p.NUM_CONSUMERS)
         else:
-            mbarrier.arrive(p.turn.index((CID + 1) % p.NUM_CONSUMERS))
+            p.release(p.turn[(CID + 1) % p.NUM_CONSUMERS])
 
 
 @gluon.jit
 def release_k(p: Pipeline, kv: Ring):
     """QK^T of the block in slot kv is complete: with SPLIT_KV its K slot goes back to the producer now."""
     if p.SPLIT_KV:
-        mbarrier.arrive(p.k_empty.index(kv.index))
+        p.release(p.k_empty.index(kv.index))
 
 
 @gluon.jit
@@ -106,7 +106,7 @@ def release_v(p: Pipeline, kv: Ring, i_done, n_blocks, batch, head_kv, INLINE_LO
             p.load_k(kv.index, batch, head_kv, key0)
             p.load_v(kv.index, batch, head_kv, key0)
     else:
-        mbarrier.arrive(p.v_empty.index(kv.index))
+        p.release(p.v_empty.index(kv.index))
 
 
 @gluon.jit
@@ -202,9 +202,10 @@ def schedule_fence(p: Pipeline, kv: Ring, l):
     i.e. before the softmax it is meant to overlap; a block boundary after the
     softmax stops it. BRANCH_FENCE: a branch on the new row sum l, a loop that
     would step a negative l up to 0 (ptxas cannot prove that it never runs;
-    l >= 0, so it never does). Otherwise: re-waiting on the (complete) V
-    `ready` barrier of the block PV reads, whose try-wait loop is the boundary,
-    at the price of a warpgroup bar.sync before it.
+    l >= 0, so it never does). Otherwise: a wait on the fence barrier, which
+    never completes a phase, for the phase before its first (returns at once);
+    its try-wait loop is the boundary. Its own allocation spares it the
+    bar.sync a second wait on the V `ready` barriers would get.
     """
     if p.BRANCH_FENCE:
         return gl.inline_asm_elementwise(
@@ -212,7 +213,7 @@ def schedule_fence(p: Pipeline, kv: Ring, l):
             "@neg add.f32 $0, $0, 0f3F800000; @neg bra.uni sm_fence; }", "=r,r", [l], dtype=gl.float32,
             is_pure=False, pack=1)
     else:
-        mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
+        mbarrier.wait(p.fence, 1)
         return l
 
 
@@ -373,7 +374,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                 pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
                 kv = kv_next
             if p.O_IN_K:
-                mbarrier.arrive(p.k_done)  # this consumer's QK^T of the last block is complete
+                p.release(p.k_done)  # this consumer's QK^T of the last block is complete
             pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
             if p.RESCALE_UNDER_S:
                 o = rescale_o(o, alpha, p.LAZY_RESCALE)

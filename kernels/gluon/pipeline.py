@@ -15,10 +15,21 @@ iterations tells each partition the slot and phase it is at in both rings.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 from triton.language.core import _aggregate as aggregate
 
 from .scheduler import TileScheduler, kv_block_count
+
+CONSUMER_THREADS = gl.constexpr(128)  # a consumer partition is one warpgroup
+
+
+@gluon.jit
+def new_barrier(count: gl.constexpr):
+    """An mbarrier in its own allocation, expecting `count` arrivals per phase."""
+    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(bar, count=count)
+    return bar
 
 
 @aggregate
@@ -61,13 +72,16 @@ class Pipeline:
     past seqlen and clips writes past it per batch; FP8 V is (batch, head,
     dim, seq) with boxes (1, 1, dim, BLOCK_N).
 
-    Two consumer policies ride along (mainloop.py): BRANCH_FENCE keeps the
+    Gluon 3.6 orders a partition's accesses to one barrier allocation with a
+    warpgroup bar.sync (an mbarrier wait counts as one) and puts one before
+    every mbarrier.arrive. With THREAD_ARRIVE the consumers arrive from every
+    thread (Pipeline.release), and since each turn barrier and the fence
+    barrier have an allocation of their own, a key block costs one bar.sync
+    (before the K wait, the ring's allocation again) instead of four. Two
+    consumer policies ride along (mainloop.py): BRANCH_FENCE keeps the
     softmax ahead of the PV wait with a branch instead of an mbarrier wait,
     and NAMED_TURN passes the ping-pong turn on named hardware barriers
-    instead of the `turn` mbarriers. Gluon puts a warpgroup-wide bar.sync
-    before every mbarrier arrive and before a wait that follows an arrive,
-    so both cut bar.syncs per key block (4 -> 2 without SPLIT_KV). Three
-    more trim the consumer's instructions per key block (mainloop.py):
+    instead of the `turn` mbarriers. Three more trim the consumer's instructions per key block (mainloop.py):
     FAST_V_RATIO, THREAD_ROW_SUM and UNMASKED_LOOP; LAZY_RESCALE skips most O rescales, and
     RESCALE_UNDER_S moves O's rescale after the next block's QK^T issue (FA3's order).
     """
@@ -85,7 +99,8 @@ class Pipeline:
     v_ready: gl.shared_memory_descriptor
     k_empty: gl.shared_memory_descriptor
     v_empty: gl.shared_memory_descriptor  # k_empty itself unless SPLIT_KV
-    turn: gl.shared_memory_descriptor
+    turn: gl.tuple  # one barrier per consumer
+    fence: gl.shared_memory_descriptor  # an mbarrier whose wait never blocks (mainloop.schedule_fence)
     k_done: gl.shared_memory_descriptor  # O_IN_K: every consumer's QK^T of the tile's last block is complete
     NUM_CONSUMERS: gl.constexpr
     STAGES: gl.constexpr
@@ -96,6 +111,7 @@ class Pipeline:
     Q_STAGES: gl.constexpr
     BRANCH_FENCE: gl.constexpr
     NAMED_TURN: gl.constexpr
+    THREAD_ARRIVE: gl.constexpr  # consumers arrive from every thread (Pipeline.release)
     V_TRANSPOSED: gl.constexpr
     V_WGMMA_KEYS: gl.constexpr  # FP8: V^T's keys in wgmma order (kernels.quant.FP8QKV), P needs no shuffles
     FAST_V_RATIO: gl.constexpr  # FP8: the V-scale ratio by an approximate reciprocal, not a full-range divide
@@ -106,9 +122,9 @@ class Pipeline:
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
-                 v_ready, k_empty, v_empty, turn, k_done, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV, SPLIT_Q,
-                 Q_STAGES, BRANCH_FENCE, NAMED_TURN, V_TRANSPOSED, V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM,
-                 UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S):
+                 v_ready, k_empty, v_empty, turn, fence, k_done, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV, SPLIT_Q,
+                 Q_STAGES, BRANCH_FENCE, NAMED_TURN, THREAD_ARRIVE, V_TRANSPOSED, V_WGMMA_KEYS, FAST_V_RATIO,
+                 THREAD_ROW_SUM, UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S):
         self.q_desc = q_desc
         self.k_desc = k_desc
         self.v_desc = v_desc
@@ -124,6 +140,7 @@ class Pipeline:
         self.k_empty = k_empty
         self.v_empty = v_empty
         self.turn = turn
+        self.fence = fence
         self.k_done = k_done
         self.NUM_CONSUMERS = gl.constexpr(NUM_CONSUMERS)
         self.STAGES = gl.constexpr(STAGES)
@@ -134,6 +151,7 @@ class Pipeline:
         self.Q_STAGES = gl.constexpr(Q_STAGES)
         self.BRANCH_FENCE = gl.constexpr(BRANCH_FENCE)
         self.NAMED_TURN = gl.constexpr(NAMED_TURN)
+        self.THREAD_ARRIVE = gl.constexpr(THREAD_ARRIVE)
         self.V_TRANSPOSED = gl.constexpr(V_TRANSPOSED)
         self.V_WGMMA_KEYS = gl.constexpr(V_WGMMA_KEYS)
         self.FAST_V_RATIO = gl.constexpr(FAST_V_RATIO)
@@ -145,10 +163,12 @@ class Pipeline:
     @gluon.jit
     def create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS: gl.constexpr, STAGES: gl.constexpr,
                O_BUFFER: gl.constexpr, SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
-               BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr, V_WGMMA_KEYS: gl.constexpr,
+               BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr, THREAD_ARRIVE: gl.constexpr,
+               V_WGMMA_KEYS: gl.constexpr,
                FAST_V_RATIO: gl.constexpr, THREAD_ROW_SUM: gl.constexpr, UNMASKED_LOOP: gl.constexpr,
                LAZY_RESCALE: gl.constexpr, RESCALE_UNDER_S: gl.constexpr):
         Q_BARRIERS: gl.constexpr = Q_STAGES * (NUM_CONSUMERS if SPLIT_Q else 1)  # Pipeline.q_barrier
+        ARRIVALS: gl.constexpr = CONSUMER_THREADS if THREAD_ARRIVE else 1  # per consumer release (Pipeline.release)
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [Q_STAGES * NUM_CONSUMERS] + q_desc.block_type.shape,
                                            q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
@@ -167,28 +187,42 @@ class Pipeline:
             v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         else:
             v_empty = k_empty
-        turn = gl.allocate_shared_memory(gl.int64, [NUM_CONSUMERS, 1], mbarrier.MBarrierLayout())
-        if O_BUFFER == "k":
-            k_done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-            mbarrier.init(k_done, count=NUM_CONSUMERS)
+        # One allocation per turn barrier: Gluon orders accesses to one allocation with a bar.sync, and each
+        # consumer waits on its own turn and arrives on the next one's.
+        if NUM_CONSUMERS == 2:
+            turn = (new_barrier(ARRIVALS), new_barrier(ARRIVALS))
         else:
-            k_done = turn  # unused
+            turn = (new_barrier(ARRIVALS), new_barrier(ARRIVALS), new_barrier(ARRIVALS))
+        fence = new_barrier(1)  # never arrived on: its parity-1 wait returns at once (schedule_fence)
+        if O_BUFFER == "k":
+            k_done = new_barrier(NUM_CONSUMERS * ARRIVALS)
+        else:
+            k_done = fence  # unused
         for g in gl.static_range(Q_BARRIERS):
             mbarrier.init(q_ready.index(g), count=1)
-            mbarrier.init(q_empty.index(g), count=NUM_CONSUMERS * Q_STAGES // Q_BARRIERS)
+            mbarrier.init(q_empty.index(g), count=NUM_CONSUMERS * Q_STAGES // Q_BARRIERS * ARRIVALS)
         for s in gl.static_range(STAGES):
             mbarrier.init(k_ready.index(s), count=1)
             mbarrier.init(v_ready.index(s), count=1)
-            mbarrier.init(k_empty.index(s), count=NUM_CONSUMERS)
+            mbarrier.init(k_empty.index(s), count=NUM_CONSUMERS * ARRIVALS)
             if SPLIT_KV:
-                mbarrier.init(v_empty.index(s), count=NUM_CONSUMERS)
-        for c in gl.static_range(NUM_CONSUMERS):
-            mbarrier.init(turn.index(c), count=1)
+                mbarrier.init(v_empty.index(s), count=NUM_CONSUMERS * ARRIVALS)
         # FP8 wgmma reads B K-major only: FP8 V arrives transposed, (batch, head, dim, seq) (kernels.quant).
         return Pipeline(q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
-                        v_ready, k_empty, v_empty, turn, k_done, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV, SPLIT_Q,
-                        Q_STAGES, BRANCH_FENCE, NAMED_TURN, v_desc.dtype.is_fp8(), V_WGMMA_KEYS, FAST_V_RATIO,
-                        THREAD_ROW_SUM, UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S)
+                        v_ready, k_empty, v_empty, turn, fence, k_done, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV,
+                        SPLIT_Q, Q_STAGES, BRANCH_FENCE, NAMED_TURN, THREAD_ARRIVE, v_desc.dtype.is_fp8(), V_WGMMA_KEYS,
+                        FAST_V_RATIO, THREAD_ROW_SUM, UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S)
+
+    @gluon.jit
+    def release(self, bar):
+        """A consumer's arrive on `bar` (a slot given back, a turn passed). Gluon 3.6 puts a warpgroup bar.sync
+        before mbarrier.arrive, whose one thread then stands for all; with THREAD_ARRIVE every thread arrives for
+        itself (bars count CONSUMER_THREADS per consumer) and none waits for the others. With no cp.async in
+        flight the arrive-on is immediate."""
+        if self.THREAD_ARRIVE:
+            async_copy.mbarrier_arrive(bar, increment_count=False)
+        else:
+            mbarrier.arrive(bar)
 
     @gluon.constexpr_function
     def q_groups(self):

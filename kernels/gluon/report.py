@@ -60,6 +60,12 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, tile_override=replace(defau
 O_IN_Q_TILE = replace(TILE_CONFIGS[(2, 128)], o_buffer="q")
 VARIANTS += [Variant(torch.bfloat16, 128, causal, tile_override=O_IN_Q_TILE) for causal in (False, True)]
 
+# Per-thread arrives (TileConfig.thread_arrive) flipped from the default: off at BF16 and FP8 hd128, on at FP8 hd256.
+VARIANTS += [Variant(torch.bfloat16, 128, False, tile_override=replace(TILE_CONFIGS[(2, 128)], thread_arrive=False))]
+VARIANTS += [Variant(torch.float8_e4m3fn, d, False, **FP8_WGMMA,
+                     tile_override=replace(TILE_CONFIGS[(1, d)], thread_arrive=not TILE_CONFIGS[(1, d)].thread_arrive))
+             for d in (128, 256)]
+
 # Built with the consumers' cycle stamps (kernels.gluon.trace): the FP8 hd128 tile and the three-consumer hd64 tile.
 TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.bfloat16, 64, False)]
 
@@ -67,13 +73,17 @@ TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.b
 def variant_name(v: Variant):
     dt = str(v.dtype).removeprefix("torch.")
     t = v.tile_override
-    moved_o = t and t.o_buffer != default_tile(v.dtype.itemsize, v.head_dim, v.causal).o_buffer
     late = t and v.fp8 and v.head_dim in UNDER_S_HEAD_DIMS and not t.rescale_under_s
+    default = default_tile(v.dtype.itemsize, v.head_dim, v.causal)
+    moved_o = t and t.o_buffer != default.o_buffer
+    arrive = t and t.thread_arrive != default.thread_arrive
+    sync = t and t.named_turn and not default.named_turn
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
-            f"_pipe{int(v.overlap)}_pp{int(v.pingpong)}{'_sync' if t and t.named_turn else ''}"
+            f"_pipe{int(v.overlap)}_pp{int(v.pingpong)}{'_sync' if sync else ''}"
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}"
             f"{'_eager' if t and not v.fp8 and v.head_dim in LAZY_HEAD_DIMS and not t.lazy_rescale else ''}"
-            f"{'_late_rescale' if late else ''}{f'_o_in_{t.o_buffer}' if moved_o else ''}")
+            f"{'_late_rescale' if late else ''}{f'_o_in_{t.o_buffer}' if moved_o else ''}"
+            f"{f'_arrive{int(t.thread_arrive)}' if arrive else ''}")
 
 
 def key_block_loop(sass: str):
@@ -132,6 +142,7 @@ def compile_report(variant: Variant, tmpdir: str, traced: bool = False):
         ptx_griddep_wait=ptx.count("griddepcontrol.wait"),
         sass_key_loop=len(loop),
         sass_key_loop_local_mem=sum(1 for t in loop if re.search(r"\b(?:LDL|STL)\b", t)),
+        sass_key_loop_warpgroup_bars=sum(1 for t in loop if re.search(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b", t)),
         ptx_clock_reads=ptx.count("%clock64"),
     )
 

@@ -282,6 +282,32 @@ def test_rescale_under_s_is_bitwise_the_other_order(d, dtype, causal):
         assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), f"seed {seed} {shape}"
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("d, dtype", [(64, torch.bfloat16), (128, torch.bfloat16), (256, torch.bfloat16),
+                                      (64, torch.float8_e4m3fn), (128, torch.float8_e4m3fn),
+                                      (256, torch.float8_e4m3fn)], ids=lambda x: str(x).removeprefix("torch."))
+def test_thread_arrive_is_bitwise_the_single_thread_arrive(d, dtype, causal):
+    """TileConfig.thread_arrive changes only who arrives on the consumers' mbarriers (every thread, counted, against
+    one thread after a warpgroup bar.sync): the same arithmetic, so the same bits, on a ragged GQA shape, where
+    programs run several tiles, and with the ping-pong turns on named barriers; a premature release would let a
+    load overwrite a slot still being read and show here."""
+    from dataclasses import replace
+    from kernels.gluon import attention_forward, fp8_attention_forward
+    from kernels.gluon.forward import default_tile
+    from kernels.quant import FP8Config, quantize_qkv_ref
+    base = default_tile(dtype.itemsize, d, causal)
+    for shape, named_turn in [((2, 333, 1517, 4, 2), False), (MANY_TILES, False), (MANY_TILES, True)]:
+        tiles = [replace(base, thread_arrive=on, named_turn=named_turn) for on in (False, True)]
+        seed, q, k, v = _inputs(*shape, d, torch.bfloat16)
+        if dtype.itemsize == 1:
+            x = quantize_qkv_ref(q, k, v, FP8Config(), v_key_order="wgmma")
+            outs = [fp8_attention_forward(x, d ** -0.5, causal, torch.bfloat16, tile=t) for t in tiles]
+        else:
+            outs = [attention_forward(q, k, v, None, causal, tile=t) for t in tiles]
+        assert torch.isfinite(outs[1][0]).all(), f"seed {seed} {shape}"
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), f"seed {seed} {shape}"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_o_in_k_is_bitwise_o_in_q(dtype):
     """TileConfig.o_buffer "k" (the hd128 default) stages O in the last key block's K buffer instead of Q's: the

@@ -16,6 +16,7 @@ TILES = {(2, 64): (192, 128, 2, False, True), (2, 128): (128, 128, 3, True, Fals
          (2, 256): (128, 64, 2, True, True), (1, 64): (128, 128, 4, False, False),
          (1, 128): (128, 128, 3, False, False), (1, 256): (128, 128, 2, False, False)}
 CAUSAL_TILES = {(2, 64): (128, 128, 3, True, False)}  # kernels.gluon.forward.CAUSAL_TILE_CONFIGS
+NAMED_TURN_TILES = {(1, 128)}  # tiles that pass ping-pong turns on named barriers by default
 CONSUMER_ROWS = 64
 CONSUMER_REGS = {2: 240, 3: 160}  # setmaxnreg of each consumer warpgroup, by their number
 PRODUCER_REGS = 24
@@ -41,7 +42,11 @@ def _names():
     names += [f"bfloat16_hd{d}_{mask}_ws1_pipe1_pp1_eager" for d in (128, 256) for mask in ("full", "causal")]
     names += [f"float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav{suffix}" for suffix in ("_untrimmed", "")]
     # The FP8 hd128 tile with its O rescale after the PV wait, not under the next QK^T.
-    return names + [f"float8_e4m3fn_hd128_{mask}_ws1_pipe1_pp1_wgmmav_late_rescale" for mask in ("full", "causal")]
+    names += [f"float8_e4m3fn_hd128_{mask}_ws1_pipe1_pp1_wgmmav_late_rescale" for mask in ("full", "causal")]
+    # Per-thread arrives flipped from the default (TileConfig.thread_arrive).
+    return names + ["bfloat16_hd128_full_ws1_pipe1_pp1_arrive0",
+                    "float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav_arrive0",
+                    "float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav_arrive1"]
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +86,13 @@ def test_variant_compiles_to_wgmma_and_tma(reports, name):
     expected = q_bytes + stages * 2 * block_n * d * elem + o_bytes
     assert expected <= r["shared_bytes"] <= min(expected + BARRIER_SLACK, SMEM_LIMIT), r
     # Ping-pong turns pass on named barriers (bar.arrive) only with the option, otherwise on mbarriers; the
-    # options exist to cut the warpgroup bar.syncs Gluon puts around mbarrier arrives.
-    assert (r["sass_named_arrive"] > 0) == name.endswith("_sync"), r
+    # options exist to cut the warpgroup bar.syncs Gluon puts around mbarrier arrives (which the default per-thread
+    # arrives already cut to one per key block).
+    named = name.endswith("_sync") or ((elem, d) in NAMED_TURN_TILES and ws and "_pp1" in name)
+    assert (r["sass_named_arrive"] > 0) == named, r
     if name.endswith("_sync"):
-        assert r["sass_warpgroup_bars"] < reports[name.removesuffix("_sync")]["sass_warpgroup_bars"], r
+        base = reports[name.removesuffix("_sync")]
+        assert r["sass_key_loop_warpgroup_bars"] <= base["sass_key_loop_warpgroup_bars"], (base, r)
     if ws:
         assert r["num_warps"] == 4 * (consumers + 1), r  # the consumer warpgroups + the producer's warpgroup
         assert CONSUMER_REGS[consumers] in r["setmaxnreg"] and PRODUCER_REGS in r["setmaxnreg"], r
@@ -164,8 +172,11 @@ def test_short_tile_where_192_rows_overshoot(seqlen_q, short):
     assert short_tile(2, 128, False, seqlen_q) is None and short_tile(1, 64, False, seqlen_q) is None
 
 
-@pytest.mark.parametrize("name", ["float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav", "bfloat16_hd64_full_ws1_pipe1_pp1"])
-def test_trace_stamps_only_in_the_traced_build(reports, name):
+# The three-consumer hd64 tile (160 registers a thread) with its stamps keeps one register in local memory in the
+# loop (one LDL and one STL a block) since the per-thread arrives (TileConfig.thread_arrive); the normal build none.
+@pytest.mark.parametrize("name, loop_local_mem", [("float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav", 0),
+                                                  ("bfloat16_hd64_full_ws1_pipe1_pp1", 2)])
+def test_trace_stamps_only_in_the_traced_build(reports, name, loop_local_mem):
     """kernels.gluon.trace: the traced build reads %clock64 four times per consumer warpgroup, the normal build
     never, and the stamps stay out of the key loop."""
     plain, traced = reports[name], reports[name + "_traced"]
@@ -174,8 +185,27 @@ def test_trace_stamps_only_in_the_traced_build(reports, name):
     assert plain["ptx_clock_reads"] == 0
     assert traced["ptx_clock_reads"] == 4 * consumers
     assert traced["sass_gmma"] == plain["sass_gmma"]
-    assert traced["sass_key_loop_local_mem"] == 0
+    assert plain["sass_key_loop_local_mem"] == 0
+    assert traced["sass_key_loop_local_mem"] == loop_local_mem
     assert abs(traced["sass_key_loop"] - plain["sass_key_loop"]) <= 8, (plain["sass_key_loop"], traced["sass_key_loop"])
+
+
+@pytest.mark.parametrize("thread, single, bars, single_bars", [
+    ("bfloat16_hd128_full_ws1_pipe1_pp1", "bfloat16_hd128_full_ws1_pipe1_pp1_arrive0", 1, 4),
+    ("float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav", "float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav_arrive0", 1, 2),
+    ("float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav_arrive1", "float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav", 2, 4)])
+def test_thread_arrive_leaves_one_bar_sync_per_turn(reports, thread, single, bars, single_bars):
+    """TileConfig.thread_arrive: the consumers' arrives (slots given back, mbarrier turns passed) go out from every
+    thread without the warpgroup bar.sync Gluon puts before a single-thread arrive, so the key loop keeps one per
+    wait on a barrier it waited on before (the K ring's in the overlapped loop; the unoverlapped one takes two turns
+    a block) where it had one per arrive too (FP8 hd128 passes its turns on named barriers, no arrive); same
+    products, no local memory."""
+    per_thread, one_thread = reports[thread], reports[single]
+    assert "error" not in per_thread and "error" not in one_thread, (per_thread.get("error"), one_thread.get("error"))
+    assert per_thread["sass_key_loop_warpgroup_bars"] == bars, per_thread
+    assert one_thread["sass_key_loop_warpgroup_bars"] >= single_bars, one_thread
+    assert per_thread["sass_gmma"] == one_thread["sass_gmma"], (per_thread, one_thread)
+    assert per_thread["sass_key_loop_local_mem"] == 0, per_thread
 
 
 @pytest.mark.parametrize("mask", ["full", "causal"])
