@@ -64,8 +64,8 @@ class TileConfig:
     # key (seqlen_q > seqlen_k)).
     o_buffer: str
     split_kv: bool = False  # K and V slots released separately, V loaded a block behind K (pipeline.py)
-    # Synchronization options (pipeline.py, mainloop.py). All off is the kernel timed in docs/tuning-gluon.md;
-    # on, they passed the H200 checks with two consumers (three: fixed since, not run yet), untimed against it.
+    # Synchronization options (pipeline.py, mainloop.py): off by default but for thread_arrive (most tiles) and
+    # named_turn (FP8 hd128); each passes the H200 checks (tests/kernels/test_gluon_attention.py).
     split_q: bool = False  # each consumer's Q slice loaded once that consumer is done with the last tile
     q_stages: int = 1  # Q ring depth: 2 loads the next tile's Q during the current one
     branch_fence: bool = False  # softmax kept ahead of the PV wait by a branch, not an mbarrier wait

@@ -195,7 +195,7 @@ def carried_p(pr, dtype: gl.constexpr, layout: gl.constexpr, V_WGMMA_KEYS: gl.co
 
 
 @gluon.jit
-def schedule_fence(p: Pipeline, kv: Ring, l):
+def schedule_fence(p: Pipeline, l):
     """Keep the softmax ahead of the wait for PV in the final schedule; returns l unchanged.
 
     Inside one basic block ptxas places `wgmma.wait_group` as early as it can,
@@ -203,9 +203,10 @@ def schedule_fence(p: Pipeline, kv: Ring, l):
     softmax stops it. BRANCH_FENCE: a branch on the new row sum l, a loop that
     would step a negative l up to 0 (ptxas cannot prove that it never runs;
     l >= 0, so it never does). Otherwise: a wait on the fence barrier, which
-    never completes a phase, for the phase before its first (returns at once);
-    its try-wait loop is the boundary. Its own allocation spares it the
-    bar.sync a second wait on the V `ready` barriers would get.
+    nobody arrives on, for the parity of the phase before its first, which
+    counts as complete (it returns at once); its try-wait loop is the
+    boundary. Its own allocation spares it the bar.sync that a second wait on
+    the V `ready` barriers would get.
     """
     if p.BRANCH_FENCE:
         return gl.inline_asm_elementwise(
@@ -366,7 +367,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
                                     LOOP_MASK)
                 pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, not LOOP_MASK, p.LAZY_RESCALE)
                 alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
-                l = schedule_fence(p, kv, l)
+                l = schedule_fence(p, l)
                 o, pr = wait_pv(o, pm, pr)
                 release_v(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
                 if not p.RESCALE_UNDER_S:

@@ -81,9 +81,10 @@ class Pipeline:
     consumer policies ride along (mainloop.py): BRANCH_FENCE keeps the
     softmax ahead of the PV wait with a branch instead of an mbarrier wait,
     and NAMED_TURN passes the ping-pong turn on named hardware barriers
-    instead of the `turn` mbarriers. Three more trim the consumer's instructions per key block (mainloop.py):
-    FAST_V_RATIO, THREAD_ROW_SUM and UNMASKED_LOOP; LAZY_RESCALE skips most O rescales, and
-    RESCALE_UNDER_S moves O's rescale after the next block's QK^T issue (FA3's order).
+    instead of the `turn` mbarriers. Three more trim the consumer's
+    instructions per key block (mainloop.py): FAST_V_RATIO, THREAD_ROW_SUM and
+    UNMASKED_LOOP; LAZY_RESCALE skips most O rescales, and RESCALE_UNDER_S
+    moves O's rescale after the next block's QK^T issue (FA3's order).
     """
     q_desc: tma.tensor_descriptor
     k_desc: tma.tensor_descriptor
@@ -210,8 +211,8 @@ class Pipeline:
         # FP8 wgmma reads B K-major only: FP8 V arrives transposed, (batch, head, dim, seq) (kernels.quant).
         return Pipeline(q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
                         v_ready, k_empty, v_empty, turn, fence, k_done, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV,
-                        SPLIT_Q, Q_STAGES, BRANCH_FENCE, NAMED_TURN, THREAD_ARRIVE, v_desc.dtype.is_fp8(), V_WGMMA_KEYS,
-                        FAST_V_RATIO, THREAD_ROW_SUM, UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S)
+                        SPLIT_Q, Q_STAGES, BRANCH_FENCE, NAMED_TURN, THREAD_ARRIVE, v_desc.dtype.is_fp8(),
+                        V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM, UNMASKED_LOOP, LAZY_RESCALE, RESCALE_UNDER_S)
 
     @gluon.jit
     def release(self, bar):
