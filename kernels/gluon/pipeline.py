@@ -190,10 +190,9 @@ class Pipeline:
             v_empty = k_empty
         # One allocation per turn barrier: Gluon orders accesses to one allocation with a bar.sync, and each
         # consumer waits on its own turn and arrives on the next one's.
-        if NUM_CONSUMERS == 2:
-            turn = (new_barrier(ARRIVALS), new_barrier(ARRIVALS))
-        else:
-            turn = (new_barrier(ARRIVALS), new_barrier(ARRIVALS), new_barrier(ARRIVALS))
+        turn = ()
+        for c in gl.static_range(NUM_CONSUMERS):
+            turn = turn + (new_barrier(ARRIVALS), )
         fence = new_barrier(1)  # never arrived on: its parity-1 wait returns at once (schedule_fence)
         if O_BUFFER == "k":
             k_done = new_barrier(NUM_CONSUMERS * ARRIVALS)
