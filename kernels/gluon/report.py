@@ -17,6 +17,9 @@ import triton
 
 from .forward import HEAD_DIMS, TILE_CONFIGS, Variant, compile_forward, default_tile
 
+# A bar.sync of 128 threads: one warpgroup (a consumer) meeting itself.
+WARPGROUP_BAR = re.compile(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b")
+
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 # Every head dim and mask with and without warp specialization, the other two ablation switches at hd128,
@@ -138,11 +141,10 @@ def compile_report(variant: Variant, tmpdir: str, traced: bool = False):
         ptx_tma_store=len(re.findall(r"cp\.async\.bulk\.tensor\.\dd\.global\.shared", ptx)),
         sass_named_arrive=len(re.findall(r"\bBAR\.ARV\b", sass)),  # ping-pong turns on named barriers
         sass_shfl=len(re.findall(r"\bSHFL\.", sass)),  # row reductions, and FP8 P's conversion to the A operand
-        sass_warpgroup_bars=len(re.findall(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b", sass)),
         ptx_griddep_wait=ptx.count("griddepcontrol.wait"),
         sass_key_loop=len(loop),
         sass_key_loop_local_mem=sum(1 for t in loop if re.search(r"\b(?:LDL|STL)\b", t)),
-        sass_key_loop_warpgroup_bars=sum(1 for t in loop if re.search(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b", t)),
+        sass_key_loop_warpgroup_bars=sum(1 for t in loop if WARPGROUP_BAR.search(t)),
         ptx_clock_reads=ptx.count("%clock64"),
     )
 
