@@ -40,7 +40,7 @@ from kernels.ops import (GLUON_AUTO_MIN_SEQLEN_K, attention_backward, eager_auto
                          select_impl)
 from kernels.quant import FP8QKV, FP8Config, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref, rotate
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
-from kernels.triton.fp8_quant import quantize_qkv_triton
+from kernels.triton.fp8_quant import quantize_checked
 
 BACKWARDS = ("fp8_operands", "bf16_inputs")
 # Where auto runs the Gluon FP8 forward on sm_90: it beat the Triton FP8 forward 1.15-2.0x at head dims 128
@@ -93,7 +93,7 @@ def _quantize_on(impl: str, q, k, v, config: FP8Config, v_key_order: str) -> FP8
     (the GPU forwards' and the interpreter's)."""
     if impl == "reference":
         return quantize_qkv_ref(q, k, v, config, v_key_order)
-    return quantize_qkv_triton(q, k, v, config, v_key_order=v_key_order)
+    return quantize_checked(q, k, v, config, v_key_order=v_key_order)
 
 
 def fp8_attention_forward(qkv: FP8QKV, softmax_scale=None, causal=False, out_dtype=torch.bfloat16):

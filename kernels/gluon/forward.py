@@ -22,7 +22,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.checks import tma_ready
 from kernels.device import sm_count
-from kernels.launch import Launcher, compile_for
+from kernels.launch import Launcher, compile_for, rebased
 from kernels.quant import FP8QKV
 
 from .kernel import attention_fwd_kernel
@@ -325,28 +325,53 @@ def _check_inputs(q, k, v, softmax_scale):
         raise ValueError(f"softmax_scale must be positive, got {softmax_scale}")
 
 
+@dataclass(frozen=True, eq=False)  # compared by identity: part of a Launcher key
+class LaunchPlan:
+    """What a forward launch needs but the tensors' addresses and the softmax scale, worked out once per variant,
+    shapes and strides (`launch_plan`); a call then allocates out and lse, rebases the descriptors and launches."""
+    grid: tuple
+    descriptors: tuple  # of q, k, v, out over meta tensors (kernels.launch.rebased)
+    scalars: tuple  # batch, heads, GQA group, sections, seqlen_q, seqlen_k
+
+
+@functools.lru_cache(maxsize=256)
+def launch_plan(variant: Variant, q_shape, k_shape, v_shape, strides, device) -> LaunchPlan:
+    """The plan of a launch over tma_ready q, k, v (FP8 V: V^T) of these shapes and strides (q's, k's, v's)."""
+    b, seqlen_q, h, d = q_shape
+    h_kv = k_shape[2]
+    q, k, v = (torch.empty_strided(shape, stride, dtype=variant.dtype, device="meta")
+               for shape, stride in zip((q_shape, k_shape, v_shape), strides))
+    out = torch.empty(q_shape, dtype=variant.out_dtype or variant.dtype, device="meta")
+    n_tiles = num_m_blocks(seqlen_q, variant.tile.block_m) * b * h
+    sections = section_heads(b, h, h_kv, variant.causal)
+    return LaunchPlan((min(sm_count(device), n_tiles),), variant.descriptors(q, k, v, out),
+                      (b, h, h // h_kv, sections, seqlen_q, k_shape[1]))
+
+
 def _launch(variant, q, k, v, scales, softmax_scale, out_dtype, trace=None):
     """Allocate out and lse, launch the persistent grid; q/k/v as the descriptors expect them. trace: an int64
     buffer for the consumers' cycle stamps (kernels.gluon.trace), None normally."""
     b, seqlen_q, h, d = q.shape
-    seqlen_k, h_kv = k.shape[1], k.shape[2]
     out = torch.empty(b, seqlen_q, h, d, device=q.device, dtype=out_dtype)
     lse = torch.empty(b, h, seqlen_q, device=q.device, dtype=torch.float32)
     if seqlen_q == 0 or b == 0:
         return out, lse
-    if seqlen_k == 0:
+    if k.shape[1] == 0:
         return out.zero_(), lse.fill_(float("inf"))
-    n_tiles = num_m_blocks(seqlen_q, variant.tile.block_m) * b * h
-    sections = section_heads(b, h, h_kv, variant.causal)
-    args = _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, h // h_kv, sections, trace)
-    launch_forward((min(sm_count(q.device), n_tiles), ), args, variant.constexprs, variant.options)
+    plan = launch_plan(variant, q.shape, k.shape, v.shape, (q.stride(), k.stride(), v.stride()), q.device)
+    descriptors = tuple(rebased(desc, t) for desc, t in zip(plan.descriptors, (q, k, v, out)))
+    # The plan fixes the specialization but for the alignment of the tensors passed as pointers that a caller
+    # made (lse is a fresh allocation).
+    aligned = tuple(t.data_ptr() % 16 == 0 for t in (*scales, trace) if t is not None)
+    launch_forward(plan.grid, _kernel_args(descriptors, lse, scales, softmax_scale, plan.scalars, trace),
+                   variant.constexprs, variant.options, plan=(plan, aligned))
     return out, lse
 
 
-def _kernel_args(variant, q, k, v, out, lse, scales, softmax_scale, group, sections, trace=None):
-    b, seqlen_q, h, _ = q.shape
-    return (*variant.descriptors(q, k, v, out), lse, *scales, softmax_scale * LOG2_E, b, h, group, sections, seqlen_q,
-            k.shape[1], trace)
+def _kernel_args(descriptors, lse, scales, softmax_scale, scalars, trace=None):
+    """The kernel's arguments: descriptors of q, k, v, out, then lse, the FP8 scales (or Nones), the scale in
+    log2 units, LaunchPlan.scalars and the trace buffer (or None)."""
+    return (*descriptors, lse, *scales, softmax_scale * LOG2_E, *scalars, trace)
 
 
 def attention_forward(q, k, v, softmax_scale=None, causal=False, *, warp_specialize=True, pipeline=True, pingpong=True,
@@ -414,5 +439,5 @@ def compile_forward(variant: Variant, target: GPUTarget = HOPPER, traced: bool =
     f32 = torch.empty(1, 1, 1)
     scales = (f32, f32, f32) if variant.fp8 else (None, None, None)
     trace = torch.empty(1, dtype=torch.int64) if traced else None
-    args = _kernel_args(variant, t, t, v, o, f32, scales, 1.0, 1, 1, trace)
+    args = _kernel_args(variant.descriptors(t, t, v, o), f32, scales, 1.0, (1,) * 6, trace)
     return compile_for(attention_fwd_kernel, args, variant.constexprs, variant.options, target)

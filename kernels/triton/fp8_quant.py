@@ -29,6 +29,7 @@ On an H200 its GPU time (CUDA graph) is 3.4-3.5 TB/s at head dims 64/128 and
 2.2 TB/s at 256 (one 16-warp program per SM), against 4.2 TB/s for a copy;
 docs/fp8.md has the numbers and what limits them.
 """
+import functools
 import math
 import os
 from dataclasses import dataclass, replace
@@ -42,7 +43,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from kernels.checks import tma_ready
 from kernels.device import is_sm90, sm_count, takes_pdl
 from kernels.hadamard import signed_hadamard
-from kernels.launch import Launcher
+from kernels.launch import Launcher, rebased
 from kernels.quant import (FP8QKV, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, check_qkv, check_v_key_order,
                            scales_from_amax)
 
@@ -295,23 +296,27 @@ def _item_rows(block: int, head_dim: int, num_warps: int) -> int:
 launch_prepass = Launcher(_prepass_kernel)
 
 
-def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None = None,
-                        v_key_order: str = "natural") -> FP8QKV:
-    """The pre-pass on the GPU (or the interpreter): one launch for block scales whose blocks fit registers,
-    two otherwise (chunk amax, then quantization with the reduced scales).
+@dataclass(frozen=True, eq=False)  # compared by identity: a Launcher key
+class PrepassPlan:
+    """What a pre-pass launch needs but the tensors' addresses, worked out once per configuration (`prepass_plan`);
+    a call then allocates, rebases the descriptors and launches (host time per call: docs/fp8.md, session 22)."""
+    grid: tuple
+    descriptors: tuple  # of q, k, v, q8, k8, v_t over meta tensors (kernels.launch.rebased), then D·H's (cached)
+    v_t_shape: tuple
+    scale_shapes: tuple  # per (batch, head) block scales of q, k, v; chunk amaxes on the two-launch path
+    scalars: tuple  # the kernel's integer and float arguments after the scale pointers
+    launches: tuple  # (MODE, constexprs, options) per launch: ("block", ...), or ("amax", ...), ("given", ...)
+    chunks_per_block: tuple  # of q, k, v: amax chunks reduced into one scale (two-launch path)
 
-    tiles: a PrepassTiles to override the table (tuning). v_key_order: of V^T's keys (kernels.quant.FP8QKV).
-    """
-    check_qkv(q, k, v, config)
+
+@functools.lru_cache(maxsize=256)
+def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_key_order: str,
+                 tiles: PrepassTiles | None) -> PrepassPlan:
+    """The plan of a pre-pass over tma_ready q, k, v of these shapes, strides (q's, k's, v's) and dtype."""
     check_v_key_order(v_key_order)
-    tiles = tiles or prepass_tiles(q.shape[3], q.device)
-    b, sq, h, d = q.shape
-    sk, hk = k.shape[1], k.shape[2]
-    dev = q.device
-    q8 = torch.empty(q.shape, dtype=config.dtype, device=dev)
-    k8 = torch.empty(k.shape, dtype=config.dtype, device=dev)
-    # The kernel also writes the zero padding (MMAs read it: garbage could be NaN, and 0 * NaN = NaN).
-    v_t = torch.empty(b, hk, d, triton.cdiv(sk, V_SEQ_ALIGN) * V_SEQ_ALIGN, dtype=config.dtype, device=dev)
+    tiles = tiles or prepass_tiles(q_shape[3], device)
+    b, sq, h, d = q_shape
+    sk, hk = k_shape[1], k_shape[2]
     rows_q = _item_rows(config.block_m, d, tiles.num_warps)
     rows_k = _item_rows(config.block_n, d, tiles.num_warps)
     if min(rows_q, rows_k) % V_SEQ_ALIGN or rows_k % WGMMA_KEY_GROUP:
@@ -321,20 +326,22 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
     cpb_q, cpb_k = config.block_m // rows_q, config.block_n // rows_k
     nchunks_q, nchunks_k = nblocks_q * cpb_q, nblocks_k * cpb_k
     items_q, items_k = b * h * nchunks_q, b * hk * nchunks_k
-
     cols = min(d, HALF_WIDTH)
-    q, k, v = (tma_ready(t) for t in (q, k, v))
-    descs = [TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, cols])
-             for t, rows in ((q, rows_q), (k, rows_k), (v, rows_k))]
-    descs += [TensorDescriptor(t, list(t.shape), list(t.stride()), block)
-              for t, block in ((q8, [1, rows_q, 1, cols]), (k8, [1, rows_k, 1, cols]), (v_t, [1, 1, cols, rows_k]))]
-    dh = signed_hadamard(d, config.seed, q.dtype, dev)
-    descs.append(TensorDescriptor(dh, list(dh.shape), list(dh.stride()), [cols, cols]))
+    # The kernel also writes the zero padding (MMAs read it: garbage could be NaN, and 0 * NaN = NaN).
+    v_t_shape = (b, hk, d, triton.cdiv(sk, V_SEQ_ALIGN) * V_SEQ_ALIGN)
+    inputs = (torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+              for shape, stride in zip((q_shape, k_shape, k_shape), strides))
+    outputs = (torch.empty(shape, dtype=config.dtype, device="meta") for shape in (q_shape, k_shape, v_t_shape))
+    blocks = ([1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, rows_k, 1, cols],
+              [1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, 1, cols, rows_k])
+    dh = signed_hadamard(d, config.seed, dtype, device)
+    descriptors = tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), block)
+                        for t, block in zip((*inputs, *outputs, dh), (*blocks, [cols, cols])))
 
-    if INTERPRET or dev.type != "cuda":
+    if INTERPRET or device.type != "cuda":
         programs = 3 * INTERPRETER_PROGRAMS_PER_TENSOR
     else:
-        programs = tiles.programs_per_sm * sm_count(dev)
+        programs = tiles.programs_per_sm * sm_count(device)
     # Programs in proportion to each tensor's items (V's weighted by v_share), at least one each.
     programs = max(programs, 3)
     weight = items_q + (1 + tiles.v_share) * items_k
@@ -342,35 +349,64 @@ def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None =
     programs_k = max(1, min(items_k, round(programs * items_k / weight)))
     programs_v = max(1, min(items_k, programs - programs_q - programs_k))
 
-    early_dependents = not INTERPRET and takes_pdl(dev)
-
-    def launch(mode, scales):
-        launch_prepass(
-            (programs_q + programs_k + programs_v,),
-            (*descs, *scales, h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
-             1.0 / math.sqrt(d), config.fp8_max),
-            dict(ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
-                 V_WGMMA_KEYS=v_key_order == "wgmma", V_DOT=tiles.v_by_dot, MODE=mode,
-                 FP8_DTYPE=FP8_TL_DTYPES[config.dtype], NUM_STAGES=tiles.num_stages,
-                 HEADS_FASTEST=tiles.heads_fastest, INTERPRET=INTERPRET, EARLY_DEPENDENTS=early_dependents),
-            dict(num_warps=tiles.num_warps),
-        )
+    def launch(mode, tiles):
+        constexprs = dict(ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
+                          V_WGMMA_KEYS=v_key_order == "wgmma", V_DOT=tiles.v_by_dot, MODE=mode,
+                          FP8_DTYPE=FP8_TL_DTYPES[config.dtype], NUM_STAGES=tiles.num_stages,
+                          HEADS_FASTEST=tiles.heads_fastest, INTERPRET=INTERPRET,
+                          EARLY_DEPENDENTS=not INTERPRET and takes_pdl(device))
+        return mode, constexprs, dict(num_warps=tiles.num_warps)
 
     if config.granularity == "block" and cpb_q == cpb_k == 1:
-        scales = tuple(torch.empty(b, heads, n, dtype=torch.float32, device=dev)
-                       for heads, n in ((h, nblocks_q), (hk, nblocks_k), (hk, nblocks_k)))
-        launch("block", scales)
+        launches = (launch("block", tiles),)
+        scale_shapes = ((b, h, nblocks_q), (b, hk, nblocks_k), (b, hk, nblocks_k))
     else:
-        if d == 256:
-            # This path's amax launch needs more shared memory per stage: three stages asked for 262 KB
-            # on the H200 (of 227), so it runs with two, as the one-launch path did before its 2026-11-24 retune.
-            tiles = replace(tiles, num_stages=min(tiles.num_stages, 2))
-        amax = tuple(torch.empty(b, heads, n, dtype=torch.float32, device=dev)
-                     for heads, n in ((h, nchunks_q), (hk, nchunks_k), (hk, nchunks_k)))
-        launch("amax", amax)
-        scales = tuple(scales_from_amax(a.view(b, a.shape[1], -1, cpb).amax(dim=3), config)
-                       for a, cpb in zip(amax, (cpb_q, cpb_k, cpb_k)))
-        launch("given", scales)
+        # This path's amax launch needs more shared memory per stage: at head dim 256 three stages asked for
+        # 262 KB on the H200 (of 227), so it runs with two, as the one-launch path did before its 2026-11-24 retune.
+        two_launch_tiles = replace(tiles, num_stages=min(tiles.num_stages, 2)) if d == 256 else tiles
+        launches = (launch("amax", two_launch_tiles), launch("given", two_launch_tiles))
+        scale_shapes = ((b, h, nchunks_q), (b, hk, nchunks_k), (b, hk, nchunks_k))
+    scalars = (h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
+               1.0 / math.sqrt(d), config.fp8_max)
+    return PrepassPlan((programs_q + programs_k + programs_v,), descriptors, v_t_shape, scale_shapes, scalars,
+                       launches, (cpb_q, cpb_k, cpb_k))
+
+
+def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None = None,
+                        v_key_order: str = "natural") -> FP8QKV:
+    """The pre-pass on the GPU (or the interpreter): one launch for block scales whose blocks fit registers,
+    two otherwise (chunk amax, then quantization with the reduced scales).
+
+    tiles: a PrepassTiles to override the table (tuning). v_key_order: of V^T's keys (kernels.quant.FP8QKV).
+    """
+    check_qkv(q, k, v, config)
+    return quantize_checked(q, k, v, config, tiles, v_key_order)
+
+
+def quantize_checked(q, k, v, config: FP8Config, tiles: PrepassTiles | None = None,
+                     v_key_order: str = "natural") -> FP8QKV:
+    """quantize_qkv_triton on inputs that passed kernels.quant.check_qkv (kernels.fp8's entry points check them
+    before they dispatch)."""
+    q, k, v = (tma_ready(t) for t in (q, k, v))
+    dev = q.device
+    plan = prepass_plan(q.shape, k.shape, (q.stride(), k.stride(), v.stride()), q.dtype, dev, config, v_key_order,
+                        tiles)
+    q8 = torch.empty(q.shape, dtype=config.dtype, device=dev)
+    k8 = torch.empty(k.shape, dtype=config.dtype, device=dev)
+    v_t = torch.empty(plan.v_t_shape, dtype=config.dtype, device=dev)
+    descs = (*(rebased(desc, t) for desc, t in zip(plan.descriptors, (q, k, v, q8, k8, v_t))), plan.descriptors[-1])
+
+    def launch(launch_index, scales):
+        # Every tensor argument is a descriptor or a fresh (aligned) allocation: the plan fixes the specialization.
+        mode, constexprs, options = plan.launches[launch_index]
+        launch_prepass(plan.grid, (*descs, *scales, *plan.scalars), constexprs, options, plan=(plan, mode))
+
+    scales = tuple(torch.empty(shape, dtype=torch.float32, device=dev) for shape in plan.scale_shapes)
+    launch(0, scales)
+    if len(plan.launches) == 2:  # scales holds chunk amaxes: reduce them to the config's scales, then quantize
+        scales = tuple(scales_from_amax(a.view(*a.shape[:2], -1, cpb).amax(dim=3), config)
+                       for a, cpb in zip(scales, plan.chunks_per_block))
+        launch(1, scales)
     q_scale, k_scale, v_scale = scales
     return FP8QKV(q=q8, k=k8, v_t=v_t, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, config=config,
                   v_key_order=v_key_order)

@@ -49,7 +49,7 @@ def _launches():
         o = torch.empty(2, 32, 2, d, dtype=variant.out_dtype or variant.dtype)
         for aligned, ints in itertools.product((True, False), itertools.product(INTS, repeat=2)):
             scales = (f32(aligned), f32(True), f32(not aligned)) if variant.fp8 else (None, None, None)
-            args = fwd_args(variant, t, t, v, o, f32(aligned), scales, 0.5, *ints)
+            args = fwd_args(variant.descriptors(t, t, v, o), f32(aligned), scales, 0.5, (2, 2, *ints, 32, 32))
             launches.append((attention_fwd_kernel, args, variant.constexprs, variant.options))
     # hd128 adds dQ by TMA (its accumulator also goes in as a descriptor, which must be aligned), hd64 by atomics.
     for variant in (BwdVariant(torch.bfloat16, 128, True), BwdVariant(torch.bfloat16, 64, True)):
@@ -64,7 +64,8 @@ def _launches():
 
     # The Triton kernels' hosts build their arguments inline: record them instead of launching (no GPU here).
     def recorder(launcher):
-        return lambda grid, args, constexprs, options: launches.append((launcher.fn, args, constexprs, options))
+        return lambda grid, args, constexprs, options, plan=None: launches.append((launcher.fn, args, constexprs,
+                                                                                   options))
 
     for module, name in ((fp8_quant, "launch_prepass"), (triton_fwd, "launch_forward"),
                          (triton_bwd, "launch_preprocess"), (triton_bwd, "launch_dkdv"), (triton_bwd, "launch_dq")):
@@ -91,6 +92,49 @@ def _rows():
     return rows
 
 
+def _plan_rows():
+    """[(kernel, plan key, Launcher.key)] of the pre-pass and Gluon forward launches that pass a plan, over fresh
+    and offset (aligned) tensors of a few shapes, strides and scale alignments (recorded, not launched)."""
+    import torch
+
+    import kernels.gluon.forward as gluon_fwd
+    import kernels.triton.fp8_quant as fp8_quant
+    from kernels.launch import Launcher
+    from kernels.quant import FP8Config
+
+    rows = []
+
+    def recorder(launcher):
+        def record(grid, args, constexprs, options, plan=None):
+            key = (id(plan[0]), *plan[1:]) if isinstance(plan, tuple) else id(plan)  # plans are cached objects
+            rows.append((launcher.fn.__name__, repr(key), repr(Launcher.key(0, args, constexprs, options))))
+        return record
+
+    fp8_quant.launch_prepass = recorder(fp8_quant.launch_prepass)
+    gluon_fwd.launch_forward = recorder(gluon_fwd.launch_forward)
+    gluon_fwd.sm_count = lambda device: 132  # no GPU in this process
+    for shape, config in itertools.product(((1, 128, 2, 128), (2, 300, 16, 128), (1, 64, 1, 64)),
+                                           (FP8Config(), FP8Config(block_n=64, granularity="head"))):
+        for trial in range(3):
+            # fresh tensors; then views 16 bytes into a larger buffer (same strides); then q out of a packed qkv
+            n = torch.Size(shape).numel()
+            if trial == 0:
+                q, k, v = (torch.randn(shape, dtype=torch.bfloat16) for _ in range(3))
+            elif trial == 1:
+                q, k, v = (torch.randn(n + 8, dtype=torch.bfloat16)[8:].view(shape) for _ in range(3))
+            else:
+                q, k, v = torch.randn(*shape[:2], 3, *shape[2:], dtype=torch.bfloat16).unbind(2)
+            x = fp8_quant.quantize_qkv_triton(q, k, v, config, v_key_order="wgmma")
+            variant = gluon_fwd.cached_variant(torch.float8_e4m3fn, shape[-1], trial == 1, out_dtype=torch.bfloat16,
+                                               q_scale_block=config.block_m, kv_scale_block=config.block_n,
+                                               v_wgmma_keys=True)
+            offset = torch.empty(x.q_scale.numel() + 1)[trial % 2:][:x.q_scale.numel()].view(x.q_scale.shape)
+            gluon_fwd._launch(variant, x.q, x.k, x.v_t, (offset, x.k_scale, x.v_scale), 0.1, torch.bfloat16)
+            gluon_fwd._launch(gluon_fwd.cached_variant(torch.bfloat16, shape[-1], False), q, k, v, (None,) * 3, 0.1,
+                              torch.bfloat16)
+    return rows
+
+
 def test_launcher_key_determines_triton_specialization():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
@@ -105,6 +149,26 @@ def test_launcher_key_determines_triton_specialization():
     # The launches did reach what Triton looks at: every kernel got more than one specialization.
     for kernel in {kernel for kernel, _, _ in rows}:
         assert len({spec for name, _, spec in rows if name == kernel}) >= 2, kernel
+
+
+def test_launch_plan_determines_launcher_key():
+    """A launch plan passed as the Launcher key (pre-pass, Gluon forward) stands for exactly one per-argument key:
+    launches that share a plan would have shared a compiled kernel without it."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, __file__, "plans"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(proc.stdout.splitlines()[-1])
+    keys_by_plan = {}
+    for kernel, plan, key in rows:
+        keys_by_plan.setdefault((kernel, plan), set()).add(key)
+    for (kernel, plan), keys in keys_by_plan.items():
+        assert len(keys) == 1, f"{kernel} plan {plan} stands for several keys: {keys}"
+    # Plans were reused (fresh and offset tensors), and told apart (shapes, strides, configs, scale alignment).
+    for kernel in ("_prepass_kernel", "attention_fwd_kernel"):
+        plans = [plan for name, plan, _ in rows if name == kernel]
+        assert len(set(plans)) >= 6 and len(plans) > len(set(plans)), kernel
 
 
 def _jit_dispatch_counter(monkeypatch, launcher):
@@ -156,4 +220,4 @@ def test_launcher_reuses_compiled_kernel(monkeypatch, path):
 
 
 if __name__ == "__main__":
-    print(json.dumps(_rows()))
+    print(json.dumps(_plan_rows() if sys.argv[1:] == ["plans"] else _rows()))

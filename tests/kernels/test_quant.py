@@ -219,3 +219,21 @@ def test_v_transposed_on_the_tensor_cores_is_the_same_v_t(shape, cfg, v_key_orde
             for on in (False, True))
     assert torch.equal(a.v_scale, b.v_scale)
     assert torch.equal(a.v_t.float(), b.v_t.float())
+
+
+def test_prepass_plans_follow_strides_and_tensors():
+    """The pre-pass's cached launch plan (kernels.triton.fp8_quant.prepass_plan) is per shape and strides: q, k, v
+    sliced out of a packed (b, s, 3, h, d) tensor and their contiguous copies, called in turn with fresh values,
+    quantize alike (bitwise) and as the reference does."""
+    cfg = FP8Config(block_m=32, block_n=32)
+    gen = torch.Generator().manual_seed(9)
+    for _ in range(2):
+        qkv = torch.randn(1, 64, 3, 2, 64, generator=gen).to(torch.bfloat16).to(DEVICE)
+        packed = qkv.unbind(2)
+        got = [quantize_qkv_triton(*inputs, cfg) for inputs in (packed, [t.contiguous() for t in packed], packed)]
+        want = quantize_qkv_ref(*packed, cfg)
+        for name in ("q", "k", "v_t", "q_scale", "k_scale", "v_scale"):
+            a, b, c = (getattr(x, name).view(torch.uint8) for x in got)
+            assert torch.equal(a, b) and torch.equal(a, c), name
+        dist = fp8_ulp_distance(got[0].q, want.q)
+        assert dist.max().item() <= 1 and (dist > 0).float().mean().item() < 1e-3
