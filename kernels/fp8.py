@@ -40,7 +40,7 @@ from kernels.ops import (GLUON_AUTO_MIN_SEQLEN_K, attention_backward, eager_auto
                          select_impl)
 from kernels.quant import FP8QKV, FP8Config, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref, rotate
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
-from kernels.triton.fp8_quant import quantize_checked
+from kernels.triton.fp8_quant import prepare_quantize, quantize_checked
 
 BACKWARDS = ("fp8_operands", "bf16_inputs")
 # Where auto runs the Gluon FP8 forward on sm_90: it beat the Triton FP8 forward 1.15-2.0x at head dims 128
@@ -125,6 +125,15 @@ def _fp8_fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
     # One backend choice for both halves: the pre-pass lays V^T out for the forward that will read it.
     impl = fp8_backend(q.device, q.shape[-1], k.shape[1])
+    if impl == "gluon":
+        # Both launches prepared first, then made back to back: the forward's programmatic dependent launch is
+        # queued while the pre-pass runs, so its programs start as the pre-pass's end (its host work, 30-100 µs on
+        # the H200's hosts, had come after the pre-pass's launch and was not always hidden by its ~80 µs of GPU time).
+        x, launch_prepass = prepare_quantize(q, k, v, config, v_key_order=_fast_v_key_order(impl))
+        out, lse, launch_forward = gluon_kernels().prepare_fp8_attention_forward(x, softmax_scale, causal, q.dtype)
+        launch_prepass()
+        launch_forward()
+        return out, lse
     return _forward_on(impl, _quantize_on(impl, q, k, v, config, _fast_v_key_order(impl)), softmax_scale, causal,
                        q.dtype)
 

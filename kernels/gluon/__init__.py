@@ -6,7 +6,8 @@ Split as FA3 splits them: `pipeline` (buffers, mbarriers, producer), `scheduler`
 in `bwd_kernel` (the kernel) and `bwd` (host side).
 """
 from .bwd import BWD_TILES, BwdTile, BwdVariant, attention_backward, compile_backward
-from .forward import TileConfig, Variant, attention_forward, compile_forward, fp8_attention_forward
+from .forward import (TileConfig, Variant, attention_forward, compile_forward, fp8_attention_forward,
+                      prepare_fp8_attention_forward)
 
 __all__ = ["BWD_TILES", "BwdTile", "BwdVariant", "TileConfig", "Variant", "attention_backward", "compile_backward",
-           "attention_forward", "compile_forward", "fp8_attention_forward"]
+           "attention_forward", "compile_forward", "fp8_attention_forward", "prepare_fp8_attention_forward"]

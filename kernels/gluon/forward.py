@@ -351,21 +351,28 @@ def launch_plan(variant: Variant, q_shape, k_shape, v_shape, strides, device) ->
 def _launch(variant, q, k, v, scales, softmax_scale, out_dtype, trace=None):
     """Allocate out and lse, launch the persistent grid; q/k/v as the descriptors expect them. trace: an int64
     buffer for the consumers' cycle stamps (kernels.gluon.trace), None normally."""
+    out, lse, launch = _prepare(variant, q, k, v, scales, softmax_scale, out_dtype, trace)
+    launch()
+    return out, lse
+
+
+def _prepare(variant, q, k, v, scales, softmax_scale, out_dtype, trace=None):
+    """_launch's out and lse, allocated, and the call that launches the kernel to fill them."""
     b, seqlen_q, h, d = q.shape
     out = torch.empty(b, seqlen_q, h, d, device=q.device, dtype=out_dtype)
     lse = torch.empty(b, h, seqlen_q, device=q.device, dtype=torch.float32)
     if seqlen_q == 0 or b == 0:
-        return out, lse
+        return out, lse, lambda: None
     if k.shape[1] == 0:
-        return out.zero_(), lse.fill_(float("inf"))
+        return out, lse, lambda: (out.zero_(), lse.fill_(float("inf")))
     plan = launch_plan(variant, q.shape, k.shape, v.shape, (q.stride(), k.stride(), v.stride()), q.device)
     descriptors = tuple(rebased(desc, t) for desc, t in zip(plan.descriptors, (q, k, v, out)))
     # The plan fixes the specialization but for the alignment of the tensors passed as pointers that a caller
     # made (lse is a fresh allocation).
     aligned = tuple(t.data_ptr() % 16 == 0 for t in (*scales, trace) if t is not None)
-    launch_forward(plan.grid, _kernel_args(descriptors, lse, scales, softmax_scale, plan.scalars, trace),
-                   variant.constexprs, variant.options, plan=(plan, aligned))
-    return out, lse
+    args = _kernel_args(descriptors, lse, scales, softmax_scale, plan.scalars, trace)
+    return out, lse, functools.partial(launch_forward, plan.grid, args, variant.constexprs, variant.options,
+                                       plan=(plan, aligned))
 
 
 def _kernel_args(descriptors, lse, scales, softmax_scale, scalars, trace=None):
@@ -407,6 +414,18 @@ def fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torc
     are the PV A operand as they are; in natural order they are shuffled.
     trace: as in attention_forward.
     """
+    out, lse, launch = prepare_fp8_attention_forward(x, softmax_scale, causal, out_dtype,
+                                                     warp_specialize=warp_specialize, pipeline=pipeline,
+                                                     pingpong=pingpong, tile=tile, trace=trace)
+    launch()
+    return out, lse
+
+
+def prepare_fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torch.bfloat16, *,
+                                  warp_specialize=True, pipeline=True, pingpong=True, tile: TileConfig | None = None,
+                                  trace: torch.Tensor | None = None):
+    """fp8_attention_forward's (out, lse), allocated, and the call that launches the kernel to fill them: x may
+    be the outputs of a pre-pass not launched yet (kernels.triton.fp8_quant.prepare_quantize)."""
     cfg = x.config
     if not x.q.is_cuda:
         raise ValueError("the Gluon kernels need CUDA tensors")
@@ -420,7 +439,7 @@ def fp8_attention_forward(x: FP8QKV, softmax_scale, causal=False, out_dtype=torc
     variant = cached_variant(x.q.dtype, d, bool(causal), warp_specialize, pipeline, pingpong, tile, out_dtype,
                              cfg.block_m, cfg.block_n, x.v_key_order == "wgmma")
     scales = tuple(s.contiguous() for s in (x.q_scale, x.k_scale, x.v_scale))
-    return _launch(variant, x.q, x.k, x.v_t, scales, softmax_scale, out_dtype, trace)
+    return _prepare(variant, x.q, x.k, x.v_t, scales, softmax_scale, out_dtype, trace)
 
 
 def compile_forward(variant: Variant, target: GPUTarget = HOPPER, traced: bool = False):

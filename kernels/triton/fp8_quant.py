@@ -33,6 +33,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import triton
@@ -303,10 +304,10 @@ class PrepassPlan:
     grid: tuple
     descriptors: tuple  # of q, k, v, q8, k8, v_t over meta tensors (kernels.launch.rebased), then D·H's (cached)
     v_t_shape: tuple
-    scale_shapes: tuple  # per (batch, head) block scales of q, k, v; chunk amaxes on the two-launch path
+    scale_shapes: tuple  # of q's, k's and v's scales: per (batch, head), one per scale block
     scalars: tuple  # the kernel's integer and float arguments after the scale pointers
     launches: tuple  # (MODE, constexprs, options) per launch: ("block", ...), or ("amax", ...), ("given", ...)
-    chunks_per_block: tuple  # of q, k, v: amax chunks reduced into one scale (two-launch path)
+    chunks_per_block: tuple  # of q, k, v: chunk amaxes reduced into one scale (> 1 only on the two-launch path)
 
 
 @functools.lru_cache(maxsize=256)
@@ -349,7 +350,7 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
     programs_k = max(1, min(items_k, round(programs * items_k / weight)))
     programs_v = max(1, min(items_k, programs - programs_q - programs_k))
 
-    def launch(mode, tiles):
+    def launch_config(mode, tiles):
         constexprs = dict(ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
                           V_WGMMA_KEYS=v_key_order == "wgmma", V_DOT=tiles.v_by_dot, MODE=mode,
                           FP8_DTYPE=FP8_TL_DTYPES[config.dtype], NUM_STAGES=tiles.num_stages,
@@ -358,14 +359,13 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
         return mode, constexprs, dict(num_warps=tiles.num_warps)
 
     if config.granularity == "block" and cpb_q == cpb_k == 1:
-        launches = (launch("block", tiles),)
-        scale_shapes = ((b, h, nblocks_q), (b, hk, nblocks_k), (b, hk, nblocks_k))
+        launches = (launch_config("block", tiles),)
     else:
         # This path's amax launch needs more shared memory per stage: at head dim 256 three stages asked for
         # 262 KB on the H200 (of 227), so it runs with two, as the one-launch path did before its 2026-11-24 retune.
         two_launch_tiles = replace(tiles, num_stages=min(tiles.num_stages, 2)) if d == 256 else tiles
-        launches = (launch("amax", two_launch_tiles), launch("given", two_launch_tiles))
-        scale_shapes = ((b, h, nchunks_q), (b, hk, nchunks_k), (b, hk, nchunks_k))
+        launches = (launch_config("amax", two_launch_tiles), launch_config("given", two_launch_tiles))
+    scale_shapes = ((b, h, nblocks_q), (b, hk, nblocks_k), (b, hk, nblocks_k))
     scalars = (h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
                1.0 / math.sqrt(d), config.fp8_max)
     return PrepassPlan((programs_q + programs_k + programs_v,), descriptors, v_t_shape, scale_shapes, scalars,
@@ -387,6 +387,16 @@ def quantize_checked(q, k, v, config: FP8Config, tiles: PrepassTiles | None = No
                      v_key_order: str = "natural") -> FP8QKV:
     """quantize_qkv_triton on inputs that passed kernels.quant.check_qkv (kernels.fp8's entry points check them
     before they dispatch)."""
+    x, launch = prepare_quantize(q, k, v, config, tiles, v_key_order)
+    launch()
+    return x
+
+
+def prepare_quantize(q, k, v, config: FP8Config, tiles: PrepassTiles | None = None,
+                     v_key_order: str = "natural") -> tuple[FP8QKV, Callable[[], None]]:
+    """The pre-pass's outputs, allocated, and the call that launches it to fill them (inputs checked as for
+    quantize_checked). A caller can prepare the launch of a kernel that reads them before making that call: the
+    FP8 op (kernels.fp8) launches the Gluon forward right behind the pre-pass that way."""
     q, k, v = (tma_ready(t) for t in (q, k, v))
     dev = q.device
     plan = prepass_plan(q.shape, k.shape, (q.stride(), k.stride(), v.stride()), q.dtype, dev, config, v_key_order,
@@ -395,18 +405,24 @@ def quantize_checked(q, k, v, config: FP8Config, tiles: PrepassTiles | None = No
     k8 = torch.empty(k.shape, dtype=config.dtype, device=dev)
     v_t = torch.empty(plan.v_t_shape, dtype=config.dtype, device=dev)
     descs = (*(rebased(desc, t) for desc, t in zip(plan.descriptors, (q, k, v, q8, k8, v_t))), plan.descriptors[-1])
+    scales = tuple(torch.empty(shape, dtype=torch.float32, device=dev) for shape in plan.scale_shapes)
 
-    def launch(launch_index, scales):
+    def launch_one(launch_index, scale_args):
         # Every tensor argument is a descriptor or a fresh (aligned) allocation: the plan fixes the specialization.
         mode, constexprs, options = plan.launches[launch_index]
-        launch_prepass(plan.grid, (*descs, *scales, *plan.scalars), constexprs, options, plan=(plan, mode))
+        launch_prepass(plan.grid, (*descs, *scale_args, *plan.scalars), constexprs, options, plan=(plan, mode))
 
-    scales = tuple(torch.empty(shape, dtype=torch.float32, device=dev) for shape in plan.scale_shapes)
-    launch(0, scales)
-    if len(plan.launches) == 2:  # scales holds chunk amaxes: reduce them to the config's scales, then quantize
-        scales = tuple(scales_from_amax(a.view(*a.shape[:2], -1, cpb).amax(dim=3), config)
-                       for a, cpb in zip(scales, plan.chunks_per_block))
-        launch(1, scales)
+    def launch():
+        if len(plan.launches) == 1:
+            launch_one(0, scales)
+            return
+        amax = tuple(torch.empty(*s.shape[:2], s.shape[2] * cpb, dtype=torch.float32, device=dev)
+                     for s, cpb in zip(scales, plan.chunks_per_block))
+        launch_one(0, amax)
+        for s, a, cpb in zip(scales, amax, plan.chunks_per_block):  # chunk amaxes -> the config's scales
+            s.copy_(scales_from_amax(a.view(*s.shape, cpb).amax(dim=3), config))
+        launch_one(1, scales)
+
     q_scale, k_scale, v_scale = scales
     return FP8QKV(q=q8, k=k8, v_t=v_t, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, config=config,
-                  v_key_order=v_key_order)
+                  v_key_order=v_key_order), launch

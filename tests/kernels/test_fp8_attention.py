@@ -87,16 +87,25 @@ def test_reference_and_triton_forward_read_v_in_wgmma_order(shape, cfg, causal):
 @pytest.mark.parametrize("switch", [False, True])
 def test_dispatcher_asks_for_wgmma_order_only_for_gluon_with_the_switch(switch, monkeypatch):
     """The op (and quantize_qkv by default) quantizes V^T in wgmma order exactly when the Gluon forward runs and
-    GLUON_FP8_WGMMA_V_ORDER is on; a stand-in for the Gluon forward (the reference scheme) records the order it got."""
+    GLUON_FP8_WGMMA_V_ORDER is on; a stand-in for the Gluon forward (the reference scheme) records the order it got.
+    The op prepares the forward on the pre-pass's outputs before either launches, so the stand-in reads them only
+    when launched, as the kernel does: launched first, it would read unfilled tensors."""
     import kernels.fp8 as fp8
     seen = []
 
     class FakeGluon:
         @staticmethod
-        def fp8_attention_forward(x, scale, causal, out_dtype):
+        def prepare_fp8_attention_forward(x, scale, causal, out_dtype):
             seen.append(x.v_key_order)
-            out, lse = fp8_forward_ref(x, scale, causal)
-            return out.to(out_dtype), lse
+            b, sq, h, _ = x.q.shape
+            out = torch.empty(x.q.shape, dtype=out_dtype, device=x.q.device)
+            lse = torch.empty(b, h, sq, device=x.q.device)
+
+            def launch():
+                ref_out, ref_lse = fp8_forward_ref(x, scale, causal)
+                out.copy_(ref_out)
+                lse.copy_(ref_lse)
+            return out, lse, launch
 
     q, k, v = make_qkv(1, 40, 72, 2, 1, 64, seed=13)
     cfg = FP8Config(block_m=32, block_n=32)

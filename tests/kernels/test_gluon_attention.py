@@ -260,6 +260,24 @@ def test_fp8_consumer_trims_stay_correct(d, causal, changes, pipeline):
         _assert_like_fp8_scheme(out, lse, q, k, v, x, scale, causal, f"seed {seed} {shape}")
 
 
+def _under_tiles(tiles, shape, d, dtype, causal):
+    """(seed, [(out, lse) per tile]): the Gluon forward under each tile on one fresh draw of `shape`'s inputs; for
+    an FP8 dtype, on the reference pre-pass's output (bf16 inputs, V^T in wgmma key order)."""
+    from kernels.gluon import attention_forward, fp8_attention_forward
+    from kernels.quant import FP8Config, quantize_qkv_ref
+    fp8 = dtype.itemsize == 1
+    seed, q, k, v = _inputs(*shape, d, torch.bfloat16 if fp8 else dtype)
+    if fp8:
+        x = quantize_qkv_ref(q, k, v, FP8Config(), v_key_order="wgmma")
+        return seed, [fp8_attention_forward(x, d ** -0.5, causal, torch.bfloat16, tile=t) for t in tiles]
+    return seed, [attention_forward(q, k, v, None, causal, tile=t) for t in tiles]
+
+
+def _assert_bitwise(outs, message):
+    (out_a, lse_a), (out_b, lse_b) = outs
+    assert torch.equal(out_a, out_b) and torch.equal(lse_a, lse_b), message
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("d, dtype", [(128, torch.float8_e4m3fn), (128, torch.bfloat16), (256, torch.bfloat16)],
                          ids=["fp8_d128", "d128", "d256"])
@@ -267,19 +285,11 @@ def test_rescale_under_s_is_bitwise_the_other_order(d, dtype, causal):
     """TileConfig.rescale_under_s moves O's rescale from after the PV wait to after the next QK^T issue: the same
     multiplies before the same PV, so the same bits, on a ragged shape and where programs run several tiles."""
     from dataclasses import replace
-    from kernels.gluon import attention_forward, fp8_attention_forward
     from kernels.gluon.forward import default_tile
-    from kernels.quant import FP8Config, quantize_qkv_ref
-    fp8 = dtype.itemsize == 1
     tiles = [replace(default_tile(dtype.itemsize, d, causal), rescale_under_s=on) for on in (False, True)]
     for shape in [(2, 333, 1517, 4, 2), MANY_TILES]:
-        seed, q, k, v = _inputs(*shape, d, torch.bfloat16)
-        if fp8:
-            x = quantize_qkv_ref(q, k, v, FP8Config(), v_key_order="wgmma")
-            outs = [fp8_attention_forward(x, d ** -0.5, causal, torch.bfloat16, tile=t) for t in tiles]
-        else:
-            outs = [attention_forward(q, k, v, None, causal, tile=t) for t in tiles]
-        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), f"seed {seed} {shape}"
+        seed, outs = _under_tiles(tiles, shape, d, dtype, causal)
+        _assert_bitwise(outs, f"seed {seed} {shape}")
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -292,20 +302,13 @@ def test_thread_arrive_is_bitwise_the_single_thread_arrive(d, dtype, causal):
     programs run several tiles, and with the ping-pong turns on named barriers; a premature release would let a
     load overwrite a slot still being read and show here."""
     from dataclasses import replace
-    from kernels.gluon import attention_forward, fp8_attention_forward
     from kernels.gluon.forward import default_tile
-    from kernels.quant import FP8Config, quantize_qkv_ref
     base = default_tile(dtype.itemsize, d, causal)
     for shape, named_turn in [((2, 333, 1517, 4, 2), False), (MANY_TILES, False), (MANY_TILES, True)]:
         tiles = [replace(base, thread_arrive=on, named_turn=named_turn) for on in (False, True)]
-        seed, q, k, v = _inputs(*shape, d, torch.bfloat16)
-        if dtype.itemsize == 1:
-            x = quantize_qkv_ref(q, k, v, FP8Config(), v_key_order="wgmma")
-            outs = [fp8_attention_forward(x, d ** -0.5, causal, torch.bfloat16, tile=t) for t in tiles]
-        else:
-            outs = [attention_forward(q, k, v, None, causal, tile=t) for t in tiles]
+        seed, outs = _under_tiles(tiles, shape, d, dtype, causal)
         assert torch.isfinite(outs[1][0]).all(), f"seed {seed} {shape}"
-        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), f"seed {seed} {shape}"
+        _assert_bitwise(outs, f"seed {seed} {shape}")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -314,15 +317,13 @@ def test_o_in_k_is_bitwise_o_in_q(dtype):
     same arithmetic, so the same bits, on ragged shapes, where programs run several tiles, and causal with more
     queries than keys (the top tiles have no key block and stage O in Q's buffer)."""
     from dataclasses import replace
-    from kernels.gluon import attention_forward
     from kernels.gluon.forward import default_tile
     for shape, causal in [((2, 333, 1517, 4, 2), False), (MANY_TILES, False), ((1, 2049, 2049, 2, 1), False),
                           ((2, 333, 1517, 4, 2), True), (MANY_TILES, True), ((2, 1517, 333, 4, 2), True)]:
         base = default_tile(2, 128, causal)
         assert base.o_buffer == "k"
-        seed, q, k, v = _inputs(*shape, 128, dtype)
-        outs = [attention_forward(q, k, v, None, causal, tile=t) for t in (base, replace(base, o_buffer="q"))]
-        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), f"seed {seed} {shape}"
+        seed, outs = _under_tiles((base, replace(base, o_buffer="q")), shape, 128, dtype, causal)
+        _assert_bitwise(outs, f"seed {seed} {shape}")
 
 
 def _moving_max_keys(k, kind):
