@@ -126,9 +126,10 @@ def _fp8_fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
     # One backend choice for both halves: the pre-pass lays V^T out for the forward that will read it.
     impl = fp8_backend(q.device, q.shape[-1], k.shape[1])
     if impl == "gluon":
-        # Both launches prepared first, then made back to back: the forward's programmatic dependent launch is
-        # queued while the pre-pass runs, so its programs start as the pre-pass's end (its host work, 30-100 µs on
-        # the H200's hosts, had come after the pre-pass's launch and was not always hidden by its ~80 µs of GPU time).
+        # Both launches prepared first (every check passed before either), then made back to back: the forward's
+        # programmatic dependent launch is queued while the pre-pass runs whatever the host's speed. Its host work
+        # (30-100 µs on the H200's hosts) used to fall between them, under the pre-pass's ~80 µs of GPU time; the
+        # hosts measured hid it either way (docs/tuning-gluon.md, entry 45).
         x, launch_prepass = prepare_quantize(q, k, v, config, v_key_order=_fast_v_key_order(impl))
         out, lse, launch_forward = gluon_kernels().prepare_fp8_attention_forward(x, softmax_scale, causal, q.dtype)
         launch_prepass()

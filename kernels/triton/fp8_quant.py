@@ -300,7 +300,7 @@ launch_prepass = Launcher(_prepass_kernel)
 @dataclass(frozen=True, eq=False)  # compared by identity: a Launcher key
 class PrepassPlan:
     """What a pre-pass launch needs but the tensors' addresses, worked out once per configuration (`prepass_plan`);
-    a call then allocates, rebases the descriptors and launches (host time per call: docs/fp8.md, session 22)."""
+    a call then allocates, rebases the descriptors and launches (host time per call: docs/tuning-gluon.md entry 45)."""
     grid: tuple
     descriptors: tuple  # of q, k, v, q8, k8, v_t over meta tensors (kernels.launch.rebased), then D·H's (cached)
     v_t_shape: tuple
