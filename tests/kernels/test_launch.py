@@ -135,16 +135,28 @@ def _plan_rows():
     return rows
 
 
-def test_launcher_key_determines_triton_specialization():
+def _child_rows(*argv):
+    """The (kernel, key, value) rows this file prints when run as a script with argv, in a child process without
+    TRITON_INTERPRET (Gluon cannot compile under it)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, __file__, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = json.loads(proc.stdout.splitlines()[-1])
-    specs_by_key = {}
-    for kernel, key, spec in rows:
-        specs_by_key.setdefault((kernel, key), set()).add(spec)
-    for (kernel, key), specs in specs_by_key.items():
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def _values_by_key(rows):
+    """{(kernel, key): set of values} of (kernel, key, value) rows."""
+    grouped = {}
+    for kernel, key, value in rows:
+        grouped.setdefault((kernel, key), set()).add(value)
+    return grouped
+
+
+def test_launcher_key_determines_triton_specialization():
+    rows = _child_rows()
+    for (kernel, key), specs in _values_by_key(rows).items():
         assert len(specs) == 1, f"{kernel} key {key}: Triton specializes differently: {specs}"
     # The launches did reach what Triton looks at: every kernel got more than one specialization.
     for kernel in {kernel for kernel, _, _ in rows}:
@@ -154,16 +166,8 @@ def test_launcher_key_determines_triton_specialization():
 def test_launch_plan_determines_launcher_key():
     """A launch plan passed as the Launcher key (pre-pass, Gluon forward) stands for exactly one per-argument key:
     launches that share a plan would have shared a compiled kernel without it."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, __file__, "plans"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = json.loads(proc.stdout.splitlines()[-1])
-    keys_by_plan = {}
-    for kernel, plan, key in rows:
-        keys_by_plan.setdefault((kernel, plan), set()).add(key)
-    for (kernel, plan), keys in keys_by_plan.items():
+    rows = _child_rows("plans")
+    for (kernel, plan), keys in _values_by_key(rows).items():
         assert len(keys) == 1, f"{kernel} plan {plan} stands for several keys: {keys}"
     # Plans were reused (fresh and offset tensors), and told apart (shapes, strides, configs, scale alignment).
     for kernel in ("_prepass_kernel", "attention_fwd_kernel"):
