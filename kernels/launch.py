@@ -40,34 +40,45 @@ def spec_class(arg):
     return arg.base.dtype, tuple(arg.block_shape), getattr(arg, "layout", None), arg.padding
 
 
+# Plans a Launcher remembers: a caller's plan caches evict (lru), so this table is cleared when full rather than
+# keeping an entry per plan ever seen; an evicted plan costs one per-argument key again.
+PLANNED_LIMIT = 1024
+
+
 class Launcher:
     """Launches one kernel: Triton's JIT on the first call of a key (compile or disk cache), the compiled kernel
     directly after. Runtime arguments positionally, constexprs by name (declared after them), launch options.
-    Under TRITON_INTERPRET=1 every call goes to the interpreter."""
+    Under TRITON_INTERPRET=1, and while a launch hook is installed, every call goes through Triton's own path."""
 
     def __init__(self, fn):
         self.fn = fn
-        self.compiled = {}  # key -> (CompiledKernel, constexpr values in signature order)
+        self.compiled = {}  # per-argument key -> (CompiledKernel, constexpr values in signature order)
+        self.planned = {}  # (device, plan) -> the same entry, at most PLANNED_LIMIT
 
     def __call__(self, grid, args, constexprs, options, plan=None):
         """plan: a hashable that fixes every argument's `spec_class`, the constexprs and the options (a caller's
-        cached launch plan, with whatever of its tensors' alignment varies), looked up instead of the key built
-        from every argument."""
-        if isinstance(self.fn, InterpretedFunction):
+        cached launch plan, with whatever of its tensors' alignment varies), looked up before the key built from
+        every argument."""
+        if isinstance(self.fn, InterpretedFunction) or launch_hooked():
             self.fn[grid](*args, **constexprs, **options)
             return
         device = driver.active.get_current_device()
-        key = (device, plan) if plan is not None else self.key(device, args, constexprs, options)
-        hit = self.compiled.get(key)
-        if hit is None or launch_hooked():
-            kernel = self.fn[grid](*args, **constexprs, **options)
-            self.compiled[key] = (kernel, constexpr_tail(self.fn, args, constexprs))
-            return
+        hit = None if plan is None else self.planned.get((device, plan))
+        if hit is None:
+            key = self.key(device, args, constexprs, options)
+            hit = self.compiled.get(key)
+            if hit is None:
+                kernel = self.fn[grid](*args, **constexprs, **options)
+                self.compiled[key] = (kernel, constexpr_tail(self.fn, args, constexprs))
+                return
+            if plan is not None:
+                if len(self.planned) >= PLANNED_LIMIT:
+                    self.planned.clear()
+                self.planned[device, plan] = hit
         kernel, tail = hit
         # What CompiledKernel's own runner passes, without launch metadata or hooks (none are installed).
         kernel.run(*(*grid, 1, 1)[:3], driver.active.get_current_stream(device), kernel.function,
                    kernel.packed_metadata, None, None, None, *args, *tail)
-
 
     @staticmethod
     def key(device, args, constexprs, options):

@@ -148,10 +148,31 @@ def _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic):
         raise ValueError("the Gluon backward adds dQ with atomics; use the Triton backward for deterministic=True")
 
 
+# Bytes of L2 that the causal order's sections keep the Q, dO and dQ accumulator of their heads in (FA3's
+# backward budget; the H200 has 50 MB of L2).
+CAUSAL_SECTION_L2_BYTES = 40 * 2**20
+
+
+def causal_section_heads(seqlen_q, head_dim, group, dtype_bytes):
+    """(batch, kv head)s per section of the causal program order (bwd_kernel.causal_program): the largest power
+    of two whose query heads' Q and dO (16-bit) and float32 dQ accumulator fit CAUSAL_SECTION_L2_BYTES, at least 1."""
+    per_kv_head = group * seqlen_q * head_dim * (2 * dtype_bytes + 4)
+    fit = max(CAUSAL_SECTION_L2_BYTES // per_kv_head, 1)
+    return 1 << (fit.bit_length() - 1)
+
+
 def _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad):
-    _, seqlen_q, nheads, _ = q.shape
+    _, seqlen_q, nheads, head_dim = q.shape
+    group = nheads // k.shape[2]
     return (*variant.descriptors(q, k, v, dout, dk, dv, lse2, delta, dq_acc), softmax_scale * LOG2_E, softmax_scale,
-            nheads, nheads // k.shape[2], seqlen_q, k.shape[1], seqlen_q_pad)
+            nheads, group, seqlen_q, k.shape[1], seqlen_q_pad,
+            causal_section_heads(seqlen_q, head_dim, group, q.element_size()))
+
+
+def backward_grid(variant, batch, seqlen_k, nheads_kv):
+    """One program per (key block, batch, kv head); causal as one dimension, ordered by the kernel."""
+    key_blocks = triton.cdiv(seqlen_k, variant.tile.block_n)
+    return (key_blocks * batch * nheads_kv,) if variant.causal else (key_blocks, batch * nheads_kv)
 
 
 def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False, *,
@@ -182,7 +203,7 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     args = _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad)
-    grid = (triton.cdiv(k.shape[1], t.block_n), batch * k.shape[2])
+    grid = backward_grid(variant, batch, k.shape[1], k.shape[2])
     launch_backward(grid, args, variant.constexprs, variant.options)
     return dq_acc.to(q.dtype), dk, dv
 

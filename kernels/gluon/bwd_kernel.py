@@ -87,6 +87,26 @@ def dq_rows_layout(num_warps, head_dim):
                             warps_per_cta=[num_warps, 1], order=[1, 0])
 
 
+@gluon.jit
+def causal_program(n_key_blocks, section_heads):
+    """(key block, batch * nheads_kv + kv head) of this program of a causal launch's 1-D grid, longest first.
+
+    A causal key block's work falls with its index (key block j sees the
+    query blocks from about j on), so programs go key block after key block
+    over a section of section_heads (batch, kv head)s: the heaviest start
+    first and the lightest fill the last wave (FA3's backward LPT order).
+    Sections, one after the other, keep the Q/dO/dQ of the heads in flight
+    within L2 (kernels.gluon.bwd.causal_section_heads)."""
+    pid = gl.program_id(0)
+    num_bh = gl.num_programs(0) // n_key_blocks
+    section_tiles = section_heads * n_key_blocks
+    section = pid // section_tiles
+    first_bh = section * section_heads
+    heads_here = gl.minimum(section_heads, num_bh - first_bh)
+    r = pid - section * section_tiles
+    return r // heads_here, first_bh + r % heads_here
+
+
 @aggregate
 class Work:
     """What one program computes: its key block, (batch, kv head), and the flat loop over query blocks."""
@@ -122,11 +142,15 @@ class Work:
         self.BLOCK_N = gl.constexpr(BLOCK_N)
 
     @gluon.jit
-    def create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-               CAUSAL: gl.constexpr):
-        key0 = gl.program_id(0) * BLOCK_N
-        bh = gl.program_id(1)
+    def create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, section_heads, BLOCK_M: gl.constexpr,
+               BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
         nheads_kv = nheads // group
+        if CAUSAL:
+            key_block, bh = causal_program(gl.cdiv(seqlen_k, BLOCK_N), section_heads)
+        else:
+            key_block = gl.program_id(0)
+            bh = gl.program_id(1)
+        key0 = key_block * BLOCK_N
         first_block = gl.to_tensor(0)
         if CAUSAL:  # bottom-right: row i sees key j iff j <= i + seqlen_k - seqlen_q
             first_block = gl.maximum(key0 - (seqlen_k - seqlen_q), 0) // BLOCK_M
@@ -458,18 +482,19 @@ def add_dq_from_smem(b: Buffers, w: Work, dq_acc_ptr, head, row0):
 
 
 # Shapes stay runtime values: no recompile per seqlen, and no int silently turned into a constant.
-@gluon.jit(do_not_specialize=["nheads", "group", "seqlen_q", "seqlen_k", "seqlen_q_pad"])
+@gluon.jit(do_not_specialize=["nheads", "group", "seqlen_q", "seqlen_k", "seqlen_q_pad", "section_heads"])
 def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2_desc, delta_desc, dq_acc_ptr,
                          dq_desc, qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
-                         CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr,
+                         section_heads, CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr,
                          MMA_PARTITIONS: gl.constexpr, FA3_DK_ORDER: gl.constexpr):
     """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim), K/V/dK/dV boxes of one MMA partition's keys;
     lse2/delta: 1-D descriptors over the flat (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and
     rowsum(dO * O), +inf / 0 past seqlen_q; dq_acc: zeroed float32 like q; dq_desc: a 4-D descriptor of it
-    with Q's box when the worker adds dQ_partial by TMA, else None."""
+    with Q's box when the worker adds dQ_partial by TMA, else None. Grid: (key blocks, batch * kv heads), or
+    causal one dimension of as many programs, in causal_program's order over sections of section_heads."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = MMA_PARTITIONS * k_desc.block_type.shape[1]
-    w = Work.create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, BLOCK_M, BLOCK_N, CAUSAL)
+    w = Work.create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, section_heads, BLOCK_M, BLOCK_N, CAUSAL)
     b = Buffers.create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, dq_desc, STAGES, MMA_PARTITIONS,
                        WARP_SPECIALIZE)
     if WARP_SPECIALIZE:

@@ -9,7 +9,8 @@ GPU (`hopper`): dq/dk/dv against float64 autograd of the reference on fresh
 random inputs (odd seqlens, causal both ways, GQA/MQA, head dims 64/128),
 FA's criterion: error at most 2x PyTorch's own bf16/fp16 error plus the
 reference's rounding to the dtype, on the max and the relative L2 error; each
-case with the head dim's tile and with its other way of adding dQ.
+case with the head dim's tile and with its other way of adding dQ; the causal
+grid's program order over several L2 sections, the last one partial.
 """
 from dataclasses import replace
 
@@ -100,7 +101,7 @@ GPU_CASES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, causal
 @pytest.mark.parametrize("dq_add", ["default", "other"])  # the other of atomics and TMA reduce-adds
 def test_gpu_backward_matches_float64(case, dtype, dq_add):
     from kernels.gluon.bwd import BWD_TILES, attention_backward
-    from kernels.reference import attention_ref, attention_ref_grads
+    from kernels.reference import attention_ref
     b, sq, sk, h, h_kv, d, causal = case
     tile = BWD_TILES[d]
     if dq_add == "other":
@@ -113,6 +114,12 @@ def test_gpu_backward_matches_float64(case, dtype, dq_add):
     poison = [torch.full_like(t, float("nan")) for t in (k, v)]  # freed blocks the allocator hands to dk, dv
     del poison
     grads = attention_backward(dout, q, k, v, out.to(dtype), lse, d ** -0.5, causal, tile=tile)
+    _assert_close_to_float64(grads, q, k, v, dout, causal)
+
+
+def _assert_close_to_float64(grads, q, k, v, dout, causal):
+    from kernels.reference import attention_ref_grads
+    dtype = q.dtype
     ref = attention_ref_grads(q, k, v, dout, causal, torch.float64)[2:]
     low = attention_ref_grads(q, k, v, dout, causal, dtype)[2:]
     for name, g, r, lo, t in zip("qkv", grads, ref, low, (q, k, v)):
@@ -123,6 +130,50 @@ def test_gpu_backward_matches_float64(case, dtype, dq_add):
         rounding = (r.to(dtype).double() - r).abs().max().item()
         assert err <= 2 * err_lo + 2 * rounding, f"d{name}: max error {err} vs PyTorch {err_lo}"
         assert rel <= 2 * rel_lo + 1e-5, f"d{name}: relative error {rel} vs PyTorch {rel_lo}"
+
+
+@pytest.mark.parametrize("seqlen_q,head_dim,group", [(2048, 128, 1), (16384, 128, 1), (4096, 64, 4), (1000, 128, 3),
+                                                     (300000, 256, 8)])
+def test_causal_sections_fill_the_l2_budget(seqlen_q, head_dim, group):
+    """Sections of the causal backward's program order: a power of two of (batch, kv head)s whose Q, dO and dQ
+    accumulator fit the L2 budget, and twice as many would not (one head at least)."""
+    from kernels.gluon.bwd import CAUSAL_SECTION_L2_BYTES, causal_section_heads
+    n = causal_section_heads(seqlen_q, head_dim, group, 2)
+    per_head = group * seqlen_q * head_dim * (2 * 2 + 4)
+    assert n & (n - 1) == 0
+    assert n * per_head <= CAUSAL_SECTION_L2_BYTES or n == 1
+    assert 2 * n * per_head > CAUSAL_SECTION_L2_BYTES
+
+
+@pytest.mark.gpu
+@pytest.mark.hopper
+@pytest.mark.parametrize("section", [1, 4])
+def test_gpu_causal_sections_cover_every_key_block(monkeypatch, section):
+    """The causal grid's program order over sections of `section` (batch, kv head)s, the last one partial (6 in
+    all): every (key block, batch, kv head) runs once, so dq/dk/dv match float64 and dk/dv, which no atomics
+    touch, equal bitwise those of the one-section order small launches get."""
+    import kernels.gluon.bwd as bwd
+    from kernels.reference import attention_ref
+    b, s, h, h_kv, d = 3, 700, 4, 2, 128
+    q = torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, s, h_kv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    dout = torch.randn_like(q)
+    out, lse = attention_ref(q, k, v, True, dtype=torch.float32)
+
+    def grads():
+        poison = [torch.full_like(t, float("nan")) for t in (k, v)]  # freed blocks the allocator hands to dk, dv
+        del poison
+        return bwd.attention_backward(dout, q, k, v, out.to(q.dtype), lse, d ** -0.5, True)
+
+    one_section = grads()
+    assert bwd.causal_section_heads(s, d, h // h_kv, 2) >= b * h_kv
+    monkeypatch.setattr(bwd, "CAUSAL_SECTION_L2_BYTES", section * (h // h_kv) * s * d * (2 * 2 + 4))
+    assert bwd.causal_section_heads(s, d, h // h_kv, 2) == section
+    sectioned = grads()
+    _assert_close_to_float64(sectioned, q, k, v, dout, True)
+    for name, x, y in zip("kv", one_section[1:], sectioned[1:]):
+        assert torch.equal(x, y), f"d{name} differs between section orders"
 
 
 @pytest.mark.gpu

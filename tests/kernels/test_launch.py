@@ -208,6 +208,7 @@ def test_launcher_reuses_compiled_kernel(monkeypatch, path):
         launcher = fp8_quant.launch_prepass
     q, k, v = (torch.randn(2, 1000, 4, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     launcher.compiled.clear()
+    launcher.planned.clear()
     jit_calls = _jit_dispatch_counter(monkeypatch, launcher)
     first = call(q, k, v)
     second = call(q, k, v)
@@ -221,6 +222,36 @@ def test_launcher_reuses_compiled_kernel(monkeypatch, path):
     finally:
         knobs.runtime.launch_enter_hook.remove(hook)
     assert len(jit_calls) == 2
+
+
+@pytest.mark.gpu
+def test_launcher_forgets_plans_beyond_its_limit(monkeypatch):
+    """A full plan table is cleared, not grown with every plan ever launched; a plan no longer in it finds its
+    kernel by the per-argument key, without Triton's dispatch, and launches it as before, bit for bit."""
+    import torch
+
+    import kernels.launch as launch
+    import kernels.triton.fp8_quant as fp8_quant
+    from kernels.quant import FP8Config
+    monkeypatch.setattr(launch, "PLANNED_LIMIT", 2)
+    launcher = fp8_quant.launch_prepass
+    launcher.compiled.clear()
+    launcher.planned.clear()
+    jit_calls = _jit_dispatch_counter(monkeypatch, launcher)
+    inputs = [[torch.randn(1, n, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+              for n in (256, 512, 768, 1024)]  # four plans
+
+    def quantized(q, k, v):
+        x = fp8_quant.quantize_qkv_triton(q, k, v, FP8Config())
+        return [t.view(torch.uint8) for t in (x.q, x.k, x.v_t, x.q_scale, x.k_scale, x.v_scale)]
+
+    first = [quantized(*qkv) for qkv in inputs]
+    dispatched = len(jit_calls)
+    second = [quantized(*qkv) for qkv in inputs]  # the first two plans were cleared out of the table meanwhile
+    assert len(jit_calls) == dispatched
+    assert len(launcher.planned) <= 2
+    for a, b in zip(first, second):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 if __name__ == "__main__":
