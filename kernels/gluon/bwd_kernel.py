@@ -1,6 +1,7 @@
 """The Hopper attention backward kernel (FA3's design).
 
-One program per (key block of BLOCK_N, batch, kv head). K and V stay in shared
+One program per (key block of BLOCK_N, batch, kv head); causal launches run
+the heaviest key blocks first (causal_program). K and V stay in shared
 memory; the program walks the query blocks (BLOCK_M rows) of every query head
 of its GQA group, Q, dO, LSE2 and delta streaming through a TMA ring of
 STAGES slots. Two MMA warpgroups split the BLOCK_N keys, so every product but
