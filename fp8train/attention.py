@@ -50,9 +50,24 @@ def build(name: str, options: Mapping) -> Backend:
         raise ConfigError("attention.options", f"backend {name!r}: {e}") from None
 
 
+def run_once(name: str, backend: Backend, n_head: int, head_dim: int, seq_len: int, device, dtype) -> None:
+    """Run `backend` once, without gradients, on random input of the model's attention shape, so that what it
+    cannot take (a head dim, the device, a forced kernel choice) is a ConfigError before data, model and
+    loggers are built rather than a traceback at the first step."""
+    q = torch.randn(1, seq_len, n_head, head_dim, device=device, dtype=dtype)
+    try:
+        with torch.no_grad():
+            backend(q, q, q, True)
+    except (TypeError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError("attention", f"{name} cannot run this model's attention (batch 1, seq_len {seq_len}, "
+                                       f"{n_head} heads of dim {head_dim}, {dtype} on {device}): "
+                                       f"{type(e).__name__}: {first}") from None
+
+
 @register("reference")
 def _reference() -> Backend:
-    from kernels.reference import attention_ref
+    from kernels import attention_ref
 
     # float32 math whatever the input dtype: the CPU oracle, differentiable through autograd.
     def reference(q, k, v, causal):
@@ -77,7 +92,7 @@ def _sdpa() -> Backend:
 
 def _pin_kernel_impl(impl: str) -> None:
     # kernels reads KERNELS_IMPL on every call; a run has one backend, so the config value pins it process-wide.
-    from kernels.ops import IMPLS
+    from kernels import IMPLS
 
     if impl not in IMPLS:
         raise ConfigError("attention.options.impl", f"must be one of {IMPLS}, got {impl!r}")
@@ -108,10 +123,10 @@ def _fp8(impl: str = "auto", block_m: int = 128, block_n: int = 128, hadamard: b
     except ValueError as e:
         raise ConfigError("attention.options", str(e)) from None
 
-    from kernels.fp8 import BACKWARDS
+    from kernels import FP8_BACKWARDS
 
-    if backward not in BACKWARDS:
-        raise ConfigError("attention.options.backward", f"must be one of {BACKWARDS}, got {backward!r}")
+    if backward not in FP8_BACKWARDS:
+        raise ConfigError("attention.options.backward", f"must be one of {FP8_BACKWARDS}, got {backward!r}")
 
     # FP8 forward, BF16 backward kernel straight-through the quantizer (kernels/fp8.py, docs/fp8.md).
     def fp8(q, k, v, causal):

@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from kernels.flops import attention_flops, tflops_per_s
+from kernels import attention_flops, tflops_per_s
 
 # Dense BF16 tensor-core peaks (FLOP/s) from the vendors' data sheets, matched by substring of
 # the device name, first match wins: so the more specific names come first.

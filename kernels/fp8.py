@@ -36,9 +36,9 @@ import torch
 
 from kernels.device import is_sm90
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
-from kernels.ops import (GLUON_AUTO_MIN_SEQLEN_K, attention_backward, eager_autograd, gluon_kernels, resolve_scale,
+from kernels.ops import (GLUON_AUTO_MIN_SEQLEN_K, dispatch_backward, eager_autograd, gluon_kernels, resolve_scale,
                          select_impl)
-from kernels.quant import FP8QKV, FP8Config, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref, rotate
+from kernels.quant import FP8QKV, FP8Config, check_fp8qkv, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref, rotate
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
 from kernels.triton.fp8_quant import prepare_quantize, quantize_checked
 
@@ -101,6 +101,7 @@ def fp8_attention_forward(qkv: FP8QKV, softmax_scale=None, causal=False, out_dty
     lse (batch, nheads, seqlen_q) fp32 natural log, +inf for rows that see no key)."""
     if not isinstance(qkv, FP8QKV):
         raise TypeError(f"qkv must be a kernels.FP8QKV (from quantize_qkv), got {type(qkv).__name__}")
+    check_fp8qkv(qkv)
     if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise TypeError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
     scale = resolve_scale(softmax_scale, qkv.q.shape[-1])
@@ -157,7 +158,7 @@ def _fp8_bwd_impl(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     cheap pre-pass), so that exp(S - lse) is the forward's own softmax; dQ·Mᵀ, dK·Mᵀ map back to q, k."""
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
     operands = (t.to(q.dtype).contiguous() for t in dequantize(quantize_qkv(q, k, v, config, "natural")))
-    dq, dk, dv = attention_backward(dout, *operands, out, lse, softmax_scale, causal, deterministic)
+    dq, dk, dv = dispatch_backward(dout, *operands, out, lse, softmax_scale, causal, deterministic)
     if hadamard:  # Q' = Q·M, so dQ = dQ'·Mᵀ (likewise K), straight-through the rounding
         dq, dk = (rotate(g, seed, inverse=True).to(q.dtype) for g in (dq, dk))
     return dq, dk, dv
@@ -169,7 +170,7 @@ _flash_attn_fp8_bwd = torch.library.custom_op("kernels::flash_attn_fp8_bwd", mut
 @_flash_attn_fp8_bwd.register_fake
 def _(dout, q, k, v, out, lse, softmax_scale, causal, block_m, block_n, hadamard, granularity, fmt, seed,
       deterministic):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):
@@ -198,7 +199,7 @@ def _backward_through(bf16_bwd, fp8_bwd):
 
 _flash_attn_fp8 = eager_autograd(_flash_attn_fp8_fwd, _fp8_fwd_impl, _setup_context,
                                  _backward_through(torch.ops.kernels.flash_attn_bwd, _flash_attn_fp8_bwd),
-                                 _backward_through(attention_backward, _fp8_bwd_impl))
+                                 _backward_through(dispatch_backward, _fp8_bwd_impl))
 
 
 def flash_attn_fp8_func(q, k, v, softmax_scale=None, causal=False, *, config: FP8Config = FP8Config(),

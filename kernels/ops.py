@@ -10,12 +10,14 @@ Backends, chosen per call by the KERNELS_IMPL environment variable:
 - `gluon`, `triton`, `reference`: forced; an unavailable choice is an error.
   Forced `gluon` runs the backward where Gluon has one, as `auto` does.
 
-`attention_forward` and `attention_backward` are the dispatching entry points
-other kernels build on (the FP8 path calls `attention_backward` with its own
-out/lse and operands, straight-through its quantizer). `flash_attn_func` wraps them in the
-custom ops `kernels::flash_attn_fwd` / `kernels::flash_attn_bwd`, so that
-torch.compile traces through without a graph break; eager calls take the same
-autograd without the custom op's dispatch (`eager_autograd`).
+`attention_forward` and `attention_backward` are the checked building blocks
+other kernels build on: (out, lse) and gradients from a given out/lse. Inside the
+package, `dispatch_forward` / `dispatch_backward` do the same on inputs already
+checked (the FP8 path calls `dispatch_backward` with its own out/lse and operands,
+straight-through its quantizer). `flash_attn_func` wraps them in the custom ops
+`kernels::flash_attn_fwd` / `kernels::flash_attn_bwd`, so that torch.compile
+traces through without a graph break; eager calls take the same autograd without
+the custom op's dispatch (`eager_autograd`).
 """
 import functools
 import math
@@ -90,8 +92,35 @@ def resolve_scale(softmax_scale, head_dim: int) -> float:
     return scale
 
 
-def attention_forward(q, k, v, softmax_scale, causal):
-    """(out, lse) of attention on checked inputs; lse is (batch, nheads, seqlen_q) float32, natural log."""
+def attention_forward(q, k, v, softmax_scale=None, causal=False):
+    """(out, lse) of attention: out as q, lse (batch, nheads, seqlen_q) float32, natural log; inputs as
+    `flash_attn_func` takes them. Not differentiable (see `flash_attn_func`)."""
+    check_inputs(q, k, v)
+    return dispatch_forward(q, k, v, resolve_scale(softmax_scale, q.shape[-1]), bool(causal))
+
+
+def attention_backward(dout, q, k, v, out, lse, softmax_scale=None, causal=False, deterministic=False):
+    """(dq, dk, dv) from the given out and lse (not assumed to come from `attention_forward`); q, k, v as
+    `flash_attn_func` takes them, dout and out q's shape, dtype and device, lse (batch, nheads, seqlen_q)
+    float32 natural log. `deterministic` gives bitwise-reproducible gradients (no atomics, fixed sum order)."""
+    check_inputs(q, k, v)
+    for name, t in (("dout", dout), ("out", out)):
+        if not isinstance(t, torch.Tensor) or t.shape != q.shape or t.dtype != q.dtype or t.device != q.device:
+            what = (tuple(t.shape), t.dtype, str(t.device)) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must have q's shape, dtype and device {(tuple(q.shape), q.dtype, str(q.device))}"
+                             f", got {what}")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim (headdim), got strides {t.stride()}")
+    want = (q.shape[0], q.shape[2], q.shape[1])
+    if not isinstance(lse, torch.Tensor) or lse.shape != want or lse.dtype != torch.float32 or lse.device != q.device:
+        what = (tuple(lse.shape), lse.dtype, str(lse.device)) if isinstance(lse, torch.Tensor) else type(lse).__name__
+        raise ValueError(f"lse must be float32 (batch, nheads, seqlen_q) = {want} on {q.device}, got {what}")
+    return dispatch_backward(dout, q, k, v, out, lse, resolve_scale(softmax_scale, q.shape[-1]), bool(causal),
+                             bool(deterministic))
+
+
+def dispatch_forward(q, k, v, softmax_scale: float, causal: bool):
+    """`attention_forward` on checked inputs and a resolved scale."""
     impl = select_impl(q.device, q.shape[-1], k.shape[1])
     if impl == "reference":
         out, lse = attention_ref(q, k, v, causal, softmax_scale, dtype=torch.float32)
@@ -103,16 +132,8 @@ def attention_forward(q, k, v, softmax_scale, causal):
     return out.to(q.dtype).contiguous(), lse.contiguous()
 
 
-def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False):
-    """(dq, dk, dv) from the given out and lse (not assumed to come from `attention_forward`).
-
-    `deterministic` gives bitwise-reproducible gradients (no atomics, fixed summation order).
-    """
-    if dout.shape != q.shape or out.shape != q.shape:
-        raise ValueError(f"dout {tuple(dout.shape)} and out {tuple(out.shape)} must have q's shape {tuple(q.shape)}")
-    if lse.shape != (q.shape[0], q.shape[2], q.shape[1]):
-        raise ValueError(f"lse must be (batch, nheads, seqlen_q) = {(q.shape[0], q.shape[2], q.shape[1])}, "
-                         f"got {tuple(lse.shape)}")
+def dispatch_backward(dout, q, k, v, out, lse, softmax_scale: float, causal: bool, deterministic: bool):
+    """`attention_backward` on checked inputs and a resolved scale."""
     impl = select_backward_impl(q, k.shape[1], deterministic)
     if impl == "reference":
         grads = attention_backward_ref(dout, q, k, v, out, lse, causal, softmax_scale, dtype=torch.float32)
@@ -129,7 +150,7 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
 def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
               deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
     # `deterministic` only travels to the backward through the autograd context.
-    return attention_forward(q, k, v, softmax_scale, causal)
+    return dispatch_forward(q, k, v, softmax_scale, causal)
 
 
 _flash_attn_fwd = torch.library.custom_op("kernels::flash_attn_fwd", mutates_args=())(_fwd_impl)
@@ -146,7 +167,7 @@ def _(q, k, v, softmax_scale, causal, deterministic):
 def _flash_attn_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                     lse: torch.Tensor, softmax_scale: float, causal: bool,
                     deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic)
+    return dispatch_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic)
 
 
 @_flash_attn_bwd.register_fake
@@ -201,7 +222,7 @@ def eager_autograd(op, impl, setup_context, backward, eager_backward):
 
 
 _flash_attn = eager_autograd(_flash_attn_fwd, _fwd_impl, _setup_context, _backward_through(_flash_attn_bwd),
-                             _backward_through(attention_backward))
+                             _backward_through(dispatch_backward))
 
 
 def flash_attn_func(q, k, v, softmax_scale=None, causal=False, *, deterministic=False, return_attn_probs=False):

@@ -163,6 +163,43 @@ def check_qkv(q, k, v, config: FP8Config) -> None:
         raise ValueError(f"FP8 attention supports head dims {HEAD_DIMS}, got {head_dim}")
 
 
+def check_fp8qkv(x: FP8QKV) -> None:
+    """Raise a clear error unless x's tensors have the layouts, dtypes and scale shapes FP8QKV documents for
+    its config (one made by hand, or with dataclasses.replace, may not)."""
+    cfg = x.config
+    if not isinstance(cfg, FP8Config):
+        raise TypeError(f"FP8QKV.config must be a kernels.FP8Config, got {type(cfg).__name__}")
+    names = ("q", "k", "v_t", "q_scale", "k_scale", "v_scale")
+    for name in names:
+        t = getattr(x, name)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"FP8QKV.{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != x.q.device:
+            raise ValueError(f"FP8QKV.{name} is on {t.device}, q on {x.q.device}: one device for all")
+        if not t.is_contiguous():
+            raise ValueError(f"FP8QKV.{name} must be contiguous, got strides {t.stride()}")
+        want = cfg.dtype if name in ("q", "k", "v_t") else torch.float32
+        if t.dtype != want:
+            raise TypeError(f"FP8QKV.{name} must be {want} (config fmt {cfg.fmt!r} for q, k, v_t), got {t.dtype}")
+    if x.q.dim() != 4 or x.k.dim() != 4:
+        raise ValueError(f"FP8QKV.q and .k must be (batch, seqlen, heads, headdim), got {tuple(x.q.shape)}, "
+                         f"{tuple(x.k.shape)}")
+    b, sq, h, d = x.q.shape
+    _, sk, hk, _ = x.k.shape
+    if x.k.shape[0] != b or x.k.shape[3] != d or hk == 0 or h % hk:
+        raise ValueError(f"FP8QKV.k {tuple(x.k.shape)} does not match q {tuple(x.q.shape)} (batch, head dim, "
+                         "kv heads dividing heads)")
+    if d not in HEAD_DIMS:
+        raise ValueError(f"FP8 attention supports head dims {HEAD_DIMS}, got {d}")
+    shapes = {"v_t": (b, hk, d, -(-sk // V_SEQ_ALIGN) * V_SEQ_ALIGN), "q_scale": (b, h, -(-sq // cfg.block_m)),
+              "k_scale": (b, hk, -(-sk // cfg.block_n)), "v_scale": (b, hk, -(-sk // cfg.block_n))}
+    for name, want in shapes.items():
+        got = tuple(getattr(x, name).shape)
+        if got != want:
+            raise ValueError(f"FP8QKV.{name} must be {want} for q {tuple(x.q.shape)}, k {tuple(x.k.shape)} and "
+                             f"block_m={cfg.block_m}, block_n={cfg.block_n}; got {got}")
+
+
 def rotate(x: torch.Tensor, seed: int, inverse: bool = False) -> torch.Tensor:
     """x·M (x·Mᵀ when inverse) in fp32, computed as the kernels do: (x @ D·H) in fp32, then times 1/sqrt(d)."""
     d = x.shape[-1]

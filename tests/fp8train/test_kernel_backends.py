@@ -2,8 +2,9 @@
 import json
 
 import pytest
+import torch
 
-from fp8train import loop
+from fp8train import attention, loop
 from fp8train.errors import ConfigError
 
 HEAD_DIM_64 = ["model.d_model=128", "model.n_head=2", "trainer.max_steps=8", "optim.lr=3e-3"]
@@ -11,6 +12,17 @@ HEAD_DIM_64 = ["model.d_model=128", "model.n_head=2", "trainer.max_steps=8", "op
 
 def losses(run_dir):
     return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.mark.parametrize("name, options, head_dim, message", [
+    ("fp8", {"impl": "reference"}, 16, "FP8 attention supports head dims"),
+    ("flash", {"impl": "reference"}, 4, "head dim must be a multiple of 8"),
+    ("flash", {"impl": "gluon"}, 64, "needs an sm_90 GPU"),
+])
+def test_what_a_backend_cannot_run_is_a_config_error(name, options, head_dim, message):
+    backend = attention.build(name, options)
+    with pytest.raises(ConfigError, match=f"^attention: {name} cannot run .*{message}"):
+        attention.run_once(name, backend, 2, head_dim, 32, torch.device("cpu"), torch.bfloat16)
 
 
 def test_fp32_precision_is_refused_for_kernel_backends(make_cfg):

@@ -94,6 +94,33 @@ def test_backends_give_the_same_model_gradients():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
 
 
+def _grads_in_bf16(backend, options, idx):
+    """Per-parameter gradients of the loss under bf16 autocast (what the kernel backends need), the attention
+    input projection split into its q, k and v rows so that each of dq, dk, dv has gradients of its own."""
+    torch.manual_seed(0)
+    model = GPT(model_cfg(d_model=128, block_size=64), attention.build(backend, options))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(idx, idx).backward()
+    grads = {}
+    for name, p in model.named_parameters():
+        parts = p.grad.double().chunk(3) if name.endswith("attn.qkv.weight") else (p.grad.double(),)
+        grads.update({f"{name}[{i}]": g for i, g in enumerate(parts)})
+    return grads
+
+
+@pytest.mark.parametrize("backend, options, tol", [
+    ("flash", {"impl": "reference"}, 1e-2),  # measured 0.004: bf16 roundings only
+    ("fp8", {"impl": "reference", "block_m": 32, "block_n": 32}, 6e-2),  # measured 0.023: e4m3 Q, K, V and P
+])
+def test_kernel_backends_give_the_model_gradients_of_sdpa(backend, options, tol):
+    """Every parameter's gradient (dq, dk, dv each reach their own rows of qkv.weight) against SDPA's at the same
+    weights and batch, head dim 64; the kernels' arithmetic through their PyTorch reference backend."""
+    idx = torch.randint(50, (2, 64), generator=torch.Generator().manual_seed(5))
+    want, got = _grads_in_bf16("sdpa", {}, idx), _grads_in_bf16(backend, options, idx)
+    for name, g in want.items():
+        assert (got[name] - g).norm() / g.norm() < tol, name
+
+
 def test_registry_names_and_options():
     @attention.register("test_scaled")
     def _scaled(factor: float = 1.0):
@@ -113,12 +140,13 @@ def test_registry_names_and_options():
 
 
 def test_gpt2_presets_have_their_published_sizes():
-    # Built on the meta device: shapes without memory.
+    """conf/model's presets, composed by Hydra as a run composes them, built on the meta device (shapes without
+    memory); GPT-2's vocabulary padded to 50304 as the GPT-2 data presets have it."""
+    from fp8train_testing import compose_raw
+
     sizes = {}
-    presets = {"gpt2": {}, "gpt2_medium": dict(n_layer=24, n_head=16, d_model=1024),
-               "gpt_1p3b": dict(n_layer=24, n_head=16, d_model=2048, block_size=2048, positions="rotary")}
-    for name, kw in presets.items():
-        cfg = model_cfg(**{"vocab_size": 50304, "n_layer": 12, "n_head": 12, "d_model": 768, "block_size": 1024, **kw})
+    for name in ("gpt2", "gpt2_medium", "gpt_1p3b"):
+        fields = dict(compose_raw([f"model={name}", "model.vocab_size=50304"]).model)
         with torch.device("meta"):
-            sizes[name] = GPT(cfg, attention.build("sdpa", {})).num_params(False) / 1e6
+            sizes[name] = GPT(ModelConfig(**fields), attention.build("sdpa", {})).num_params(False) / 1e6
     assert 123 < sizes["gpt2"] < 125 and 353 < sizes["gpt2_medium"] < 356 and 1300 < sizes["gpt_1p3b"] < 1320

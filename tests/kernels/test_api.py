@@ -96,23 +96,67 @@ BAD_INPUTS = [
 ]
 
 
+def _backward_on(args):
+    """kernels.attention_backward on the bad q, k, v (and scale) of `args`, with a good dout, out and lse."""
+    good_q = qkv()[0]
+    dout, out = torch.randn_like(good_q), torch.randn_like(good_q)
+    lse = torch.randn(1, 4, 24)
+    return kernels.attention_backward(dout, args["q"], args["k"], args["v"], out, lse,
+                                      args.get("softmax_scale"))
+
+
+ENTRY_POINTS = {"flash_attn_func": lambda args: flash_attn_func(**args),
+                "attention_forward": lambda args: kernels.attention_forward(**args),
+                "attention_backward": _backward_on}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 @pytest.mark.parametrize("name, make, error, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input_raises_before_launch(name, make, error, message, monkeypatch):
+def test_bad_input_raises_before_launch(name, make, error, message, entry, monkeypatch):
     monkeypatch.setenv("KERNELS_IMPL", "triton")
     launched = []
     monkeypatch.setattr("kernels.ops.attention_forward_triton", lambda *a: launched.append(a))
+    monkeypatch.setattr("kernels.ops.attention_backward_triton", lambda *a: launched.append(a))
     with pytest.raises(error, match=message):
-        flash_attn_func(**make())
+        ENTRY_POINTS[entry](make())
     assert not launched
 
 
-def test_backward_checks_shapes():
+def test_backward_checks_dout_out_and_lse():
     q, k, v = qkv()
     out, lse = attention_ref(q, k, v, dtype=torch.float32)
-    with pytest.raises(ValueError, match="q's shape"):
-        kernels.attention_backward(q[:, :5], q, k, v, out.to(q.dtype), lse, 0.125, False)
-    with pytest.raises(ValueError, match="lse must be"):
-        kernels.attention_backward(q, q, k, v, out.to(q.dtype), lse.transpose(1, 2), 0.125, False)
+    out = out.to(q.dtype)
+    dout = torch.randn_like(out)
+    bad = [((q[:, :5], q, k, v, out, lse), "dout must have q's shape"),
+           ((dout.half(), q, k, v, out, lse), "dout must have q's shape, dtype"),
+           ((dout, q, k, v, out.to("meta"), lse), "out must have q's shape, dtype and device"),
+           ((dout, q, k, v, out.transpose(1, 3).contiguous().transpose(1, 3), lse), "out must be contiguous"),
+           ((dout, q, k, v, out, lse.transpose(1, 2)), "lse must be float32"),
+           ((dout, q, k, v, out, lse.double()), "lse must be float32"),
+           ((dout, q, k, v, out, lse, -1.0), "softmax_scale")]
+    for args, message in bad:
+        with pytest.raises(ValueError, match=message):
+            kernels.attention_backward(*args)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_building_blocks_against_float64(impl, monkeypatch):
+    """attention_forward's (out, lse) and attention_backward's gradients from them, GQA and causal with
+    seqlen_q > seqlen_k (rows that see no key: out 0, lse +inf, no gradient)."""
+    monkeypatch.setenv("KERNELS_IMPL", impl)
+    q, k, v = qkv(seqlen_q=40, seqlen_k=24, nheads=4, nheads_kv=2, seed=3)
+    out, lse = kernels.attention_forward(q, k, v, causal=True)
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    ref, ref_lse = attention_ref(q64, k64, v64, causal=True)
+    assert (out.double() - ref).abs().max() < 2e-2
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    assert (lse[:, :, 16:].double() - ref_lse[:, :, 16:]).abs().max() < 1e-4
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(out.dtype)
+    grads = kernels.attention_backward(dout, q, k, v, out, lse, causal=True)
+    ref.backward(dout.double())
+    for g, r in zip(grads, (q64.grad, k64.grad, v64.grad)):
+        assert g.shape == r.shape and g.dtype == torch.bfloat16
+        assert (g.double() - r).norm() / r.norm() < 2e-2
 
 
 @on_interpreter

@@ -1,5 +1,6 @@
 """FP8 attention: the forward kernel against the reference scheme, the public op, its straight-through
 backward, bad input, and Table 3's kernel/reference agreement."""
+import dataclasses
 import math
 
 import pytest
@@ -121,17 +122,26 @@ def test_dispatcher_asks_for_wgmma_order_only_for_gluon_with_the_switch(switch, 
     assert quantize_qkv(q, k, v, cfg, v_key_order="natural").v_key_order == "natural"
 
 
-@pytest.mark.parametrize("fmt, tol", [("e4m3", 0.06), ("e5m2", 0.12)])
+# (relative error of out, mean |lse error|) allowed against float64. Measured over seeds 2-7 on CPU: out 0.040-0.044
+# (e4m3) / 0.079-0.088 (e5m2), mean |lse error| 0.009-0.010 / 0.018-0.021; a softmax scale 5% off moves the mean
+# |lse error| to 0.042-0.054 in both formats, which these bounds refuse (the out error alone would not).
+FP8_TOL = {"e4m3": (0.05, 0.02), "e5m2": (0.1, 0.035)}
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e5m2"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_fp8_attention_against_float64(fmt, tol, dtype):
+def test_fp8_attention_against_float64(fmt, dtype):
     """Gaussian inputs give ~4.4% (e4m3) / ~8.7% (e5m2) relative error: three 3-bit (2-bit) roundings."""
     q, k, v = make_qkv(1, 96, 80, 4, 2, 64, seed=2, dtype=dtype)
     out, lse = flash_attn_fp8_func(q, k, v, causal=True, config=FP8Config(block_m=32, block_n=32, fmt=fmt),
                                    return_attn_probs=True)
     assert out.dtype == dtype and out.shape == q.shape and lse.shape == (1, 4, 96)
     ref_out, ref_lse = attention_ref(q, k, v, causal=True)
-    assert rel_err(out, ref_out) < tol
-    torch.testing.assert_close(lse.double(), ref_lse, rtol=0, atol=0.25)
+    out_tol, lse_mean_tol = FP8_TOL[fmt]
+    assert rel_err(out, ref_out) < out_tol
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))  # rows past seqlen_k see no key
+    lse_err = (lse.double() - ref_lse)[torch.isfinite(ref_lse)].abs()
+    assert lse_err.max() < 0.25 and lse_err.mean() < lse_mean_tol
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -154,13 +164,25 @@ def test_backward_is_straight_through(causal):
         assert rel_err(got, expected) < 2e-2
 
 
-def test_custom_op_registration():
-    """Schema, fake (meta) implementation and autograd registration agree with the real op."""
+@pytest.mark.parametrize("layout", ["contiguous", "heads_first"])
+def test_custom_op_registration(layout):
+    """Schema, fake (meta) implementations and autograd registration agree with the real ops, for both
+    directions and for dense but permuted inputs ((batch, heads, seqlen, d) storage seen as (b, s, h, d)), whose
+    outputs the real ops return contiguous: a fake that promised q's strides instead broke torch.compile's
+    inductor backend in the backward."""
     q, k, v = make_qkv(1, 32, 32, 2, 2, 64, seed=5)
+    if layout == "heads_first":
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    args = (q, k, v, 0.125, True, 32, 32, True, "block", "e4m3", 0, False, "fp8_operands")
-    torch.library.opcheck(torch.ops.kernels.flash_attn_fp8_fwd.default, args,
+    fields = (32, 32, True, "block", "e4m3", 0, False)
+    torch.library.opcheck(torch.ops.kernels.flash_attn_fp8_fwd.default, (q, k, v, 0.125, True, *fields, "fp8_operands"),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    out, lse = torch.ops.kernels.flash_attn_fp8_fwd(q.detach(), k.detach(), v.detach(), 0.125, True, *fields,
+                                                    "fp8_operands")
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(6)).to(out)
+    bwd_args = (dout, *(t.detach() for t in (q, k, v)), out, lse, 0.125, True, *fields)
+    torch.library.opcheck(torch.ops.kernels.flash_attn_fp8_bwd.default, bwd_args,
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_pre_pass_and_forward_compose_to_the_op():
@@ -219,6 +241,24 @@ def test_bad_inputs_raise_clear_errors():
         flash_attn_fp8_func(q, k, v, softmax_scale=-1.0)
     with pytest.raises(TypeError, match="FP8QKV"):
         fp8_attention_forward((q, k, v))
+
+
+def test_fp8_forward_refuses_inconsistent_pre_pass_outputs():
+    """An FP8QKV made or edited by hand must match its config before any launch: else the kernels read scales
+    of the wrong blocks (20% off, silently) or past the end (NaN)."""
+    q, k, v = make_qkv(1, 64, 64, 2, 2, 64, seed=7)
+    x = quantize_qkv(q, k, v, FP8Config(block_m=32, block_n=32))
+    bad = [(dataclasses.replace(x, config=FP8Config(block_m=64, block_n=32)), ValueError, "q_scale must be"),
+           (dataclasses.replace(x, k_scale=x.k_scale[..., :1].contiguous()), ValueError, "k_scale must be"),
+           (dataclasses.replace(x, v_t=x.v_t[..., :32].contiguous()), ValueError, "v_t must be"),
+           (dataclasses.replace(x, q=q), TypeError, "q must be torch.float8_e4m3fn"),
+           (dataclasses.replace(x, config=FP8Config(block_m=32, block_n=32, fmt="e5m2")), TypeError, "e5m2"),
+           (dataclasses.replace(x, v_scale=x.v_scale.double()), TypeError, "v_scale must be torch.float32"),
+           (dataclasses.replace(x, k=x.k.transpose(1, 2).contiguous().transpose(1, 2)), ValueError, "contiguous"),
+           (dataclasses.replace(x, k=x.k[:, :, :1].contiguous()), ValueError, "v_t must be")]
+    for y, error, message in bad:
+        with pytest.raises(error, match=message):
+            fp8_attention_forward(y)
 
 
 def test_table3_rows_on_the_reference_path(monkeypatch):

@@ -58,6 +58,19 @@ def test_fp8_operands_backward_matches_oracle_at_large_logits(config, causal):
         assert rel(got, want) < (0.25 if config.fmt == "e5m2" else 0.12)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_fp8_operands_backward_on_the_kernels_matches_oracle(causal, monkeypatch):
+    """The same oracle through the Triton pre-pass and backward kernels (the interpreter on CPU), not only through
+    their PyTorch reference: 0.046-0.061 measured at these shapes."""
+    monkeypatch.setenv("KERNELS_IMPL", "triton")
+    (q, k, v), dout = inputs(logit_scale=4.0, s=96)
+    config = FP8Config(block_m=32, block_n=32)
+    oracle = oracle_grads(q, k, v, dout, config, causal)
+    for got, want in zip(fp8_grads(q, k, v, dout, config, causal, "fp8_operands"), oracle):
+        assert torch.isfinite(got).all()
+        assert rel(got, want) < 0.12
+
+
 def test_bf16_inputs_backward_is_inconsistent_at_large_logits():
     # The mode the backward default replaced: its scores disagree with the FP8 lse. This pins down why.
     (q, k, v), dout = inputs(logit_scale=4.0, seed=0)

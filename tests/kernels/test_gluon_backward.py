@@ -132,14 +132,19 @@ def _assert_close_to_float64(grads, q, k, v, dout, causal):
         assert rel <= 2 * rel_lo + 1e-5, f"d{name}: relative error {rel} vs PyTorch {rel_lo}"
 
 
-@pytest.mark.parametrize("seqlen_q,head_dim,group", [(2048, 128, 1), (16384, 128, 1), (4096, 64, 4), (1000, 128, 3),
-                                                     (300000, 256, 8)])
-def test_causal_sections_fill_the_l2_budget(seqlen_q, head_dim, group):
+# (seqlen_q, head_dim, group, MiB of 16-bit Q and dO plus float32 dQ per kv head, heads per section in 40 MiB)
+SECTIONS = [(2048, 128, 1, 2, 16), (16384, 128, 1, 16, 2), (4096, 64, 4, 8, 4), (1000, 128, 3, 2.9296875, 8),
+            (300000, 256, 8, 4687.5, 1)]
+
+
+@pytest.mark.parametrize("seqlen_q,head_dim,group,mib,heads", SECTIONS)
+def test_causal_sections_fill_the_l2_budget(seqlen_q, head_dim, group, mib, heads):
     """Sections of the causal backward's program order: a power of two of (batch, kv head)s whose Q, dO and dQ
     accumulator fit the L2 budget, and twice as many would not (one head at least)."""
     from kernels.gluon.bwd import CAUSAL_SECTION_L2_BYTES, causal_section_heads
     n = causal_section_heads(seqlen_q, head_dim, group, 2)
-    per_head = group * seqlen_q * head_dim * (2 * 2 + 4)
+    assert n == heads
+    per_head = mib * 2**20
     assert n & (n - 1) == 0
     assert n * per_head <= CAUSAL_SECTION_L2_BYTES or n == 1
     assert 2 * n * per_head > CAUSAL_SECTION_L2_BYTES
