@@ -51,7 +51,7 @@ class DataConfig:
     source: str = "text"
     data_dir: str = "./data"
     path: Optional[str] = None  # a text file, absolute or relative to data_dir
-    url: Optional[str] = None  # where to fetch `path` from when it is absent
+    url: Optional[str] = None  # where to fetch `path` from when it is absent (None: data.PUBLIC_CORPORA by name)
     hub_name: Optional[str] = None
     hub_config: Optional[str] = None
     hub_split: str = "train"
@@ -192,6 +192,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check(t[key] >= 0, f"trainer.{key}", f"must be >= 0, got {t[key]}")
     _check(t.micro_batch_size is None or t.micro_batch_size > 0, "trainer.micro_batch_size",
            f"must be positive, got {t.micro_batch_size}")
+    _check(0 <= t.seed < 2**32, "trainer.seed", f"must be in [0, 2**32) (numpy's seeds), got {t.seed}")
     _choice(t.precision, "trainer.precision", PRECISIONS)
     _check(t.precision != "fp32" or typed.attention.name not in attention.LOW_PRECISION_ONLY, "trainer.precision",
            f"attention={typed.attention.name} runs bf16/fp16 kernels; use precision bf16 or auto")
@@ -200,6 +201,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _choice(t.parallel.strategy, "trainer.parallel.strategy", STRATEGIES)
     _check(t.parallel.nproc_per_node > 0, "trainer.parallel.nproc_per_node",
            f"must be positive, got {t.parallel.nproc_per_node}")
+    if t.parallel.nproc_per_node > 1:  # the world size we will launch: check the split here, not in every worker
+        grad_accumulation(t, t.parallel.nproc_per_node)
     _check(t.parallel.timeout_s > 0, "trainer.parallel.timeout_s", f"must be positive, got {t.parallel.timeout_s}")
     _check(not t.parallel.cpu_offload or t.parallel.strategy == "fsdp", "trainer.parallel.cpu_offload",
            "needs trainer.parallel.strategy=fsdp")

@@ -21,6 +21,11 @@ import torch
 from fp8train import tokenizer as tokenizers
 
 DOWNLOAD_TIMEOUT_S = 30
+# Public corpora fetched when a `text` source names them (a bare file name under data_dir) and the file is absent.
+# Keyed by name, not a preset's data.url, so that data.path=<a typo> fails instead of receiving Shakespeare.
+PUBLIC_CORPORA = {
+    "tinyshakespeare.txt": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+}
 
 
 class CorpusNotFound(FileNotFoundError):
@@ -28,19 +33,21 @@ class CorpusNotFound(FileNotFoundError):
 
 
 def text_path(cfg) -> Path:
-    """The corpus file of a `text` source, downloaded from data.url when absent."""
+    """The corpus file of a `text` source, downloaded when absent from data.url, or from PUBLIC_CORPORA when
+    data.path is one of its names."""
     path = Path(cfg.path) if Path(cfg.path).is_absolute() else Path(cfg.data_dir) / cfg.path
     if path.exists():
         return path
     hint = f"put a copy at {path}, or point FP8TRAIN_DATA_DIR / data.data_dir at its directory, or set data.path"
-    if not cfg.url:
+    url = cfg.url or PUBLIC_CORPORA.get(cfg.path)
+    if not url:
         raise CorpusNotFound(f"{path} not found; {hint}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(cfg.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             body = response.read()
     except OSError as e:
-        raise CorpusNotFound(f"{path} not found and downloading {cfg.url} failed ({e}); {hint}") from None
+        raise CorpusNotFound(f"{path} not found and downloading {url} failed ({e}); {hint}") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(body)
     os.replace(tmp, path)

@@ -5,6 +5,8 @@ small dict, so a checkpoint can decode what its model emits.
 """
 import numpy as np
 
+from fp8train.errors import ConfigError
+
 DOC_SEPARATOR = "\n\n"  # between documents for char and byte tokenizers (GPT-2 uses its end-of-text token)
 
 
@@ -67,9 +69,9 @@ class GPT2Tokenizer:
 
             self._enc = tiktoken.get_encoding("gpt2")
         except Exception as e:  # tiktoken missing, or its BPE files neither cached nor downloadable
-            raise RuntimeError(
-                f"GPT-2 BPE needs tiktoken and its 'gpt2' files ({e}); install the 'bpe' extra and, offline, "
-                "point TIKTOKEN_CACHE_DIR at a cache that holds them"
+            raise ConfigError(
+                "data.tokenizer", f"gpt2 needs tiktoken and its BPE files ({e}); install the 'bpe' extra and, "
+                "offline, point TIKTOKEN_CACHE_DIR at a cache that holds them"
             ) from None
 
     @property

@@ -64,12 +64,21 @@ def test_data_dir_follows_environment(monkeypatch, tmp_path):
     ("trainer.parallel.cpu_offload=true", "trainer.parallel.cpu_offload"),
     ("logger.name=tensorboard", "logger.name"),
     ("attention.name=nope", "attention.name"),
+    ("trainer.seed=-1", "trainer.seed"),
 ])
 def test_bad_value_names_its_key(override, key):
     with pytest.raises(config.ConfigError) as e:
         config.validate(compose_raw([override]))
     assert e.value.key == key
     assert str(e.value).startswith(f"{key}: ") and "\n" not in str(e.value)
+
+
+def test_batch_split_over_the_launched_processes_is_checked_before_launch():
+    with pytest.raises(config.ConfigError, match="^trainer.batch_size: 3 is not divisible by the world size 2"):
+        config.validate(compose_raw(["trainer.parallel.nproc_per_node=2", "trainer.batch_size=3"]))
+    with pytest.raises(config.ConfigError, match="^trainer.micro_batch_size"):
+        config.validate(compose_raw(["trainer.parallel.nproc_per_node=2", "trainer.batch_size=8",
+                                     "trainer.micro_batch_size=3"]))
 
 
 def test_grad_accumulation_keeps_global_batch():

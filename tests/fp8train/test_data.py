@@ -31,13 +31,25 @@ def test_cache_is_built_once_and_keyed_by_content(tmp_path):
     assert data.prepare(text_cfg(tmp_path, tokenizer="byte")) != data.prepare(cfg)
 
 
-def test_missing_corpus_offline_says_how_to_point_at_a_copy(tmp_path):
-    cfg = text_cfg(tmp_path, path="tinyshakespeare.txt", url="http://127.0.0.1:9/input.txt")
-    with pytest.raises(data.CorpusNotFound) as e:
+def test_missing_corpus_offline_says_how_to_point_at_a_copy(tmp_path, monkeypatch):
+    # A known corpus's public address (a closed local port here: no network in tests).
+    monkeypatch.setitem(data.PUBLIC_CORPORA, "tinyshakespeare.txt", "http://127.0.0.1:9/input.txt")
+    for cfg in (text_cfg(tmp_path, path="tinyshakespeare.txt"),
+                text_cfg(tmp_path, path="mine.txt", url="http://127.0.0.1:9/input.txt")):
+        with pytest.raises(data.CorpusNotFound) as e:
+            data.prepare(cfg)
+        message = str(e.value)
+        assert "downloading http://127.0.0.1:9/input.txt failed" in message
+        assert "FP8TRAIN_DATA_DIR" in message and "\n" not in message
+
+
+def test_a_mistyped_corpus_path_is_not_filled_by_a_download(make_cfg, tmp_path):
+    """The Shakespeare preset with data.path overridden: nothing is fetched into the user's path (it used to
+    inherit the preset's URL and would have written Shakespeare there when online)."""
+    cfg = make_cfg(f"data.path={tmp_path / 'typo.txt'}").data
+    with pytest.raises(data.CorpusNotFound, match="typo.txt not found; put a copy"):
         data.prepare(cfg)
-    message = str(e.value)
-    assert "downloading http://127.0.0.1:9/input.txt failed" in message
-    assert "FP8TRAIN_DATA_DIR" in message and "\n" not in message
+    assert not (tmp_path / "typo.txt").exists()
 
 
 def test_packed_windows_are_deterministic_disjoint_and_shifted():

@@ -1,8 +1,11 @@
 """Tokenizers round-trip text and keep their state through a checkpoint-style dict."""
+import sys
+
 import numpy as np
 import pytest
 
 from fp8train import tokenizer
+from fp8train.errors import ConfigError
 
 TEXTS = ["First Citizen:\nBefore we proceed any further, hear me speak.", "Zwölf Boxkämpfer — 12 €!"]
 
@@ -36,8 +39,15 @@ def test_byte_tokenizer_counts_utf8_bytes():
 def test_gpt2_round_trip():
     try:
         tok = tokenizer.fit("gpt2", [])
-    except RuntimeError as e:
+    except ConfigError as e:  # tiktoken's BPE files neither cached nor downloadable here
         pytest.skip(str(e))
     ids = tok.encode_documents(TEXTS)
     assert tok.vocab_size == 50257 and ids[-1] == 50256  # end-of-text closes each document
     assert tok.decode(tok.encode(TEXTS[0])) == TEXTS[0]
+
+
+def test_gpt2_without_tiktoken_is_a_config_error(monkeypatch):
+    """One line naming the key (fp8train-train prints it as `config error: ...`), not a traceback mid-run."""
+    monkeypatch.setitem(sys.modules, "tiktoken", None)  # as if the `bpe` extra were not installed
+    with pytest.raises(ConfigError, match="^data.tokenizer: gpt2 needs tiktoken"):
+        tokenizer.fit("gpt2", [])
