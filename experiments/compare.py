@@ -3,7 +3,9 @@
 Each RUN_DIR is a run directory (with metrics.jsonl) or a directory holding
 several (a Hydra multirun). Runs are grouped into arms -- by --labels (one per
 RUN_DIR), by --group-by config keys, or by default by the attention backend and
-its options -- and the seeds of an arm are shown as mean ± std. Gaps are
+its options -- and the seeds of an arm are shown as mean ± std. The runs of
+an arm must differ only in trainer.seed (an lr or model sweep is refused:
+split it with --group-by, or use experiments.sweep_summary). Gaps are
 relative to the first arm, or to --baseline. Writes OUT/compare.png,
 OUT/summary.md and OUT/summary.csv. Definitions: experiments.summary.
 """
@@ -17,6 +19,7 @@ from matplotlib.figure import Figure
 
 from experiments import provenance, runs, summary, writers
 
+PROG = "python -m experiments.compare"
 COLORS = ("#1f78b4", "#e66101", "#33a02c", "#7b3294", "#b2182b", "#666666", "#a6761d", "#1b9e77")
 
 
@@ -78,6 +81,18 @@ def plot(path, arms, opts, prov):
     return writers.save_figure(figure, path)
 
 
+def check_seeds_only(arms, opts):
+    """Refuse an arm whose runs differ in more than the seed: its mean ± std would not be a spread over seeds."""
+    for label, arm_runs in arms.items():
+        differing = runs.config_differences(arm_runs)
+        if differing:
+            shown = ", ".join(differing[:6]) + (f" and {len(differing) - 6} more" if len(differing) > 6 else "")
+            example = " ".join([*(opts.group_by or ["attention.name"]), *differing[:2]])
+            raise SystemExit(f"{PROG}: error: the runs of arm `{label}` differ in {shown}, not only in trainer.seed. "
+                             f"Split the arms by those keys (e.g. --group-by {example}), or summarize a sweep "
+                             "with python -m experiments.sweep_summary.")
+
+
 def label_runs(paths, opts):
     """(run, label) pairs for the given RUN_DIRs."""
     if opts.labels and len(opts.labels) != len(paths):
@@ -97,7 +112,7 @@ def label_runs(paths, opts):
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", nargs="+", help="run directories, or directories holding runs")
     p.add_argument("--labels", nargs="+", help="one arm label per RUN_DIR (same label: seeds of one arm)")
     p.add_argument("--group-by", nargs="+", help="dotted config keys naming an arm, e.g. attention.name")
@@ -116,10 +131,14 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     opts = parse(argv)
     prov = provenance.collect(shlex.join(["python", "-m", "experiments.compare", *argv]))
-    labelled = label_runs(opts.run_dirs, opts)
+    try:
+        labelled = label_runs(opts.run_dirs, opts)
+    except FileNotFoundError as err:
+        raise SystemExit(f"{PROG}: error: {err}")
     arms = {}
     for run, label in labelled:
         arms.setdefault(label, []).append(run)
+    check_seeds_only(arms, opts)
     baseline = summary.pick_baseline(list(arms), opts.baseline) if opts.baseline else next(iter(arms))
     stats = summary.summarize(arms, baseline)
     out = Path(opts.out)

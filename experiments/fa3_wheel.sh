@@ -7,6 +7,10 @@
 # CUDA_HOME (default /usr/local/cuda), ninja, wheel. Built on a 2-core CPU machine in ~6 minutes
 # (docs/tuning-gluon.md, "Next (forward)"); install on the node with `pip install --no-deps --no-index`.
 set -euo pipefail
+if [ $# -ne 2 ]; then
+    echo "usage: bash experiments/fa3_wheel.sh FLASH_ATTENTION_DIR OUT_DIR" >&2
+    exit 2
+fi
 fa=$(cd "$1" && pwd)
 out=$(mkdir -p "$2" && cd "$2" && pwd)
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}

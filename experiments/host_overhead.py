@@ -185,7 +185,7 @@ def paths(batch, seqlen, heads, d, causal):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.host_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--profile", action="store_true", help="cProfile each path at the first shape")
     parser.add_argument("--timeline", action="store_true", help="GPU kernels and idle gaps of each graphable path")

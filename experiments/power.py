@@ -86,17 +86,22 @@ def sustained(call, flops, nvml, handle, seconds):
                 joules_per_call=(energy1 - energy0) / 1000 / calls)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m experiments.power", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/power")
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
     p.add_argument("--paths", default=",".join(DEFAULT_PATHS), help=f"comma-separated, of: {', '.join(PATHS)}")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{p.prog}: error: needs a CUDA GPU")
+    try:
+        import pynvml  # nvidia-ml-py: on GPU machines only
+    except ModuleNotFoundError:
+        raise SystemExit(f"{p.prog}: error: needs NVML's Python bindings: pip install nvidia-ml-py")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    import pynvml  # nvidia-ml-py: on GPU machines only
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "

@@ -16,6 +16,7 @@ by a few percent between runs; the ratios within one kernel are the point.
 import argparse
 import csv
 import io
+import shutil
 import subprocess
 import sys
 import time
@@ -164,7 +165,7 @@ def num(x):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.profile_kernels", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/ncu")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of: {', '.join(TARGETS)}")
     p.add_argument("--timeout", type=int, default=150, help="seconds per target")
@@ -172,6 +173,8 @@ def main(argv=None):
     p.add_argument("--compare", default="", help="A:B,... pairs of targets whose instruction mixes opcodes.txt "
                    "sets side by side (profiled now or earlier into --out); with --targets '' only the comparison")
     args = p.parse_args(argv)
+    if args.targets and shutil.which("ncu") is None:  # --targets '' only compares earlier profiles
+        raise SystemExit(f"{p.prog}: error: Nsight Compute's `ncu` is not on PATH (it comes with the CUDA toolkit)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     child = CHILD.format(tokens=TOKENS, hidden=HIDDEN)

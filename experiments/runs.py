@@ -18,6 +18,10 @@ METRICS = "metrics.jsonl"
 # Override keys that tell seeds (and the preset itself) apart rather than arms.
 NON_ARM_KEYS = ("trainer.seed", "seed", "experiment")
 OPTIONS_PREFIX = "attention.options."
+# Config keys (and the keys below them) in which the seeds of one arm may differ: the seed, and bookkeeping
+# that leaves the training alone (W&B naming, progress output, checkpoints, where the data is read from).
+SEED_ONLY_IGNORES = ("trainer.seed", "logger", "trainer.progress", "trainer.resume", "trainer.save_checkpoints",
+                     "trainer.keep_checkpoints", "trainer.checkpoint_interval", "data.data_dir", "data.cache_dir")
 
 
 @dataclass
@@ -57,6 +61,8 @@ def find_runs(roots):
     """Run directories under each root (a root that is itself a run counts as one), in path order."""
     found = []
     for root in map(Path, roots):
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such directory")
         if (root / METRICS).is_file():
             found.append(root)
         else:
@@ -75,6 +81,25 @@ def dotted(config, key):
             return None
         node = node[part]
     return node
+
+
+def _flatten(config, prefix=""):
+    """{dotted key: value} of a nested config's leaves."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(arm_runs, ignore=SEED_ONLY_IGNORES):
+    """Dotted config keys whose values are not the same in all these runs, those under `ignore` left out."""
+    flats = [_flatten(r.config) for r in arm_runs]
+    keys = sorted(set().union(*flats))
+    return [k for k in keys if not any(k == i or k.startswith(i + ".") for i in ignore)
+            and len({repr(f.get(k)) for f in flats}) > 1]
 
 
 def attention_label(run):

@@ -71,7 +71,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     opts = parse(argv)
     prov = provenance.collect(shlex.join(["python", "-m", "experiments.sweep_summary", *argv]))
-    all_runs = [runs.load_run(d) for d in runs.find_runs(opts.multirun_dirs)]
+    try:
+        all_runs = [runs.load_run(d) for d in runs.find_runs(opts.multirun_dirs)]
+    except FileNotFoundError as err:
+        raise SystemExit(f"python -m experiments.sweep_summary: error: {err}")
     label_of = (lambda r: runs.group_label(r, opts.group_by)) if opts.group_by else runs.override_label
     arms = runs.group(all_runs, label_of)
     baseline = summary.pick_baseline(list(arms), opts.baseline) if opts.baseline else default_baseline(arms)

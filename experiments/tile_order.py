@@ -82,7 +82,7 @@ def model(head_dim, seqlen, order, grid=GRID, l2_bytes=50 << 20):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m experiments.tile_order", description=__doc__.split("\n")[0])
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--seqlens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     ap.add_argument("--l2-mb", type=int, default=50)

@@ -65,7 +65,7 @@ def run_traced(dtype, head_dim, seqlen, tile, warm=3):
 def main(argv=None):
     from kernels.gluon.forward import default_tile
     from kernels.gluon.trace import fixed_cost
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.trace_gluon_fwd", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/trace")
     p.add_argument("--dtype", choices=["fp8", "bf16"], default="fp8")
     p.add_argument("--head-dim", type=int, default=128)
@@ -73,6 +73,8 @@ def main(argv=None):
     p.add_argument("--tile", default="", help="TileConfig fields to change for a second build, e.g. q_stages=2")
     p.add_argument("--rounds", type=int, default=2, help="times each build runs, in turn")
     args = p.parse_args(argv)
+    if not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)):
+        raise SystemExit(f"{p.prog}: error: the Gluon kernels it traces need an sm_90 (Hopper) GPU")
     base = default_tile(1 if args.dtype == "fp8" else 2, args.head_dim, False)
     tiles = {"default": base}
     if args.tile:

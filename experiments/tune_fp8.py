@@ -425,7 +425,7 @@ def step_gluon(log, summary):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.tune_fp8", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/tune_fp8")
     p.add_argument("--steps", default="tests,prepass,sweep,grid,table3")
     p.add_argument("--causal", action="store_true", help="grid: causal rows too")

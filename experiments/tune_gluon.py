@@ -482,7 +482,7 @@ def _table(rows):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.tune_gluon", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--stage", choices=["check", "tiny", "stats", "bench"])
     parser.add_argument("--head-dim", type=int)

@@ -185,7 +185,7 @@ def _table(rows):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.tune_gluon_bwd", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--stage", choices=["check", "stats", "bench"])
     parser.add_argument("--head-dim", type=int)

@@ -349,7 +349,7 @@ def _table_markdown(rows, record, rounds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.tune_triton", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "tune_out"))
     parser.add_argument("--stages", default="tests,sweep,table", help="comma-separated subset of tests,sweep,table")
     parser.add_argument("--head-dims", type=int, nargs="+", default=list(HEAD_DIMS))

@@ -6,29 +6,55 @@ our kernels failed (its row says ERROR), or when `ablation` is asked for by
 name on a GPU that lacks our Gluon kernels.
 """
 import argparse
+import os
 import shlex
 import sys
 
-from experiments.paper import ablation, bwd, candidates, fp8, fwd, table3
-from experiments.paper.runner import Options
+import torch
 
-TABLES = {"fwd": fwd, "bwd": bwd, "fp8": fp8, "ablation": ablation, "table3": table3}
-IMPLS = {c.name for c in (*candidates.BF16_ROSTER, *candidates.FP8_ROSTER, *ablation.CONTEXT)} | {
-    c.name for c, _ in ablation.VARIANTS}
+# The tables (and with them `kernels`) are imported only after parse(): see there.
+NAMES = ("fwd", "bwd", "fp8", "ablation", "table3")
+MAX_HEADDIM = 256
+
+
+def _tables():
+    from experiments.paper import ablation, bwd, fp8, fwd, table3
+    return {"fwd": fwd, "bwd": bwd, "fp8": fp8, "ablation": ablation, "table3": table3}
+
+
+def _impl_names():
+    from experiments.paper import ablation, candidates
+    return {c.name for c in (*candidates.BF16_ROSTER, *candidates.FP8_ROSTER, *ablation.CONTEXT)} | {
+        c.name for c, _ in ablation.VARIANTS}
 
 
 def _ints(text):
-    return tuple(int(x) for x in text.split(","))
+    """Comma-separated positive integers."""
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated integers: {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return values
+
+
+def _headdims(text):
+    values = _ints(text)
+    if any(v % 8 or v > MAX_HEADDIM for v in values):
+        raise argparse.ArgumentTypeError(f"head dims must be multiples of 8 up to {MAX_HEADDIM}: {text!r}")
+    return values
 
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m experiments.paper", description=__doc__.splitlines()[0])
-    p.add_argument("name", choices=[*TABLES, "all"])
-    p.add_argument("--quick", action="store_true", help="tiny shapes; runs on CPU (CI), timings meaningless")
+    p.add_argument("name", choices=[*NAMES, "all"])
+    p.add_argument("--quick", action="store_true",
+                   help="tiny shapes; runs on a CPU (our Triton kernels in Triton's interpreter), timings meaningless")
     p.add_argument("--out", default="outputs/paper", help="output directory (default: %(default)s)")
     p.add_argument("--wandb", action="store_true", help="also log each table to W&B (offline unless WANDB_MODE)")
     p.add_argument("--impls", help="comma-separated implementation names to keep (default: all)")
-    p.add_argument("--headdims", type=_ints, help="comma-separated head dims (default: the paper's)")
+    p.add_argument("--headdims", type=_headdims, help="comma-separated head dims (default: the paper's)")
     p.add_argument("--seqlens", type=_ints, help="comma-separated sequence lengths (default: the paper's)")
     p.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up (default: %(default)s)")
     p.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time (default: %(default)s)")
@@ -38,16 +64,23 @@ def parse(argv):
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
-    unknown = set(args.impls.split(",")) - IMPLS if args.impls else set()
+    if args.quick and not torch.cuda.is_available():
+        # On a CPU our Triton kernels run only in Triton's interpreter, which @triton.jit picks when `kernels`
+        # is first imported: hence the tables are imported after this.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    known = _impl_names()
+    unknown = set(args.impls.split(",")) - known if args.impls else set()
     if unknown:
-        p.error(f"unknown --impls {', '.join(sorted(unknown))}; known: {', '.join(sorted(IMPLS))}")
+        p.error(f"unknown --impls {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     return args
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
-    names = list(TABLES) if args.name == "all" else [args.name]
+    from experiments.paper.runner import Options
+    tables = _tables()
+    names = list(NAMES) if args.name == "all" else [args.name]
     codes = {}
     for name in names:
         opts = Options(out=args.out, quick=args.quick, wandb=args.wandb,
@@ -56,7 +89,7 @@ def main(argv=None):
                        rep_ms=args.rep_ms, rounds=args.rounds,
                        command=shlex.join(["python", "-m", "experiments.paper", *argv]),
                        explicit=args.name != "all")
-        codes[name] = TABLES[name].run(opts)
+        codes[name] = tables[name].run(opts)
     failed = {n: c for n, c in codes.items() if c}
     if failed:
         print(f"non-zero exit codes: {failed}")

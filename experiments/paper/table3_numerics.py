@@ -160,7 +160,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="FA3 Table 3: attention RMSE vs FP64 with outlier inputs")
+    p = argparse.ArgumentParser(prog="python -m experiments.paper.table3_numerics",
+                                description="FA3 Table 3: attention RMSE vs FP64 with outlier inputs")
     p.add_argument("--quick", action="store_true", help="tiny shapes (CPU CI)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     args = p.parse_args(argv)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from experiments import compare, runs, summary
+from experiments import compare, runs, summary, sweep_summary
 
 # Baseline arm "sdpa": final val 2.0 / 2.2 (mean 2.1); "fp8": 2.1 / 2.3 (mean 2.2).
 # At step 50 the curves are 3.1 vs 3.6 on average: the largest gap (16.13 %) is mid-run, not at the end.
@@ -81,3 +81,29 @@ def test_smoothing_and_resumed_runs(tmp_path, make_run):
 def test_missing_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
         runs.find_runs([tmp_path])
+
+
+def test_an_arm_mixing_more_than_seeds_is_refused(tmp_path, make_run):
+    """An lr sweep under one attention backend: its runs are not seeds of one arm unless grouped by lr."""
+    train, val = [(10, 3.0, 1.0)], [(10, 2.5)]
+    for i, (lr, seed) in enumerate([(1e-3, 0), (1e-3, 1), (3e-3, 0), (3e-3, 1)]):
+        # The W&B group differs too, as between two sweeps: bookkeeping, not a difference in the training.
+        make_run(tmp_path / "sweep" / str(i), "sdpa", seed, train, val,
+                 config=f"optim:\n  lr: {lr}\nlogger:\n  group: g{i}\n")
+    out = str(tmp_path / "out")
+    with pytest.raises(SystemExit) as err:
+        compare.main([str(tmp_path / "sweep"), "--out", out])
+    message = str(err.value.code)
+    assert "arm `sdpa` differ in optim.lr, not only in trainer.seed" in message and "sweep_summary" in message
+    assert "--group-by attention.name optim.lr" in message
+    assert compare.main([str(tmp_path / "sweep"), "--group-by", "attention.name", "optim.lr", "--out", out]) == 0
+    with (tmp_path / "out" / "summary.csv").open() as f:
+        assert [r["runs"] for r in csv.DictReader(f)] == ["2", "2"]
+
+
+@pytest.mark.parametrize("tool", [compare, sweep_summary])
+def test_missing_or_empty_dir_is_a_one_line_error(tmp_path, tool):
+    prog = tool.__name__.replace("experiments.", "python -m experiments.")
+    for path, reason in ((tmp_path / "absent", "no such directory"), (tmp_path, "no metrics.jsonl")):
+        with pytest.raises(SystemExit, match=f"^{prog}: error: .*{reason}"):
+            tool.main([str(path), "--out", str(tmp_path / "out")])

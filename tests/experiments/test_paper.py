@@ -1,5 +1,9 @@
 """The paper commands end to end in quick mode (CPU: reference/interpreter paths), and the runner's pieces."""
 import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +51,31 @@ def test_throughput_figure_quick(tmp_path, name, ours):
     assert cudnn and all(r["status"] == "skipped" and r["reason"] == "needs CUDA" for r in cudnn)
     assert "## head dim 64, non-causal" in md and "## head dim 64, causal" in md
     assert "H100 paper: FlashAttention-3" in md and "/ best peer" in md and "**gpu**" in md
+
+
+def test_quick_cli_without_triton_interpret(tmp_path):
+    """`--quick` from a plain shell: on a CPU it turns on Triton's interpreter itself (this suite's conftest sets
+    TRITON_INTERPRET, so a child process without it is what a user runs)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "experiments.paper", "fwd", "--quick", "--impls", "ours-triton", "--seqlens", "32",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, rows, _ = _outputs(tmp_path, "fwd")
+    mine = [r for r in rows if r["kind"] != "paper"]
+    assert len(mine) == 2 and all(r["impl"] == "ours-triton" and r["status"] == "ok" for r in mine), mine
+
+
+@pytest.mark.parametrize("args, message", [(["--headdims", "0"], "must be positive"),
+                                           (["--headdims", "64,12"], "multiples of 8 up to 256"),
+                                           (["--headdims", "512"], "multiples of 8 up to 256"),
+                                           (["--seqlens", "-5"], "must be positive"),
+                                           (["--seqlens", "1k"], "not comma-separated integers")])
+def test_shape_arguments_are_checked(args, message, capsys):
+    with pytest.raises(SystemExit) as err:
+        cli.parse(["fwd", "--quick", *args])
+    assert err.value.code == 2 and message in capsys.readouterr().err
+    assert cli.parse(["fwd", "--headdims", "64,256", "--seqlens", "1,512"]).headdims == (64, 256)
 
 
 def test_ablation_quick(tmp_path):
