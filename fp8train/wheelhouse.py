@@ -152,11 +152,11 @@ def build(args) -> list[Path]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="fp8train-wheelhouse", description=__doc__.split("\n\n")[0])
     parser.add_argument("--python-version", required=True, help="target Python, e.g. 3.12")
     parser.add_argument("--platform", action="append", required=True,
                         help="target platform tag, repeatable (manylinux_2_28_x86_64, manylinux2014_x86_64, ...)")
-    parser.add_argument("--dest", default="wheelhouse")
+    parser.add_argument("--dest", default="wheelhouse", help="directory the wheels go to (default: %(default)s)")
     parser.add_argument("--have", help="`pip list --format=freeze` of the node: those packages are not shipped")
     parser.add_argument("--skip", default=",".join(DEFAULT_SKIP), type=lambda s: [p for p in s.split(",") if p],
                         help="comma-separated name patterns never shipped (default: %(default)s)")
