@@ -116,7 +116,7 @@ class TrainerConfig:
     checkpoint_interval: int = 0  # 0: only at the end
     save_checkpoints: bool = True
     keep_checkpoints: int = 2
-    resume: str = "auto"  # auto: newest checkpoint in the run dir; never; or a checkpoint directory
+    resume: str = "auto"  # auto: newest checkpoint in the run dir; never or a checkpoint dir: a run dir without any
     progress: bool = True  # a bar on a terminal; log lines otherwise
     peak_flops: Optional[float] = None  # per device; None: looked up from the GPU's name
     parallel: ParallelConfig = field(default_factory=ParallelConfig)

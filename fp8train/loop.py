@@ -55,6 +55,8 @@ class Trainer:
         self.bf16 = t.precision == "bf16" or (t.precision == "auto" and (
             env.device.type == "cuda" or cfg.attention.name in attention.LOW_PRECISION_ONLY))
         backend = attention.build(cfg.attention.name, cfg.attention.options)
+        attention.run_once(cfg.attention.name, backend, cfg.model.n_head, cfg.model.d_model // cfg.model.n_head,
+                           cfg.data.seq_len, env.device, torch.bfloat16 if self.bf16 else torch.float32)
         if env.device.type == "cuda":
             torch.set_float32_matmul_precision("high" if t.allow_tf32 else "highest")
 
@@ -89,16 +91,12 @@ class Trainer:
                 torch.cuda.reset_peak_memory_stats(env.device)
         torch.manual_seed(t.seed + 1 + env.rank)  # dropout streams differ across ranks
 
+        # The config checkpoints and W&B record, with the vocabulary as built: a checkpoint loads without the data.
+        self.resolved = OmegaConf.to_container(cfg, resolve=True)
+        self.resolved["model"]["vocab_size"] = model_cfg.vocab_size
         self.step, self.position, self.best_val_loss, self.last_val_loss = 0, 0, math.inf, None
         self.ckpt_root = run_dir / CHECKPOINT_DIR
-        wandb_id = self._resume()
-        self.resolved = OmegaConf.to_container(cfg, resolve=True)
-        self.loggers = Loggers(cfg.logger, run_dir, self.resolved, env.is_main, wandb_id)
-        self.console = Console(env.is_main, t.progress, t.max_steps, self.step)
-        self.console.print(
-            f"run dir {run_dir}: {self.raw_model.num_params(False) / 1e6:.2f}M parameters, attention "
-            f"{cfg.attention.name}, {self.strategy} x{env.world_size} on {env.device}, "
-            f"micro-batch {self.micro} x {self.accum} accumulation, {'bf16' if self.bf16 else 'fp32'}")
+        self.wandb_id = self._resume()
 
     def _vocab_size(self) -> int:
         m, have = self.cfg.model, self.splits.vocab_size
@@ -109,26 +107,58 @@ class Trainer:
         return -(-have // m.vocab_multiple) * m.vocab_multiple
 
     def _resume(self) -> str | None:
-        """Load the checkpoint trainer.resume names, if any; returns the W&B run id to continue."""
+        """Load the checkpoint trainer.resume names, if any; returns the W&B run id to continue.
+
+        A run dir holds one run: a run that would not continue from its newest checkpoint (resume=never, or
+        another checkpoint) is refused there, since its own checkpoints would mix with the earlier run's, to be
+        pruned by step number or resumed later in place of its own.
+        """
         resume = self.cfg.trainer.resume
         if self.env.is_main:
             checkpoint.remove_partial(self.ckpt_root)
-        if resume == "never":
-            return None
-        path = checkpoint.latest(self.ckpt_root) if resume == "auto" else Path(resume)
+        found = checkpoint.checkpoints(self.ckpt_root)
+        if resume == "auto":
+            path = found[-1] if found else None
+        elif found and (resume == "never" or Path(resume).resolve() != found[-1].resolve()):
+            raise config.ConfigError(
+                "trainer.resume", f"{self.ckpt_root} holds checkpoints of an earlier run (newest {found[-1].name}); "
+                "use trainer.resume=auto to continue it, or a new run dir (hydra.run.dir=...)")
+        else:
+            path = None if resume == "never" else Path(resume)
+            if path and not (path / "trainer_state.pt").exists():
+                raise config.ConfigError("trainer.resume", f"{path} is not a checkpoint directory")
         if path is None:
             return None
-        if not (path / "trainer_state.pt").exists():
-            raise config.ConfigError("trainer.resume", f"{path} is not a checkpoint directory")
-        saved_world = checkpoint.read_trainer_state(path)["world_size"]
-        state = checkpoint.load(path, self.model, self.optimizer, self.env.device,
-                                restore_rng=saved_world == self.env.world_size)
+        try:
+            state = checkpoint.read_trainer_state(path)
+            self._compare_config(state["config"], path)
+            checkpoint.load(path, self.model, self.optimizer, self.env.device,
+                            restore_rng=state["world_size"] == self.env.world_size)
+        except checkpoint.CheckpointError as e:
+            if resume == "auto" and len(found) > 1:
+                raise checkpoint.CheckpointError(path, f"{e.problem}; to resume from {found[-2].name}, "
+                                                       f"move {path.name} out of {self.ckpt_root}") from e
+            raise
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.position = state["step"], state["position"]
         self.best_val_loss, self.last_val_loss = state["best_val_loss"], state["last_val_loss"]
         if self.env.is_main:
-            print(f"resumed from {path} at step {self.step} (saved by {saved_world} process(es))", flush=True)
+            print(f"resumed from {path} at step {self.step} (saved by {state['world_size']} process(es))", flush=True)
         return state["wandb_id"]
+
+    def _compare_config(self, saved: dict, path: Path) -> None:
+        """Refuse another model than the checkpoint's; name any other setting that changed, and carry on."""
+        if saved["model"]["vocab_size"] is None:  # saved before checkpoints held the vocabulary as built
+            saved["model"]["vocab_size"] = self.resolved["model"]["vocab_size"]
+        changed = {key: f"{key} {old} -> {new}" for key, (old, new) in config_changes(saved, self.resolved).items()
+                   if key != "trainer.resume"}  # how to resume, not how to train
+        model = [change for key, change in changed.items() if key.startswith("model.")]
+        if model:
+            raise config.ConfigError("model", f"differs from checkpoint {path} (saved -> now): {', '.join(model)}; "
+                                              "a new model needs a new run dir")
+        if changed and self.env.is_main:
+            print(f"warning: config changed since checkpoint {path} (saved -> now): {', '.join(changed.values())}",
+                  flush=True)
 
     # --- one optimizer step -------------------------------------------------
 
@@ -259,6 +289,19 @@ class Trainer:
         return self.save()
 
     def fit(self) -> dict:
+        t = self.cfg.trainer
+        summary_file = self.run_dir / SUMMARY_FILE
+        if self.step >= t.max_steps:  # started again after it finished: its summary and W&B run stay as they are
+            if self.env.is_main:
+                print(f"run already complete at step {self.step} (trainer.max_steps={t.max_steps}); "
+                      f"nothing to do", flush=True)
+            return json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        self.loggers = Loggers(self.cfg.logger, self.run_dir, self.resolved, self.env.is_main, self.wandb_id)
+        self.console = Console(self.env.is_main, t.progress, t.max_steps, self.step)
+        self.console.print(
+            f"run dir {self.run_dir}: {self.raw_model.num_params(False) / 1e6:.2f}M parameters, attention "
+            f"{self.cfg.attention.name}, {self.strategy} x{self.env.world_size} on {self.env.device}, "
+            f"micro-batch {self.micro} x {self.accum} accumulation, {'bf16' if self.bf16 else 'fp32'}")
         dev = self.env.device
         self._loss_sum, self._norm_sum = torch.zeros((), device=dev), torch.zeros((), device=dev)
         self._pending_steps, self._intervals, self._timed_tokens, self._timed_seconds = 0, 0, 0, 0.0
@@ -273,7 +316,7 @@ class Trainer:
             self.console.close()
         summary = self._summary(time.perf_counter() - self._start)
         if self.env.is_main:
-            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+            summary_file.write_text(json.dumps(summary, indent=2) + "\n")
         self.loggers.finish(summary)
         return summary
 
@@ -323,6 +366,18 @@ class Trainer:
             "wandb_project": self.cfg.logger.project, "wandb_group": self.cfg.logger.group,
             "wandb_id": self.loggers.wandb_id,
         }
+
+
+def config_changes(saved: dict, now: dict, prefix: str = "") -> dict[str, tuple]:
+    """{dotted key: (saved value, value now)} for each setting that differs between two resolved configs."""
+    changed = {}
+    for key in saved.keys() | now.keys():
+        old, new = saved.get(key, "(unset)"), now.get(key, "(unset)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed.update(config_changes(old, new, f"{prefix}{key}."))
+        elif old != new:
+            changed[prefix + key] = (old, new)
+    return dict(sorted(changed.items()))
 
 
 def signal_name(signum: int | None) -> str:

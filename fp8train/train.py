@@ -9,7 +9,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from fp8train import attention, config, data, launch, loop
+from fp8train import attention, checkpoint, config, data, launch, loop
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's conf/ (editable install)
 
@@ -52,7 +52,7 @@ def _main(cfg: DictConfig) -> None:
         loop.run(cfg, hc.runtime.output_dir)
     except config.ConfigError as e:
         sys.exit(f"config error: {e}")
-    except (data.CorpusNotFound, loop.TrainingDiverged) as e:
+    except (data.CorpusNotFound, checkpoint.CheckpointError, loop.TrainingDiverged) as e:
         sys.exit(f"error: {e}")
     except loop.Stopped as e:
         if int(os.environ.get("RANK", 0)) == 0:

@@ -25,6 +25,15 @@ def test_what_a_backend_cannot_run_is_a_config_error(name, options, head_dim, me
         attention.run_once(name, backend, 2, head_dim, 32, torch.device("cpu"), torch.bfloat16)
 
 
+def test_a_model_the_backend_cannot_run_stops_before_training(make_cfg, tmp_path):
+    """The tiny test model has head dim 16, which the FP8 kernels do not take: one ConfigError at start-up, before
+    the data, the model or any logger is built (it used to come from the first step as a traceback)."""
+    cfg = make_cfg("attention=fp8", "attention.options.impl=reference", f"data.cache_dir={tmp_path / 'cache'}")
+    with pytest.raises(ConfigError, match="^attention: fp8 cannot run .* head dims"):
+        loop.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 def test_fp32_precision_is_refused_for_kernel_backends(make_cfg):
     with pytest.raises(ConfigError, match="trainer.precision"):
         make_cfg("attention=fp8", "trainer.precision=fp32")
