@@ -50,6 +50,12 @@ def build(name: str, options: Mapping) -> Backend:
         raise ConfigError("attention.options", f"backend {name!r}: {e}") from None
 
 
+def describe(cfg) -> str:
+    """A backend config as one phrase, options included (attention=triton is `flash` with impl=triton)."""
+    options = ", ".join(f"{k}={v}" for k, v in cfg.options.items())
+    return f"{cfg.name} ({options})" if options else cfg.name
+
+
 def run_once(name: str, backend: Backend, n_head: int, head_dim: int, seq_len: int, device, dtype) -> None:
     """Run `backend` once, without gradients, on random input of the model's attention shape, so that what it
     cannot take (a head dim, the device, a forced kernel choice) is a ConfigError before data, model and

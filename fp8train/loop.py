@@ -300,7 +300,7 @@ class Trainer:
         self.console = Console(self.env.is_main, t.progress, t.max_steps, self.step)
         self.console.print(
             f"run dir {self.run_dir}: {self.raw_model.num_params(False) / 1e6:.2f}M parameters, attention "
-            f"{self.cfg.attention.name}, {self.strategy} x{self.env.world_size} on {self.env.device}, "
+            f"{attention.describe(self.cfg.attention)}, {self.strategy} x{self.env.world_size} on {self.env.device}, "
             f"micro-batch {self.micro} x {self.accum} accumulation, {'bf16' if self.bf16 else 'fp32'}")
         dev = self.env.device
         self._loss_sum, self._norm_sum = torch.zeros((), device=dev), torch.zeros((), device=dev)
