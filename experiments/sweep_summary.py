@@ -92,6 +92,16 @@ def main(argv=None):
         row.append("baseline" if s.label == baseline else "yes" if within(s, opts.tolerance) else "no")
     notes = [f"Baseline arm: `{baseline}`. {len(all_runs)} runs in {len(arms)} arms from "
              + ", ".join(f"`{d}`" for d in opts.multirun_dirs) + ".", summary.DEFINITIONS, verdict]
+    # Arms are named by overrides, which leave the preset out: runs of two presets can share an arm. Said, not
+    # refused (experiments.compare refuses), since a sweep over presets may mean it; its ± is then not seeds'.
+    for label, arm_runs in arms.items():
+        differing = runs.config_differences(arm_runs)
+        if differing:
+            warning = (f"arm `{label}` mixes runs that differ in {', '.join(differing[:6])}"
+                       f"{' and more' if len(differing) > 6 else ''}, not only in trainer.seed: its ± is not a "
+                       "spread over seeds (split it with --group-by)")
+            print(f"warning: {warning}", file=sys.stderr)
+            notes.append(f"**Warning**: {warning}.")
     md = writers.preamble("Sweep summary", prov, notes) + "\n" + writers.markdown_table(header, body) + "\n"
     md += "\n![final validation loss per setting](sweep_summary.png)\n"
     rows = [dict(summary.as_row(s), within=(s.label != baseline and within(s, opts.tolerance))) for s in stats]

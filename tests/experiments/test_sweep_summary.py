@@ -50,3 +50,18 @@ def test_explicit_baseline_and_missing_baseline(tmp_path, make_run):
     # Any arm can be the reference when named; a loose tolerance lets the other one in.
     assert sweep_summary.main([str(sweep), "--baseline", "block_m=64", "--tolerance", "5", "--out", str(out)]) == 0
     assert "`block_m=128,hadamard=false`." in (out / "sweep_summary.md").read_text()
+
+
+def test_an_arm_mixing_two_presets_is_flagged(tmp_path, make_run, capsys):
+    """Two presets with the same overrides land in one arm (experiment= is not part of a label): the summary keeps
+    them together but says that its ± is not a spread over seeds."""
+    base = _multirun(tmp_path / "bf16", [BASELINE], make_run)
+    for seed, steps in ((0, 500), (1, 2000)):
+        make_run(tmp_path / "sweep" / str(seed), "fp8", seed, train=[(10, 3.0, 100.0), (100, 2.1, 200.0)],
+                 val=[(100, 2.1)], overrides=["attention.options.block_m=64", f"trainer.seed={seed}"],
+                 config=f"  max_steps: {steps}\n")
+    out = tmp_path / "out"
+    assert sweep_summary.main([str(tmp_path / "sweep"), str(base), "--out", str(out)]) == 0
+    warning = "arm `block_m=64` mixes runs that differ in trainer.max_steps, not only in trainer.seed"
+    assert warning in capsys.readouterr().err and warning in (out / "sweep_summary.md").read_text()
+    assert "mixes" not in (out / "sweep_summary.md").read_text().replace(warning, "")  # the seeds-only arm: none
