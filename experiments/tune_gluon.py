@@ -93,6 +93,10 @@ CANDIDATES = {
     "fp8rows": [("m192_s3", "fp8", 128, dict(block_m=192, stages=3, overlap=False)),
                 ("m192_s2", "fp8", 128, dict(block_m=192, stages=2, overlap=False)),
                 ("m192_s4", "fp8", 128, dict(block_m=192, stages=4, overlap=False))],
+    # Causal blocks below the diagonal in a loop without the mask test (TileConfig.causal_unmasked_loop; 6-20 fewer
+    # instructions a block in the CPU compile, docs/tuning-gluon.md entry 46); a no-op in the non-causal rows.
+    "causal_split": [("causal_split", "bf16", d, dict(causal_unmasked_loop=True)) for d in HEAD_DIMS]
+                    + [("causal_split", "fp8", 128, dict(causal_unmasked_loop=True))],
 }
 # A candidate's change that is not a TileConfig field: the FP8 scale block of K and V (FP8Config.block_n).
 KV_BLOCK_KEY = "kv_block"
@@ -102,7 +106,7 @@ V_KEY_ORDERS = {"natural_v": "natural"}
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
 GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "bf16trim", "fp8wide128", "fp8wide256",
-               "fp8wide_ctl", "fp8rows")
+               "fp8wide_ctl", "fp8rows", "causal_split")
 
 
 def _default_v_order():

@@ -21,7 +21,8 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup
 from kernels.quant import WGMMA_KEY_GROUP
 
 from .pipeline import Pipeline, Ring, kv_block_start
-from .softmax import block_needs_mask, mask_scores, p_log2_offset, row_sum_init, softmax_update, total_row_sum
+from .softmax import (block_needs_mask, causal_full_blocks, mask_scores, p_log2_offset, row_sum_init, softmax_update,
+                      total_row_sum)
 
 
 @gluon.constexpr_function
@@ -180,15 +181,15 @@ def p_operand(p, dtype: gl.constexpr, layout: gl.constexpr, V_WGMMA_KEYS: gl.con
 
 
 @gluon.jit
-def carried_p(pr, dtype: gl.constexpr, layout: gl.constexpr, V_WGMMA_KEYS: gl.constexpr):
+def carried_p(pr, dtype: gl.constexpr, layout: gl.constexpr, V_WGMMA_KEYS: gl.constexpr, F32: gl.constexpr = False):
     """What the loop carries from one block's softmax to its PV in the next iteration.
 
-    16-bit P is converted at once. FP8 P stays fp32 and is converted after
+    16-bit P is converted at once (unless F32). FP8 P stays fp32 and is converted after
     the back edge: an 8-bit tensor carried by the loop is kept one byte per
     register and re-packed at the top of every iteration (about 170 extra
     PRMT/LOP3 per thread per block in SASS).
     """
-    if dtype.is_fp8():
+    if dtype.is_fp8() or F32:
         return pr
     else:
         return p_operand(pr, dtype, layout, V_WGMMA_KEYS)
@@ -333,6 +334,15 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     # Non-causal blocks are visited from the last one down, so only the first (peeled when OVERLAP) can reach
     # past seqlen_k, and every row has a finite max after it.
     LOOP_MASK: gl.constexpr = CAUSAL or not p.UNMASKED_LOOP
+    # Causal with CAUSAL_UNMASKED_LOOP (FA3's order): the blocks visited first cross the diagonal and loop with the
+    # mask test, those below it (visited last) in a second loop without; 16-bit P then crosses the back edge in
+    # fp32, as FP8's does (carried_p: carried as bf16 from one loop into the other, ptxas swapped its halves with
+    # 32-64 PRMT per block).
+    SPLIT_MASK: gl.constexpr = CAUSAL and p.CAUSAL_UNMASKED_LOOP
+    if SPLIT_MASK:
+        mask_end = gl.maximum(n_blocks - causal_full_blocks(n_blocks, row0, seqlen_q, seqlen_k, BLOCK_N), 1)
+    else:
+        mask_end = n_blocks
     v_unit = gl.to_tensor(1.0)
 
     if OVERLAP:
@@ -346,34 +356,20 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
             pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, LAZY=p.LAZY_RESCALE)
             _, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
-            pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
+            pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS, SPLIT_MASK)
             # With RESCALE_UNDER_S, O's rescale by block i - 1's alpha waits for block i's QK^T issue (the peeled
             # block's alpha meets O = 0).
-            for i in range(1, n_blocks):
-                kv_next = kv.next()
-                pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
-                k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
-                mbarrier.wait(p.k_ready.index(kv_next.index), kv_next.phase)
-                turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
-                s = warpgroup_mma(q, key_block(p, kv_next), s_zero, use_acc=False, is_async=True)
-                if p.RESCALE_UNDER_S:
-                    o = rescale_o(o, alpha, p.LAZY_RESCALE)
-                mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
-                o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
-                pass_turn(p, CID, PINGPONG)
-                s = warpgroup_mma_wait(1, deps=(s, ))
-                release_k(p, kv_next)
-                s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8,
-                                    LOOP_MASK)
-                pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, not LOOP_MASK, p.LAZY_RESCALE)
-                alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
-                l = schedule_fence(p, l)
-                o, pr = wait_pv(o, pm, pr)
-                release_v(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
-                if not p.RESCALE_UNDER_S:
-                    o = rescale_o(o, alpha, p.LAZY_RESCALE)
-                pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS)
-                kv = kv_next
+            for i in range(1, mask_end):
+                o, pc, pr, m, l, alpha, v_unit, kv, turn_phase = overlapped_block(
+                    p, q, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch, head_kv,
+                    seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS,
+                    PINGPONG, LOOP_MASK, SPLIT_MASK)
+            if SPLIT_MASK:
+                for i in range(mask_end, n_blocks):
+                    o, pc, pr, m, l, alpha, v_unit, kv, turn_phase = overlapped_block(
+                        p, q, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch, head_kv,
+                        seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS,
+                        PINGPONG, False, True)
             if p.O_IN_K:
                 p.release(p.k_done)  # this consumer's QK^T of the last block is complete
             pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
@@ -390,11 +386,53 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             o, m, l, v_unit, kv, turn_phase = plain_block(
                 p, q, kv, turn_phase, 0, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
                 row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, True)
-        for i in range(1, n_blocks):
+        for i in range(1, mask_end):
             o, m, l, v_unit, kv, turn_phase = plain_block(
                 p, q, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
                 row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, LOOP_MASK)
+        if SPLIT_MASK:
+            for i in range(mask_end, n_blocks):
+                o, m, l, v_unit, kv, turn_phase = plain_block(
+                    p, q, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q,
+                    seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, False)
     return o, m, total_row_sum(l, s_rows), v_unit, kv, turn_phase
+
+
+@gluon.jit
+def overlapped_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0,
+                     batch, head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr,
+                     CID: gl.constexpr, CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr, PINGPONG: gl.constexpr,
+                     MAY_MASK: gl.constexpr, CARRY_F32: gl.constexpr = False):
+    """Key block i of the overlapped loop: QK^T of block i and PV of block i - 1 (whose P is pc) back to back, then
+    block i's softmax under that PV; returns block i's P as carried (pc) and as fp32 (pr, for the last wait_pv).
+    MAY_MASK False: block i needs no mask and every row's max is finite."""
+    dtype: gl.constexpr = p.q_desc.dtype
+    FP8: gl.constexpr = dtype.is_fp8()
+    BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
+    p_layout: gl.constexpr = p_operand_layout(o.type.layout, dtype)
+    kv_next = kv.next()
+    pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
+    k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
+    mbarrier.wait(p.k_ready.index(kv_next.index), kv_next.phase)
+    turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
+    s = warpgroup_mma(q, key_block(p, kv_next), s_zero, use_acc=False, is_async=True)
+    if p.RESCALE_UNDER_S:
+        o = rescale_o(o, alpha, p.LAZY_RESCALE)
+    mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
+    o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
+    pass_turn(p, CID, PINGPONG)
+    s = warpgroup_mma_wait(1, deps=(s, ))
+    release_k(p, kv_next)
+    s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8, MAY_MASK)
+    pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), not MAY_MASK, p.LAZY_RESCALE)
+    alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
+    l = schedule_fence(p, l)
+    o, pr = wait_pv(o, pm, pr)
+    release_v(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
+    if not p.RESCALE_UNDER_S:
+        o = rescale_o(o, alpha, p.LAZY_RESCALE)
+    pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS, CARRY_F32)
+    return o, pc, pr, m, l, alpha, v_unit, kv_next, turn_phase
 
 
 @gluon.jit

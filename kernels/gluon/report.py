@@ -69,6 +69,13 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, False, **FP8_WGMMA,
                      tile_override=replace(TILE_CONFIGS[(1, d)], thread_arrive=not TILE_CONFIGS[(1, d)].thread_arrive))
              for d in (128, 256)]
 
+# Causal tiles with the blocks below the diagonal in a loop without the mask test (TileConfig.causal_unmasked_loop).
+SPLIT_CAUSAL = [(2, 64), (2, 128), (1, 128)]
+VARIANTS += [Variant(torch.bfloat16 if size == 2 else torch.float8_e4m3fn, d, True,
+                     tile_override=replace(default_tile(size, d, True), causal_unmasked_loop=True),
+                     **(FP8_WGMMA if size == 1 else {}))
+             for size, d in SPLIT_CAUSAL]
+
 # Built with the consumers' cycle stamps (kernels.gluon.trace): the FP8 hd128 tile and the three-consumer hd64 tile.
 TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.bfloat16, 64, False)]
 
@@ -86,7 +93,7 @@ def variant_name(v: Variant):
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}"
             f"{'_eager' if t and not v.fp8 and v.head_dim in LAZY_HEAD_DIMS and not t.lazy_rescale else ''}"
             f"{'_late_rescale' if late else ''}{f'_o_in_{t.o_buffer}' if moved_o else ''}"
-            f"{f'_arrive{int(t.thread_arrive)}' if arrive else ''}")
+            f"{f'_arrive{int(t.thread_arrive)}' if arrive else ''}{'_split' if t and t.causal_unmasked_loop else ''}")
 
 
 def key_block_loop(sass: str):
@@ -101,6 +108,17 @@ def key_block_loop(sass: str):
             if any("GMMA" in t for _, t in body):
                 return [t for _, t in body]
     return []
+
+
+def key_block_loops(sass: str):
+    """Every consumer's key-block loops in code order (one each, or two with TileConfig.causal_unmasked_loop): the
+    backward branches over a wgmma with no other backward branch inside, each as its instructions."""
+    ins = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)
+    addrs = [int(a, 16) for a, _ in ins]
+    back = [(addrs.index(int(m.group(1), 16)), i) for i, (_, text) in enumerate(ins)
+            for m in [re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)] if m and int(m.group(1), 16) < addrs[i]]
+    return [[t for _, t in ins[j:i + 1]] for j, i in back
+            if any("GMMA" in t for _, t in ins[j:i + 1]) and not any(j <= c < d < i for c, d in back)]
 
 
 def _sass_and_resources(cubin: bytes, tmpdir: str):
@@ -133,6 +151,7 @@ def common_counts(ck, tmpdir: str):
 def compile_report(variant: Variant, tmpdir: str, traced: bool = False):
     ptx, sass, counts = common_counts(compile_forward(variant, traced=traced), tmpdir)
     loop = key_block_loop(sass)
+    loops = key_block_loops(sass)
     return dict(
         name=traced_name(variant) if traced else variant_name(variant),
         **counts,
@@ -145,6 +164,9 @@ def compile_report(variant: Variant, tmpdir: str, traced: bool = False):
         sass_key_loop=len(loop),
         sass_key_loop_local_mem=sum(1 for t in loop if re.search(r"\b(?:LDL|STL)\b", t)),
         sass_key_loop_warpgroup_bars=sum(1 for t in loop if WARPGROUP_BAR.search(t)),
+        sass_key_loop_sizes=[len(body) for body in loops],
+        sass_key_loops_prmt=sum(1 for body in loops for t in body if re.search(r"\bPRMT\b", t)),
+        sass_key_loops_local_mem=sum(1 for body in loops for t in body if re.search(r"\b(?:LDL|STL)\b", t)),
         ptx_clock_reads=ptx.count("%clock64"),
     )
 

@@ -40,6 +40,15 @@ def block_needs_mask(key0, row0, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUS
     return needs
 
 
+@gluon.jit
+def causal_full_blocks(n_blocks, row0, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr):
+    """How many of a causal tile's n_blocks key blocks, counted from key 0, rows row0.. see whole: the blocks
+    visited last (pipeline.kv_block_start), which need no mask (block_needs_mask is False for each of them) and,
+    since every row sees all their keys, give every row a finite max."""
+    row0_keys = row0 + 1 + seqlen_k - seqlen_q  # keys the first row sees
+    return gl.minimum(gl.maximum(row0_keys, 0) // BLOCK_N, n_blocks)
+
+
 @gluon.constexpr_function
 def p_log2_offset(dtype):
     """log2 of the factor P carries: 2**8 for fp8 P, so that P <= 256 uses fp8's normal range (FA3; kernels.quant)."""

@@ -22,6 +22,14 @@ CONSUMER_REGS = {2: 240, 3: 160}  # setmaxnreg of each consumer warpgroup, by th
 PRODUCER_REGS = 24
 
 
+# (split causal variant, its default) of kernels.gluon.report.SPLIT_CAUSAL; measured on this CPU's compile
+# (session 24): unmasked loop 423 / 467 / 469 instructions against the default loop's 435 / 479 / 477 executed
+# where a block needs no mask (692 / 736 / 734 as laid out).
+SPLIT_CAUSAL = [("bfloat16_hd64_causal_ws1_pipe1_pp1_split", "bfloat16_hd64_causal_ws1_pipe1_pp1"),
+                ("bfloat16_hd128_causal_ws1_pipe1_pp1_split", "bfloat16_hd128_causal_ws1_pipe1_pp1"),
+                ("float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav_split", "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav")]
+
+
 def _fp8_pipe(head_dim):
     """FP8 hd256 runs without the intra-warpgroup overlap (TileConfig.overlap)."""
     return "pipe0" if head_dim == 256 else "pipe1"
@@ -44,9 +52,10 @@ def _names():
     # The FP8 hd128 tile with its O rescale after the PV wait, not under the next QK^T.
     names += [f"float8_e4m3fn_hd128_{mask}_ws1_pipe1_pp1_wgmmav_late_rescale" for mask in ("full", "causal")]
     # Per-thread arrives flipped from the default (TileConfig.thread_arrive).
-    return names + ["bfloat16_hd128_full_ws1_pipe1_pp1_arrive0",
-                    "float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav_arrive0",
-                    "float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav_arrive1"]
+    names += ["bfloat16_hd128_full_ws1_pipe1_pp1_arrive0", "float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav_arrive0",
+              "float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav_arrive1"]
+    # Causal tiles with a key loop of their own for the blocks below the diagonal (TileConfig.causal_unmasked_loop).
+    return names + [name for name, _ in SPLIT_CAUSAL]
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +79,10 @@ def test_variant_compiles_to_wgmma_and_tma(reports, name):
 
     # wgmma m64nNk(32 / elem) instructions per consumer: QK^T takes d / k steps, PV block_n / k;
     # the pipelined loop holds one QK^T + PV pair plus the peeled QK^T and the trailing PV, the unpipelined one
-    # a pair and its peeled first block.
+    # a pair and its peeled first block; a split causal loop (_split) one more pair.
     k = 32 // elem
     per_pair = d // k + block_n // k
-    assert r["ptx_wgmma"] == consumers * 2 * per_pair, r
+    assert r["ptx_wgmma"] == consumers * (3 if name.endswith("_split") else 2) * per_pair, r
     assert r["ptx_wgmma_fp8"] == (r["ptx_wgmma"] if fp8 else 0), r
     assert r["sass_gmma"] == r["ptx_wgmma"], "wgmma must survive ptxas as HGMMA/QGMMA"
     assert r["ptx_tma_load"] > 0 and r["sass_tma_load"] > 0, r
@@ -217,3 +226,17 @@ def test_o_in_k_compiles_like_o_in_q(reports, mask):
     assert oink["sass_gmma"] == plain["sass_gmma"] and oink["sass_key_loop"] == plain["sass_key_loop"], (plain, oink)
     assert oink["sass_local_mem"] == 0 and oink["sass_key_loop_local_mem"] == 0, oink
     assert plain["shared_bytes"] < oink["shared_bytes"] <= plain["shared_bytes"] + 64, (plain, oink)
+
+
+@pytest.mark.parametrize("split, default", SPLIT_CAUSAL, ids=[d for _, d in SPLIT_CAUSAL])
+def test_causal_unmasked_loop_drops_the_mask_test(reports, split, default):
+    """TileConfig.causal_unmasked_loop: each consumer runs two key loops, the second (blocks below the diagonal)
+    without the masking branch, so shorter as laid out by at least that branch; no local memory in either, and no
+    more PRMT than the default's loop in each (16-bit P carried as bf16 from one loop into the other had ptxas swap
+    its halves, 32-64 PRMT a block where the default has none; FP8 P's packing takes some in every loop)."""
+    on, off = reports[split], reports[default]
+    assert "error" not in on and "error" not in off, (on.get("error"), off.get("error"))
+    assert len(off["sass_key_loop_sizes"]) == 2 and len(on["sass_key_loop_sizes"]) == 4, (off, on)
+    masked, unmasked = on["sass_key_loop_sizes"][:2]
+    assert unmasked <= off["sass_key_loop_sizes"][0] - 200 and masked >= off["sass_key_loop_sizes"][0] - 16, (off, on)
+    assert on["sass_key_loops_local_mem"] == 0 and on["sass_key_loops_prmt"] <= 2 * off["sass_key_loops_prmt"], on
