@@ -43,8 +43,9 @@ def block_needs_mask(key0, row0, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUS
 @gluon.jit
 def causal_full_blocks(n_blocks, row0, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr):
     """How many of a causal tile's n_blocks key blocks, counted from key 0, rows row0.. see whole: the blocks
-    visited last (pipeline.kv_block_start), which need no mask (block_needs_mask is False for each of them) and,
-    since every row sees all their keys, give every row a finite max."""
+    visited last (pipeline.kv_block_start), which need no mask and, since every row sees all their keys, give
+    every row a finite max. (Block n_blocks - 1 may be counted while it ends past seqlen_k, for rows past
+    seqlen_q: it is the block visited first, whose mask test always runs.)"""
     row0_keys = row0 + 1 + seqlen_k - seqlen_q  # keys the first row sees
     return gl.minimum(gl.maximum(row0_keys, 0) // BLOCK_N, n_blocks)
 
