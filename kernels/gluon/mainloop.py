@@ -399,6 +399,19 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
 
 
 @gluon.jit
+def block_softmax(p: Pipeline, s, i, n_blocks, m, l, v_unit, row0, seqlen_q, seqlen_k, row_scale, k_scale, v_scale,
+                  CAUSAL: gl.constexpr, MAY_MASK: gl.constexpr):
+    """The online softmax of loop block i's scores s: (P in fp32, m, l, O's rescale factor, O's new unit)."""
+    dtype: gl.constexpr = p.q_desc.dtype
+    FP8: gl.constexpr = dtype.is_fp8()
+    BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
+    s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8, MAY_MASK)
+    pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), not MAY_MASK, p.LAZY_RESCALE)
+    alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
+    return pr, m, l, alpha, v_unit
+
+
+@gluon.jit
 def overlapped_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0,
                      batch, head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr,
                      CID: gl.constexpr, CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr, PINGPONG: gl.constexpr,
@@ -407,7 +420,6 @@ def overlapped_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, pc, m
     block i's softmax under that PV; returns block i's P as carried (pc) and as fp32 (pr, for the last wait_pv).
     MAY_MASK False: block i needs no mask and every row's max is finite."""
     dtype: gl.constexpr = p.q_desc.dtype
-    FP8: gl.constexpr = dtype.is_fp8()
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
     p_layout: gl.constexpr = p_operand_layout(o.type.layout, dtype)
     kv_next = kv.next()
@@ -423,9 +435,8 @@ def overlapped_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, pc, m
     pass_turn(p, CID, PINGPONG)
     s = warpgroup_mma_wait(1, deps=(s, ))
     release_k(p, kv_next)
-    s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8, MAY_MASK)
-    pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), not MAY_MASK, p.LAZY_RESCALE)
-    alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
+    pr, m, l, alpha, v_unit = block_softmax(p, s, i, n_blocks, m, l, v_unit, row0, seqlen_q, seqlen_k, row_scale,
+                                            k_scale, v_scale, CAUSAL, MAY_MASK)
     l = schedule_fence(p, l)
     o, pr = wait_pv(o, pm, pr)
     release_v(p, kv, i - 1, n_blocks, batch, head_kv, INLINE_LOADS)
@@ -442,7 +453,6 @@ def plain_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_un
     """One key block without intra-warpgroup overlap: QK^T, softmax, PV, each GEMM waited on at once (the other
     consumers' turns fill the gaps). MAY_MASK False: the block needs no mask and every row's max is finite."""
     dtype: gl.constexpr = p.q_desc.dtype
-    FP8: gl.constexpr = dtype.is_fp8()
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
     o_layout: gl.constexpr = o.type.layout
     p_layout: gl.constexpr = p_operand_layout(o_layout, dtype)
@@ -453,9 +463,8 @@ def plain_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_un
     pass_turn(p, CID, PINGPONG)
     s = warpgroup_mma_wait(0, deps=(s, ))
     release_k(p, kv)
-    s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8, MAY_MASK)
-    pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), not MAY_MASK, p.LAZY_RESCALE)
-    alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
+    pr, m, l, alpha, v_unit = block_softmax(p, s, i, n_blocks, m, l, v_unit, row0, seqlen_q, seqlen_k, row_scale,
+                                            k_scale, v_scale, CAUSAL, MAY_MASK)
     o = rescale_o(o, alpha, p.LAZY_RESCALE)
     pm = p_operand(pr, dtype, p_layout, p.V_WGMMA_KEYS)
     mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
