@@ -93,10 +93,12 @@ CANDIDATES = {
     "fp8rows": [("m192_s3", "fp8", 128, dict(block_m=192, stages=3, overlap=False)),
                 ("m192_s2", "fp8", 128, dict(block_m=192, stages=2, overlap=False)),
                 ("m192_s4", "fp8", 128, dict(block_m=192, stages=4, overlap=False))],
-    # Causal blocks below the diagonal in a loop without the mask test (TileConfig.causal_unmasked_loop; 6-20 fewer
-    # instructions a block in the CPU compile, docs/tuning-gluon.md entry 46); a no-op in the non-causal rows.
-    "causal_split": [("causal_split", "bf16", d, dict(causal_unmasked_loop=True)) for d in HEAD_DIMS]
-                    + [("causal_split", "fp8", 128, dict(causal_unmasked_loop=True))],
+    # The causal mask's cost (docs/tuning-gluon.md entries 46-47, CPU compile only so far): blocks below the
+    # diagonal in a loop without the mask test (TileConfig.causal_unmasked_loop), the mask itself by one compare
+    # per score (row_bound_mask), and both; no-ops in the non-causal rows.
+    "causal_mask": [(name, dt, d, changes) for dt, dims in (("bf16", HEAD_DIMS), ("fp8", (128,))) for d in dims
+                    for name, changes in (("split", dict(causal_unmasked_loop=True)), ("bound", dict(row_bound_mask=True)),
+                                          ("split_bound", dict(causal_unmasked_loop=True, row_bound_mask=True)))],
 }
 # A candidate's change that is not a TileConfig field: the FP8 scale block of K and V (FP8Config.block_n).
 KV_BLOCK_KEY = "kv_block"
@@ -106,7 +108,7 @@ V_KEY_ORDERS = {"natural_v": "natural"}
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
 GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "bf16trim", "fp8wide128", "fp8wide256",
-               "fp8wide_ctl", "fp8rows", "causal_split")
+               "fp8wide_ctl", "fp8rows", "causal_mask")
 
 
 def _default_v_order():

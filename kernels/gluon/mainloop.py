@@ -232,12 +232,12 @@ def fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N: gl.constexpr, KV_
 
 @gluon.jit
 def block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N: gl.constexpr,
-                 CAUSAL: gl.constexpr, FP8: gl.constexpr, MAY_MASK: gl.constexpr = True):
+                 CAUSAL: gl.constexpr, FP8: gl.constexpr, MAY_MASK: gl.constexpr = True, ROW_BOUND: gl.constexpr = False):
     """Masked S of the i-th visited key block and its per-row score scale (FP8: times the block's K scale).
-    MAY_MASK False: the caller knows the block needs no mask."""
+    MAY_MASK False: the caller knows the block needs no mask. ROW_BOUND: softmax.mask_scores."""
     key0 = kv_block_start(n_blocks, i, BLOCK_N)
     if MAY_MASK and block_needs_mask(key0, row0, seqlen_q, seqlen_k, BLOCK_N, CAUSAL):
-        s = mask_scores(s, key0, row0, seqlen_q, seqlen_k, CAUSAL)
+        s = mask_scores(s, key0, row0, seqlen_q, seqlen_k, CAUSAL, ROW_BOUND)
     if FP8:
         row_scale = row_scale * k_scale
     return s, row_scale
@@ -353,7 +353,8 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             s = warpgroup_mma(q, key_block(p, kv), s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(0, deps=(s, ))
             release_k(p, kv)
-            s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8)
+            s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8,
+                                ROW_BOUND=p.ROW_BOUND_MASK)
             pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, LAZY=p.LAZY_RESCALE)
             _, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
             pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS, SPLIT_MASK)
@@ -405,7 +406,8 @@ def block_softmax(p: Pipeline, s, i, n_blocks, m, l, v_unit, row0, seqlen_q, seq
     dtype: gl.constexpr = p.q_desc.dtype
     FP8: gl.constexpr = dtype.is_fp8()
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
-    s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8, MAY_MASK)
+    s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8, MAY_MASK,
+                        p.ROW_BOUND_MASK)
     pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), not MAY_MASK, p.LAZY_RESCALE)
     alpha, v_unit = v_rescale(alpha, v_unit, v_scale, FP8, p.FAST_V_RATIO)
     return pr, m, l, alpha, v_unit

@@ -69,12 +69,13 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, False, **FP8_WGMMA,
                      tile_override=replace(TILE_CONFIGS[(1, d)], thread_arrive=not TILE_CONFIGS[(1, d)].thread_arrive))
              for d in (128, 256)]
 
-# Causal tiles with the blocks below the diagonal in a loop without the mask test (TileConfig.causal_unmasked_loop).
-SPLIT_CAUSAL = [(2, 64), (2, 128), (1, 128)]
+# Causal tiles with the blocks below the diagonal in a loop without the mask test (TileConfig.causal_unmasked_loop),
+# and with the mask by one compare per score (row_bound_mask).
+MASK_CAUSAL = [(2, 64), (2, 128), (1, 128)]
 VARIANTS += [Variant(torch.bfloat16 if size == 2 else torch.float8_e4m3fn, d, True,
-                     tile_override=replace(default_tile(size, d, True), causal_unmasked_loop=True),
+                     tile_override=replace(default_tile(size, d, True), **{field: True}),
                      **(FP8_WGMMA if size == 1 else {}))
-             for size, d in SPLIT_CAUSAL]
+             for field in ("causal_unmasked_loop", "row_bound_mask") for size, d in MASK_CAUSAL]
 
 # Built with the consumers' cycle stamps (kernels.gluon.trace): the FP8 hd128 tile and the three-consumer hd64 tile.
 TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.bfloat16, 64, False)]
@@ -93,7 +94,8 @@ def variant_name(v: Variant):
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}"
             f"{'_eager' if t and not v.fp8 and v.head_dim in LAZY_HEAD_DIMS and not t.lazy_rescale else ''}"
             f"{'_late_rescale' if late else ''}{f'_o_in_{t.o_buffer}' if moved_o else ''}"
-            f"{f'_arrive{int(t.thread_arrive)}' if arrive else ''}{'_split' if t and t.causal_unmasked_loop else ''}")
+            f"{f'_arrive{int(t.thread_arrive)}' if arrive else ''}{'_split' if t and t.causal_unmasked_loop else ''}"
+            f"{'_bound' if t and t.row_bound_mask else ''}")
 
 
 def key_block_loop(sass: str):

@@ -20,14 +20,21 @@ _LN2 = gl.constexpr(LN2)
 
 
 @gluon.jit
-def mask_scores(s, key0, row0, seqlen_q, seqlen_k, CAUSAL: gl.constexpr):
-    """Set S to -inf at keys >= seqlen_k and, if CAUSAL, at keys a row may not see (bottom-right aligned)."""
+def mask_scores(s, key0, row0, seqlen_q, seqlen_k, CAUSAL: gl.constexpr, ROW_BOUND: gl.constexpr = False):
+    """Set S to -inf at keys >= seqlen_k and, if CAUSAL, at keys a row may not see (bottom-right aligned).
+    ROW_BOUND (causal): one compare per score against the last key each row sees, min(row + seqlen_k - seqlen_q,
+    seqlen_k - 1), instead of two compares and their AND; the same keys."""
     layout: gl.constexpr = s.type.layout
     cols = key0 + gl.arange(0, s.shape[1], layout=gl.SliceLayout(0, layout))
-    keep = gl.expand_dims(cols < seqlen_k, 0)
-    if CAUSAL:
+    if CAUSAL and ROW_BOUND:
         rows = row0 + gl.arange(0, s.shape[0], layout=gl.SliceLayout(1, layout))
-        keep = keep & (gl.expand_dims(cols, 0) <= gl.expand_dims(rows + (seqlen_k - seqlen_q), 1))
+        last = gl.minimum(rows + (seqlen_k - seqlen_q), seqlen_k - 1)
+        keep = gl.expand_dims(cols, 0) <= gl.expand_dims(last, 1)
+    else:
+        keep = gl.expand_dims(cols < seqlen_k, 0)
+        if CAUSAL:
+            rows = row0 + gl.arange(0, s.shape[0], layout=gl.SliceLayout(1, layout))
+            keep = keep & (gl.expand_dims(cols, 0) <= gl.expand_dims(rows + (seqlen_k - seqlen_q), 1))
     return gl.where(keep, s, -float("inf"))
 
 

@@ -311,19 +311,21 @@ def test_thread_arrive_is_bitwise_the_single_thread_arrive(d, dtype, causal):
         _assert_bitwise(outs, f"seed {seed} {shape}")
 
 
+@pytest.mark.parametrize("switch", ["causal_unmasked_loop", "row_bound_mask"])
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "plain"])
 @pytest.mark.parametrize("d, dtype", [(64, torch.bfloat16), (128, torch.float16), (256, torch.bfloat16),
                                       (128, torch.float8_e4m3fn)], ids=lambda x: str(x).removeprefix("torch."))
-def test_causal_unmasked_loop_is_bitwise_the_masked_loop(d, dtype, overlap):
+def test_causal_mask_switches_are_bitwise_the_default(d, dtype, overlap, switch):
     """TileConfig.causal_unmasked_loop runs the blocks below the diagonal without the mask test and the -inf guard
     (exact there: every row sees all their keys) and carries 16-bit P across the back edge in fp32 (the same
-    rounding, later): the same bits, with the diagonal crossing one or two key blocks of a consumer's rows, rows
-    that see no key (seqlen_q > seqlen_k), and programs running several tiles."""
+    rounding, later); row_bound_mask masks the same keys by one compare. The same bits, with the diagonal crossing
+    one or two key blocks of a consumer's rows, ragged key ends, rows that see no key (seqlen_q > seqlen_k), and
+    programs running several tiles."""
     from dataclasses import replace
     from kernels.gluon.forward import default_tile
     base = replace(default_tile(dtype.itemsize, d, True), overlap=overlap)
     for shape in [(2, 333, 1517, 4, 2), (1, 1000, 1517, 4, 4), (2, 1517, 333, 4, 2), MANY_TILES]:
-        seed, outs = _under_tiles((base, replace(base, causal_unmasked_loop=True)), shape, d, dtype, True)
+        seed, outs = _under_tiles((base, replace(base, **{switch: True})), shape, d, dtype, True)
         assert torch.isfinite(outs[1][0]).all(), f"seed {seed} {shape}"
         _assert_bitwise(outs, f"seed {seed} {shape}")
 
