@@ -98,29 +98,18 @@ def variant_name(v: Variant):
             f"{'_bound' if t and t.row_bound_mask else ''}")
 
 
-def key_block_loop(sass: str):
-    """The instructions of the first consumer's key-block loop (the first backward branch in the code that jumps
-    over a wgmma), as laid out: its masking branch counts, the out-of-line mbarrier retry stubs do not."""
-    ins = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)
-    addrs = [int(a, 16) for a, _ in ins]
-    for i, (_, text) in enumerate(ins):
-        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
-        if target and int(target.group(1), 16) < addrs[i]:
-            body = ins[addrs.index(int(target.group(1), 16)):i + 1]
-            if any("GMMA" in t for _, t in body):
-                return [t for _, t in body]
-    return []
-
-
 def key_block_loops(sass: str):
-    """Every consumer's key-block loops in code order (one each, or two with TileConfig.causal_unmasked_loop): the
-    backward branches over a wgmma with no other backward branch inside, each as its instructions."""
+    """Every consumer's key-block loops in code order, each as its instructions as laid out (its masking branch
+    counts, the out-of-line mbarrier retry stubs do not): the conditional back edges over a wgmma with no other
+    such loop inside (one loop a consumer, two with TileConfig.causal_unmasked_loop). Tile loops hold them;
+    the unconditional branches back from the retry stubs are not back edges of a loop."""
     ins = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)
     addrs = [int(a, 16) for a, _ in ins]
     back = [(addrs.index(int(m.group(1), 16)), i) for i, (_, text) in enumerate(ins)
-            for m in [re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)] if m and int(m.group(1), 16) < addrs[i]]
-    return [[t for _, t in ins[j:i + 1]] for j, i in back
-            if any("GMMA" in t for _, t in ins[j:i + 1]) and not any(j <= c < d < i for c, d in back)]
+            for m in [re.match(r"@!?P\d\s+BRA\b.*?0x([0-9a-f]+)", text.strip())] if m and int(m.group(1), 16) < addrs[i]]
+    over_mma = [(j, i) for j, i in back if any("GMMA" in t for _, t in ins[j:i + 1])]
+    return [[t for _, t in ins[j:i + 1]] for j, i in over_mma
+            if not any(j <= c and d < i for c, d in over_mma if (c, d) != (j, i))]
 
 
 def _sass_and_resources(cubin: bytes, tmpdir: str):
@@ -152,8 +141,8 @@ def common_counts(ck, tmpdir: str):
 
 def compile_report(variant: Variant, tmpdir: str, traced: bool = False):
     ptx, sass, counts = common_counts(compile_forward(variant, traced=traced), tmpdir)
-    loop = key_block_loop(sass)
     loops = key_block_loops(sass)
+    loop = loops[0] if loops else []  # the first consumer's
     return dict(
         name=traced_name(variant) if traced else variant_name(variant),
         **counts,
