@@ -49,6 +49,7 @@ CHECK_SHAPES = [(2, 113, 203, 4, 4), (1, 1000, 517, 6, 2), (1, 1101, 1101, 4, 2)
 # diagonal).
 SYNC = dict(branch_fence=True, named_turn=True, split_q=True)
 NO_TRIMS = dict(fast_v_ratio=False, thread_row_sum=False, unmasked_loop=False)
+FP8_OVERLAP_256 = dict(overlap=True, split_kv=True, thread_arrive=True, named_turn=True)
 CANDIDATES = {
     "sync": [("sync", "bf16", 128, SYNC), ("fence", "bf16", 128, dict(branch_fence=True)),
              ("turn", "bf16", 128, dict(named_turn=True)), ("split_q", "bf16", 128, dict(split_q=True)),
@@ -99,6 +100,15 @@ CANDIDATES = {
     "causal_mask": [(name, dt, d, changes) for dt, dims in (("bf16", HEAD_DIMS), ("fp8", (128,))) for d in dims
                     for name, changes in (("split", dict(causal_unmasked_loop=True)), ("bound", dict(row_bound_mask=True)),
                                           ("split_bound", dict(causal_unmasked_loop=True, row_bound_mask=True)))],
+    # FP8 hd256's 128-key tile overlapped, as FA3 runs it (docs/tuning-gluon.md entry 48): split K/V release (two
+    # stages), per-thread arrives and named-barrier turns (without them the overlapped loop spills), also with the
+    # rescale under the next QK^T (FP8 hd128's order; 16 reloads a block here); the sync options alone, not
+    # overlapped, as the control.
+    "fp8ov256": [("ov", "fp8", 256, FP8_OVERLAP_256),
+                 ("ov_under_s", "fp8", 256, dict(FP8_OVERLAP_256, rescale_under_s=True)),
+                 ("ov_single_turn", "fp8", 256, dict(FP8_OVERLAP_256, named_turn=False)),
+                 ("sync_plain", "fp8", 256, dict(thread_arrive=True, named_turn=True)),
+                 ("split_sync_plain", "fp8", 256, dict(split_kv=True, thread_arrive=True, named_turn=True))],
 }
 # A candidate's change that is not a TileConfig field: the FP8 scale block of K and V (FP8Config.block_n).
 KV_BLOCK_KEY = "kv_block"
@@ -108,7 +118,7 @@ V_KEY_ORDERS = {"natural_v": "natural"}
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
 GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "bf16trim", "fp8wide128", "fp8wide256",
-               "fp8wide_ctl", "fp8rows", "causal_mask")
+               "fp8wide_ctl", "fp8rows", "causal_mask", "fp8ov256")
 
 
 def _default_v_order():

@@ -77,6 +77,15 @@ VARIANTS += [Variant(torch.bfloat16 if size == 2 else torch.float8_e4m3fn, d, Tr
                      **(FP8_WGMMA if size == 1 else {}))
              for field in ("causal_unmasked_loop", "row_bound_mask") for size, d in MASK_CAUSAL]
 
+# FP8 hd256's 128-key tile overlapped (not the default: TileConfig.overlap), with split K/V release (two stages
+# cannot hold K of block i and V of block i - 1 otherwise), with and without the per-thread arrives and
+# named-barrier turns that keep its key loop in registers (docs/tuning-gluon.md entry 48).
+FP8_OVERLAP_256 = dict(overlap=True, split_kv=True)
+FP8_OVERLAP_256_SYNC = dict(FP8_OVERLAP_256, thread_arrive=True, named_turn=True)
+VARIANTS += [Variant(torch.float8_e4m3fn, 256, False, tile_override=replace(TILE_CONFIGS[(1, 256)], **changes),
+                     **FP8_WGMMA)
+             for changes in (FP8_OVERLAP_256, FP8_OVERLAP_256_SYNC)]
+
 # Built with the consumers' cycle stamps (kernels.gluon.trace): the FP8 hd128 tile and the three-consumer hd64 tile.
 TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.bfloat16, 64, False)]
 
@@ -89,13 +98,14 @@ def variant_name(v: Variant):
     moved_o = t and t.o_buffer != default.o_buffer
     arrive = t and t.thread_arrive != default.thread_arrive
     sync = t and t.named_turn and not default.named_turn
+    split_kv = t and t.split_kv and not default.split_kv
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
             f"_pipe{int(v.overlap)}_pp{int(v.pingpong)}{'_sync' if sync else ''}"
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}"
             f"{'_eager' if t and not v.fp8 and v.head_dim in LAZY_HEAD_DIMS and not t.lazy_rescale else ''}"
             f"{'_late_rescale' if late else ''}{f'_o_in_{t.o_buffer}' if moved_o else ''}"
             f"{f'_arrive{int(t.thread_arrive)}' if arrive else ''}{'_split' if t and t.causal_unmasked_loop else ''}"
-            f"{'_bound' if t and t.row_bound_mask else ''}")
+            f"{'_bound' if t and t.row_bound_mask else ''}{'_splitkv' if split_kv else ''}")
 
 
 def key_block_loops(sass: str):

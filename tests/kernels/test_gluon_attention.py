@@ -260,6 +260,25 @@ def test_fp8_consumer_trims_stay_correct(d, causal, changes, pipeline):
         _assert_like_fp8_scheme(out, lse, q, k, v, x, scale, causal, f"seed {seed} {shape}")
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_fp8_hd256_overlapped_tile_stays_correct(causal):
+    """FP8 hd256's 128-key tile overlapped (a candidate, docs/tuning-gluon.md entry 48: split K/V release, per-thread
+    arrives, named-barrier turns): the scheme's accuracy, on ragged shapes and where programs run several tiles."""
+    from dataclasses import replace
+    from kernels.gluon import fp8_attention_forward
+    from kernels.gluon.forward import default_tile
+    from kernels.quant import FP8Config, quantize_qkv_ref
+    tile = replace(default_tile(1, 256, causal), overlap=True, split_kv=True, thread_arrive=True, named_turn=True)
+    for shape in [(2, 333, 517, 4, 2), (2, 1517, 333, 4, 2), MANY_TILES]:
+        seed, q, k, v = _inputs(*shape, 256, torch.bfloat16)
+        x = quantize_qkv_ref(q, k, v, FP8Config())
+        xw = quantize_qkv_ref(q, k, v, FP8Config(), v_key_order="wgmma")
+        scale = 256 ** -0.5
+        out, lse = _poisoned(lambda: fp8_attention_forward(xw, scale, causal, torch.bfloat16, tile=tile), q.shape,
+                             torch.bfloat16)
+        _assert_like_fp8_scheme(out, lse, q, k, v, x, scale, causal, f"seed {seed} {shape}")
+
+
 def _under_tiles(tiles, shape, d, dtype, causal):
     """(seed, [(out, lse) per tile]): the Gluon forward under each tile on one fresh draw of `shape`'s inputs; for
     an FP8 dtype, on the reference pre-pass's output (bf16 inputs, V^T in wgmma key order)."""

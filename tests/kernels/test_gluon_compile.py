@@ -252,3 +252,17 @@ def test_row_bound_mask_shortens_the_masking_branch(reports, default):
     assert "error" not in on and "error" not in off, (on.get("error"), off.get("error"))
     assert on["sass_key_loop_sizes"][0] <= off["sass_key_loop_sizes"][0] - 64, (off, on)
     assert on["sass_key_loop_local_mem"] == 0 and on["sass_gmma"] == off["sass_gmma"], on
+
+
+def test_per_thread_arrives_let_fp8_hd256_overlap_its_128_key_tile(reports):
+    """FP8 hd256's 128-key tile overlapped (a candidate, not the default) with split K/V release: with Gluon's
+    single-thread arrives its key loop spilled (23 local-memory instructions a block on this CPU's compile, session
+    25); with per-thread arrives and named-barrier turns it keeps S, the previous block's fp32 P and O in registers
+    but for two reloads, in a loop no longer than the plain one's by more than the overlap's own steps."""
+    single = reports["float8_e4m3fn_hd256_full_ws1_pipe1_pp1_wgmmav_splitkv"]
+    per_thread = reports["float8_e4m3fn_hd256_full_ws1_pipe1_pp1_sync_wgmmav_arrive1_splitkv"]
+    plain = reports["float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav"]
+    assert "error" not in single and "error" not in per_thread, (single.get("error"), per_thread.get("error"))
+    assert per_thread["sass_key_loop_local_mem"] <= 2 < single["sass_key_loop_local_mem"], (single, per_thread)
+    assert per_thread["sass_gmma"] == plain["sass_gmma"], (plain, per_thread)
+    assert per_thread["sass_key_loop"] <= plain["sass_key_loop"] + 32, (plain["sass_key_loop"], per_thread)
