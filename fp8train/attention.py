@@ -56,18 +56,21 @@ def describe(cfg) -> str:
     return f"{cfg.name} ({options})" if options else cfg.name
 
 
-def run_once(name: str, backend: Backend, n_head: int, head_dim: int, seq_len: int, device, dtype) -> None:
+def run_once(name: str, backend: Backend, n_head: int, n_kv_head: int, head_dim: int, seq_len: int, device,
+             dtype) -> None:
     """Run `backend` once, without gradients, on random input of the model's attention shape, so that what it
     cannot take (a head dim, the device, a forced kernel choice) is a ConfigError before data, model and
     loggers are built rather than a traceback at the first step."""
     q = torch.randn(1, seq_len, n_head, head_dim, device=device, dtype=dtype)
+    kv = torch.randn(1, seq_len, n_kv_head, head_dim, device=device, dtype=dtype)
     try:
         with torch.no_grad():
-            backend(q, q, q, True)
+            backend(q, kv, kv, True)
     except (TypeError, ValueError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise ConfigError("attention", f"{name} cannot run this model's attention (batch 1, seq_len {seq_len}, "
-                                       f"{n_head} heads of dim {head_dim}, {dtype} on {device}): "
+                                       f"{n_head} heads of dim {head_dim} over {n_kv_head} key/value heads, "
+                                       f"{dtype} on {device}): "
                                        f"{type(e).__name__}: {first}") from None
 
 

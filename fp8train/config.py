@@ -27,6 +27,7 @@ STRATEGIES = ("auto", "none", "ddp", "fsdp")
 class ModelConfig:
     n_layer: int = 2
     n_head: int = 2
+    n_kv_head: Optional[int] = None  # key/value heads, dividing n_head (GQA; 1: MQA); None: n_head
     d_model: int = 64
     block_size: int = 64  # longest sequence the model accepts (learned positions and rotary tables)
     vocab_size: Optional[int] = None  # None: taken from the tokenizer or synthetic data
@@ -153,6 +154,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key in ("n_layer", "n_head", "d_model", "block_size", "mlp_ratio", "vocab_multiple"):
         _check(m[key] > 0, f"model.{key}", f"must be positive, got {m[key]}")
     _check(m.d_model % m.n_head == 0, "model.d_model", f"{m.d_model} is not divisible by model.n_head={m.n_head}")
+    if m.n_kv_head is not None:
+        _check(m.n_kv_head > 0, "model.n_kv_head", f"must be positive, got {m.n_kv_head}")
+        _check(m.n_head % m.n_kv_head == 0, "model.n_kv_head",
+               f"{m.n_kv_head} does not divide model.n_head={m.n_head} (each key/value head serves a group of "
+               f"query heads)")
     _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     _choice(m.positions, "model.positions", POSITIONS)
     if m.positions == "rotary":

@@ -55,8 +55,9 @@ class Trainer:
         self.bf16 = t.precision == "bf16" or (t.precision == "auto" and (
             env.device.type == "cuda" or cfg.attention.name in attention.LOW_PRECISION_ONLY))
         backend = attention.build(cfg.attention.name, cfg.attention.options)
-        attention.run_once(cfg.attention.name, backend, cfg.model.n_head, cfg.model.d_model // cfg.model.n_head,
-                           cfg.data.seq_len, env.device, torch.bfloat16 if self.bf16 else torch.float32)
+        attention.run_once(cfg.attention.name, backend, cfg.model.n_head, cfg.model.n_kv_head or cfg.model.n_head,
+                           cfg.model.d_model // cfg.model.n_head, cfg.data.seq_len, env.device,
+                           torch.bfloat16 if self.bf16 else torch.float32)
         if env.device.type == "cuda":
             torch.set_float32_matmul_precision("high" if t.allow_tf32 else "highest")
 
@@ -85,8 +86,8 @@ class Trainer:
         self.attn_tflops = None
         if env.is_main:
             self.attn_tflops = metrics.attention_tflops(
-                backend, self.micro, cfg.data.seq_len, model_cfg.n_head, head_dim, env.device,
-                torch.bfloat16 if self.bf16 else torch.float32)
+                backend, self.micro, cfg.data.seq_len, model_cfg.n_head, model_cfg.n_kv_head or model_cfg.n_head,
+                head_dim, env.device, torch.bfloat16 if self.bf16 else torch.float32)
             if env.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(env.device)
         torch.manual_seed(t.seed + 1 + env.rank)  # dropout streams differ across ranks

@@ -42,16 +42,16 @@ def peak_memory_gb(device: torch.device) -> float:
     return kb_or_bytes / (1e9 if sys.platform == "darwin" else 1e6)
 
 
-def attention_tflops(backend, batch: int, seq_len: int, n_head: int, head_dim: int, device: torch.device,
-                     dtype: torch.dtype, iters: int = 10) -> float | None:
+def attention_tflops(backend, batch: int, seq_len: int, n_head: int, n_kv_head: int, head_dim: int,
+                     device: torch.device, dtype: torch.dtype, iters: int = 10) -> float | None:
     """The backend's causal forward + backward TFLOPs/s at the run's shape, timed with CUDA events; None off CUDA.
 
     Timed apart from the training step, which mixes attention with every other kernel.
     """
     if device.type != "cuda":
         return None
-    q, k, v = (torch.randn(batch, seq_len, n_head, head_dim, device=device, dtype=dtype, requires_grad=True)
-               for _ in range(3))
+    q, k, v = (torch.randn(batch, seq_len, heads, head_dim, device=device, dtype=dtype, requires_grad=True)
+               for heads in (n_head, n_kv_head, n_kv_head))
     grad = torch.randn_like(q)
 
     def step():

@@ -1,4 +1,4 @@
-"""GPT: pre-LayerNorm transformer blocks, tied embeddings, learned or rotary positions.
+"""GPT: pre-LayerNorm transformer blocks, tied embeddings, learned or rotary positions, optional GQA.
 
 Attention runs through a backend (fp8train.attention) on (batch, seq, heads, head_dim)
 tensors, so swapping BF16/FP8 kernels never touches this file.
@@ -32,7 +32,11 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg, backend: Backend):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.n_kv_head = cfg.n_kv_head or cfg.n_head
+        # q, k and v in one matmul, their rows in that order; k and v have n_kv_head heads each (GQA), which the
+        # backends share among groups of query heads.
+        self.qkv_sizes = (cfg.d_model, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim)
+        self.qkv = nn.Linear(cfg.d_model, sum(self.qkv_sizes), bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
         self.backend = backend
@@ -46,7 +50,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).unbind(dim=2)
+        q, k, v = self.qkv(x).split(self.qkv_sizes, dim=-1)
+        q = q.view(b, t, self.n_head, self.head_dim)
+        k, v = k.view(b, t, self.n_kv_head, self.head_dim), v.view(b, t, self.n_kv_head, self.head_dim)
         if self.rotary:
             q, k = apply_rotary(q, self.rope_cos, self.rope_sin), apply_rotary(k, self.rope_cos, self.rope_sin)
         y = self.backend(q, k, v, True)

@@ -53,6 +53,8 @@ def test_data_dir_follows_environment(monkeypatch, tmp_path):
     ("model.d_model=66", "model.d_model"),
     ("model.positions=alibi", "model.positions"),
     ("model.dropout=1.5", "model.dropout"),
+    ("model.n_kv_head=3", "model.n_kv_head"),  # the tiny model's 4 heads
+    ("model.n_kv_head=0", "model.n_kv_head"),
     ("data.seq_len=4096", "data.seq_len"),
     ("data.tokenizer=sentencepiece", "data.tokenizer"),
     ("optim.lr=-1", "optim.lr"),

@@ -22,7 +22,7 @@ def losses(run_dir):
 def test_what_a_backend_cannot_run_is_a_config_error(name, options, head_dim, message):
     backend = attention.build(name, options)
     with pytest.raises(ConfigError, match=f"^attention: {name} cannot run .*{message}"):
-        attention.run_once(name, backend, 2, head_dim, 32, torch.device("cpu"), torch.bfloat16)
+        attention.run_once(name, backend, 2, 2, head_dim, 32, torch.device("cpu"), torch.bfloat16)
 
 
 def test_a_model_the_backend_cannot_run_stops_before_training(make_cfg, tmp_path):

@@ -96,14 +96,18 @@ def test_crash_mid_save_leaves_previous_checkpoint(make_cfg, tmp_path, monkeypat
     assert [p.name for p in checkpoint.checkpoints(root)] == ["step_0000003", "step_0000006"]
 
 
-def test_checkpoint_loads_in_a_plain_module_for_evaluation(make_cfg, tmp_path):
-    cfg = make_cfg("trainer.max_steps=2", "trainer.eval_interval=2", "trainer.eval_batches=1")
+@pytest.mark.parametrize("n_kv_head", [None, 1], ids=["mha", "mqa"])
+def test_checkpoint_loads_in_a_plain_module_for_evaluation(make_cfg, tmp_path, n_kv_head):
+    cfg = make_cfg("trainer.max_steps=2", "trainer.eval_interval=2", "trainer.eval_batches=1",
+                   f"model.n_kv_head={'null' if n_kv_head is None else n_kv_head}")
     summary = loop.run(cfg, tmp_path)
     path = checkpoint.latest(tmp_path / "checkpoints")
     state = checkpoint.read_trainer_state(path)
     assert state["step"] == 2 and state["tokenizer"]["kind"] == "char"
     assert state["config"]["model"]["vocab_size"] == 65  # as built from the data, so that this needs no data
     model = GPT(ModelConfig(**state["config"]["model"]), attention.build("sdpa", {}))
+    kv_rows = 2 * (n_kv_head or 2) * 16  # the test model: 2 heads of 16
+    assert model.blocks[0].attn.qkv.weight.shape == (32 + kv_rows, 32)
     checkpoint.load_model_weights(path, model)
     assert model.lm_head.weight is model.tok_emb.weight  # tying survives loading
     # The loaded weights give the run's own last validation loss (first validation batch, eval mode).

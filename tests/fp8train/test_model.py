@@ -1,4 +1,4 @@
-"""GPT shapes, weight tying, positions (learned vs rotary) and the attention backends against float64."""
+"""GPT shapes, weight tying, positions (learned vs rotary), GQA, and the attention backends against float64."""
 import math
 
 import pytest
@@ -72,6 +72,34 @@ def test_rotary_matches_complex_rotation_and_is_relative():
     assert torch.allclose(rot(q, 3) @ rot(k, 1), rot(q, 7) @ rot(k, 5), atol=1e-5)
 
 
+def _as_mha(gqa: GPT) -> GPT:
+    """The same network with every key/value head copied to each query head of its group: full multi-head
+    attention, whose q, k, v rows are 3 x d_model."""
+    cfg = gqa.cfg
+    mha = GPT(ModelConfig(**{**vars(cfg), "n_kv_head": None}), attention.build("sdpa", {}))
+    state = gqa.state_dict()
+    head_dim, group = cfg.d_model // cfg.n_head, cfg.n_head // cfg.n_kv_head
+    for i in range(cfg.n_layer):
+        key = f"blocks.{i}.attn.qkv.weight"
+        q, k, v = state[key].split(gqa.blocks[i].attn.qkv_sizes)
+        k, v = (w.view(cfg.n_kv_head, head_dim, -1).repeat_interleave(group, dim=0).flatten(0, 1) for w in (k, v))
+        state[key] = torch.cat((q, k, v))
+    mha.load_state_dict(state)
+    return mha
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+@pytest.mark.parametrize("n_kv_head", [1, 2])
+def test_gqa_is_attention_with_key_value_heads_shared_by_groups(n_kv_head, positions):
+    """GQA (model.n_kv_head): query head i reads key/value head i // (n_head / n_kv_head), the kernels'
+    convention, so the model equals full multi-head attention with each key/value head's weights copied to its
+    group's query heads (1: MQA); its q, k, v projection has d_model + 2 n_kv_head head_dim rows."""
+    gqa = make(n_head=4, d_model=32, n_kv_head=n_kv_head, positions=positions)
+    assert gqa.blocks[0].attn.qkv.weight.shape == (32 + 2 * n_kv_head * 8, 32)
+    idx = torch.randint(50, (3, 12))
+    torch.testing.assert_close(gqa(idx), _as_mha(gqa)(idx), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_backend_matches_float64(backend, causal):
@@ -94,29 +122,35 @@ def test_backends_give_the_same_model_gradients():
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
 
 
-def _grads_in_bf16(backend, options, idx):
+def _grads_in_bf16(backend, options, idx, **model):
     """Per-parameter gradients of the loss under bf16 autocast (what the kernel backends need), the attention
     input projection split into its q, k and v rows so that each of dq, dk, dv has gradients of its own."""
     torch.manual_seed(0)
-    model = GPT(model_cfg(d_model=128, block_size=64), attention.build(backend, options))
+    model = GPT(model_cfg(d_model=128, block_size=64, **model), attention.build(backend, options))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(idx, idx).backward()
     grads = {}
+    sizes = model.blocks[0].attn.qkv_sizes
     for name, p in model.named_parameters():
-        parts = p.grad.double().chunk(3) if name.endswith("attn.qkv.weight") else (p.grad.double(),)
+        parts = p.grad.double().split(sizes) if name.endswith("attn.qkv.weight") else (p.grad.double(),)
         grads.update({f"{name}[{i}]": g for i, g in enumerate(parts)})
     return grads
 
 
+@pytest.mark.parametrize("n_kv_head", [None, 1], ids=["mha", "mqa"])
 @pytest.mark.parametrize("backend, options, tol", [
-    ("flash", {"impl": "reference"}, 1e-2),  # measured 0.004: bf16 roundings only
-    ("fp8", {"impl": "reference", "block_m": 32, "block_n": 32}, 6e-2),  # measured 0.023: e4m3 Q, K, V and P
+    # Largest error over the parameters, measured (session 25; MHA / MQA): 0.0073 / 0.0075, bf16 roundings only;
+    # 0.037 / 0.037, e4m3 Q, K, V and P. (Session 24's note gave 0.004 / 0.023; not reproduced.)
+    ("flash", {"impl": "reference"}, 1e-2),
+    ("fp8", {"impl": "reference", "block_m": 32, "block_n": 32}, 6e-2),
 ])
-def test_kernel_backends_give_the_model_gradients_of_sdpa(backend, options, tol):
+def test_kernel_backends_give_the_model_gradients_of_sdpa(backend, options, tol, n_kv_head):
     """Every parameter's gradient (dq, dk, dv each reach their own rows of qkv.weight) against SDPA's at the same
-    weights and batch, head dim 64; the kernels' arithmetic through their PyTorch reference backend."""
+    weights and batch, head dim 64, with two query heads on their own key/value heads or on one shared (MQA: dk
+    and dv summed over the group); the kernels' arithmetic through their PyTorch reference backend."""
     idx = torch.randint(50, (2, 64), generator=torch.Generator().manual_seed(5))
-    want, got = _grads_in_bf16("sdpa", {}, idx), _grads_in_bf16(backend, options, idx)
+    want = _grads_in_bf16("sdpa", {}, idx, n_kv_head=n_kv_head)
+    got = _grads_in_bf16(backend, options, idx, n_kv_head=n_kv_head)
     for name, g in want.items():
         assert (got[name] - g).norm() / g.norm() < tol, name
 
