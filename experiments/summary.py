@@ -11,7 +11,9 @@ DEFINITIONS = (
     "*tokens/s* = median of a run's logged tokens_per_s; mean ± std over the runs (seeds) of an arm "
     "(sample std); *gap* = 100 × (arm mean final − baseline mean final) / baseline mean final, > 0 is worse; "
     "*largest gap* = the gap between the seed-averaged validation curves at the evaluated step where it is "
-    "largest in magnitude; *speedup* = arm mean tokens/s / baseline mean tokens/s."
+    "largest in magnitude; *speedup* = arm mean tokens/s / baseline mean tokens/s; *attention error* (runs with "
+    "trainer.attn_error_sequences) = at a run's last evaluation, the largest over layers of "
+    "||attention - float64 attention|| / ||float64 attention|| on the layer's own q, k, v."
 )
 
 
@@ -30,6 +32,8 @@ class ArmStats:
     max_gap_pct: float = math.nan
     max_gap_step: int = None
     speedup: float = math.nan
+    attn_error_mean: float = math.nan
+    attn_error_std: float = math.nan
 
 
 def mean_std(values):
@@ -56,7 +60,9 @@ def arm_stats(label, runs):
     bests = [min(r["val_loss"] for r in run.val) if run.val else None for run in runs]
     speeds = [_median_speed(run) for run in runs]
     steps = max((run.train[-1]["step"] for run in runs if run.train), default=0)
-    return ArmStats(label, len(runs), *mean_std(finals), *mean_std(bests), *mean_std(speeds), steps)
+    error_mean, error_std = mean_std([run.val[-1].get("attn_rel_rmse_max") if run.val else None for run in runs])
+    return ArmStats(label, len(runs), *mean_std(finals), *mean_std(bests), *mean_std(speeds), steps,
+                    attn_error_mean=error_mean, attn_error_std=error_std)
 
 
 def summarize(arms, baseline):
@@ -99,21 +105,28 @@ def pct(value):
 
 
 TABLE_COLUMNS = ("arm", "runs", "final_val_mean", "final_val_std", "best_val_mean", "best_val_std", "gap_pct",
-                 "max_gap_pct", "max_gap_step", "tokens_per_s_mean", "tokens_per_s_std", "speedup", "steps")
+                 "max_gap_pct", "max_gap_step", "tokens_per_s_mean", "tokens_per_s_std", "speedup", "steps",
+                 "attn_error_mean", "attn_error_std")
 
 
 def as_row(s):
     return dict(arm=s.label, runs=s.runs, final_val_mean=s.final_mean, final_val_std=s.final_std,
                 best_val_mean=s.best_mean, best_val_std=s.best_std, gap_pct=s.gap_pct, max_gap_pct=s.max_gap_pct,
                 max_gap_step=s.max_gap_step, tokens_per_s_mean=s.tokens_per_s_mean,
-                tokens_per_s_std=s.tokens_per_s_std, speedup=s.speedup, steps=s.steps)
+                tokens_per_s_std=s.tokens_per_s_std, speedup=s.speedup, steps=s.steps,
+                attn_error_mean=s.attn_error_mean, attn_error_std=s.attn_error_std)
 
 
 def markdown_rows(stats):
+    """Header and rows; the attention error column only where some run measured it."""
     header = ["arm", "runs", "final val loss", "best val loss", "gap vs baseline", "largest gap (step)",
               "tokens/s", "speedup"]
     body = [[s.label.replace("|", "/"), s.runs, pm(s.final_mean, s.final_std), pm(s.best_mean, s.best_std),
              pct(s.gap_pct), f"{pct(s.max_gap_pct)} ({s.max_gap_step})" if s.max_gap_step is not None else "n/a",
              pm(s.tokens_per_s_mean, s.tokens_per_s_std, ".0f"),
              "n/a" if math.isnan(s.speedup) else f"{s.speedup:.3f}x"] for s in stats]
+    if any(not math.isnan(s.attn_error_mean) for s in stats):
+        header.append("attention error")
+        for row, s in zip(body, stats):
+            row.append(pm(s.attn_error_mean, s.attn_error_std, ".2e"))
     return header, body

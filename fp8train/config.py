@@ -114,6 +114,9 @@ class TrainerConfig:
     log_interval: int = 10
     eval_interval: int = 100  # 0: never
     eval_batches: int = 20  # global batches of validation data, at most
+    # Validation sequences on which each evaluation measures every layer's attention against float64
+    # (fp8train/numerics.py); 0: off.
+    attn_error_sequences: int = 0
     checkpoint_interval: int = 0  # 0: only at the end
     save_checkpoints: bool = True
     keep_checkpoints: int = 2
@@ -194,7 +197,7 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     for key in ("max_steps", "batch_size", "log_interval", "eval_batches", "keep_checkpoints"):
         _check(t[key] > 0, f"trainer.{key}", f"must be positive, got {t[key]}")
-    for key in ("eval_interval", "checkpoint_interval"):
+    for key in ("eval_interval", "checkpoint_interval", "attn_error_sequences"):
         _check(t[key] >= 0, f"trainer.{key}", f"must be >= 0, got {t[key]}")
     _check(t.micro_batch_size is None or t.micro_batch_size > 0, "trainer.micro_batch_size",
            f"must be positive, got {t.micro_batch_size}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from fp8train import attention, checkpoint, config, data, distributed, metrics, optim
+from fp8train import attention, checkpoint, config, data, distributed, metrics, numerics, optim
 from fp8train.loggers import Console, Loggers
 from fp8train.model import GPT
 from fp8train.signals import StopRequest
@@ -96,6 +96,7 @@ class Trainer:
         self.resolved = OmegaConf.to_container(cfg, resolve=True)
         self.resolved["model"]["vocab_size"] = model_cfg.vocab_size
         self.step, self.position, self.best_val_loss, self.last_val_loss = 0, 0, math.inf, None
+        self.last_attn_error = None
         self.ckpt_root = run_dir / CHECKPOINT_DIR
         self.wandb_id = self._resume()
 
@@ -281,8 +282,15 @@ class Trainer:
         self.best_val_loss = min(self.best_val_loss, self.last_val_loss)
         row = {"step": self.step, "tokens": self.position * self.cfg.data.seq_len,
                "val_loss": self.last_val_loss, "best_val_loss": self.best_val_loss}
+        message = f"step {self.step}: val loss {self.last_val_loss:.4f} (best {self.best_val_loss:.4f})"
+        n = min(self.cfg.trainer.attn_error_sequences, len(self.splits.val))
+        if n:  # every rank: an FSDP forward gathers each block's weights from all of them
+            x, _ = data.to_batch(self.splits.val, range(n), self.env.device)
+            row.update(numerics.attention_errors(self.raw_model, x, self._autocast()))
+            self.last_attn_error = row["attn_rel_rmse_max"]
+            message += f", attention error vs float64 {self.last_attn_error:.2e} (worst layer)"
         self.loggers.log(row)
-        self.console.print(f"step {self.step}: val loss {self.last_val_loss:.4f} (best {self.best_val_loss:.4f})")
+        self.console.print(message)
 
     def _save_checked(self) -> Path:
         if self._pending_steps:  # never checkpoint weights that a NaN may have reached
@@ -361,8 +369,8 @@ class Trainer:
             "last_val_loss": self.last_val_loss, "wall_time_s": wall_time, "tokens_per_s": tokens_per_s,
             "model_tflops_per_s": flops_per_s / 1e12 if flops_per_s else None,
             "mfu": flops_per_s / self.peak_flops if flops_per_s and self.peak_flops else None,
-            "attn_tflops_per_s": self.attn_tflops, "peak_mem_gb": metrics.peak_memory_gb(self.env.device),
-            "n_params": self.raw_model.num_params(False), "world_size": self.env.world_size,
+            "attn_tflops_per_s": self.attn_tflops, "attn_rel_rmse_max": self.last_attn_error,
+            "peak_mem_gb": metrics.peak_memory_gb(self.env.device), "n_params": self.raw_model.num_params(False), "world_size": self.env.world_size,
             "strategy": self.strategy, "attention": self.cfg.attention.name, "device": str(self.env.device),
             "wandb_project": self.cfg.logger.project, "wandb_group": self.cfg.logger.group,
             "wandb_id": self.loggers.wandb_id,

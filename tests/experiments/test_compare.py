@@ -107,3 +107,20 @@ def test_missing_or_empty_dir_is_a_one_line_error(tmp_path, tool):
     for path, reason in ((tmp_path / "absent", "no such directory"), (tmp_path, "no metrics.jsonl")):
         with pytest.raises(SystemExit, match=f"^{prog}: error: .*{reason}"):
             tool.main([str(path), "--out", str(tmp_path / "out")])
+
+
+def test_attention_error_column_from_the_last_evaluation(run_dirs, tmp_path):
+    """Runs that measured their attention against float64 (trainer.attn_error_sequences) get an attention error
+    column: the mean ± std over an arm's runs of the last evaluation's worst layer; without it there is none."""
+    out = tmp_path / "out"
+    assert compare.main([str(run_dirs[0].parent), "--baseline", "sdpa", "--out", str(out / "none")]) == 0
+    assert "| attention error |" not in (out / "none" / "summary.md").read_text()
+    for run, error in zip(run_dirs, (1e-3, 3e-3, 2e-2, 4e-2)):  # sdpa-0, sdpa-1, fp8-0, fp8-1
+        with (run / "metrics.jsonl").open("a") as f:
+            f.write(f'{{"step": 100, "tokens": 1, "val_loss": 9.0, "attn_rel_rmse_max": {error}}}\n')
+    arms = runs.group([runs.load_run(d) for d in run_dirs], runs.attention_label)
+    stats = {s.label: s for s in summary.summarize(arms, "sdpa")}
+    assert stats["fp8"].attn_error_mean == pytest.approx(3e-2) and stats["sdpa"].attn_error_mean == pytest.approx(2e-3)
+    assert compare.main([str(run_dirs[0].parent), "--baseline", "sdpa", "--out", str(out / "with")]) == 0
+    assert "| attention error |" in (out / "with" / "summary.md").read_text()
+    assert "3.00e-02 ± 1.41e-02" in (out / "with" / "summary.md").read_text()

@@ -67,6 +67,7 @@ def test_data_dir_follows_environment(monkeypatch, tmp_path):
     ("logger.name=tensorboard", "logger.name"),
     ("attention.name=nope", "attention.name"),
     ("trainer.seed=-1", "trainer.seed"),
+    ("trainer.attn_error_sequences=-1", "trainer.attn_error_sequences"),
 ])
 def test_bad_value_names_its_key(override, key):
     with pytest.raises(config.ConfigError) as e:
