@@ -56,3 +56,17 @@ def test_attention_error_on_our_kernels_under_fsdp_and_compile(make_cfg, tmp_pat
     assert [r["step"] for r in evals] == [2, 4]
     assert all(0 < r["attn_rel_rmse_max"] < bound for r in evals), evals
     assert summary["attn_rel_rmse_max"] == evals[-1]["attn_rel_rmse_max"]
+
+
+def test_eval_puts_a_bf16_trained_model_under_fp8_kernels(make_cfg, tmp_path):
+    """fp8train-eval on the GPU kernels: a model trained with our BF16 kernels, evaluated with them and with FP8
+    attention (block scales, Hadamard), head dim 64."""
+    from fp8train import evaluate
+    loop.run(make_cfg("trainer.device=cuda", "trainer.max_steps=20", "attention=flash", "model.d_model=128",
+                      "model.n_head=2", "optim.lr=3e-3"), tmp_path / "run")
+    out = tmp_path / "eval.json"
+    assert evaluate.main([str(tmp_path / "run"), "--attention", "flash", "--attention", "fp8", "--sequences", "64",
+                          "--out", str(out)]) == 0
+    flash, fp8 = json.loads(out.read_text())
+    assert flash["attn_rel_rmse_max"] < 1e-2 < fp8["attn_rel_rmse_max"] < 1e-1
+    assert fp8["val_loss"] == pytest.approx(flash["val_loss"], rel=2e-2)
