@@ -6,8 +6,10 @@ RUN_DIR), by --group-by config keys, or by default by the attention backend and
 its options -- and the seeds of an arm are shown as mean ± std. The runs of
 an arm must differ only in trainer.seed (an lr or model sweep is refused:
 split it with --group-by, or use experiments.sweep_summary). Gaps are
-relative to the first arm, or to --baseline. Writes OUT/compare.png,
-OUT/summary.md and OUT/summary.csv. Definitions: experiments.summary.
+relative to the first arm, or to --baseline. Writes OUT/compare.png (with a
+third panel, the attention error against float64 over training, where runs
+measured it: trainer.attn_error_sequences), OUT/summary.md and
+OUT/summary.csv. Definitions: experiments.summary.
 """
 import argparse
 import shlex
@@ -46,13 +48,21 @@ def mean_band(curves):
     return shared, means, stds
 
 
+ERROR_KEY = "attn_rel_rmse_max"  # fp8train.numerics, at evaluations of runs with trainer.attn_error_sequences
+
+
 def plot(path, arms, opts, prov):
-    figure = Figure(figsize=(12, 4.5), layout="constrained")
-    train_ax, val_ax = figure.subplots(1, 2)
+    """Train and validation loss, and where runs measured it, their attention error against float64."""
+    errors = any(ERROR_KEY in r for arm_runs in arms.values() for run in arm_runs for r in run.val)
+    figure = Figure(figsize=(18 if errors else 12, 4.5), layout="constrained")
+    axes = figure.subplots(1, 3 if errors else 2)
+    train_ax, val_ax = axes[:2]
+    panels = [(train_ax, "loss", lambda r: r.train, opts.smooth), (val_ax, "val_loss", lambda r: r.val, 1)]
+    if errors:
+        panels.append((axes[2], ERROR_KEY, lambda r: [row for row in r.val if ERROR_KEY in row], 1))
     for i, (label, arm_runs) in enumerate(arms.items()):
         color = COLORS[i % len(COLORS)]
-        for ax, key, rows_of, window in ((train_ax, "loss", lambda r: r.train, opts.smooth),
-                                         (val_ax, "val_loss", lambda r: r.val, 1)):
+        for ax, key, rows_of, window in panels:
             curves = []
             for run in arm_runs:
                 rows = rows_of(run)
@@ -66,13 +76,17 @@ def plot(path, arms, opts, prov):
             if len(curves) > 1:
                 ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                 color=color, alpha=0.2, linewidth=0)
-    for ax, name in ((train_ax, f"train loss (moving average over {opts.smooth} logs)"), (val_ax, "validation loss")):
+    titles = [f"train loss (moving average over {opts.smooth} logs)", "validation loss",
+              "attention error vs float64, worst layer"]
+    for ax, name in zip(axes, titles):
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("tokens" if opts.x == "tokens" else "step")
-        ax.set_ylabel("loss")
+        ax.set_ylabel("loss" if ax is not axes[-1] or not errors else "||out - exact|| / ||exact||")
         if opts.logx:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
+    if errors:
+        axes[2].set_yscale("log")
     if train_ax.get_lines() or val_ax.get_lines():
         # One legend under both panels: arm labels (backend + options) are too long for an axes.
         ax = train_ax if train_ax.get_lines() else val_ax

@@ -124,3 +124,7 @@ def test_attention_error_column_from_the_last_evaluation(run_dirs, tmp_path):
     assert compare.main([str(run_dirs[0].parent), "--baseline", "sdpa", "--out", str(out / "with")]) == 0
     assert "| attention error |" in (out / "with" / "summary.md").read_text()
     assert "3.00e-02 ± 1.41e-02" in (out / "with" / "summary.md").read_text()
+    # A third panel, the error over training: the figure is wider by half.
+    from PIL import Image
+    widths = [Image.open(out / d / "compare.png").size[0] for d in ("none", "with")]
+    assert widths[1] == pytest.approx(1.5 * widths[0], rel=0.02)
