@@ -152,8 +152,11 @@ class Trainer:
         """Refuse another model than the checkpoint's; name any other setting that changed, and carry on."""
         if saved["model"]["vocab_size"] is None:  # saved before checkpoints held the vocabulary as built
             saved["model"]["vocab_size"] = self.resolved["model"]["vocab_size"]
+        defaults = OmegaConf.structured(config.TrainConfig)
         changed = {key: f"{key} {old} -> {new}" for key, (old, new) in config_changes(saved, self.resolved).items()
-                   if key != "trainer.resume"}  # how to resume, not how to train
+                   if key != "trainer.resume"  # how to resume, not how to train
+                   # a setting newer than the checkpoint, at its default (model.n_kv_head: None is the old model)
+                   and not (old == UNSET and OmegaConf.select(defaults, key, default=UNSET) == new)}
         model = [change for key, change in changed.items() if key.startswith("model.")]
         if model:
             raise config.ConfigError("model", f"differs from checkpoint {path} (saved -> now): {', '.join(model)}; "
@@ -378,11 +381,14 @@ class Trainer:
         }
 
 
+UNSET = "(unset)"  # config_changes: a key one of the two configs does not have
+
+
 def config_changes(saved: dict, now: dict, prefix: str = "") -> dict[str, tuple]:
     """{dotted key: (saved value, value now)} for each setting that differs between two resolved configs."""
     changed = {}
     for key in saved.keys() | now.keys():
-        old, new = saved.get(key, "(unset)"), now.get(key, "(unset)")
+        old, new = saved.get(key, UNSET), now.get(key, UNSET)
         if isinstance(old, dict) and isinstance(new, dict):
             changed.update(config_changes(old, new, f"{prefix}{key}."))
         elif old != new:

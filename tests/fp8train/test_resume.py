@@ -127,3 +127,20 @@ def test_cli_prints_one_error_line_for_a_damaged_checkpoint(data_dir, cache_dir,
     assert proc.stderr.strip().splitlines() == [
         f"error: checkpoint {tmp_path / 'checkpoints' / 'step_0000002'}: missing rng_rank0.pt"]
     assert json.loads((tmp_path / loop.SUMMARY_FILE).read_text())["steps"] == 2
+
+
+def test_checkpoints_older_than_a_setting_resume_at_its_default(make_cfg, tmp_path, capsys):
+    """A setting added after a checkpoint was written (model.n_kv_head, trainer.attn_error_sequences) is absent
+    from its saved config: at its default it is no change (an absent model.n_kv_head is the model as it was); set
+    otherwise, it is named like any change (and refused for the model)."""
+    loop.run(make_cfg("trainer.max_steps=2"), tmp_path)
+    path = checkpoint.latest(tmp_path / "checkpoints")
+    state = checkpoint.read_trainer_state(path)
+    del state["config"]["model"]["n_kv_head"], state["config"]["trainer"]["attn_error_sequences"]
+    torch.save(state, path / "trainer_state.pt")
+    with pytest.raises(ConfigError, match=r"model.n_kv_head \(unset\) -> 1"):
+        loop.run(make_cfg("trainer.max_steps=3", "model.n_kv_head=1"), tmp_path)
+    capsys.readouterr()
+    assert loop.run(make_cfg("trainer.max_steps=3"), tmp_path)["steps"] == 3
+    warning = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warning == [f"warning: config changed since checkpoint {path} (saved -> now): trainer.max_steps 2 -> 3"]
