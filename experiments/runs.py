@@ -19,9 +19,11 @@ METRICS = "metrics.jsonl"
 NON_ARM_KEYS = ("trainer.seed", "seed", "experiment")
 OPTIONS_PREFIX = "attention.options."
 # Config keys (and the keys below them) in which the seeds of one arm may differ: the seed, and bookkeeping
-# that leaves the training alone (W&B naming, progress output, checkpoints, where the data is read from).
+# that leaves the training alone (W&B naming, progress output, checkpoints, where the data is read from, the
+# attention error probe: eval mode, no global RNG).
 SEED_ONLY_IGNORES = ("trainer.seed", "logger", "trainer.progress", "trainer.resume", "trainer.save_checkpoints",
-                     "trainer.keep_checkpoints", "trainer.checkpoint_interval", "data.data_dir", "data.cache_dir")
+                     "trainer.keep_checkpoints", "trainer.checkpoint_interval", "data.data_dir", "data.cache_dir",
+                     "trainer.attn_error_sequences")
 
 
 @dataclass

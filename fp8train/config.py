@@ -199,6 +199,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check(t[key] > 0, f"trainer.{key}", f"must be positive, got {t[key]}")
     for key in ("eval_interval", "checkpoint_interval", "attn_error_sequences"):
         _check(t[key] >= 0, f"trainer.{key}", f"must be >= 0, got {t[key]}")
+    _check(not t.attn_error_sequences or t.eval_interval, "trainer.attn_error_sequences",
+           "the probe runs at evaluations: set trainer.eval_interval > 0")
     _check(t.micro_batch_size is None or t.micro_batch_size > 0, "trainer.micro_batch_size",
            f"must be positive, got {t.micro_batch_size}")
     _check(0 <= t.seed < 2**32, "trainer.seed", f"must be in [0, 2**32) (numpy's seeds), got {t.seed}")

@@ -5,8 +5,9 @@
 Trained with BF16 attention, how does the model fare with FP8 attention, and with which quantization settings?
 Each --attention arm (a conf/attention preset, then `:key=value,...` overrides of its options; default: the run's
 own attention) runs the same validation sequences through the checkpoint's weights: mean loss, and each layer's
-attention against float64 on its own q, k, v (fp8train/numerics.py). One table, the first arm as the baseline;
---out also writes it as JSON.
+attention against float64 on its own q, k, v (fp8train/numerics.py). Every arm runs at the run's precision, or
+bf16 autocast for all where one arm's backend needs it. One table, the first arm as the baseline; --out also
+writes it as JSON.
 """
 import argparse
 import json
@@ -80,7 +81,8 @@ def main(argv=None) -> int:
     try:
         path = checkpoint_dir(args.checkpoint)
         state = checkpoint.read_trainer_state(path)
-        cfg = OmegaConf.merge(OmegaConf.create(state["config"]), OmegaConf.from_dotlist(args.set))
+        # On the schema: settings newer than the checkpoint take their defaults (model.n_kv_head: the model as it was).
+        cfg = config.validate(OmegaConf.merge(OmegaConf.create(state["config"]), OmegaConf.from_dotlist(args.set)))
         arms = [compose_attention(parse_arm(a)) for a in args.attention] if args.attention else [cfg.attention]
         for arm in arms:
             attention.build(arm.name, arm.options)  # an unknown backend or option fails before any work
@@ -90,8 +92,11 @@ def main(argv=None) -> int:
         sys.exit(f"fp8train-eval: error: {e}")
     except Exception as e:  # Hydra's override and composition errors: one line, not a traceback
         sys.exit(f"fp8train-eval: error: {type(e).__name__}: {str(e).splitlines()[0]}")
-    # One precision for every arm, so that their losses compare: bf16 autocast on CUDA, or where a backend needs it.
-    bf16 = device.type == "cuda" or any(arm.name in attention.LOW_PRECISION_ONLY for arm in arms)
+    # One precision for every arm, so that their losses compare: the run's (trainer.precision, auto: bf16 autocast
+    # on CUDA), and bf16 wherever a backend needs it.
+    p = cfg.trainer.precision
+    bf16 = (p == "bf16" or (p == "auto" and device.type == "cuda")
+            or any(arm.name in attention.LOW_PRECISION_ONLY for arm in arms))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     indices = list(range(min(args.sequences, len(splits.val))))
     m = cfg.model

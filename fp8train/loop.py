@@ -144,6 +144,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.position = state["step"], state["position"]
         self.best_val_loss, self.last_val_loss = state["best_val_loss"], state["last_val_loss"]
+        self.last_attn_error = state.get("last_attn_error")  # absent from checkpoints before the probe
         if self.env.is_main:
             print(f"resumed from {path} at step {self.step} (saved by {state['world_size']} process(es))", flush=True)
         return state["wandb_id"]
@@ -217,6 +218,7 @@ class Trainer:
     def _trainer_state(self) -> dict:
         return {"step": self.step, "position": self.position, "scheduler": self.scheduler.state_dict(),
                 "best_val_loss": self.best_val_loss, "last_val_loss": self.last_val_loss,
+                "last_attn_error": self.last_attn_error,
                 "world_size": self.env.world_size, "config": self.resolved,
                 "tokenizer": self.splits.tokenizer_state, "wandb_id": self.loggers.wandb_id}
 

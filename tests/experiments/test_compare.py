@@ -128,3 +128,14 @@ def test_attention_error_column_from_the_last_evaluation(run_dirs, tmp_path):
     from PIL import Image
     widths = [Image.open(out / d / "compare.png").size[0] for d in ("none", "with")]
     assert widths[1] == pytest.approx(1.5 * widths[0], rel=0.02)
+
+
+def test_seeds_may_differ_in_the_attention_probe(tmp_path):
+    """trainer.attn_error_sequences only measures (eval mode, no global RNG): runs with and without it, or from
+    before it existed, are still seeds of one arm; a training setting is not."""
+    configs = [{"trainer": {"seed": 0, "attn_error_sequences": 8}}, {"trainer": {"seed": 1}},
+               {"trainer": {"seed": 2, "attn_error_sequences": 0}}]
+    arm = [runs.Run(tmp_path / str(i), config=c) for i, c in enumerate(configs)]
+    assert runs.config_differences(arm) == []
+    arm[1].config["trainer"]["max_steps"] = 5
+    assert runs.config_differences(arm) == ["trainer.max_steps"]

@@ -47,6 +47,11 @@ def test_data_dir_follows_environment(monkeypatch, tmp_path):
     assert config.validate(compose_raw()).data.data_dir == "./data"
 
 
+def test_the_attention_probe_needs_evaluations():
+    with pytest.raises(config.ConfigError, match="^trainer.attn_error_sequences: .*eval_interval"):
+        config.validate(compose_raw(["trainer.attn_error_sequences=4", "trainer.eval_interval=0"]))
+
+
 @pytest.mark.parametrize("override, key", [
     ("model.n_layer=0", "model.n_layer"),
     ("model.n_layer=abc", "model.n_layer"),

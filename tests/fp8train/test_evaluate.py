@@ -66,6 +66,24 @@ def test_bad_arms_are_one_line_errors(run_dir, argv, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_checkpoint_older_than_gqa_evaluates(run_dir, tmp_path):
+    """A checkpoint saved before model.n_kv_head (and the probe) existed: its config lacks both, which take their
+    defaults, so it evaluates as the model it was."""
+    import shutil
+
+    import torch
+
+    from fp8train import checkpoint
+    old = tmp_path / "old"
+    shutil.copytree(run_dir[0] / "checkpoints" / "step_0000004", old)
+    state = checkpoint.read_trainer_state(old)
+    del state["config"]["model"]["n_kv_head"], state["config"]["trainer"]["attn_error_sequences"]
+    torch.save(state, old / "trainer_state.pt")
+    out = tmp_path / "eval.json"
+    assert evaluate.main([str(old), "--sequences", "8", "--batch-size", "8", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["val_loss"] == pytest.approx(run_dir[1]["last_val_loss"], abs=1e-5)
+
+
 def test_not_a_checkpoint_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="neither a checkpoint directory nor a run directory"):
         evaluate.main([str(tmp_path)])

@@ -43,8 +43,8 @@ def test_compiled_run_on_our_kernels(make_cfg, tmp_path, backend):
     assert train[-1]["loss"] < train[0]["loss"] - 0.3
 
 
-@pytest.mark.parametrize("backend, bound", [("flash", 1e-2), ("fp8", 1e-1)])
-def test_attention_error_on_our_kernels_under_fsdp_and_compile(make_cfg, tmp_path, backend, bound):
+@pytest.mark.parametrize("backend, bounds", [("flash", (0, 1e-2)), ("fp8", (1e-2, 1e-1))])
+def test_attention_error_on_our_kernels_under_fsdp_and_compile(make_cfg, tmp_path, backend, bounds):
     """The evaluation's attention probe (fp8train/numerics.py) on the real kernels, in a compiled FSDP2 model (the
     probe runs it eagerly on every rank) whose two query heads share one key/value head (MQA), head dim 64."""
     cfg = make_cfg("trainer.device=cuda", "trainer.compile=true", "trainer.parallel.strategy=fsdp",
@@ -54,7 +54,7 @@ def test_attention_error_on_our_kernels_under_fsdp_and_compile(make_cfg, tmp_pat
     summary = loop.run(cfg, tmp_path)
     evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
     assert [r["step"] for r in evals] == [2, 4]
-    assert all(0 < r["attn_rel_rmse_max"] < bound for r in evals), evals
+    assert all(bounds[0] < r["attn_rel_rmse_max"] < bounds[1] for r in evals), evals  # FP8: ~0.03 on the CPU
     assert summary["attn_rel_rmse_max"] == evals[-1]["attn_rel_rmse_max"]
 
 
