@@ -77,3 +77,10 @@ def test_evaluations_log_the_attention_error(make_cfg, tmp_path):
         assert {"attn_rel_rmse/L0", "attn_rel_rmse/L1", "k_peak_to_rms/L1", "attn_rel_rmse_mean"} <= r.keys()
         assert 0 <= r["attn_rel_rmse_max"] < 1e-5  # SDPA in float32 on the CPU
     assert summary["attn_rel_rmse_max"] == rows[-1]["attn_rel_rmse_max"]
+
+
+def test_the_last_attention_error_survives_a_resume_without_evaluations(make_cfg, tmp_path):
+    first = loop.run(make_cfg("trainer.max_steps=2", "trainer.eval_interval=2", "trainer.eval_batches=1",
+                              "trainer.attn_error_sequences=2"), tmp_path)
+    resumed = loop.run(make_cfg("trainer.max_steps=3", "trainer.eval_interval=0"), tmp_path)
+    assert resumed["steps"] == 3 and resumed["attn_rel_rmse_max"] == first["attn_rel_rmse_max"] is not None
