@@ -25,6 +25,13 @@ _FACTORIES: Dict[str, Callable[..., Backend]] = {}
 LOW_PRECISION_ONLY = frozenset({"flash", "fp8"})
 
 
+def uses_bf16(precision: str, device_type: str, names) -> bool:
+    """Whether attention backends `names` run under bf16 autocast at trainer.precision on this device type:
+    bf16, auto on CUDA, and wherever one of them runs only bf16/fp16 kernels."""
+    return (precision == "bf16" or (precision == "auto" and device_type == "cuda")
+            or any(name in LOW_PRECISION_ONLY for name in names))
+
+
 def register(name: str):
     """Decorator adding a backend factory under `name`."""
 

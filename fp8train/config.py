@@ -136,6 +136,11 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
+def kv_heads(model) -> int:
+    """Key/value heads of a model config (a ModelConfig or its node): n_kv_head, or n_head when unset."""
+    return model.n_kv_head or model.n_head
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(key, message)

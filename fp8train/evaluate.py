@@ -84,19 +84,16 @@ def main(argv=None) -> int:
         # On the schema: settings newer than the checkpoint take their defaults (model.n_kv_head: the model as it was).
         cfg = config.validate(OmegaConf.merge(OmegaConf.create(state["config"]), OmegaConf.from_dotlist(args.set)))
         arms = [compose_attention(parse_arm(a)) for a in args.attention] if args.attention else [cfg.attention]
-        for arm in arms:
-            attention.build(arm.name, arm.options)  # an unknown backend or option fails before any work
+        # Built before any work, so that an unknown backend or option fails first.
+        backends = [attention.build(arm.name, arm.options) for arm in arms]
         device = resolve_device(args.device, 0)
         splits = data.load(cfg.data, cfg.trainer.seed)
     except (ValueError, config.ConfigError, checkpoint.CheckpointError, data.CorpusNotFound) as e:
         sys.exit(f"fp8train-eval: error: {e}")
     except Exception as e:  # Hydra's override and composition errors: one line, not a traceback
         sys.exit(f"fp8train-eval: error: {type(e).__name__}: {str(e).splitlines()[0]}")
-    # One precision for every arm, so that their losses compare: the run's (trainer.precision, auto: bf16 autocast
-    # on CUDA), and bf16 wherever a backend needs it.
-    p = cfg.trainer.precision
-    bf16 = (p == "bf16" or (p == "auto" and device.type == "cuda")
-            or any(arm.name in attention.LOW_PRECISION_ONLY for arm in arms))
+    # One precision for every arm, so that their losses compare: the run's, or bf16 wherever one arm needs it.
+    bf16 = attention.uses_bf16(cfg.trainer.precision, device.type, [arm.name for arm in arms])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     indices = list(range(min(args.sequences, len(splits.val))))
     m = cfg.model
@@ -108,10 +105,9 @@ def main(argv=None) -> int:
           f"{'bf16 autocast' if bf16 else 'fp32'} on {device}", flush=True)
 
     rows = []
-    for arm in arms:
-        backend = attention.build(arm.name, arm.options)
+    for arm, backend in zip(arms, backends):
         try:
-            attention.run_once(arm.name, backend, m.n_head, m.n_kv_head or m.n_head, m.d_model // m.n_head,
+            attention.run_once(arm.name, backend, m.n_head, config.kv_heads(m), m.d_model // m.n_head,
                                cfg.data.seq_len, device, torch.bfloat16 if bf16 else torch.float32)
         except config.ConfigError as e:
             sys.exit(f"fp8train-eval: error: {e}")

@@ -52,12 +52,13 @@ class Trainer:
         t = cfg.trainer
         self.strategy = distributed.resolve_strategy(t.parallel.strategy, env.world_size)
         self.micro, self.accum = config.grad_accumulation(t, env.world_size)
-        self.bf16 = t.precision == "bf16" or (t.precision == "auto" and (
-            env.device.type == "cuda" or cfg.attention.name in attention.LOW_PRECISION_ONLY))
+        # fp32 with a bf16-only backend never gets here: config.validate refuses it.
+        self.bf16 = attention.uses_bf16(t.precision, env.device.type, [cfg.attention.name])
         backend = attention.build(cfg.attention.name, cfg.attention.options)
-        attention.run_once(cfg.attention.name, backend, cfg.model.n_head, cfg.model.n_kv_head or cfg.model.n_head,
-                           cfg.model.d_model // cfg.model.n_head, cfg.data.seq_len, env.device,
-                           torch.bfloat16 if self.bf16 else torch.float32)
+        m = cfg.model
+        head_dim = m.d_model // m.n_head
+        attention.run_once(cfg.attention.name, backend, m.n_head, config.kv_heads(m), head_dim, cfg.data.seq_len,
+                           env.device, torch.bfloat16 if self.bf16 else torch.float32)
         if env.device.type == "cuda":
             torch.set_float32_matmul_precision("high" if t.allow_tf32 else "highest")
 
@@ -78,7 +79,6 @@ class Trainer:
         fused = env.device.type == "cuda" and not t.parallel.cpu_offload
         self.optimizer, self.scheduler = optim.build(self.model, cfg.optim, t.max_steps, fused)
 
-        head_dim = model_cfg.d_model // model_cfg.n_head
         self.tokens_per_step = t.batch_size * cfg.data.seq_len
         self.flops_per_token = metrics.flops_per_token(self.raw_model.num_params(), model_cfg.n_layer,
                                                        model_cfg.n_head, head_dim, cfg.data.seq_len)
@@ -86,8 +86,8 @@ class Trainer:
         self.attn_tflops = None
         if env.is_main:
             self.attn_tflops = metrics.attention_tflops(
-                backend, self.micro, cfg.data.seq_len, model_cfg.n_head, model_cfg.n_kv_head or model_cfg.n_head,
-                head_dim, env.device, torch.bfloat16 if self.bf16 else torch.float32)
+                backend, self.micro, cfg.data.seq_len, m.n_head, config.kv_heads(m), head_dim, env.device,
+                torch.bfloat16 if self.bf16 else torch.float32)
             if env.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(env.device)
         torch.manual_seed(t.seed + 1 + env.rank)  # dropout streams differ across ranks

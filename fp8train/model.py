@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fp8train.attention import Backend
-from fp8train.config import ModelConfig
+from fp8train.config import ModelConfig, kv_heads
 
 
 def rotary_tables(block_size: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +32,7 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg, backend: Backend):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.d_model // cfg.n_head
-        self.n_kv_head = cfg.n_kv_head or cfg.n_head
+        self.n_kv_head = kv_heads(cfg)
         # q, k and v in one matmul, their rows in that order; k and v have n_kv_head heads each (GQA), which the
         # backends share among groups of query heads.
         self.qkv_sizes = (cfg.d_model, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim)
