@@ -114,6 +114,7 @@ CANDIDATES = {
 KV_BLOCK_KEY = "kv_block"
 # V^T key order by candidate name prefix (kernels.quant.FP8QKV.v_key_order); others get the default's.
 V_KEY_ORDERS = {"natural_v": "natural"}
+MASKS = {"full": False, "causal": True}  # --masks names -> the causal flag
 # hd128 non-causal with whole waves of tiles: 132 m-blocks x 16 heads = 16 tiles per SM on 132 SMs (the 16k
 # sweep shape has 2048 tiles, 15.5 waves).
 WAVE_SHAPE = dict(batch=1, seqlen=16896, nheads=16, head_dim=128)
@@ -422,9 +423,11 @@ def _clean_candidates(group, rows):
             == n_checks]
 
 
-def bench_stage(seqlens, fp8_seqlens, keys, skip_head_dims=(), fp8_only=False):
+def bench_stage(seqlens, fp8_seqlens, keys, skip_head_dims=(), fp8_only=False, masks=(False, True)):
     """skip_head_dims: head dims whose default kernels failed their checks; only candidates are timed there.
-    fp8_only: only the FP8 sweep (hd128 and hd256 at fp8_seqlens non-causal, and causal at the longest)."""
+    fp8_only: only the FP8 sweep (hd128 and hd256 at fp8_seqlens non-causal, and causal at the longest).
+    masks: the causal settings timed otherwise; (True,) leaves out every non-causal row (Table 2's shape, whole
+    waves, the FP8 sweep) for candidates that change only the causal kernels."""
     def full(d):
         return [] if d in skip_head_dims else ["full"]
 
@@ -435,20 +438,23 @@ def bench_stage(seqlens, fp8_seqlens, keys, skip_head_dims=(), fp8_only=False):
             s = max(fp8_seqlens)  # and causal at the longest
             _bench_fp8(TOKENS // s, s, HIDDEN // d, d, True, _candidates(keys, "fp8", d), bool(full(d)))
         return
-    a = ABLATION
-    hd128_tiles = _candidates(keys, "bf16", 128)
-    _bench_bf16(a["batch"], a["seqlen"], a["nheads"], a["head_dim"], False,
-                list(SWITCHES) if full(a["head_dim"]) else [], hd128_tiles)
-    w = WAVE_SHAPE
-    _bench_bf16(w["batch"], w["seqlen"], w["nheads"], w["head_dim"], False, full(w["head_dim"]), hd128_tiles)
-    for d in (128, 256):
-        for s in fp8_seqlens:
-            tiles = _candidates(keys, "fp8", d)
-            _bench_fp8(TOKENS // s, s, HIDDEN // d, d, False, tiles, bool(full(d)))
-    for d, causal in ((64, False), (128, True), (256, True)):
-        if full(d):
-            _bench_fp8(TOKENS // 16384, 16384, HIDDEN // d, d, causal)
-    for causal in (False, True):
+    if False in masks:
+        a = ABLATION
+        hd128_tiles = _candidates(keys, "bf16", 128)
+        _bench_bf16(a["batch"], a["seqlen"], a["nheads"], a["head_dim"], False,
+                    list(SWITCHES) if full(a["head_dim"]) else [], hd128_tiles)
+        w = WAVE_SHAPE
+        _bench_bf16(w["batch"], w["seqlen"], w["nheads"], w["head_dim"], False, full(w["head_dim"]), hd128_tiles)
+        for d in (128, 256):
+            for s in fp8_seqlens:
+                tiles = _candidates(keys, "fp8", d)
+                _bench_fp8(TOKENS // s, s, HIDDEN // d, d, False, tiles, bool(full(d)))
+        if full(64):
+            _bench_fp8(TOKENS // 16384, 16384, HIDDEN // 64, 64, False)
+    if True in masks:  # FP8 causal at 16k, with the candidates (the non-causal sweep above has them too)
+        for d in (128, 256):
+            _bench_fp8(TOKENS // 16384, 16384, HIDDEN // d, d, True, _candidates(keys, "fp8", d), bool(full(d)))
+    for causal in masks:
         for d in HEAD_DIMS:
             for s in seqlens:
                 tiles = _candidates(keys, "bf16", d)
@@ -512,7 +518,10 @@ def main():
     parser.add_argument("--skip-head-dims", default="", help="bench: head dims timed without their defaults")
     parser.add_argument("--seqlens", default=",".join(map(str, SEQLENS)), help="BF16 sweep seqlens, comma-separated")
     parser.add_argument("--fp8-seqlens", default=",".join(map(str, FP8_SEQLENS)), help="FP8 sweep seqlens")
+    parser.add_argument("--masks", default="full,causal", help="bench: the masks timed (full, causal), comma-separated;"
+                        " causal alone leaves out every non-causal row")
     args = parser.parse_args()
+    masks = tuple(MASKS[m] for m in args.masks.split(","))
     groups = [g for g in args.groups.split(",") if g]
     if args.stage == "check":
         return check_stage(args.head_dim, args.group)
@@ -523,7 +532,7 @@ def main():
     if args.stage == "bench":
         return bench_stage([int(x) for x in args.seqlens.split(",")], [int(x) for x in args.fp8_seqlens.split(",")],
                            args.candidates.split(","), [int(x) for x in args.skip_head_dims.split(",") if x],
-                           args.fp8_only)
+                           args.fp8_only, masks)
 
     import torch
     import triton
@@ -567,7 +576,8 @@ def main():
             text, err, status = run_child(cmd, 60, log, f"sanitize {g}")
             rows.append(dict(stage="sanitize", group=g, status=status, tail=(text + err)[-1500:]))
         rows += _run_stage(["--stage", "bench", "--seqlens", args.seqlens, "--fp8-seqlens", args.fp8_seqlens,
-                            "--candidates", ",".join(keys), "--skip-head-dims", ",".join(failed_head_dims)]
+                            "--candidates", ",".join(keys), "--skip-head-dims", ",".join(failed_head_dims),
+                            "--masks", args.masks]
                            + (["--fp8-only"] if args.fp8_only else []), 200, log)[0]
         rows += _run_stage(["--stage", "stats"], 30, log)[0]
     (out / "tune_gluon.json").write_text(json.dumps(rows, indent=1))
