@@ -115,8 +115,8 @@ ROW_TRIMS = dict(thread_row_sum=True, unmasked_loop=True)
 FP8_TRIMS = dict(ROW_TRIMS, fast_v_ratio=True)
 # Per-thread arrives (TileConfig.thread_arrive: one warpgroup bar.sync per key block instead of four; H200 A/Bs in
 # docs/tuning-gluon.md, entry 44): FP8 hd128 +2-7% in four calls; the 16-bit hd128/hd256 and 192-row hd64 tiles
-# within -3% to +3%, one way or the other from call to call. Left out: FP8 hd64 (-2%), the 128-row hd64 tiles (-5%
-# at 1k keys once, level at 2k causal); FP8 hd256 took them with the overlap, which needs them (session 26).
+# within -3% to +3%, one way or the other from call to call. Left out: FP8 hd256 (0% to -2%), FP8 hd64 (-2%), the
+# 128-row hd64 tiles (-5% at 1k keys once, level at 2k causal).
 ARRIVE = dict(thread_arrive=True)
 # Keyed by (input element bytes, head dim). Shared memory (of 227 KB), in KB, Q + stages * (K + V) + O:
 # 16-bit hd64 24 + 2*32 + 24 (192 query rows), hd128 32 + 3*64 (O in Q's place), hd256 64 + 2*64 (O in Q's
