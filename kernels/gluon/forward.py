@@ -147,22 +147,16 @@ TILE_CONFIGS = {
     # the per-thread arrives: -1% to +2.5% (entry 44).
     (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="own", rescale_under_s=True, **FP8_TRIMS,
                          **ARRIVE, named_turn=True),
-    # 128-key tiles overlapped, as FA3 runs them: with split K/V release, per-thread arrives and named turns the
-    # overlapped loop fits the registers (without them it spilled, entries 22 and 48) and ran 1191-1238 TFLOPs/s
-    # from 4k to 16k keys against 1104-1115 without the overlap (+6-12%, session 26). 224 KB of shared memory.
-    (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_buffer="own", split_kv=True, **FP8_TRIMS, **ARRIVE,
-                         named_turn=True),
+    # 128-key tiles without the overlap: overlapped, a 128-key tile spills 72 registers (O alone is 128 per
+    # thread), and 64-key overlapped tiles measured 2-10% slower (docs/tuning-gluon.md, entry 22). 224 KB of
+    # shared memory.
+    (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_buffer="own", overlap=False, **FP8_TRIMS),
 }
 # Causal tiles where they differ: at hd64 two consumers of paired tiles ran 9-22% faster than three consumers of
 # longest-first tiles from 1k to 4k keys, level at 8k-16k, and the row trims added 0-3% (docs/tuning-gluon.md,
-# entry 31); O in the K buffer with the lazy rescale another +1-3% from 2k to 16k (entry 39). The blocks below the
-# diagonal without the mask test and the mask by one compare per score (entries 46-47): hd64 +5% from 1k to 4k
-# keys, FP8 hd128 +8% at 16k; at 16-bit hd128/hd256 -5% to +3% and -12% to +2%, so left off there (session 26).
-CAUSAL_MASK = dict(causal_unmasked_loop=True, row_bound_mask=True)
+# entry 31); O in the K buffer with the lazy rescale another +1-3% from 2k to 16k (entry 39).
 CAUSAL_TILE_CONFIGS = {
-    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS,
-                        **CAUSAL_MASK),
-    (1, 128): replace(TILE_CONFIGS[1, 128], **CAUSAL_MASK),
+    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS),
 }
 # Non-causal tiles for query lengths that the default's rows overshoot by more than PADDING_SLACK times this
 # tile's (short_tile): at hd64 192-row tiles pad 512 or 1k queries by 12.5%, and this tile ran 5-8% faster
