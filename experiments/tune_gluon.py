@@ -96,18 +96,19 @@ CANDIDATES = {
                 ("m192_s4", "fp8", 128, dict(block_m=192, stages=4, overlap=False))],
     # The causal mask's cost (docs/tuning-gluon.md entries 46-47, CPU compile only so far): blocks below the
     # diagonal in a loop without the mask test (TileConfig.causal_unmasked_loop), the mask itself by one compare
-    # per score (row_bound_mask), and both; no-ops in the non-causal rows, and at causal hd64 and FP8 hd128, where
-    # both are on by default since session 26 (time with --masks causal).
+    # per score (row_bound_mask), and both; no-ops in the non-causal rows.
     "causal_mask": [(name, dt, d, changes) for dt, dims in (("bf16", HEAD_DIMS), ("fp8", (128,))) for d in dims
                     for name, changes in (("split", dict(causal_unmasked_loop=True)), ("bound", dict(row_bound_mask=True)),
                                           ("split_bound", dict(causal_unmasked_loop=True, row_bound_mask=True)))],
-    # FP8 hd256's 128-key tile overlapped, as FA3 runs it (docs/tuning-gluon.md entry 48; the default since session
-    # 26): split K/V release (two stages), per-thread arrives and named-barrier turns (without them the overlapped
-    # loop spills). Timed against the tile without all four (the default before), and with the rescale under the
-    # next QK^T (FP8 hd128's order; 16 reloads a block here) or one turn barrier, both slower in session 26.
-    "fp8ov256": [("plain", "fp8", 256, {k: False for k in FP8_OVERLAP_256}),
-                 ("ov_under_s", "fp8", 256, dict(rescale_under_s=True)),
-                 ("ov_single_turn", "fp8", 256, dict(named_turn=False))],
+    # FP8 hd256's 128-key tile overlapped, as FA3 runs it (docs/tuning-gluon.md entry 48): split K/V release (two
+    # stages), per-thread arrives and named-barrier turns (without them the overlapped loop spills), also with the
+    # rescale under the next QK^T (FP8 hd128's order; 16 reloads a block here); the sync options alone, not
+    # overlapped, as the control.
+    "fp8ov256": [("ov", "fp8", 256, FP8_OVERLAP_256),
+                 ("ov_under_s", "fp8", 256, dict(FP8_OVERLAP_256, rescale_under_s=True)),
+                 ("ov_single_turn", "fp8", 256, dict(FP8_OVERLAP_256, named_turn=False)),
+                 ("sync_plain", "fp8", 256, dict(thread_arrive=True, named_turn=True)),
+                 ("split_sync_plain", "fp8", 256, dict(split_kv=True, thread_arrive=True, named_turn=True))],
 }
 # A candidate's change that is not a TileConfig field: the FP8 scale block of K and V (FP8Config.block_n).
 KV_BLOCK_KEY = "kv_block"

@@ -262,9 +262,8 @@ def test_fp8_consumer_trims_stay_correct(d, causal, changes, pipeline):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_fp8_hd256_overlapped_tile_stays_correct(causal):
-    """FP8 hd256's 128-key tile overlapped (the default since session 26, docs/tuning-gluon.md entry 48: split K/V
-    release, per-thread arrives, named-barrier turns, set here so that the test keeps them if the default moves):
-    the scheme's accuracy, on ragged shapes and where programs run several tiles."""
+    """FP8 hd256's 128-key tile overlapped (a candidate, docs/tuning-gluon.md entry 48: split K/V release, per-thread
+    arrives, named-barrier turns): the scheme's accuracy, on ragged shapes and where programs run several tiles."""
     from dataclasses import replace
     from kernels.gluon import fp8_attention_forward
     from kernels.gluon.forward import default_tile
