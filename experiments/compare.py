@@ -76,12 +76,12 @@ def plot(path, arms, opts, prov):
             if len(curves) > 1:
                 ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                 color=color, alpha=0.2, linewidth=0)
-    titles = [f"train loss (moving average over {opts.smooth} logs)", "validation loss",
-              "attention error vs float64, worst layer"]
-    for ax, name in zip(axes, titles):
+    labels = [(f"train loss (moving average over {opts.smooth} logs)", "loss"), ("validation loss", "loss"),
+              ("attention error vs float64, worst layer", "||out - exact|| / ||exact||")]
+    for ax, (name, ylabel) in zip(axes, labels):
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("tokens" if opts.x == "tokens" else "step")
-        ax.set_ylabel("loss" if ax is not axes[-1] or not errors else "||out - exact|| / ||exact||")
+        ax.set_ylabel(ylabel)
         if opts.logx:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)

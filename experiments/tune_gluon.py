@@ -521,6 +521,9 @@ def main():
     parser.add_argument("--masks", default="full,causal", help="bench: the masks timed (full, causal), comma-separated;"
                         " causal alone leaves out every non-causal row")
     args = parser.parse_args()
+    unknown = sorted(set(args.masks.split(",")) - MASKS.keys())
+    if unknown:
+        parser.error(f"--masks: unknown {', '.join(unknown)} (choose from {', '.join(MASKS)})")
     masks = tuple(MASKS[m] for m in args.masks.split(","))
     groups = [g for g in args.groups.split(",") if g]
     if args.stage == "check":

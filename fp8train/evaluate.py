@@ -55,13 +55,13 @@ def compose_attention(overrides: list[str]):
 
 def evaluate(model, splits, indices, batch_size: int, device, autocast) -> float:
     """Mean loss over the validation sequences `indices`, in batches."""
-    total = 0.0
+    total = torch.zeros((), device=device)  # summed on the device: one sync at the end, not one per batch
     with torch.no_grad():
         for start in range(0, len(indices), batch_size):
             x, y = data.to_batch(splits.val, indices[start:start + batch_size], device)
             with autocast:
-                total += model(x, y).float().item() * len(x)
-    return total / len(indices)
+                total += model(x, y).float() * len(x)
+    return total.item() / len(indices)
 
 
 def main(argv=None) -> int:
