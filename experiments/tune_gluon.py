@@ -49,7 +49,8 @@ CHECK_SHAPES = [(2, 113, 203, 4, 4), (1, 1000, 517, 6, 2), (1, 1101, 1101, 4, 2)
 # diagonal).
 SYNC = dict(branch_fence=True, named_turn=True, split_q=True)
 NO_TRIMS = dict(fast_v_ratio=False, thread_row_sum=False, unmasked_loop=False)
-FP8_OVERLAP_256 = dict(overlap=True, split_kv=True, thread_arrive=True, named_turn=True)
+# FP8 hd256's tile before session 26 (128 keys, not overlapped), from the overlapped default's.
+UNOVERLAPPED_256 = dict(overlap=False, split_kv=False, thread_arrive=False, named_turn=False)
 CANDIDATES = {
     "sync": [("sync", "bf16", 128, SYNC), ("fence", "bf16", 128, dict(branch_fence=True)),
              ("turn", "bf16", 128, dict(named_turn=True)), ("split_q", "bf16", 128, dict(split_q=True)),
@@ -79,36 +80,40 @@ CANDIDATES = {
     # FP8 key tiles twice as wide (FA3: 128 x 224 at hd128, 128 x 128 at hd256): each block's fixed latency (S wait,
     # row reductions, turn) spread over twice the GEMM work. They fit the registers only without the overlap
     # (overlapped they spill 448 B at hd128); hd128's 256-key tile needs 256-key scale blocks (kv_block). hd256's
-    # default is such a tile since entry 22 of docs/tuning-gluon.md: its group times the previous default (64 keys,
-    # overlapped). "fp8wide_ctl": each change alone. Three groups so that their checks run in parallel children.
+    # default has been such a tile since entry 22 of docs/tuning-gluon.md (overlapped since session 26): its group
+    # times the one before (64 keys, overlapped), both on UNOVERLAPPED_256. "fp8wide_ctl": each change alone. Three
+    # groups so that their checks run in parallel children.
     "fp8wide128": [("n256_nopipe", "fp8", 128, dict(block_n=256, stages=2, overlap=False, kv_block=256)),
                    ("n256_nopipe_split", "fp8", 128,
                     dict(block_n=256, stages=2, split_kv=True, overlap=False, kv_block=256))],
-    "fp8wide256": [("n64_overlap", "fp8", 256, dict(block_n=64, stages=3, overlap=True)),
-                   ("n128_split", "fp8", 256, dict(split_kv=True))],
+    "fp8wide256": [("n64_overlap", "fp8", 256, dict(UNOVERLAPPED_256, block_n=64, stages=3, overlap=True)),
+                   ("n128_split", "fp8", 256, dict(UNOVERLAPPED_256, split_kv=True))],
     "fp8wide_ctl": [("kv256", "fp8", 128, dict(kv_block=256)), ("nopipe", "fp8", 128, dict(overlap=False)),
-                    ("n64_nopipe", "fp8", 256, dict(block_n=64, stages=3))],
+                    ("n64_nopipe", "fp8", 256, dict(UNOVERLAPPED_256, block_n=64, stages=3))],
     # FP8 hd128 with three consumer warpgroups (192 query rows), not overlapped (overlapped they spill): at hd128
     # each consumer's 64 exp2 per thread and block keep the MUFU busy as long as its two GEMMs keep the tensor
     # cores, so a third warpgroup's GEMMs are there to hide the other two's softmax.
     "fp8rows": [("m192_s3", "fp8", 128, dict(block_m=192, stages=3, overlap=False)),
                 ("m192_s2", "fp8", 128, dict(block_m=192, stages=2, overlap=False)),
                 ("m192_s4", "fp8", 128, dict(block_m=192, stages=4, overlap=False))],
-    # The causal mask's cost (docs/tuning-gluon.md entries 46-47, CPU compile only so far): blocks below the
-    # diagonal in a loop without the mask test (TileConfig.causal_unmasked_loop), the mask itself by one compare
-    # per score (row_bound_mask), and both; no-ops in the non-causal rows.
-    "causal_mask": [(name, dt, d, changes) for dt, dims in (("bf16", HEAD_DIMS), ("fp8", (128,))) for d in dims
-                    for name, changes in (("split", dict(causal_unmasked_loop=True)), ("bound", dict(row_bound_mask=True)),
-                                          ("split_bound", dict(causal_unmasked_loop=True, row_bound_mask=True)))],
-    # FP8 hd256's 128-key tile overlapped, as FA3 runs it (docs/tuning-gluon.md entry 48): split K/V release (two
-    # stages), per-thread arrives and named-barrier turns (without them the overlapped loop spills), also with the
-    # rescale under the next QK^T (FP8 hd128's order; 16 reloads a block here); the sync options alone, not
-    # overlapped, as the control.
-    "fp8ov256": [("ov", "fp8", 256, FP8_OVERLAP_256),
-                 ("ov_under_s", "fp8", 256, dict(FP8_OVERLAP_256, rescale_under_s=True)),
-                 ("ov_single_turn", "fp8", 256, dict(FP8_OVERLAP_256, named_turn=False)),
-                 ("sync_plain", "fp8", 256, dict(thread_arrive=True, named_turn=True)),
-                 ("split_sync_plain", "fp8", 256, dict(split_kv=True, thread_arrive=True, named_turn=True))],
+    # The causal mask's cost (docs/tuning-gluon.md entries 46-47 and 50): blocks below the diagonal in a loop
+    # without the mask test (TileConfig.causal_unmasked_loop), the mask itself by one compare per score
+    # (row_bound_mask), each set both ways; the setting equal to a tile's default (both on at hd64 and FP8 hd128,
+    # both off elsewhere) times that default again, a gauge of the run's noise. No-ops in the non-causal rows.
+    "causal_mask": [(name, dt, d, dict(causal_unmasked_loop=split, row_bound_mask=bound))
+                    for dt, dims in (("bf16", HEAD_DIMS), ("fp8", (128,))) for d in dims
+                    for name, split, bound in (("neither", False, False), ("split", True, False),
+                                               ("bound", False, True), ("split_bound", True, True))],
+    # FP8 hd256's 128-key tile overlapped, as FA3 runs it (the default since session 26, docs/tuning-gluon.md
+    # entries 48 and 50: split K/V release for two stages, per-thread arrives and named-barrier turns, without which
+    # the overlapped loop spills): against the previous default (none of the four), the overlap with the rescale
+    # under the next QK^T (FP8 hd128's order; 16 reloads a block here) or with mbarrier turns, and the sync options
+    # without the overlap.
+    "fp8ov256": [("unoverlapped", "fp8", 256, UNOVERLAPPED_256),
+                 ("under_s", "fp8", 256, dict(rescale_under_s=True)),
+                 ("single_turn", "fp8", 256, dict(named_turn=False)),
+                 ("sync_plain", "fp8", 256, dict(overlap=False, split_kv=False)),
+                 ("split_sync_plain", "fp8", 256, dict(overlap=False))],
 }
 # A candidate's change that is not a TileConfig field: the FP8 scale block of K and V (FP8Config.block_n).
 KV_BLOCK_KEY = "kv_block"

@@ -79,10 +79,10 @@ class TileConfig:
     thread_row_sum: bool = False  # row sums per thread, quad-reduced once per tile (no shuffles per block)
     unmasked_loop: bool = False  # non-causal: blocks after the first visited one skip the mask test and -inf guard
     # Causal: the blocks below the diagonal (visited last) run in a loop of their own without the mask test and
-    # -inf guard, after those that cross it (FA3's masking steps). Same results bit for bit; not yet timed.
+    # -inf guard, after those that cross it (FA3's masking steps). Same results bit for bit; CAUSAL_MASK below.
     causal_unmasked_loop: bool = False
     # Causal masks by one compare per score, against the last key each row sees (softmax.mask_scores): the same keys
-    # masked, ~100 fewer instructions per masked block in the CPU compile; not yet timed.
+    # masked, ~100 fewer instructions per masked block in the CPU compile; CAUSAL_MASK below.
     row_bound_mask: bool = False
     # 16-bit: a row's max moves only when it grows by more than a factor 2^8 (FA4's trick), so the O rescale,
     # skipped by a thread none of whose rows moved, becomes rare (mainloop.rescale_o). P then reaches 2^8 and its
@@ -91,8 +91,8 @@ class TileConfig:
     # Overlapped loop: O's rescale by the previous block's alpha runs after this block's QK^T is issued, under it
     # (FA3's order), instead of before the turn; PV still waits for it.
     rescale_under_s: bool = False
-    # FA3's intra-warpgroup softmax/GEMM overlap; off where a key tile's S, the previous block's fp32 P and O do
-    # not fit a consumer's registers together (the ping-pong between consumers still hides the softmax).
+    # FA3's intra-warpgroup softmax/GEMM overlap; on in every default tile. Off, the ping-pong between consumers
+    # still hides the softmax, and fewer registers are live (a key tile's S, the previous block's fp32 P and O).
     overlap: bool = True
     paired_causal: bool = True  # causal tile order: m-blocks in pairs of equal work (scheduler.py), else longest first
 
@@ -115,8 +115,8 @@ ROW_TRIMS = dict(thread_row_sum=True, unmasked_loop=True)
 FP8_TRIMS = dict(ROW_TRIMS, fast_v_ratio=True)
 # Per-thread arrives (TileConfig.thread_arrive: one warpgroup bar.sync per key block instead of four; H200 A/Bs in
 # docs/tuning-gluon.md, entry 44): FP8 hd128 +2-7% in four calls; the 16-bit hd128/hd256 and 192-row hd64 tiles
-# within -3% to +3%, one way or the other from call to call. Left out: FP8 hd256 (0% to -2%), FP8 hd64 (-2%), the
-# 128-row hd64 tiles (-5% at 1k keys once, level at 2k causal).
+# within -3% to +3%, one way or the other from call to call. Left out: FP8 hd64 (-2%), the 128-row hd64 tiles (-5% at
+# 1k keys once, level at 2k causal). FP8 hd256 measured 0% to -2% without the overlap; overlapped, it needs them.
 ARRIVE = dict(thread_arrive=True)
 # Keyed by (input element bytes, head dim). Shared memory (of 227 KB), in KB, Q + stages * (K + V) + O:
 # 16-bit hd64 24 + 2*32 + 24 (192 query rows), hd128 32 + 3*64 (O in Q's place), hd256 64 + 2*64 (O in Q's
@@ -147,16 +147,22 @@ TILE_CONFIGS = {
     # the per-thread arrives: -1% to +2.5% (entry 44).
     (1, 128): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="own", rescale_under_s=True, **FP8_TRIMS,
                          **ARRIVE, named_turn=True),
-    # 128-key tiles without the overlap: overlapped, a 128-key tile spills 72 registers (O alone is 128 per
-    # thread), and 64-key overlapped tiles measured 2-10% slower (docs/tuning-gluon.md, entry 22). 224 KB of
-    # shared memory.
-    (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_buffer="own", overlap=False, **FP8_TRIMS),
+    # 128-key tiles overlapped, as FA3 runs them: with split K/V release, per-thread arrives and named turns the
+    # overlapped loop fits the registers (without them it spilled, entries 22 and 48) and ran 1191-1238 TFLOPs/s
+    # from 4k to 16k keys against 1104-1115 without the overlap (+6-12%, session 26). 224 KB of shared memory.
+    (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_buffer="own", split_kv=True, **FP8_TRIMS, **ARRIVE,
+                         named_turn=True),
 }
 # Causal tiles where they differ: at hd64 two consumers of paired tiles ran 9-22% faster than three consumers of
 # longest-first tiles from 1k to 4k keys, level at 8k-16k, and the row trims added 0-3% (docs/tuning-gluon.md,
-# entry 31); O in the K buffer with the lazy rescale another +1-3% from 2k to 16k (entry 39).
+# entry 31); O in the K buffer with the lazy rescale another +1-3% from 2k to 16k (entry 39). The blocks below the
+# diagonal without the mask test and the mask by one compare per score (entries 46-47): hd64 +5% from 1k to 4k
+# keys, FP8 hd128 +8% at 16k; at 16-bit hd128/hd256 -5% to +3% and -12% to +2%, so left off there (session 26).
+CAUSAL_MASK = dict(causal_unmasked_loop=True, row_bound_mask=True)
 CAUSAL_TILE_CONFIGS = {
-    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS),
+    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS,
+                        **CAUSAL_MASK),
+    (1, 128): replace(TILE_CONFIGS[1, 128], **CAUSAL_MASK),
 }
 # Non-causal tiles for query lengths that the default's rows overshoot by more than PADDING_SLACK times this
 # tile's (short_tile): at hd64 192-row tiles pad 512 or 1k queries by 12.5%, and this tile ran 5-8% faster

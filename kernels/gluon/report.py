@@ -41,7 +41,7 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, False, **FP8_WGMMA) for d in HEAD_D
 # default tiles also unpipelined at hd128, and the trims turned off (the ablation) where the default runs.
 NO_TRIMS = dict(fast_v_ratio=False, thread_row_sum=False, unmasked_loop=False)
 VARIANTS += [Variant(torch.float8_e4m3fn, 128, False, pipeline=False, **FP8_WGMMA)]
-VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, tile_override=replace(TILE_CONFIGS[(1, d)], **NO_TRIMS),
+VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, tile_override=replace(default_tile(1, d, causal), **NO_TRIMS),
                      **FP8_WGMMA)
              for d, causal in [(64, False), (128, False), (256, False), (128, True)]]
 
@@ -63,31 +63,40 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, tile_override=replace(defau
 O_IN_Q_TILE = replace(TILE_CONFIGS[(2, 128)], o_buffer="q")
 VARIANTS += [Variant(torch.bfloat16, 128, causal, tile_override=O_IN_Q_TILE) for causal in (False, True)]
 
-# Per-thread arrives (TileConfig.thread_arrive) flipped from the default: off at BF16 and FP8 hd128, on at FP8 hd256.
+# Per-thread arrives (TileConfig.thread_arrive) turned off where the default has them: BF16 hd128, FP8 hd128/hd256.
 VARIANTS += [Variant(torch.bfloat16, 128, False, tile_override=replace(TILE_CONFIGS[(2, 128)], thread_arrive=False))]
 VARIANTS += [Variant(torch.float8_e4m3fn, d, False, **FP8_WGMMA,
-                     tile_override=replace(TILE_CONFIGS[(1, d)], thread_arrive=not TILE_CONFIGS[(1, d)].thread_arrive))
+                     tile_override=replace(TILE_CONFIGS[(1, d)], thread_arrive=False))
              for d in (128, 256)]
 
-# Causal tiles with the blocks below the diagonal in a loop without the mask test (TileConfig.causal_unmasked_loop),
-# and with the mask by one compare per score (row_bound_mask).
+# The causal mask options (the blocks below the diagonal in a loop without the mask test:
+# TileConfig.causal_unmasked_loop; the mask by one compare per score: row_bound_mask), every pair of settings but
+# the default's, on the tiles that have them by default (hd64, FP8 hd128) and one that does not (16-bit hd128).
 MASK_CAUSAL = [(2, 64), (2, 128), (1, 128)]
+MASK_SETTINGS = [(split, bound) for split in (False, True) for bound in (False, True)]
 VARIANTS += [Variant(torch.bfloat16 if size == 2 else torch.float8_e4m3fn, d, True,
-                     tile_override=replace(default_tile(size, d, True), **{field: True}),
+                     tile_override=replace(default_tile(size, d, True), causal_unmasked_loop=split,
+                                           row_bound_mask=bound),
                      **(FP8_WGMMA if size == 1 else {}))
-             for field in ("causal_unmasked_loop", "row_bound_mask") for size, d in MASK_CAUSAL]
+             for size, d in MASK_CAUSAL for split, bound in MASK_SETTINGS
+             if (split, bound) != (default_tile(size, d, True).causal_unmasked_loop,
+                                   default_tile(size, d, True).row_bound_mask)]
 
-# FP8 hd256's 128-key tile overlapped (not the default: TileConfig.overlap), with split K/V release (two stages
-# cannot hold K of block i and V of block i - 1 otherwise), with and without the per-thread arrives and
-# named-barrier turns that keep its key loop in registers (docs/tuning-gluon.md entry 48).
-FP8_OVERLAP_256 = dict(overlap=True, split_kv=True)
-FP8_OVERLAP_256_SYNC = dict(FP8_OVERLAP_256, thread_arrive=True, named_turn=True)
+# FP8 hd256's 128-key tile overlapped (the default) needs split K/V release (two stages cannot hold K of block i
+# and V of block i - 1 otherwise) and the per-thread arrives and named-barrier turns that keep its key loop in
+# registers (docs/tuning-gluon.md entry 48): also without those two, and without the overlap and all three (the
+# default before session 26).
 VARIANTS += [Variant(torch.float8_e4m3fn, 256, False, tile_override=replace(TILE_CONFIGS[(1, 256)], **changes),
                      **FP8_WGMMA)
-             for changes in (FP8_OVERLAP_256, FP8_OVERLAP_256_SYNC)]
+             for changes in (dict(thread_arrive=False, named_turn=False),
+                             dict(overlap=False, split_kv=False, thread_arrive=False, named_turn=False))]
 
 # Built with the consumers' cycle stamps (kernels.gluon.trace): the FP8 hd128 tile and the three-consumer hd64 tile.
 TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.bfloat16, 64, False)]
+
+
+FLIP_TAGS = [("thread_arrive", "arrive"), ("named_turn", "turn"), ("split_kv", "splitkv"),
+             ("causal_unmasked_loop", "split"), ("row_bound_mask", "bound")]
 
 
 def variant_name(v: Variant):
@@ -96,16 +105,15 @@ def variant_name(v: Variant):
     late = t and v.fp8 and v.head_dim in UNDER_S_HEAD_DIMS and not t.rescale_under_s
     default = default_tile(v.dtype.itemsize, v.head_dim, v.causal)
     moved_o = t and t.o_buffer != default.o_buffer
-    arrive = t and t.thread_arrive != default.thread_arrive
-    sync = t and t.named_turn and not default.named_turn
-    split_kv = t and t.split_kv and not default.split_kv
+    sync = t and t.branch_fence and not default.branch_fence  # SYNC_OPTIONS, named turns among them
+    # Switches set otherwise than in the default tile, as _<tag><0 or 1>.
+    flipped = "".join(f"_{tag}{int(getattr(t, field))}" for field, tag in FLIP_TAGS
+                      if t and getattr(t, field) != getattr(default, field) and not (sync and field == "named_turn"))
     return (f"{dt}_hd{v.head_dim}_{'causal' if v.causal else 'full'}_ws{int(v.warp_specialize)}"
             f"_pipe{int(v.overlap)}_pp{int(v.pingpong)}{'_sync' if sync else ''}"
             f"{'_wgmmav' if v.v_wgmma_keys else ''}{'_untrimmed' if v.fp8 and t and not t.thread_row_sum else ''}"
             f"{'_eager' if t and not v.fp8 and v.head_dim in LAZY_HEAD_DIMS and not t.lazy_rescale else ''}"
-            f"{'_late_rescale' if late else ''}{f'_o_in_{t.o_buffer}' if moved_o else ''}"
-            f"{f'_arrive{int(t.thread_arrive)}' if arrive else ''}{'_split' if t and t.causal_unmasked_loop else ''}"
-            f"{'_bound' if t and t.row_bound_mask else ''}{'_splitkv' if split_kv else ''}")
+            f"{'_late_rescale' if late else ''}{f'_o_in_{t.o_buffer}' if moved_o else ''}{flipped}")
 
 
 def key_block_loops(sass: str):

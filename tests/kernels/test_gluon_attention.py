@@ -260,15 +260,18 @@ def test_fp8_consumer_trims_stay_correct(d, causal, changes, pipeline):
         _assert_like_fp8_scheme(out, lse, q, k, v, x, scale, causal, f"seed {seed} {shape}")
 
 
+@pytest.mark.parametrize("changes", [{}, dict(overlap=False, split_kv=False, thread_arrive=False, named_turn=False)],
+                         ids=["default", "unoverlapped"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_fp8_hd256_overlapped_tile_stays_correct(causal):
-    """FP8 hd256's 128-key tile overlapped (a candidate, docs/tuning-gluon.md entry 48: split K/V release, per-thread
-    arrives, named-barrier turns): the scheme's accuracy, on ragged shapes and where programs run several tiles."""
+def test_fp8_hd256_tiles_stay_correct(causal, changes):
+    """FP8 hd256's 128-key tile overlapped (the default since session 26, docs/tuning-gluon.md entries 48 and 50:
+    split K/V release, per-thread arrives, named-barrier turns) and without all four (the default before): the
+    scheme's accuracy, on ragged shapes, more queries than keys, and where programs run several tiles."""
     from dataclasses import replace
     from kernels.gluon import fp8_attention_forward
     from kernels.gluon.forward import default_tile
     from kernels.quant import FP8Config, quantize_qkv_ref
-    tile = replace(default_tile(1, 256, causal), overlap=True, split_kv=True, thread_arrive=True, named_turn=True)
+    tile = replace(default_tile(1, 256, causal), **changes)
     for shape in [(2, 333, 517, 4, 2), (2, 1517, 333, 4, 2), MANY_TILES]:
         seed, q, k, v = _inputs(*shape, 256, torch.bfloat16)
         x = quantize_qkv_ref(q, k, v, FP8Config())
@@ -334,7 +337,7 @@ def test_thread_arrive_is_bitwise_the_single_thread_arrive(d, dtype, causal):
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "plain"])
 @pytest.mark.parametrize("d, dtype", [(64, torch.bfloat16), (128, torch.float16), (256, torch.bfloat16),
                                       (128, torch.float8_e4m3fn)], ids=lambda x: str(x).removeprefix("torch."))
-def test_causal_mask_switches_are_bitwise_the_default(d, dtype, overlap, switch):
+def test_causal_mask_switches_keep_the_bits(d, dtype, overlap, switch):
     """TileConfig.causal_unmasked_loop runs the blocks below the diagonal without the mask test and the -inf guard
     (exact there: every row sees all their keys) and carries 16-bit P across the back edge in fp32 (the same
     rounding, later); row_bound_mask masks the same keys by one compare. The same bits, with the diagonal crossing
@@ -344,7 +347,8 @@ def test_causal_mask_switches_are_bitwise_the_default(d, dtype, overlap, switch)
     from kernels.gluon.forward import default_tile
     base = replace(default_tile(dtype.itemsize, d, True), overlap=overlap)
     for shape in [(2, 333, 1517, 4, 2), (1, 1000, 1517, 4, 4), (2, 1517, 333, 4, 2), MANY_TILES]:
-        seed, outs = _under_tiles((base, replace(base, **{switch: True})), shape, d, dtype, True)
+        seed, outs = _under_tiles((replace(base, **{switch: False}), replace(base, **{switch: True})), shape, d, dtype,
+                                  True)
         assert torch.isfinite(outs[1][0]).all(), f"seed {seed} {shape}"
         _assert_bitwise(outs, f"seed {seed} {shape}")
 

@@ -14,25 +14,30 @@ BARRIER_SLACK = 1024  # mbarriers and epilogue scratch on top of the buffers
 # Without warp specialization block_m is 128.
 TILES = {(2, 64): (192, 128, 2, False, True), (2, 128): (128, 128, 3, True, False),
          (2, 256): (128, 64, 2, True, True), (1, 64): (128, 128, 4, False, False),
-         (1, 128): (128, 128, 3, False, False), (1, 256): (128, 128, 2, False, False)}
+         (1, 128): (128, 128, 3, False, False), (1, 256): (128, 128, 2, False, True)}
 CAUSAL_TILES = {(2, 64): (128, 128, 3, True, False)}  # kernels.gluon.forward.CAUSAL_TILE_CONFIGS
-NAMED_TURN_TILES = {(1, 128)}  # tiles that pass ping-pong turns on named barriers by default
+NAMED_TURN_TILES = {(1, 128), (1, 256)}  # tiles that pass ping-pong turns on named barriers by default
+# (causal_unmasked_loop, row_bound_mask) of the causal tiles that kernels.gluon.report varies; hd64 and FP8 hd128
+# run both by default (CAUSAL_TILE_CONFIGS).
+MASK_DEFAULTS = {(2, 64): (True, True), (2, 128): (False, False), (1, 128): (True, True)}
+MASK_BASES = {(2, 64): "bfloat16_hd64_causal_ws1_pipe1_pp1", (2, 128): "bfloat16_hd128_causal_ws1_pipe1_pp1",
+              (1, 128): "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav"}
 CONSUMER_ROWS = 64
 CONSUMER_REGS = {2: 240, 3: 160}  # setmaxnreg of each consumer warpgroup, by their number
 PRODUCER_REGS = 24
 
 
-# (split causal variant, its default) of kernels.gluon.report.SPLIT_CAUSAL; measured on this CPU's compile
-# (session 24): unmasked loop 423 / 467 / 469 instructions against the default loop's 435 / 479 / 477 executed
-# where a block needs no mask (692 / 736 / 734 as laid out).
-SPLIT_CAUSAL = [("bfloat16_hd64_causal_ws1_pipe1_pp1_split", "bfloat16_hd64_causal_ws1_pipe1_pp1"),
-                ("bfloat16_hd128_causal_ws1_pipe1_pp1_split", "bfloat16_hd128_causal_ws1_pipe1_pp1"),
-                ("float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav_split", "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav")]
+def _mask_name(key, split, bound):
+    """kernels.gluon.report's name for a causal tile of MASK_BASES with the mask options set so: the switches set
+    otherwise than in the default tile are suffixed _<tag><0 or 1>."""
+    return MASK_BASES[key] + "".join(f"_{tag}{int(on)}" for tag, on, default in zip(("split", "bound"), (split, bound),
+                                                                                  MASK_DEFAULTS[key]) if on != default)
 
 
-def _fp8_pipe(head_dim):
-    """FP8 hd256 runs without the intra-warpgroup overlap (TileConfig.overlap)."""
-    return "pipe0" if head_dim == 256 else "pipe1"
+# FP8 hd256's overlapped default without its per-thread arrives and named turns, and without the overlap too (the
+# default before session 26).
+FP8_256_SINGLE = "float8_e4m3fn_hd256_full_ws1_pipe1_pp1_wgmmav_arrive0_turn0"
+FP8_256_PLAIN = "float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav_arrive0_turn0_splitkv0"
 
 
 def _names():
@@ -40,26 +45,24 @@ def _names():
     names = [f"bfloat16_hd{d}_{mask}_ws{ws}_pipe1_pp1" for d in (64, 128, 256) for mask in ("full", "causal")
              for ws in (1, 0)]
     names += ["bfloat16_hd128_full_ws1_pipe0_pp1", "bfloat16_hd128_full_ws1_pipe1_pp0"]
-    names += [f"float8_e4m3fn_hd{d}_{mask}_ws1_{_fp8_pipe(d)}_pp1" for d in (64, 128, 256) for mask in ("full", "causal")]
+    names += [f"float8_e4m3fn_hd{d}_{mask}_ws1_pipe1_pp1" for d in (64, 128, 256) for mask in ("full", "causal")]
     # With the synchronization options (branch fence, named-barrier turns, split Q barriers).
     names += [f"bfloat16_hd{d}_full_ws1_pipe1_pp1_sync" for d in (64, 128, 256)]
     # FP8 with V^T's keys in wgmma order, and with the consumer instruction trims too.
-    names += [f"float8_e4m3fn_hd{d}_full_ws1_{_fp8_pipe(d)}_pp1_wgmmav" for d in (64, 128, 256)]
+    names += [f"float8_e4m3fn_hd{d}_full_ws1_pipe1_pp1_wgmmav" for d in (64, 128, 256)]
     names += ["float8_e4m3fn_hd128_full_ws1_pipe0_pp1_wgmmav"]
-    names += [f"float8_e4m3fn_hd{d}_full_ws1_{_fp8_pipe(d)}_pp1_wgmmav_untrimmed" for d in (64, 128, 256)]
+    names += [f"float8_e4m3fn_hd{d}_full_ws1_pipe1_pp1_wgmmav_untrimmed" for d in (64, 128, 256)]
     names += [f"bfloat16_hd{d}_{mask}_ws1_pipe1_pp1_eager" for d in (128, 256) for mask in ("full", "causal")]
     names += [f"float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav{suffix}" for suffix in ("_untrimmed", "")]
     # The FP8 hd128 tile with its O rescale after the PV wait, not under the next QK^T.
     names += [f"float8_e4m3fn_hd128_{mask}_ws1_pipe1_pp1_wgmmav_late_rescale" for mask in ("full", "causal")]
-    # Per-thread arrives flipped from the default (TileConfig.thread_arrive).
+    # Per-thread arrives turned off (TileConfig.thread_arrive).
     names += ["bfloat16_hd128_full_ws1_pipe1_pp1_arrive0", "float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav_arrive0",
-              "float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav_arrive1"]
-    # Causal tiles with a key loop of their own for the blocks below the diagonal (TileConfig.causal_unmasked_loop),
-    # and with the mask by one compare per score (row_bound_mask).
-    names += [name for name, _ in SPLIT_CAUSAL] + [f"{default}_bound" for _, default in SPLIT_CAUSAL]
-    # FP8 hd256's 128-key tile overlapped with split K/V, without and with per-thread arrives and named turns.
-    return names + [f"float8_e4m3fn_hd256_full_ws1_pipe1_pp1{sync}_wgmmav{arrive}_splitkv"
-                    for sync, arrive in (("", ""), ("_sync", "_arrive1"))]
+              "float8_e4m3fn_hd256_full_ws1_pipe1_pp1_wgmmav_arrive0"]
+    # The causal mask options (TileConfig.causal_unmasked_loop, row_bound_mask) set every other way.
+    names += [_mask_name(key, split, bound) for key in MASK_BASES for split in (False, True) for bound in (False, True)
+              if (split, bound) != MASK_DEFAULTS[key]]
+    return names + [FP8_256_SINGLE, FP8_256_PLAIN]
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +86,12 @@ def test_variant_compiles_to_wgmma_and_tma(reports, name):
 
     # wgmma m64nNk(32 / elem) instructions per consumer: QK^T takes d / k steps, PV block_n / k;
     # the pipelined loop holds one QK^T + PV pair plus the peeled QK^T and the trailing PV, the unpipelined one
-    # a pair and its peeled first block; a split causal loop (_split) one more pair.
+    # a pair and its peeled first block; a split causal loop (TileConfig.causal_unmasked_loop) one more pair.
     k = 32 // elem
     per_pair = d // k + block_n // k
-    assert r["ptx_wgmma"] == consumers * (3 if name.endswith("_split") else 2) * per_pair, r
+    split = "_causal_" in name and ("_split1" in name or MASK_DEFAULTS.get((elem, d), (False,))[0]
+                                    and "_split0" not in name)
+    assert r["ptx_wgmma"] == consumers * (3 if split else 2) * per_pair, r
     assert r["ptx_wgmma_fp8"] == (r["ptx_wgmma"] if fp8 else 0), r
     assert r["sass_gmma"] == r["ptx_wgmma"], "wgmma must survive ptxas as HGMMA/QGMMA"
     assert r["ptx_tma_load"] > 0 and r["sass_tma_load"] > 0, r
@@ -101,7 +106,7 @@ def test_variant_compiles_to_wgmma_and_tma(reports, name):
     # Ping-pong turns pass on named barriers (bar.arrive) only with the option, otherwise on mbarriers; the
     # options exist to cut the warpgroup bar.syncs Gluon puts around mbarrier arrives (which the default per-thread
     # arrives already cut to one per key block).
-    named = "_sync" in name or ((elem, d) in NAMED_TURN_TILES and ws and "_pp1" in name)
+    named = "_sync" in name or ((elem, d) in NAMED_TURN_TILES and ws and "_pp1" in name and "_turn0" not in name)
     assert (r["sass_named_arrive"] > 0) == named, r
     if name.endswith("_sync"):
         base = reports[name.removesuffix("_sync")]
@@ -118,8 +123,8 @@ def test_fp8_wgmma_v_order_drops_the_p_shuffles(reports, head_dim):
     """With V^T's keys in wgmma order P's accumulator registers are the PV A operand (the conversion is asserted
     trivial at compile time): every P conversion site loses its 16 SHFL per 64 values; what is left are the
     row max/sum reductions."""
-    natural = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_{_fp8_pipe(head_dim)}_pp1"]
-    wgmma = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_{_fp8_pipe(head_dim)}_pp1_wgmmav"]
+    natural = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1"]
+    wgmma = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1_wgmmav"]
     assert "error" not in wgmma, wgmma.get("error")
     assert wgmma["sass_shfl"] <= natural["sass_shfl"] - 2 * 16, (natural["sass_shfl"], wgmma["sass_shfl"])
     assert wgmma["sass_gmma"] == natural["sass_gmma"]
@@ -129,8 +134,8 @@ def test_fp8_wgmma_v_order_drops_the_p_shuffles(reports, head_dim):
 def test_fp8_consumer_trims_shorten_the_key_loop(reports, head_dim):
     """The trims (fast V-scale ratio, per-thread row sums, unmasked non-causal loop): the loop loses its masking
     branch (at least one select per score a thread holds, block_n / 2 of them) and the row sums' quad shuffles."""
-    base = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_{_fp8_pipe(head_dim)}_pp1_wgmmav_untrimmed"]
-    diet = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_{_fp8_pipe(head_dim)}_pp1_wgmmav"]
+    base = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1_wgmmav_untrimmed"]
+    diet = reports[f"float8_e4m3fn_hd{head_dim}_full_ws1_pipe1_pp1_wgmmav"]
     assert "error" not in diet, diet.get("error")
     block_n = TILES[(1, head_dim)][1]
     assert 0 < diet["sass_key_loop"] <= base["sass_key_loop"] - block_n // 2, (base["sass_key_loop"],
@@ -203,22 +208,22 @@ def test_trace_stamps_only_in_the_traced_build(reports, name, loop_local_mem):
     assert abs(traced["sass_key_loop"] - plain["sass_key_loop"]) <= 8, (plain["sass_key_loop"], traced["sass_key_loop"])
 
 
-@pytest.mark.parametrize("thread, single, bars, single_bars", [
-    ("bfloat16_hd128_full_ws1_pipe1_pp1", "bfloat16_hd128_full_ws1_pipe1_pp1_arrive0", 1, 4),
-    ("float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav", "float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav_arrive0", 1, 2),
-    ("float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav_arrive1", "float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav", 2, 4)])
-def test_thread_arrive_leaves_one_bar_sync_per_turn(reports, thread, single, bars, single_bars):
+# FP8 hd256's overlapped loop keeps two reloads a block (test_per_thread_arrives_let_fp8_hd256_overlap_...).
+@pytest.mark.parametrize("thread, single, bars, single_bars, loop_local_mem", [
+    ("bfloat16_hd128_full_ws1_pipe1_pp1", "bfloat16_hd128_full_ws1_pipe1_pp1_arrive0", 1, 4, 0),
+    ("float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav", "float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav_arrive0", 1, 2, 0),
+    ("float8_e4m3fn_hd256_full_ws1_pipe1_pp1_wgmmav", "float8_e4m3fn_hd256_full_ws1_pipe1_pp1_wgmmav_arrive0", 1, 4, 2)])
+def test_thread_arrive_leaves_one_bar_sync_per_turn(reports, thread, single, bars, single_bars, loop_local_mem):
     """TileConfig.thread_arrive: the consumers' arrives (slots given back, mbarrier turns passed) go out from every
     thread without the warpgroup bar.sync Gluon puts before a single-thread arrive, so the key loop keeps one per
-    wait on a barrier it waited on before (the K ring's in the overlapped loop; the unoverlapped one takes two turns
-    a block) where it had one per arrive too (FP8 hd128 passes its turns on named barriers, no arrive); same
-    products, no local memory."""
+    wait on a barrier it waited on before (the K ring's in the overlapped loop) where it had one per arrive too (the
+    FP8 tiles pass their turns on named barriers, no arrive); same products, no more local memory than stated."""
     per_thread, one_thread = reports[thread], reports[single]
     assert "error" not in per_thread and "error" not in one_thread, (per_thread.get("error"), one_thread.get("error"))
     assert per_thread["sass_key_loop_warpgroup_bars"] == bars, per_thread
     assert one_thread["sass_key_loop_warpgroup_bars"] >= single_bars, one_thread
     assert per_thread["sass_gmma"] == one_thread["sass_gmma"], (per_thread, one_thread)
-    assert per_thread["sass_key_loop_local_mem"] == 0, per_thread
+    assert per_thread["sass_key_loop_local_mem"] <= loop_local_mem, per_thread
 
 
 @pytest.mark.parametrize("mask", ["full", "causal"])
@@ -232,13 +237,15 @@ def test_o_in_k_compiles_like_o_in_q(reports, mask):
     assert plain["shared_bytes"] < oink["shared_bytes"] <= plain["shared_bytes"] + 64, (plain, oink)
 
 
-@pytest.mark.parametrize("split, default", SPLIT_CAUSAL, ids=[d for _, d in SPLIT_CAUSAL])
-def test_causal_unmasked_loop_drops_the_mask_test(reports, split, default):
-    """TileConfig.causal_unmasked_loop: each consumer runs two key loops, the second (blocks below the diagonal)
-    without the masking branch, so shorter as laid out by at least that branch; no local memory in either, and no
-    more PRMT than the default's loop in each (16-bit P carried as bf16 from one loop into the other had ptxas swap
-    its halves, 32-64 PRMT a block where the default has none; FP8 P's packing takes some in every loop)."""
-    on, off = reports[split], reports[default]
+@pytest.mark.parametrize("key", MASK_BASES, ids=MASK_BASES.values())
+def test_causal_unmasked_loop_drops_the_mask_test(reports, key):
+    """TileConfig.causal_unmasked_loop (the row_bound_mask off in both): each consumer runs two key loops, the second
+    (blocks below the diagonal) without the masking branch, so shorter as laid out by at least that branch; no local
+    memory in either, and no more PRMT than the one-loop tile's in each (16-bit P carried as bf16 from one loop into
+    the other had ptxas swap its halves, 32-64 PRMT a block where the one loop has none; FP8 P's packing takes some
+    in every loop). Measured on this CPU's compile (session 24): unmasked loop 423 / 467 / 469 instructions against
+    the one loop's 435 / 479 / 477 executed where a block needs no mask (692 / 736 / 734 as laid out)."""
+    on, off = reports[_mask_name(key, True, False)], reports[_mask_name(key, False, False)]
     assert "error" not in on and "error" not in off, (on.get("error"), off.get("error"))
     assert len(off["sass_key_loop_sizes"]) == 2 and len(on["sass_key_loop_sizes"]) == 4, (off, on)
     masked, unmasked = on["sass_key_loop_sizes"][:2]
@@ -246,25 +253,24 @@ def test_causal_unmasked_loop_drops_the_mask_test(reports, split, default):
     assert on["sass_key_loops_local_mem"] == 0 and on["sass_key_loops_prmt"] <= 2 * off["sass_key_loops_prmt"], on
 
 
-@pytest.mark.parametrize("default", [d for _, d in SPLIT_CAUSAL])
-def test_row_bound_mask_shortens_the_masking_branch(reports, default):
-    """TileConfig.row_bound_mask: one compare per score against each row's last key instead of two and their AND;
-    measured on this CPU (session 24) the masking branch shrinks from 257 instructions to 160, and the loop with it;
-    no local memory."""
-    on, off = reports[f"{default}_bound"], reports[default]
+@pytest.mark.parametrize("key", MASK_BASES, ids=MASK_BASES.values())
+def test_row_bound_mask_shortens_the_masking_branch(reports, key):
+    """TileConfig.row_bound_mask (one key loop): one compare per score against each row's last key instead of two
+    and their AND; measured on this CPU (session 24) the masking branch shrinks from 257 instructions to 160, and the
+    loop with it; no local memory."""
+    on, off = reports[_mask_name(key, False, True)], reports[_mask_name(key, False, False)]
     assert "error" not in on and "error" not in off, (on.get("error"), off.get("error"))
     assert on["sass_key_loop_sizes"][0] <= off["sass_key_loop_sizes"][0] - 64, (off, on)
     assert on["sass_key_loop_local_mem"] == 0 and on["sass_gmma"] == off["sass_gmma"], on
 
 
 def test_per_thread_arrives_let_fp8_hd256_overlap_its_128_key_tile(reports):
-    """FP8 hd256's 128-key tile overlapped (a candidate, not the default) with split K/V release: with Gluon's
-    single-thread arrives its key loop spilled (23 local-memory instructions a block on this CPU's compile, session
-    25); with per-thread arrives and named-barrier turns it keeps S, the previous block's fp32 P and O in registers
-    but for two reloads, in a loop no longer than the plain one's by more than the overlap's own steps."""
-    single = reports["float8_e4m3fn_hd256_full_ws1_pipe1_pp1_wgmmav_splitkv"]
-    per_thread = reports["float8_e4m3fn_hd256_full_ws1_pipe1_pp1_sync_wgmmav_arrive1_splitkv"]
-    plain = reports["float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav"]
+    """FP8 hd256's 128-key tile overlapped (the default) with split K/V release: with Gluon's single-thread arrives
+    and mbarrier turns its key loop spilled (23 local-memory instructions a block on this CPU's compile, session 25);
+    with per-thread arrives and named-barrier turns it keeps S, the previous block's fp32 P and O in registers but
+    for two reloads, in a loop no longer than the unoverlapped one's by more than the overlap's own steps."""
+    single, per_thread, plain = (reports[name] for name in (FP8_256_SINGLE, "float8_e4m3fn_hd256_full_ws1_pipe1_pp1_wgmmav",
+                                                            FP8_256_PLAIN))
     assert "error" not in single and "error" not in per_thread, (single.get("error"), per_thread.get("error"))
     assert per_thread["sass_key_loop_local_mem"] <= 2 < single["sass_key_loop_local_mem"], (single, per_thread)
     assert per_thread["sass_gmma"] == plain["sass_gmma"], (plain, per_thread)
