@@ -1,0 +1,141 @@
+"""Interleaved A/B of Gluon forward tiles on one GPU: the default tile against named changes, round after round.
+
+At the H200's 700 W cap the clock, not the kernel, moves a run by several percent from machine to machine
+(results/h200/power.md), so separate runs cannot settle a gain of that size. Here every round times, shape by
+shape, the public op (as the paper's `ours-bf16` / `ours-fp8-kernel` call it: FP8 on inputs quantized before
+timing), the Gluon forward under its default tile, and under each named change, in that order:
+
+    python -m experiments.ab_tiles --dtype fp8 --head-dim 256 --seqlens 4096,16384 --rounds 3 \\
+        --tile unoverlapped=overlap=0,split_kv=0,thread_arrive=0,named_turn=0 --out $OUT/ab
+
+Shapes are the paper's (16k tokens, hidden 2048: batch 16384 / seqlen, heads 2048 / head dim). Writes
+ab_tiles.json (every timing) and ab_tiles.md (per shape and tile: TFLOPs/s each round, median, ratio to the
+default's median). Times are triton.testing.do_bench medians.
+"""
+import argparse
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+TOKENS, HIDDEN = 16384, 2048
+DTYPES = ("bf16", "fp8")
+MASKS = {"full": False, "causal": True}
+
+
+def parse_masks(text):
+    """"full,causal" -> [False, True] (the causal flags)."""
+    names = text.split(",")
+    if not set(names) <= set(MASKS):
+        raise argparse.ArgumentTypeError(f"masks are comma-separated {sorted(MASKS)}, got {text!r}")
+    return [MASKS[m] for m in names]
+
+
+def parse_tile(spec):
+    """"name=field=value,field=value" -> (name, {TileConfig field: value}); bool fields take 0/1/true/false."""
+    from kernels.gluon import TileConfig
+    name, sep, changes = spec.partition("=")
+    if not name or not sep or not changes:
+        raise ValueError(f"--tile wants name=field=value[,field=value...], got {spec!r}")
+    types = {f.name: f.type for f in dataclasses.fields(TileConfig)}
+    out = {}
+    for item in changes.split(","):
+        field, sep, value = item.partition("=")
+        if field not in types or not sep:
+            raise ValueError(f"--tile {name}: {item!r} is not field=value with a TileConfig field ({sorted(types)})")
+        kind = types[field] if isinstance(types[field], str) else types[field].__name__
+        if kind == "bool":
+            if value.lower() not in ("0", "1", "false", "true"):
+                raise ValueError(f"--tile {name}: {field} is a switch (0/1/true/false), got {value!r}")
+            out[field] = value.lower() in ("1", "true")
+        else:
+            out[field] = int(value) if kind == "int" else value
+    return name, out
+
+
+def _callables(dtype, head_dim, seqlen, causal, tiles):
+    """[(label, fn)] for one shape: the public op, the Gluon forward's default tile, then each named tile."""
+    import torch
+    import kernels
+    from kernels import gluon
+    from kernels.gluon.forward import default_tile
+    batch, nheads = TOKENS // seqlen, HIDDEN // head_dim
+    q, k, v = (torch.randn(batch, seqlen, nheads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    base = default_tile(1 if dtype == "fp8" else 2, head_dim, causal)
+    scale = head_dim ** -0.5
+    if dtype == "fp8":
+        x = kernels.quantize_qkv(q, k, v, kernels.FP8Config())
+        public = lambda: kernels.fp8_attention_forward(x, causal=causal, out_dtype=torch.bfloat16)  # noqa: E731
+
+        def under(tile):
+            return lambda: gluon.fp8_attention_forward(x, scale, causal, torch.bfloat16, tile=tile)
+    else:
+        public = lambda: kernels.flash_attn_func(q, k, v, causal=causal)  # noqa: E731
+
+        def under(tile):
+            return lambda: gluon.attention_forward(q, k, v, scale, causal, tile=tile)
+    runs = [("public", public), ("default", under(base))]
+    return runs + [(name, under(dataclasses.replace(base, **changes))) for name, changes in tiles]
+
+
+def run(args, tiles):
+    import torch
+    import triton
+    from kernels import attention_flops, tflops_per_s
+    shapes = [(s, c) for s in args.seqlens for c in args.masks]
+    calls = {shape: _callables(args.dtype, args.head_dim, *shape, tiles) for shape in shapes}
+    rows = []
+    for rnd in range(args.rounds):
+        for (seqlen, causal), fns in calls.items():
+            flops = attention_flops(TOKENS // seqlen, seqlen, HIDDEN // args.head_dim, args.head_dim, causal)
+            for label, fn in fns:
+                ms = triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median")
+                rows.append(dict(round=rnd, seqlen=seqlen, causal=causal, tile=label, ms=ms,
+                                 tflops=tflops_per_s(flops, ms)))
+                print(json.dumps(rows[-1]), flush=True)
+    torch.cuda.synchronize()
+    return rows
+
+
+def table(rows, dtype, head_dim):
+    """Markdown: per shape and tile the TFLOPs/s of each round, their median and its ratio to the default's."""
+    lines = [f"| {dtype} hd{head_dim} | tile | TFLOPs/s by round | median | / default |", "|---|---|---|---|---|"]
+    shapes = dict.fromkeys((r["seqlen"], r["causal"]) for r in rows)
+    for seqlen, causal in shapes:
+        here = [r for r in rows if (r["seqlen"], r["causal"]) == (seqlen, causal)]
+        med = {t: statistics.median(r["tflops"] for r in here if r["tile"] == t)
+               for t in dict.fromkeys(r["tile"] for r in here)}
+        for t, m in med.items():
+            rounds = " / ".join(f"{r['tflops']:.0f}" for r in here if r["tile"] == t)
+            lines.append(f"| {seqlen} {'causal' if causal else 'full'} | {t} | {rounds} | {m:.0f} | "
+                         f"{m / med['default']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dtype", choices=DTYPES, default="fp8")
+    p.add_argument("--head-dim", type=int, choices=(64, 128, 256), default=128)
+    p.add_argument("--seqlens", type=lambda s: [int(x) for x in s.split(",")], default=[4096, 16384])
+    p.add_argument("--masks", type=parse_masks, default=[False], help="comma-separated: full, causal (default: full)")
+    p.add_argument("--tile", action="append", default=[], help="name=field=value[,field=value...] (repeatable)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup-ms", type=int, default=25)
+    p.add_argument("--rep-ms", type=int, default=100)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    try:
+        tiles = [parse_tile(spec) for spec in args.tile]
+    except ValueError as err:
+        p.error(str(err))
+    rows = run(args, tiles)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ab_tiles.json").write_text(json.dumps(dict(args=vars(args) | {"out": str(args.out)}, rows=rows),
+                                                       indent=1))
+    md = table(rows, args.dtype, args.head_dim)
+    (args.out / "ab_tiles.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""experiments.ab_tiles: tile specs parse into TileConfig changes or fail early; on a GPU, one tiny A/B runs."""
+import json
+
+import pytest
+
+from experiments.ab_tiles import main, parse_tile
+
+
+def test_tile_spec_parses_switches_numbers_and_names():
+    name, changes = parse_tile("old=overlap=0,split_kv=false,named_turn=1,block_n=64,o_buffer=q")
+    assert name == "old"
+    assert changes == dict(overlap=False, split_kv=False, named_turn=True, block_n=64, o_buffer="q")
+
+
+@pytest.mark.parametrize("spec, match", [("old", "name=field=value"), ("old=", "name=field=value"),
+                                         ("old=overlapp=0", "TileConfig field"), ("old=overlap", "TileConfig field"),
+                                         ("old=overlap=maybe", "switch")])
+def test_bad_tile_spec_is_refused(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_tile(spec)
+
+
+def test_command_line_refuses_bad_specs_before_any_work(tmp_path, capsys):
+    for argv in (["--tile", "old=overlapp=0"], ["--masks", "full,diagonal"]):
+        with pytest.raises(SystemExit):
+            main(argv + ["--out", str(tmp_path)])
+        assert "error:" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.gpu
+def test_one_round_times_every_tile_and_writes_the_table(tmp_path):
+    main(["--dtype", "fp8", "--head-dim", "128", "--seqlens", "1024", "--masks", "full,causal", "--rounds", "2",
+          "--rep-ms", "5", "--warmup-ms", "2", "--tile", "nopipe=overlap=0", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "ab_tiles.json").read_text())["rows"]
+    assert {(r["tile"], r["causal"], r["round"]) for r in rows} == {
+        (t, c, n) for t in ("public", "default", "nopipe") for c in (False, True) for n in (0, 1)}
+    assert all(r["tflops"] > 0 for r in rows)
+    md = (tmp_path / "ab_tiles.md").read_text()
+    assert md.count("| 1024 full |") == 3 and md.count("| 1024 causal |") == 3
