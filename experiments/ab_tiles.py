@@ -113,7 +113,8 @@ def table(rows, dtype, head_dim):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m experiments.ab_tiles", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=DTYPES, default="fp8")
     p.add_argument("--head-dim", type=int, choices=(64, 128, 256), default=128)
     p.add_argument("--seqlens", type=lambda s: [int(x) for x in s.split(",")], default=[4096, 16384])
@@ -128,6 +129,9 @@ def main(argv=None):
         tiles = [parse_tile(spec) for spec in args.tile]
     except ValueError as err:
         p.error(str(err))
+    import torch
+    if not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)):
+        raise SystemExit(f"{p.prog}: error: the Gluon kernels it times need an sm_90 (Hopper) GPU")
     rows = run(args, tiles)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ab_tiles.json").write_text(json.dumps(dict(args=vars(args) | {"out": str(args.out)}, rows=rows),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import power, profile_kernels, trace_gluon_fwd
+from experiments import ab_tiles, power, profile_kernels, trace_gluon_fwd
 
 ROOT = Path(__file__).parents[2]
 
@@ -25,7 +25,8 @@ def test_parsers_are_named_as_they_are_run():
 
 
 @pytest.mark.parametrize("tool, message", [(power, "needs a CUDA GPU"),
-                                           (trace_gluon_fwd, "need an sm_90 (Hopper) GPU")])
+                                           (trace_gluon_fwd, "need an sm_90 (Hopper) GPU"),
+                                           (ab_tiles, "need an sm_90 (Hopper) GPU")])
 def test_gpu_tools_refuse_a_cpu(tool, message, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as err:
