@@ -336,7 +336,8 @@ def test_thread_arrive_is_bitwise_the_single_thread_arrive(d, dtype, causal):
 @pytest.mark.parametrize("switch", ["causal_unmasked_loop", "row_bound_mask"])
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "plain"])
 @pytest.mark.parametrize("d, dtype", [(64, torch.bfloat16), (128, torch.float16), (256, torch.bfloat16),
-                                      (128, torch.float8_e4m3fn)], ids=lambda x: str(x).removeprefix("torch."))
+                                      (64, torch.float8_e4m3fn), (128, torch.float8_e4m3fn),
+                                      (256, torch.float8_e4m3fn)], ids=lambda x: str(x).removeprefix("torch."))
 def test_causal_mask_switches_keep_the_bits(d, dtype, overlap, switch):
     """TileConfig.causal_unmasked_loop runs the blocks below the diagonal without the mask test and the -inf guard
     (exact there: every row sees all their keys) and carries 16-bit P across the back edge in fp32 (the same
