@@ -49,7 +49,7 @@ CHECK_SHAPES = [(2, 113, 203, 4, 4), (1, 1000, 517, 6, 2), (1, 1101, 1101, 4, 2)
 # diagonal).
 SYNC = dict(branch_fence=True, named_turn=True, split_q=True)
 NO_TRIMS = dict(fast_v_ratio=False, thread_row_sum=False, unmasked_loop=False)
-# FP8 hd256's tile before session 26 (128 keys, not overlapped), from the overlapped default's.
+# FP8 hd256's tile before session 27 (128 keys, not overlapped), from the overlapped default's.
 UNOVERLAPPED_256 = dict(overlap=False, split_kv=False, thread_arrive=False, named_turn=False)
 CANDIDATES = {
     "sync": [("sync", "bf16", 128, SYNC), ("fence", "bf16", 128, dict(branch_fence=True)),
@@ -80,7 +80,7 @@ CANDIDATES = {
     # FP8 key tiles twice as wide (FA3: 128 x 224 at hd128, 128 x 128 at hd256): each block's fixed latency (S wait,
     # row reductions, turn) spread over twice the GEMM work. They fit the registers only without the overlap
     # (overlapped they spill 448 B at hd128); hd128's 256-key tile needs 256-key scale blocks (kv_block). hd256's
-    # default has been such a tile since entry 22 of docs/tuning-gluon.md (overlapped since session 26): its group
+    # default has been such a tile since entry 22 of docs/tuning-gluon.md (overlapped since session 27): its group
     # times the one before (64 keys, overlapped), both on UNOVERLAPPED_256. "fp8wide_ctl": each change alone. Three
     # groups so that their checks run in parallel children.
     "fp8wide128": [("n256_nopipe", "fp8", 128, dict(block_n=256, stages=2, overlap=False, kv_block=256)),
@@ -104,7 +104,7 @@ CANDIDATES = {
                     for dt, dims in (("bf16", HEAD_DIMS), ("fp8", (128,))) for d in dims
                     for name, split, bound in (("neither", False, False), ("split", True, False),
                                                ("bound", False, True), ("split_bound", True, True))],
-    # FP8 hd256's 128-key tile overlapped, as FA3 runs it (the default since session 26, docs/tuning-gluon.md
+    # FP8 hd256's 128-key tile overlapped, as FA3 runs it (the default since session 27, docs/tuning-gluon.md
     # entries 48 and 50: split K/V release for two stages, per-thread arrives and named-barrier turns, without which
     # the overlapped loop spills): against the previous default (none of the four), the overlap with the rescale
     # under the next QK^T (FP8 hd128's order; 16 reloads a block here) or with mbarrier turns, and the sync options

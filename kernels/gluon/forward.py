@@ -149,7 +149,8 @@ TILE_CONFIGS = {
                          **ARRIVE, named_turn=True),
     # 128-key tiles overlapped, as FA3 runs them: with split K/V release, per-thread arrives and named turns the
     # overlapped loop fits the registers (without them it spilled, entries 22 and 48) and ran 1191-1238 TFLOPs/s
-    # from 4k to 16k keys against 1104-1115 without the overlap (+6-12%, session 26). 224 KB of shared memory.
+    # from 4k to 16k keys against 1104-1115 without the overlap (+6-12%, entry 50); +6-9% in rounds interleaved on
+    # one machine (entry 51). 224 KB of shared memory.
     (1, 256): TileConfig(block_m=128, block_n=128, stages=2, o_buffer="own", split_kv=True, **FP8_TRIMS, **ARRIVE,
                          named_turn=True),
 }
@@ -157,7 +158,8 @@ TILE_CONFIGS = {
 # longest-first tiles from 1k to 4k keys, level at 8k-16k, and the row trims added 0-3% (docs/tuning-gluon.md,
 # entry 31); O in the K buffer with the lazy rescale another +1-3% from 2k to 16k (entry 39). The blocks below the
 # diagonal without the mask test and the mask by one compare per score (entries 46-47): hd64 +5% from 1k to 4k
-# keys, FP8 hd128 +8% at 16k; at 16-bit hd128/hd256 -5% to +3% and -12% to +2%, so left off there (session 26).
+# keys, FP8 hd128 +8% at 16k (entry 50; +4-8% and +6-7% interleaved on one machine, entry 51); at 16-bit
+# hd128/hd256 -5% to +3% and -12% to +2%, so left off there.
 CAUSAL_MASK = dict(causal_unmasked_loop=True, row_bound_mask=True)
 CAUSAL_TILE_CONFIGS = {
     (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS,

@@ -85,7 +85,7 @@ VARIANTS += [Variant(torch.bfloat16 if size == 2 else torch.float8_e4m3fn, d, Tr
 # FP8 hd256's 128-key tile overlapped (the default) needs split K/V release (two stages cannot hold K of block i
 # and V of block i - 1 otherwise) and the per-thread arrives and named-barrier turns that keep its key loop in
 # registers (docs/tuning-gluon.md entry 48): also without those two, and without the overlap and all three (the
-# default before session 26).
+# default before session 27).
 VARIANTS += [Variant(torch.float8_e4m3fn, 256, False, tile_override=replace(TILE_CONFIGS[(1, 256)], **changes),
                      **FP8_WGMMA)
              for changes in (dict(thread_arrive=False, named_turn=False),

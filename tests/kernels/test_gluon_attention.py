@@ -264,7 +264,7 @@ def test_fp8_consumer_trims_stay_correct(d, causal, changes, pipeline):
                          ids=["default", "unoverlapped"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_fp8_hd256_tiles_stay_correct(causal, changes):
-    """FP8 hd256's 128-key tile overlapped (the default since session 26, docs/tuning-gluon.md entries 48 and 50:
+    """FP8 hd256's 128-key tile overlapped (the default since session 27, docs/tuning-gluon.md entries 48 and 50:
     split K/V release, per-thread arrives, named-barrier turns) and without all four (the default before): the
     scheme's accuracy, on ragged shapes, more queries than keys, and where programs run several tiles."""
     from dataclasses import replace

@@ -35,7 +35,7 @@ def _mask_name(key, split, bound):
 
 
 # FP8 hd256's overlapped default without its per-thread arrives and named turns, and without the overlap too (the
-# default before session 26).
+# default before session 27).
 FP8_256_SINGLE = "float8_e4m3fn_hd256_full_ws1_pipe1_pp1_wgmmav_arrive0_turn0"
 FP8_256_PLAIN = "float8_e4m3fn_hd256_full_ws1_pipe0_pp1_wgmmav_arrive0_turn0_splitkv0"
 
