@@ -15,12 +15,19 @@ default's median). Times are triton.testing.do_bench medians.
 import argparse
 import dataclasses
 import json
+import shlex
 import statistics
+import sys
 from pathlib import Path
+
+from experiments import provenance, writers
 
 TOKENS, HIDDEN = 16384, 2048
 DTYPES = ("bf16", "fp8")
 MASKS = {"full": False, "causal": True}
+TIMING_NOTE = ("Each round times every shape's calls in turn: the public op, the default tile, each named change; "
+               "cells are triton.testing.do_bench medians (TFLOPs/s by the paper's FLOP counts), the median over rounds, "
+               "and its ratio to the default tile's.")
 
 
 def parse_masks(text):
@@ -48,8 +55,12 @@ def parse_tile(spec):
             if value.lower() not in ("0", "1", "false", "true"):
                 raise ValueError(f"--tile {name}: {field} is a switch (0/1/true/false), got {value!r}")
             out[field] = value.lower() in ("1", "true")
+        elif kind == "int":
+            if not value.isdigit():
+                raise ValueError(f"--tile {name}: {field} is a whole number, got {value!r}")
+            out[field] = int(value)
         else:
-            out[field] = int(value) if kind == "int" else value
+            out[field] = value
     return name, out
 
 
@@ -99,17 +110,17 @@ def run(args, tiles):
 
 def table(rows, dtype, head_dim):
     """Markdown: per shape and tile the TFLOPs/s of each round, their median and its ratio to the default's."""
-    lines = [f"| {dtype} hd{head_dim} | tile | TFLOPs/s by round | median | / default |", "|---|---|---|---|---|"]
-    shapes = dict.fromkeys((r["seqlen"], r["causal"]) for r in rows)
-    for seqlen, causal in shapes:
+    body = []
+    for seqlen, causal in dict.fromkeys((r["seqlen"], r["causal"]) for r in rows):
         here = [r for r in rows if (r["seqlen"], r["causal"]) == (seqlen, causal)]
         med = {t: statistics.median(r["tflops"] for r in here if r["tile"] == t)
                for t in dict.fromkeys(r["tile"] for r in here)}
         for t, m in med.items():
             rounds = " / ".join(f"{r['tflops']:.0f}" for r in here if r["tile"] == t)
-            lines.append(f"| {seqlen} {'causal' if causal else 'full'} | {t} | {rounds} | {m:.0f} | "
-                         f"{m / med['default']:.3f} |")
-    return "\n".join(lines) + "\n"
+            body.append([f"{seqlen} {'causal' if causal else 'full'}", t, rounds, f"{m:.0f}",
+                         f"{m / med['default']:.3f}"])
+    return writers.markdown_table([f"{dtype} hd{head_dim}", "tile", "TFLOPs/s by round", "median", "/ default"],
+                                  body) + "\n"
 
 
 def main(argv=None):
@@ -132,12 +143,13 @@ def main(argv=None):
     import torch
     if not (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)):
         raise SystemExit(f"{p.prog}: error: the Gluon kernels it times need an sm_90 (Hopper) GPU")
+    prov = provenance.collect(shlex.join(["python", "-m", "experiments.ab_tiles",
+                                          *(sys.argv[1:] if argv is None else argv)]))
     rows = run(args, tiles)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ab_tiles.json").write_text(json.dumps(dict(args=vars(args) | {"out": str(args.out)}, rows=rows),
-                                                       indent=1))
+    writers.write_text(args.out / "ab_tiles.json", json.dumps(dict(provenance=prov, rows=rows), indent=1))
     md = table(rows, args.dtype, args.head_dim)
-    (args.out / "ab_tiles.md").write_text(md)
+    writers.write_text(args.out / "ab_tiles.md", writers.preamble("Gluon forward tiles, A/B", prov,
+                                                                  [TIMING_NOTE]) + "\n" + md)
     print(md)
 
 

@@ -14,7 +14,7 @@ def test_tile_spec_parses_switches_numbers_and_names():
 
 @pytest.mark.parametrize("spec, match", [("old", "name=field=value"), ("old=", "name=field=value"),
                                          ("old=overlapp=0", "TileConfig field"), ("old=overlap", "TileConfig field"),
-                                         ("old=overlap=maybe", "switch")])
+                                         ("old=overlap=maybe", "switch"), ("old=block_n=1.5", "whole number")])
 def test_bad_tile_spec_is_refused(spec, match):
     with pytest.raises(ValueError, match=match):
         parse_tile(spec)
@@ -38,3 +38,4 @@ def test_one_round_times_every_tile_and_writes_the_table(tmp_path):
     assert all(r["tflops"] > 0 for r in rows)
     md = (tmp_path / "ab_tiles.md").read_text()
     assert md.count("| 1024 full |") == 3 and md.count("| 1024 causal |") == 3
+    assert "- **gpu**: `NVIDIA H" in md and "- **command**: `python -m experiments.ab_tiles --dtype fp8" in md
