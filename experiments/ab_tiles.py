@@ -21,21 +21,13 @@ import sys
 from pathlib import Path
 
 from experiments import provenance, writers
+from experiments.tune_gluon import parse_masks
 
 TOKENS, HIDDEN = 16384, 2048
 DTYPES = ("bf16", "fp8")
-MASKS = {"full": False, "causal": True}
 TIMING_NOTE = ("Each round times every shape's calls in turn: the public op, the default tile, each named change; "
                "cells are triton.testing.do_bench medians (TFLOPs/s by the paper's FLOP counts), the median over rounds, "
                "and its ratio to the default tile's.")
-
-
-def parse_masks(text):
-    """"full,causal" -> [False, True] (the causal flags)."""
-    names = text.split(",")
-    if not set(names) <= set(MASKS):
-        raise argparse.ArgumentTypeError(f"masks are comma-separated {sorted(MASKS)}, got {text!r}")
-    return [MASKS[m] for m in names]
 
 
 def parse_tile(spec):
@@ -93,7 +85,7 @@ def run(args, tiles):
     import torch
     import triton
     from kernels import attention_flops, tflops_per_s
-    shapes = [(s, c) for s in args.seqlens for c in args.masks]
+    shapes = [(s, c) for s in args.seqlens for c in parse_masks(args.masks)]
     calls = {shape: _callables(args.dtype, args.head_dim, *shape, tiles) for shape in shapes}
     rows = []
     for rnd in range(args.rounds):
@@ -129,7 +121,7 @@ def main(argv=None):
     p.add_argument("--dtype", choices=DTYPES, default="fp8")
     p.add_argument("--head-dim", type=int, choices=(64, 128, 256), default=128)
     p.add_argument("--seqlens", type=lambda s: [int(x) for x in s.split(",")], default=[4096, 16384])
-    p.add_argument("--masks", type=parse_masks, default=[False], help="comma-separated: full, causal (default: full)")
+    p.add_argument("--masks", default="full", help="comma-separated: full, causal (default: %(default)s)")
     p.add_argument("--tile", action="append", default=[], help="name=field=value[,field=value...] (repeatable)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup-ms", type=int, default=25)
@@ -137,6 +129,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     try:
+        parse_masks(args.masks)
         tiles = [parse_tile(spec) for spec in args.tile]
     except ValueError as err:
         p.error(str(err))

@@ -127,6 +127,15 @@ GROUP_ORDER = ("sync", "q", "tile", "fp8perm", "fp8trim", "fp8trim1", "bf16trim"
                "fp8wide_ctl", "fp8rows", "causal_mask", "fp8ov256")
 
 
+def parse_masks(text):
+    """"full,causal" -> (False, True): the causal flags that --masks names; ValueError for a name not in MASKS."""
+    names = text.split(",")
+    unknown = sorted(set(names) - MASKS.keys())
+    if unknown:
+        raise ValueError(f"--masks: unknown {', '.join(unknown)} (choose from {', '.join(MASKS)})")
+    return tuple(MASKS[m] for m in names)
+
+
 def _default_v_order():
     """The V^T key order flash_attn_fp8_func gives the Gluon FP8 forward (kernels.fp8.GLUON_FP8_WGMMA_V_ORDER)."""
     from kernels.fp8 import GLUON_FP8_WGMMA_V_ORDER
@@ -526,10 +535,10 @@ def main():
     parser.add_argument("--masks", default="full,causal", help="bench: the masks timed (full, causal), comma-separated;"
                         " causal alone leaves out every non-causal row")
     args = parser.parse_args()
-    unknown = sorted(set(args.masks.split(",")) - MASKS.keys())
-    if unknown:
-        parser.error(f"--masks: unknown {', '.join(unknown)} (choose from {', '.join(MASKS)})")
-    masks = tuple(MASKS[m] for m in args.masks.split(","))
+    try:
+        masks = parse_masks(args.masks)
+    except ValueError as err:
+        parser.error(str(err))
     groups = [g for g in args.groups.split(",") if g]
     if args.stage == "check":
         return check_stage(args.head_dim, args.group)
