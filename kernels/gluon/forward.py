@@ -63,7 +63,7 @@ class TileConfig:
     # in Q's buffer instead (16-bit) or its own (FP8), and so does attention_forward for causal tiles that see no
     # key (seqlen_q > seqlen_k)).
     o_buffer: str
-    split_kv: bool = False  # K and V slots released separately, V loaded a block behind K (pipeline.py)
+    split_kv: bool = False  # K and V slots released separately, V a block behind K if overlapped (pipeline.py)
     # Synchronization options (pipeline.py, mainloop.py): off by default but for thread_arrive (most tiles) and
     # named_turn (FP8 hd128); each passes the H200 checks (tests/kernels/test_gluon_attention.py).
     split_q: bool = False  # each consumer's Q slice loaded once that consumer is done with the last tile
@@ -165,6 +165,8 @@ CAUSAL_TILE_CONFIGS = {
     (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS,
                         **CAUSAL_MASK),
     (1, 128): replace(TILE_CONFIGS[1, 128], **CAUSAL_MASK),
+    # FP8 hd64: the mask by one compare alone, +2-3% from 1k to 4k keys; the split loop lost 1-3% (entry 52).
+    (1, 64): replace(TILE_CONFIGS[1, 64], row_bound_mask=True),
 }
 # Non-causal tiles for query lengths that the default's rows overshoot by more than PADDING_SLACK times this
 # tile's (short_tile): at hd64 192-row tiles pad 512 or 1k queries by 12.5%, and this tile ran 5-8% faster

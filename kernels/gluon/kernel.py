@@ -141,7 +141,7 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
                                       KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
                 (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
                                       KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
-                (producer_partition, (p, sched)),
+                (producer_partition, (p, sched, OVERLAP)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:
             gl.static_assert(NUM_CONSUMERS == 3, "the warp-specialized kernel runs two or three consumer warpgroups")
@@ -152,7 +152,7 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
                                       KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
                 (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
                                       KV_SCALE_BLOCK, 2, False, OVERLAP, PINGPONG)),
-                (producer_partition, (p, sched)),
+                (producer_partition, (p, sched, OVERLAP)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.static_assert(NUM_CONSUMERS == 1, "without warp specialization one partition consumes the whole tile")

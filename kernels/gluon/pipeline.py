@@ -5,7 +5,8 @@ consumer warpgroups wait on `ready` mbarriers and hand slots back through
 `empty` mbarriers. K and V have separate `ready` barriers, so QK^T can start
 before V lands. With SPLIT_KV (FA3's two pipelines) K and V also have separate
 `empty` barriers: a K slot goes back right after its QK^T, a V slot after its
-PV, and the producer loads V one block behind K. Without it a block's K and V
+PV, and the producer loads V one block behind K where the consumer overlaps
+(it wants V of block i after QK^T of block i + 1), else right after K. Without it a block's K and V
 slots go back together after its PV; since the overlapped consumer holds K of
 block i and V of block i-1 at once, it then ties up two stages.
 
@@ -316,16 +317,18 @@ def wait_for_prior_grids():
 
 
 @gluon.jit
-def producer_partition(p: Pipeline, sched: TileScheduler):
+def producer_partition(p: Pipeline, sched: TileScheduler, OVERLAP: gl.constexpr):
     """One warp: for each tile of this program, every K and V block into their rings and Q.
 
     Q group g (all of Q, or with SPLIT_Q consumer g's slice) loads after K
     block q_load_step(g), once its consumers are done with the Q slot. Without SPLIT_KV,
     K and V of a block wait on one `empty` barrier and load together. With
-    it, V loads one block behind K (FA3's order): the consumer needs V of
-    block i only after QK^T of block i + 1 is issued.
+    it, V loads one block behind K (FA3's order) for the overlapped consumer, which needs V of block i only
+    after QK^T of block i + 1 is issued; for the unoverlapped one V follows its own block's K, so a one-stage
+    ring does not wait out a V load after every QK^T.
     """
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
+    V_LAG: gl.constexpr = p.SPLIT_KV and OVERLAP
     wait_for_prior_grids()
     k_slot = Ring.start(p.STAGES)
     v_slot = Ring.start(p.STAGES)
@@ -343,15 +346,17 @@ def producer_partition(p: Pipeline, sched: TileScheduler):
             if not p.SPLIT_KV:
                 p.load_v(k_slot.index, batch, head_kv, key0)
             k_slot = k_slot.next()
-            if p.SPLIT_KV and i > 0:
+            if V_LAG and i > 0:
                 v_slot = load_v_when_free(p, v_slot, batch, head_kv, kv_block_start(n_blocks, i - 1, BLOCK_N))
+            if p.SPLIT_KV and not V_LAG:
+                v_slot = load_v_when_free(p, v_slot, batch, head_kv, key0)
             for g in gl.static_range(p.q_groups()):
                 if i == p.q_load_step(g):
                     p.load_q(g, q_slot, batch, head, row0)
         for g in gl.static_range(p.q_groups()):  # tiles with fewer key blocks than load steps (or none)
             if n_blocks <= p.q_load_step(g):
                 p.load_q(g, q_slot, batch, head, row0)
-        if p.SPLIT_KV and n_blocks > 0:
+        if V_LAG and n_blocks > 0:
             v_slot = load_v_when_free(p, v_slot, batch, head_kv, kv_block_start(n_blocks, n_blocks - 1, BLOCK_N))
         q_slot = q_slot.next()
 

@@ -395,3 +395,41 @@ def test_lazy_rescale_stays_correct(d, dtype, causal, pipeline, kind):
         k = _moving_max_keys(k, kind)
         out, lse = _poisoned_forward(q, k, v, causal, tile=tile, pipeline=pipeline)
         _check(out, lse, q, k, v, causal, f"{seed} {shape} {kind}")
+
+
+@pytest.mark.parametrize("d, dtype, causal, changes", [
+    (64, torch.bfloat16, True, {}), (64, torch.bfloat16, False, {}), (64, torch.bfloat16, False, "short"),
+    (128, torch.bfloat16, True, dict(stages=2, split_kv=True)), (128, torch.bfloat16, True, dict(block_n=64, stages=4)),
+    (64, torch.float8_e4m3fn, True, {})], ids=["d64_causal", "d64_full", "d64_short", "d128_causal_s2_split",
+                                              "d128_causal_n64_s4", "fp8_d64_causal"])
+def test_q_ring_keeps_the_bits(d, dtype, causal, changes):
+    """TileConfig.q_stages=2 loads the next tile's Q into a second slot while the current tile runs: the same
+    arithmetic, so the same bits as one Q slot, on ragged shapes, rows that see no key, and where programs run
+    several tiles (each Q slot reused, phases flipping); a Q overwritten while still read would show here."""
+    from dataclasses import replace
+    from kernels.gluon.forward import SHORT_TILE_CONFIGS, default_tile
+    base = SHORT_TILE_CONFIGS[(2, d)] if changes == "short" else replace(default_tile(dtype.itemsize, d, causal),
+                                                                          **changes)
+    for shape in [(2, 333, 1517, 4, 2), (2, 1517, 333, 4, 2), MANY_TILES, (3, 1537, 1537, 12, 3)]:
+        seed, outs = _under_tiles([replace(base, q_stages=n) for n in (1, 2)], shape, d, dtype, causal)
+        assert torch.isfinite(outs[1][0]).all(), f"seed {seed} {shape}"
+        _assert_bitwise(outs, f"seed {seed} {shape}")
+
+
+@pytest.mark.parametrize("changes", [dict(block_n=128, stages=1, overlap=False),
+                                     dict(block_n=128, stages=1, overlap=False, thread_arrive=False),
+                                     dict(block_n=128, stages=1), dict(overlap=False)],
+                         ids=["n128_plain", "n128_plain_arrive0", "n128_overlap", "plain"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_bf16_hd256_split_ring_tiles_stay_correct(causal, changes):
+    """16-bit hd256 tiles on the split K/V ring other than the default: 128-key blocks in one stage of K and one of V
+    (197 KB of shared memory), with and without the overlap, and the 64-key default unoverlapped (V then loads right
+    after its own K, pipeline.py): float64 accuracy on ragged shapes, rows that see no key, and several tiles a
+    program."""
+    from dataclasses import replace
+    from kernels.gluon.forward import default_tile
+    tile = replace(default_tile(2, 256, causal), **changes)
+    for shape in [(1, 1000, 517, 6, 2), (2, 333, 1517, 4, 2), MANY_TILES]:
+        seed, q, k, v = _inputs(*shape, 256, torch.bfloat16)
+        out, lse = _poisoned_forward(q, k, v, causal, tile=tile)
+        _check(out, lse, q, k, v, causal, f"{seed} {shape}")
