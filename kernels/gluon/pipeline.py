@@ -6,9 +6,10 @@ consumer warpgroups wait on `ready` mbarriers and hand slots back through
 before V lands. With SPLIT_KV (FA3's two pipelines) K and V also have separate
 `empty` barriers: a K slot goes back right after its QK^T, a V slot after its
 PV, and the producer loads V one block behind K where the consumer overlaps
-(it wants V of block i after QK^T of block i + 1), else right after K. Without it a block's K and V
-slots go back together after its PV; since the overlapped consumer holds K of
-block i and V of block i-1 at once, it then ties up two stages.
+(it wants V of block i after QK^T of block i + 1), else right after K.
+Without it a block's K and V slots go back together after its PV; since the
+overlapped consumer holds K of block i and V of block i-1 at once, it then
+ties up two stages.
 
 All partitions walk the same tile sequence and the same KV block order, and
 the K and V rings each take one load per block, so a plain count of KV
