@@ -3,7 +3,8 @@
 At the H200's 700 W cap the clock, not the kernel, moves a run by several percent from machine to machine
 (results/h200/power.md), so separate runs cannot settle a gain of that size. Here every round times, shape by
 shape, the public op (as the paper's `ours-bf16` / `ours-fp8-kernel` call it: FP8 on inputs quantized before
-timing), the Gluon forward under its default tile, and under each named change, in that order:
+timing), cuDNN's SDPA (BF16 runs: the bars' peer), the Gluon forward under its default tile, and under each named
+change, in that order:
 
     python -m experiments.ab_tiles --dtype fp8 --head-dim 256 --seqlens 4096,16384 --rounds 3 \\
         --tile unoverlapped=overlap=0,split_kv=0,thread_arrive=0,named_turn=0 --out $OUT/ab
@@ -25,7 +26,8 @@ from experiments.tune_gluon import parse_masks
 
 TOKENS, HIDDEN = 16384, 2048
 DTYPES = ("bf16", "fp8")
-TIMING_NOTE = ("Each round times every shape's calls in turn: the public op, the default tile, each named change; "
+TIMING_NOTE = ("Each round times every shape's calls in turn: the public op, cuDNN's SDPA (BF16), the default "
+               "tile, each named change; "
                "cells are triton.testing.do_bench medians (TFLOPs/s by the paper's FLOP counts), the median over rounds, "
                "and its ratio to the default tile's.")
 
@@ -56,8 +58,20 @@ def parse_tile(spec):
     return name, out
 
 
+def _sdpa_cudnn(q, k, v, causal):
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # SDPA's (batch, heads, seqlen, head dim), as views
+
+    def call():
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+    return call
+
+
 def _callables(dtype, head_dim, seqlen, causal, tiles):
-    """[(label, fn)] for one shape: the public op, the Gluon forward's default tile, then each named tile."""
+    """[(label, fn)] for one shape: the public op, cuDNN's SDPA (BF16 only), the Gluon forward's default tile,
+    then each named tile."""
     import torch
     import kernels
     from kernels import gluon
@@ -77,7 +91,10 @@ def _callables(dtype, head_dim, seqlen, causal, tiles):
 
         def under(tile):
             return lambda: gluon.attention_forward(q, k, v, scale, causal, tile=tile)
-    runs = [("public", public), ("default", under(base))]
+    runs = [("public", public)]
+    if dtype == "bf16":  # the BF16 bars' peer, in the same rounds
+        runs.append(("sdpa-cudnn", _sdpa_cudnn(q, k, v, causal)))
+    runs.append(("default", under(base)))
     return runs + [(name, under(dataclasses.replace(base, **changes))) for name, changes in tiles]
 
 
