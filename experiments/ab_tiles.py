@@ -58,17 +58,6 @@ def parse_tile(spec):
     return name, out
 
 
-def _sdpa_cudnn(q, k, v, causal):
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # SDPA's (batch, heads, seqlen, head dim), as views
-
-    def call():
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-            return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
-    return call
-
-
 def _callables(dtype, head_dim, seqlen, causal, tiles):
     """[(label, fn)] for one shape: the public op, cuDNN's SDPA (BF16 only), the Gluon forward's default tile,
     then each named tile."""
@@ -76,6 +65,8 @@ def _callables(dtype, head_dim, seqlen, causal, tiles):
     import kernels
     from kernels import gluon
     from kernels.gluon.forward import default_tile
+    from experiments.paper.candidates import SDPA_CUDNN
+    from experiments.paper.runner import Problem
     batch, nheads = TOKENS // seqlen, HIDDEN // head_dim
     q, k, v = (torch.randn(batch, seqlen, nheads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     base = default_tile(1 if dtype == "fp8" else 2, head_dim, causal)
@@ -86,15 +77,15 @@ def _callables(dtype, head_dim, seqlen, causal, tiles):
 
         def under(tile):
             return lambda: gluon.fp8_attention_forward(x, scale, causal, torch.bfloat16, tile=tile)
+        peers = []
     else:
         public = lambda: kernels.flash_attn_func(q, k, v, causal=causal)  # noqa: E731
 
         def under(tile):
             return lambda: gluon.attention_forward(q, k, v, scale, causal, tile=tile)
-    runs = [("public", public)]
-    if dtype == "bf16":  # the BF16 bars' peer, in the same rounds
-        runs.append(("sdpa-cudnn", _sdpa_cudnn(q, k, v, causal)))
-    runs.append(("default", under(base)))
+        # The BF16 bars' peer, in the same rounds, called as the paper tables call it.
+        peers = [(SDPA_CUDNN.name, SDPA_CUDNN.build(Problem(batch, seqlen, nheads, head_dim, causal), q, k, v))]
+    runs = [("public", public), *peers, ("default", under(base))]
     return runs + [(name, under(dataclasses.replace(base, **changes))) for name, changes in tiles]
 
 

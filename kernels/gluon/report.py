@@ -60,7 +60,7 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, causal, tile_override=replace(defau
 
 
 # The non-causal 16-bit hd128 tile stages O in its last key block's K buffer (TileConfig.o_buffer "k"); also with O
-# in Q's. (The causal tile's split K/V release puts O in Q's buffer.)
+# in Q's, as the causal tile has it.
 O_IN_Q_TILE = replace(TILE_CONFIGS[(2, 128)], o_buffer="q")
 VARIANTS += [Variant(torch.bfloat16, 128, False, tile_override=O_IN_Q_TILE)]
 
