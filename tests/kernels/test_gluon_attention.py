@@ -400,16 +400,21 @@ def test_lazy_rescale_stays_correct(d, dtype, causal, pipeline, kind):
 @pytest.mark.parametrize("d, dtype, causal, changes", [
     (64, torch.bfloat16, True, {}), (64, torch.bfloat16, False, {}), (64, torch.bfloat16, False, "short"),
     (128, torch.bfloat16, True, dict(stages=2, split_kv=True)), (128, torch.bfloat16, True, dict(block_n=64, stages=4)),
-    (64, torch.float8_e4m3fn, True, {})], ids=["d64_causal", "d64_full", "d64_short", "d128_causal_s2_split",
-                                              "d128_causal_n64_s4", "fp8_d64_causal"])
+    (128, torch.bfloat16, False, "few_keys"), (64, torch.float8_e4m3fn, True, {})],
+    ids=["d64_causal", "d64_full", "d64_short", "d128_causal_s2_split", "d128_causal_n64_s4", "d128_few_keys",
+         "fp8_d64_causal"])
 def test_q_ring_keeps_the_bits(d, dtype, causal, changes):
     """TileConfig.q_stages=2 loads the next tile's Q into a second slot while the current tile runs: the same
     arithmetic, so the same bits as one Q slot, on ragged shapes, rows that see no key, and where programs run
     several tiles (each Q slot reused, phases flipping); a Q overwritten while still read would show here."""
     from dataclasses import replace
-    from kernels.gluon.forward import SHORT_TILE_CONFIGS, default_tile
-    base = SHORT_TILE_CONFIGS[(2, d)] if changes == "short" else replace(default_tile(dtype.itemsize, d, causal),
-                                                                          **changes)
+    from kernels.gluon.forward import FEW_KEYS_TILE_CONFIGS, SHORT_TILE_CONFIGS, default_tile
+    if changes == "short":
+        base = SHORT_TILE_CONFIGS[(2, d)]
+    elif changes == "few_keys":
+        base = FEW_KEYS_TILE_CONFIGS[(2, d)][1]
+    else:
+        base = replace(default_tile(dtype.itemsize, d, causal), **changes)
     for shape in [(2, 333, 1517, 4, 2), (2, 1517, 333, 4, 2), MANY_TILES, (3, 1537, 1537, 12, 3)]:
         seed, outs = _under_tiles([replace(base, q_stages=n) for n in (1, 2)], shape, d, dtype, causal)
         assert torch.isfinite(outs[1][0]).all(), f"seed {seed} {shape}"
