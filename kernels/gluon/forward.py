@@ -186,7 +186,7 @@ SHORT_TILE_CONFIGS = {
 PADDING_SLACK = 1.05
 # Non-causal tiles for launches of at most this many keys (short_tile): at 16-bit hd128 the causal tile's two Q
 # slots beside two stages of split K/V ran +6% / +3% / +2% / +2% at 1k / 2k / 4k / 8k keys, -1% and -2% at 16k in
-# two A/Bs (H100, entry 53).
+# two A/Bs (H100, entry 53); a third, +6% / +4% / +3% / -0.5% / +1% (entry 54).
 FEW_KEYS_TILE_CONFIGS = {(2, 128): (8192, CAUSAL_TILE_CONFIGS[2, 128])}
 
 
