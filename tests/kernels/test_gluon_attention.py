@@ -74,7 +74,7 @@ def test_forward_matches_reference(shape, causal, d):
 @pytest.mark.parametrize("switches", [dict(warp_specialize=False), dict(pipeline=False), dict(pingpong=False)],
                          ids=["no_ws", "no_pipeline", "no_pingpong"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("d", [64, 256])
+@pytest.mark.parametrize("d", [64, 128, 256])  # hd128 at these lengths: the few-keys tile (short_tile)
 def test_ablation_switches_stay_correct(switches, causal, d):
     b, sq, sk, h, h_kv = 2, 777, 1029, 4, 2
     seed, q, k, v = _inputs(b, sq, sk, h, h_kv, d, torch.bfloat16)
