@@ -9,7 +9,8 @@ change, in that order:
     python -m experiments.ab_tiles --dtype fp8 --head-dim 256 --seqlens 4096,16384 --rounds 3 \\
         --tile unoverlapped=overlap=0,split_kv=0,thread_arrive=0,named_turn=0 --out $OUT/ab
 
-Shapes are the paper's (16k tokens, hidden 2048: batch 16384 / seqlen, heads 2048 / head dim). Writes
+Shapes are the paper's (16k tokens, hidden 2048: batch 16384 / seqlen, heads 2048 / head dim); `--heads` sets
+another head count (e.g. one whose tiles fill the last round of the persistent grid). Writes
 ab_tiles.json (every timing) and ab_tiles.md (per shape and tile: TFLOPs/s each round, median, ratio to the
 default's median). Times are triton.testing.do_bench medians.
 """
@@ -58,7 +59,7 @@ def parse_tile(spec):
     return name, out
 
 
-def _callables(dtype, head_dim, seqlen, causal, tiles):
+def _callables(dtype, head_dim, nheads, seqlen, causal, tiles):
     """[(label, fn)] for one shape: the public op, cuDNN's SDPA (BF16 only), the Gluon forward's default tile,
     then each named tile."""
     import torch
@@ -67,7 +68,7 @@ def _callables(dtype, head_dim, seqlen, causal, tiles):
     from kernels.gluon.forward import default_tile
     from experiments.paper.candidates import SDPA_CUDNN
     from experiments.paper.runner import Problem
-    batch, nheads = TOKENS // seqlen, HIDDEN // head_dim
+    batch = TOKENS // seqlen
     q, k, v = (torch.randn(batch, seqlen, nheads, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     base = default_tile(1 if dtype == "fp8" else 2, head_dim, causal)
     scale = head_dim ** -0.5
@@ -94,11 +95,12 @@ def run(args, tiles):
     import triton
     from kernels import attention_flops, tflops_per_s
     shapes = [(s, c) for s in args.seqlens for c in parse_masks(args.masks)]
-    calls = {shape: _callables(args.dtype, args.head_dim, *shape, tiles) for shape in shapes}
+    nheads = args.heads or HIDDEN // args.head_dim
+    calls = {shape: _callables(args.dtype, args.head_dim, nheads, *shape, tiles) for shape in shapes}
     rows = []
     for rnd in range(args.rounds):
         for (seqlen, causal), fns in calls.items():
-            flops = attention_flops(TOKENS // seqlen, seqlen, HIDDEN // args.head_dim, args.head_dim, causal)
+            flops = attention_flops(TOKENS // seqlen, seqlen, nheads, args.head_dim, causal)
             for label, fn in fns:
                 ms = triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median")
                 rows.append(dict(round=rnd, seqlen=seqlen, causal=causal, tile=label, ms=ms,
@@ -108,7 +110,7 @@ def run(args, tiles):
     return rows
 
 
-def table(rows, dtype, head_dim):
+def table(rows, dtype, head_dim, nheads):
     """Markdown: per shape and tile the TFLOPs/s of each round, their median and its ratio to the default's."""
     body = []
     for seqlen, causal in dict.fromkeys((r["seqlen"], r["causal"]) for r in rows):
@@ -119,7 +121,7 @@ def table(rows, dtype, head_dim):
             rounds = " / ".join(f"{r['tflops']:.0f}" for r in here if r["tile"] == t)
             body.append([f"{seqlen} {'causal' if causal else 'full'}", t, rounds, f"{m:.0f}",
                          f"{m / med['default']:.3f}"])
-    return writers.markdown_table([f"{dtype} hd{head_dim}", "tile", "TFLOPs/s by round", "median", "/ default"],
+    return writers.markdown_table([f"{dtype} hd{head_dim}, {nheads} heads", "tile", "TFLOPs/s by round", "median", "/ default"],
                                   body) + "\n"
 
 
@@ -129,6 +131,7 @@ def main(argv=None):
     p.add_argument("--dtype", choices=DTYPES, default="fp8")
     p.add_argument("--head-dim", type=int, choices=(64, 128, 256), default=128)
     p.add_argument("--seqlens", type=lambda s: [int(x) for x in s.split(",")], default=[4096, 16384])
+    p.add_argument("--heads", type=int, help="query heads (default: 2048 / head dim, the paper's)")
     p.add_argument("--masks", default="full", help="comma-separated: full, causal (default: %(default)s)")
     p.add_argument("--tile", action="append", default=[], help="name=field=value[,field=value...] (repeatable)")
     p.add_argument("--rounds", type=int, default=3)
@@ -148,7 +151,7 @@ def main(argv=None):
                                           *(sys.argv[1:] if argv is None else argv)]))
     rows = run(args, tiles)
     writers.write_text(args.out / "ab_tiles.json", json.dumps(dict(provenance=prov, rows=rows), indent=1))
-    md = table(rows, args.dtype, args.head_dim)
+    md = table(rows, args.dtype, args.head_dim, args.heads or HIDDEN // args.head_dim)
     writers.write_text(args.out / "ab_tiles.md", writers.preamble("Gluon forward tiles, A/B", prov,
                                                                   [TIMING_NOTE]) + "\n" + md)
     print(md)

@@ -115,7 +115,7 @@ def _tiles(head_dim):
                                  if name in ALTERNATIVES})
 
 
-def _bench(batch, seqlen, nheads, head_dim, causal, tile_names):
+def _bench(batch, seqlen, nheads, head_dim, causal, tile_names, section_mbs=()):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from kernels.flops import attention_flops, tflops_per_s
@@ -132,6 +132,9 @@ def _bench(batch, seqlen, nheads, head_dim, causal, tile_names):
     for name in (n for n in tile_names if n in tiles):
         timed["gluon" if name == "default" else f"gluon_{name}"] = (
             lambda tile=tiles[name]: attention_backward(dout, q, k, v, out, lse, scale, causal, tile=tile))
+    for mb in section_mbs if causal else ():  # the causal order's L2 budget (kernels.gluon.bwd.causal_section_heads)
+        timed[f"gluon_l2_{mb}mb"] = (
+            lambda b=mb * 2**20: attention_backward(dout, q, k, v, out, lse, scale, causal, section_l2_bytes=b))
     for name, fn in timed.items():
         try:
             ms = _time(fn)
@@ -149,11 +152,11 @@ def _bench(batch, seqlen, nheads, head_dim, causal, tile_names):
     print(json.dumps(row), flush=True)
 
 
-def bench_stage(seqlens, tile_names):
-    for d in HEAD_DIMS:
+def bench_stage(seqlens, tile_names, head_dims=HEAD_DIMS, section_mbs=()):
+    for d in head_dims:
         for causal in (False, True):
             for s in seqlens:
-                _bench(TOKENS // s, s, HIDDEN // d, d, causal, tile_names)
+                _bench(TOKENS // s, s, HIDDEN // d, d, causal, tile_names, section_mbs)
 
 
 def _run_stage(args, timeout, log):
@@ -188,10 +191,12 @@ def main():
     parser = argparse.ArgumentParser(prog="python -m experiments.tune_gluon_bwd", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--stage", choices=["check", "stats", "bench"])
-    parser.add_argument("--head-dim", type=int)
+    parser.add_argument("--head-dim", type=int, help="check: the head dim; bench: only this one")
     parser.add_argument("--tiles", default="default", help="check, bench: tile names, comma-separated")
     parser.add_argument("--seqlens", default=",".join(map(str, SEQLENS)), help="bench seqlens, comma-separated")
     parser.add_argument("--skip-pytest", action="store_true", help="leave out the GPU tests (default tile only)")
+    parser.add_argument("--causal-section-mb", default="",
+                        help="bench: also time the default tile, causal, with these L2 budgets (MiB, comma-separated)")
     parser.add_argument("--check-dtypes", default="bfloat16,float16", help="check: dtypes, comma-separated")
     args = parser.parse_args()
     if args.stage == "check":
@@ -199,7 +204,9 @@ def main():
     if args.stage == "stats":
         return stats_stage()
     if args.stage == "bench":
-        return bench_stage([int(x) for x in args.seqlens.split(",")], args.tiles.split(","))
+        return bench_stage([int(x) for x in args.seqlens.split(",")], args.tiles.split(","),
+                           (args.head_dim,) if args.head_dim else HEAD_DIMS,
+                           [int(x) for x in args.causal_section_mb.split(",") if x])
 
     import torch
     import triton

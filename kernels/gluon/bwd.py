@@ -153,20 +153,21 @@ def _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic):
 CAUSAL_SECTION_L2_BYTES = 40 * 2**20
 
 
-def causal_section_heads(seqlen_q, head_dim, group, dtype_bytes):
+def causal_section_heads(seqlen_q, head_dim, group, dtype_bytes, l2_bytes=CAUSAL_SECTION_L2_BYTES):
     """(batch, kv head)s per section of the causal program order (bwd_kernel.causal_program): the largest power
-    of two whose query heads' Q and dO (16-bit) and float32 dQ accumulator fit CAUSAL_SECTION_L2_BYTES, at least 1."""
+    of two whose query heads' Q and dO (16-bit) and float32 dQ accumulator fit l2_bytes, at least 1."""
     per_kv_head = group * seqlen_q * head_dim * (2 * dtype_bytes + 4)
-    fit = max(CAUSAL_SECTION_L2_BYTES // per_kv_head, 1)
+    fit = max(l2_bytes // per_kv_head, 1)
     return 1 << (fit.bit_length() - 1)
 
 
-def _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad):
+def _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad,
+                 section_l2_bytes=CAUSAL_SECTION_L2_BYTES):
     _, seqlen_q, nheads, head_dim = q.shape
     group = nheads // k.shape[2]
     return (*variant.descriptors(q, k, v, dout, dk, dv, lse2, delta, dq_acc), softmax_scale * LOG2_E, softmax_scale,
             nheads, group, seqlen_q, k.shape[1], seqlen_q_pad,
-            causal_section_heads(seqlen_q, head_dim, group, q.element_size()))
+            causal_section_heads(seqlen_q, head_dim, group, q.element_size(), section_l2_bytes))
 
 
 def backward_grid(variant, batch, seqlen_k, nheads_kv):
@@ -176,12 +177,12 @@ def backward_grid(variant, batch, seqlen_k, nheads_kv):
 
 
 def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False, *,
-                       tile: BwdTile | None = None):
+                       tile: BwdTile | None = None, section_l2_bytes: int = CAUSAL_SECTION_L2_BYTES):
     """(dq, dk, dv) like q, k, v, from the saved out and lse ((batch, nheads, seqlen_q) float32, natural log).
 
     Layout (batch, seqlen, nheads, headdim), 16-byte aligned strides (kernels.checks.tma_ready);
     GQA (dK/dV summed over each kv head's group), bottom-right causal, any seqlens.
-    `tile` overrides the tile table (tuning).
+    `tile` overrides the tile table and `section_l2_bytes` the causal order's L2 budget (tuning).
     """
     _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic)
     batch, seqlen_q, nheads, head_dim = q.shape
@@ -202,7 +203,8 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    args = _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad)
+    args = _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad,
+                        section_l2_bytes)
     grid = backward_grid(variant, batch, k.shape[1], k.shape[2])
     launch_backward(grid, args, variant.constexprs, variant.options)
     return dq_acc.to(q.dtype), dk, dv

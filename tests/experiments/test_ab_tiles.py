@@ -32,12 +32,13 @@ def test_command_line_refuses_bad_specs_before_any_work(tmp_path, capsys):
 @pytest.mark.parametrize("dtype,labels", [("fp8", ("public", "default", "nopipe")),
                                           ("bf16", ("public", "sdpa-cudnn", "default", "nopipe"))])
 def test_one_round_times_every_tile_and_writes_the_table(tmp_path, dtype, labels):
-    main(["--dtype", dtype, "--head-dim", "128", "--seqlens", "1024", "--masks", "full,causal", "--rounds", "2",
-          "--rep-ms", "5", "--warmup-ms", "2", "--tile", "nopipe=overlap=0", "--out", str(tmp_path)])
+    main(["--dtype", dtype, "--head-dim", "128", "--heads", "4", "--seqlens", "1024", "--masks", "full,causal",
+          "--rounds", "2", "--rep-ms", "5", "--warmup-ms", "2", "--tile", "nopipe=overlap=0", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "ab_tiles.json").read_text())["rows"]
     assert {(r["tile"], r["causal"], r["round"]) for r in rows} == {
         (t, c, n) for t in labels for c in (False, True) for n in (0, 1)}
     assert all(r["tflops"] > 0 for r in rows)
     md = (tmp_path / "ab_tiles.md").read_text()
+    assert f"| {dtype} hd128, 4 heads |" in md
     assert md.count("| 1024 full |") == len(labels) and md.count("| 1024 causal |") == len(labels)
     assert "- **gpu**: `NVIDIA H" in md and f"- **command**: `python -m experiments.ab_tiles --dtype {dtype}" in md

@@ -153,7 +153,7 @@ def test_causal_sections_fill_the_l2_budget(seqlen_q, head_dim, group, mib, head
 @pytest.mark.gpu
 @pytest.mark.hopper
 @pytest.mark.parametrize("section", [1, 4])
-def test_gpu_causal_sections_cover_every_key_block(monkeypatch, section):
+def test_gpu_causal_sections_cover_every_key_block(section):
     """The causal grid's program order over sections of `section` (batch, kv head)s, the last one partial (6 in
     all): every (key block, batch, kv head) runs once, so dq/dk/dv match float64 and dk/dv, which no atomics
     touch, equal bitwise those of the one-section order small launches get."""
@@ -166,16 +166,16 @@ def test_gpu_causal_sections_cover_every_key_block(monkeypatch, section):
     dout = torch.randn_like(q)
     out, lse = attention_ref(q, k, v, True, dtype=torch.float32)
 
-    def grads():
+    def grads(**budget):
         poison = [torch.full_like(t, float("nan")) for t in (k, v)]  # freed blocks the allocator hands to dk, dv
         del poison
-        return bwd.attention_backward(dout, q, k, v, out.to(q.dtype), lse, d ** -0.5, True)
+        return bwd.attention_backward(dout, q, k, v, out.to(q.dtype), lse, d ** -0.5, True, **budget)
 
     one_section = grads()
     assert bwd.causal_section_heads(s, d, h // h_kv, 2) >= b * h_kv
-    monkeypatch.setattr(bwd, "CAUSAL_SECTION_L2_BYTES", section * (h // h_kv) * s * d * (2 * 2 + 4))
-    assert bwd.causal_section_heads(s, d, h // h_kv, 2) == section
-    sectioned = grads()
+    budget = section * (h // h_kv) * s * d * (2 * 2 + 4)
+    assert bwd.causal_section_heads(s, d, h // h_kv, 2, budget) == section
+    sectioned = grads(section_l2_bytes=budget)
     _assert_close_to_float64(sectioned, q, k, v, dout, True)
     for name, x, y in zip("kv", one_section[1:], sectioned[1:]):
         assert torch.equal(x, y), f"d{name} differs between section orders"
