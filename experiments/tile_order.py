@@ -1,11 +1,12 @@
 """The causal tile orders of the Gluon forward's persistent scheduler, modelled on the host: balance and L2 traffic.
 
-`paired` and `longest_first` list each program's tiles as kernels/gluon/scheduler.py deals them (its
-`paired_tile` and the longest-first branch of `tile`; keep the two in step). The model: every program
-advances one key block per step, all in lock step, with `overhead` idle steps at the start of each tile;
+The orders are the host's own (kernels.gluon.scheduler.causal_order, which builds the tables the kernel
+reads): `paired` (whole units only), `balanced` (the default: the last heads' tiles one by one) and
+`longest_first`. The model: every program advances one key block per step, all in lock step, with `overhead`
+idle steps at the start of each tile;
 each K/V block read goes through an LRU cache of the L2's size, and a miss costs the block's bytes from
 DRAM. It ignores timing differences between programs and anything but K/V, so it ranks orders; it does
-not predict times (docs/tuning-gluon.md, entry 31, has the measured ones).
+not predict times (docs/tuning-gluon.md, entries 31 and 55, have the measured ones).
 
     python -m experiments.tile_order [--head-dims 64 128 256] [--seqlens 1024 ... 16384] [--l2-mb 50]
 """
@@ -13,31 +14,18 @@ import argparse
 import math
 from collections import OrderedDict
 
+from kernels.gluon.scheduler import causal_order
+
 GRID = 132  # SMs of an H100 / H200
 TOKENS, HIDDEN = 16384, 2048  # the paper's shapes: batch = TOKENS / seqlen, heads = HIDDEN / head_dim
+# Order name -> causal_order's switches (paired, balance_tail).
+ORDERS = {"paired": (True, False), "balanced": (True, True), "longest_first": (False, False)}
 
 
-def paired(pid, grid, bh, n_m):
-    """Program pid's (bh, m_block) tiles in the paired order: whole units (m-blocks n_m-1-j and j, or j+1 when
-    n_m is odd) pid, pid + grid, ..., head after head; then single m-block-0 tiles dealt from the last program."""
-    pairs = n_m // 2
-    tiles = []
-    for unit in range(pid, bh * pairs, grid):
-        j = unit % pairs
-        tiles += [(unit // pairs, n_m - 1 - j), (unit // pairs, j + n_m % 2)]
-    singles = bh * (n_m % 2)
-    return tiles + [(s, 0) for s in range(grid - 1 - pid, singles, grid)]
-
-
-def longest_first(pid, grid, bh, n_m):
-    """Program pid's tiles in the longest-first order: m-block-major over all heads, every other wave reversed."""
-    total = bh * n_m
-    tiles = []
-    for wave in range(math.ceil((total - pid) / grid)):
-        size = min(grid, total - wave * grid)
-        tile_id = wave * grid + (size - 1 - pid if wave % 2 else pid)
-        tiles.append((tile_id % bh, n_m - 1 - tile_id // bh))
-    return tiles
+def order_lists(order, bh, n_m, seqlen, block_m, block_n, grid, head_kv_bytes=0):
+    """Every program's (bh, m_block) tiles in one of ORDERS (seqlen_q = seqlen_k = seqlen)."""
+    paired, tail = ORDERS[order]
+    return causal_order(bh, n_m, seqlen, seqlen, block_m, block_n, grid, paired, tail, head_kv_bytes)
 
 
 def key_blocks(m_block, seqlen, block_m, block_n):
@@ -77,8 +65,8 @@ def model(head_dim, seqlen, order, grid=GRID, l2_bytes=50 << 20):
     block_m, block_n = tile.block_m, tile.block_n
     bh = TOKENS // seqlen * (HIDDEN // head_dim)
     n_m = math.ceil(seqlen / block_m)
-    programs = [order(pid, grid, bh, n_m) for pid in range(min(grid, bh * n_m))]
-    return simulate(programs, seqlen, block_m, block_n, 2 * block_n * head_dim * 2, l2_bytes)
+    lists = order_lists(order, bh, n_m, seqlen, block_m, block_n, min(grid, bh * n_m), 2 * seqlen * head_dim * 2)
+    return simulate(lists, seqlen, block_m, block_n, 2 * block_n * head_dim * 2, l2_bytes)
 
 
 def main():
@@ -87,14 +75,14 @@ def main():
     ap.add_argument("--seqlens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     ap.add_argument("--l2-mb", type=int, default=50)
     args = ap.parse_args()
-    print("| head dim | seqlen | K/V MB | paired: busiest, DRAM MB | longest first: busiest, DRAM MB |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| head dim | seqlen | K/V MB | " + " | ".join(f"{o}: busiest, DRAM MB" for o in ORDERS) + " |")
+    print("| --- " * (3 + len(ORDERS)) + "|")
     for d in args.head_dims:
         for s in args.seqlens:
             kv_mb = TOKENS * (HIDDEN // d) * d * 2 * 2 / 1e6
             cells = [f"{b:.3f}, {dram / 1e6:.0f}" for b, dram in
-                     (model(d, s, order, l2_bytes=args.l2_mb << 20) for order in (paired, longest_first))]
-            print(f"| {d} | {s} | {kv_mb:.0f} | {cells[0]} | {cells[1]} |", flush=True)
+                     (model(d, s, order, l2_bytes=args.l2_mb << 20) for order in ORDERS)]
+            print(f"| {d} | {s} | {kv_mb:.0f} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from kernels.launch import Launcher, compile_for, rebased
 from kernels.quant import FP8QKV
 
 from .kernel import attention_fwd_kernel
-from .scheduler import num_m_blocks, section_heads
+from .scheduler import causal_order, num_m_blocks, schedule_table, section_heads
 
 HOPPER = GPUTarget("cuda", 90, 32)
 # Head dims get the tile of the next of these; TMA zero-fills the extra columns on load and clips them on store.
@@ -95,6 +95,9 @@ class TileConfig:
     # still hides the softmax, and fewer registers are live (a key tile's S, the previous block's fp32 P and O).
     overlap: bool = True
     paired_causal: bool = True  # causal tile order: m-blocks in pairs of equal work (scheduler.py), else longest first
+    # Paired causal order: the last heads' tiles dealt one by one, longest first, so that the programs end together
+    # (scheduler.causal_order); off, every program runs whole units and they end up to one unit apart.
+    balance_tail: bool = True
 
     def __post_init__(self):
         if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
@@ -305,7 +308,6 @@ class Variant:
             PINGPONG=self.pingpong and self.warp_specialize,
             CONSUMER_REGS=WS_REGS[self.num_consumers][1] if self.warp_specialize else None,
             PRODUCER_REGS=WS_REGS[self.num_consumers][2] if self.warp_specialize else None,
-            PAIRED_CAUSAL=self.tile.paired_causal,
         )
 
     @functools.cached_property
@@ -369,7 +371,9 @@ class LaunchPlan:
     shapes and strides (`launch_plan`); a call then allocates out and lse, rebases the descriptors and launches."""
     grid: tuple
     descriptors: tuple  # of q, k, v, out over meta tensors (kernels.launch.rebased)
-    scalars: tuple  # batch, heads, GQA group, sections, seqlen_q, seqlen_k
+    # batch, heads, GQA group, sections, seqlen_q, seqlen_k, then a causal launch's tile lists
+    # (scheduler.schedule_table, on the device) and their row length, else None and 0
+    scalars: tuple
 
 
 @functools.lru_cache(maxsize=256)
@@ -380,10 +384,18 @@ def launch_plan(variant: Variant, q_shape, k_shape, v_shape, strides, device) ->
     q, k, v = (torch.empty_strided(shape, stride, dtype=variant.dtype, device="meta")
                for shape, stride in zip((q_shape, k_shape, v_shape), strides))
     out = torch.empty(q_shape, dtype=variant.out_dtype or variant.dtype, device="meta")
-    n_tiles = num_m_blocks(seqlen_q, variant.tile.block_m) * b * h
+    tile = variant.tile
+    n_m = num_m_blocks(seqlen_q, tile.block_m)
+    grid = min(sm_count(device), n_m * b * h)
+    schedule, stride = None, 0
+    if variant.causal:
+        programs = causal_order(b * h, n_m, seqlen_q, k_shape[1], tile.block_m, tile.block_n, grid, tile.paired_causal,
+                                tile.balance_tail, head_kv_bytes=2 * k_shape[1] * d * variant.dtype.itemsize)
+        schedule = schedule_table(programs, n_m).to(device)
+        stride = schedule.shape[1]
     sections = section_heads(b, h, h_kv, variant.causal)
-    return LaunchPlan((min(sm_count(device), n_tiles),), variant.descriptors(q, k, v, out),
-                      (b, h, h // h_kv, sections, seqlen_q, k_shape[1]))
+    return LaunchPlan((grid,), variant.descriptors(q, k, v, out),
+                      (b, h, h // h_kv, sections, seqlen_q, k_shape[1], schedule, stride))
 
 
 def _launch(variant, q, k, v, scales, softmax_scale, out_dtype, trace=None):
@@ -406,7 +418,7 @@ def _prepare(variant, q, k, v, scales, softmax_scale, out_dtype, trace=None):
     plan = launch_plan(variant, q.shape, k.shape, v.shape, (q.stride(), k.stride(), v.stride()), q.device)
     descriptors = tuple(rebased(desc, t) for desc, t in zip(plan.descriptors, (q, k, v, out)))
     # The plan fixes the specialization but for the alignment of the tensors passed as pointers that a caller
-    # made (lse is a fresh allocation).
+    # made (lse is a fresh allocation, the causal schedule the plan's own).
     aligned = tuple(t.data_ptr() % 16 == 0 for t in (*scales, trace) if t is not None)
     args = _kernel_args(descriptors, lse, scales, softmax_scale, plan.scalars, trace)
     return out, lse, functools.partial(launch_forward, plan.grid, args, variant.constexprs, variant.options,
@@ -496,5 +508,6 @@ def compile_forward(variant: Variant, target: GPUTarget = HOPPER, traced: bool =
     f32 = torch.empty(1, 1, 1)
     scales = (f32, f32, f32) if variant.fp8 else (None, None, None)
     trace = torch.empty(1, dtype=torch.int64) if traced else None
-    args = _kernel_args(variant.descriptors(t, t, v, o), f32, scales, 1.0, (1,) * 6, trace)
+    schedule = (torch.zeros(1, 3, dtype=torch.int32), 3) if variant.causal else (None, 0)
+    args = _kernel_args(variant.descriptors(t, t, v, o), f32, scales, 1.0, (1,) * 6 + schedule, trace)
     return compile_for(attention_fwd_kernel, args, variant.constexprs, variant.options, target)

@@ -47,8 +47,8 @@ def row_scales(batch, head, row0, sched: TileScheduler, qk_scale, q_scales, ROWS
 
 
 @gluon.jit
-def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
-                       Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
+def consumer_partition(p: Pipeline, sched: TileScheduler, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales,
+                       trace, Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
                        INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
     ROWS: gl.constexpr = p.q_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = p.q_desc.block_type.shape[3]
@@ -60,9 +60,12 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
     turn_phase = gl.to_tensor(1 if CID == 0 else 0)
     first_turn(p, CID, PINGPONG)
     q_slot = Ring.start(p.Q_STAGES)
-    for k in range(sched.tiles_here()):
+    next_id = sched.tile_id(0, schedule)
+    for k in range(sched.tiles_here(schedule)):
         stamp(trace, k, CID, 0, p.NUM_CONSUMERS)
-        batch, head, m_block = sched.tile(k)
+        tile_id = next_id
+        next_id = sched.tile_id(k + 1, schedule)  # read a tile ahead: a causal launch's ids come from memory
+        batch, head, m_block = sched.tile(tile_id)
         head_kv = head // sched.group
         n_blocks = kv_block_count(sched, m_block)
         tile_row0 = m_block * sched.BLOCK_M
@@ -108,9 +111,10 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, qk_scale, lse_ptr, q_s
 
 
 # Shapes stay runtime values: no recompile per seqlen, and no int silently turned into a constant.
-@gluon.jit(do_not_specialize=["batch", "nheads", "group", "section_heads", "seqlen_q", "seqlen_k"])
+@gluon.jit(do_not_specialize=["batch", "nheads", "group", "section_heads", "seqlen_q", "seqlen_k", "schedule_stride"])
 def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_scales, v_scales, qk_scale, batch,
-                         nheads, group, section_heads, seqlen_q, seqlen_k, trace, CAUSAL: gl.constexpr,
+                         nheads, group, section_heads, seqlen_q, seqlen_k, schedule, schedule_stride, trace,
+                         CAUSAL: gl.constexpr,
                          STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, O_BUFFER: gl.constexpr,
                          SPLIT_KV: gl.constexpr, SPLIT_Q: gl.constexpr, Q_STAGES: gl.constexpr,
                          BRANCH_FENCE: gl.constexpr, NAMED_TURN: gl.constexpr, THREAD_ARRIVE: gl.constexpr,
@@ -120,16 +124,17 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
                          LAZY_RESCALE: gl.constexpr, RESCALE_UNDER_S: gl.constexpr,
                          Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
                          WARP_SPECIALIZE: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
-                         CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, PAIRED_CAUSAL: gl.constexpr):
+                         CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
     """q/k/v/o: 4-D TMA descriptors; q_scales/k_scales/v_scales: FP8 block scales (kernels.quant), None for 16-bit.
 
     FP8 scales cover Q_SCALE_BLOCK query rows and KV_SCALE_BLOCK keys (a multiple of the key block);
-    V_WGMMA_KEYS: FP8 V^T's keys are in wgmma order (kernels.quant.FP8QKV.v_key_order); trace: an int64 buffer of
+    V_WGMMA_KEYS: FP8 V^T's keys are in wgmma order (kernels.quant.FP8QKV.v_key_order); schedule: a causal
+    launch's tile lists (scheduler.schedule_table, rows of schedule_stride), None otherwise; trace: an int64 buffer of
     (programs, consumers, TRACE_TILES, TRACE_EVENTS) cycle stamps, or None."""
     BLOCK_M: gl.constexpr = NUM_CONSUMERS * q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
-    sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, BLOCK_M, BLOCK_N, CAUSAL,
-                                   PAIRED_CAUSAL)
+    sched = TileScheduler.create(batch, nheads, group, section_heads, seqlen_q, seqlen_k, schedule_stride, BLOCK_M,
+                                   BLOCK_N, CAUSAL)
     p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV, SPLIT_Q,
                         Q_STAGES, BRANCH_FENCE, NAMED_TURN, THREAD_ARRIVE, V_WGMMA_KEYS, FAST_V_RATIO,
                         THREAD_ROW_SUM, UNMASKED_LOOP, CAUSAL_UNMASKED_LOOP, ROW_BOUND_MASK, LAZY_RESCALE,
@@ -137,25 +142,25 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
     if WARP_SPECIALIZE:
         if NUM_CONSUMERS == 2:
             gl.warp_specialize([
-                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
-                                      KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
-                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
-                                      KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
-                (producer_partition, (p, sched, OVERLAP)),
+                (consumer_partition, (p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
+                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
+                (consumer_partition, (p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
+                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
+                (producer_partition, (p, sched, schedule, OVERLAP)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:
             gl.static_assert(NUM_CONSUMERS == 3, "the warp-specialized kernel runs two or three consumer warpgroups")
             gl.warp_specialize([
-                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
-                                      KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
-                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
-                                      KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
-                (consumer_partition, (p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
-                                      KV_SCALE_BLOCK, 2, False, OVERLAP, PINGPONG)),
-                (producer_partition, (p, sched, OVERLAP)),
+                (consumer_partition, (p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
+                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
+                (consumer_partition, (p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
+                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
+                (consumer_partition, (p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
+                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 2, False, OVERLAP, PINGPONG)),
+                (producer_partition, (p, sched, schedule, OVERLAP)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.static_assert(NUM_CONSUMERS == 1, "without warp specialization one partition consumes the whole tile")
         gl.static_assert(not SPLIT_KV, "without a producer K and V slots are refilled together")
-        consumer_partition(p, sched, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
+        consumer_partition(p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
                            KV_SCALE_BLOCK, 0, True, OVERLAP, False)

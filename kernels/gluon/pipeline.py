@@ -318,7 +318,7 @@ def wait_for_prior_grids():
 
 
 @gluon.jit
-def producer_partition(p: Pipeline, sched: TileScheduler, OVERLAP: gl.constexpr):
+def producer_partition(p: Pipeline, sched: TileScheduler, schedule, OVERLAP: gl.constexpr):
     """One warp: for each tile of this program, every K and V block into their rings and Q.
 
     Q group g (all of Q, or with SPLIT_Q consumer g's slice) loads after K
@@ -334,8 +334,11 @@ def producer_partition(p: Pipeline, sched: TileScheduler, OVERLAP: gl.constexpr)
     k_slot = Ring.start(p.STAGES)
     v_slot = Ring.start(p.STAGES)
     q_slot = Ring.start(p.Q_STAGES)
-    for k in range(sched.tiles_here()):
-        batch, head, m_block = sched.tile(k)
+    next_id = sched.tile_id(0, schedule)
+    for k in range(sched.tiles_here(schedule)):
+        tile_id = next_id
+        next_id = sched.tile_id(k + 1, schedule)
+        batch, head, m_block = sched.tile(tile_id)
         head_kv = head // sched.group
         n_blocks = kv_block_count(sched, m_block)
         row0 = m_block * sched.BLOCK_M

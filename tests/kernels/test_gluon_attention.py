@@ -117,14 +117,16 @@ def test_row_trims_stay_correct(d, causal, trims, pipeline):
         _check(out, lse, q, k, v, causal, f"{seed} {shape}")
 
 
-@pytest.mark.parametrize("paired", [True, False], ids=["paired", "longest_first"])
+@pytest.mark.parametrize("paired,tail", [(True, True), (True, False), (False, True)],
+                         ids=["balanced", "units", "longest_first"])
 @pytest.mark.parametrize("d", [64, 128, 256])
-def test_causal_tile_orders_cover_every_tile(d, paired):
-    # Both causal tile orders (scheduler.py) on grids that end in a part round of units, odd m-block counts
-    # (m-block 0 alone), one m-block per head (no units at all), and rows that see no key.
+def test_causal_tile_orders_cover_every_tile(d, paired, tail):
+    # The causal tile orders (scheduler.causal_order) on grids that end in a part round of units, odd m-block
+    # counts (m-block 0 alone), one m-block per head (no units at all), rows that see no key, and (1537 rows)
+    # heads dealt in units before a tail dealt tile by tile.
     from dataclasses import replace
     from kernels.gluon.forward import default_tile
-    tile = replace(default_tile(2, d, causal=True), paired_causal=paired)
+    tile = replace(default_tile(2, d, causal=True), paired_causal=paired, balance_tail=tail)
     for shape in [MANY_TILES, (3, 1537, 1537, 12, 3), (5, 100, 700, 4, 4), (2, 700, 300, 4, 2)]:
         seed, q, k, v = _inputs(*shape, d, torch.bfloat16)
         out, lse = _poisoned_forward(q, k, v, True, tile=tile)

@@ -49,7 +49,9 @@ def _launches():
         o = torch.empty(2, 32, 2, d, dtype=variant.out_dtype or variant.dtype)
         for aligned, ints in itertools.product((True, False), itertools.product(INTS, repeat=2)):
             scales = (f32(aligned), f32(True), f32(not aligned)) if variant.fp8 else (None, None, None)
-            args = fwd_args(variant.descriptors(t, t, v, o), f32(aligned), scales, 0.5, (2, 2, *ints, 32, 32))
+            schedule = (torch.zeros(2, 4, dtype=torch.int32), 4) if variant.causal else (None, 0)
+            args = fwd_args(variant.descriptors(t, t, v, o), f32(aligned), scales, 0.5,
+                            (2, 2, *ints, 32, 32, *schedule))
             launches.append((attention_fwd_kernel, args, variant.constexprs, variant.options))
     # hd128 adds dQ by TMA (its accumulator also goes in as a descriptor, which must be aligned), hd64 by atomics.
     for variant in (BwdVariant(torch.bfloat16, 128, True), BwdVariant(torch.bfloat16, 64, True)):
