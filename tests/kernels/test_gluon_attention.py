@@ -358,15 +358,15 @@ def test_causal_mask_switches_keep_the_bits(d, dtype, overlap, switch):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_o_in_k_is_bitwise_o_in_q(dtype):
-    """TileConfig.o_buffer "k" (the hd128 default) stages O in the last key block's K buffer instead of Q's: the
-    same arithmetic, so the same bits, on ragged shapes, where programs run several tiles, and causal with more
-    queries than keys (the top tiles have no key block and stage O in Q's buffer)."""
+    """TileConfig.o_buffer "k" (the non-causal hd128 default, also run causal here) stages O in the last key block's K
+    buffer instead of Q's: the same arithmetic, so the same bits, on ragged shapes, where programs run several
+    tiles, and causal with more queries than keys (the top tiles have no key block and stage O in Q's buffer)."""
     from dataclasses import replace
-    from kernels.gluon.forward import default_tile
+    from kernels.gluon.forward import TILE_CONFIGS
+    base = TILE_CONFIGS[2, 128]
+    assert base.o_buffer == "k"
     for shape, causal in [((2, 333, 1517, 4, 2), False), (MANY_TILES, False), ((1, 2049, 2049, 2, 1), False),
                           ((2, 333, 1517, 4, 2), True), (MANY_TILES, True), ((2, 1517, 333, 4, 2), True)]:
-        base = default_tile(2, 128, causal)
-        assert base.o_buffer == "k"
         seed, outs = _under_tiles((base, replace(base, o_buffer="q")), shape, 128, dtype, causal)
         _assert_bitwise(outs, f"seed {seed} {shape}")
 
