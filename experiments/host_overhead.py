@@ -13,7 +13,9 @@ bench_ms well above graph_ms means the path is host-bound at that shape.
 Forward + backward paths come three ways: as users call them, with the
 backward on the calling thread (`_1thread`: autograd's multithreading off,
 so no hand-over to the engine's CUDA device thread), and `autograd_floor`, a
-clone/identity autograd.Function's round trip (the engine's own cost).
+clone/identity autograd.Function's round trip (the engine's own cost). The
+backward alone comes as the paper tables time it, through autograd over a
+kept forward graph (`*_bwd_retained`), and as the direct call.
 Writes <out>/host_overhead.json and prints a table. `--profile` also writes
 <out>/host_profile.txt: cProfile's top functions (by own time) over the calls
 of each path at the first shape, to show where the host time goes.
@@ -41,7 +43,10 @@ import triton
 SHAPES = [("gpt2", 32, 1024, 12, 64, True), ("hd128_1k", 16, 1024, 16, 128, False),
           ("hd128_1k_causal", 16, 1024, 16, 128, True), ("hd64_1k", 16, 1024, 32, 64, False),
           ("hd64_1k_causal", 16, 1024, 32, 64, True),
-          ("hd128_4k", 4, 4096, 16, 128, False), ("hd256_4k", 4, 4096, 8, 256, False)]
+          ("hd128_4k", 4, 4096, 16, 128, False), ("hd256_4k", 4, 4096, 8, 256, False),
+          # The backward bar's longest cells (not in the default set: ~8 ms a call).
+          ("hd128_16k", 1, 16384, 16, 128, False), ("hd128_16k_causal", 1, 16384, 16, 128, True)]
+DEFAULT_SHAPES = [s[0] for s in SHAPES[:7]]
 CALLS = 50
 WINDOWS = 5
 
@@ -172,6 +177,15 @@ def paths(batch, seqlen, heads, d, causal):
         return wrapped
 
     o, lse = kernels.attention_forward(q, k, v, scale, causal)
+    # The backward alone through autograd, as the paper tables time it (the forward's graph kept).
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        o_cudnn = torch.nn.functional.scaled_dot_product_attention(qtg, ktg, vtg, is_causal=causal)
+    o_ours = kernels.flash_attn_func(qg, kg, vg, causal=causal)
+    out += [("sdpa_cudnn_bwd_retained",
+             lambda: torch.autograd.grad(o_cudnn, (qtg, ktg, vtg), dout.transpose(1, 2), retain_graph=True), False),
+            ("ours_bwd_retained", lambda: torch.autograd.grad(o_ours, (qg, kg, vg), dout, retain_graph=True), False),
+            ("ours_bwd_retained_1thread",
+             one_thread(lambda: torch.autograd.grad(o_ours, (qg, kg, vg), dout, retain_graph=True)), False)]
     out += [("sdpa_cudnn_fwd_bwd", cudnn_fwd_bwd, False), ("ours_fwd_bwd", ours_fwd_bwd, False),
             ("autograd_floor", lambda: torch.autograd.grad(_Identity.apply(qg), qg, dout), False),
             ("sdpa_cudnn_fwd_bwd_1thread", one_thread(cudnn_fwd_bwd), False),
@@ -191,7 +205,8 @@ def main():
     parser.add_argument("--out", default=".")
     parser.add_argument("--profile", action="store_true", help="cProfile each path at the first shape")
     parser.add_argument("--timeline", action="store_true", help="GPU kernels and idle gaps of each graphable path")
-    parser.add_argument("--shapes", default=",".join(s[0] for s in SHAPES), help="comma-separated shape names")
+    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
+                        help=f"comma-separated shape names of {[s[0] for s in SHAPES]}")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
