@@ -378,7 +378,9 @@ class LaunchPlan:
 
 @functools.lru_cache(maxsize=256)
 def launch_plan(variant: Variant, q_shape, k_shape, v_shape, strides, device) -> LaunchPlan:
-    """The plan of a launch over tma_ready q, k, v (FP8 V: V^T) of these shapes and strides (q's, k's, v's)."""
+    """The plan of a launch over tma_ready q, k, v (FP8 V: V^T) of these shapes and strides (q's, k's, v's).
+    A causal plan copies its tile table to the device, which a stream being captured into a CUDA graph refuses:
+    make one eager call of a shape before capturing it."""
     b, seqlen_q, h, d = q_shape
     h_kv = k_shape[2]
     q, k, v = (torch.empty_strided(shape, stride, dtype=variant.dtype, device="meta")
