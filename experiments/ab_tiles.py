@@ -121,8 +121,8 @@ def table(rows, dtype, head_dim, nheads):
             rounds = " / ".join(f"{r['tflops']:.0f}" for r in here if r["tile"] == t)
             body.append([f"{seqlen} {'causal' if causal else 'full'}", t, rounds, f"{m:.0f}",
                          f"{m / med['default']:.3f}"])
-    return writers.markdown_table([f"{dtype} hd{head_dim}, {nheads} heads", "tile", "TFLOPs/s by round", "median", "/ default"],
-                                  body) + "\n"
+    header = [f"{dtype} hd{head_dim}, {nheads} heads", "tile", "TFLOPs/s by round", "median", "/ default"]
+    return writers.markdown_table(header, body) + "\n"
 
 
 def main(argv=None):
