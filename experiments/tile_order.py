@@ -14,7 +14,7 @@ import argparse
 import math
 from collections import OrderedDict
 
-from kernels.gluon.scheduler import causal_order
+from kernels.gluon.scheduler import causal_key_blocks, causal_order
 
 GRID = 132  # SMs of an H100 / H200
 TOKENS, HIDDEN = 16384, 2048  # the paper's shapes: batch = TOKENS / seqlen, heads = HIDDEN / head_dim
@@ -30,7 +30,7 @@ def order_lists(order, bh, n_m, seqlen, block_m, block_n, grid, head_kv_bytes=0)
 
 def key_blocks(m_block, seqlen, block_m, block_n):
     """Key blocks a causal tile visits (seqlen_q = seqlen_k), from the last one down."""
-    return range(math.ceil(min(seqlen, (m_block + 1) * block_m) / block_n) - 1, -1, -1)
+    return range(causal_key_blocks(m_block, seqlen, seqlen, block_m, block_n) - 1, -1, -1)
 
 
 def simulate(programs, seqlen, block_m, block_n, block_bytes, l2_bytes, overhead=1):

@@ -395,7 +395,7 @@ def launch_plan(variant: Variant, q_shape, k_shape, v_shape, strides, device) ->
                                 tile.balance_tail, head_kv_bytes=2 * k_shape[1] * d * variant.dtype.itemsize)
         schedule = schedule_table(programs, n_m).to(device)
         stride = schedule.shape[1]
-    sections = section_heads(b, h, h_kv, variant.causal)
+    sections = section_heads(h, h_kv)
     return LaunchPlan((grid,), variant.descriptors(q, k, v, out),
                       (b, h, h // h_kv, sections, seqlen_q, k_shape[1], schedule, stride))
 

@@ -48,9 +48,9 @@ TAIL_ROUNDS = (0, 1, 2, 3, 4)
 TAIL_KV_BYTES = 16 << 20
 
 
-def section_heads(batch, nheads, nheads_kv, causal):
-    """Query heads per section of the non-causal order: one GQA group (causal: all heads; unused)."""
-    return batch * nheads if causal else nheads // nheads_kv
+def section_heads(nheads, nheads_kv):
+    """Query heads per section of the non-causal order: one GQA group (causal launches read their table)."""
+    return nheads // nheads_kv
 
 
 def num_m_blocks(seqlen_q, block_m):

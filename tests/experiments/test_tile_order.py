@@ -70,6 +70,10 @@ def test_paired_order_reads_kv_once_where_longest_first_does_not():
     assert busiest < 1.04 and dram > 5 * kv_bytes
 
 
-def test_key_blocks_match_the_host_deal():
-    for m in range(9):
-        assert len(key_blocks(m, 1100, 128, 128)) == causal_key_blocks(m, 1100, 1100, 128, 128)
+def test_causal_key_blocks_count_bottom_right():
+    # Equal lengths: m-block m sees rows up to (m + 1) * 128 - 1, the last one clipped to 1100 rows. Fewer queries
+    # than keys: every row sees 500 more keys. More queries than keys: the top 600 rows see none.
+    assert [causal_key_blocks(m, 1100, 1100, 128, 128) for m in range(9)] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert list(key_blocks(8, 1100, 128, 128)) == list(range(8, -1, -1))
+    assert [causal_key_blocks(m, 300, 800, 128, 128) for m in range(3)] == [5, 6, 7]
+    assert [causal_key_blocks(m, 1100, 500, 128, 128) for m in range(9)] == [0, 0, 0, 0, 1, 2, 3, 4, 4]
