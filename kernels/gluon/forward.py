@@ -26,7 +26,7 @@ from kernels.launch import Launcher, compile_for, rebased
 from kernels.quant import FP8QKV
 
 from .kernel import attention_fwd_kernel
-from .scheduler import causal_order, num_m_blocks, schedule_table, section_heads
+from .scheduler import TILE_FIXED_BLOCKS, causal_order, num_m_blocks, schedule_table, section_heads
 
 HOPPER = GPUTarget("cuda", 90, 32)
 # Head dims get the tile of the next of these; TMA zero-fills the extra columns on load and clips them on store.
@@ -98,6 +98,8 @@ class TileConfig:
     # Paired causal order: the last heads' tiles dealt one by one, longest first, so that the programs end together
     # (scheduler.causal_order); off, every program runs whole units and they end up to one unit apart.
     balance_tail: bool = True
+    # The causal deal's cost model: what a tile costs beyond its key blocks, in key blocks (scheduler.causal_order).
+    causal_fixed_blocks: int = TILE_FIXED_BLOCKS
 
     def __post_init__(self):
         if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
@@ -108,6 +110,8 @@ class TileConfig:
             raise ValueError(f"TileConfig.stages must be at least 1, got {self.stages}")
         if self.q_stages not in (1, 2):
             raise ValueError(f"TileConfig.q_stages must be 1 or 2, got {self.q_stages}")
+        if self.causal_fixed_blocks < 0:
+            raise ValueError(f"TileConfig.causal_fixed_blocks must be at least 0, got {self.causal_fixed_blocks}")
         if self.o_buffer not in O_BUFFERS:
             raise ValueError(f"TileConfig.o_buffer must be one of {O_BUFFERS}, got {self.o_buffer!r}")
 
@@ -392,7 +396,8 @@ def launch_plan(variant: Variant, q_shape, k_shape, v_shape, strides, device) ->
     schedule, stride = None, 0
     if variant.causal:
         programs = causal_order(b * h, n_m, seqlen_q, k_shape[1], tile.block_m, tile.block_n, grid, tile.paired_causal,
-                                tile.balance_tail, head_kv_bytes=2 * k_shape[1] * d * variant.dtype.itemsize)
+                                tile.balance_tail, head_kv_bytes=2 * k_shape[1] * d * variant.dtype.itemsize,
+                                fixed_blocks=tile.causal_fixed_blocks)
         schedule = schedule_table(programs, n_m).to(device)
         stride = schedule.shape[1]
     sections = section_heads(h, h_kv)

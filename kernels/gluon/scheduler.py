@@ -39,7 +39,8 @@ from triton.experimental.gluon import language as gl
 from triton.language.core import _aggregate as aggregate
 
 # What a tile costs beyond its key blocks (Q wait, first QK^T, last PV, epilogue), in key blocks: ~2 for the 16-bit
-# hd128 tile, ~4 for FP8 hd128 (docs/tuning-gluon.md, entry 41). Only the balance of the causal deal reads it.
+# hd128 tile, ~4 for FP8 hd128 (docs/tuning-gluon.md, entry 41). Only the balance of the causal deal reads it; the
+# default of TileConfig.causal_fixed_blocks.
 TILE_FIXED_BLOCKS = 2
 # The tail dealt one tile at a time spans this many programs' rounds at most; the deal keeps the one whose
 # modelled busiest program finishes first (0: units only).
@@ -76,15 +77,15 @@ def _deal(items, grid, cost):
 
 
 def causal_order(num_bh, n_m, seqlen_q, seqlen_k, block_m, block_n, grid, paired=True, balance_tail=True,
-                 head_kv_bytes=0):
+                 head_kv_bytes=0, fixed_blocks=TILE_FIXED_BLOCKS):
     """Each program's causal tiles as (batch * nheads + head, m_block) lists, in the order it runs them.
 
     paired: units (m-blocks n_m-1-j and j, or j+1 when n_m is odd, whose key blocks add up alike; m-block 0 alone
     when n_m is odd) head after head; with balance_tail the tiles of the last heads go one by one, longest first,
     over at most max(TAIL_ROUNDS) rounds of the grid and TAIL_KV_BYTES of their K/V (head_kv_bytes a head), the
     tail the cost model finishes first. Not paired: every tile longest first. Each item goes to the program that
-    the model (key blocks + TILE_FIXED_BLOCKS a tile) frees first."""
-    cost = [causal_key_blocks(m, seqlen_q, seqlen_k, block_m, block_n) + TILE_FIXED_BLOCKS for m in range(n_m)]
+    the model (key blocks + fixed_blocks a tile) frees first."""
+    cost = [causal_key_blocks(m, seqlen_q, seqlen_k, block_m, block_n) + fixed_blocks for m in range(n_m)]
     if not paired:
         tiles = sorted(((bh, m) for bh in range(num_bh) for m in range(n_m)), key=lambda t: (-cost[t[1]], t[0]))
         return _deal([[t] for t in tiles], grid, cost)[0]
