@@ -72,13 +72,16 @@ VARIANTS += [Variant(torch.float8_e4m3fn, d, False, **FP8_WGMMA,
 
 # The causal mask options (the blocks below the diagonal in a loop without the mask test:
 # TileConfig.causal_unmasked_loop; the mask by one compare per score: row_bound_mask), every pair of settings but
-# the default's, on the tiles that have them by default (hd64, FP8 hd128) and one that does not (16-bit hd128).
-MASK_CAUSAL = [(2, 64), (2, 128), (1, 128)]
+# the default's, on the tiles that have them by default (hd64, FP8 hd128 and hd256) and one that does not (16-bit
+# hd128).
+MASK_CAUSAL = [(2, 64), (2, 128), (1, 128), (1, 256)]
 VARIANTS += [Variant(torch.bfloat16 if size == 2 else torch.float8_e4m3fn, d, True, tile_override=tile,
                      **(FP8_WGMMA if size == 1 else {}))
              for size, d in MASK_CAUSAL for split in (False, True) for bound in (False, True)
              for tile in [replace(default_tile(size, d, True), causal_unmasked_loop=split, row_bound_mask=bound)]
              if tile != default_tile(size, d, True)]
+# FP8 hd256's causal default (the split loop), the base those options vary from, on V^T in wgmma order.
+VARIANTS += [Variant(torch.float8_e4m3fn, 256, True, **FP8_WGMMA)]
 
 # FP8 hd256's 128-key tile overlapped (the default) needs split K/V release (two stages cannot hold K of block i
 # and V of block i - 1 otherwise) and the per-thread arrives and named-barrier turns that keep its key loop in

@@ -20,10 +20,11 @@ CAUSAL_TILES = {(2, 64): (128, 128, 3, True, False),  # kernels.gluon.forward.CA
 Q_SLOTS = {(2, 64, True): 2, (2, 128, True): 2, (1, 64, True): 2}  # (bytes, head dim, causal) -> q_stages if not 1
 NAMED_TURN_TILES = {(1, 128), (1, 256)}  # tiles that pass ping-pong turns on named barriers by default
 # (causal_unmasked_loop, row_bound_mask) of the causal tiles that kernels.gluon.report varies; hd64 and FP8 hd128
-# run both by default (CAUSAL_TILE_CONFIGS).
-MASK_DEFAULTS = {(2, 64): (True, True), (2, 128): (False, False), (1, 128): (True, True)}
+# run both by default, FP8 hd256 the split loop (CAUSAL_TILE_CONFIGS).
+MASK_DEFAULTS = {(2, 64): (True, True), (2, 128): (False, False), (1, 128): (True, True), (1, 256): (True, False)}
 MASK_BASES = {(2, 64): "bfloat16_hd64_causal_ws1_pipe1_pp1", (2, 128): "bfloat16_hd128_causal_ws1_pipe1_pp1",
-              (1, 128): "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav"}
+              (1, 128): "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav",
+              (1, 256): "float8_e4m3fn_hd256_causal_ws1_pipe1_pp1_wgmmav"}
 CONSUMER_ROWS = 64
 CONSUMER_REGS = {2: 240, 3: 160}  # setmaxnreg of each consumer warpgroup, by their number
 PRODUCER_REGS = 24
@@ -256,24 +257,35 @@ def test_causal_unmasked_loop_drops_the_mask_test(reports, key):
     memory in either, and no more PRMT than the one-loop tile's in each (16-bit P carried as bf16 from one loop into
     the other had ptxas swap its halves, 32-64 PRMT a block where the one loop has none; FP8 P's packing takes some
     in every loop). Measured on this CPU's compile (session 24): unmasked loop 423 / 467 / 469 instructions against
-    the one loop's 435 / 479 / 477 executed where a block needs no mask (692 / 736 / 734 as laid out)."""
+    the one loop's 435 / 479 / 477 executed where a block needs no mask (692 / 736 / 734 as laid out). FP8 hd256
+    reloads a few registers a block in every build (entry 48): there neither loop may reload more than the one loop
+    (session 33: 9 and 4 against 11 a consumer)."""
     on, off = reports[_mask_name(key, True, False)], reports[_mask_name(key, False, False)]
     assert "error" not in on and "error" not in off, (on.get("error"), off.get("error"))
     assert len(off["sass_key_loop_sizes"]) == 2 and len(on["sass_key_loop_sizes"]) == 4, (off, on)
     masked, unmasked = on["sass_key_loop_sizes"][:2]
     assert unmasked <= off["sass_key_loop_sizes"][0] - 200 and masked >= off["sass_key_loop_sizes"][0] - 16, (off, on)
-    assert on["sass_key_loops_local_mem"] == 0 and on["sass_key_loops_prmt"] <= 2 * off["sass_key_loops_prmt"], on
+    assert on["sass_key_loops_prmt"] <= 2 * off["sass_key_loops_prmt"], on
+    one_loop = off["sass_key_loop_local_mem"]  # the first consumer's
+    masked_reloads = on["sass_key_loop_local_mem"]
+    unmasked_reloads = on["sass_key_loops_local_mem"] // 2 - masked_reloads
+    assert max(masked_reloads, unmasked_reloads) <= one_loop, (off, on)
+    if key != (1, 256):
+        assert on["sass_key_loops_local_mem"] == 0, on
 
 
 @pytest.mark.parametrize("key", MASK_BASES, ids=MASK_BASES.values())
 def test_row_bound_mask_shortens_the_masking_branch(reports, key):
     """TileConfig.row_bound_mask (one key loop): one compare per score against each row's last key instead of two
     and their AND; measured on this CPU (session 24) the masking branch shrinks from 257 instructions to 160, and the
-    loop with it; no local memory."""
+    loop with it; no local memory but in FP8 hd256's, which reloads registers in every build and more with it
+    (session 33: 17 a block against 11), one reason it is off there."""
     on, off = reports[_mask_name(key, False, True)], reports[_mask_name(key, False, False)]
     assert "error" not in on and "error" not in off, (on.get("error"), off.get("error"))
     assert on["sass_key_loop_sizes"][0] <= off["sass_key_loop_sizes"][0] - 64, (off, on)
-    assert on["sass_key_loop_local_mem"] == 0 and on["sass_gmma"] == off["sass_gmma"], on
+    assert on["sass_gmma"] == off["sass_gmma"], on
+    if key != (1, 256):
+        assert on["sass_key_loop_local_mem"] == 0, on
 
 
 def test_per_thread_arrives_let_fp8_hd256_overlap_its_128_key_tile(reports):
