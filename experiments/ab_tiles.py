@@ -90,12 +90,11 @@ def _callables(dtype, head_dim, nheads, seqlen, causal, tiles):
     return runs + [(name, under(dataclasses.replace(base, **changes))) for name, changes in tiles]
 
 
-def run(args, tiles):
+def run(args, nheads, tiles):
     import torch
     import triton
     from kernels import attention_flops, tflops_per_s
     shapes = [(s, c) for s in args.seqlens for c in parse_masks(args.masks)]
-    nheads = args.heads or HIDDEN // args.head_dim
     calls = {shape: _callables(args.dtype, args.head_dim, nheads, *shape, tiles) for shape in shapes}
     rows = []
     for rnd in range(args.rounds):
@@ -149,9 +148,10 @@ def main(argv=None):
         raise SystemExit(f"{p.prog}: error: the Gluon kernels it times need an sm_90 (Hopper) GPU")
     prov = provenance.collect(shlex.join(["python", "-m", "experiments.ab_tiles",
                                           *(sys.argv[1:] if argv is None else argv)]))
-    rows = run(args, tiles)
+    nheads = args.heads or HIDDEN // args.head_dim
+    rows = run(args, nheads, tiles)
     writers.write_text(args.out / "ab_tiles.json", json.dumps(dict(provenance=prov, rows=rows), indent=1))
-    md = table(rows, args.dtype, args.head_dim, args.heads or HIDDEN // args.head_dim)
+    md = table(rows, args.dtype, args.head_dim, nheads)
     writers.write_text(args.out / "ab_tiles.md", writers.preamble("Gluon forward tiles, A/B", prov,
                                                                   [TIMING_NOTE]) + "\n" + md)
     print(md)

@@ -25,6 +25,9 @@ MASK_DEFAULTS = {(2, 64): (True, True), (2, 128): (False, False), (1, 128): (Tru
 MASK_BASES = {(2, 64): "bfloat16_hd64_causal_ws1_pipe1_pp1", (2, 128): "bfloat16_hd128_causal_ws1_pipe1_pp1",
               (1, 128): "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav",
               (1, 256): "float8_e4m3fn_hd256_causal_ws1_pipe1_pp1_wgmmav"}
+# Causal tiles whose key loops reload registers from local memory in every build (FP8 hd256, entry 48): the mask
+# tests bound their reloads instead of asking for none.
+RELOADING_TILES = {(1, 256)}
 CONSUMER_ROWS = 64
 CONSUMER_REGS = {2: 240, 3: 160}  # setmaxnreg of each consumer warpgroup, by their number
 PRODUCER_REGS = 24
@@ -270,7 +273,7 @@ def test_causal_unmasked_loop_drops_the_mask_test(reports, key):
     masked_reloads = on["sass_key_loop_local_mem"]
     unmasked_reloads = on["sass_key_loops_local_mem"] // 2 - masked_reloads
     assert max(masked_reloads, unmasked_reloads) <= one_loop, (off, on)
-    if key != (1, 256):
+    if key not in RELOADING_TILES:
         assert on["sass_key_loops_local_mem"] == 0, on
 
 
@@ -284,7 +287,7 @@ def test_row_bound_mask_shortens_the_masking_branch(reports, key):
     assert "error" not in on and "error" not in off, (on.get("error"), off.get("error"))
     assert on["sass_key_loop_sizes"][0] <= off["sass_key_loop_sizes"][0] - 64, (off, on)
     assert on["sass_gmma"] == off["sass_gmma"], on
-    if key != (1, 256):
+    if key not in RELOADING_TILES:
         assert on["sass_key_loop_local_mem"] == 0, on
 
 
