@@ -97,6 +97,7 @@ phase_bench() {
     --impls ours-gluon,ours-triton,ours-fp8,ours-fp8-gluon,ours-fp8-triton,ours-fp8-kernel,ours-bf16,sdpa-cudnn,sdpa-flash,sdpa-efficient,fa3,fa3-fp8,ours-gluon-no-pipelining,ours-gluon-no-warp-specialization,ours-gluon-no-pingpong \
     > "$OUT/paper.log" 2>&1
   tail -5 "$OUT/paper.log"
+  python3 -m experiments.paper.bars results/h200/paper --out results/h200/paper/bars.md | tail -12
 }
 
 phase_kernels() {
@@ -106,6 +107,7 @@ phase_kernels() {
     --impls ours-gluon,ours-triton,ours-fp8,ours-fp8-gluon,ours-fp8-triton,ours-fp8-kernel,ours-bf16,sdpa-cudnn,sdpa-flash,fa3,fa3-fp8,ours-gluon-no-pipelining,ours-gluon-no-warp-specialization,ours-gluon-no-pingpong \
     > "$OUT/paper.log" 2>&1
   tail -5 "$OUT/paper.log"
+  python3 -m experiments.paper.bars results/h200/paper --out results/h200/paper/bars.md | tail -12
 }
 
 case "${1:-}" in
