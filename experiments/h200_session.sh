@@ -5,6 +5,8 @@
 #   bash experiments/h200_session.sh bench   # timed work, alone on the GPU: GPT-2 throughput, paper tables
 #   bash experiments/h200_session.sh fp8     # only the FP8 training runs of `train` (BF16 vs FP8, quant sweep)
 #   bash experiments/h200_session.sh kernels # after a kernel change: the GPU kernel tests, then the paper's kernel tables
+#   bash experiments/h200_session.sh bars    # issue 5's verdict in one call: the tables, their bars, then the Gluon
+#                                            # forward's GPU tests in the time left (on another GPU: results/<gpu>/)
 #
 # Expects the project's dependencies importable (offline: fp8train-wheelhouse, README) and
 # tinyshakespeare.txt under $FP8TRAIN_DATA_DIR. Run dirs go to runs/h200/, tables to results/h200/;
@@ -16,6 +18,8 @@ export FP8TRAIN_DATA_DIR=${FP8TRAIN_DATA_DIR:-$PWD/data}
 R=runs/h200
 OUT=${OUT:-$PWD/out}
 mkdir -p "$R" results/h200 "$OUT"
+# The GPU tests in parallel where pytest-xdist is installed (not a project dependency).
+XDIST=$(python3 -c "import xdist" 2>/dev/null && echo "-n 6")
 train() {  # train RUN_DIR OVERRIDE...: one run, its console output kept beside its metrics
   local dir=$1; shift
   mkdir -p "$dir" && python3 -m fp8train.train "$@" hydra.run.dir="$dir" > "$dir/console.log" 2>&1
@@ -101,7 +105,7 @@ phase_bench() {
 }
 
 phase_kernels() {
-  timeout 240 python3 -m pytest -q -n 4 -m "gpu or hopper" -p no:cacheprovider tests/kernels > "$OUT/gpu_tests.log" 2>&1
+  timeout 240 python3 -m pytest -q $XDIST -m "gpu or hopper" -p no:cacheprovider tests/kernels > "$OUT/gpu_tests.log" 2>&1
   tail -3 "$OUT/gpu_tests.log"
   python3 -m experiments.paper all --out results/h200/paper \
     --impls ours-gluon,ours-triton,ours-fp8,ours-fp8-gluon,ours-fp8-triton,ours-fp8-kernel,ours-bf16,sdpa-cudnn,sdpa-flash,fa3,fa3-fp8,ours-gluon-no-pipelining,ours-gluon-no-warp-specialization,ours-gluon-no-pingpong \
@@ -110,13 +114,34 @@ phase_kernels() {
   python3 -m experiments.paper.bars results/h200/paper --out results/h200/paper/bars.md | tail -12
 }
 
+phase_bars() {
+  # The tables first: the bars are read from one run of them (~380-430 s on an H200). Another GPU's run goes to
+  # its own results directory; experiments.paper.bars says it does not count. A new directory per commit.
+  local gpu dir
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  case "$gpu" in *H200*) dir=results/h200 ;; *H100*) dir=results/h100 ;; *) dir=results/other ;; esac
+  dir=$dir/paper-${FP8TRAIN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo run)}
+  python3 -m experiments.paper all --out "$dir" \
+    --impls ours-gluon,ours-triton,ours-fp8,ours-fp8-gluon,ours-fp8-triton,ours-fp8-kernel,ours-bf16,sdpa-cudnn,sdpa-flash,fa3,fa3-fp8,ours-gluon-no-pipelining,ours-gluon-no-warp-specialization,ours-gluon-no-pingpong \
+    > "$OUT/paper.log" 2>&1
+  tail -3 "$OUT/paper.log"
+  python3 -m experiments.paper.bars "$dir" --out "$dir/bars.md" | tail -14
+  local left=$((${BARS_BUDGET_S:-585} - SECONDS))
+  if [ "$left" -lt 30 ]; then echo "no time left for the GPU tests ($left s)"; return; fi
+  timeout "$left" python3 -m pytest -q $XDIST -m "gpu or hopper" -p no:cacheprovider \
+    tests/kernels/test_gluon_attention.py > "$OUT/gpu_tests.log" 2>&1
+  tail -3 "$OUT/gpu_tests.log"
+}
+
 case "${1:-}" in
   train) phase_train ;;
   kernels) phase_kernels ;;
   fp8) phase_fp8 ;;
   bench) phase_bench ;;
-  *) echo "usage: $0 train|fp8|bench|kernels" >&2; exit 2 ;;
+  bars) phase_bars ;;
+  *) echo "usage: $0 train|fp8|bench|kernels|bars" >&2; exit 2 ;;
 esac
 # Bring back what the phase made: metrics, summaries and configs, not W&B binaries or checkpoints.
-tar czf "$OUT/h200_$1.tgz" --exclude='*/wandb/*' --exclude='*/checkpoints/*' "$R" results/h200 2>/dev/null
+tar czf "$OUT/h200_$1.tgz" --exclude='*/wandb/*' --exclude='*/checkpoints/*' "$R" results/h200 results/h100 \
+  results/other 2>/dev/null
 ls -la "$OUT"
