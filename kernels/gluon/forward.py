@@ -100,6 +100,11 @@ class TileConfig:
     balance_tail: bool = True
     # The causal deal's cost model: what a tile costs beyond its key blocks, in key blocks (scheduler.causal_order).
     causal_fixed_blocks: int = TILE_FIXED_BLOCKS
+    # QK^T as an RS wgmma on Q loaded into registers once a tile (kernel.py), as PV takes P, instead of reading Q
+    # from shared memory in every key block (a fifth of a hd128 block's shared-memory reads); Q's slot then goes
+    # back before the key loop unless O is staged there. Fits the registers without spills in the key loop at
+    # hd64 (128-row tiles) and hd128, spills at hd256 and in the 192-row hd64 tile (CPU compile, entry 58).
+    q_in_registers: bool = False
 
     def __post_init__(self):
         if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
@@ -307,6 +312,7 @@ class Variant:
             ROW_BOUND_MASK=self.tile.row_bound_mask,
             LAZY_RESCALE=self.tile.lazy_rescale,
             RESCALE_UNDER_S=self.tile.rescale_under_s,
+            Q_IN_REGISTERS=self.tile.q_in_registers,
             V_WGMMA_KEYS=self.v_wgmma_keys,
             Q_SCALE_BLOCK=self.q_scale_block,
             KV_SCALE_BLOCK=self.kv_scale_block,

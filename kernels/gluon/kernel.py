@@ -14,7 +14,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 from .epilogue import write_output
-from .mainloop import attend_tile, first_turn, prefetch_tile, wgmma_layout
+from .mainloop import a_operand_layout, attend_tile, first_turn, prefetch_tile, wgmma_layout
 from .pipeline import Pipeline, Ring, producer_partition, wait_for_prior_grids
 from .scheduler import TileScheduler, kv_block_count
 
@@ -49,10 +49,15 @@ def row_scales(batch, head, row0, sched: TileScheduler, qk_scale, q_scales, ROWS
 @gluon.jit
 def consumer_partition(p: Pipeline, sched: TileScheduler, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales,
                        trace, Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
-                       INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
+                       INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
+                       Q_IN_REGISTERS: gl.constexpr):
     ROWS: gl.constexpr = p.q_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = p.q_desc.block_type.shape[3]
-    row_layout: gl.constexpr = gl.SliceLayout(1, wgmma_layout(gl.num_warps(), sched.BLOCK_N, p.q_desc.dtype))
+    s_layout: gl.constexpr = wgmma_layout(gl.num_warps(), sched.BLOCK_N, p.q_desc.dtype)
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+    # Q's slot goes back once the key loop no longer reads it: at once when Q is in registers, unless O is staged
+    # there; the next tile's Q then loads under this one.
+    Q_FREED_EARLY: gl.constexpr = Q_IN_REGISTERS and not p.O_IN_Q
     wait_for_prior_grids()
     kv = Ring.start(p.STAGES)
     # Consumer 0 takes the first GEMM turn (its first wait is on the already-completed phase), then the turn
@@ -83,13 +88,17 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, schedule, qk_scale, ls
         mbarrier.wait(p.q_ready.index(q_bar), q_slot.phase)
         q_tile = p.q_tile(q_slot.index, CID)
         q = q_tile.reshape([ROWS, HEAD_DIM])
+        if Q_IN_REGISTERS:  # QK^T as an RS wgmma: Q is read from shared memory once a tile, not once a key block
+            q = q.load(a_operand_layout(s_layout, p.q_desc.dtype))
+            if Q_FREED_EARLY:
+                p.release(p.q_empty.index(q_bar))
         stamp(trace, k, CID, 1, p.NUM_CONSUMERS)
         o, m, l, v_unit, kv, turn_phase = attend_tile(p, q, kv, turn_phase, n_blocks, row0, batch, head_kv,
                                                       sched.seqlen_q, sched.seqlen_k, row_scale, k_tile_scales,
                                                       v_tile_scales, KV_SCALE_BLOCK, CID, sched.CAUSAL, INLINE_LOADS,
                                                       OVERLAP, PINGPONG)
         stamp(trace, k, CID, 2, p.NUM_CONSUMERS)
-        if not p.O_IN_Q:
+        if not p.O_IN_Q and not Q_FREED_EARLY:
             p.release(p.q_empty.index(q_bar))
         if p.O_IN_K:
             # Every consumer's QK^T of the last key block is complete: its K buffer may take O (every tile has a key
@@ -121,7 +130,7 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
                          V_WGMMA_KEYS: gl.constexpr, FAST_V_RATIO: gl.constexpr,
                          THREAD_ROW_SUM: gl.constexpr, UNMASKED_LOOP: gl.constexpr,
                          CAUSAL_UNMASKED_LOOP: gl.constexpr, ROW_BOUND_MASK: gl.constexpr,
-                         LAZY_RESCALE: gl.constexpr, RESCALE_UNDER_S: gl.constexpr,
+                         LAZY_RESCALE: gl.constexpr, RESCALE_UNDER_S: gl.constexpr, Q_IN_REGISTERS: gl.constexpr,
                          Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
                          WARP_SPECIALIZE: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
                          CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
@@ -143,24 +152,24 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
         if NUM_CONSUMERS == 2:
             gl.warp_specialize([
                 (consumer_partition, (p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
-                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
+                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG, Q_IN_REGISTERS)),
                 (consumer_partition, (p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
-                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
+                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG, Q_IN_REGISTERS)),
                 (producer_partition, (p, sched, schedule, OVERLAP)),
             ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:
             gl.static_assert(NUM_CONSUMERS == 3, "the warp-specialized kernel runs two or three consumer warpgroups")
             gl.warp_specialize([
                 (consumer_partition, (p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
-                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG)),
+                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 0, False, OVERLAP, PINGPONG, Q_IN_REGISTERS)),
                 (consumer_partition, (p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
-                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG)),
+                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 1, False, OVERLAP, PINGPONG, Q_IN_REGISTERS)),
                 (consumer_partition, (p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace,
-                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 2, False, OVERLAP, PINGPONG)),
+                                      Q_SCALE_BLOCK, KV_SCALE_BLOCK, 2, False, OVERLAP, PINGPONG, Q_IN_REGISTERS)),
                 (producer_partition, (p, sched, schedule, OVERLAP)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.static_assert(NUM_CONSUMERS == 1, "without warp specialization one partition consumes the whole tile")
         gl.static_assert(not SPLIT_KV, "without a producer K and V slots are refilled together")
         consumer_partition(p, sched, schedule, qk_scale, lse_ptr, q_scales, k_scales, v_scales, trace, Q_SCALE_BLOCK,
-                           KV_SCALE_BLOCK, 0, True, OVERLAP, False)
+                           KV_SCALE_BLOCK, 0, True, OVERLAP, False, Q_IN_REGISTERS)

@@ -1,6 +1,7 @@
 """Consumer mainloop of the Hopper forward: one warpgroup's rows of one tile against all its key blocks.
 
-S = Q K^T runs as an SS wgmma (both operands in shared memory); P = softmax
+S = Q K^T runs as an SS wgmma (both operands in shared memory; with Q_IN_REGISTERS
+an RS wgmma on Q loaded into registers once a tile, kernel.py); P = softmax
 numerators go to registers as bf16/fp16/fp8 and O += P V runs as an RS wgmma (A
 from registers), so P never touches shared memory.
 
@@ -33,9 +34,10 @@ def wgmma_layout(num_warps, n, dtype):
 
 
 @gluon.constexpr_function
-def p_operand_layout(o_layout, dtype):
-    """Register layout of P as the A operand of O += P V (32-bit registers of 16- or 8-bit values)."""
-    return gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=32 // dtype.primitive_bitwidth)
+def a_operand_layout(acc_layout, dtype):
+    """Register layout of a wgmma A operand taken from registers (32-bit registers of 16- or 8-bit values), for the
+    accumulator layout acc_layout: P for O += P V, Q for S = Q K^T with TileConfig.q_in_registers."""
+    return gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=32 // dtype.primitive_bitwidth)
 
 
 # Named hardware barriers of the NAMED_TURN ping-pong: consumer c waits on TURN_BARRIER0 + c. Triton's own
@@ -324,7 +326,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     NW: gl.constexpr = gl.num_warps()
     s_layout: gl.constexpr = wgmma_layout(NW, BLOCK_N, dtype)
     o_layout: gl.constexpr = wgmma_layout(NW, HEAD_DIM, dtype)
-    p_layout: gl.constexpr = p_operand_layout(o_layout, dtype)
+    p_layout: gl.constexpr = a_operand_layout(o_layout, dtype)
     s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
 
     m = gl.full([ROWS], -float("inf"), gl.float32, s_rows)
@@ -423,7 +425,7 @@ def overlapped_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, pc, m
     MAY_MASK False: block i needs no mask and every row's max is finite."""
     dtype: gl.constexpr = p.q_desc.dtype
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
-    p_layout: gl.constexpr = p_operand_layout(o.type.layout, dtype)
+    p_layout: gl.constexpr = a_operand_layout(o.type.layout, dtype)
     kv_next = kv.next()
     pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
     k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
@@ -457,7 +459,7 @@ def plain_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_un
     dtype: gl.constexpr = p.q_desc.dtype
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
     o_layout: gl.constexpr = o.type.layout
-    p_layout: gl.constexpr = p_operand_layout(o_layout, dtype)
+    p_layout: gl.constexpr = a_operand_layout(o_layout, dtype)
     k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
     mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
     turn_phase = take_turn(p, turn_phase, CID, PINGPONG)

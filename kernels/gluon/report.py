@@ -20,6 +20,9 @@ from .forward import HEAD_DIMS, TILE_CONFIGS, Variant, compile_forward, default_
 # A bar.sync of 128 threads: one warpgroup (a consumer) meeting itself.
 WARPGROUP_BAR = re.compile(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b")
 
+# An RS wgmma in SASS: accumulator, then the A operand's first register, then B's descriptor (SS: one descriptor).
+RS_GMMA = re.compile(r"\b[HQ]GMMA\.\S+\s+R\d+,\s+R\d+,\s+gdesc")
+
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 # Every head dim and mask with and without warp specialization, the other two ablation switches at hd128,
@@ -92,12 +95,20 @@ VARIANTS += [Variant(torch.float8_e4m3fn, 256, False, tile_override=replace(TILE
              for changes in (dict(thread_arrive=False, named_turn=False),
                              dict(overlap=False, split_kv=False, thread_arrive=False, named_turn=False))]
 
+# QK^T from registers (TileConfig.q_in_registers) on the tiles whose registers hold Q beside S, P and O: 16-bit hd128
+# both masks and hd64 causal, FP8 hd128 both masks (V^T in wgmma order).
+QREG_TILES = [(2, 128, False), (2, 128, True), (2, 64, True), (1, 128, False), (1, 128, True)]
+VARIANTS += [Variant(torch.bfloat16 if size == 2 else torch.float8_e4m3fn, d, causal,
+                     tile_override=replace(default_tile(size, d, causal), q_in_registers=True),
+                     **(FP8_WGMMA if size == 1 else {}))
+             for size, d, causal in QREG_TILES]
+
 # Built with the consumers' cycle stamps (kernels.gluon.trace): the FP8 hd128 tile and the three-consumer hd64 tile.
 TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.bfloat16, 64, False)]
 
 
 FLIP_TAGS = [("thread_arrive", "arrive"), ("named_turn", "turn"), ("split_kv", "splitkv"),
-             ("causal_unmasked_loop", "split"), ("row_bound_mask", "bound")]
+             ("causal_unmasked_loop", "split"), ("row_bound_mask", "bound"), ("q_in_registers", "qreg")]
 
 
 def variant_name(v: Variant):
@@ -174,6 +185,9 @@ def compile_report(variant: Variant, tmpdir: str, traced: bool = False):
         sass_key_loop=len(loop),
         sass_key_loop_local_mem=sum(1 for t in loop if re.search(r"\b(?:LDL|STL)\b", t)),
         sass_key_loop_warpgroup_bars=sum(1 for t in loop if WARPGROUP_BAR.search(t)),
+        # wgmma with the A operand from registers (RS: P for PV, and Q for QK^T with TileConfig.q_in_registers)
+        sass_key_loop_rs_gmma=sum(1 for t in loop if RS_GMMA.search(t)),
+        sass_key_loop_gmma=sum(1 for t in loop if re.search(r"\b[HQ]GMMA\.", t)),
         sass_key_loop_sizes=[len(body) for body in loops],
         sass_key_loops_prmt=sum(1 for body in loops for t in body if re.search(r"\bPRMT\b", t)),
         sass_key_loops_local_mem=sum(1 for body in loops for t in body if re.search(r"\b(?:LDL|STL)\b", t)),

@@ -371,6 +371,39 @@ def test_o_in_k_is_bitwise_o_in_q(dtype):
         _assert_bitwise(outs, f"seed {seed} {shape}")
 
 
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "plain"])
+@pytest.mark.parametrize("d, dtype, causal", [(128, torch.bfloat16, False), (128, torch.bfloat16, True),
+                                              (64, torch.bfloat16, True), (128, torch.float8_e4m3fn, False),
+                                              (128, torch.float8_e4m3fn, True)],
+                         ids=["d128_full", "d128_causal", "d64_causal", "fp8_d128_full", "fp8_d128_causal"])
+def test_q_in_registers_keeps_the_bits(d, dtype, causal, overlap):
+    """TileConfig.q_in_registers runs QK^T on Q loaded into registers once a tile (an RS wgmma) and gives Q's slot
+    back before the key loop where O is not staged there: the same operands and products, so the same bits, on
+    ragged shapes, rows that see no key, and programs running several tiles (a Q slot refilled while its rows were
+    still read would show here)."""
+    from dataclasses import replace
+    from kernels.gluon.forward import default_tile
+    base = replace(default_tile(dtype.itemsize, d, causal), overlap=overlap)
+    for shape in [(2, 333, 1517, 4, 2), (2, 1517, 333, 4, 2), MANY_TILES]:
+        seed, outs = _under_tiles([replace(base, q_in_registers=on) for on in (False, True)], shape, d, dtype, causal)
+        assert torch.isfinite(outs[1][0]).all(), f"seed {seed} {shape}"
+        _assert_bitwise(outs, f"seed {seed} {shape}")
+
+
+def test_q_in_registers_without_warp_specialization():
+    """One partition issuing its own loads (no producer) frees Q's slot early too: float64 accuracy and the bits of
+    the same launch with Q in shared memory."""
+    from dataclasses import replace
+    from kernels.gluon import attention_forward
+    from kernels.gluon.forward import TILE_CONFIGS
+    for causal in (False, True):
+        seed, q, k, v = _inputs(2, 1000, 1517, 4, 2, 128, torch.bfloat16)
+        outs = [attention_forward(q, k, v, None, causal, warp_specialize=False,
+                                  tile=replace(TILE_CONFIGS[2, 128], q_in_registers=on)) for on in (False, True)]
+        _check(*outs[1], q, k, v, causal, seed)
+        _assert_bitwise(outs, f"seed {seed} causal={causal}")
+
+
 def _moving_max_keys(k, kind):
     """K whose scores make the row max move while the blocks are visited (last key block first): a ramp that
     grows toward the first keys (steps below 2^8 each block), or outliers every 300 keys (jumps past it)."""

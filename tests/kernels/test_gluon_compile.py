@@ -40,6 +40,12 @@ def _mask_name(key, split, bound):
                                                                                   MASK_DEFAULTS[key]) if on != default)
 
 
+# The tiles that take Q in registers for QK^T (TileConfig.q_in_registers; kernels.gluon.report.QREG_TILES), by the
+# name of their default.
+QREG_BASES = ["bfloat16_hd128_full_ws1_pipe1_pp1", "bfloat16_hd128_causal_ws1_pipe1_pp1",
+              "bfloat16_hd64_causal_ws1_pipe1_pp1", "float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav",
+              "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav"]
+
 # FP8 hd256's overlapped default without its per-thread arrives and named turns, and without the overlap too (the
 # default before session 27).
 FP8_256_SINGLE = "float8_e4m3fn_hd256_full_ws1_pipe1_pp1_wgmmav_arrive0_turn0"
@@ -68,6 +74,7 @@ def _names():
     # The causal mask options (TileConfig.causal_unmasked_loop, row_bound_mask) set every other way.
     names += [_mask_name(key, split, bound) for key in MASK_BASES for split in (False, True) for bound in (False, True)
               if (split, bound) != MASK_DEFAULTS[key]]
+    names += [base + "_qreg1" for base in QREG_BASES]
     return names + [FP8_256_SINGLE, FP8_256_PLAIN]
 
 
@@ -302,3 +309,19 @@ def test_per_thread_arrives_let_fp8_hd256_overlap_its_128_key_tile(reports):
     assert per_thread["sass_key_loop_local_mem"] <= 2 < single["sass_key_loop_local_mem"], (single, per_thread)
     assert per_thread["sass_gmma"] == plain["sass_gmma"], (plain, per_thread)
     assert per_thread["sass_key_loop"] <= plain["sass_key_loop"] + 32, (plain["sass_key_loop"], per_thread)
+
+
+@pytest.mark.parametrize("base", QREG_BASES)
+def test_q_in_registers_makes_qk_an_rs_wgmma(reports, base):
+    """TileConfig.q_in_registers: every wgmma of the key loop takes its A operand from registers (Q for QK^T as P
+    for PV), where the default's QK^T reads both from shared memory; the same wgmma and shared memory, key loops
+    within 8 instructions of the default's and without local memory (session 34's compile: 467-741 against
+    466-740; FP8 hd128 spills 86 and 33 instructions outside them, once a tile)."""
+    on, off = reports[base + "_qreg1"], reports[base]
+    assert "error" not in on and "error" not in off, (on.get("error"), off.get("error"))
+    assert off["sass_key_loop_rs_gmma"] < off["sass_key_loop_gmma"], off
+    assert on["sass_key_loop_rs_gmma"] == on["sass_key_loop_gmma"] == off["sass_key_loop_gmma"], (off, on)
+    assert on["sass_gmma"] == off["sass_gmma"] and on["shared_bytes"] == off["shared_bytes"], (off, on)
+    assert on["sass_key_loops_local_mem"] == 0, on
+    assert len(on["sass_key_loop_sizes"]) == len(off["sass_key_loop_sizes"]), (off, on)
+    assert all(abs(a - b) <= 8 for a, b in zip(on["sass_key_loop_sizes"], off["sass_key_loop_sizes"])), (off, on)
