@@ -102,8 +102,9 @@ class TileConfig:
     causal_fixed_blocks: int = TILE_FIXED_BLOCKS
     # QK^T as an RS wgmma on Q loaded into registers once a tile (kernel.py), as PV takes P, instead of reading Q
     # from shared memory in every key block (a fifth of a hd128 block's shared-memory reads); Q's slot then goes
-    # back before the key loop unless O is staged there. Fits the registers without spills in the key loop at
-    # hd64 (128-row tiles) and hd128, spills at hd256 and in the 192-row hd64 tile (CPU compile, entry 58).
+    # back before the key loop unless O is staged there. At hd256 the first 128 columns (kernel.Q_REGISTER_COLS),
+    # the rest still read from shared memory. Key loops without spills at 16-bit hd64 (128-row tiles), hd128 and
+    # hd256 and FP8 hd64/hd128; they spill in FP8 hd256 and the 192-row hd64 tile (CPU compile, entry 58).
     q_in_registers: bool = False
 
     def __post_init__(self):

@@ -22,6 +22,9 @@ from .scheduler import TileScheduler, kv_block_count
 # Per tile and consumer: start, Q (and its scales) ready, all key blocks attended, O and LSE written.
 TRACE_EVENTS = gl.constexpr(4)
 TRACE_TILES = gl.constexpr(32)
+# With Q_IN_REGISTERS, Q's first columns up to this many go to registers (32 a thread in 16 bits), the rest stay in
+# shared memory: all of Q at hd64/128; at 16-bit hd256 all of it spilled in the key loop, half does not (entry 58).
+Q_REGISTER_COLS = gl.constexpr(128)
 
 
 @gluon.jit
@@ -55,9 +58,9 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, schedule, qk_scale, ls
     HEAD_DIM: gl.constexpr = p.q_desc.block_type.shape[3]
     s_layout: gl.constexpr = wgmma_layout(gl.num_warps(), sched.BLOCK_N, p.q_desc.dtype)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
-    # Q's slot goes back once the key loop no longer reads it: at once when Q is in registers, unless O is staged
-    # there; the next tile's Q then loads under this one.
-    Q_FREED_EARLY: gl.constexpr = Q_IN_REGISTERS and not p.O_IN_Q
+    # Q's slot goes back once the key loop no longer reads it: at once when all of Q is in registers, unless O is
+    # staged there; the next tile's Q then loads under this one.
+    Q_FREED_EARLY: gl.constexpr = Q_IN_REGISTERS and not p.O_IN_Q and HEAD_DIM <= Q_REGISTER_COLS
     wait_for_prior_grids()
     kv = Ring.start(p.STAGES)
     # Consumer 0 takes the first GEMM turn (its first wait is on the already-completed phase), then the turn
@@ -88,12 +91,16 @@ def consumer_partition(p: Pipeline, sched: TileScheduler, schedule, qk_scale, ls
         mbarrier.wait(p.q_ready.index(q_bar), q_slot.phase)
         q_tile = p.q_tile(q_slot.index, CID)
         q = q_tile.reshape([ROWS, HEAD_DIM])
+        q_rest = None  # Q's columns that QK^T reads from shared memory after those in registers (mainloop.qk_mma)
         if Q_IN_REGISTERS:  # QK^T as an RS wgmma: Q is read from shared memory once a tile, not once a key block
+            if HEAD_DIM > Q_REGISTER_COLS:
+                q_rest = q.slice(Q_REGISTER_COLS, HEAD_DIM - Q_REGISTER_COLS, dim=1)
+                q = q.slice(0, Q_REGISTER_COLS, dim=1)
             q = q.load(a_operand_layout(s_layout, p.q_desc.dtype))
             if Q_FREED_EARLY:
                 p.release(p.q_empty.index(q_bar))
         stamp(trace, k, CID, 1, p.NUM_CONSUMERS)
-        o, m, l, v_unit, kv, turn_phase = attend_tile(p, q, kv, turn_phase, n_blocks, row0, batch, head_kv,
+        o, m, l, v_unit, kv, turn_phase = attend_tile(p, q, q_rest, kv, turn_phase, n_blocks, row0, batch, head_kv,
                                                       sched.seqlen_q, sched.seqlen_k, row_scale, k_tile_scales,
                                                       v_tile_scales, KV_SCALE_BLOCK, CID, sched.CAUSAL, INLINE_LOADS,
                                                       OVERLAP, PINGPONG)

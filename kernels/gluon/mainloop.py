@@ -1,7 +1,8 @@
 """Consumer mainloop of the Hopper forward: one warpgroup's rows of one tile against all its key blocks.
 
 S = Q K^T runs as an SS wgmma (both operands in shared memory; with Q_IN_REGISTERS
-an RS wgmma on Q loaded into registers once a tile, kernel.py); P = softmax
+an RS wgmma on Q loaded into registers once a tile, at hd256 on its first half
+followed by an SS wgmma on the other, kernel.py and qk_mma); P = softmax
 numerators go to registers as bf16/fp16/fp8 and O += P V runs as an RS wgmma (A
 from registers), so P never touches shared memory.
 
@@ -122,6 +123,19 @@ def prefetch_tile(p: Pipeline, kv: Ring, q_slot: Ring, n_blocks, batch, head, he
         p.load_k(slot.index, batch, head_kv, key0)
         p.load_v(slot.index, batch, head_kv, key0)
         slot = slot.next()
+
+
+@gluon.jit
+def qk_mma(q, q_rest, k_t, s_zero):
+    """S = Q K^T, issued async. q: Q in shared memory or registers; q_rest: None, or Q's last columns in shared
+    memory (q then holds the first ones in registers), whose products are accumulated after q's, in the order one
+    wgmma over all of Q would take them."""
+    if q_rest is None:
+        return warpgroup_mma(q, k_t, s_zero, use_acc=False, is_async=True)
+    else:
+        COLS: gl.constexpr = q.shape[1]
+        s = warpgroup_mma(q, k_t.slice(0, COLS, dim=0), s_zero, use_acc=False, is_async=True)
+        return warpgroup_mma(q_rest, k_t.slice(COLS, k_t.shape[0] - COLS, dim=0), s, is_async=True)
 
 
 @gluon.jit
@@ -306,7 +320,7 @@ def rescale_o(o, alpha, LAZY: gl.constexpr):
 
 
 @gluon.jit
-def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, head_kv, seqlen_q, seqlen_k, row_scale,
+def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, batch, head_kv, seqlen_q, seqlen_k, row_scale,
                 k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, CAUSAL: gl.constexpr,
                 INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
     """Unnormalized O, scaled row max and row sum of q's rows over the tile's n_blocks key blocks.
@@ -318,7 +332,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     16-bit), the ring and turn are advanced past this tile.
     """
     ROWS: gl.constexpr = q.shape[0]
-    HEAD_DIM: gl.constexpr = q.shape[1]
+    HEAD_DIM: gl.constexpr = p.q_desc.block_type.shape[3]
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
     dtype: gl.constexpr = p.q_desc.dtype
     P_OFFSET: gl.constexpr = p_log2_offset(dtype)
@@ -352,7 +366,7 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             # Peeled first block: nothing to overlap its softmax with yet.
             k_scale, v_scale = fp8_block_scales(0, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
             mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
-            s = warpgroup_mma(q, key_block(p, kv), s_zero, use_acc=False, is_async=True)
+            s = qk_mma(q, q_rest, key_block(p, kv), s_zero)
             s = warpgroup_mma_wait(0, deps=(s, ))
             release_k(p, kv)
             s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8,
@@ -364,13 +378,13 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
             # block's alpha meets O = 0).
             for i in range(1, mask_end):
                 o, pc, pr, m, l, alpha, v_unit, kv, turn_phase = overlapped_block(
-                    p, q, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch, head_kv,
+                    p, q, q_rest, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch, head_kv,
                     seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS,
                     PINGPONG, LOOP_MASK, SPLIT_MASK)
             if SPLIT_MASK:
                 for i in range(mask_end, n_blocks):
                     o, pc, pr, m, l, alpha, v_unit, kv, turn_phase = overlapped_block(
-                        p, q, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch, head_kv,
+                        p, q, q_rest, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch, head_kv,
                         seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS,
                         PINGPONG, False, True)
             if p.O_IN_K:
@@ -387,16 +401,16 @@ def attend_tile(p: Pipeline, q, kv: Ring, turn_phase, n_blocks, row0, batch, hea
     else:
         if n_blocks > 0:  # the first visited block may need the mask even where the rest do not (LOOP_MASK)
             o, m, l, v_unit, kv, turn_phase = plain_block(
-                p, q, kv, turn_phase, 0, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
+                p, q, q_rest, kv, turn_phase, 0, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
                 row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, True)
         for i in range(1, mask_end):
             o, m, l, v_unit, kv, turn_phase = plain_block(
-                p, q, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
+                p, q, q_rest, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
                 row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, LOOP_MASK)
         if SPLIT_MASK:
             for i in range(mask_end, n_blocks):
                 o, m, l, v_unit, kv, turn_phase = plain_block(
-                    p, q, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q,
+                    p, q, q_rest, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q,
                     seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, False)
     return o, m, total_row_sum(l, s_rows), v_unit, kv, turn_phase
 
@@ -416,7 +430,7 @@ def block_softmax(p: Pipeline, s, i, n_blocks, m, l, v_unit, row0, seqlen_q, seq
 
 
 @gluon.jit
-def overlapped_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0,
+def overlapped_block(p: Pipeline, q, q_rest, kv: Ring, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0,
                      batch, head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr,
                      CID: gl.constexpr, CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr, PINGPONG: gl.constexpr,
                      MAY_MASK: gl.constexpr, CARRY_F32: gl.constexpr = False):
@@ -431,7 +445,7 @@ def overlapped_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, pc, m
     k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
     mbarrier.wait(p.k_ready.index(kv_next.index), kv_next.phase)
     turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
-    s = warpgroup_mma(q, key_block(p, kv_next), s_zero, use_acc=False, is_async=True)
+    s = qk_mma(q, q_rest, key_block(p, kv_next), s_zero)
     if p.RESCALE_UNDER_S:
         o = rescale_o(o, alpha, p.LAZY_RESCALE)
     mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
@@ -451,7 +465,7 @@ def overlapped_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, pc, m
 
 
 @gluon.jit
-def plain_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv,
+def plain_block(p: Pipeline, q, q_rest, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv,
                 seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
                 CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr, PINGPONG: gl.constexpr, MAY_MASK: gl.constexpr):
     """One key block without intra-warpgroup overlap: QK^T, softmax, PV, each GEMM waited on at once (the other
@@ -463,7 +477,7 @@ def plain_block(p: Pipeline, q, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_un
     k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
     mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
     turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
-    s = warpgroup_mma(q, key_block(p, kv), s_zero, use_acc=False, is_async=True)
+    s = qk_mma(q, q_rest, key_block(p, kv), s_zero)
     pass_turn(p, CID, PINGPONG)
     s = warpgroup_mma_wait(0, deps=(s, ))
     release_k(p, kv)

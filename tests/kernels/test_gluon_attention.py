@@ -373,14 +373,17 @@ def test_o_in_k_is_bitwise_o_in_q(dtype):
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "plain"])
 @pytest.mark.parametrize("d, dtype, causal", [(128, torch.bfloat16, False), (128, torch.bfloat16, True),
+                                              (256, torch.bfloat16, False), (256, torch.bfloat16, True),
                                               (64, torch.bfloat16, True), (128, torch.float8_e4m3fn, False),
                                               (128, torch.float8_e4m3fn, True)],
-                         ids=["d128_full", "d128_causal", "d64_causal", "fp8_d128_full", "fp8_d128_causal"])
+                         ids=["d128_full", "d128_causal", "d256_full", "d256_causal", "d64_causal", "fp8_d128_full",
+                              "fp8_d128_causal"])
 def test_q_in_registers_keeps_the_bits(d, dtype, causal, overlap):
-    """TileConfig.q_in_registers runs QK^T on Q loaded into registers once a tile (an RS wgmma) and gives Q's slot
-    back before the key loop where O is not staged there: the same operands and products, so the same bits, on
-    ragged shapes, rows that see no key, and programs running several tiles (a Q slot refilled while its rows were
-    still read would show here)."""
+    """TileConfig.q_in_registers runs QK^T on Q loaded into registers once a tile (an RS wgmma; at hd256 on its first
+    half, then an SS wgmma on the rest) and gives Q's slot back before the key loop where all of Q is in registers
+    and O is not staged there: the same operands and products in the same order, so the same bits, on ragged
+    shapes, rows that see no key, and programs running several tiles (a Q slot refilled while its rows were still
+    read would show here)."""
     from dataclasses import replace
     from kernels.gluon.forward import default_tile
     base = replace(default_tile(dtype.itemsize, d, causal), overlap=overlap)

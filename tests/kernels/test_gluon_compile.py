@@ -43,6 +43,7 @@ def _mask_name(key, split, bound):
 # The tiles that take Q in registers for QK^T (TileConfig.q_in_registers; kernels.gluon.report.QREG_TILES), by the
 # name of their default.
 QREG_BASES = ["bfloat16_hd128_full_ws1_pipe1_pp1", "bfloat16_hd128_causal_ws1_pipe1_pp1",
+              "bfloat16_hd256_full_ws1_pipe1_pp1", "bfloat16_hd256_causal_ws1_pipe1_pp1",
               "bfloat16_hd64_causal_ws1_pipe1_pp1", "float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav",
               "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav"]
 
@@ -313,15 +314,19 @@ def test_per_thread_arrives_let_fp8_hd256_overlap_its_128_key_tile(reports):
 
 @pytest.mark.parametrize("base", QREG_BASES)
 def test_q_in_registers_makes_qk_an_rs_wgmma(reports, base):
-    """TileConfig.q_in_registers: every wgmma of the key loop takes its A operand from registers (Q for QK^T as P
-    for PV), where the default's QK^T reads both from shared memory; the same wgmma and shared memory, key loops
-    within 8 instructions of the default's and without local memory (session 34's compile: 467-741 against
-    466-740; FP8 hd128 spills 86 and 33 instructions outside them, once a tile)."""
+    """TileConfig.q_in_registers: the key loop's QK^T wgmmas over Q's first 128 columns take their A operand from
+    registers (as PV takes P), where the default's read both from shared memory: all of them at hd64/128, half at
+    hd256; the same wgmma count and shared memory, key loops without local memory and no longer than the
+    default's by more than 8 instructions (session 34's compile: 467-741 against 466-740 at hd64/128, 410-559
+    against 437-571 at hd256; FP8 hd128 spills 86 and 33 instructions outside them, once a tile)."""
     on, off = reports[base + "_qreg1"], reports[base]
     assert "error" not in on and "error" not in off, (on.get("error"), off.get("error"))
-    assert off["sass_key_loop_rs_gmma"] < off["sass_key_loop_gmma"], off
-    assert on["sass_key_loop_rs_gmma"] == on["sass_key_loop_gmma"] == off["sass_key_loop_gmma"], (off, on)
+    d = int(base.split("_hd")[1].split("_")[0])
+    qk = off["sass_key_loop_gmma"] - off["sass_key_loop_rs_gmma"]  # the default's QK^T wgmmas (SS) in the loop
+    assert qk > 0, off
+    assert on["sass_key_loop_rs_gmma"] == off["sass_key_loop_rs_gmma"] + qk * min(d, 128) // d, (off, on)
     assert on["sass_gmma"] == off["sass_gmma"] and on["shared_bytes"] == off["shared_bytes"], (off, on)
+    assert on["sass_key_loop_gmma"] == off["sass_key_loop_gmma"], (off, on)
     assert on["sass_key_loops_local_mem"] == 0, on
     assert len(on["sass_key_loop_sizes"]) == len(off["sass_key_loop_sizes"]), (off, on)
-    assert all(abs(a - b) <= 8 for a, b in zip(on["sass_key_loop_sizes"], off["sass_key_loop_sizes"])), (off, on)
+    assert all(a <= b + 8 for a, b in zip(on["sass_key_loop_sizes"], off["sass_key_loop_sizes"])), (off, on)
