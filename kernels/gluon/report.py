@@ -95,14 +95,15 @@ VARIANTS += [Variant(torch.float8_e4m3fn, 256, False, tile_override=replace(TILE
              for changes in (dict(thread_arrive=False, named_turn=False),
                              dict(overlap=False, split_kv=False, thread_arrive=False, named_turn=False))]
 
-# QK^T from registers (TileConfig.q_in_registers) on the tiles whose registers hold Q (at hd256 half of it) beside
-# S, P and O: 16-bit hd128 and hd256 both masks and hd64 causal, FP8 hd128 both masks (V^T in wgmma order).
+# QK^T from registers (TileConfig.q_in_registers) set otherwise than in the default, on the tiles whose registers hold
+# Q (at hd256 half of it) beside S, P and O: 16-bit hd128 and hd256 both masks and hd64 causal, FP8 hd128 both masks
+# (V^T in wgmma order). The hd64 and FP8 hd128 causal tiles have it by default.
 QREG_TILES = [(2, 128, False), (2, 128, True), (2, 256, False), (2, 256, True), (2, 64, True), (1, 128, False),
               (1, 128, True)]
 VARIANTS += [Variant(torch.bfloat16 if size == 2 else torch.float8_e4m3fn, d, causal,
-                     tile_override=replace(default_tile(size, d, causal), q_in_registers=True),
+                     tile_override=replace(tile, q_in_registers=not tile.q_in_registers),
                      **(FP8_WGMMA if size == 1 else {}))
-             for size, d, causal in QREG_TILES]
+             for size, d, causal in QREG_TILES for tile in [default_tile(size, d, causal)]]
 
 # Built with the consumers' cycle stamps (kernels.gluon.trace): the FP8 hd128 tile and the three-consumer hd64 tile.
 TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.bfloat16, 64, False)]

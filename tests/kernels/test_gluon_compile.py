@@ -41,11 +41,19 @@ def _mask_name(key, split, bound):
 
 
 # The tiles that take Q in registers for QK^T (TileConfig.q_in_registers; kernels.gluon.report.QREG_TILES), by the
-# name of their default.
+# name of their default, and those that do by default (their report with it off is suffixed _qreg0, else _qreg1).
 QREG_BASES = ["bfloat16_hd128_full_ws1_pipe1_pp1", "bfloat16_hd128_causal_ws1_pipe1_pp1",
               "bfloat16_hd256_full_ws1_pipe1_pp1", "bfloat16_hd256_causal_ws1_pipe1_pp1",
               "bfloat16_hd64_causal_ws1_pipe1_pp1", "float8_e4m3fn_hd128_full_ws1_pipe1_pp1_wgmmav",
               "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav"]
+QREG_DEFAULTS = {"bfloat16_hd64_causal_ws1_pipe1_pp1", "float8_e4m3fn_hd128_causal_ws1_pipe1_pp1_wgmmav"}
+
+
+def _qreg_pair(reports, base):
+    """(report with Q in registers, report without) of a QREG_BASES tile."""
+    if base in QREG_DEFAULTS:
+        return reports[base], reports[base + "_qreg0"]
+    return reports[base + "_qreg1"], reports[base]
 
 # FP8 hd256's overlapped default without its per-thread arrives and named turns, and without the overlap too (the
 # default before session 27).
@@ -75,7 +83,7 @@ def _names():
     # The causal mask options (TileConfig.causal_unmasked_loop, row_bound_mask) set every other way.
     names += [_mask_name(key, split, bound) for key in MASK_BASES for split in (False, True) for bound in (False, True)
               if (split, bound) != MASK_DEFAULTS[key]]
-    names += [base + "_qreg1" for base in QREG_BASES]
+    names += [base + ("_qreg0" if base in QREG_DEFAULTS else "_qreg1") for base in QREG_BASES]
     return names + [FP8_256_SINGLE, FP8_256_PLAIN]
 
 
@@ -319,7 +327,7 @@ def test_q_in_registers_makes_qk_an_rs_wgmma(reports, base):
     hd256; the same wgmma count and shared memory, key loops without local memory and no longer than the
     default's by more than 8 instructions (session 34's compile: 467-741 against 466-740 at hd64/128, 410-559
     against 437-571 at hd256; FP8 hd128 spills 86 and 33 instructions outside them, once a tile)."""
-    on, off = reports[base + "_qreg1"], reports[base]
+    on, off = _qreg_pair(reports, base)
     assert "error" not in on and "error" not in off, (on.get("error"), off.get("error"))
     d = int(base.split("_hd")[1].split("_")[0])
     qk = off["sass_key_loop_gmma"] - off["sass_key_loop_rs_gmma"]  # the default's QK^T wgmmas (SS) in the loop
