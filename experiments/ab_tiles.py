@@ -4,7 +4,9 @@ At the H200's 700 W cap the clock, not the kernel, moves a run by several percen
 (results/h200/power.md), so separate runs cannot settle a gain of that size. Here every round times, shape by
 shape, the public op (as the paper's `ours-bf16` / `ours-fp8-kernel` call it: FP8 on inputs quantized before
 timing), cuDNN's SDPA (BF16 runs: the bars' peer), the Gluon forward under its default tile, and under each named
-change, in that order:
+change, in that order, and in the reverse order every other round (as the paper tables do): a kernel timed right
+after another reads the GPU's power state that one left, so a fixed order favours or handicaps the same tile in
+every round:
 
     python -m experiments.ab_tiles --dtype fp8 --head-dim 256 --seqlens 4096,16384 --rounds 3 \\
         --tile unoverlapped=overlap=0,split_kv=0,thread_arrive=0,named_turn=0 --out $OUT/ab
@@ -28,7 +30,7 @@ from experiments.tune_gluon import parse_masks
 TOKENS, HIDDEN = 16384, 2048
 DTYPES = ("bf16", "fp8")
 TIMING_NOTE = ("Each round times every shape's calls in turn: the public op, cuDNN's SDPA (BF16), the default "
-               "tile, each named change; "
+               "tile, each named change, and every other round in the reverse order; "
                "cells are triton.testing.do_bench medians (TFLOPs/s by the paper's FLOP counts), the median over rounds, "
                "and its ratio to the default tile's.")
 
@@ -100,7 +102,7 @@ def run(args, nheads, tiles):
     for rnd in range(args.rounds):
         for (seqlen, causal), fns in calls.items():
             flops = attention_flops(TOKENS // seqlen, seqlen, nheads, args.head_dim, causal)
-            for label, fn in fns:
+            for label, fn in fns if rnd % 2 == 0 else fns[::-1]:
                 ms = triton.testing.do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median")
                 rows.append(dict(round=rnd, seqlen=seqlen, causal=causal, tile=label, ms=ms,
                                  tflops=tflops_per_s(flops, ms)))

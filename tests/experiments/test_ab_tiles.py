@@ -28,6 +28,37 @@ def test_command_line_refuses_bad_specs_before_any_work(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_rounds_alternate_the_order_of_the_calls(monkeypatch):
+    """Every other round times a shape's calls in the reverse order, so that no tile always runs right after the
+    same one (the GPU's power state carries over from one kernel to the next)."""
+    import types
+
+    import torch
+    import triton
+
+    import experiments.ab_tiles as ab
+    calls = []
+
+    def fake_callables(dtype, head_dim, nheads, seqlen, causal, tiles):
+        return [(label, lambda label=label: calls.append((seqlen, label))) for label in ("public", "default",
+                                                                                        *(n for n, _ in tiles))]
+
+    def fake_bench(fn, **kwargs):
+        fn()
+        return 1.0
+
+    monkeypatch.setattr(ab, "_callables", fake_callables)
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    args = types.SimpleNamespace(seqlens=[1024, 4096], masks="full", dtype="bf16", head_dim=128, rounds=3,
+                                 warmup_ms=1, rep_ms=1)
+    rows = ab.run(args, 16, [("a", {}), ("b", {})])
+    forward, backward = ["public", "default", "a", "b"], ["b", "a", "default", "public"]
+    expected = [(s, t) for order in (forward, backward, forward) for s in (1024, 4096) for t in order]
+    assert calls == expected
+    assert [(r["seqlen"], r["tile"]) for r in rows] == expected and {r["round"] for r in rows} == {0, 1, 2}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,labels", [("fp8", ("public", "default", "nopipe")),
                                           ("bf16", ("public", "sdpa-cudnn", "default", "nopipe"))])
