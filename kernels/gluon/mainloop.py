@@ -320,12 +320,13 @@ def rescale_o(o, alpha, LAZY: gl.constexpr):
 
 
 @gluon.jit
-def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, batch, head_kv, seqlen_q, seqlen_k, row_scale,
-                k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, CAUSAL: gl.constexpr,
+def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, batch, head_kv, seqlen_q, seqlen_k,
+                row_scale, k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, CAUSAL: gl.constexpr,
                 INLINE_LOADS: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
     """Unnormalized O, scaled row max and row sum of q's rows over the tile's n_blocks key blocks.
 
-    row_scale: per-row factor from S to the base-2 softmax domain. k_scales /
+    q: the consumer's Q rows in shared memory or registers; q_rest: None, or their last columns in shared memory
+    (qk_mma). row_scale: per-row factor from S to the base-2 softmax domain. k_scales /
     v_scales: this (batch, kv head)'s FP8 block scales (one per KV_SCALE_BLOCK
     keys), None for 16-bit inputs.
     Returns (o, m, l, v_unit, kv, turn_phase): O is in units of v_unit (1 for
@@ -378,15 +379,15 @@ def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, ba
             # block's alpha meets O = 0).
             for i in range(1, mask_end):
                 o, pc, pr, m, l, alpha, v_unit, kv, turn_phase = overlapped_block(
-                    p, q, q_rest, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch, head_kv,
-                    seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS,
-                    PINGPONG, LOOP_MASK, SPLIT_MASK)
+                    p, q, q_rest, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch,
+                    head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL,
+                    INLINE_LOADS, PINGPONG, LOOP_MASK, SPLIT_MASK)
             if SPLIT_MASK:
                 for i in range(mask_end, n_blocks):
                     o, pc, pr, m, l, alpha, v_unit, kv, turn_phase = overlapped_block(
-                        p, q, q_rest, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch, head_kv,
-                        seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS,
-                        PINGPONG, False, True)
+                        p, q, q_rest, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch,
+                        head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL,
+                        INLINE_LOADS, PINGPONG, False, True)
             if p.O_IN_K:
                 p.release(p.k_done)  # this consumer's QK^T of the last block is complete
             pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
@@ -401,12 +402,12 @@ def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, ba
     else:
         if n_blocks > 0:  # the first visited block may need the mask even where the rest do not (LOOP_MASK)
             o, m, l, v_unit, kv, turn_phase = plain_block(
-                p, q, q_rest, kv, turn_phase, 0, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
-                row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, True)
+                p, q, q_rest, kv, turn_phase, 0, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q,
+                seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, True)
         for i in range(1, mask_end):
             o, m, l, v_unit, kv, turn_phase = plain_block(
-                p, q, q_rest, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k,
-                row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, LOOP_MASK)
+                p, q, q_rest, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q,
+                seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, LOOP_MASK)
         if SPLIT_MASK:
             for i in range(mask_end, n_blocks):
                 o, m, l, v_unit, kv, turn_phase = plain_block(
@@ -430,10 +431,10 @@ def block_softmax(p: Pipeline, s, i, n_blocks, m, l, v_unit, row0, seqlen_q, seq
 
 
 @gluon.jit
-def overlapped_block(p: Pipeline, q, q_rest, kv: Ring, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0,
-                     batch, head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr,
-                     CID: gl.constexpr, CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr, PINGPONG: gl.constexpr,
-                     MAY_MASK: gl.constexpr, CARRY_F32: gl.constexpr = False):
+def overlapped_block(p: Pipeline, q, q_rest, kv: Ring, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero,
+                     row0, batch, head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales,
+                     KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr,
+                     PINGPONG: gl.constexpr, MAY_MASK: gl.constexpr, CARRY_F32: gl.constexpr = False):
     """Key block i of the overlapped loop: QK^T of block i and PV of block i - 1 (whose P is pc) back to back, then
     block i's softmax under that PV; returns block i's P as carried (pc) and as fp32 (pr, for the last wait_pv).
     MAY_MASK False: block i needs no mask and every row's max is finite."""
@@ -465,9 +466,10 @@ def overlapped_block(p: Pipeline, q, q_rest, kv: Ring, turn_phase, i, n_blocks, 
 
 
 @gluon.jit
-def plain_block(p: Pipeline, q, q_rest, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv,
-                seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr,
-                CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr, PINGPONG: gl.constexpr, MAY_MASK: gl.constexpr):
+def plain_block(p: Pipeline, q, q_rest, kv: Ring, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch,
+                head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr,
+                CID: gl.constexpr, CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr, PINGPONG: gl.constexpr,
+                MAY_MASK: gl.constexpr):
     """One key block without intra-warpgroup overlap: QK^T, softmax, PV, each GEMM waited on at once (the other
     consumers' turns fill the gaps). MAY_MASK False: the block needs no mask and every row's max is finite."""
     dtype: gl.constexpr = p.q_desc.dtype
