@@ -86,9 +86,14 @@ def causal_order(num_bh, n_m, seqlen_q, seqlen_k, block_m, block_n, grid, paired
     tail the cost model finishes first. Not paired: every tile longest first. Each item goes to the program that
     the model (key blocks + fixed_blocks a tile) frees first."""
     cost = [causal_key_blocks(m, seqlen_q, seqlen_k, block_m, block_n) + fixed_blocks for m in range(n_m)]
+
+    def longest_first(heads):
+        """The tiles of these heads one by one, longest first (lowest head first among equals)."""
+        tiles = sorted(((bh, m) for bh in heads for m in range(n_m)), key=lambda t: (-cost[t[1]], t[0]))
+        return [[t] for t in tiles]
+
     if not paired:
-        tiles = sorted(((bh, m) for bh in range(num_bh) for m in range(n_m)), key=lambda t: (-cost[t[1]], t[0]))
-        return _deal([[t] for t in tiles], grid, cost)[0]
+        return _deal(longest_first(range(num_bh)), grid, cost)[0]
 
     def units(bh):
         out = [[(bh, n_m - 1 - j), (bh, j + n_m % 2)] for j in range(n_m // 2)]
@@ -99,8 +104,8 @@ def causal_order(num_bh, n_m, seqlen_q, seqlen_k, block_m, block_n, grid, paired
     for rounds in TAIL_ROUNDS if balance_tail else (0,):
         tail_heads = min(num_bh, max_tail_heads, math.ceil(rounds * grid / n_m))
         bulk = num_bh - tail_heads
-        tail = sorted(((bh, m) for bh in range(bulk, num_bh) for m in range(n_m)), key=lambda t: (-cost[t[1]], t[0]))
-        programs, busiest = _deal([u for bh in range(bulk) for u in units(bh)] + [[t] for t in tail], grid, cost)
+        programs, busiest = _deal([u for bh in range(bulk) for u in units(bh)] + longest_first(range(bulk, num_bh)),
+                                  grid, cost)
         if best is None or busiest < best[1]:
             best = programs, busiest
     return best[0]

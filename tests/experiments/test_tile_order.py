@@ -12,6 +12,11 @@ def _cost(tiles, seqlen_q, seqlen_k, block=128, fixed=TILE_FIXED_BLOCKS):
     return sum(causal_key_blocks(m, seqlen_q, seqlen_k, block, block) + fixed for _, m in tiles)
 
 
+def _whole_units(tiles, n_m):
+    """Whether tiles run as units of one head's m-blocks n_m-1-j then j."""
+    return all(a[0] == b[0] and a[1] + b[1] == n_m - 1 for a, b in zip(tiles[::2], tiles[1::2]))
+
+
 @pytest.mark.parametrize("order", ORDERS)
 def test_every_tile_dealt_once(order):
     for bh, n_m, grid in itertools.product([1, 3, 7, 32, 128], [1, 2, 3, 11, 16, 17], [1, 5, 132]):
@@ -27,7 +32,7 @@ def test_paired_units_stay_whole_and_go_head_after_head():
     bh, n_m, grid = 40, 16, 132
     lists = causal_order(bh, n_m, 2048, 2048, 128, 128, grid, paired=True, balance_tail=False)
     for tiles in lists:
-        assert all(a[0] == b[0] and a[1] + b[1] == n_m - 1 for a, b in zip(tiles[::2], tiles[1::2]))
+        assert _whole_units(tiles, n_m)
     firsts = [tiles[0][0] for tiles in lists]
     assert firsts == sorted(firsts)
     work = [_cost(tiles, 2048, 2048) for tiles in lists]
@@ -52,7 +57,7 @@ def test_balanced_tail_ends_the_programs_closer_together(seqlen, heads, fixed):
     first_tail = bh - max(1, TAIL_KV_BYTES // (2 * seqlen * 128 * 2))
     for tiles in balanced:
         bulk = [t for t in tiles if t[0] < first_tail]
-        assert all(a[0] == b[0] and a[1] + b[1] == n_m - 1 for a, b in zip(bulk[::2], bulk[1::2]))
+        assert _whole_units(bulk, n_m)
         assert len(bulk) % 2 == 0
 
 
