@@ -173,10 +173,9 @@ class TileScheduler:
     def tile_id(self, k, schedule):
         """This program's k-th tile (k up to tiles_here() included, for a load one tile ahead), as tile() reads it."""
         pid = gl.program_id(0)
-        grid = gl.num_programs(0)
         if self.CAUSAL:
             return gl.load(schedule + pid * self.schedule_stride + 1 + k)
-        return pid + k * grid
+        return pid + k * gl.num_programs(0)
 
     @gluon.jit
     def tile(self, tile_id):
