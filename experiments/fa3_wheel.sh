@@ -3,9 +3,13 @@
 # sm_90a) for GPU nodes without internet, so that `experiments.paper`'s `fa3` / `fa3-fp8` peers run there:
 #   bash experiments/fa3_wheel.sh FLASH_ATTENTION_DIR OUT_DIR
 # FLASH_ATTENTION_DIR: a Dao-AILab/flash-attention checkout with csrc/cutlass populated (the submodule).
-# Needs: the Python and torch of the node (a CUDA torch: its nvcc major version must match), nvcc under
-# CUDA_HOME (default /usr/local/cuda), ninja, wheel. Built on a 2-core CPU machine in ~6 minutes
-# (docs/tuning-gluon.md, "Next (forward)"); install on the node with `pip install --no-deps --no-index`.
+# Needs: the node's torch version (a CUDA build; nvcc of the same CUDA major), nvcc under CUDA_HOME (default
+# /usr/local/cuda), ninja, wheel. The extension is limited-API (cp310-abi3), so any Python >= 3.10 builds it.
+# Without a CUDA install, PyPI has all of it (session 35, for a cu130 node): `pip install torch==2.11.0
+# "cuda-toolkit[nvcc,cccl,crt,nvvm,cudart]==13.0.2" ninja wheel`, then a CUDA_HOME whose bin, include and nvvm
+# link to site-packages/nvidia/cu13/'s and whose lib64 holds links to its lib/ files plus libcudart.so ->
+# libcudart.so.13. Built on a 2-core CPU machine in 3-6 minutes; install on the node with
+# `pip install --no-deps --no-index`.
 set -euo pipefail
 if [ $# -ne 2 ]; then
     echo "usage: bash experiments/fa3_wheel.sh FLASH_ATTENTION_DIR OUT_DIR" >&2
