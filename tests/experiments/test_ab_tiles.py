@@ -28,9 +28,26 @@ def test_command_line_refuses_bad_specs_before_any_work(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_rounds_alternate_the_order_of_the_calls(monkeypatch):
-    """Every other round times a shape's calls in the reverse order, so that no tile always runs right after the
-    same one (the GPU's power state carries over from one kernel to the next)."""
+@pytest.mark.parametrize("n", range(1, 8))
+def test_round_orders_balance_positions_and_predecessors(n):
+    """Over n rounds (2n for odd n) each call runs once at every position as often as any other, and right after
+    every other call equally often: neither a position nor a predecessor favours one tile."""
+    from collections import Counter
+
+    from experiments.ab_tiles import round_order
+    rounds = n if n % 2 == 0 else 2 * n
+    rows = [round_order(n, r) for r in range(rounds)]
+    assert all(sorted(row) == list(range(n)) for row in rows)
+    positions = Counter((p, i) for row in rows for p, i in enumerate(row))
+    assert set(positions) == {(p, i) for p in range(n) for i in range(n)} and len(set(positions.values())) == 1
+    pairs = Counter((a, b) for row in rows for a, b in zip(row, row[1:]))
+    assert set(pairs) == {(a, b) for a in range(n) for b in range(n) if a != b}
+    assert len(set(pairs.values())) <= 1
+    assert [round_order(n, r + rounds) for r in range(rounds)] == rows
+
+
+def test_rounds_time_the_calls_in_the_balanced_orders(monkeypatch):
+    """run() times each shape's calls in round_order's order, round after round, every shape in every round."""
     import types
 
     import torch
@@ -53,8 +70,10 @@ def test_rounds_alternate_the_order_of_the_calls(monkeypatch):
     args = types.SimpleNamespace(seqlens=[1024, 4096], masks="full", dtype="bf16", head_dim=128, rounds=3,
                                  warmup_ms=1, rep_ms=1)
     rows = ab.run(args, 16, [("a", {}), ("b", {})])
-    forward, backward = ["public", "default", "a", "b"], ["b", "a", "default", "public"]
-    expected = [(s, t) for order in (forward, backward, forward) for s in (1024, 4096) for t in order]
+    labels = ["public", "default", "a", "b"]
+    orders = (["public", "default", "b", "a"], ["default", "a", "public", "b"], ["a", "b", "default", "public"])
+    expected = [(s, t) for order in orders for s in (1024, 4096) for t in order]
+    assert [[labels[i] for i in ab.round_order(4, r)] for r in range(3)] == list(orders)
     assert calls == expected
     assert [(r["seqlen"], r["tile"]) for r in rows] == expected and {r["round"] for r in rows} == {0, 1, 2}
 
