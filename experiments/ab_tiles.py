@@ -11,7 +11,7 @@ orders are a Williams design (`round_order`): over as many rounds as calls (twic
 call runs once at every position and right after every other call equally often, so `--rounds` should be a
 multiple of that:
 
-    python -m experiments.ab_tiles --dtype fp8 --head-dim 256 --seqlens 4096,16384 --rounds 3 \\
+    python -m experiments.ab_tiles --dtype fp8 --head-dim 256 --seqlens 4096,16384 --rounds 6 \\
         --tile unoverlapped=overlap=0,split_kv=0,thread_arrive=0,named_turn=0 --out $OUT/ab
 
 Shapes are the paper's (16k tokens, hidden 2048: batch 16384 / seqlen, heads 2048 / head dim); `--heads` sets
