@@ -25,6 +25,16 @@ train() {  # train RUN_DIR OVERRIDE...: one run, its console output kept beside 
   mkdir -p "$dir" && python3 -m fp8train.train "$@" hydra.run.dir="$dir" > "$dir/console.log" 2>&1
 }
 
+# The paper tables' implementations (FlexAttention and SDPA's math backend left out: per-shape compiles and O(s^2)
+# memory would not fit a call).
+PAPER_IMPLS=ours-gluon,ours-triton,ours-fp8,ours-fp8-gluon,ours-fp8-triton,ours-fp8-kernel,ours-bf16,sdpa-cudnn,sdpa-flash,fa3,fa3-fp8,ours-gluon-no-pipelining,ours-gluon-no-warp-specialization,ours-gluon-no-pingpong
+
+paper_tables() {  # paper_tables DIR IMPLS: every paper table into DIR, then issue 5's bars read from them
+  python3 -m experiments.paper all --out "$1" --impls "$2" > "$OUT/paper.log" 2>&1
+  tail -5 "$OUT/paper.log"
+  python3 -m experiments.paper.bars "$1" --out "$1/bars.md" | tail -14
+}
+
 wait_for_jobs() {  # wait for the background runs, at most $1 seconds, then stop what is left
   local start=$SECONDS
   while [ -n "$(jobs -rp)" ] && [ $((SECONDS - start)) -lt "$1" ]; do sleep 5; done
@@ -95,23 +105,14 @@ phase_bench() {
   torchrun --standalone --nproc_per_node=1 -m fp8train.train experiment=gpt2_throughput \
     hydra.run.dir=$R/gpt2_sdpa_torchrun > /dev/null 2>&1
   for d in gpt2_sdpa gpt2_sdpa_torchrun; do echo "$d: $(cat $R/$d/summary.json)"; done
-  # The paper's figures and tables (FlexAttention and SDPA's math backend left out: per-shape compiles
-  # and O(s^2) memory would not fit the call).
-  python3 -m experiments.paper all --out results/h200/paper \
-    --impls ours-gluon,ours-triton,ours-fp8,ours-fp8-gluon,ours-fp8-triton,ours-fp8-kernel,ours-bf16,sdpa-cudnn,sdpa-flash,sdpa-efficient,fa3,fa3-fp8,ours-gluon-no-pipelining,ours-gluon-no-warp-specialization,ours-gluon-no-pingpong \
-    > "$OUT/paper.log" 2>&1
-  tail -5 "$OUT/paper.log"
-  python3 -m experiments.paper.bars results/h200/paper --out results/h200/paper/bars.md | tail -12
+  # The paper's figures and tables, SDPA's memory-efficient backend too.
+  paper_tables results/h200/paper "${PAPER_IMPLS/sdpa-flash/sdpa-flash,sdpa-efficient}"
 }
 
 phase_kernels() {
   timeout 240 python3 -m pytest -q $XDIST -m "gpu or hopper" -p no:cacheprovider tests/kernels > "$OUT/gpu_tests.log" 2>&1
   tail -3 "$OUT/gpu_tests.log"
-  python3 -m experiments.paper all --out results/h200/paper \
-    --impls ours-gluon,ours-triton,ours-fp8,ours-fp8-gluon,ours-fp8-triton,ours-fp8-kernel,ours-bf16,sdpa-cudnn,sdpa-flash,fa3,fa3-fp8,ours-gluon-no-pipelining,ours-gluon-no-warp-specialization,ours-gluon-no-pingpong \
-    > "$OUT/paper.log" 2>&1
-  tail -5 "$OUT/paper.log"
-  python3 -m experiments.paper.bars results/h200/paper --out results/h200/paper/bars.md | tail -12
+  paper_tables results/h200/paper "$PAPER_IMPLS"
 }
 
 phase_bars() {
@@ -121,11 +122,7 @@ phase_bars() {
   gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   case "$gpu" in *H200*) dir=results/h200 ;; *H100*) dir=results/h100 ;; *) dir=results/other ;; esac
   dir=$dir/paper-${FP8TRAIN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo run)}
-  python3 -m experiments.paper all --out "$dir" \
-    --impls ours-gluon,ours-triton,ours-fp8,ours-fp8-gluon,ours-fp8-triton,ours-fp8-kernel,ours-bf16,sdpa-cudnn,sdpa-flash,fa3,fa3-fp8,ours-gluon-no-pipelining,ours-gluon-no-warp-specialization,ours-gluon-no-pingpong \
-    > "$OUT/paper.log" 2>&1
-  tail -3 "$OUT/paper.log"
-  python3 -m experiments.paper.bars "$dir" --out "$dir/bars.md" | tail -14
+  paper_tables "$dir" "$PAPER_IMPLS"
   local left=$((${BARS_BUDGET_S:-585} - SECONDS))
   if [ "$left" -lt 30 ]; then echo "no time left for the GPU tests ($left s)"; return; fi
   # BARS_TESTS: a pytest -k expression to pick the tests the time left should go to (all 228 take longer).
