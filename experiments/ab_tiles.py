@@ -4,12 +4,9 @@ At the H200's 700 W cap the clock, not the kernel, moves a run by several percen
 (results/h200/power.md), so separate runs cannot settle a gain of that size. Here every round times, shape by
 shape, the public op (as the paper's `ours-bf16` / `ours-fp8-kernel` call it: FP8 on inputs quantized before
 timing), cuDNN's SDPA (BF16 runs: the bars' peer), the Gluon forward under its default tile, and under each named
-change, in an order that changes from round to round: a kernel timed right after another reads the GPU's power
-state that one left, and on an H100 the calls at a round's ends read up to 8% above those in its middle
-(docs/tuning-gluon.md entry 59), so a fixed order, or one merely reversed, favours or handicaps the same tile. The
-orders are a Williams design (`round_order`): over as many rounds as calls (twice as many for an odd count), each
-call runs once at every position and right after every other call equally often, so `--rounds` should be a
-multiple of that:
+change, in an order that changes from round to round (`experiments.rounds.round_order`: over as many rounds as
+calls, twice as many for an odd count, each call runs once at every position and right after every other call
+equally often), so `--rounds` should be a multiple of that:
 
     python -m experiments.ab_tiles --dtype fp8 --head-dim 256 --seqlens 4096,16384 --rounds 6 \\
         --tile unoverlapped=overlap=0,split_kv=0,thread_arrive=0,named_turn=0 --out $OUT/ab
@@ -28,6 +25,7 @@ import sys
 from pathlib import Path
 
 from experiments import provenance, writers
+from experiments.rounds import round_order
 from experiments.tune_gluon import parse_masks
 
 TOKENS, HIDDEN = 16384, 2048
@@ -94,19 +92,6 @@ def _callables(dtype, head_dim, nheads, seqlen, causal, tiles):
         peers = [(SDPA_CUDNN.name, SDPA_CUDNN.build(Problem(batch, seqlen, nheads, head_dim, causal), q, k, v))]
     runs = [("public", public), *peers, ("default", under(base))]
     return runs + [(name, under(dataclasses.replace(base, **changes))) for name, changes in tiles]
-
-
-def round_order(n, rnd):
-    """Indices of n calls in the order round rnd times them: row rnd % n of a Williams design. Its first row is
-    0, 1, n-1, 2, n-2, ..., the others shift it by one; for odd n, the next n rounds run the rows reversed."""
-    first, lo, hi = [0], 1, n - 1
-    while lo <= hi:
-        first.append(lo)
-        if lo != hi:
-            first.append(hi)
-        lo, hi = lo + 1, hi - 1
-    row = [(i + rnd) % n for i in first]
-    return row[::-1] if n % 2 and (rnd // n) % 2 else row
 
 
 def run(args, nheads, tiles):

@@ -2,9 +2,10 @@
 
 Timing is `triton.testing.do_bench`'s median after its warm-up, on CUDA only,
 taken in `rounds` interleaved rounds per problem (every candidate once a
-round, the order reversed every other round) and reported as the median
-round: drift of the clock or the host over a table then falls on every
-candidate alike instead of on whichever ran at the time.
+round, in orders balanced over rounds: experiments.rounds) and reported as
+the median round: drift of the clock or the host over a table, and the place
+in a round, then fall on every candidate alike instead of on whichever ran
+at that time or place.
 Backward time is the backward pass alone: one forward builds the graph, then
 `out.backward(dout, retain_graph=True)` is timed (gradients reset between
 repetitions), so no forward time is subtracted. TFLOPs/s use the paper's counts
@@ -26,6 +27,7 @@ from experiments import provenance, writers
 from experiments.paper import outputs
 from experiments.paper.candidates import Unavailable, environment
 from experiments.paper.paper_figures import PAPER_SEQLENS, paper_series
+from experiments.rounds import round_order
 from kernels.flops import attention_flops, tflops_per_s
 from kernels.reference import attention_ref
 
@@ -87,8 +89,8 @@ class Options:
     def timing_note(self):
         if self.device() == "cpu":
             return CPU_TIMING_NOTE
-        return (f"median of {self.timing_rounds()} interleaved rounds (order reversed every other round) of "
-                "triton.testing.do_bench's median after warm-up (CUDA); backward timed alone with "
+        return (f"median of {self.timing_rounds()} interleaved rounds (orders balanced over rounds, a Williams "
+                "design) of triton.testing.do_bench's median after warm-up (CUDA); backward timed alone with "
                 "retain_graph=True; TFLOPs/s by the paper's FLOP counts")
 
     def pick(self, roster):
@@ -166,7 +168,7 @@ def measure(problem, candidates, mode, dtype, opts, figure):
             for cand in candidates}
     times = {cand.name: [] for cand in candidates}
     for r in range(opts.timing_rounds()):
-        for cand in candidates if r % 2 == 0 else candidates[::-1]:
+        for cand in (candidates[i] for i in round_order(len(candidates), r)):
             row = rows[cand.name]
             if row["status"] != "ok":
                 continue

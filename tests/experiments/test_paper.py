@@ -131,7 +131,7 @@ def test_peer_ratio_and_failure_classification():
 
 
 def test_rounds_interleave_candidates_and_report_the_median(tmp_path, monkeypatch):
-    """Every candidate once a round, the order reversed every other round; a row's time is its median round, and
+    """Every candidate once a round, in round_order's orders; a row's time is its median round, and
     a candidate that fails in a round is not timed again. Times come from a stub timer (CPU), the outputs from
     the float32 reference, so the error column is real."""
     from kernels.reference import attention_ref
@@ -155,12 +155,12 @@ def test_rounds_interleave_candidates_and_report_the_median(tmp_path, monkeypatc
     monkeypatch.setattr(runner, "time_ms", fake_time)
     monkeypatch.setattr(runner.Options, "timing_rounds", lambda self: 3)
     cands = [candidates.Candidate("a", "ours", build("a")), candidates.Candidate("b", "peer", build("b")),
-             candidates.Candidate("c", "ours", build("c", fail_in_round=1))]
-    times["c"] = [7.0]
+             candidates.Candidate("c", "ours", build("c", fail_in_round=2))]
+    times["c"] = [7.0, 6.0]
     opts = runner.Options(out=tmp_path, quick=True)
     rows = {r["impl"]: r for r in runner.measure(runner.Problem(1, 16, 2, 16, False), cands, "fwd", torch.float32,
                                                  opts, "fwd")}
-    assert order == ["a", "b", "c", "b", "a", "a", "b"]
+    assert order == ["a", "b", "c", "b", "c", "a", "a", "b"]  # rounds abc, bca, cab; c fails in the third
     assert rows["a"]["ms"] == 2.0 and rows["b"]["ms"] == 5.0
     assert rows["a"]["vs_best_peer"] == pytest.approx(5.0 / 2.0)
     assert rows["c"]["status"] == "error" and "ms" not in rows["c"]
