@@ -23,7 +23,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.launch import Launcher, compile_for
-from kernels.triton.bwd import PREPROCESS_BLOCK_M, launch_preprocess
+from kernels.triton.bwd import CAUSAL_SECTION_L2_BYTES, PREPROCESS_BLOCK_M, causal_section_heads, launch_preprocess
 from kernels.triton.fwd import bsh_strides, set_descriptor_allocator
 
 from .bwd_kernel import attention_bwd_kernel
@@ -148,26 +148,13 @@ def _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic):
         raise ValueError("the Gluon backward adds dQ with atomics; use the Triton backward for deterministic=True")
 
 
-# Bytes of L2 that the causal order's sections keep the Q, dO and dQ accumulator of their heads in (FA3's
-# backward budget; the H200 has 50 MB of L2).
-CAUSAL_SECTION_L2_BYTES = 40 * 2**20
-
-
-def causal_section_heads(seqlen_q, head_dim, group, dtype_bytes, l2_bytes=CAUSAL_SECTION_L2_BYTES):
-    """(batch, kv head)s per section of the causal program order (bwd_kernel.causal_program): the largest power
-    of two whose query heads' Q and dO (16-bit) and float32 dQ accumulator fit l2_bytes, at least 1."""
-    per_kv_head = group * seqlen_q * head_dim * (2 * dtype_bytes + 4)
-    fit = max(l2_bytes // per_kv_head, 1)
-    return 1 << (fit.bit_length() - 1)
-
-
 def _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad,
                  section_l2_bytes=CAUSAL_SECTION_L2_BYTES):
     _, seqlen_q, nheads, head_dim = q.shape
     group = nheads // k.shape[2]
     return (*variant.descriptors(q, k, v, dout, dk, dv, lse2, delta, dq_acc), softmax_scale * LOG2_E, softmax_scale,
             nheads, group, seqlen_q, k.shape[1], seqlen_q_pad,
-            causal_section_heads(seqlen_q, head_dim, group, q.element_size(), section_l2_bytes))
+            causal_section_heads(seqlen_q, head_dim, group, q.element_size() * 2 + 4, section_l2_bytes))
 
 
 def backward_grid(variant, batch, seqlen_k, nheads_kv):

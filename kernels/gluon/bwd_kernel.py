@@ -1,7 +1,8 @@
 """The Hopper attention backward kernel (FA3's design).
 
 One program per (key block of BLOCK_N, batch, kv head); causal launches run
-the heaviest key blocks first (causal_program). K and V stay in shared
+the heaviest key blocks first (kernels.triton.bwd.causal_program, the order
+the Triton backward's causal grids take too). K and V stay in shared
 memory; the program walks the query blocks (BLOCK_M rows) of every query head
 of its GQA group, Q, dO, LSE2 and delta streaming through a TMA ring of
 STAGES slots. Two MMA warpgroups split the BLOCK_N keys, so every product but
@@ -51,6 +52,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.language.core import _aggregate as aggregate
 
+from kernels.triton.bwd import causal_program
+
 # Registers per thread after setmaxnreg: the load/reduce warpgroup, and (two partitions) the second MMA
 # warpgroup; the default partition takes the rest of 64K (240).
 WORKER_REGS = gl.constexpr(32)
@@ -86,26 +89,6 @@ def dq_rows_layout(num_warps, head_dim):
     """Layout in which the reducing warps read dQ_partial back: 4 consecutive floats per thread, rows across warps."""
     return gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[128 // head_dim, head_dim // 4],
                             warps_per_cta=[num_warps, 1], order=[1, 0])
-
-
-@gluon.jit
-def causal_program(n_key_blocks, section_heads):
-    """(key block, batch * nheads_kv + kv head) of this program of a causal launch's 1-D grid, longest first.
-
-    A causal key block's work falls with its index (key block j sees the
-    query blocks from about j on), so programs go key block after key block
-    over a section of section_heads (batch, kv head)s: the heaviest start
-    first and the lightest fill the last wave (FA3's backward LPT order).
-    Sections, one after the other, keep the Q/dO/dQ of the heads in flight
-    within L2 (kernels.gluon.bwd.causal_section_heads)."""
-    pid = gl.program_id(0)
-    num_bh = gl.num_programs(0) // n_key_blocks
-    section_tiles = section_heads * n_key_blocks
-    section = pid // section_tiles
-    first_bh = section * section_heads
-    heads_here = gl.minimum(section_heads, num_bh - first_bh)
-    r = pid - section * section_tiles
-    return r // heads_here, first_bh + r % heads_here
 
 
 @aggregate

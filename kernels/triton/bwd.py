@@ -9,6 +9,8 @@ forward (the FP8 forward uses this as its straight-through backward).
 - dK/dV: one program per (key block, batch, kv head) walks the query blocks of
   every query head in its GQA group, so the group's sum needs no atomics.
 - dQ: one program per (query block, batch, head) walks the key blocks.
+- Causal grids are 1-D and run the heaviest blocks first, in sections of heads
+  that fit L2 (`causal_program`, FA3's backward order; the Gluon backward's too).
 
 The dQ kernel reads only the inputs and the preprocess's output, so on sm_90+
 it is launched as a programmatic dependent launch: its programs take the SMs
@@ -29,7 +31,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from kernels.triton.fwd import (LOG2E, bsh_strides, exp2, head_view, interpreting, kv_block_range, query_tile,
+from kernels.triton.fwd import (LOG2E, bsh_strides, exp2, head_view, interpreting, kv_block_range, query_tile_at,
                                 set_descriptor_allocator, to_operand)
 from kernels.device import takes_pdl
 from kernels.launch import Launcher
@@ -56,6 +58,42 @@ def _bwd_preprocess_kernel(o_ptr, do_ptr, lse_ptr, lse2_ptr, delta_ptr, o_stride
     lse = tl.load(lse_ptr + bh * seqlen_q + offs_m, mask=offs_m < seqlen_q, other=float("inf"))
     tl.store(lse2_ptr + bh * seqlen_q_pad + offs_m, lse * LOG2E_JIT)
     tl.store(delta_ptr + bh * seqlen_q_pad + offs_m, tl.sum(o * do, 1))
+
+
+# Bytes of L2 that the causal order's sections keep the rows their heads stream in (FA3's backward budget; the
+# H200 has 50 MB of L2).
+CAUSAL_SECTION_L2_BYTES = 40 * 2**20
+
+
+def causal_section_heads(seqlen_q, head_dim, group, bytes_per_element, l2_bytes=CAUSAL_SECTION_L2_BYTES):
+    """(batch, kv head)s per section of the causal program order (`causal_program`): the largest power of two
+    whose query heads' streamed (seqlen_q, head_dim) tensors fit l2_bytes, at least 1. bytes_per_element sums
+    the element sizes of those tensors: Q and dO, and the Gluon backward's float32 dQ accumulator."""
+    per_kv_head = group * seqlen_q * head_dim * bytes_per_element
+    fit = max(l2_bytes // per_kv_head, 1)
+    return 1 << (fit.bit_length() - 1)
+
+
+@triton.jit
+def causal_program(n_blocks, section_heads):
+    """(rank, head) of this program of a causal launch's 1-D grid of n_blocks blocks times the heads, longest
+    first (a Gluon kernel calls it too).
+
+    A causal block's work falls with its rank (key block j sees the query
+    blocks from about j on; query block i, counted from the last, sees the keys
+    up to it), so programs go rank after rank over a section of section_heads
+    heads: the heaviest start first and the lightest fill the last wave (FA3's
+    backward LPT order). Sections, one after the other, keep the rows the heads
+    in flight stream within L2 (causal_section_heads). A section of one head is
+    the plain 2-D grid's order, block fastest."""
+    pid = tl.program_id(0)
+    num_heads = tl.num_programs(0) // n_blocks
+    section_tiles = section_heads * n_blocks
+    section = pid // section_tiles
+    first_head = section * section_heads
+    heads_here = tl.minimum(section_heads, num_heads - first_head)
+    r = pid - section * section_tiles
+    return r // heads_here, first_head + r % heads_here
 
 
 @triton.jit
@@ -154,17 +192,21 @@ def _dkdv_one_loop(dk, dv, k, v, q_ptr, do_ptr, q_strides, do_strides, lse2_ptr,
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "nheads_kv", "head_dim"])
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "nheads_kv", "head_dim", "section_heads"])
 def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse2_ptr, delta_ptr,
                      q_strides, k_strides, v_strides, do_strides, dk_strides, dv_strides,
                      seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
-                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                     UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
-                     PDL: tl.constexpr):
+                     section_heads, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     CAUSAL: tl.constexpr, UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr,
+                     WARP_SPECIALIZE: tl.constexpr, PDL: tl.constexpr):
     if PDL:  # the dQ kernel may launch once every program of this one has started
         gdc_launch_dependents()
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
+    if CAUSAL:  # key block 0 sees every query block: the heaviest
+        key_block, bh = causal_program(tl.cdiv(seqlen_k, BLOCK_N), section_heads)
+    else:
+        key_block = tl.program_id(0)
+        bh = tl.program_id(1)
+    start_n = key_block * BLOCK_N
     batch = bh // nheads_kv
     kv_head = bh % nheads_kv
     group = nheads // nheads_kv
@@ -219,13 +261,20 @@ def _dq_steps(dq, q, do, lse2, delta, k_desc, v_desc, offs_m, lo, hi, seqlen_q, 
     return dq
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "nheads_kv", "head_dim"])
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "nheads", "nheads_kv", "head_dim", "section_heads"])
 def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse2_ptr, delta_ptr,
                    q_strides, k_strides, v_strides, do_strides, dq_strides,
                    seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
-                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                   UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr, PDL: tl.constexpr):
-    bh, batch, head, kv_head, start_m, offs_m = query_tile(nheads, nheads // nheads_kv, BLOCK_M, CAUSAL)
+                   section_heads, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CAUSAL: tl.constexpr, UPCAST: tl.constexpr, EXP2_POLY: tl.constexpr, PDL: tl.constexpr):
+    group = nheads // nheads_kv
+    m_blocks = tl.cdiv(seqlen_q, BLOCK_M)
+    if CAUSAL:  # sections of section_heads whole GQA groups, the kv heads of the dK/dV kernel's sections
+        rank, bh = causal_program(m_blocks, section_heads * group)
+    else:
+        rank = tl.program_id(0)
+        bh = tl.program_id(1)
+    bh, batch, head, kv_head, start_m, offs_m = query_tile_at(rank, m_blocks, bh, nheads, group, BLOCK_M, CAUSAL)
     q = head_view(q_ptr, q_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM).load([start_m, 0])
     do = head_view(do_ptr, do_strides, batch, head, seqlen_q, head_dim, BLOCK_M, HEAD_DIM).load([start_m, 0])
     if UPCAST:
@@ -260,12 +309,12 @@ def dkdv_warp_specialized(tiles: Tiles, head_dim: int) -> bool:
 
 
 def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False,
-                              tiles: BwdTiles | None = None):
+                              tiles: BwdTiles | None = None, section_l2_bytes: int = CAUSAL_SECTION_L2_BYTES):
     """(dq, dk, dv) for validated inputs; lse (b, h, sq) float32 natural log, contiguous.
 
     Always deterministic: no atomics, every sum in a fixed order, so
     `deterministic` (FlashAttention's flag) changes nothing here.
-    `tiles` overrides the tuned tile table (used by the tuning script).
+    `tiles` overrides the tuned tile table and `section_l2_bytes` the causal order's L2 budget (tuning).
     """
     batch, seqlen_q, nheads, head_dim = q.shape
     seqlen_k, nheads_kv = k.shape[1], k.shape[2]
@@ -290,14 +339,17 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     )
 
     qk_scale = softmax_scale * LOG2E
+    section = causal_section_heads(seqlen_q, d, nheads // nheads_kv, 2 * q.element_size(), section_l2_bytes)
+    key_blocks = triton.cdiv(seqlen_k, dkdv_t.block_n)
+    query_blocks = triton.cdiv(seqlen_q, dq_t.block_m)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     launch_dkdv(
-        (triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv),
+        (key_blocks * batch * nheads_kv,) if causal else (key_blocks, batch * nheads_kv),
         (q, k, v, dout, dk, dv, lse2, delta,
          bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout), bsh_strides(dk), bsh_strides(dv),
-         seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale),
+         seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale, section),
         dict(HEAD_DIM=d, BLOCK_M=dkdv_t.block_m, BLOCK_N=dkdv_t.block_n, CAUSAL=causal, UPCAST=upcast,
              EXP2_POLY=0 if upcast else dkdv_t.exp2_poly, WARP_SPECIALIZE=dkdv_warp_specialized(dkdv_t, head_dim),
              PDL=pdl),
@@ -305,9 +357,10 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     )
 
     launch_dq(
-        (triton.cdiv(seqlen_q, dq_t.block_m), batch * nheads),
+        (query_blocks * batch * nheads,) if causal else (query_blocks, batch * nheads),
         (q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),
-         bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale),
+         bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
+         section),
         dict(HEAD_DIM=d, BLOCK_M=dq_t.block_m, BLOCK_N=dq_t.block_n, CAUSAL=causal, UPCAST=upcast,
              EXP2_POLY=0 if upcast else dq_t.exp2_poly, PDL=pdl),
         dict(num_warps=dq_t.num_warps, num_stages=dq_t.num_stages, maxnreg=dq_t.max_regs, launch_pdl=pdl),

@@ -141,8 +141,8 @@ SECTIONS = [(2048, 128, 1, 2, 16), (16384, 128, 1, 16, 2), (4096, 64, 4, 8, 4), 
 def test_causal_sections_fill_the_l2_budget(seqlen_q, head_dim, group, mib, heads):
     """Sections of the causal backward's program order: a power of two of (batch, kv head)s whose Q, dO and dQ
     accumulator fit the L2 budget, and twice as many would not (one head at least)."""
-    from kernels.gluon.bwd import CAUSAL_SECTION_L2_BYTES, causal_section_heads
-    n = causal_section_heads(seqlen_q, head_dim, group, 2)
+    from kernels.triton.bwd import CAUSAL_SECTION_L2_BYTES, causal_section_heads
+    n = causal_section_heads(seqlen_q, head_dim, group, 2 * 2 + 4)
     assert n == heads
     per_head = mib * 2**20
     assert n & (n - 1) == 0
@@ -172,9 +172,9 @@ def test_gpu_causal_sections_cover_every_key_block(section):
         return bwd.attention_backward(dout, q, k, v, out.to(q.dtype), lse, d ** -0.5, True, **budget)
 
     one_section = grads()
-    assert bwd.causal_section_heads(s, d, h // h_kv, 2) >= b * h_kv
+    assert bwd.causal_section_heads(s, d, h // h_kv, 2 * 2 + 4) >= b * h_kv
     budget = section * (h // h_kv) * s * d * (2 * 2 + 4)
-    assert bwd.causal_section_heads(s, d, h // h_kv, 2, budget) == section
+    assert bwd.causal_section_heads(s, d, h // h_kv, 2 * 2 + 4, budget) == section
     sectioned = grads(section_l2_bytes=budget)
     _assert_close_to_float64(sectioned, q, k, v, dout, True)
     for name, x, y in zip("kv", one_section[1:], sectioned[1:]):

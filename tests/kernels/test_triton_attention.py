@@ -226,6 +226,26 @@ def test_warp_specialized_dkdv_falls_back_above_head_dim_128(monkeypatch):
     assert_grads_close(grads, q, k, v, dout, True)
 
 
+@on_interpreter
+@pytest.mark.parametrize("section", [1, 4])
+def test_causal_sections_cover_every_block(section):
+    """The causal grids' program order over sections of `section` (batch, kv head)s, the last one partial (6 in
+    all): every block of both kernels runs once, so the gradients match float64 and equal bitwise those of the
+    one-section order that small launches get (no atomics: the same sums in the same order)."""
+    b, sq, sk, h, h_kv, d = 3, 40, 53, 4, 2, 64
+    q, k, v, dout = random_qkv(b, sq, sk, h, h_kv, d, torch.bfloat16, "cpu", seed=section + 41)
+    out, lse = attention_ref(q, k, v, True, dtype=torch.float32)
+    one_section = attention_backward_triton(dout, q, k, v, out.to(q.dtype), lse, d ** -0.5, True)
+    assert triton_bwd.causal_section_heads(sq, d, h // h_kv, 2 * 2) >= b * h_kv
+    budget = section * (h // h_kv) * sq * d * 2 * 2
+    assert triton_bwd.causal_section_heads(sq, d, h // h_kv, 2 * 2, budget) == section
+    sectioned = attention_backward_triton(dout, q, k, v, out.to(q.dtype), lse, d ** -0.5, True,
+                                          section_l2_bytes=budget)
+    assert_grads_close(sectioned, q, k, v, dout, True)
+    for name, x, y in zip("qkv", one_section, sectioned):
+        assert torch.equal(x, y), f"d{name} differs between section orders"
+
+
 def test_tiles_reject_warp_specialize_shapes_the_pass_cannot_split():
     dq = Tiles(32, 16, 4, 1)
     for bad in (Tiles(64, 128, 8, 2), Tiles(64, 128, 4, 2, max_regs=168)):  # 8 warps: dropped; regs: the pass's
