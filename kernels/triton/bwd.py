@@ -10,7 +10,8 @@ forward (the FP8 forward uses this as its straight-through backward).
   every query head in its GQA group, so the group's sum needs no atomics.
 - dQ: one program per (query block, batch, head) walks the key blocks.
 - Causal grids are 1-D and run the heaviest blocks first, in sections of heads
-  that fit L2 (`causal_program`, FA3's backward order; the Gluon backward's too).
+  that fit L2 (`causal_program`, FA3's backward order; the Gluon backward's
+  too), or in sections of one head (`BwdTiles.causal_sections` off).
 
 The dQ kernel reads only the inputs and the preprocess's output, so on sm_90+
 it is launched as a programmatic dependent launch: its programs take the SMs
@@ -339,7 +340,8 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     )
 
     qk_scale = softmax_scale * LOG2E
-    section = causal_section_heads(seqlen_q, d, nheads // nheads_kv, 2 * q.element_size(), section_l2_bytes)
+    section = (causal_section_heads(seqlen_q, d, nheads // nheads_kv, 2 * q.element_size(), section_l2_bytes)
+               if tiles.causal_sections else 1)
     key_blocks = triton.cdiv(seqlen_k, dkdv_t.block_n)
     query_blocks = triton.cdiv(seqlen_q, dq_t.block_m)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)

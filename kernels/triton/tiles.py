@@ -52,6 +52,9 @@ class BwdTiles:
     # Launch the dQ kernel as a programmatic dependent launch (sm_90+): its programs start on the SMs that the
     # dK/dV kernel's last, part-filled wave leaves idle instead of after it (kernels/triton/bwd.py).
     dq_early: bool = True
+    # Causal grids in FA3's longest-first order over sections of heads (kernels/triton/bwd.py, causal_program);
+    # off: one head after another, block fastest (the plain 2-D grid's order).
+    causal_sections: bool = True
 
     def __post_init__(self):
         # dK/dV: the two consumers split the block_n keys (64 each); at block_n 64 both got the same keys
@@ -78,7 +81,8 @@ FWD_TILES_SM90 = {
 }
 BWD_TILES_SM90 = {
     (64, False): BwdTiles(Tiles(64, 64, 4, 2), Tiles(128, 64, 8, 2)),
-    (64, True): BwdTiles(Tiles(64, 64, 4, 2), Tiles(64, 64, 4, 2)),
+    # FA3's causal sections lost 3-6% here from 1k to 16k keys (+0-3% at hd128/256; an H100 A/B, session 36).
+    (64, True): BwdTiles(Tiles(64, 64, 4, 2), Tiles(64, 64, 4, 2), causal_sections=False),
     # dK/dV warp-specialized by Triton's pass: non-causal +3-5%, causal +4-9% (docs/tuning-triton.md, step 4c).
     (128, False): BwdTiles(Tiles(64, 128, 4, 2, exp2_poly=8, warp_specialize=True), Tiles(128, 32, 8, 3)),
     (128, True): BwdTiles(Tiles(64, 128, 4, 2, exp2_poly=8, warp_specialize=True), Tiles(64, 64, 4, 2)),
