@@ -118,7 +118,7 @@ def report_bwd(causal):
             ("dkdv", _bwd_dkdv_kernel, (t, t, t, t, t, t, f, f, s, s, s, s, s, s), tiles.dkdv,
              dict(WARP_SPECIALIZE=tiles.dkdv.warp_specialize)),
             ("dq", _bwd_dq_kernel, (t, t, t, t, t, f, f, s, s, s, s, s), tiles.dq, {})):
-        ck = compile_for(fn, (*args, 1, 1, 64, 1, 1, 128, 1.0, 1.0),
+        ck = compile_for(fn, (*args, 1, 1, 64, 1, 1, 128, 1.0, 1.0, 1),
                          dict(HEAD_DIM=128, BLOCK_M=kt.block_m, BLOCK_N=kt.block_n, CAUSAL=causal, UPCAST=False,
                               EXP2_POLY=kt.exp2_poly, PDL=True, **extra),
                          dict(num_warps=kt.num_warps, num_stages=kt.num_stages, maxnreg=kt.max_regs,
