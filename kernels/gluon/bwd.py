@@ -23,7 +23,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.launch import Launcher, compile_for
-from kernels.triton.bwd import CAUSAL_SECTION_L2_BYTES, PREPROCESS_BLOCK_M, causal_section_heads, launch_preprocess
+from kernels.triton.bwd import (CAUSAL_SECTION_L2_BYTES, PREPROCESS_BLOCK_M, causal_section_heads, launch_preprocess,
+                               program_grid)
 from kernels.triton.fwd import bsh_strides, set_descriptor_allocator
 
 from .bwd_kernel import attention_bwd_kernel
@@ -159,8 +160,7 @@ def _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_sc
 
 def backward_grid(variant, batch, seqlen_k, nheads_kv):
     """One program per (key block, batch, kv head); causal as one dimension, ordered by the kernel."""
-    key_blocks = triton.cdiv(seqlen_k, variant.tile.block_n)
-    return (key_blocks * batch * nheads_kv,) if variant.causal else (key_blocks, batch * nheads_kv)
+    return program_grid(triton.cdiv(seqlen_k, variant.tile.block_n), batch * nheads_kv, variant.causal)
 
 
 def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False, *,

@@ -75,6 +75,12 @@ def causal_section_heads(seqlen_q, head_dim, group, bytes_per_element, l2_bytes=
     return 1 << (fit.bit_length() - 1)
 
 
+def program_grid(n_blocks, heads, causal):
+    """The launch grid of a backward kernel with n_blocks blocks per head: (blocks, heads), or one dimension
+    for a causal launch, which `causal_program` maps back in its order."""
+    return (n_blocks * heads,) if causal else (n_blocks, heads)
+
+
 @triton.jit
 def causal_program(n_blocks, section_heads):
     """(rank, head) of this program of a causal launch's 1-D grid of n_blocks blocks times the heads, longest
@@ -342,13 +348,11 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     qk_scale = softmax_scale * LOG2E
     section = (causal_section_heads(seqlen_q, d, nheads // nheads_kv, 2 * q.element_size(), section_l2_bytes)
                if tiles.causal_sections else 1)
-    key_blocks = triton.cdiv(seqlen_k, dkdv_t.block_n)
-    query_blocks = triton.cdiv(seqlen_q, dq_t.block_m)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
     launch_dkdv(
-        (key_blocks * batch * nheads_kv,) if causal else (key_blocks, batch * nheads_kv),
+        program_grid(triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv, causal),
         (q, k, v, dout, dk, dv, lse2, delta,
          bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout), bsh_strides(dk), bsh_strides(dv),
          seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale, section),
@@ -359,7 +363,7 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     )
 
     launch_dq(
-        (query_blocks * batch * nheads,) if causal else (query_blocks, batch * nheads),
+        program_grid(triton.cdiv(seqlen_q, dq_t.block_m), batch * nheads, causal),
         (q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),
          bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
          section),

@@ -1,6 +1,6 @@
 """FlashAttention forward in Triton: a program per (query block, batch, head) or per SM, online softmax in exp2.
 
-The jitted helpers here (`head_view`, `query_tile`, `kv_block_range`, `causal_keep`,
+The jitted helpers here (`head_view`, `query_tile_at`, `kv_block_range`, `causal_keep`,
 `online_softmax`, `softmax_epilogue`, `to_operand`) are shared with the backward and the FP8
 forward; keep their names and signatures stable.
 
@@ -161,15 +161,9 @@ def kv_block_range(start_m, seqlen_q, seqlen_k, BLOCK_M: tl.constexpr, BLOCK_N: 
 
 
 @triton.jit
-def query_tile(nheads, group, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
-    """This program's query tile on a (query block, batch * head) grid: (bh, batch, head, kv head, first row,
-    row offsets). Causal grids run in reverse, so the last query blocks, which see the most keys, start first."""
-    return query_tile_at(tl.program_id(0), tl.num_programs(0), tl.program_id(1), nheads, group, BLOCK_M, CAUSAL)
-
-
-@triton.jit
 def query_tile_at(pid_m, m_blocks, bh, nheads, group, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
-    """`query_tile` of query block pid_m (of m_blocks) of batch * head bh."""
+    """Query tile pid_m (of m_blocks) of batch * head bh: (bh, batch, head, kv head, first row, row offsets).
+    Causal tiles count from the last, so that the query blocks that see the most keys start first."""
     if CAUSAL:
         pid_m = m_blocks - 1 - pid_m
     batch = bh // nheads
