@@ -9,7 +9,9 @@
    only, target Python version and platform).
 3. What the node has (`--have`: the output of `pip list --format=freeze` there) and the `--skip`
    patterns (torch, triton, nvidia-*) are dropped, with a warning where a shipped package needs
-   another version than the node's; the rest is downloaded without dependencies, one version each.
+   another version than the node's; the rest is downloaded without dependencies, one version each
+   (another version already in dest is removed; wheels of packages outside the resolution, such as
+   a FlashAttention-3 wheel put there, are kept and listed).
 
 On the node: pip install --no-index --no-deps --target /tmp/site <dest>/*.whl && export PYTHONPATH=/tmp/site
 (or, into an environment: pip install --no-index --find-links <dest> -e .)
@@ -100,6 +102,24 @@ def conflicts(report: dict, shipped: list[tuple[str, str]], have: dict, python_v
     return found
 
 
+def sort_existing(wheels: list[str], wanted: list[tuple[str, str]]) -> tuple[list[str], list[str], dict[str, str]]:
+    """Wheel files already in dest against this build's wanted (name, version): those of a wanted package in another
+    version (stale: the node gets one version of each), those of packages this build does not ship (kept: a wheel
+    of the user's own, such as FA3's, or of an earlier resolution), and the {name: version} still to download."""
+    to_download = {normalize(n): v for n, v in wanted}
+    wanted_names = set(to_download)
+    stale, others = [], []
+    for wheel in sorted(wheels):
+        name, version = wheel.split("-")[:2]
+        if normalize(name) not in wanted_names:
+            others.append(wheel)
+        elif to_download.get(normalize(name)) == version:  # the first wheel of the wanted version
+            to_download.pop(normalize(name))
+        else:
+            stale.append(wheel)
+    return stale, others, to_download
+
+
 def expand_platform(tag: str) -> list[str]:
     """Every tag a system of platform `tag` runs: manylinux_2_39_x86_64 also runs manylinux_2_38 ... 2_5 and the
     legacy aliases (pip matches --platform tags exactly)."""
@@ -139,13 +159,11 @@ def build(args) -> list[Path]:
     wanted = select(report, args.skip, have)
     for message in conflicts(report, wanted, have, args.python_version):
         print(f"warning: {message}", file=sys.stderr)
-    wanted_versions = {normalize(n): v for n, v in wanted}
-    for wheel in dest.glob("*.whl"):  # earlier builds' leftovers: exactly one wanted version of each package
-        name, version = wheel.name.split("-")[:2]
-        if wanted_versions.get(normalize(name)) == version:
-            wanted_versions.pop(normalize(name))
-        else:
-            wheel.unlink()
+    stale, others, wanted_versions = sort_existing([w.name for w in dest.glob("*.whl")], wanted)
+    for name in stale:
+        (dest / name).unlink()
+    if others:
+        print(f"kept in {dest}, not part of this resolution: {', '.join(others)}", file=sys.stderr)
     if wanted_versions:
         pip("download", "-q", "--no-deps", "-d", str(dest), *target, *(f"{n}=={v}" for n, v in wanted_versions.items()))
     return sorted(dest.glob("*.whl"))
