@@ -43,7 +43,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.checks import tma_ready
 from kernels.device import is_sm90, sm_count, takes_pdl
-from kernels.hadamard import hadamard_matrix, random_signs, signed_hadamard
+from kernels.hadamard import signed_hadamard
 from kernels.launch import Launcher, rebased
 from kernels.quant import (FP8QKV, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, check_qkv, check_v_key_order,
                            scales_from_amax)
@@ -53,10 +53,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 FP8_TL_DTYPES = {torch.float8_e4m3fn: tl.float8e4nv, torch.float8_e5m2: tl.float8e5}
 # Columns per dot and per load (at most): head dim 256 is handled as two halves of this width.
 HALF_WIDTH = 128
-# Rotated twice (PrepassTiles.rotate_twice): output columns of each half per dot (with x, 64 registers a thread at
-# 8 warps, 32 more for the two halves' products), and keys of V^T per dot.
-PIECE_WIDTH = 32
-V_PIECE_KEYS = 64
 # A program holds one item (rows x head dim, fp32) in registers: at most this many values per thread.
 VALUES_PER_THREAD = 64
 
@@ -74,13 +70,6 @@ class PrepassTiles:
     # V^T by a tensor-core product with a key permutation matrix (exact), stored as it comes out of the MMA,
     # instead of a register transpose before the store.
     v_by_dot: bool = False
-    # Head dim 256 at 8 warps: the fp32 block never whole in registers. Q/K blocks are rotated twice, PIECE_WIDTH
-    # output columns of each half at a time (an amax pass, then a cast pass: the tensor cores are idle anyway),
-    # with H_128 alone in shared memory and D's signs applied to x in registers; V's amax is taken from x. So two
-    # programs fit an SM's shared memory, for one's amax reduction and stores to overlap the other's work; in its
-    # registers only under a 128 cap, with spills (docs/fp8.md, session 37).
-    rotate_twice: bool = False
-    max_regs: int | None = None  # Triton's maxnreg: a cap that fits the programs per SM (spilling if need be)
 
 
 # H200, 16k tokens x hidden 2048 (docs/fp8.md): the tiles of session 2 (at 256 the third stage, a load in
@@ -111,12 +100,10 @@ def from_wgmma_keys(x, ROWS: tl.constexpr, KEYS: tl.constexpr):
 
 
 @triton.jit
-def key_permutation(ROWS: tl.constexpr, KEYS: tl.constexpr, FIRST: tl.constexpr, WGMMA_KEYS: tl.constexpr,
-                    dtype: tl.constexpr):
-    """[ROWS, KEYS] 0/1 matrix P with (x^T·P)[:, j] = x^T[:, key(FIRST + j)]: key(j) = j, or in wgmma order
-    position 16a + 4t + 2h + b takes key 16a + 8h + 2t + b (kernels.quant.to_wgmma_key_order); FIRST is a
-    multiple of the group."""
-    j = FIRST + tl.arange(0, KEYS)
+def key_permutation(ROWS: tl.constexpr, WGMMA_KEYS: tl.constexpr, dtype: tl.constexpr):
+    """[ROWS, ROWS] 0/1 matrix P with (x^T·P)[:, j] = x^T[:, key(j)]: key(j) = j, or in wgmma order position
+    16a + 4t + 2h + b takes key 16a + 8h + 2t + b (kernels.quant.to_wgmma_key_order)."""
+    j = tl.arange(0, ROWS)
     if WGMMA_KEYS:
         r = j % WGMMA_GROUP
         key = j - r + 8 * ((r // 2) % 2) + 2 * (r // 4) + r % 2
@@ -189,77 +176,31 @@ def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.const
 
 
 @triton.jit
-def _rotated_rowmax(x0, x1, h):
-    """Per row, max over one column piece of both halves of x·(D·H_256) (before 1/sqrt(d)): x0, x1 carry D's
-    signs, h is the piece's columns of H_128, and max(|u0 + u1|, |u0 - u1|) = |u0| + |u1| (NaN kept)."""
-    u0 = tl.dot(x0, h)
-    u1 = tl.dot(x1, h)
-    return tl.reduce(tl.abs(u0) + tl.abs(u1), 1, _max_keep_nan)
-
-
-@triton.jit
-def _store_rotated_piece(desc_out, x0, x1, h, zero, inv_sqrt_d, inv_scale, fp8_max, b, hd, row0, col0,
-                         ROWS: tl.constexpr, COLS: tl.constexpr, PIECE: tl.constexpr, FP8_DTYPE: tl.constexpr,
-                         INTERPRET: tl.constexpr):
-    """Columns [col0, col0 + PIECE) of both halves of x·(D·H_256)/sqrt(d), quantized and stored (the cast pass of
-    PrepassTiles.rotate_twice: the dots of _rotated_rowmax again, from a zero accumulator, so the same sums)."""
-    u0 = tl.dot(x0, h, zero)
-    u1 = tl.dot(x1, h, zero)
-    _store_fp8(desc_out, (u0 + u1) * inv_sqrt_d, inv_scale, fp8_max, b, hd, row0, col0, ROWS, PIECE, False, False,
-               False, FP8_DTYPE, INTERPRET)
-    _store_fp8(desc_out, (u0 - u1) * inv_sqrt_d, inv_scale, fp8_max, b, hd, row0, COLS + col0, ROWS, PIECE, False,
-               False, False, FP8_DTYPE, INTERPRET)
-
-
-@triton.jit
-def _quantize_items(desc_x, desc_out, desc_dh, Signs, Scale, first, step, n_items, nheads, nchunks, chunks_per_block,
+def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nheads, nchunks, chunks_per_block,
                     inv_sqrt_d, fp8_max,
                     ROWS: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr, HADAMARD: tl.constexpr,
                     TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, MODE: tl.constexpr,
                     FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr,
-                    ROTATE_TWICE: tl.constexpr, PIECE: tl.constexpr, V_PIECE: tl.constexpr,
                     INTERPRET: tl.constexpr):
     """Items first, first + step, ... of one tensor; an item is rows [c*ROWS, (c+1)*ROWS) of one (batch, head),
     ordered (batch, c, head) if HEADS_FASTEST else (batch, head, c). TRANSPOSE_OUT: stored as (d, rows), the
     rows (keys) in wgmma order if WGMMA_KEYS (kernels.quant.to_wgmma_key_order), by a product with a key
     permutation matrix if V_DOT (then the tile is in the stored layout from the start). MODE "block": the item
     is a whole scale block, quantized with its own scale (stored); "amax": store the item's amax at
-    Scale[(batch, head), c]; "given": quantize with Scale[(batch, head), c // chunks_per_block].
-    ROTATE_TWICE (head dim 256): PrepassTiles.rotate_twice; desc_dh then holds H_COLS in PIECE-wide columns and
-    Signs D's diagonal, and desc_out takes PIECE-wide blocks where the tensor is rotated, V_PIECE keys wide for
-    V^T by dot."""
+    Scale[(batch, head), c]; "given": quantize with Scale[(batch, head), c // chunks_per_block]."""
     TWO_HALVES: tl.constexpr = HEAD_DIM > COLS
-    PIECES: tl.constexpr = COLS // PIECE
-    V_PIECES: tl.constexpr = ROWS // V_PIECE
-    if ROTATE_TWICE:
-        tl.static_assert(TWO_HALVES and COLS % PIECE == 0 and ROWS % V_PIECE == 0)
     if HADAMARD:
-        if ROTATE_TWICE:
-            # H_COLS in column pieces; D's halves D0, D1 are applied to x's halves (exact sign flips) below.
-            hs = ()
-            for p in tl.static_range(PIECES):
-                hp = desc_dh.load([0, p * PIECE])
-                if INTERPRET:  # numpy has no bf16 matmul
-                    hp = hp.to(tl.float32)
-                hs = hs + (hp,)
-        else:
-            # D·H's first COLS columns: rows [0, COLS) are D0·H_COLS and, at head dim 256, rows [COLS, 2·COLS)
-            # are D1·H_COLS (D0, D1: the halves of D).
-            dh0 = desc_dh.load([0, 0])
-            if INTERPRET:  # numpy has no bf16 matmul
-                dh0 = dh0.to(tl.float32)
-            if TWO_HALVES:
-                dh1 = desc_dh.load([COLS, 0])
-                if INTERPRET:
-                    dh1 = dh1.to(tl.float32)
+        # D·H's first COLS columns: rows [0, COLS) are D0·H_COLS and, at head dim 256, rows [COLS, 2·COLS)
+        # are D1·H_COLS (D0, D1: the halves of D).
+        dh0 = desc_dh.load([0, 0])
+        if INTERPRET:  # numpy has no bf16 matmul
+            dh0 = dh0.to(tl.float32)
+        if TWO_HALVES:
+            dh1 = desc_dh.load([COLS, 0])
+            if INTERPRET:
+                dh1 = dh1.to(tl.float32)
     if TRANSPOSE_OUT and V_DOT:
-        if ROTATE_TWICE:  # V^T a piece of keys at a time
-            perms = ()
-            for p in tl.static_range(V_PIECES):
-                perms = perms + (key_permutation(ROWS, V_PIECE, p * V_PIECE, WGMMA_KEYS,
-                                                 tl.float32 if INTERPRET else desc_x.dtype),)
-        else:
-            perm = key_permutation(ROWS, ROWS, 0, WGMMA_KEYS, tl.float32 if INTERPRET else desc_x.dtype)
+        perm = key_permutation(ROWS, WGMMA_KEYS, tl.float32 if INTERPRET else desc_x.dtype)
     for item in tl.range(first, n_items, step, num_stages=NUM_STAGES):
         if HEADS_FASTEST:  # concurrent programs read the same rows of every head: nearby addresses
             h = item % nheads
@@ -278,15 +219,7 @@ def _quantize_items(desc_x, desc_out, desc_dh, Signs, Scale, first, step, n_item
             x0 = x0.to(tl.float32)
             if TWO_HALVES:
                 x1 = x1.to(tl.float32)
-        if ROTATE_TWICE:
-            if HADAMARD:
-                # Loaded here, not once before the loop: held there, the signs broadcast to x's layout took as
-                # many registers as x.
-                d0 = tl.load(Signs + tl.arange(0, COLS)).to(x0.dtype)
-                d1 = tl.load(Signs + COLS + tl.arange(0, COLS)).to(x0.dtype)
-                x0 = x0 * d0[None, :]
-                x1 = x1 * d1[None, :]
-        elif HADAMARD:
+        if HADAMARD:
             u0 = tl.dot(x0, dh0)
             if TWO_HALVES:
                 # x·(D·H_256) = [u0 + u1, u0 - u1] with u0 = x0·D0·H, u1 = x1·D1·H.
@@ -308,20 +241,9 @@ def _quantize_items(desc_x, desc_out, desc_dh, Signs, Scale, first, step, n_item
         if MODE == "given":
             scale = tl.load(scale_ptr)
         else:
-            if ROTATE_TWICE:
-                if HADAMARD:  # the amax pass; inv_sqrt_d (a power of two) commutes with the max
-                    rowmax = _rotated_rowmax(x0, x1, hs[0])
-                    for p in tl.static_range(1, PIECES):
-                        rowmax = tl.maximum(rowmax, _rotated_rowmax(x0, x1, hs[p]), propagate_nan=tl.PropagateNan.ALL)
-                    amax = tl.reduce(rowmax, 0, _max_keep_nan) * inv_sqrt_d
-                    amax = amax + (amax - amax)  # inf -> NaN, as _abs_max
-                else:  # y is x, copied or transposed
-                    amax = tl.maximum(_abs_max(x0.to(tl.float32)), _abs_max(x1.to(tl.float32)),
-                                      propagate_nan=tl.PropagateNan.ALL)
-            else:
-                amax = _abs_max(y0)
-                if TWO_HALVES:
-                    amax = tl.maximum(amax, _abs_max(y1), propagate_nan=tl.PropagateNan.ALL)
+            amax = _abs_max(y0)
+            if TWO_HALVES:
+                amax = tl.maximum(amax, _abs_max(y1), propagate_nan=tl.PropagateNan.ALL)
             if MODE == "amax":
                 tl.store(Scale + bh * nchunks + chunk, amax)
             else:
@@ -331,42 +253,20 @@ def _quantize_items(desc_x, desc_out, desc_dh, Signs, Scale, first, step, n_item
             # Rows past seqlen read as 0 and are stored as 0 up to V's padded length (ROWS is a multiple of
             # V_SEQ_ALIGN); past the tensor, TMA drops them.
             inv_scale = tl.math.div_rn(1.0, scale)
-            if ROTATE_TWICE:
-                if HADAMARD:  # the cast pass
-                    # Accumulators start at 0·inv_scale (zero; NaN where the scale is): dots the compiler cannot
-                    # merge with the amax pass's, which would keep every piece's products live across its reduction.
-                    zero = tl.zeros([ROWS, PIECE], tl.float32) + 0.0 * inv_scale
-                    for p in tl.static_range(PIECES):
-                        _store_rotated_piece(desc_out, x0, x1, hs[p], zero, inv_sqrt_d, inv_scale, fp8_max, b, h,
-                                             row0, p * PIECE, ROWS, COLS, PIECE, FP8_DTYPE, INTERPRET)
-                elif TRANSPOSE_OUT and V_DOT:  # a half and a piece of keys at a time
-                    for p in tl.static_range(V_PIECES):
-                        _store_fp8(desc_out, tl.dot(x0.T, perms[p]), inv_scale, fp8_max, b, h, row0 + p * V_PIECE,
-                                   0, V_PIECE, COLS, True, WGMMA_KEYS, True, FP8_DTYPE, INTERPRET)
-                    for p in tl.static_range(V_PIECES):
-                        _store_fp8(desc_out, tl.dot(x1.T, perms[p]), inv_scale, fp8_max, b, h, row0 + p * V_PIECE,
-                                   COLS, V_PIECE, COLS, True, WGMMA_KEYS, True, FP8_DTYPE, INTERPRET)
-                else:  # one half at a time
-                    _store_fp8(desc_out, x0.to(tl.float32), inv_scale, fp8_max, b, h, row0, 0, ROWS, COLS,
-                               TRANSPOSE_OUT, WGMMA_KEYS, V_DOT, FP8_DTYPE, INTERPRET)
-                    _store_fp8(desc_out, x1.to(tl.float32), inv_scale, fp8_max, b, h, row0, COLS, ROWS, COLS,
-                               TRANSPOSE_OUT, WGMMA_KEYS, V_DOT, FP8_DTYPE, INTERPRET)
-            else:
-                _store_fp8(desc_out, y0, inv_scale, fp8_max, b, h, row0, 0, ROWS, COLS, TRANSPOSE_OUT, WGMMA_KEYS,
-                           V_DOT, FP8_DTYPE, INTERPRET)
-                if TWO_HALVES:
-                    _store_fp8(desc_out, y1, inv_scale, fp8_max, b, h, row0, COLS, ROWS, COLS, TRANSPOSE_OUT,
-                               WGMMA_KEYS, V_DOT, FP8_DTYPE, INTERPRET)
+            _store_fp8(desc_out, y0, inv_scale, fp8_max, b, h, row0, 0, ROWS, COLS, TRANSPOSE_OUT, WGMMA_KEYS,
+                       V_DOT, FP8_DTYPE, INTERPRET)
+            if TWO_HALVES:
+                _store_fp8(desc_out, y1, inv_scale, fp8_max, b, h, row0, COLS, ROWS, COLS, TRANSPOSE_OUT,
+                           WGMMA_KEYS, V_DOT, FP8_DTYPE, INTERPRET)
 
 
 @triton.jit
-def _prepass_kernel(desc_q, desc_k, desc_v, desc_q8, desc_k8, desc_vt, desc_dh, Signs, QS, KS, VS,
+def _prepass_kernel(desc_q, desc_k, desc_v, desc_q8, desc_k8, desc_vt, desc_dh, QS, KS, VS,
                     nheads, nheads_kv, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k,
                     programs_q, programs_k, inv_sqrt_d, fp8_max,
                     ROWS_Q: tl.constexpr, ROWS_K: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr,
                     HADAMARD: tl.constexpr, V_WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, MODE: tl.constexpr,
                     FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr,
-                    ROTATE_TWICE: tl.constexpr, PIECE: tl.constexpr, V_PIECE: tl.constexpr,
                     INTERPRET: tl.constexpr, EARLY_DEPENDENTS: tl.constexpr):
     """Programs [0, programs_q) quantize Q, the next programs_k K, the rest V (items_k blocks, like K).
     EARLY_DEPENDENTS: a programmatic dependent launch after this one (the Gluon FP8 forward) may start its programs
@@ -375,25 +275,23 @@ def _prepass_kernel(desc_q, desc_k, desc_v, desc_q8, desc_k8, desc_vt, desc_dh, 
         gdc_launch_dependents()
     pid = tl.program_id(0)
     if pid < programs_q:
-        _quantize_items(desc_q, desc_q8, desc_dh, Signs, QS, pid, programs_q, items_q, nheads, nchunks_q, cpb_q,
+        _quantize_items(desc_q, desc_q8, desc_dh, QS, pid, programs_q, items_q, nheads, nchunks_q, cpb_q,
                         inv_sqrt_d, fp8_max, ROWS_Q, COLS, HEAD_DIM, HADAMARD, False, False, False, MODE,
-                        FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, ROTATE_TWICE, PIECE, V_PIECE, INTERPRET)
+                        FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
     elif pid < programs_q + programs_k:
-        _quantize_items(desc_k, desc_k8, desc_dh, Signs, KS, pid - programs_q, programs_k, items_k, nheads_kv,
-                        nchunks_k, cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, HADAMARD, False, False, False,
-                        MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, ROTATE_TWICE, PIECE, V_PIECE, INTERPRET)
+        _quantize_items(desc_k, desc_k8, desc_dh, KS, pid - programs_q, programs_k, items_k, nheads_kv, nchunks_k,
+                        cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, HADAMARD, False, False, False, MODE,
+                        FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
     else:
         programs_v = tl.num_programs(0) - programs_q - programs_k
-        _quantize_items(desc_v, desc_vt, desc_dh, Signs, VS, pid - programs_q - programs_k, programs_v, items_k,
+        _quantize_items(desc_v, desc_vt, desc_dh, VS, pid - programs_q - programs_k, programs_v, items_k,
                         nheads_kv, nchunks_k, cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, False, True,
-                        V_WGMMA_KEYS, V_DOT, MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, ROTATE_TWICE, PIECE,
-                        V_PIECE, INTERPRET)
+                        V_WGMMA_KEYS, V_DOT, MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
 
 
-def _item_rows(block: int, held_cols: int, num_warps: int) -> int:
-    """Rows per item: the whole scale block if its held columns (fp32) fit VALUES_PER_THREAD registers a thread,
-    else a chunk of it."""
-    return min(block, VALUES_PER_THREAD * 32 * num_warps // held_cols)
+def _item_rows(block: int, head_dim: int, num_warps: int) -> int:
+    """Rows per item: the whole scale block if it fits VALUES_PER_THREAD registers a thread, else a chunk of it."""
+    return min(block, VALUES_PER_THREAD * 32 * num_warps // head_dim)
 
 
 launch_prepass = Launcher(_prepass_kernel)
@@ -405,8 +303,6 @@ class PrepassPlan:
     a call then allocates, rebases the descriptors and launches (host time per call: docs/tuning-gluon.md entry 45)."""
     grid: tuple
     descriptors: tuple  # of q, k, v, q8, k8, v_t over meta tensors (kernels.launch.rebased), then D·H's (cached)
-    # (H_128's if tiles.rotate_twice)
-    signs: torch.Tensor  # D's diagonal, in the inputs' dtype (read by the kernel if tiles.rotate_twice)
     v_t_shape: tuple
     scale_shapes: tuple  # of q's, k's and v's scales: per (batch, head), one per scale block
     scalars: tuple  # the kernel's integer and float arguments after the scale pointers
@@ -422,11 +318,8 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
     tiles = tiles or prepass_tiles(q_shape[3], device)
     b, sq, h, d = q_shape
     sk, hk = k_shape[1], k_shape[2]
-    if tiles.rotate_twice and d != 2 * HALF_WIDTH:
-        raise ValueError(f"PrepassTiles.rotate_twice is for head dim {2 * HALF_WIDTH}, got {d}")
-    held_cols = HALF_WIDTH if tiles.rotate_twice else d  # fp32 columns of a block a program holds at once
-    rows_q = _item_rows(config.block_m, held_cols, tiles.num_warps)
-    rows_k = _item_rows(config.block_n, held_cols, tiles.num_warps)
+    rows_q = _item_rows(config.block_m, d, tiles.num_warps)
+    rows_k = _item_rows(config.block_n, d, tiles.num_warps)
     if min(rows_q, rows_k) % V_SEQ_ALIGN or rows_k % WGMMA_KEY_GROUP:
         raise ValueError(f"pre-pass rows per item must be a multiple of {V_SEQ_ALIGN} and {WGMMA_KEY_GROUP}, "
                          f"got {rows_q}, {rows_k}")
@@ -440,19 +333,11 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
     inputs = (torch.empty_strided(shape, stride, dtype=dtype, device="meta")
               for shape, stride in zip((q_shape, k_shape, k_shape), strides))
     outputs = (torch.empty(shape, dtype=config.dtype, device="meta") for shape in (q_shape, k_shape, v_t_shape))
-    # Rotated twice, Q and K are stored a piece of columns at a time, V^T by dot a piece of keys.
-    cols_qk8 = PIECE_WIDTH if tiles.rotate_twice and config.hadamard else cols
-    v_piece = min(V_PIECE_KEYS, rows_k)
-    keys_vt = v_piece if tiles.rotate_twice and tiles.v_by_dot else rows_k
     blocks = ([1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, rows_k, 1, cols],
-              [1, rows_q, 1, cols_qk8], [1, rows_k, 1, cols_qk8], [1, 1, cols, keys_vt])
-    if tiles.rotate_twice:
-        dh, dh_block = hadamard_matrix(cols, dtype, device), [cols, PIECE_WIDTH]
-    else:
-        dh, dh_block = signed_hadamard(d, config.seed, dtype, device), [cols, cols]
+              [1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, 1, cols, rows_k])
+    dh = signed_hadamard(d, config.seed, dtype, device)
     descriptors = tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), block)
-                        for t, block in zip((*inputs, *outputs, dh), (*blocks, dh_block)))
-    signs = random_signs(d, config.seed, device).to(dtype)
+                        for t, block in zip((*inputs, *outputs, dh), (*blocks, [cols, cols])))
 
     if INTERPRET or device.type != "cuda":
         programs = 3 * INTERPRETER_PROGRAMS_PER_TENSOR
@@ -469,11 +354,9 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
         constexprs = dict(ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
                           V_WGMMA_KEYS=v_key_order == "wgmma", V_DOT=tiles.v_by_dot, MODE=mode,
                           FP8_DTYPE=FP8_TL_DTYPES[config.dtype], NUM_STAGES=tiles.num_stages,
-                          HEADS_FASTEST=tiles.heads_fastest, ROTATE_TWICE=tiles.rotate_twice, PIECE=PIECE_WIDTH,
-                          V_PIECE=v_piece,
-                          INTERPRET=INTERPRET,
+                          HEADS_FASTEST=tiles.heads_fastest, INTERPRET=INTERPRET,
                           EARLY_DEPENDENTS=not INTERPRET and takes_pdl(device))
-        return mode, constexprs, dict(num_warps=tiles.num_warps, maxnreg=tiles.max_regs)
+        return mode, constexprs, dict(num_warps=tiles.num_warps)
 
     if config.granularity == "block" and cpb_q == cpb_k == 1:
         launches = (launch_config("block", tiles),)
@@ -485,8 +368,8 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
     scale_shapes = ((b, h, nblocks_q), (b, hk, nblocks_k), (b, hk, nblocks_k))
     scalars = (h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
                1.0 / math.sqrt(d), config.fp8_max)
-    return PrepassPlan((programs_q + programs_k + programs_v,), descriptors, signs, v_t_shape, scale_shapes,
-                       scalars, launches, (cpb_q, cpb_k, cpb_k))
+    return PrepassPlan((programs_q + programs_k + programs_v,), descriptors, v_t_shape, scale_shapes, scalars,
+                       launches, (cpb_q, cpb_k, cpb_k))
 
 
 def quantize_qkv_triton(q, k, v, config: FP8Config, tiles: PrepassTiles | None = None,
@@ -527,8 +410,7 @@ def prepare_quantize(q, k, v, config: FP8Config, tiles: PrepassTiles | None = No
     def launch_one(launch_index, scale_args):
         # Every tensor argument is a descriptor or a fresh (aligned) allocation: the plan fixes the specialization.
         mode, constexprs, options = plan.launches[launch_index]
-        launch_prepass(plan.grid, (*descs, plan.signs, *scale_args, *plan.scalars), constexprs, options,
-                       plan=(plan, mode))
+        launch_prepass(plan.grid, (*descs, *scale_args, *plan.scalars), constexprs, options, plan=(plan, mode))
 
     def launch():
         if len(plan.launches) == 1:

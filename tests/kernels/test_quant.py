@@ -221,42 +221,6 @@ def test_v_transposed_on_the_tensor_cores_is_the_same_v_t(shape, cfg, v_key_orde
     assert torch.equal(a.v_t.float(), b.v_t.float())
 
 
-@pytest.mark.parametrize("v_by_dot", [False, True])
-@pytest.mark.parametrize("shape, cfg", [CASES[3], CASES[6], CASES[8],
-                                        ((1, 130, 200, 2, 1, 256), FP8Config(block_m=128, block_n=128, seed=7)),
-                                        ((1, 64, 64, 1, 1, 256), FP8Config(block_m=64, block_n=64, hadamard=False))])
-def test_rotated_twice_matches_reference(shape, cfg, v_by_dot):
-    """PrepassTiles.rotate_twice (head dim 256: an amax pass and a cast pass, column pieces of H_128 with D's signs
-    on x, V^T in pieces of keys) quantizes as the reference does."""
-    q, k, v = make_qkv(*shape, seed=11)
-    tiles = replace(prepass_tiles(256, q.device), rotate_twice=True, v_by_dot=v_by_dot)
-    got, want = quantize_qkv_triton(q, k, v, cfg, tiles=tiles, v_key_order="wgmma"), quantize_qkv_ref(q, k, v, cfg,
-                                                                                                      "wgmma")
-    for name in ("q_scale", "k_scale", "v_scale"):
-        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-6, atol=0)
-    for name in ("q", "k", "v_t"):
-        dist = fp8_ulp_distance(getattr(got, name), getattr(want, name))
-        assert dist.max().item() <= 1 and (dist > 0).float().mean().item() < 1e-3, name
-
-
-def test_rotated_twice_gives_a_non_finite_block_a_nan_scale():
-    q, k, v = make_qkv(1, 64, 64, 2, 1, 256, seed=5)
-    q[0, 40, 1, 200] = float("nan")
-    k[0, 3, 0, 0] = float("inf")
-    v[0, 63, 0, 130] = float("-inf")
-    tiles = replace(prepass_tiles(256, q.device), rotate_twice=True)
-    x = quantize_qkv_triton(q, k, v, FP8Config(block_m=32, block_n=32), tiles=tiles)
-    for scale, bad in ((x.q_scale, (0, 1, 1)), (x.k_scale, (0, 0, 0)), (x.v_scale, (0, 0, 1))):
-        assert torch.isnan(scale[bad])
-        assert torch.isfinite(scale).sum() == scale.numel() - 1
-
-
-def test_rotate_twice_is_for_head_dim_256():
-    q, k, v = make_qkv(1, 64, 64, 2, 2, 128)
-    with pytest.raises(ValueError, match="rotate_twice is for head dim 256"):
-        quantize_qkv_triton(q, k, v, FP8Config(), tiles=replace(prepass_tiles(128, q.device), rotate_twice=True))
-
-
 def test_prepass_plans_follow_strides_and_tensors():
     """The pre-pass's cached launch plan (kernels.triton.fp8_quant.prepass_plan) is per shape and strides: q, k, v
     sliced out of a packed (b, s, 3, h, d) tensor and their contiguous copies, called in turn with fresh values,
