@@ -6,12 +6,13 @@
 1. Pure-Python dependencies published only as source (hydra's antlr4 runtime) are built into
    wheels here (`--build`), so the resolver can use them.
 2. pip resolves the dependencies for the target (`install --dry-run --report`, binary wheels
-   only, target Python version and platform).
+   only, target Python version and platform), each package the node has pinned to the node's
+   version (so what is shipped fits what is there; an impossible pin fails the resolution).
 3. What the node has (`--have`: the output of `pip list --format=freeze` there) and the `--skip`
    patterns (torch, triton, nvidia-*) are dropped, with a warning where a shipped package needs
    another version than the node's; the rest is downloaded without dependencies, one version each
-   (another version already in dest is removed; wheels of packages outside the resolution, such as
-   a FlashAttention-3 wheel put there, are kept and listed).
+   (another version already in dest is removed, and so is a wheel of a package the node has; other
+   wheels, such as a FlashAttention-3 wheel put there, are kept and listed).
 
 On the node: pip install --no-index --no-deps --target /tmp/site <dest>/*.whl && export PYTHONPATH=/tmp/site
 (or, into an environment: pip install --no-index --find-links <dest> -e .)
@@ -59,6 +60,12 @@ def parse_have(text: str) -> dict[str, str | None]:
     return have
 
 
+def node_pins(have: dict[str, str | None]) -> list[str]:
+    """Constraints that resolve as the node will run: its own version of every package it has (dependencies of
+    what is shipped then match the node's, rather than a newer release's)."""
+    return [f"{name}=={version}" for name, version in sorted(have.items()) if version]
+
+
 def skipped(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(normalize(name), normalize(p)) for p in patterns)
 
@@ -102,17 +109,19 @@ def conflicts(report: dict, shipped: list[tuple[str, str]], have: dict, python_v
     return found
 
 
-def sort_existing(wheels: list[str], wanted: list[tuple[str, str]]) -> tuple[list[str], list[str], dict[str, str]]:
-    """Wheel files already in dest against this build's wanted (name, version): those of a wanted package in another
-    version (stale: the node gets one version of each), those of packages this build does not ship (kept: a wheel
-    of the user's own, such as FA3's, or of an earlier resolution), and the {name: version} still to download."""
+def sort_existing(wheels: list[str], wanted: list[tuple[str, str]], have: dict) -> tuple[list[str], list[str],
+                                                                                     dict[str, str]]:
+    """Wheel files already in dest against this build's wanted (name, version) and the node's packages: stale ones
+    (another version of a wanted package: the node gets one version of each; or a package the node has, which
+    installed beside it would shadow the node's own), others (kept: a wheel of the user's own, such as FA3's, or of
+    an earlier resolution), and the {name: version} still to download."""
     to_download = {normalize(n): v for n, v in wanted}
     wanted_names = set(to_download)
     stale, others = [], []
     for wheel in sorted(wheels):
         name, version = wheel.split("-")[:2]
         if normalize(name) not in wanted_names:
-            others.append(wheel)
+            (stale if normalize(name) in have else others).append(wheel)
         elif to_download.get(normalize(name)) == version:  # the first wheel of the wanted version
             to_download.pop(normalize(name))
         else:
@@ -152,14 +161,15 @@ def build(args) -> list[Path]:
     requirements = [r for r in args.requirement or project_requirements(REPO / "pyproject.toml", args.extra)
                     if not needless(r, args.skip, have)]
     with tempfile.TemporaryDirectory() as tmp:
-        report_path = Path(tmp) / "report.json"
-        pip("install", "-q", "--dry-run", "--ignore-installed", "--report", str(report_path),
+        report_path, pins_path = Path(tmp) / "report.json", Path(tmp) / "node-pins.txt"
+        pins_path.write_text("".join(f"{line}\n" for line in node_pins(have)))
+        pip("install", "-q", "--dry-run", "--ignore-installed", "--report", str(report_path), "-c", str(pins_path),
             "--target", str(Path(tmp) / "t"), "--find-links", str(dest), *target, *requirements)
         report = json.loads(report_path.read_text())
     wanted = select(report, args.skip, have)
     for message in conflicts(report, wanted, have, args.python_version):
         print(f"warning: {message}", file=sys.stderr)
-    stale, others, wanted_versions = sort_existing([w.name for w in dest.glob("*.whl")], wanted)
+    stale, others, wanted_versions = sort_existing([w.name for w in dest.glob("*.whl")], wanted, have)
     for name in stale:
         (dest / name).unlink()
     if others:

@@ -37,15 +37,23 @@ def test_conflicts_flag_node_versions_outside_a_shipped_requirement():
 
 
 def test_existing_wheels_keep_one_wanted_version_and_the_users_own():
+    """Another version of a shipped package goes, and so does a package the node has (it would shadow the node's
+    own); a wheel of anything else stays."""
     existing = ["hydra_core-1.3.2-py3-none-any.whl", "hydra_core-1.3.1-py3-none-any.whl",
-                "flash_attn_3-3.0.0-cp310-abi3-linux_x86_64.whl",
+                "flash_attn_3-3.0.0-cp310-abi3-linux_x86_64.whl", "PyYAML-6.0.3-cp312-cp312-manylinux2014_x86_64.whl",
                 "pydantic_core-2.50.4-cp312-cp312-manylinux2014_x86_64.whl",
                 "pydantic_core-2.50.4-cp312-cp312-manylinux_2_28_x86_64.whl"]
     wanted = [("hydra-core", "1.3.2"), ("antlr4-python3-runtime", "4.9.3"), ("pydantic_core", "2.50.4")]
-    stale, others, to_download = wheelhouse.sort_existing(existing, wanted)
-    assert stale == ["hydra_core-1.3.1-py3-none-any.whl", "pydantic_core-2.50.4-cp312-cp312-manylinux_2_28_x86_64.whl"]
+    stale, others, to_download = wheelhouse.sort_existing(existing, wanted, wheelhouse.parse_have(FREEZE))
+    assert stale == ["PyYAML-6.0.3-cp312-cp312-manylinux2014_x86_64.whl", "hydra_core-1.3.1-py3-none-any.whl",
+                     "pydantic_core-2.50.4-cp312-cp312-manylinux_2_28_x86_64.whl"]
     assert others == ["flash_attn_3-3.0.0-cp310-abi3-linux_x86_64.whl"]
     assert to_download == {"antlr4-python3-runtime": "4.9.3"}
+
+
+def test_node_pins_are_the_versions_the_node_has():
+    assert wheelhouse.node_pins(wheelhouse.parse_have(FREEZE)) == ["huggingface-hub==1.33.0", "pyyaml==6.0.2",
+                                                                  "torch==2.11.0"]
 
 
 def test_project_requirements_and_target_args():
