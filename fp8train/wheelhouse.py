@@ -109,8 +109,8 @@ def conflicts(report: dict, shipped: list[tuple[str, str]], have: dict, python_v
     return found
 
 
-def sort_existing(wheels: list[str], wanted: list[tuple[str, str]], have: dict) -> tuple[list[str], list[str],
-                                                                                     dict[str, str]]:
+def sort_existing(wheels: list[str], wanted: list[tuple[str, str]],
+                  have: dict) -> tuple[list[str], list[str], dict[str, str]]:
     """Wheel files already in dest against this build's wanted (name, version) and the node's packages: stale ones
     (another version of a wanted package: the node gets one version of each; or a package the node has, which
     installed beside it would shadow the node's own), others (kept: a wheel of the user's own, such as FA3's, or of
