@@ -106,6 +106,11 @@ class TileConfig:
     # the rest still read from shared memory. Key loops without spills at 16-bit hd64 (128-row tiles), hd128 and
     # hd256 and FP8 hd64/hd128; they spill in FP8 hd256 and the 192-row hd64 tile (CPU compile, entry 58).
     q_in_registers: bool = False
+    # Causal with seqlen_q == seqlen_k: the first consumer's rows of a tile see only the first half of the tile's
+    # diagonal key block, so its QK^T, softmax and PV there run on those 64 keys (an m64n64 S, a k64 PV) instead of
+    # 128 with half masked. 16-bit, overlapped, warp-specialized, 128-row tiles of 128-key blocks; elsewhere off
+    # (Variant.tile, attention_forward).
+    half_diagonal: bool = False
 
     def __post_init__(self):
         if self.block_m not in (2 * CONSUMER_ROWS, 3 * CONSUMER_ROWS):
@@ -174,16 +179,19 @@ TILE_CONFIGS = {
 # keys, FP8 hd128 +8% at 16k (entry 50; +4-8% and +6-7% interleaved on one machine, entry 51); at 16-bit
 # hd128/hd256 -5% to +3% and -12% to +2%, so left off there.
 CAUSAL_MASK = dict(causal_unmasked_loop=True, row_bound_mask=True)
+# The first consumer's diagonal block on the 64 keys its rows see (TileConfig.half_diagonal): +1.8-2.5% at 1k keys
+# and +1.1-1.6% at 2k at hd64, +0.9-1.8% and +1.4-2.8% at hd128, +0.4-0.9% at 4k-16k, in two A/Bs (H100, entry 62).
+HALF_DIAGONAL = dict(half_diagonal=True)
 CAUSAL_TILE_CONFIGS = {
     # A second Q slot: the next tile's Q loads under this one; +7-10% at 1k keys, +5% at 2k, level from 4k
     # (entry 52).
     # Q in registers for QK^T: +0.4-1.2% at 1k keys and +0.2-0.8% at 2k in three A/Bs (H100, entry 58).
     (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="k", lazy_rescale=True, **ROW_TRIMS,
-                        **CAUSAL_MASK, q_stages=2, q_in_registers=True),
+                        **CAUSAL_MASK, q_stages=2, q_in_registers=True, **HALF_DIAGONAL),
     # 16-bit hd128: two Q slots fit beside two stages of split K/V (197 KB), O in Q's buffer (split K/V frees K
     # slots after QK^T): +10% / +4% / +2% at 1k / 2k / 4k keys, +3% at 8k, -2% and +1% at 16k in two A/Bs (H100,
     # entry 53).
-    (2, 128): replace(TILE_CONFIGS[2, 128], q_stages=2, stages=2, split_kv=True, o_buffer="q"),
+    (2, 128): replace(TILE_CONFIGS[2, 128], q_stages=2, stages=2, split_kv=True, o_buffer="q", **HALF_DIAGONAL),
     # Q in registers for QK^T: +2.2-5.5% from 4k to 16k keys in two A/Bs (H100, entry 58); non-causal it read -1.5%
     # to +3.4% and stays off there.
     (1, 128): replace(TILE_CONFIGS[1, 128], **CAUSAL_MASK, q_in_registers=True),
@@ -274,6 +282,11 @@ class Variant:
         if not self.warp_specialize:
             # One 8-warp partition (two m64 wgmma row blocks) that refills each slot itself once it is free.
             tile = replace(tile, block_m=2 * CONSUMER_ROWS, split_kv=False, thread_arrive=False)
+        if tile.half_diagonal and (self.fp8 or not self.causal or not self.warp_specialize or not self.overlap_on(tile)
+                                   or not tile.block_m == tile.block_n == 2 * CONSUMER_ROWS
+                                   or tile.q_in_registers and self.head_dim > 64):
+            # (With Q in registers at hd128 the first consumer's key loop spilled: Q beside P carried in fp32.)
+            tile = replace(tile, half_diagonal=False)
         if self.kv_scale_block is not None and self.kv_scale_block < tile.block_n:
             tile = replace(tile, block_n=self.kv_scale_block)  # a key block never straddles two scale blocks
         return tile
@@ -281,7 +294,10 @@ class Variant:
     @property
     def overlap(self):
         """Whether the consumers overlap a block's softmax with their own GEMMs (the switch and the tile agree)."""
-        return self.pipeline and self.tile.overlap
+        return self.overlap_on(self.tile)
+
+    def overlap_on(self, tile):
+        return self.pipeline and tile.overlap
 
     @property
     def num_consumers(self):
@@ -316,6 +332,7 @@ class Variant:
             ROW_BOUND_MASK=self.tile.row_bound_mask,
             LAZY_RESCALE=self.tile.lazy_rescale,
             RESCALE_UNDER_S=self.tile.rescale_under_s,
+            HALF_DIAGONAL=self.tile.half_diagonal,
             Q_IN_REGISTERS=self.tile.q_in_registers,
             V_WGMMA_KEYS=self.v_wgmma_keys,
             Q_SCALE_BLOCK=self.q_scale_block,
@@ -467,6 +484,9 @@ def attention_forward(q, k, v, softmax_scale=None, causal=False, *, warp_special
     if causal and q.shape[1] > k.shape[1] and variant.tile.o_buffer == "k":
         # The top tiles see no key, so they have no K buffer to stage O in.
         variant = cached_variant(*shape, replace(variant.tile, o_buffer="q"))
+    if variant.tile.half_diagonal and q.shape[1] != k.shape[1]:
+        # The diagonal then runs across key blocks, not along them.
+        variant = cached_variant(*shape, replace(variant.tile, half_diagonal=False))
     return _launch(variant, q, k, v, (None, None, None), softmax_scale, q.dtype, trace)
 
 

@@ -137,7 +137,8 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
                          V_WGMMA_KEYS: gl.constexpr, FAST_V_RATIO: gl.constexpr,
                          THREAD_ROW_SUM: gl.constexpr, UNMASKED_LOOP: gl.constexpr,
                          CAUSAL_UNMASKED_LOOP: gl.constexpr, ROW_BOUND_MASK: gl.constexpr,
-                         LAZY_RESCALE: gl.constexpr, RESCALE_UNDER_S: gl.constexpr, Q_IN_REGISTERS: gl.constexpr,
+                         LAZY_RESCALE: gl.constexpr, RESCALE_UNDER_S: gl.constexpr, HALF_DIAGONAL: gl.constexpr,
+                         Q_IN_REGISTERS: gl.constexpr,
                          Q_SCALE_BLOCK: gl.constexpr, KV_SCALE_BLOCK: gl.constexpr,
                          WARP_SPECIALIZE: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr,
                          CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
@@ -154,7 +155,7 @@ def attention_fwd_kernel(q_desc, k_desc, v_desc, o_desc, lse_ptr, q_scales, k_sc
     p = Pipeline.create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV, SPLIT_Q,
                         Q_STAGES, BRANCH_FENCE, NAMED_TURN, THREAD_ARRIVE, V_WGMMA_KEYS, FAST_V_RATIO,
                         THREAD_ROW_SUM, UNMASKED_LOOP, CAUSAL_UNMASKED_LOOP, ROW_BOUND_MASK, LAZY_RESCALE,
-                        RESCALE_UNDER_S)
+                        RESCALE_UNDER_S, HALF_DIAGONAL)
     if WARP_SPECIALIZE:
         if NUM_CONSUMERS == 2:
             gl.warp_specialize([

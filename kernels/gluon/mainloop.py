@@ -146,11 +146,14 @@ def key_block(p: Pipeline, kv: Ring):
 
 
 @gluon.jit
-def value_block(p: Pipeline, kv: Ring):
-    """V view of slot kv, [BLOCK_N, HEAD_DIM], for the B operand of PV (FP8: a K-major view of V^T)."""
+def value_block(p: Pipeline, kv: Ring, HALF: gl.constexpr = False):
+    """V view of slot kv, [BLOCK_N, HEAD_DIM], for the B operand of PV (FP8: a K-major view of V^T); HALF: its first
+    BLOCK_N / 2 keys (16-bit)."""
     shape: gl.constexpr = p.v_desc.block_type.shape
     if p.V_TRANSPOSED:
         return p.v_smem.index(kv.index).reshape([shape[2], shape[3]]).permute((1, 0))
+    elif HALF:
+        return p.v_smem.index(kv.index).reshape([shape[1], shape[3]]).slice(0, shape[1] // 2, dim=0)
     else:
         return p.v_smem.index(kv.index).reshape([shape[1], shape[3]])
 
@@ -364,41 +367,41 @@ def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, ba
 
     if OVERLAP:
         if n_blocks > 0:
-            # Peeled first block: nothing to overlap its softmax with yet.
-            k_scale, v_scale = fp8_block_scales(0, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
-            mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
-            s = qk_mma(q, q_rest, key_block(p, kv), s_zero)
-            s = warpgroup_mma_wait(0, deps=(s, ))
-            release_k(p, kv)
-            s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8,
-                                ROW_BOUND=p.ROW_BOUND_MASK)
-            pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, LAZY=p.LAZY_RESCALE)
-            _, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
-            pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS, SPLIT_MASK)
-            # With RESCALE_UNDER_S, O's rescale by block i - 1's alpha waits for block i's QK^T issue (the peeled
-            # block's alpha meets O = 0).
-            for i in range(1, mask_end):
-                o, pc, pr, m, l, alpha, v_unit, kv, turn_phase = overlapped_block(
-                    p, q, q_rest, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch,
-                    head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL,
-                    INLINE_LOADS, PINGPONG, LOOP_MASK, SPLIT_MASK)
-            if SPLIT_MASK:
-                for i in range(mask_end, n_blocks):
-                    o, pc, pr, m, l, alpha, v_unit, kv, turn_phase = overlapped_block(
-                        p, q, q_rest, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch,
+            if p.HALF_DIAGONAL and CAUSAL and CID == 0:
+                # The diagonal block on its first 64 keys, then block 1 with a 64-key PV of it; the rest as below.
+                pr, m, l, alpha, v_unit = half_diagonal_block(p, q, q_rest, kv, n_blocks, row0, seqlen_q, seqlen_k,
+                                                              row_scale, k_scales, v_scales, KV_SCALE_BLOCK, s_rows)
+                ph = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS, SPLIT_MASK)
+                if n_blocks > 1:
+                    # Block 1 lies below the diagonal for every row of this consumer (row0 is the block's key0).
+                    o, pc1, pr1, m, l, alpha1, v_unit, kv, turn_phase = overlapped_block(
+                        p, q, q_rest, kv, turn_phase, 1, n_blocks, o, ph, m, l, alpha, v_unit, s_zero, row0, batch,
                         head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL,
-                        INLINE_LOADS, PINGPONG, False, True)
-            if p.O_IN_K:
-                p.release(p.k_done)  # this consumer's QK^T of the last block is complete
-            pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
-            if p.RESCALE_UNDER_S:
-                o = rescale_o(o, alpha, p.LAZY_RESCALE)
-            mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
-            o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
-            o, pr = wait_pv(o, pm, pr)
-            if not p.O_IN_K:  # else the slot goes back once O's store has read its K buffer (kernel.py)
-                release_v(p, kv, n_blocks - 1, n_blocks, batch, head_kv, INLINE_LOADS)
-            kv = kv.next()
+                        INLINE_LOADS, PINGPONG, LOOP_MASK and not SPLIT_MASK, True, HALF_PV=True)
+                    # P enters the loop in fp32 (carried as bf16 from outside, ptxas swapped its halves with 32 PRMT
+                    # a block in the hd128 loop).
+                    o, m, l, v_unit, kv, turn_phase = overlapped_tail(
+                        p, q, q_rest, kv, turn_phase, 2, gl.maximum(mask_end, 2), n_blocks, o, pc1, pr1, m, l, alpha1,
+                        v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales,
+                        KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, LOOP_MASK, SPLIT_MASK, True)
+                else:
+                    o, kv = last_pv(p, kv, n_blocks, o, ph, pr, alpha, batch, head_kv, INLINE_LOADS, HALF_PV=True)
+            else:
+                # Peeled first block: nothing to overlap its softmax with yet.
+                k_scale, v_scale = fp8_block_scales(0, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
+                mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
+                s = qk_mma(q, q_rest, key_block(p, kv), s_zero)
+                s = warpgroup_mma_wait(0, deps=(s, ))
+                release_k(p, kv)
+                s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL,
+                                    FP8, ROW_BOUND=p.ROW_BOUND_MASK)
+                pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, LAZY=p.LAZY_RESCALE)
+                _, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
+                pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS, SPLIT_MASK)
+                o, m, l, v_unit, kv, turn_phase = overlapped_tail(
+                    p, q, q_rest, kv, turn_phase, 1, mask_end, n_blocks, o, pc, pr, m, l, alpha, v_unit, s_zero, row0,
+                    batch, head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL,
+                    INLINE_LOADS, PINGPONG, LOOP_MASK, SPLIT_MASK)
     else:
         if n_blocks > 0:  # the first visited block may need the mask even where the rest do not (LOOP_MASK)
             o, m, l, v_unit, kv, turn_phase = plain_block(
@@ -414,6 +417,82 @@ def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, ba
                     p, q, q_rest, kv, turn_phase, i, n_blocks, o, m, l, v_unit, s_zero, row0, batch, head_kv, seqlen_q,
                     seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG, False)
     return o, m, total_row_sum(l, s_rows), v_unit, kv, turn_phase
+
+
+@gluon.jit
+def overlapped_tail(p: Pipeline, q, q_rest, kv: Ring, turn_phase, first, mask_end, n_blocks, o, pc, pr, m, l, alpha,
+                    v_unit, s_zero, row0, batch, head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales,
+                    KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr,
+                    PINGPONG: gl.constexpr, LOOP_MASK: gl.constexpr, SPLIT_MASK: gl.constexpr,
+                    CARRY_F32: gl.constexpr = False):
+    """Blocks first.. of the overlapped loop (those before mask_end, at least first, with the mask test where
+    LOOP_MASK, the rest without it where SPLIT_MASK), then the last block's PV; pc / pr: block first - 1's P.
+    CARRY_F32: 16-bit P crosses the first loop's back edge in fp32 (as it does the second's; carried_p)."""
+    for i in range(first, mask_end):
+        o, pc, pr, m, l, alpha, v_unit, kv, turn_phase = overlapped_block(
+            p, q, q_rest, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch, head_kv,
+            seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS, PINGPONG,
+            LOOP_MASK, SPLIT_MASK or CARRY_F32)
+    if SPLIT_MASK:
+        for i in range(mask_end, n_blocks):
+            o, pc, pr, m, l, alpha, v_unit, kv, turn_phase = overlapped_block(
+                p, q, q_rest, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch, head_kv,
+                seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL, INLINE_LOADS,
+                PINGPONG, False, True)
+    o, kv = last_pv(p, kv, n_blocks, o, pc, pr, alpha, batch, head_kv, INLINE_LOADS)
+    return o, m, l, v_unit, kv, turn_phase
+
+
+@gluon.jit
+def last_pv(p: Pipeline, kv: Ring, n_blocks, o, pc, pr, alpha, batch, head_kv, INLINE_LOADS: gl.constexpr,
+            HALF_PV: gl.constexpr = False):
+    """The overlapped loop's end: PV of the tile's last block (P carried as pc; HALF_PV: over its first half of
+    keys, half_diagonal_block); returns (O, the ring past the block)."""
+    dtype: gl.constexpr = p.q_desc.dtype
+    p_layout: gl.constexpr = a_operand_layout(o.type.layout, dtype)
+    if p.O_IN_K:
+        p.release(p.k_done)  # this consumer's QK^T of the last block is complete
+    pm = p_operand(pc, dtype, p_layout, p.V_WGMMA_KEYS)
+    if p.RESCALE_UNDER_S:
+        o = rescale_o(o, alpha, p.LAZY_RESCALE)
+    mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
+    o = warpgroup_mma(pm, value_block(p, kv, HALF_PV), o, is_async=True)
+    o, pr = wait_pv(o, pm, pr)
+    if not p.O_IN_K:  # else the slot goes back once O's store has read its K buffer (kernel.py)
+        release_v(p, kv, n_blocks - 1, n_blocks, batch, head_kv, INLINE_LOADS)
+    return o, kv.next()
+
+
+@gluon.jit
+def half_diagonal_block(p: Pipeline, q, q_rest, kv: Ring, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scales,
+                        v_scales, KV_SCALE_BLOCK: gl.constexpr, s_rows: gl.constexpr):
+    """Consumer 0's first visited block under HALF_DIAGONAL: the tile's diagonal block, whose key0 is row0, so these
+    64 rows see only its first 64 keys. QK^T on those (m64n64), masked, and the first online-softmax step; returns
+    (P [rows, 64] fp32, m, l in the 128-key tiles' layouts, alpha, v_unit), as the peeled block of attend_tile."""
+    ROWS: gl.constexpr = row_scale.shape[0]
+    BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
+    HALF: gl.constexpr = BLOCK_N // 2
+    dtype: gl.constexpr = p.q_desc.dtype
+    FP8: gl.constexpr = dtype.is_fp8()
+    h_layout: gl.constexpr = wgmma_layout(gl.num_warps(), HALF, dtype)
+    h_rows: gl.constexpr = gl.SliceLayout(1, h_layout)
+    k_scale, v_scale = fp8_block_scales(0, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
+    if not isinstance(q, gl.shared_memory_descriptor):
+        q = gl.convert_layout(q, a_operand_layout(h_layout, dtype), assert_trivial=True)
+    mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
+    s = qk_mma(q, q_rest, key_block(p, kv).slice(0, HALF, dim=1), gl.zeros([ROWS, HALF], gl.float32, h_layout))
+    s = warpgroup_mma_wait(0, deps=(s, ))
+    release_k(p, kv)
+    s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k,
+                        gl.convert_layout(row_scale, h_rows, assert_trivial=True), k_scale, BLOCK_N, True, FP8,
+                        ROW_BOUND=p.ROW_BOUND_MASK)
+    m = gl.full([ROWS], -float("inf"), gl.float32, h_rows)
+    l = row_sum_init(ROWS, HALF, h_layout, p.THREAD_ROW_SUM)
+    pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), LAZY=p.LAZY_RESCALE)
+    _, v_unit = v_rescale(alpha, gl.to_tensor(1.0), v_scale, FP8)
+    l_128 = row_sum_init(ROWS, BLOCK_N, wgmma_layout(gl.num_warps(), BLOCK_N, dtype), p.THREAD_ROW_SUM)
+    return (pr, gl.convert_layout(m, s_rows, assert_trivial=True),
+            gl.convert_layout(l, l_128.type.layout, assert_trivial=True), alpha, v_unit)
 
 
 @gluon.jit
@@ -434,10 +513,12 @@ def block_softmax(p: Pipeline, s, i, n_blocks, m, l, v_unit, row0, seqlen_q, seq
 def overlapped_block(p: Pipeline, q, q_rest, kv: Ring, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero,
                      row0, batch, head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales,
                      KV_SCALE_BLOCK: gl.constexpr, CID: gl.constexpr, CAUSAL: gl.constexpr, INLINE_LOADS: gl.constexpr,
-                     PINGPONG: gl.constexpr, MAY_MASK: gl.constexpr, CARRY_F32: gl.constexpr = False):
+                     PINGPONG: gl.constexpr, MAY_MASK: gl.constexpr, CARRY_F32: gl.constexpr = False,
+                     HALF_PV: gl.constexpr = False):
     """Key block i of the overlapped loop: QK^T of block i and PV of block i - 1 (whose P is pc) back to back, then
     block i's softmax under that PV; returns block i's P as carried (pc) and as fp32 (pr, for the last wait_pv).
-    MAY_MASK False: block i needs no mask and every row's max is finite."""
+    MAY_MASK False: block i needs no mask and every row's max is finite. HALF_PV: block i - 1's P covers only the
+    first half of its keys (half_diagonal_block)."""
     dtype: gl.constexpr = p.q_desc.dtype
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
     p_layout: gl.constexpr = a_operand_layout(o.type.layout, dtype)
@@ -450,7 +531,7 @@ def overlapped_block(p: Pipeline, q, q_rest, kv: Ring, turn_phase, i, n_blocks, 
     if p.RESCALE_UNDER_S:
         o = rescale_o(o, alpha, p.LAZY_RESCALE)
     mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
-    o = warpgroup_mma(pm, value_block(p, kv), o, is_async=True)
+    o = warpgroup_mma(pm, value_block(p, kv, HALF_PV), o, is_async=True)
     pass_turn(p, CID, PINGPONG)
     s = warpgroup_mma_wait(1, deps=(s, ))
     release_k(p, kv_next)

@@ -124,12 +124,14 @@ class Pipeline:
     ROW_BOUND_MASK: gl.constexpr  # causal masks: one compare per score against each row's last key
     LAZY_RESCALE: gl.constexpr  # 16-bit: the row max moves only when it grows by 2^8; O is rescaled only then
     RESCALE_UNDER_S: gl.constexpr  # overlapped loop: O is rescaled while the next block's QK^T runs
+    HALF_DIAGONAL: gl.constexpr  # causal, seqlen_q == seqlen_k: consumer 0's diagonal block on its first half only
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,
                  v_ready, k_empty, v_empty, turn, fence, k_done, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV, SPLIT_Q,
                  Q_STAGES, BRANCH_FENCE, NAMED_TURN, THREAD_ARRIVE, V_TRANSPOSED, V_WGMMA_KEYS, FAST_V_RATIO,
-                 THREAD_ROW_SUM, UNMASKED_LOOP, CAUSAL_UNMASKED_LOOP, ROW_BOUND_MASK, LAZY_RESCALE, RESCALE_UNDER_S):
+                 THREAD_ROW_SUM, UNMASKED_LOOP, CAUSAL_UNMASKED_LOOP, ROW_BOUND_MASK, LAZY_RESCALE, RESCALE_UNDER_S,
+                 HALF_DIAGONAL):
         self.q_desc = q_desc
         self.k_desc = k_desc
         self.v_desc = v_desc
@@ -166,6 +168,7 @@ class Pipeline:
         self.ROW_BOUND_MASK = gl.constexpr(ROW_BOUND_MASK)
         self.LAZY_RESCALE = gl.constexpr(LAZY_RESCALE)
         self.RESCALE_UNDER_S = gl.constexpr(RESCALE_UNDER_S)
+        self.HALF_DIAGONAL = gl.constexpr(HALF_DIAGONAL)
 
     @gluon.jit
     def create(q_desc, k_desc, v_desc, o_desc, NUM_CONSUMERS: gl.constexpr, STAGES: gl.constexpr,
@@ -174,7 +177,7 @@ class Pipeline:
                V_WGMMA_KEYS: gl.constexpr,
                FAST_V_RATIO: gl.constexpr, THREAD_ROW_SUM: gl.constexpr, UNMASKED_LOOP: gl.constexpr,
                CAUSAL_UNMASKED_LOOP: gl.constexpr, ROW_BOUND_MASK: gl.constexpr, LAZY_RESCALE: gl.constexpr,
-               RESCALE_UNDER_S: gl.constexpr):
+               RESCALE_UNDER_S: gl.constexpr, HALF_DIAGONAL: gl.constexpr):
         Q_BARRIERS: gl.constexpr = Q_STAGES * (NUM_CONSUMERS if SPLIT_Q else 1)  # Pipeline.q_barrier
         ARRIVALS: gl.constexpr = CONSUMER_THREADS if THREAD_ARRIVE else 1  # per consumer release (Pipeline.release)
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [Q_STAGES * NUM_CONSUMERS] + q_desc.block_type.shape,
@@ -219,7 +222,7 @@ class Pipeline:
                         v_ready, k_empty, v_empty, turn, fence, k_done, NUM_CONSUMERS, STAGES, O_BUFFER, SPLIT_KV,
                         SPLIT_Q, Q_STAGES, BRANCH_FENCE, NAMED_TURN, THREAD_ARRIVE, v_desc.dtype.is_fp8(),
                         V_WGMMA_KEYS, FAST_V_RATIO, THREAD_ROW_SUM, UNMASKED_LOOP, CAUSAL_UNMASKED_LOOP, ROW_BOUND_MASK,
-                        LAZY_RESCALE, RESCALE_UNDER_S)
+                        LAZY_RESCALE, RESCALE_UNDER_S, HALF_DIAGONAL)
 
     @gluon.jit
     def release(self, bar):

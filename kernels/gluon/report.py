@@ -105,12 +105,19 @@ VARIANTS += [Variant(torch.bfloat16 if size == 2 else torch.float8_e4m3fn, d, ca
                      **(FP8_WGMMA if size == 1 else {}))
              for size, d, causal in QREG_TILES for tile in [default_tile(size, d, causal)]]
 
+# Consumer 0's diagonal block on its first 64 keys (TileConfig.half_diagonal, on in the 16-bit causal tiles of
+# 128-key blocks), turned off.
+HALF_DIAGONAL_HEAD_DIMS = (64, 128)
+VARIANTS += [Variant(torch.bfloat16, d, True, tile_override=replace(default_tile(2, d, True), half_diagonal=False))
+             for d in HALF_DIAGONAL_HEAD_DIMS]
+
 # Built with the consumers' cycle stamps (kernels.gluon.trace): the FP8 hd128 tile and the three-consumer hd64 tile.
 TRACED = [Variant(torch.float8_e4m3fn, 128, False, **FP8_WGMMA), Variant(torch.bfloat16, 64, False)]
 
 
 FLIP_TAGS = [("thread_arrive", "arrive"), ("named_turn", "turn"), ("split_kv", "splitkv"),
-             ("causal_unmasked_loop", "split"), ("row_bound_mask", "bound"), ("q_in_registers", "qreg")]
+             ("causal_unmasked_loop", "split"), ("row_bound_mask", "bound"), ("q_in_registers", "qreg"),
+             ("half_diagonal", "half")]
 
 
 def variant_name(v: Variant):

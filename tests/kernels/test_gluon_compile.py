@@ -113,7 +113,11 @@ def test_variant_compiles_to_wgmma_and_tma(reports, name):
     per_pair = d // k + block_n // k
     split = "_causal_" in name and ("_split1" in name or MASK_DEFAULTS.get((elem, d), (False,))[0]
                                     and "_split0" not in name)
-    assert r["ptx_wgmma"] == consumers * (3 if split else 2) * per_pair, r
+    # TileConfig.half_diagonal (16-bit hd64/hd128 causal, overlapped, warp-specialized): the first consumer's QK^T on
+    # half a block, the next block's peeled QK^T, and two PVs on half a block; not at hd128 with Q in registers.
+    half = (not fp8 and "_causal_" in name and ws and "_pipe1_" in name and d in (64, 128) and "_half0" not in name
+            and not (d == 128 and "_qreg1" in name))
+    assert r["ptx_wgmma"] == consumers * (3 if split else 2) * per_pair + (d // k + 2 * 64 // k if half else 0), r
     assert r["ptx_wgmma_fp8"] == (r["ptx_wgmma"] if fp8 else 0), r
     assert r["sass_gmma"] == r["ptx_wgmma"], "wgmma must survive ptxas as HGMMA/QGMMA"
     assert r["ptx_tma_load"] > 0 and r["sass_tma_load"] > 0, r
@@ -221,6 +225,27 @@ def test_few_keys_tile_up_to_8k_keys(seqlen_k, few):
     for seqlen_q in (1, 1000, 16384):
         assert short_tile(2, 128, False, seqlen_q, seqlen_k) == (CAUSAL_TILE_CONFIGS[(2, 128)] if few else None)
         assert short_tile(2, 128, True, seqlen_q, seqlen_k) is None and short_tile(2, 256, False, seqlen_q, 1) is None
+
+
+def test_half_diagonal_only_where_the_kernel_runs_it():
+    """TileConfig.half_diagonal is on in the 16-bit hd64/hd128 causal tiles and dropped wherever its path does not
+    exist (FP8, non-causal, without warp specialization or the overlap, other block shapes) or spilled (Q in
+    registers at hd128)."""
+    import torch
+    from dataclasses import replace
+    from kernels.gluon.forward import Variant, default_tile
+    bf16, fp8 = torch.bfloat16, torch.float8_e4m3fn
+    assert Variant(bf16, 64, True).tile.half_diagonal and Variant(bf16, 128, True).tile.half_diagonal
+    assert not Variant(bf16, 256, True).tile.half_diagonal
+    on64, on128 = (replace(default_tile(2, d, True), half_diagonal=True) for d in (64, 128))
+    assert not Variant(bf16, 64, False, tile_override=on64).tile.half_diagonal
+    assert not Variant(bf16, 64, True, warp_specialize=False, tile_override=on64).tile.half_diagonal
+    assert not Variant(bf16, 64, True, pipeline=False, tile_override=on64).tile.half_diagonal
+    assert not Variant(bf16, 64, True, tile_override=replace(on64, block_n=64)).tile.half_diagonal
+    assert not Variant(bf16, 128, True, tile_override=replace(on128, q_in_registers=True)).tile.half_diagonal
+    assert Variant(bf16, 64, True, tile_override=replace(on64, q_in_registers=True)).tile.half_diagonal
+    assert not Variant(fp8, 128, True, q_scale_block=128, kv_scale_block=128,
+                       tile_override=replace(default_tile(1, 128, True), half_diagonal=True)).tile.half_diagonal
 
 
 # The three-consumer hd64 tile (160 registers a thread) with its stamps keeps one register in local memory in the
@@ -333,8 +358,29 @@ def test_q_in_registers_makes_qk_an_rs_wgmma(reports, base):
     qk = off["sass_key_loop_gmma"] - off["sass_key_loop_rs_gmma"]  # the default's QK^T wgmmas (SS) in the loop
     assert qk > 0, off
     assert on["sass_key_loop_rs_gmma"] == off["sass_key_loop_rs_gmma"] + qk * min(d, 128) // d, (off, on)
-    assert on["sass_gmma"] == off["sass_gmma"] and on["shared_bytes"] == off["shared_bytes"], (off, on)
+    # The 16-bit hd128 causal default's half-diagonal block (TileConfig.half_diagonal) goes with Q in registers.
+    dropped = 128 // 16 + 2 * 64 // 16 if base == "bfloat16_hd128_causal_ws1_pipe1_pp1" else 0
+    assert on["sass_gmma"] == off["sass_gmma"] - dropped and on["shared_bytes"] == off["shared_bytes"], (off, on)
     assert on["sass_key_loop_gmma"] == off["sass_key_loop_gmma"], (off, on)
     assert on["sass_key_loops_local_mem"] == 0, on
     assert len(on["sass_key_loop_sizes"]) == len(off["sass_key_loop_sizes"]), (off, on)
     assert all(a <= b + 8 for a, b in zip(on["sass_key_loop_sizes"], off["sass_key_loop_sizes"])), (off, on)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_half_diagonal_adds_the_half_block_gemms_outside_the_key_loop(reports, head_dim):
+    """TileConfig.half_diagonal: consumer 0's diagonal block runs on its first 64 keys, once a tile, before its key
+    loop: its own wgmmas (the m64n64 QK^T, head_dim / 16 k-steps, and a k64 PV, 4, once after it and once in the
+    one-block tiles' last PV) besides the default's, the same registers and shared memory, and key loops without
+    local memory and as long as the default's (within 8 instructions; the hd128 build spills 24 bytes outside them,
+    once a tile)."""
+    base = f"bfloat16_hd{head_dim}_causal_ws1_pipe1_pp1"
+    on, off = reports[base], reports[base + "_half0"]
+    assert "error" not in on, on.get("error")
+    assert on["ptx_wgmma"] == off["ptx_wgmma"] + head_dim // 16 + 2 * 64 // 16, (off, on)
+    assert on["sass_gmma"] == on["ptx_wgmma"], on
+    assert on["sass_key_loop_gmma"] == off["sass_key_loop_gmma"], (off, on)
+    assert on["shared_bytes"] == off["shared_bytes"] and on["reg"] == off["reg"], (off, on)
+    assert on["sass_key_loops_local_mem"] == 0, on
+    assert len(on["sass_key_loop_sizes"]) == len(off["sass_key_loop_sizes"]), (off, on)
+    assert all(abs(a - b) <= 8 for a, b in zip(on["sass_key_loop_sizes"], off["sass_key_loop_sizes"])), (off, on)
