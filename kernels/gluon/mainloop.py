@@ -428,6 +428,8 @@ def overlapped_tail(p: Pipeline, q, q_rest, kv: Ring, turn_phase, first, mask_en
     """Blocks first.. of the overlapped loop (those before mask_end, at least first, with the mask test where
     LOOP_MASK, the rest without it where SPLIT_MASK), then the last block's PV; pc / pr: block first - 1's P.
     CARRY_F32: 16-bit P crosses the first loop's back edge in fp32 (as it does the second's; carried_p)."""
+    # With RESCALE_UNDER_S, O's rescale by block i - 1's alpha waits for block i's QK^T issue (the peeled block's
+    # alpha meets O = 0).
     for i in range(first, mask_end):
         o, pc, pr, m, l, alpha, v_unit, kv, turn_phase = overlapped_block(
             p, q, q_rest, kv, turn_phase, i, n_blocks, o, pc, m, l, alpha, v_unit, s_zero, row0, batch, head_kv,
