@@ -339,8 +339,6 @@ def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, ba
     HEAD_DIM: gl.constexpr = p.q_desc.block_type.shape[3]
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
     dtype: gl.constexpr = p.q_desc.dtype
-    P_OFFSET: gl.constexpr = p_log2_offset(dtype)
-    FP8: gl.constexpr = dtype.is_fp8()
     NW: gl.constexpr = gl.num_warps()
     s_layout: gl.constexpr = wgmma_layout(NW, BLOCK_N, dtype)
     o_layout: gl.constexpr = wgmma_layout(NW, HEAD_DIM, dtype)
@@ -387,16 +385,8 @@ def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, ba
                 else:
                     o, kv = last_pv(p, kv, n_blocks, o, ph, pr, alpha, batch, head_kv, INLINE_LOADS, HALF_PV=True)
             else:
-                # Peeled first block: nothing to overlap its softmax with yet.
-                k_scale, v_scale = fp8_block_scales(0, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
-                mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
-                s = qk_mma(q, q_rest, key_block(p, kv), s_zero)
-                s = warpgroup_mma_wait(0, deps=(s, ))
-                release_k(p, kv)
-                s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL,
-                                    FP8, ROW_BOUND=p.ROW_BOUND_MASK)
-                pr, m, l, alpha = softmax_update(s, m, l, c, P_OFFSET, LAZY=p.LAZY_RESCALE)
-                _, v_unit = v_rescale(alpha, v_unit, v_scale, FP8)
+                pr, m, l, alpha, v_unit = first_block(p, q, q_rest, kv, s_zero, m, l, n_blocks, row0, seqlen_q,
+                                                      seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CAUSAL)
                 pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS, SPLIT_MASK)
                 o, m, l, v_unit, kv, turn_phase = overlapped_tail(
                     p, q, q_rest, kv, turn_phase, 1, mask_end, n_blocks, o, pc, pr, m, l, alpha, v_unit, s_zero, row0,
@@ -466,32 +456,48 @@ def last_pv(p: Pipeline, kv: Ring, n_blocks, o, pc, pr, alpha, batch, head_kv, I
 
 
 @gluon.jit
+def first_block(p: Pipeline, q, q_rest, kv: Ring, s_zero, m, l, n_blocks, row0, seqlen_q, seqlen_k, row_scale,
+                k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, HALF: gl.constexpr = False):
+    """The overlapped loop's peeled first block, with nothing to overlap its softmax with yet: QK^T (HALF: over the
+    block's first half of keys, s_zero as wide), its scores and the first online-softmax step from m, l; returns
+    (P in fp32, m, l, alpha, v_unit)."""
+    dtype: gl.constexpr = p.q_desc.dtype
+    FP8: gl.constexpr = dtype.is_fp8()
+    BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
+    k_scale, v_scale = fp8_block_scales(0, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
+    mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
+    keys = key_block(p, kv)
+    if HALF:
+        keys = keys.slice(0, BLOCK_N // 2, dim=1)
+    s = qk_mma(q, q_rest, keys, s_zero)
+    s = warpgroup_mma_wait(0, deps=(s, ))
+    release_k(p, kv)
+    s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8,
+                        ROW_BOUND=p.ROW_BOUND_MASK)
+    pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), LAZY=p.LAZY_RESCALE)
+    _, v_unit = v_rescale(alpha, gl.to_tensor(1.0), v_scale, FP8)
+    return pr, m, l, alpha, v_unit
+
+
+@gluon.jit
 def half_diagonal_block(p: Pipeline, q, q_rest, kv: Ring, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scales,
                         v_scales, KV_SCALE_BLOCK: gl.constexpr, s_rows: gl.constexpr):
     """Consumer 0's first visited block under HALF_DIAGONAL: the tile's diagonal block, whose key0 is row0, so these
-    64 rows see only its first 64 keys. QK^T on those (m64n64), masked, and the first online-softmax step; returns
-    (P [rows, 64] fp32, m, l in the 128-key tiles' layouts, alpha, v_unit), as the peeled block of attend_tile."""
+    64 rows see only its first 64 keys. first_block on those (m64n64), masked; returns its P [rows, 64] and (m, l,
+    alpha, v_unit) with m and l in the 128-key tiles' layouts."""
     ROWS: gl.constexpr = row_scale.shape[0]
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
     HALF: gl.constexpr = BLOCK_N // 2
     dtype: gl.constexpr = p.q_desc.dtype
-    FP8: gl.constexpr = dtype.is_fp8()
     h_layout: gl.constexpr = wgmma_layout(gl.num_warps(), HALF, dtype)
     h_rows: gl.constexpr = gl.SliceLayout(1, h_layout)
-    k_scale, v_scale = fp8_block_scales(0, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
     if not isinstance(q, gl.shared_memory_descriptor):
         q = gl.convert_layout(q, a_operand_layout(h_layout, dtype), assert_trivial=True)
-    mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
-    s = qk_mma(q, q_rest, key_block(p, kv).slice(0, HALF, dim=1), gl.zeros([ROWS, HALF], gl.float32, h_layout))
-    s = warpgroup_mma_wait(0, deps=(s, ))
-    release_k(p, kv)
-    s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k,
-                        gl.convert_layout(row_scale, h_rows, assert_trivial=True), k_scale, BLOCK_N, True, FP8,
-                        ROW_BOUND=p.ROW_BOUND_MASK)
-    m = gl.full([ROWS], -float("inf"), gl.float32, h_rows)
-    l = row_sum_init(ROWS, HALF, h_layout, p.THREAD_ROW_SUM)
-    pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), LAZY=p.LAZY_RESCALE)
-    _, v_unit = v_rescale(alpha, gl.to_tensor(1.0), v_scale, FP8)
+    pr, m, l, alpha, v_unit = first_block(p, q, q_rest, kv, gl.zeros([ROWS, HALF], gl.float32, h_layout),
+                                          gl.full([ROWS], -float("inf"), gl.float32, h_rows),
+                                          row_sum_init(ROWS, HALF, h_layout, p.THREAD_ROW_SUM), n_blocks, row0,
+                                          seqlen_q, seqlen_k, gl.convert_layout(row_scale, h_rows, assert_trivial=True),
+                                          k_scales, v_scales, KV_SCALE_BLOCK, True, HALF=True)
     l_128 = row_sum_init(ROWS, BLOCK_N, wgmma_layout(gl.num_warps(), BLOCK_N, dtype), p.THREAD_ROW_SUM)
     return (pr, gl.convert_layout(m, s_rows, assert_trivial=True),
             gl.convert_layout(l, l_128.type.layout, assert_trivial=True), alpha, v_unit)
