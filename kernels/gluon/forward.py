@@ -106,9 +106,10 @@ class TileConfig:
     # the rest still read from shared memory. Key loops without spills at 16-bit hd64 (128-row tiles), hd128 and
     # hd256 and FP8 hd64/hd128; they spill in FP8 hd256 and the 192-row hd64 tile (CPU compile, entry 58).
     q_in_registers: bool = False
-    # Causal with seqlen_q == seqlen_k: the first consumer's rows of a tile see only the first half of the tile's
-    # diagonal key block, so its QK^T, softmax and PV there run on those 64 keys (an m64n64 S, a k64 PV) instead of
-    # 128 with half masked. 16-bit, overlapped, warp-specialized, 128-row tiles of 128-key blocks; elsewhere off
+    # Causal: the first consumer's rows of a tile see only the first half of the keys on its diagonal, so it leaves
+    # the other half out. With 128-key blocks (seqlen_q == seqlen_k) its QK^T, softmax and PV on the diagonal block
+    # run on those 64 keys (an m64n64 S, a k64 PV) instead of 128 with half masked; with 64-key blocks it hands the
+    # block above its rows back unread. 16-bit, overlapped, warp-specialized 128-row tiles; elsewhere off
     # (Variant.tile, attention_forward).
     half_diagonal: bool = False
 
@@ -283,7 +284,7 @@ class Variant:
             # One 8-warp partition (two m64 wgmma row blocks) that refills each slot itself once it is free.
             tile = replace(tile, block_m=2 * CONSUMER_ROWS, split_kv=False, thread_arrive=False)
         if tile.half_diagonal and (self.fp8 or not self.causal or not self.warp_specialize or not self.overlap_on(tile)
-                                   or not tile.block_m == tile.block_n == 2 * CONSUMER_ROWS
+                                   or tile.block_m != 2 * CONSUMER_ROWS or tile.block_n not in (CONSUMER_ROWS, tile.block_m)
                                    or tile.q_in_registers and self.head_dim > 64):
             # (With Q in registers at hd128 the first consumer's key loop spilled: Q beside P carried in fp32.)
             tile = replace(tile, half_diagonal=False)
@@ -484,8 +485,8 @@ def attention_forward(q, k, v, softmax_scale=None, causal=False, *, warp_special
     if causal and q.shape[1] > k.shape[1] and variant.tile.o_buffer == "k":
         # The top tiles see no key, so they have no K buffer to stage O in.
         variant = cached_variant(*shape, replace(variant.tile, o_buffer="q"))
-    if variant.tile.half_diagonal and q.shape[1] != k.shape[1]:
-        # The diagonal then runs across key blocks, not along them.
+    if variant.tile.half_diagonal and variant.tile.block_n == variant.tile.block_m and q.shape[1] != k.shape[1]:
+        # The diagonal then runs across 128-key blocks, not along them (the 64-key path tests each tile).
         variant = cached_variant(*shape, replace(variant.tile, half_diagonal=False))
     return _launch(variant, q, k, v, (None, None, None), softmax_scale, q.dtype, trace)
 

@@ -365,7 +365,7 @@ def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, ba
 
     if OVERLAP:
         if n_blocks > 0:
-            if p.HALF_DIAGONAL and CAUSAL and CID == 0:
+            if p.HALF_DIAGONAL and CAUSAL and CID == 0 and BLOCK_N == 2 * ROWS:
                 # The diagonal block on its first 64 keys, then block 1 with a 64-key PV of it; the rest as below.
                 pr, m, l, alpha, v_unit = half_diagonal_block(p, q, q_rest, kv, n_blocks, row0, seqlen_q, seqlen_k,
                                                               row_scale, k_scales, v_scales, KV_SCALE_BLOCK, s_rows)
@@ -385,13 +385,22 @@ def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, ba
                 else:
                     o, kv = last_pv(p, kv, n_blocks, o, ph, pr, alpha, batch, head_kv, INLINE_LOADS, HALF_PV=True)
             else:
-                pr, m, l, alpha, v_unit = first_block(p, q, q_rest, kv, s_zero, m, l, n_blocks, row0, seqlen_q,
+                first = 0
+                if p.HALF_DIAGONAL and CAUSAL and CID == 0:
+                    # 64-key blocks: the first visited one (above the diagonal for these rows unless the tile is
+                    # short) goes back unread.
+                    skip = (n_blocks > 1) & (kv_block_start(n_blocks, 0, BLOCK_N) >= row0 + ROWS + seqlen_k - seqlen_q)
+                    if skip:
+                        kv, turn_phase = skip_block(p, kv, turn_phase, n_blocks, batch, head_kv, CID, PINGPONG)
+                    first = skip.to(gl.int32)
+                    mask_end = gl.maximum(mask_end, first + 1)
+                pr, m, l, alpha, v_unit = first_block(p, q, q_rest, kv, first, s_zero, m, l, n_blocks, row0, seqlen_q,
                                                       seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CAUSAL)
                 pc = carried_p(pr, dtype, p_layout, p.V_WGMMA_KEYS, SPLIT_MASK)
                 o, m, l, v_unit, kv, turn_phase = overlapped_tail(
-                    p, q, q_rest, kv, turn_phase, 1, mask_end, n_blocks, o, pc, pr, m, l, alpha, v_unit, s_zero, row0,
-                    batch, head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK, CID, CAUSAL,
-                    INLINE_LOADS, PINGPONG, LOOP_MASK, SPLIT_MASK)
+                    p, q, q_rest, kv, turn_phase, first + 1, mask_end, n_blocks, o, pc, pr, m, l, alpha, v_unit,
+                    s_zero, row0, batch, head_kv, seqlen_q, seqlen_k, row_scale, k_scales, v_scales, KV_SCALE_BLOCK,
+                    CID, CAUSAL, INLINE_LOADS, PINGPONG, LOOP_MASK, SPLIT_MASK)
     else:
         if n_blocks > 0:  # the first visited block may need the mask even where the rest do not (LOOP_MASK)
             o, m, l, v_unit, kv, turn_phase = plain_block(
@@ -456,15 +465,31 @@ def last_pv(p: Pipeline, kv: Ring, n_blocks, o, pc, pr, alpha, batch, head_kv, I
 
 
 @gluon.jit
-def first_block(p: Pipeline, q, q_rest, kv: Ring, s_zero, m, l, n_blocks, row0, seqlen_q, seqlen_k, row_scale,
+def skip_block(p: Pipeline, kv: Ring, turn_phase, n_blocks, batch, head_kv, CID: gl.constexpr,
+               PINGPONG: gl.constexpr):
+    """Hand back unread the block in slot kv, which lies wholly above this consumer's rows, and take and pass its turn
+    so that the consumers' turns stay paired; returns (the ring past it, the turn parity)."""
+    # Once the loads have landed, the producer has passed its waits for this block's slots, so these releases count
+    # for this block and not the slot's last one (which the other consumer may still be reading).
+    mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
+    release_k(p, kv)
+    mbarrier.wait(p.v_ready.index(kv.index), kv.phase)
+    release_v(p, kv, 0, n_blocks, batch, head_kv, False)
+    turn_phase = take_turn(p, turn_phase, CID, PINGPONG)
+    pass_turn(p, CID, PINGPONG)
+    return kv.next(), turn_phase
+
+
+@gluon.jit
+def first_block(p: Pipeline, q, q_rest, kv: Ring, i, s_zero, m, l, n_blocks, row0, seqlen_q, seqlen_k, row_scale,
                 k_scales, v_scales, KV_SCALE_BLOCK: gl.constexpr, CAUSAL: gl.constexpr, HALF: gl.constexpr = False):
-    """The overlapped loop's peeled first block, with nothing to overlap its softmax with yet: QK^T (HALF: over the
-    block's first half of keys, s_zero as wide), its scores and the first online-softmax step from m, l; returns
-    (P in fp32, m, l, alpha, v_unit)."""
+    """The overlapped loop's peeled first block (visited block i, in slot kv), with nothing to overlap its softmax
+    with yet: QK^T (HALF: over the block's first half of keys, s_zero as wide), its scores and the first
+    online-softmax step from m, l; returns (P in fp32, m, l, alpha, v_unit)."""
     dtype: gl.constexpr = p.q_desc.dtype
     FP8: gl.constexpr = dtype.is_fp8()
     BLOCK_N: gl.constexpr = p.k_desc.block_type.shape[1]
-    k_scale, v_scale = fp8_block_scales(0, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
+    k_scale, v_scale = fp8_block_scales(i, n_blocks, k_scales, v_scales, BLOCK_N, KV_SCALE_BLOCK)
     mbarrier.wait(p.k_ready.index(kv.index), kv.phase)
     keys = key_block(p, kv)
     if HALF:
@@ -472,7 +497,7 @@ def first_block(p: Pipeline, q, q_rest, kv: Ring, s_zero, m, l, n_blocks, row0, 
     s = qk_mma(q, q_rest, keys, s_zero)
     s = warpgroup_mma_wait(0, deps=(s, ))
     release_k(p, kv)
-    s, c = block_scores(s, 0, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8,
+    s, c = block_scores(s, i, n_blocks, row0, seqlen_q, seqlen_k, row_scale, k_scale, BLOCK_N, CAUSAL, FP8,
                         ROW_BOUND=p.ROW_BOUND_MASK)
     pr, m, l, alpha = softmax_update(s, m, l, c, p_log2_offset(dtype), LAZY=p.LAZY_RESCALE)
     _, v_unit = v_rescale(alpha, gl.to_tensor(1.0), v_scale, FP8)
@@ -493,7 +518,7 @@ def half_diagonal_block(p: Pipeline, q, q_rest, kv: Ring, n_blocks, row0, seqlen
     h_rows: gl.constexpr = gl.SliceLayout(1, h_layout)
     if not isinstance(q, gl.shared_memory_descriptor):
         q = gl.convert_layout(q, a_operand_layout(h_layout, dtype), assert_trivial=True)
-    pr, m, l, alpha, v_unit = first_block(p, q, q_rest, kv, gl.zeros([ROWS, HALF], gl.float32, h_layout),
+    pr, m, l, alpha, v_unit = first_block(p, q, q_rest, kv, 0, gl.zeros([ROWS, HALF], gl.float32, h_layout),
                                           gl.full([ROWS], -float("inf"), gl.float32, h_rows),
                                           row_sum_init(ROWS, HALF, h_layout, p.THREAD_ROW_SUM), n_blocks, row0,
                                           seqlen_q, seqlen_k, gl.convert_layout(row_scale, h_rows, assert_trivial=True),

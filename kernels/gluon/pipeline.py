@@ -124,7 +124,7 @@ class Pipeline:
     ROW_BOUND_MASK: gl.constexpr  # causal masks: one compare per score against each row's last key
     LAZY_RESCALE: gl.constexpr  # 16-bit: the row max moves only when it grows by 2^8; O is rescaled only then
     RESCALE_UNDER_S: gl.constexpr  # overlapped loop: O is rescaled while the next block's QK^T runs
-    HALF_DIAGONAL: gl.constexpr  # causal, seqlen_q == seqlen_k: consumer 0's diagonal block on its first half only
+    HALF_DIAGONAL: gl.constexpr  # causal: consumer 0 runs only the half of its diagonal keys that its rows see
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_ready, q_empty, k_ready,

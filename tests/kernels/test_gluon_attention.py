@@ -396,17 +396,22 @@ def test_q_in_registers_keeps_the_bits(d, dtype, causal, overlap):
 @pytest.mark.parametrize("d, dtype, changes", [
     (64, torch.bfloat16, {}), (64, torch.bfloat16, dict(causal_unmasked_loop=False, q_in_registers=False)),
     (64, torch.bfloat16, dict(lazy_rescale=False, q_stages=1)), (128, torch.bfloat16, {}), (128, torch.float16, {}),
-    (128, torch.bfloat16, dict(split_kv=False, stages=3, q_stages=1, o_buffer="k"))],
-    ids=["d64", "d64_mask_loop_q_smem", "d64_eager_one_q", "d128", "d128_fp16", "d128_o_in_k"])
+    (128, torch.bfloat16, dict(split_kv=False, stages=3, q_stages=1, o_buffer="k")), (256, torch.bfloat16, {}),
+    (256, torch.float16, dict(lazy_rescale=False)), (64, torch.bfloat16, dict(block_n=64))],
+    ids=["d64", "d64_mask_loop_q_smem", "d64_eager_one_q", "d128", "d128_fp16", "d128_o_in_k", "d256",
+         "d256_fp16_eager", "d64_64_keys"])
 def test_half_diagonal_keeps_the_bits(d, dtype, changes):
-    """TileConfig.half_diagonal (causal, seqlen_q == seqlen_k): the first consumer's QK^T, softmax and PV of its
-    tile's diagonal block run on the 64 keys its rows see instead of 128 with half masked. The masked half adds
-    exact zeros to the row sums and to O, so the bits stay; one-block tiles (the last PV the half one), ragged
-    lengths, GQA and programs running several tiles; float64 accuracy on one of them."""
+    """TileConfig.half_diagonal (causal): the first consumer leaves out the half of its tile's diagonal keys that its
+    rows do not see. 128-key blocks (seqlen_q == seqlen_k): its QK^T, softmax and PV of the diagonal block run on 64
+    keys instead of 128 with half masked; 64-key blocks (hd256): it hands the block above its rows back unread, on any
+    lengths. The masked keys add exact zeros to the row sums and to O, so the bits stay; one-block tiles (the last PV
+    the half one), ragged and unequal lengths, rows that see no key, GQA and programs running several tiles; float64
+    accuracy on one of them."""
     from dataclasses import replace
     from kernels.gluon.forward import default_tile
     base = replace(default_tile(dtype.itemsize, d, True), **changes)
-    for shape in [(2, 333, 333, 4, 2), (1, 128, 128, 2, 2), (3, 65, 65, 2, 1), MANY_TILES, (3, 1537, 1537, 12, 3)]:
+    for shape in [(2, 333, 333, 4, 2), (1, 128, 128, 2, 2), (3, 65, 65, 2, 1), (2, 333, 1517, 4, 2),
+                  (2, 1517, 333, 4, 2), MANY_TILES, (3, 1537, 1537, 12, 3)]:
         seed, outs = _under_tiles([replace(base, half_diagonal=on) for on in (False, True)], shape, d, dtype, True)
         assert torch.isfinite(outs[1][0]).all(), f"seed {seed} {shape}"
         _assert_bitwise(outs, f"seed {seed} {shape}")

@@ -229,8 +229,8 @@ def test_few_keys_tile_up_to_8k_keys(seqlen_k, few):
 
 def test_half_diagonal_only_where_the_kernel_runs_it():
     """TileConfig.half_diagonal is on in the 16-bit hd64/hd128 causal tiles and dropped wherever its path does not
-    exist (FP8, non-causal, without warp specialization or the overlap, other block shapes) or spilled (Q in
-    registers at hd128)."""
+    exist (FP8, non-causal, without warp specialization or the overlap, block shapes other than 128 rows of 128 or 64
+    keys) or spilled (Q in registers at hd128)."""
     import torch
     from dataclasses import replace
     from kernels.gluon.forward import Variant, default_tile
@@ -241,7 +241,10 @@ def test_half_diagonal_only_where_the_kernel_runs_it():
     assert not Variant(bf16, 64, False, tile_override=on64).tile.half_diagonal
     assert not Variant(bf16, 64, True, warp_specialize=False, tile_override=on64).tile.half_diagonal
     assert not Variant(bf16, 64, True, pipeline=False, tile_override=on64).tile.half_diagonal
-    assert not Variant(bf16, 64, True, tile_override=replace(on64, block_n=64)).tile.half_diagonal
+    assert Variant(bf16, 64, True, tile_override=replace(on64, block_n=64)).tile.half_diagonal
+    assert not Variant(bf16, 64, True, tile_override=replace(on64, block_n=32)).tile.half_diagonal
+    on256 = replace(default_tile(2, 256, True), half_diagonal=True)  # 64-key blocks
+    assert Variant(bf16, 256, True, tile_override=on256).tile.half_diagonal
     assert not Variant(bf16, 128, True, tile_override=replace(on128, q_in_registers=True)).tile.half_diagonal
     assert Variant(bf16, 64, True, tile_override=replace(on64, q_in_registers=True)).tile.half_diagonal
     assert not Variant(fp8, 128, True, q_scale_block=128, kv_scale_block=128,
