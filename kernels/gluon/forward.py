@@ -181,7 +181,8 @@ TILE_CONFIGS = {
 # hd128/hd256 -5% to +3% and -12% to +2%, so left off there.
 CAUSAL_MASK = dict(causal_unmasked_loop=True, row_bound_mask=True)
 # The first consumer's diagonal block on the 64 keys its rows see (TileConfig.half_diagonal): +1.8-2.5% at 1k keys
-# and +1.1-1.6% at 2k at hd64, +0.9-1.8% and +1.4-2.8% at hd128, +0.4-0.9% at 4k-16k, in two A/Bs (H100, entry 62).
+# and +1.1-1.6% at 2k at hd64, +0.9-1.8% and +1.4-2.8% at hd128, +0.4-0.9% at 4k-16k, in two A/Bs (H100, entry 62);
+# hd256 (the block above its rows skipped): +3.4-3.8% at 1k, +1.3-1.9% at 2k, +0.3-3% from 4k (H100, entry 63).
 HALF_DIAGONAL = dict(half_diagonal=True)
 CAUSAL_TILE_CONFIGS = {
     # A second Q slot: the next tile's Q loads under this one; +7-10% at 1k keys, +5% at 2k, level from 4k
@@ -196,6 +197,7 @@ CAUSAL_TILE_CONFIGS = {
     # Q in registers for QK^T: +2.2-5.5% from 4k to 16k keys in two A/Bs (H100, entry 58); non-causal it read -1.5%
     # to +3.4% and stays off there.
     (1, 128): replace(TILE_CONFIGS[1, 128], **CAUSAL_MASK, q_in_registers=True),
+    (2, 256): replace(TILE_CONFIGS[2, 256], **HALF_DIAGONAL),
     # FP8 hd64: the mask by one compare alone, +2-3% from 1k to 4k keys; the split loop lost 1-3% (entry 52). Two Q
     # slots: +7% / +5% / +2% / +2% / +1% at 1k / 2k / 4k / 8k / 16k keys (H100, entry 53).
     (1, 64): replace(TILE_CONFIGS[1, 64], row_bound_mask=True, q_stages=2),

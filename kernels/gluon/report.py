@@ -105,9 +105,9 @@ VARIANTS += [Variant(torch.bfloat16 if size == 2 else torch.float8_e4m3fn, d, ca
                      **(FP8_WGMMA if size == 1 else {}))
              for size, d, causal in QREG_TILES for tile in [default_tile(size, d, causal)]]
 
-# Consumer 0's diagonal block on its first 64 keys (TileConfig.half_diagonal, on in the 16-bit causal tiles of
-# 128-key blocks), turned off.
-HALF_DIAGONAL_HEAD_DIMS = (64, 128)
+# Consumer 0's diagonal keys halved (TileConfig.half_diagonal, on in the 16-bit causal tiles: the diagonal block on
+# its first 64 keys at hd64/hd128, the 64-key block above its rows skipped at hd256), turned off.
+HALF_DIAGONAL_HEAD_DIMS = (64, 128, 256)
 VARIANTS += [Variant(torch.bfloat16, d, True, tile_override=replace(default_tile(2, d, True), half_diagonal=False))
              for d in HALF_DIAGONAL_HEAD_DIMS]
 

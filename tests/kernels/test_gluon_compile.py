@@ -228,23 +228,20 @@ def test_few_keys_tile_up_to_8k_keys(seqlen_k, few):
 
 
 def test_half_diagonal_only_where_the_kernel_runs_it():
-    """TileConfig.half_diagonal is on in the 16-bit hd64/hd128 causal tiles and dropped wherever its path does not
+    """TileConfig.half_diagonal is on in the 16-bit causal tiles and dropped wherever its path does not
     exist (FP8, non-causal, without warp specialization or the overlap, block shapes other than 128 rows of 128 or 64
     keys) or spilled (Q in registers at hd128)."""
     import torch
     from dataclasses import replace
     from kernels.gluon.forward import Variant, default_tile
     bf16, fp8 = torch.bfloat16, torch.float8_e4m3fn
-    assert Variant(bf16, 64, True).tile.half_diagonal and Variant(bf16, 128, True).tile.half_diagonal
-    assert not Variant(bf16, 256, True).tile.half_diagonal
+    assert all(Variant(bf16, d, True).tile.half_diagonal for d in (64, 128, 256))
     on64, on128 = (replace(default_tile(2, d, True), half_diagonal=True) for d in (64, 128))
     assert not Variant(bf16, 64, False, tile_override=on64).tile.half_diagonal
     assert not Variant(bf16, 64, True, warp_specialize=False, tile_override=on64).tile.half_diagonal
     assert not Variant(bf16, 64, True, pipeline=False, tile_override=on64).tile.half_diagonal
     assert Variant(bf16, 64, True, tile_override=replace(on64, block_n=64)).tile.half_diagonal
     assert not Variant(bf16, 64, True, tile_override=replace(on64, block_n=32)).tile.half_diagonal
-    on256 = replace(default_tile(2, 256, True), half_diagonal=True)  # 64-key blocks
-    assert Variant(bf16, 256, True, tile_override=on256).tile.half_diagonal
     assert not Variant(bf16, 128, True, tile_override=replace(on128, q_in_registers=True)).tile.half_diagonal
     assert Variant(bf16, 64, True, tile_override=replace(on64, q_in_registers=True)).tile.half_diagonal
     assert not Variant(fp8, 128, True, q_scale_block=128, kv_scale_block=128,
@@ -368,6 +365,20 @@ def test_q_in_registers_makes_qk_an_rs_wgmma(reports, base):
     assert on["sass_key_loops_local_mem"] == 0, on
     assert len(on["sass_key_loop_sizes"]) == len(off["sass_key_loop_sizes"]), (off, on)
     assert all(a <= b + 8 for a, b in zip(on["sass_key_loop_sizes"], off["sass_key_loop_sizes"])), (off, on)
+
+
+def test_half_diagonal_on_64_key_blocks_adds_no_gemm(reports):
+    """TileConfig.half_diagonal on the hd256 tile's 64-key blocks: the first consumer hands the block above its rows
+    back unread (skip_block), so no wgmma is added; the same registers and shared memory, and key loops without
+    local memory and within 8 instructions of the default's."""
+    base = "bfloat16_hd256_causal_ws1_pipe1_pp1"
+    on, off = reports[base], reports[base + "_half0"]
+    assert "error" not in on and "error" not in off, (on.get("error"), off.get("error"))
+    assert on["ptx_wgmma"] == off["ptx_wgmma"] and on["sass_gmma"] == on["ptx_wgmma"], (off, on)
+    assert on["shared_bytes"] == off["shared_bytes"] and on["reg"] == off["reg"], (off, on)
+    assert on["sass_key_loops_local_mem"] == 0, on
+    assert len(on["sass_key_loop_sizes"]) == len(off["sass_key_loop_sizes"]), (off, on)
+    assert all(abs(a - b) <= 8 for a, b in zip(on["sass_key_loop_sizes"], off["sass_key_loop_sizes"])), (off, on)
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
