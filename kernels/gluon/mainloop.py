@@ -387,8 +387,8 @@ def attend_tile(p: Pipeline, q, q_rest, kv: Ring, turn_phase, n_blocks, row0, ba
             else:
                 first = 0
                 if p.HALF_DIAGONAL and CAUSAL and CID == 0:
-                    # 64-key blocks: the first visited one (above the diagonal for these rows unless the tile is
-                    # short) goes back unread.
+                    # 64-key blocks: the first visited one goes back unread where it lies wholly above these rows
+                    # (every full tile when seqlen_q == seqlen_k).
                     skip = (n_blocks > 1) & (kv_block_start(n_blocks, 0, BLOCK_N) >= row0 + ROWS + seqlen_k - seqlen_q)
                     if skip:
                         kv, turn_phase = skip_block(p, kv, turn_phase, n_blocks, batch, head_kv, CID, PINGPONG)
