@@ -101,10 +101,10 @@ def _time(fn):
 
 # Tile variants timed next to the default (kernels.gluon.bwd_report.alternative_tiles): split warpgroups lost
 # 10-16% with the atomics (B3) and 16-25% with TMA reduce-adds (B6); B4's prefetched S^T and register dQ lost 1-20%
-# and were removed; the other dK order (B5) and the other way of adding dQ_partial (B6), alone and together, and
-# the staggered walk over the query blocks (B8; causal launches ignore it) are timed at each head dim.
+# and were removed; the other dK order (B5) and the other way of adding dQ_partial (B6), alone and together, are
+# timed at each head dim.
 ALTERNATIVES = ("dkfirst", "fa3dk", "dqtma", "dqatomic", "dqtma_dkfirst", "dqtma_fa3dk", "dqatomic_dkfirst",
-                "dqatomic_fa3dk", "stagger2", "stagger8")
+                "dqatomic_fa3dk")
 
 
 def _tiles(head_dim):

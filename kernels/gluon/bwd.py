@@ -52,16 +52,10 @@ class BwdTile:
     # The worker adds dQ_partial to the accumulator by TMA reduce-adds from the shared-memory hand-over (FA3),
     # instead of reading it back and issuing v4 atomics: the adds leave the load/store unit.
     dq_tma_reduce: bool = False
-    # Non-causal: the key blocks' programs start their walk over the query blocks at this many evenly spaced
-    # blocks (by key block modulo it), so that the programs running at once add dQ into as many different rows;
-    # 1: all start at the first block, the programs of a head at once reading the same Q/dO block from L2.
-    query_stagger: int = 1
 
     def __post_init__(self):
         if self.block_m != 64 or self.block_n != 128:
             raise ValueError(f"a backward tile needs block_m 64 and block_n 128, got {self}")
-        if self.query_stagger < 1:
-            raise ValueError(f"BwdTile.query_stagger must be at least 1, got {self.query_stagger}")
         if (self.split_warpgroups or self.dq_tma_reduce) and not self.warp_specialize:
             raise ValueError(f"split warpgroups and TMA dQ reduce-adds need warp specialization, got {self}")
 
@@ -105,8 +99,7 @@ class BwdVariant:
     @functools.cached_property  # built once per configuration (`cached_bwd_variant`), read on every launch
     def constexprs(self):
         return dict(CAUSAL=self.causal, STAGES=self.tile.stages, WARP_SPECIALIZE=self.tile.warp_specialize,
-                    MMA_PARTITIONS=self.tile.mma_partitions, FA3_DK_ORDER=self.tile.fa3_dk_order,
-                    QUERY_STAGGER=1 if self.causal else self.tile.query_stagger)
+                    MMA_PARTITIONS=self.tile.mma_partitions, FA3_DK_ORDER=self.tile.fa3_dk_order)
 
     @functools.cached_property
     def options(self):

@@ -103,16 +103,14 @@ class Work:
     seqlen_k: gl.tensor
     seqlen_q_pad: gl.tensor
     first_block: gl.tensor
-    start: gl.tensor
     n_iter: gl.tensor
     total: gl.tensor
     BLOCK_M: gl.constexpr
     BLOCK_N: gl.constexpr
-    QUERY_STAGGER: gl.constexpr
 
     @gluon.constexpr_function
-    def __init__(self, key0, batch, head_kv, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, first_block, start,
-                 n_iter, total, BLOCK_M, BLOCK_N, QUERY_STAGGER):
+    def __init__(self, key0, batch, head_kv, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, first_block, n_iter,
+                 total, BLOCK_M, BLOCK_N):
         self.key0 = key0
         self.batch = batch
         self.head_kv = head_kv
@@ -122,16 +120,14 @@ class Work:
         self.seqlen_k = seqlen_k
         self.seqlen_q_pad = seqlen_q_pad
         self.first_block = first_block
-        self.start = start
         self.n_iter = n_iter
         self.total = total
         self.BLOCK_M = gl.constexpr(BLOCK_M)
         self.BLOCK_N = gl.constexpr(BLOCK_N)
-        self.QUERY_STAGGER = gl.constexpr(QUERY_STAGGER)
 
     @gluon.jit
     def create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, section_heads, BLOCK_M: gl.constexpr,
-               BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr, QUERY_STAGGER: gl.constexpr):
+               BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
         nheads_kv = nheads // group
         if CAUSAL:
             key_block, bh = causal_program(gl.cdiv(seqlen_k, BLOCK_N), section_heads)
@@ -143,25 +139,17 @@ class Work:
         if CAUSAL:  # bottom-right: row i sees key j iff j <= i + seqlen_k - seqlen_q
             first_block = gl.maximum(key0 - (seqlen_k - seqlen_q), 0) // BLOCK_M
         n_iter = gl.maximum(gl.cdiv(seqlen_q, BLOCK_M) - first_block, 0)
-        start = gl.to_tensor(0)
-        if QUERY_STAGGER > 1:
-            start = (key_block % QUERY_STAGGER) * n_iter // QUERY_STAGGER
         return Work(key0, bh // nheads_kv, bh % nheads_kv, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
-                    first_block, start, n_iter, n_iter * group, BLOCK_M, BLOCK_N, QUERY_STAGGER)
+                    first_block, n_iter, n_iter * group, BLOCK_M, BLOCK_N)
 
     @gluon.jit
     def query_block(self, it):
         """(head, first row) of flat iteration `it`: head-major over the GQA group, and within a head the n_iter
-        query blocks from first_block on, starting at block `start` and wrapping around (BwdTile.query_stagger).
-        Where all key blocks of a head walk the query blocks in the same order, the programs running at once share
-        each Q/dO block in L2 (rotating the order per key block, to spread their dQ atomics over different rows,
-        measured up to 6% slower with the atomics: docs/tuning-gluon.md, B2)."""
+        query blocks from first_block on. All key blocks of a head walk the query blocks in the same order, so
+        the programs running at once share each Q/dO block in L2 (rotating the order per key block, to spread
+        their dQ atomics over different rows, measured up to 6% slower: docs/tuning-gluon.md)."""
         head = self.head_kv * self.group + it // self.n_iter
-        block = it % self.n_iter
-        if self.QUERY_STAGGER > 1:
-            block += self.start
-            block = gl.where(block >= self.n_iter, block - self.n_iter, block)
-        row0 = (self.first_block + block) * self.BLOCK_M
+        row0 = (self.first_block + it % self.n_iter) * self.BLOCK_M
         return head, row0
 
 
@@ -482,7 +470,7 @@ def add_dq_from_smem(b: Buffers, w: Work, dq_acc_ptr, head, row0):
 def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2_desc, delta_desc, dq_acc_ptr,
                          dq_desc, qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
                          section_heads, CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr,
-                         MMA_PARTITIONS: gl.constexpr, FA3_DK_ORDER: gl.constexpr, QUERY_STAGGER: gl.constexpr):
+                         MMA_PARTITIONS: gl.constexpr, FA3_DK_ORDER: gl.constexpr):
     """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim), K/V/dK/dV boxes of one MMA partition's keys;
     lse2/delta: 1-D descriptors over the flat (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and
     rowsum(dO * O), +inf / 0 past seqlen_q; dq_acc: zeroed float32 like q; dq_desc: a 4-D descriptor of it
@@ -490,8 +478,7 @@ def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2
     causal one dimension of as many programs, in causal_program's order over sections of section_heads."""
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = MMA_PARTITIONS * k_desc.block_type.shape[1]
-    w = Work.create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, section_heads, BLOCK_M, BLOCK_N, CAUSAL,
-                    QUERY_STAGGER)
+    w = Work.create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, section_heads, BLOCK_M, BLOCK_N, CAUSAL)
     b = Buffers.create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, dq_desc, STAGES, MMA_PARTITIONS,
                        WARP_SPECIALIZE)
     if WARP_SPECIALIZE:

@@ -17,8 +17,7 @@ def alternative_tiles(head_dim):
     """The tiles measured against the default: split MMA warpgroups (at hd 128 only 2 ring slots fit next to
     the two dQ_partial hand-overs), no warp specialization, the dK order the default does not use (dK first
     from shared memory, `dkfirst`, or FA3's, `fa3dk`), the dQ adds it does not use (TMA reduce-adds, `dqtma`,
-    or the worker's atomics, `dqatomic`), both changes together, and the non-causal walk over the query blocks
-    started at 2 or 8 points (`stagger2`, `stagger8`: BwdTile.query_stagger)."""
+    or the worker's atomics, `dqatomic`), and both changes together."""
     base = BWD_TILES[head_dim]
     order = "dkfirst" if base.fa3_dk_order else "fa3dk"
     add = "dqatomic" if base.dq_tma_reduce else "dqtma"
@@ -28,21 +27,19 @@ def alternative_tiles(head_dim):
                     fa3_dk_order=base.fa3_dk_order and head_dim != 128)
     return {"split": split, "nows": replace(base, warp_specialize=False, dq_tma_reduce=False), order: other_order,
             add: replace(base, dq_tma_reduce=not base.dq_tma_reduce),
-            f"{add}_{order}": replace(other_order, dq_tma_reduce=not base.dq_tma_reduce),
-            "stagger2": replace(base, query_stagger=2), "stagger8": replace(base, query_stagger=8)}
+            f"{add}_{order}": replace(other_order, dq_tma_reduce=not base.dq_tma_reduce)}
 
 
 # Every dtype, head dim and mask with the default tile, and bf16 with the alternatives.
 VARIANTS = [BwdVariant(dtype, d, causal) for dtype in (torch.bfloat16, torch.float16) for d in BWD_TILES
             for causal in (False, True)]
 VARIANTS += [BwdVariant(torch.bfloat16, d, causal, tile) for d in BWD_TILES for causal in (False, True)
-             for tile in alternative_tiles(d).values() if not (causal and tile.query_stagger > 1)]
+             for tile in alternative_tiles(d).values()]
 
 
 def tile_mode(tile):
     mode = "split" if tile.split_warpgroups else "lockstep" if tile.warp_specialize else "nows"
-    return (mode + ("_fa3dk" if tile.fa3_dk_order else "") + ("_dqtma" if tile.dq_tma_reduce else "")
-            + (f"_stagger{tile.query_stagger}" if tile.query_stagger > 1 else ""))
+    return mode + ("_fa3dk" if tile.fa3_dk_order else "") + ("_dqtma" if tile.dq_tma_reduce else "")
 
 
 def variant_name(v: BwdVariant):
