@@ -206,18 +206,17 @@ CAUSAL_TILE_CONFIGS = {
     (1, 256): replace(TILE_CONFIGS[1, 256], causal_unmasked_loop=True),
 }
 # Non-causal tiles for query lengths that the default's rows overshoot by more than PADDING_SLACK times this
-# tile's (short_tile): at hd64 192-row tiles pad 512 or 1k queries by 12.5%, and this tile ran 5-8% faster
-# there; from 2k keys the 192-row tile leads by 1-9% (entry 39). Two Q slots: +11% / +6% at 512 / 1k queries
-# (H100, entry 53).
-SHORT_TILE_CONFIGS = {
-    (2, 64): TileConfig(block_m=128, block_n=128, stages=3, o_buffer="own", lazy_rescale=True, **ROW_TRIMS,
-                        q_stages=2),
-}
+# tile's (short_tile): at hd64 192-row tiles pad 512 or 1k queries by 12.5%, and a 128-row tile ran 5-8% faster
+# there (entry 39), two Q slots another +11% / +6% at 512 / 1k queries (H100, entry 53). The causal hd64 tile (O
+# staged in the last K buffer, Q in registers) ran +1-3% above that tile at 1k keys and 3-6% from 2k to 16k in two
+# A/Bs (H100, entry 64), so it took that place.
+SHORT_TILE_CONFIGS = {(2, 64): CAUSAL_TILE_CONFIGS[2, 64]}
 PADDING_SLACK = 1.05
-# Non-causal tiles for launches of at most this many keys (short_tile): at 16-bit hd128 the causal tile's two Q
-# slots beside two stages of split K/V ran +6% / +3% / +2% / +2% at 1k / 2k / 4k / 8k keys, -1% and -2% at 16k in
-# two A/Bs (H100, entry 53); a third, +6% / +4% / +3% / -0.5% / +1% (entry 54).
-FEW_KEYS_TILE_CONFIGS = {(2, 128): (8192, CAUSAL_TILE_CONFIGS[2, 128])}
+# Non-causal tiles for launches of at most this many keys, whatever the queries (short_tile): at 16-bit hd128 the
+# causal tile's two Q slots beside two stages of split K/V ran +6% / +3% / +2% / +2% at 1k / 2k / 4k / 8k keys, -1%
+# and -2% at 16k in two A/Bs (H100, entry 53); a third, +6% / +4% / +3% / -0.5% / +1% (entry 54). At hd64 the
+# causal tile against the 192-row default: +1-2% at 2k keys, +1-3% at 4k, -4% to -5% at 8k and 16k (H100, entry 64).
+FEW_KEYS_TILE_CONFIGS = {(2, 64): (4096, CAUSAL_TILE_CONFIGS[2, 64]), (2, 128): (8192, CAUSAL_TILE_CONFIGS[2, 128])}
 
 
 def default_tile(dtype_bytes: int, head_dim: int, causal: bool) -> TileConfig:
@@ -234,7 +233,8 @@ def short_tile(dtype_bytes: int, head_dim: int, causal: bool, seqlen_q: int, seq
         return None
     if key in FEW_KEYS_TILE_CONFIGS:
         max_keys, few = FEW_KEYS_TILE_CONFIGS[key]
-        return few if seqlen_k <= max_keys else None
+        if seqlen_k <= max_keys:
+            return few
     short = SHORT_TILE_CONFIGS.get(key)
     if short is None:
         return None

@@ -208,23 +208,27 @@ def test_tile_config_rejects_bad_shapes(fields, match):
 @pytest.mark.parametrize("seqlen_q, short", [(1, True), (512, True), (1000, True), (1024, True), (1500, False),
                                               (2048, False), (2049, False), (4096, False), (16384, False)])
 def test_short_tile_where_192_rows_overshoot(seqlen_q, short):
-    """Non-causal hd64 runs 128-row tiles where 192-row ones would pad the queries by over 5% more rows (1024 queries:
-    1152 rows against 1024; 2048: 2112 against 2048), whatever the keys; causal and FP8 keep their defaults."""
+    """Non-causal hd64 past 4096 keys runs 128-row tiles where 192-row ones would pad the queries by over 5% more rows
+    (1024 queries: 1152 rows against 1024; 2048: 2112 against 2048); causal and FP8 keep their defaults."""
     from kernels.gluon.forward import SHORT_TILE_CONFIGS, short_tile
-    for seqlen_k in (seqlen_q, 16384):
+    for seqlen_k in (4097, 16384):
         assert short_tile(2, 64, False, seqlen_q, seqlen_k) == (SHORT_TILE_CONFIGS[(2, 64)] if short else None)
         assert short_tile(2, 64, True, seqlen_q, seqlen_k) is None
         assert short_tile(1, 64, False, seqlen_q, seqlen_k) is None and short_tile(1, 128, False, seqlen_q, 512) is None
 
 
-@pytest.mark.parametrize("seqlen_k, few", [(1, True), (1024, True), (8192, True), (8193, False), (16384, False)])
-def test_few_keys_tile_up_to_8k_keys(seqlen_k, few):
-    """Non-causal 16-bit hd128 runs the causal tile (two Q slots, two stages of split K/V) up to 8192 keys, whatever
-    the queries; causal launches and hd256 keep their defaults."""
+@pytest.mark.parametrize("head_dim, max_keys", [(64, 4096), (128, 8192)])
+def test_few_keys_tile_up_to_a_key_count(head_dim, max_keys):
+    """Non-causal 16-bit hd64 up to 4096 keys and hd128 up to 8192 run their causal tile (hd64: 128 rows, O in the
+    last K buffer, Q in registers; hd128: two Q slots, two stages of split K/V), whatever the queries; past that,
+    hd128 and long hd64 queries keep the default; causal launches and hd256 keep their defaults."""
     from kernels.gluon.forward import CAUSAL_TILE_CONFIGS, short_tile
+    few = CAUSAL_TILE_CONFIGS[(2, head_dim)]
     for seqlen_q in (1, 1000, 16384):
-        assert short_tile(2, 128, False, seqlen_q, seqlen_k) == (CAUSAL_TILE_CONFIGS[(2, 128)] if few else None)
-        assert short_tile(2, 128, True, seqlen_q, seqlen_k) is None and short_tile(2, 256, False, seqlen_q, 1) is None
+        for seqlen_k in (1, 1024, max_keys):
+            assert short_tile(2, head_dim, False, seqlen_q, seqlen_k) == few
+        assert short_tile(2, head_dim, True, seqlen_q, 1024) is None and short_tile(2, 256, False, seqlen_q, 1) is None
+    assert short_tile(2, head_dim, False, 16384, max_keys + 1) is None
 
 
 def test_half_diagonal_only_where_the_kernel_runs_it():
