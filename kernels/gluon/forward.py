@@ -197,6 +197,7 @@ CAUSAL_TILE_CONFIGS = {
     # Q in registers for QK^T: +2.2-5.5% from 4k to 16k keys in two A/Bs (H100, entry 58); non-causal it read -1.5%
     # to +3.4% and stays off there.
     (1, 128): replace(TILE_CONFIGS[1, 128], **CAUSAL_MASK, q_in_registers=True),
+    # 16-bit hd256: the first consumer hands back the 64-key block above its rows (HALF_DIAGONAL above).
     (2, 256): replace(TILE_CONFIGS[2, 256], **HALF_DIAGONAL),
     # FP8 hd64: the mask by one compare alone, +2-3% from 1k to 4k keys; the split loop lost 1-3% (entry 52). Two Q
     # slots: +7% / +5% / +2% / +2% / +1% at 1k / 2k / 4k / 8k / 16k keys (H100, entry 53).
