@@ -287,7 +287,8 @@ class Variant:
             # One 8-warp partition (two m64 wgmma row blocks) that refills each slot itself once it is free.
             tile = replace(tile, block_m=2 * CONSUMER_ROWS, split_kv=False, thread_arrive=False)
         if tile.half_diagonal and (self.fp8 or not self.causal or not self.warp_specialize or not self.overlap_on(tile)
-                                   or tile.block_m != 2 * CONSUMER_ROWS or tile.block_n not in (CONSUMER_ROWS, tile.block_m)
+                                   or tile.block_m != 2 * CONSUMER_ROWS
+                                   or tile.block_n not in (CONSUMER_ROWS, tile.block_m)
                                    or tile.q_in_registers and self.head_dim > 64):
             # (With Q in registers at hd128 the first consumer's key loop spilled: Q beside P carried in fp32.)
             tile = replace(tile, half_diagonal=False)
