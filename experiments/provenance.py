@@ -9,6 +9,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -24,22 +25,35 @@ def _triton_version():
     return triton.__version__
 
 
-def _git_commit():
+def _git(root, *args, env=None):
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=True,
+                          env=env).stdout.strip()
+
+
+def worktree_tree(root=REPO_ROOT):
+    """The git tree id of the files as they are, tracked or not (ignored ones left out), through a scratch index.
+
+    It equals the tree of the commit whose files these are (`git log --format='%h %T'` lists them), whatever
+    commit this copy's .git points at: a GPU node's copy of the tree may carry a stale .git.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": os.path.join(tmp, "index")}
+        _git(root, "add", "--all", env=env)
+        return _git(root, "write-tree", env=env)
+
+
+def git_commit(root=REPO_ROOT):
+    """HEAD's short id; where the files differ from it (new files too), '+dirty' and the files' own tree id."""
     # A copy of the tree without .git (a remote GPU node) names its commit through the environment.
     if os.environ.get("FP8TRAIN_COMMIT"):
         return os.environ["FP8TRAIN_COMMIT"]
     try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
-        )
+        head = _git(root, "rev-parse", "--short", "HEAD")
+        if not _git(root, "status", "--porcelain"):
+            return head
+        return f"{head}+dirty tree {worktree_tree(root)[:12]}"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True, text=True, timeout=5,
-    ).stdout.strip()
-    return out.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def device_name():
@@ -59,7 +73,7 @@ def collect(command=None):
         "cuda": torch.version.cuda or "none",
         "cudnn": str(cudnn) if cudnn else "none",
         "python": platform.python_version(),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "command": command if command is not None else shlex.join([Path(sys.executable).name, *sys.argv]),
     }
 
