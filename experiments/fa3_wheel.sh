@@ -1,5 +1,5 @@
 #!/bin/bash
-# Build a reduced FlashAttention-3 wheel (hopper/: forward only, head dims 128 and 256, BF16 and FP8 e4m3,
+# Build a reduced FlashAttention-3 wheel (hopper/: forward only, head dims 64, 128 and 256, BF16 and FP8 e4m3,
 # sm_90a) for GPU nodes without internet, so that `experiments.paper`'s `fa3` / `fa3-fp8` peers run there:
 #   bash experiments/fa3_wheel.sh FLASH_ATTENTION_DIR OUT_DIR
 # FLASH_ATTENTION_DIR: a Dao-AILab/flash-attention checkout with csrc/cutlass populated (the submodule).
@@ -8,7 +8,7 @@
 # Without a CUDA install, PyPI has all of it (session 35, for a cu130 node): `pip install torch==2.11.0
 # "cuda-toolkit[nvcc,cccl,crt,nvvm,cudart]==13.0.2" ninja wheel`, then a CUDA_HOME whose bin, include and nvvm
 # link to site-packages/nvidia/cu13/'s and whose lib64 holds links to its lib/ files plus libcudart.so ->
-# libcudart.so.13. Built on a 2-core CPU machine in 3-6 minutes; install on the node with
+# libcudart.so.13. Built on a 2-core CPU machine in 3-7 minutes; install on the node with
 # `pip install --no-deps --no-index`.
 set -euo pipefail
 if [ $# -ne 2 ]; then
@@ -21,7 +21,7 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export PATH=$CUDA_HOME/bin:$PATH MAX_JOBS=${MAX_JOBS:-2} NVCC_THREADS=1
 export FLASH_ATTENTION_FORCE_BUILD=TRUE  # never download a prebuilt wheel
 # Everything the forward benchmarks do not call.
-for f in BACKWARD SPLIT PAGEDKV APPENDKV LOCAL SOFTCAP PACKGQA FP16 VARLEN CLUSTER HDIM64 HDIM96 HDIM192 SM80 \
+for f in BACKWARD SPLIT PAGEDKV APPENDKV LOCAL SOFTCAP PACKGQA FP16 VARLEN CLUSTER HDIM96 HDIM192 SM80 \
          HDIMDIFF64 HDIMDIFF192; do
     export FLASH_ATTENTION_DISABLE_$f=TRUE
 done
