@@ -102,17 +102,19 @@ def _time(fn):
 # Tile variants timed next to the default (kernels.gluon.bwd_report.alternative_tiles): split warpgroups lost
 # 10-16% with the atomics (B3) and 16-25% with TMA reduce-adds (B6); B4's prefetched S^T and register dQ lost 1-20%
 # and were removed; the other dK order (B5) and the other way of adding dQ_partial (B6), alone and together, are
-# timed at each head dim.
+# timed at each head dim, the causal masked blocks in a loop of their own or not (`ml`, `noml`, B9), and at hd64
+# the 64-row tile that FA3's 128 rows replaced (B9).
 ALTERNATIVES = ("dkfirst", "fa3dk", "dqtma", "dqatomic", "dqtma_dkfirst", "dqtma_fa3dk", "dqatomic_dkfirst",
-                "dqatomic_fa3dk")
+                "dqatomic_fa3dk", "ml", "noml", "m64", "m64_ml")
 
 
 def _tiles(head_dim):
-    """The default (None) and its variants in ALTERNATIVES that this head dim has
-    (kernels.gluon.bwd_report.alternative_tiles: the dK order and the dQ adds the default does not use)."""
+    """The default and its variants in ALTERNATIVES that this head dim has
+    (kernels.gluon.bwd_report.alternative_tiles: the dK order and the dQ adds the default does not use, ...)."""
+    from kernels.gluon.bwd import BWD_TILES
     from kernels.gluon.bwd_report import alternative_tiles
-    return dict(default=None, **{name: tile for name, tile in alternative_tiles(head_dim).items()
-                                 if name in ALTERNATIVES})
+    return dict(default=BWD_TILES[head_dim], **{name: tile for name, tile in alternative_tiles(head_dim).items()
+                                                if name in ALTERNATIVES})
 
 
 def _bench(batch, seqlen, nheads, head_dim, causal, tile_names, section_mbs=()):
@@ -120,6 +122,7 @@ def _bench(batch, seqlen, nheads, head_dim, causal, tile_names, section_mbs=()):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from kernels.flops import attention_flops, tflops_per_s
     from kernels.gluon.bwd import attention_backward
+    from kernels.gluon.bwd_report import distinct_tiles
     from kernels.triton import attention_backward_triton, attention_forward_triton
     q, k, v, dout = (torch.randn(batch, seqlen, nheads, head_dim, device="cuda", dtype=torch.bfloat16)
                      for _ in range(4))
@@ -127,11 +130,12 @@ def _bench(batch, seqlen, nheads, head_dim, causal, tile_names, section_mbs=()):
     out, lse = attention_forward_triton(q, k, v, scale, causal)
     flops = attention_flops(batch, seqlen, nheads, head_dim, causal, mode="bwd")
     row = dict(stage="bench", batch=batch, seqlen=seqlen, nheads=nheads, head_dim=head_dim, causal=causal)
-    tiles = _tiles(head_dim)
+    known = _tiles(head_dim)
+    tiles = distinct_tiles({n: known[n] for n in tile_names if n in known}, causal)
     timed = {"triton": lambda: attention_backward_triton(dout, q, k, v, out, lse, scale, causal)}
-    for name in (n for n in tile_names if n in tiles):
+    for name, tile in tiles.items():
         timed["gluon" if name == "default" else f"gluon_{name}"] = (
-            lambda tile=tiles[name]: attention_backward(dout, q, k, v, out, lse, scale, causal, tile=tile))
+            lambda tile=tile: attention_backward(dout, q, k, v, out, lse, scale, causal, tile=tile))
     for mb in section_mbs if causal else ():  # the causal order's L2 budget (kernels.gluon.bwd.causal_section_heads)
         timed[f"gluon_l2_{mb}mb"] = (
             lambda b=mb * 2**20: attention_backward(dout, q, k, v, out, lse, scale, causal, section_l2_bytes=b))

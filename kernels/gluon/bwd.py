@@ -40,7 +40,7 @@ STAT_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, ra
 
 @dataclass(frozen=True)
 class BwdTile:
-    block_m: int  # query rows per step (one warpgroup's dQ_partial: 64)
+    block_m: int  # query rows per step: 64 (the warpgroups split dQ_partial's head dim) or 128 (its rows)
     block_n: int  # keys per program: two MMA warpgroups of 4 warps, 16 keys per warp
     stages: int  # Q/dO ring depth
     warp_specialize: bool = True  # a worker warpgroup issues the loads and the dQ atomics
@@ -52,10 +52,13 @@ class BwdTile:
     # The worker adds dQ_partial to the accumulator by TMA reduce-adds from the shared-memory hand-over (FA3),
     # instead of reading it back and issuing v4 atomics: the adds leave the load/store unit.
     dq_tma_reduce: bool = False
+    # Causal: per head, the query blocks that cross the diagonal run first in a loop of their own (FA3's masking
+    # steps), so that the mask's registers weigh on that loop alone, not on the main one.
+    mask_loop: bool = False
 
     def __post_init__(self):
-        if self.block_m != 64 or self.block_n != 128:
-            raise ValueError(f"a backward tile needs block_m 64 and block_n 128, got {self}")
+        if self.block_m not in (64, 128) or self.block_n != 128:
+            raise ValueError(f"a backward tile needs block_m 64 or 128 and block_n 128, got {self}")
         if (self.split_warpgroups or self.dq_tma_reduce) and not self.warp_specialize:
             raise ValueError(f"split warpgroups and TMA dQ reduce-adds need warp specialization, got {self}")
 
@@ -71,13 +74,14 @@ class BwdTile:
 
 # Head dim -> tile. Shared memory (of 227 KB), 16-bit: K + V + stages * (Q + dO) + 2 dS^T buffers + the float32
 # dQ_partial hand-over (one per MMA partition): hd128 32 + 32 + 3 * 32 + 32 + 32 = 224 KB (plus 1.5 KB of
-# LSE2/delta), hd64 16 + 16 + 3 * 16 + 32 + 16 = 128 KB. Registers per MMA thread (256): dK + dV accumulators
-# 2 * (128 * d / 256), S^T and dP^T 2 * 32, dQ_partial 64 * d / 256. Split warpgroups measured 2-16% slower
-# (docs/tuning-gluon.md, B3): the second float32 hand-over costs more shared-memory traffic than the overlap gains.
+# LSE2/delta), hd64 (128 query rows) 16 + 16 + 2 * 32 + 64 + 32 = 192 KB. Registers per MMA thread (256): dK + dV
+# accumulators 2 * (128 * d / 256), S^T and dP^T 2 * (128 * block_m / 256), dQ_partial block_m * d / 256. Split
+# warpgroups measured 2-16% slower (docs/tuning-gluon.md, B3): the second float32 hand-over costs more
+# shared-memory traffic than the overlap gains.
 BWD_TILES = {
-    # FA3's dK order: +5-7% non-causal, +0-2% causal against dK first from shared memory (B5). TMA reduce-adds
-    # for dQ: level with the atomics here (0.97-1.01x, B6), so the tile keeps them.
-    64: BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True),
+    # FA3's hd64 tile, 128 query rows a step, with the causal masked blocks in a loop of their own and dK first:
+    # +1-5% non-causal, +5-9% causal from 2k keys, level at 1k, against 64 rows in FA3's dK order (B9, H100).
+    64: BwdTile(block_m=128, block_n=128, stages=2, mask_loop=True),
     # TMA reduce-adds for dQ with FA3's dK order: +10-13% against atomics and dK first from 2k to 16k keys (B6);
     # with the atomics the two orders were level (B5).
     128: BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True, dq_tma_reduce=True),
@@ -99,7 +103,8 @@ class BwdVariant:
     @functools.cached_property  # built once per configuration (`cached_bwd_variant`), read on every launch
     def constexprs(self):
         return dict(CAUSAL=self.causal, STAGES=self.tile.stages, WARP_SPECIALIZE=self.tile.warp_specialize,
-                    MMA_PARTITIONS=self.tile.mma_partitions, FA3_DK_ORDER=self.tile.fa3_dk_order)
+                    MMA_PARTITIONS=self.tile.mma_partitions, FA3_DK_ORDER=self.tile.fa3_dk_order,
+                    MASK_LOOP=self.tile.mask_loop)
 
     @functools.cached_property
     def options(self):

@@ -77,11 +77,13 @@ def keys_layout(num_warps, n, dtype):
 
 
 @gluon.constexpr_function
-def dq_layout(num_warps, head_dim, dtype):
-    """Accumulator layout of dQ_partial [64, head_dim]: one warpgroup's 64 rows, the warpgroups split head_dim."""
+def dq_layout(num_warps, block_m, head_dim, dtype):
+    """Accumulator layout of dQ_partial [block_m, head_dim]: the warpgroups split the rows, 64 each (FA3's hd64
+    tile: each reads only its rows of dS), and the rest of them head_dim (64 rows: two warpgroups, half each)."""
     groups = num_warps // 4
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, groups],
-                                     instr_shape=[16, head_dim // groups, 256 // dtype.primitive_bitwidth])
+    row_groups = min(groups, block_m // 64)
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4 * row_groups, groups // row_groups],
+                                     instr_shape=[16, head_dim * row_groups // groups, 256 // dtype.primitive_bitwidth])
 
 
 @gluon.constexpr_function
@@ -312,23 +314,24 @@ def store_grad(desc, smem, grad, w: Work, key0):
     tma.async_copy_shared_to_global(desc, [w.batch, key0, w.head_kv, 0], smem)
 
 
+# query_step's masks: none, where the block crosses the diagonal (a run-time test), or always.
+NO_MASK = gl.constexpr(0)
+MASK_IF_CROSSING = gl.constexpr(1)
+MASK = gl.constexpr(2)
+
+
 @gluon.jit
 def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL: gl.constexpr,
-                  WARP_SPECIALIZE: gl.constexpr, FA3_DK_ORDER: gl.constexpr, G: gl.constexpr):
+                  WARP_SPECIALIZE: gl.constexpr, FA3_DK_ORDER: gl.constexpr, MASK_LOOP: gl.constexpr,
+                  G: gl.constexpr):
     """MMA partition G: every product and the elementwise work of the loop over its keys (box G of K/V),
-    then their dK and dV."""
-    BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
+    then their dK and dV. MASK_LOOP (causal): per head, the query blocks that cross the diagonal run first in a
+    loop of their own, the only one that holds the mask's registers."""
     KEYS: gl.constexpr = b.k_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
-    dtype: gl.constexpr = b.q_desc.dtype
     NW: gl.constexpr = gl.num_warps()
     gl.static_assert(KEYS == 16 * NW, "the warps split the partition's keys 16 rows each")
-    gl.static_assert(BLOCK_M == 64, "dQ_partial is one warpgroup's 64 rows")
-    s_layout: gl.constexpr = keys_layout(NW, BLOCK_M, dtype)
-    kv_layout: gl.constexpr = keys_layout(NW, HEAD_DIM, dtype)
-    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
-    cols_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
-    shift = w.seqlen_k - w.seqlen_q
+    kv_layout: gl.constexpr = keys_layout(NW, HEAD_DIM, b.q_desc.dtype)
 
     if not WARP_SPECIALIZE:
         b.load_kv(w)
@@ -336,85 +339,122 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
             b.load_query_block(w, it)
     k_box = b.k_smem.index(G)
     v_box = b.v_smem.index(G)
-    k = k_box.reshape([KEYS, HEAD_DIM])
-    v = v_box.reshape([KEYS, HEAD_DIM])
     key0 = w.key0 + G * KEYS
-    keys = key0 + gl.arange(0, KEYS, layout=gl.SliceLayout(1, s_layout))
+    keys = key0 + gl.arange(0, KEYS, layout=gl.SliceLayout(1, keys_layout(NW, b.q_desc.block_type.shape[1],
+                                                                          b.q_desc.dtype)))
     dk = gl.zeros([KEYS, HEAD_DIM], gl.float32, kv_layout)
     dv = gl.zeros([KEYS, HEAD_DIM], gl.float32, kv_layout)
     mbarrier.wait(b.kv_ready, 0)
 
-    for it in range(w.total):
-        stage = it % b.STAGES
-        head, row0 = w.query_block(it)
-        mbarrier.wait(b.ready.index(stage), (it // b.STAGES) & 1)
-        q = b.q_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
-        do = b.do_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
-        s_t = warpgroup_mma(k, q.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
-                            use_acc=False, is_async=True)
-        dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
-                             use_acc=False, is_async=True)
-        s_t = warpgroup_mma_wait(1, deps=(s_t, ))
-        # Per-query statistics come from shared memory at their use: held in registers they would spill.
-        lse2 = b.lse2_smem.index(stage).load(cols_layout)
-        p_t = gl.exp2(s_t * qk_scale - gl.expand_dims(lse2, 0))
-        if CAUSAL:
-            if row0 + shift < key0 + KEYS - 1:  # the block crosses the diagonal
-                cols = row0 + gl.arange(0, BLOCK_M, layout=cols_layout)
-                p_t = gl.where(gl.expand_dims(keys, 1) <= gl.expand_dims(cols + shift, 0), p_t, 0.0)
-        dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
-        delta = b.delta_smem.index(stage).load(cols_layout)
-        ds_t = p_t * (dp_t - gl.expand_dims(delta, 0)) * softmax_scale
-        p_op = gl.convert_layout(p_t.to(dtype), op_layout)
-        dv = warpgroup_mma(p_op, do, dv, is_async=True)
-        if b.MMA_PARTITIONS == 1:
-            ds_buf = b.ds_smem.index(it % 2)
-        else:
-            ds_buf = b.ds_smem.index(G)  # read only by this partition, whose products of it - 1 are complete
-        ds16 = ds_t.to(dtype)
-        ds_buf.store(ds16)
-        fence_async_shared()
-        # The partition's dS^T is in place (one partition: both warpgroups' halves, and both finished iteration
-        # it - 1).
-        gl.thread_barrier()
-        if not WARP_SPECIALIZE:
-            if it > 0:
-                if it - 1 + b.STAGES < w.total:
-                    b.load_query_block(w, it - 1 + b.STAGES)
-        dq_zero = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout(NW, HEAD_DIM, dtype))
-        if FA3_DK_ORDER:
-            # dQ_partial first; dK, from dS^T in registers (as P^T for dV), issued once dV is complete and still
-            # running while dQ_partial is handed over (or added), so the tensor cores stay busy through it.
-            ds_op = gl.convert_layout(ds16, op_layout)
-            dq = warpgroup_mma(ds_buf.permute((1, 0)), k, dq_zero, use_acc=False, is_async=True)
-            dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
-            dk = warpgroup_mma(ds_op, q, dk, is_async=True)
-            dq = warpgroup_mma_wait(1, deps=(dq, ))
-        else:
-            # dS^T is read from shared memory by both products.
-            dk = warpgroup_mma(ds_buf, q, dk, is_async=True)
-            # dV is complete before dQ_partial takes its registers: P^T's registers are free by then.
-            dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
-            dq = warpgroup_mma(ds_buf.permute((1, 0)), k, dq_zero, use_acc=False, is_async=True)
-            dq, dk = warpgroup_mma_wait(0, deps=(dq, dk))
-        if WARP_SPECIALIZE:
-            mbarrier.wait(b.dq_empty.index(G), (it & 1) ^ 1)  # the reducer has read the previous dQ_partial
-            b.dq_tile(G).store(dq)
-            if b.DQ_TMA_REDUCE:
-                fence_async_shared()  # the TMA (async proxy) reads what these threads wrote
-            gl.thread_barrier()
-            mbarrier.arrive(b.dq_full.index(G))
-        else:
-            add_dq(dq, dq_acc_ptr, w, head, row0)
-        if FA3_DK_ORDER:  # dS^T's registers stay allocated until dK has read them
-            dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
-        if WARP_SPECIALIZE:
-            mbarrier.arrive(b.q_empty.index(stage))  # every product reading this slot is complete
+    if CAUSAL and MASK_LOOP:
+        # Query blocks whose first row is above the last key's diagonal row, from first_block on.
+        last_row = gl.maximum(key0 + KEYS - 1 - (w.seqlen_k - w.seqlen_q), 0)
+        n_masked = gl.minimum(gl.maximum(gl.cdiv(last_row, w.BLOCK_M) - w.first_block, 0), w.n_iter)
+        for h in range(w.group):
+            for i in range(n_masked):
+                dk, dv = query_step(b, w, k_box, v_box, key0, keys, dk, dv, h * w.n_iter + i, dq_acc_ptr, qk_scale,
+                                    softmax_scale, MASK, WARP_SPECIALIZE, FA3_DK_ORDER, G)
+            for i in range(n_masked, w.n_iter):
+                dk, dv = query_step(b, w, k_box, v_box, key0, keys, dk, dv, h * w.n_iter + i, dq_acc_ptr, qk_scale,
+                                    softmax_scale, NO_MASK, WARP_SPECIALIZE, FA3_DK_ORDER, G)
+    else:
+        for it in range(w.total):
+            dk, dv = query_step(b, w, k_box, v_box, key0, keys, dk, dv, it, dq_acc_ptr, qk_scale, softmax_scale,
+                                MASK_IF_CROSSING if CAUSAL else NO_MASK, WARP_SPECIALIZE, FA3_DK_ORDER, G)
 
     # K and V are no longer read: their boxes stage dK and dV for the TMA stores.
     store_grad(dk_desc, k_box, dk, w, key0)
     store_grad(dv_desc, v_box, dv, w, key0)
     tma.store_wait(0)
+
+
+@gluon.jit
+def query_step(b: Buffers, w: Work, k_box, v_box, key0, keys, dk, dv, it, dq_acc_ptr, qk_scale, softmax_scale,
+               MASKING: gl.constexpr, WARP_SPECIALIZE: gl.constexpr, FA3_DK_ORDER: gl.constexpr, G: gl.constexpr):
+    """Flat iteration `it` of partition G: its query block's five products against the partition's keys key0..
+    (`keys`: their indices in S^T's row layout), dK and dV accumulated; returns (dk, dv)."""
+    BLOCK_M: gl.constexpr = b.q_desc.block_type.shape[1]
+    KEYS: gl.constexpr = b.k_desc.block_type.shape[1]
+    HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
+    dtype: gl.constexpr = b.q_desc.dtype
+    NW: gl.constexpr = gl.num_warps()
+    s_layout: gl.constexpr = keys_layout(NW, BLOCK_M, dtype)
+    kv_layout: gl.constexpr = keys_layout(NW, HEAD_DIM, dtype)
+    op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
+    cols_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
+    k = k_box.reshape([KEYS, HEAD_DIM])
+    v = v_box.reshape([KEYS, HEAD_DIM])
+    shift = w.seqlen_k - w.seqlen_q
+
+    stage = it % b.STAGES
+    head, row0 = w.query_block(it)
+    mbarrier.wait(b.ready.index(stage), (it // b.STAGES) & 1)
+    q = b.q_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
+    do = b.do_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
+    s_t = warpgroup_mma(k, q.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
+                        use_acc=False, is_async=True)
+    dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
+                         use_acc=False, is_async=True)
+    s_t = warpgroup_mma_wait(1, deps=(s_t, ))
+    # Per-query statistics come from shared memory at their use: held in registers they would spill.
+    lse2 = b.lse2_smem.index(stage).load(cols_layout)
+    p_t = gl.exp2(s_t * qk_scale - gl.expand_dims(lse2, 0))
+    if MASKING != NO_MASK:
+        crosses = True
+        if MASKING == MASK_IF_CROSSING:
+            crosses = row0 + shift < key0 + KEYS - 1
+        if crosses:  # bottom-right: row i sees key j iff j <= i + seqlen_k - seqlen_q
+            cols = row0 + gl.arange(0, BLOCK_M, layout=cols_layout)
+            p_t = gl.where(gl.expand_dims(keys, 1) <= gl.expand_dims(cols + shift, 0), p_t, 0.0)
+    dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
+    delta = b.delta_smem.index(stage).load(cols_layout)
+    ds_t = p_t * (dp_t - gl.expand_dims(delta, 0)) * softmax_scale
+    p_op = gl.convert_layout(p_t.to(dtype), op_layout)
+    dv = warpgroup_mma(p_op, do, dv, is_async=True)
+    if b.MMA_PARTITIONS == 1:
+        ds_buf = b.ds_smem.index(it % 2)
+    else:
+        ds_buf = b.ds_smem.index(G)  # read only by this partition, whose products of it - 1 are complete
+    ds16 = ds_t.to(dtype)
+    ds_buf.store(ds16)
+    fence_async_shared()
+    # The partition's dS^T is in place (one partition: both warpgroups' halves, and both finished iteration
+    # it - 1).
+    gl.thread_barrier()
+    if not WARP_SPECIALIZE:
+        if it > 0:
+            if it - 1 + b.STAGES < w.total:
+                b.load_query_block(w, it - 1 + b.STAGES)
+    dq_zero = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout(NW, BLOCK_M, HEAD_DIM, dtype))
+    if FA3_DK_ORDER:
+        # dQ_partial first; dK, from dS^T in registers (as P^T for dV), issued once dV is complete and still
+        # running while dQ_partial is handed over (or added), so the tensor cores stay busy through it.
+        ds_op = gl.convert_layout(ds16, op_layout)
+        dq = warpgroup_mma(ds_buf.permute((1, 0)), k, dq_zero, use_acc=False, is_async=True)
+        dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
+        dk = warpgroup_mma(ds_op, q, dk, is_async=True)
+        dq = warpgroup_mma_wait(1, deps=(dq, ))
+    else:
+        # dS^T is read from shared memory by both products.
+        dk = warpgroup_mma(ds_buf, q, dk, is_async=True)
+        # dV is complete before dQ_partial takes its registers: P^T's registers are free by then.
+        dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
+        dq = warpgroup_mma(ds_buf.permute((1, 0)), k, dq_zero, use_acc=False, is_async=True)
+        dq, dk = warpgroup_mma_wait(0, deps=(dq, dk))
+    if WARP_SPECIALIZE:
+        mbarrier.wait(b.dq_empty.index(G), (it & 1) ^ 1)  # the reducer has read the previous dQ_partial
+        b.dq_tile(G).store(dq)
+        if b.DQ_TMA_REDUCE:
+            fence_async_shared()  # the TMA (async proxy) reads what these threads wrote
+        gl.thread_barrier()
+        mbarrier.arrive(b.dq_full.index(G))
+    else:
+        add_dq(dq, dq_acc_ptr, w, head, row0)
+    if FA3_DK_ORDER:  # dS^T's registers stay allocated until dK has read them
+        dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
+    if WARP_SPECIALIZE:
+        mbarrier.arrive(b.q_empty.index(stage))  # every product reading this slot is complete
+    return dk, dv
 
 
 @gluon.jit
@@ -470,7 +510,7 @@ def add_dq_from_smem(b: Buffers, w: Work, dq_acc_ptr, head, row0):
 def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2_desc, delta_desc, dq_acc_ptr,
                          dq_desc, qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
                          section_heads, CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr,
-                         MMA_PARTITIONS: gl.constexpr, FA3_DK_ORDER: gl.constexpr):
+                         MMA_PARTITIONS: gl.constexpr, FA3_DK_ORDER: gl.constexpr, MASK_LOOP: gl.constexpr):
     """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim), K/V/dK/dV boxes of one MMA partition's keys;
     lse2/delta: 1-D descriptors over the flat (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and
     rowsum(dO * O), +inf / 0 past seqlen_q; dq_acc: zeroed float32 like q; dq_desc: a 4-D descriptor of it
@@ -485,19 +525,19 @@ def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2
         if MMA_PARTITIONS == 2:
             gl.warp_specialize([
                 (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True,
-                                FA3_DK_ORDER, 0)),
+                                FA3_DK_ORDER, MASK_LOOP, 0)),
                 (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True,
-                                FA3_DK_ORDER, 1)),
+                                FA3_DK_ORDER, MASK_LOOP, 1)),
                 (load_reduce_partition, (b, w, dq_acc_ptr, dq_desc)),
             ], [4, 4], [MMA_REGS, WORKER_REGS])
         else:
             gl.static_assert(MMA_PARTITIONS == 1, "one or two MMA partitions")
             gl.warp_specialize([
                 (mma_partition, (b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, True,
-                                FA3_DK_ORDER, 0)),
+                                FA3_DK_ORDER, MASK_LOOP, 0)),
                 (load_reduce_partition, (b, w, dq_acc_ptr, dq_desc)),
             ], [4], [WORKER_REGS])
     else:
         gl.static_assert(MMA_PARTITIONS == 1, "without warp specialization one partition does everything")
         mma_partition(b, w, dk_desc, dv_desc, dq_acc_ptr, qk_scale, softmax_scale, CAUSAL, False,
-                      FA3_DK_ORDER, 0)
+                      FA3_DK_ORDER, MASK_LOOP, 0)

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import torch
 
-from .bwd import BWD_TILES, BwdVariant, compile_backward
+from .bwd import BWD_TILES, BwdTile, BwdVariant, compile_backward
 from .report import common_counts, print_reports
 
 
@@ -17,7 +17,8 @@ def alternative_tiles(head_dim):
     """The tiles measured against the default: split MMA warpgroups (at hd 128 only 2 ring slots fit next to
     the two dQ_partial hand-overs), no warp specialization, the dK order the default does not use (dK first
     from shared memory, `dkfirst`, or FA3's, `fa3dk`), the dQ adds it does not use (TMA reduce-adds, `dqtma`,
-    or the worker's atomics, `dqatomic`), and both changes together."""
+    or the worker's atomics, `dqatomic`), and both changes together; the causal masked blocks in a loop of their
+    own or not (`ml`, `noml`); at hd 64 the 64-row tile it replaced (`m64`), with that loop too (`m64_ml`)."""
     base = BWD_TILES[head_dim]
     order = "dkfirst" if base.fa3_dk_order else "fa3dk"
     add = "dqatomic" if base.dq_tma_reduce else "dqtma"
@@ -25,26 +26,47 @@ def alternative_tiles(head_dim):
     # Split at hd 128: 2 ring slots, and dK first (with FA3's order ptxas serializes every wgmma there, 56 waits).
     split = replace(base, split_warpgroups=True, stages=2 if head_dim == 128 else base.stages,
                     fa3_dk_order=base.fa3_dk_order and head_dim != 128)
-    return {"split": split, "nows": replace(base, warp_specialize=False, dq_tma_reduce=False), order: other_order,
-            add: replace(base, dq_tma_reduce=not base.dq_tma_reduce),
-            f"{add}_{order}": replace(other_order, dq_tma_reduce=not base.dq_tma_reduce)}
+    tiles = {"split": split, "nows": replace(base, warp_specialize=False, dq_tma_reduce=False), order: other_order,
+             add: replace(base, dq_tma_reduce=not base.dq_tma_reduce),
+             f"{add}_{order}": replace(other_order, dq_tma_reduce=not base.dq_tma_reduce),
+             "noml" if base.mask_loop else "ml": replace(base, mask_loop=not base.mask_loop)}
+    if head_dim == 64:
+        m64 = BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True)
+        tiles |= {"m64": m64, "m64_ml": replace(m64, mask_loop=True)}
+    return tiles
 
 
-# Every dtype, head dim and mask with the default tile, and bf16 with the alternatives.
+def distinct_tiles(tiles, causal):
+    """{name: tile} in the same order without the tiles whose kernel is another's ("default" kept first): the
+    mask loop changes causal kernels only."""
+    def kernel(tile):
+        return tile if causal else replace(tile, mask_loop=False)
+    seen = {kernel(tiles["default"])} if "default" in tiles else set()
+    kept = {}
+    for name, tile in tiles.items():
+        if name == "default" or kernel(tile) not in seen:
+            seen.add(kernel(tile))
+            kept[name] = tile
+    return kept
+
+
+# Every dtype, head dim and mask with the default tile, and bf16 with the alternatives that differ from it.
 VARIANTS = [BwdVariant(dtype, d, causal) for dtype in (torch.bfloat16, torch.float16) for d in BWD_TILES
             for causal in (False, True)]
 VARIANTS += [BwdVariant(torch.bfloat16, d, causal, tile) for d in BWD_TILES for causal in (False, True)
-             for tile in alternative_tiles(d).values()]
+             for name, tile in distinct_tiles({"default": BWD_TILES[d], **alternative_tiles(d)}, causal).items()
+             if name != "default"]
 
 
-def tile_mode(tile):
+def tile_mode(tile, causal):
     mode = "split" if tile.split_warpgroups else "lockstep" if tile.warp_specialize else "nows"
-    return mode + ("_fa3dk" if tile.fa3_dk_order else "") + ("_dqtma" if tile.dq_tma_reduce else "")
+    return (mode + ("_fa3dk" if tile.fa3_dk_order else "") + ("_dqtma" if tile.dq_tma_reduce else "")
+            + (f"_m{tile.block_m}" if tile.block_m != 64 else "") + ("_ml" if tile.mask_loop and causal else ""))
 
 
 def variant_name(v: BwdVariant):
     mask = "causal" if v.causal else "full"
-    return f"{str(v.dtype).removeprefix('torch.')}_hd{v.head_dim}_{mask}_{tile_mode(v.tile)}"
+    return f"{str(v.dtype).removeprefix('torch.')}_hd{v.head_dim}_{mask}_{tile_mode(v.tile, v.causal)}"
 
 
 def compile_report(variant: BwdVariant, tmpdir: str):

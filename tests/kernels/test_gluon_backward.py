@@ -9,8 +9,9 @@ GPU (`hopper`): dq/dk/dv against float64 autograd of the reference on fresh
 random inputs (odd seqlens, causal both ways, GQA/MQA, head dims 64/128),
 FA's criterion: error at most 2x PyTorch's own bf16/fp16 error plus the
 reference's rounding to the dtype, on the max and the relative L2 error; each
-case with the head dim's tile and with its other way of adding dQ; the causal
-grid's program order over several L2 sections, the last one partial.
+case with the head dim's tile, with its other way of adding dQ, with the causal
+masked blocks in a loop of their own, and at hd64 with 128 query rows a step;
+the causal grid's program order over several L2 sections, the last one partial.
 """
 from dataclasses import replace
 
@@ -21,10 +22,14 @@ from gluon_reports import compile_reports
 
 SMEM_LIMIT = 227 * 1024
 BARRIER_SLACK = 1024
-BLOCK_M, BLOCK_N = 64, 128  # kernels.gluon.bwd.BWD_TILES
+BLOCK_N = 128  # kernels.gluon.bwd.BWD_TILES; query rows a step are the tile's block_m
 # Split warpgroups: a few scalars (barrier addresses, loop bounds) that the warp-specialized partitions keep in
 # local memory (the 32-register load/reduce warpgroup most); an accumulator there would be hundreds of accesses.
 MAX_SPLIT_LOCAL_ACCESSES = 32
+# 128 query rows a step (hd64): S^T and dP^T take twice the registers, and ptxas keeps a few loop scalars in local
+# memory around the products, up to ~75 accesses in the causal kernels (none or 4 non-causal); the tile measured
+# faster than the 64-row one all the same (docs/tuning-gluon.md, B9). An accumulator there would be hundreds.
+MAX_M128_LOCAL_ACCESSES = 96
 # At most one wgmma wait per product group and a hand-over: ptxas serializing the products (a wait after every
 # wgmma) would leave the wgmma count unchanged but this count at 32.
 MAX_WGMMA_WAITS_PER_PARTITION = 5
@@ -52,14 +57,18 @@ def test_backward_compiles_to_wgmma_tma_and_atomics(reports, name):
     tile = TILES[name]
     parts = r["mma_partitions"]
     assert parts == (2 if tile.split_warpgroups else 1), r
-    assert r["sass_wgmma_waits"] <= parts * MAX_WGMMA_WAITS_PER_PARTITION, "ptxas serialized the wgmma pipeline"
+    # The causal mask loop is a second copy of the loop body.
+    bodies = 2 if name.endswith("_ml") else 1
+    assert r["sass_wgmma_waits"] <= bodies * parts * MAX_WGMMA_WAITS_PER_PARTITION, "ptxas serialized the wgmmas"
     keys = BLOCK_N // parts
-    # m64nNk16 per warpgroup: S^T and dP^T d/16 steps each, dV and dK BLOCK_M/16, dQ_partial (over the
-    # partition's keys) keys/16; each MMA partition has its own copy of the code.
-    assert r["ptx_wgmma"] == parts * (2 * d // 16 + 2 * BLOCK_M // 16 + keys // 16), r
+    rows = tile.block_m
+    # m64nNk16 per warpgroup: S^T and dP^T d/16 steps each, dV and dK rows/16, dQ_partial (over the partition's
+    # keys) keys/16 per 64 rows a warpgroup holds; each MMA partition has its own copy of the code.
+    row_tiles = rows // 64 if parts == 2 else 1  # one 8-warp partition: each warpgroup takes 64 of 128 rows
+    assert r["ptx_wgmma"] == bodies * parts * (2 * d // 16 + 2 * rows // 16 + row_tiles * keys // 16), r
     assert r["sass_gmma"] == r["ptx_wgmma"], "wgmma must survive ptxas as HGMMA"
     assert r["sass_tma_load"] > 0 and r["sass_tma_store"] > 0, r
-    dq_bytes = BLOCK_M * d * 4
+    dq_bytes = rows * d * 4
     if tile.dq_tma_reduce:  # one TMA reduce-add per MMA partition's hand-over, nothing on the load/store unit
         assert r["sass_f32_atomics"] == 0 and r["sass_tma_reduces"] == parts, r
     elif tile.warp_specialize:
@@ -68,14 +77,15 @@ def test_backward_compiles_to_wgmma_tma_and_atomics(reports, name):
     if tile.warp_specialize:
         assert r["num_warps"] == 12 and 240 in r["setmaxnreg"] and 32 in r["setmaxnreg"], r
         assert r["sass_tma_reduces"] == (parts if tile.dq_tma_reduce else 0), r
-        spill_limit = MAX_SPLIT_LOCAL_ACCESSES if tile.split_warpgroups else 0
+        spill_limit = max(MAX_SPLIT_LOCAL_ACCESSES if tile.split_warpgroups else 0,
+                          MAX_M128_LOCAL_ACCESSES if rows == 128 else 0)
         assert r["sass_local_mem"] <= spill_limit, "the MMA warpgroups must not spill"
     else:
         # Two floats per atomic over 256 threads, one copy for whole blocks and one masked.
-        assert r["sass_f32_atomics"] == 2 * (dq_bytes // 8 // 256), r
+        assert r["sass_f32_atomics"] == bodies * 2 * (dq_bytes // 8 // 256), r
         assert r["num_warps"] == 8 and not r["setmaxnreg"], r
-    ring = r["stages"] * (2 * BLOCK_M * d * 2 + 2 * BLOCK_M * 4)
-    expected = 2 * BLOCK_N * d * 2 + ring + 2 * keys * BLOCK_M * 2 + (parts * dq_bytes if tile.warp_specialize else 0)
+    ring = r["stages"] * (2 * rows * d * 2 + 2 * rows * 4)
+    expected = 2 * BLOCK_N * d * 2 + ring + 2 * keys * rows * 2 + (parts * dq_bytes if tile.warp_specialize else 0)
     assert expected <= r["shared_bytes"] <= min(expected + BARRIER_SLACK, SMEM_LIMIT), r
 
 
@@ -88,6 +98,8 @@ GPU_CASES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, causal
     (2, 113, 203, 4, 4, 128, True),
     (1, 1000, 517, 6, 2, 128, True),  # causal: the first 483 query rows see no key
     (1, 517, 1000, 4, 1, 64, True),
+    (2, 777, 777, 4, 2, 64, True),
+    (1, 1000, 517, 6, 2, 64, True),
     (1, 1101, 1101, 4, 2, 128, False),
     (2, 256, 256, 2, 2, 64, False),
     (1, 77, 300, 8, 2, 64, False),
@@ -98,14 +110,24 @@ GPU_CASES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, causal
 @pytest.mark.hopper
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}".format(*c))
-@pytest.mark.parametrize("dq_add", ["default", "other"])  # the other of atomics and TMA reduce-adds
-def test_gpu_backward_matches_float64(case, dtype, dq_add):
+# The head dim's tile, its other way of adding dQ (atomics or TMA reduce-adds), the causal masked blocks in a loop of
+# their own, and at hd64 128 query rows a step, with and without that loop.
+@pytest.mark.parametrize("variant", ["default", "other_dq_add", "mask_loop", "m128", "m128_mask_loop"])
+def test_gpu_backward_matches_float64(case, dtype, variant):
     from kernels.gluon.bwd import BWD_TILES, attention_backward
     from kernels.reference import attention_ref
     b, sq, sk, h, h_kv, d, causal = case
     tile = BWD_TILES[d]
-    if dq_add == "other":
+    if variant == "other_dq_add":
         tile = replace(tile, dq_tma_reduce=not tile.dq_tma_reduce)
+    if variant.startswith("m128"):
+        if d != 64:
+            pytest.skip("128 query rows a step: hd64's tile only")
+        tile = replace(tile, block_m=128, stages=2)
+    if variant.endswith("mask_loop"):
+        if not causal:
+            pytest.skip("the mask loop is causal only")
+        tile = replace(tile, mask_loop=True)
     q = torch.randn(b, sq, h, d, device="cuda", dtype=dtype)
     k = torch.randn(b, sk, h_kv, d, device="cuda", dtype=dtype)
     v = torch.randn_like(k)
