@@ -121,7 +121,7 @@ def _bench(batch, seqlen, nheads, head_dim, causal, tile_names, section_mbs=()):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from kernels.flops import attention_flops, tflops_per_s
-    from kernels.gluon.bwd import attention_backward
+    from kernels.gluon.bwd import attention_backward, default_tile
     from kernels.gluon.bwd_report import distinct_tiles
     from kernels.triton import attention_backward_triton, attention_forward_triton
     q, k, v, dout = (torch.randn(batch, seqlen, nheads, head_dim, device="cuda", dtype=torch.bfloat16)
@@ -130,7 +130,7 @@ def _bench(batch, seqlen, nheads, head_dim, causal, tile_names, section_mbs=()):
     out, lse = attention_forward_triton(q, k, v, scale, causal)
     flops = attention_flops(batch, seqlen, nheads, head_dim, causal, mode="bwd")
     row = dict(stage="bench", batch=batch, seqlen=seqlen, nheads=nheads, head_dim=head_dim, causal=causal)
-    known = _tiles(head_dim)
+    known = _tiles(head_dim) | {"default": default_tile(head_dim, causal, seqlen)}  # what the launch picks
     tiles = distinct_tiles({n: known[n] for n in tile_names if n in known}, causal)
     timed = {"triton": lambda: attention_backward_triton(dout, q, k, v, out, lse, scale, causal)}
     for name, tile in tiles.items():

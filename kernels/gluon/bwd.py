@@ -83,9 +83,20 @@ BWD_TILES = {
     # +1-5% non-causal, +5-9% causal from 2k keys, level at 1k, against 64 rows in FA3's dK order (B9, H100).
     64: BwdTile(block_m=128, block_n=128, stages=2, mask_loop=True),
     # TMA reduce-adds for dQ with FA3's dK order: +10-13% against atomics and dK first from 2k to 16k keys (B6);
-    # with the atomics the two orders were level (B5).
-    128: BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True, dq_tma_reduce=True),
+    # with the atomics the two orders were level (B5). The mask loop: +2-4% causal from 2k keys (B9).
+    128: BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True, dq_tma_reduce=True, mask_loop=True),
 }
+# Causal, up to so many keys: hd64's 64-row tile (shorter steps, twice as many), with the mask loop: +4-6% against
+# the 128-row tile at 1k keys, level at 2k, behind from 4k (B9, H100).
+FEW_KEYS_CAUSAL_BWD_TILES = {64: (1024, BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True,
+                                                mask_loop=True))}
+
+
+def default_tile(head_dim, causal, seqlen_k):
+    """The tile attention_backward runs where none is given: BWD_TILES', or FEW_KEYS_CAUSAL_BWD_TILES' up to its
+    key count."""
+    few = FEW_KEYS_CAUSAL_BWD_TILES.get(head_dim) if causal else None
+    return few[1] if few and seqlen_k <= few[0] else BWD_TILES[head_dim]
 
 
 @dataclass(frozen=True)
@@ -174,11 +185,11 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
 
     Layout (batch, seqlen, nheads, headdim), 16-byte aligned strides (kernels.checks.tma_ready);
     GQA (dK/dV summed over each kv head's group), bottom-right causal, any seqlens.
-    `tile` overrides the tile table and `section_l2_bytes` the causal order's L2 budget (tuning).
+    `tile` overrides default_tile and `section_l2_bytes` the causal order's L2 budget (tuning).
     """
     _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic)
     batch, seqlen_q, nheads, head_dim = q.shape
-    variant = cached_bwd_variant(q.dtype, head_dim, bool(causal), tile)
+    variant = cached_bwd_variant(q.dtype, head_dim, bool(causal), tile or default_tile(head_dim, causal, k.shape[1]))
     t = variant.tile
     seqlen_q_pad = triton.cdiv(seqlen_q, max(t.block_m, PREPROCESS_BLOCK_M)) * max(t.block_m, PREPROCESS_BLOCK_M)
 

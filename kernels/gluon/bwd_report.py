@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import torch
 
-from .bwd import BWD_TILES, BwdTile, BwdVariant, compile_backward
+from .bwd import BWD_TILES, FEW_KEYS_CAUSAL_BWD_TILES, BwdVariant, compile_backward
 from .report import common_counts, print_reports
 
 
@@ -18,7 +18,8 @@ def alternative_tiles(head_dim):
     the two dQ_partial hand-overs), no warp specialization, the dK order the default does not use (dK first
     from shared memory, `dkfirst`, or FA3's, `fa3dk`), the dQ adds it does not use (TMA reduce-adds, `dqtma`,
     or the worker's atomics, `dqatomic`), and both changes together; the causal masked blocks in a loop of their
-    own or not (`ml`, `noml`); at hd 64 the 64-row tile it replaced (`m64`), with that loop too (`m64_ml`)."""
+    own or not (`ml`, `noml`); at hd 64 the 64-row tile it replaced (`m64`), and with that loop (`m64_ml`), the
+    tile of causal launches up to 1k keys."""
     base = BWD_TILES[head_dim]
     order = "dkfirst" if base.fa3_dk_order else "fa3dk"
     add = "dqatomic" if base.dq_tma_reduce else "dqtma"
@@ -30,9 +31,9 @@ def alternative_tiles(head_dim):
              add: replace(base, dq_tma_reduce=not base.dq_tma_reduce),
              f"{add}_{order}": replace(other_order, dq_tma_reduce=not base.dq_tma_reduce),
              "noml" if base.mask_loop else "ml": replace(base, mask_loop=not base.mask_loop)}
-    if head_dim == 64:
-        m64 = BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True)
-        tiles |= {"m64": m64, "m64_ml": replace(m64, mask_loop=True)}
+    if head_dim in FEW_KEYS_CAUSAL_BWD_TILES:
+        few = FEW_KEYS_CAUSAL_BWD_TILES[head_dim][1]
+        tiles |= {"m64": replace(few, mask_loop=False), "m64_ml": few}
     return tiles
 
 

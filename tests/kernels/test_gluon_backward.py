@@ -9,9 +9,10 @@ GPU (`hopper`): dq/dk/dv against float64 autograd of the reference on fresh
 random inputs (odd seqlens, causal both ways, GQA/MQA, head dims 64/128),
 FA's criterion: error at most 2x PyTorch's own bf16/fp16 error plus the
 reference's rounding to the dtype, on the max and the relative L2 error; each
-case with the head dim's tile, with its other way of adding dQ, with the causal
-masked blocks in a loop of their own, and at hd64 with 128 query rows a step;
-the causal grid's program order over several L2 sections, the last one partial.
+case with the tile the launch picks, the head dim's table tile, its other way of
+adding dQ, the causal masked blocks in the main loop, and at hd64 the few-keys
+tile; the causal grid's program order over several L2 sections, the last one
+partial.
 """
 from dataclasses import replace
 
@@ -77,8 +78,8 @@ def test_backward_compiles_to_wgmma_tma_and_atomics(reports, name):
     if tile.warp_specialize:
         assert r["num_warps"] == 12 and 240 in r["setmaxnreg"] and 32 in r["setmaxnreg"], r
         assert r["sass_tma_reduces"] == (parts if tile.dq_tma_reduce else 0), r
-        spill_limit = max(MAX_SPLIT_LOCAL_ACCESSES if tile.split_warpgroups else 0,
-                          MAX_M128_LOCAL_ACCESSES if rows == 128 else 0)
+        spill_limit = bodies * max(MAX_SPLIT_LOCAL_ACCESSES if tile.split_warpgroups else 0,
+                                   MAX_M128_LOCAL_ACCESSES if rows == 128 else 0)
         assert r["sass_local_mem"] <= spill_limit, "the MMA warpgroups must not spill"
     else:
         # Two floats per atomic over 256 threads, one copy for whole blocks and one masked.
@@ -87,6 +88,15 @@ def test_backward_compiles_to_wgmma_tma_and_atomics(reports, name):
     ring = r["stages"] * (2 * rows * d * 2 + 2 * rows * 4)
     expected = 2 * BLOCK_N * d * 2 + ring + 2 * keys * rows * 2 + (parts * dq_bytes if tile.warp_specialize else 0)
     assert expected <= r["shared_bytes"] <= min(expected + BARRIER_SLACK, SMEM_LIMIT), r
+
+
+def test_causal_launches_with_few_keys_take_the_few_keys_tile():
+    from kernels.gluon.bwd import BWD_TILES, FEW_KEYS_CAUSAL_BWD_TILES, default_tile
+    max_keys, few = FEW_KEYS_CAUSAL_BWD_TILES[64]
+    assert default_tile(64, True, max_keys) == few and default_tile(64, True, 1) == few
+    assert default_tile(64, True, max_keys + 1) == BWD_TILES[64]
+    assert default_tile(64, False, max_keys) == BWD_TILES[64]
+    assert default_tile(128, True, 128) == BWD_TILES[128]
 
 
 def _errors(g, r):
@@ -100,6 +110,7 @@ GPU_CASES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, causal
     (1, 517, 1000, 4, 1, 64, True),
     (2, 777, 777, 4, 2, 64, True),
     (1, 1000, 517, 6, 2, 64, True),
+    (1, 1300, 1300, 4, 2, 64, True),  # past the few-keys tile's 1024 keys
     (1, 1101, 1101, 4, 2, 128, False),
     (2, 256, 256, 2, 2, 64, False),
     (1, 77, 300, 8, 2, 64, False),
@@ -110,24 +121,21 @@ GPU_CASES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, causal
 @pytest.mark.hopper
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}".format(*c))
-# The head dim's tile, its other way of adding dQ (atomics or TMA reduce-adds), the causal masked blocks in a loop of
-# their own, and at hd64 128 query rows a step, with and without that loop.
-@pytest.mark.parametrize("variant", ["default", "other_dq_add", "mask_loop", "m128", "m128_mask_loop"])
+# The tile attention_backward picks (default_tile), the head dim's table tile, its other way of adding dQ (atomics
+# or TMA reduce-adds), the causal masked blocks in the main loop (no mask loop), and at hd64 the few-keys tile.
+@pytest.mark.parametrize("variant", ["picked", "table", "other_dq_add", "no_mask_loop", "few_keys"])
 def test_gpu_backward_matches_float64(case, dtype, variant):
-    from kernels.gluon.bwd import BWD_TILES, attention_backward
+    from kernels.gluon.bwd import BWD_TILES, FEW_KEYS_CAUSAL_BWD_TILES, attention_backward
     from kernels.reference import attention_ref
     b, sq, sk, h, h_kv, d, causal = case
-    tile = BWD_TILES[d]
-    if variant == "other_dq_add":
-        tile = replace(tile, dq_tma_reduce=not tile.dq_tma_reduce)
-    if variant.startswith("m128"):
-        if d != 64:
-            pytest.skip("128 query rows a step: hd64's tile only")
-        tile = replace(tile, block_m=128, stages=2)
-    if variant.endswith("mask_loop"):
-        if not causal:
-            pytest.skip("the mask loop is causal only")
-        tile = replace(tile, mask_loop=True)
+    tile = {"picked": None, "table": BWD_TILES[d], "no_mask_loop": replace(BWD_TILES[d], mask_loop=False),
+            "other_dq_add": replace(BWD_TILES[d], dq_tma_reduce=not BWD_TILES[d].dq_tma_reduce)}.get(variant)
+    if variant == "no_mask_loop" and not causal:
+        pytest.skip("the mask loop is causal only")
+    if variant == "few_keys":
+        if d not in FEW_KEYS_CAUSAL_BWD_TILES:
+            pytest.skip("no few-keys tile at this head dim")
+        tile = FEW_KEYS_CAUSAL_BWD_TILES[d][1]
     q = torch.randn(b, sq, h, d, device="cuda", dtype=dtype)
     k = torch.randn(b, sk, h_kv, d, device="cuda", dtype=dtype)
     v = torch.randn_like(k)
