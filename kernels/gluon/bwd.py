@@ -80,7 +80,7 @@ class BwdTile:
 # shared-memory traffic than the overlap gains.
 BWD_TILES = {
     # FA3's hd64 tile, 128 query rows a step, with the causal masked blocks in a loop of their own and dK first:
-    # +1-5% non-causal, +5-9% causal from 2k keys, level at 1k, against 64 rows in FA3's dK order (B9, H100).
+    # +2-7% non-causal, +5-8% causal from 2k keys, level at 1k, against 64 rows in FA3's dK order (B9, H100).
     64: BwdTile(block_m=128, block_n=128, stages=2, mask_loop=True),
     # TMA reduce-adds for dQ with FA3's dK order: +10-13% against atomics and dK first from 2k to 16k keys (B6);
     # with the atomics the two orders were level (B5). The mask loop: +2-4% causal from 2k keys (B9).
