@@ -28,33 +28,38 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENS, HIDDEN = 16384, 2048
 SECTIONS = ("SpeedOfLight", "ComputeWorkloadAnalysis", "WarpStateStats", "SchedulerStats", "SourceCounters",
             "InstructionStats", "Occupancy", "LaunchStats", "MemoryWorkloadAnalysis")
-# (name, head dim, seqlen, pass, experiments.paper.candidates column): the forward at the lengths where its bars
-# are missed; FA3's kernels beside ours where an FA3 wheel is installed (experiments/fa3_wheel.sh).
+# (name, head dim, seqlen, pass, experiments.paper.candidates column, causal): the forward at the lengths where its
+# bars are missed, and at hd64 where FA3 leads it; FA3's kernels beside ours where an FA3 wheel is installed
+# (experiments/fa3_wheel.sh).
 TARGETS = {
-    "gluon_fwd_hd128_16k": (128, 16384, "fwd", "ours-gluon"),
-    "cudnn_fwd_hd128_16k": (128, 16384, "fwd", "sdpa-cudnn"),
-    "fa3_fwd_hd128_16k": (128, 16384, "fwd", "fa3"),
-    "gluon_fp8_hd128_4k": (128, 4096, "fwd", "ours-fp8-gluon"),
-    "triton_fp8_hd128_4k": (128, 4096, "fwd", "ours-fp8-triton"),
-    "gluon_fp8kernel_hd128_16k": (128, 16384, "fwd", "ours-fp8-kernel"),
-    "fa3_fp8_hd128_16k": (128, 16384, "fwd", "fa3-fp8"),
-    "triton_fwd_hd128_8k": (128, 8192, "fwd", "ours-triton"),
-    "gluon_fwd_hd256_16k": (256, 16384, "fwd", "ours-gluon"),
-    "cudnn_fwd_hd256_16k": (256, 16384, "fwd", "sdpa-cudnn"),
-    "fa3_fwd_hd256_16k": (256, 16384, "fwd", "fa3"),
-    "gluon_bwd_hd128_8k": (128, 8192, "bwd", "ours-gluon"),
-    "cudnn_bwd_hd128_8k": (128, 8192, "bwd", "sdpa-cudnn"),
-    "gluon_bwd_hd64_8k": (64, 8192, "bwd", "ours-gluon"),
-    "cudnn_bwd_hd64_8k": (64, 8192, "bwd", "sdpa-cudnn"),
-    "triton_bwd_hd128_8k": (128, 8192, "bwd", "ours-triton"),
+    "gluon_fwd_hd128_16k": (128, 16384, "fwd", "ours-gluon", False),
+    "cudnn_fwd_hd128_16k": (128, 16384, "fwd", "sdpa-cudnn", False),
+    "fa3_fwd_hd128_16k": (128, 16384, "fwd", "fa3", False),
+    "gluon_fp8_hd128_4k": (128, 4096, "fwd", "ours-fp8-gluon", False),
+    "triton_fp8_hd128_4k": (128, 4096, "fwd", "ours-fp8-triton", False),
+    "gluon_fp8kernel_hd128_16k": (128, 16384, "fwd", "ours-fp8-kernel", False),
+    "fa3_fp8_hd128_16k": (128, 16384, "fwd", "fa3-fp8", False),
+    "triton_fwd_hd128_8k": (128, 8192, "fwd", "ours-triton", False),
+    "gluon_fwd_hd256_16k": (256, 16384, "fwd", "ours-gluon", False),
+    "cudnn_fwd_hd256_16k": (256, 16384, "fwd", "sdpa-cudnn", False),
+    "fa3_fwd_hd256_16k": (256, 16384, "fwd", "fa3", False),
+    "gluon_bwd_hd128_8k": (128, 8192, "bwd", "ours-gluon", False),
+    "cudnn_bwd_hd128_8k": (128, 8192, "bwd", "sdpa-cudnn", False),
+    "gluon_bwd_hd64_8k": (64, 8192, "bwd", "ours-gluon", False),
+    "cudnn_bwd_hd64_8k": (64, 8192, "bwd", "sdpa-cudnn", False),
+    "triton_bwd_hd128_8k": (128, 8192, "bwd", "ours-triton", False),
+    "gluon_fwd_hd64_8k": (64, 8192, "fwd", "ours-gluon", False),
+    "fa3_fwd_hd64_8k": (64, 8192, "fwd", "fa3", False),
+    "gluon_fwd_hd64_causal_16k": (64, 16384, "fwd", "ours-gluon", True),
+    "fa3_fwd_hd64_causal_16k": (64, 16384, "fwd", "fa3", True),
 }
 # The child: build inputs and the candidate's call (its environment set by the parent), warm up, profile one call.
 CHILD = """
 import sys, torch
 from experiments.paper import candidates
 from experiments.paper.runner import Problem
-d, s, what, name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-problem = Problem({tokens} // s, s, {hidden} // d, d, causal=False)
+d, s, what, name, causal = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] == "1"
+problem = Problem({tokens} // s, s, {hidden} // d, d, causal=causal)
 gen = torch.Generator(device="cuda").manual_seed(0)
 q, k, v = (torch.randn(problem.batch, s, problem.nheads, d, device="cuda", dtype=torch.bfloat16, generator=gen,
                        requires_grad=what == "bwd") for _ in range(3))
@@ -185,12 +190,12 @@ def main(argv=None):
             if args.budget and time.time() - start > args.budget:
                 summary.append(f"== {name}: not run (budget of {args.budget} s spent)")
                 continue
-            d, s, what, column = TARGETS[name]
+            d, s, what, column, causal = TARGETS[name]
             env = [f"{key}={value}" for key, value in candidates.by_name(column).env]
             rep = out / name
             cmd = ["env", *env, "ncu", "--clock-control", "none", "--profile-from-start", "off", "-f", "-o",
                    str(rep), *[a for sec in SECTIONS for a in ("--section", sec)],
-                   sys.executable, "-c", child, str(d), str(s), what, column]
+                   sys.executable, "-c", child, str(d), str(s), what, column, str(int(causal))]
             text, rc = run(cmd, log, args.timeout)
             print(f"== {name}: rc {rc}", flush=True)
             if not rep.with_suffix(".ncu-rep").exists():
