@@ -86,7 +86,7 @@ BWD_TILES = {
     # with the atomics the two orders were level (B5). The mask loop: +2-4% causal from 2k keys (B9).
     128: BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True, dq_tma_reduce=True, mask_loop=True),
 }
-# Causal, up to so many keys: hd64's 64-row tile (shorter steps, twice as many), with the mask loop: +4-6% against
+# Causal, up to so many keys: hd64's 64-row tile (shorter steps, twice as many), with the mask loop: +3-6% against
 # the 128-row tile at 1k keys, level at 2k, behind from 4k (B9, H100).
 FEW_KEYS_CAUSAL_BWD_TILES = {64: (1024, BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True,
                                                 mask_loop=True))}
