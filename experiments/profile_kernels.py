@@ -48,6 +48,8 @@ TARGETS = {
     "gluon_bwd_hd64_8k": (64, 8192, "bwd", "ours-gluon", False),
     "cudnn_bwd_hd64_8k": (64, 8192, "bwd", "sdpa-cudnn", False),
     "triton_bwd_hd128_8k": (128, 8192, "bwd", "ours-triton", False),
+    "gluon_bwd_hd256_8k": (256, 8192, "bwd", "ours-gluon", False),
+    "cudnn_bwd_hd256_8k": (256, 8192, "bwd", "sdpa-cudnn", False),
     "gluon_fwd_hd64_8k": (64, 8192, "fwd", "ours-gluon", False),
     "fa3_fwd_hd64_8k": (64, 8192, "fwd", "fa3", False),
     "gluon_fwd_hd64_causal_16k": (64, 16384, "fwd", "ours-gluon", True),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from experiments.stages import json_rows, run as run_child
 
-HEAD_DIMS = (128, 64)
+HEAD_DIMS = (128, 64, 256)
 SEQLENS = (1024, 2048, 4096, 8192, 16384)
 TOKENS, HIDDEN = 16384, 2048
 # batch, seqlen_q, seqlen_k, nheads, nheads_kv: tails everywhere, GQA, seqlen_q > seqlen_k (causal: rows that
@@ -103,9 +103,10 @@ def _time(fn):
 # 10-16% with the atomics (B3) and 16-25% with TMA reduce-adds (B6); B4's prefetched S^T and register dQ lost 1-20%
 # and were removed; the other dK order (B5) and the other way of adding dQ_partial (B6), alone and together, are
 # timed at each head dim, the causal masked blocks in a loop of their own or not (`ml`, `noml`, B9), and at hd64
-# the 64-row tile that FA3's 128 rows replaced (B9).
+# the 64-row tile that FA3's 128 rows replaced (B9), and at hd256 dQ_partial in a hand-over buffer of its own (one
+# ring slot) instead of the ring slots (B10).
 ALTERNATIVES = ("dkfirst", "fa3dk", "dqtma", "dqatomic", "dqtma_dkfirst", "dqtma_fa3dk", "dqatomic_dkfirst",
-                "dqatomic_fa3dk", "ml", "noml", "m64", "m64_ml")
+                "dqatomic_fa3dk", "ml", "noml", "m64", "m64_ml", "ownhandover")
 
 
 def _tiles(head_dim):

@@ -41,7 +41,9 @@ STAT_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, ra
 @dataclass(frozen=True)
 class BwdTile:
     block_m: int  # query rows per step: 64 (the warpgroups split dQ_partial's head dim) or 128 (its rows)
-    block_n: int  # keys per program: two MMA warpgroups of 4 warps, 16 keys per warp
+    # Keys per program, on two MMA warpgroups of 4 warps: 128 (16 keys a warp) or 64 (hd256: the warpgroups split
+    # the head dim of dK, dV and dQ_partial, and P^T reaches dV through shared memory).
+    block_n: int
     stages: int  # Q/dO ring depth
     warp_specialize: bool = True  # a worker warpgroup issues the loads and the dQ atomics
     # Each MMA warpgroup its own partition with its own keys and dQ_partial: no barrier in common.
@@ -55,10 +57,19 @@ class BwdTile:
     # Causal: per head, the query blocks that cross the diagonal run first in a loop of their own (FA3's masking
     # steps), so that the mask's registers weigh on that loop alone, not on the main one.
     mask_loop: bool = False
+    # dQ_partial handed over in its query block's ring slot (Q's and dO's 16-bit buffers hold as many bytes as
+    # float32 dQ_partial), added from there by TMA before the slot's next load: no hand-over buffer of its own, so
+    # hd256's ring gets a second slot. Needs warp specialization, TMA reduce-adds and one MMA partition.
+    dq_in_slot: bool = False
 
     def __post_init__(self):
-        if self.block_m not in (64, 128) or self.block_n != 128:
-            raise ValueError(f"a backward tile needs block_m 64 or 128 and block_n 128, got {self}")
+        if self.block_m not in (64, 128) or self.block_n not in (64, 128):
+            raise ValueError(f"a backward tile needs block_m and block_n 64 or 128, got {self}")
+        if self.block_n == 64 and (self.split_warpgroups or self.fa3_dk_order):
+            raise ValueError(f"64-key tiles share their keys between the warpgroups: no split warpgroups, and dK "
+                             f"from dS^T in shared memory (no FA3 dK order), got {self}")
+        if self.dq_in_slot and not (self.warp_specialize and self.dq_tma_reduce and not self.split_warpgroups):
+            raise ValueError(f"dq_in_slot needs warp specialization, TMA reduce-adds and one MMA partition, got {self}")
         if (self.split_warpgroups or self.dq_tma_reduce) and not self.warp_specialize:
             raise ValueError(f"split warpgroups and TMA dQ reduce-adds need warp specialization, got {self}")
 
@@ -69,7 +80,7 @@ class BwdTile:
     @property
     def num_warps(self):
         """Warps of the launch's (default) partition: all MMA warps, or the first MMA warpgroup when split."""
-        return self.block_n // 16 // self.mma_partitions
+        return 8 // self.mma_partitions
 
 
 # Head dim -> tile. Shared memory (of 227 KB), 16-bit: K + V + stages * (Q + dO) + 2 dS^T buffers + the float32
@@ -85,6 +96,9 @@ BWD_TILES = {
     # TMA reduce-adds for dQ with FA3's dK order: +10-13% against atomics and dK first from 2k to 16k keys (B6);
     # with the atomics the two orders were level (B5). The mask loop: +2-4% causal from 2k keys (B9).
     128: BwdTile(block_m=64, block_n=128, stages=3, fa3_dk_order=True, dq_tma_reduce=True, mask_loop=True),
+    # 64 keys (FA3 takes 80, not a power of two): dK and dV 64 registers each a thread. With dQ_partial handed over
+    # in its ring slot, 32 + 32 + 2 * 64 (two ring slots) + 2 * 8 (dS^T) + 2 * 8 (P^T) = 224 KB.
+    256: BwdTile(block_m=64, block_n=64, stages=2, dq_tma_reduce=True, mask_loop=True, dq_in_slot=True),
 }
 # Causal, up to so many keys: hd64's 64-row tile (shorter steps, twice as many), with the mask loop: +3-6% against
 # the 128-row tile at 1k keys, level at 2k, behind from 4k (B9, H100).
@@ -115,7 +129,7 @@ class BwdVariant:
     def constexprs(self):
         return dict(CAUSAL=self.causal, STAGES=self.tile.stages, WARP_SPECIALIZE=self.tile.warp_specialize,
                     MMA_PARTITIONS=self.tile.mma_partitions, FA3_DK_ORDER=self.tile.fa3_dk_order,
-                    MASK_LOOP=self.tile.mask_loop)
+                    MASK_LOOP=self.tile.mask_loop, DQ_IN_SLOT=self.tile.dq_in_slot)
 
     @functools.cached_property
     def options(self):

@@ -70,10 +70,12 @@ def tma_reduce_add(tensor_desc, coord, src, _semantic=None):
 
 
 @gluon.constexpr_function
-def keys_layout(num_warps, n, dtype):
-    """Accumulator layout of a [16 * num_warps, n] product: the warps split the keys (M), one instruction spans n."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                     instr_shape=[16, n, 256 // dtype.primitive_bitwidth])
+def keys_layout(num_warps, keys, n, dtype):
+    """Accumulator layout of a [keys, n] product: the warps split the keys (M), 16 rows each; where they are more
+    than keys / 16 (64 keys, two warpgroups: hd256), the warpgroups split n as well, each taking its half."""
+    split_n = num_warps * 16 // keys
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[keys // 16, split_n],
+                                     instr_shape=[16, n // split_n, 256 // dtype.primitive_bitwidth])
 
 
 @gluon.constexpr_function
@@ -88,8 +90,10 @@ def dq_layout(num_warps, block_m, head_dim, dtype):
 
 @gluon.constexpr_function
 def dq_rows_layout(num_warps, head_dim):
-    """Layout in which the reducing warps read dQ_partial back: 4 consecutive floats per thread, rows across warps."""
-    return gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[128 // head_dim, head_dim // 4],
+    """Layout in which the reducing warps read dQ_partial back: 4 consecutive floats per thread, rows across warps
+    (a warp spans at most 128 columns: hd256 rows take two turns)."""
+    cols = min(head_dim, 128) // 4
+    return gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[32 // cols, cols],
                             warps_per_cta=[num_warps, 1], order=[1, 0])
 
 
@@ -181,6 +185,7 @@ class Buffers:
     lse2_smem: gl.shared_memory_descriptor
     delta_smem: gl.shared_memory_descriptor
     ds_smem: gl.shared_memory_descriptor
+    pt_smem: gl.shared_memory_descriptor
     dq_smem: gl.shared_memory_descriptor
     kv_ready: gl.shared_memory_descriptor
     ready: gl.shared_memory_descriptor
@@ -190,11 +195,13 @@ class Buffers:
     STAGES: gl.constexpr
     MMA_PARTITIONS: gl.constexpr
     DQ_TMA_REDUCE: gl.constexpr
+    P_T_SMEM: gl.constexpr
+    DQ_IN_SLOT: gl.constexpr
 
     @gluon.constexpr_function
     def __init__(self, q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, q_smem, k_smem, v_smem, do_smem,
-                 lse2_smem, delta_smem, ds_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty, STAGES,
-                 MMA_PARTITIONS, DQ_TMA_REDUCE):
+                 lse2_smem, delta_smem, ds_smem, pt_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty,
+                 STAGES, MMA_PARTITIONS, DQ_TMA_REDUCE, P_T_SMEM, DQ_IN_SLOT):
         self.q_desc = q_desc
         self.k_desc = k_desc
         self.v_desc = v_desc
@@ -208,6 +215,7 @@ class Buffers:
         self.lse2_smem = lse2_smem
         self.delta_smem = delta_smem
         self.ds_smem = ds_smem
+        self.pt_smem = pt_smem
         self.dq_smem = dq_smem
         self.kv_ready = kv_ready
         self.ready = ready
@@ -217,24 +225,40 @@ class Buffers:
         self.STAGES = gl.constexpr(STAGES)
         self.MMA_PARTITIONS = gl.constexpr(MMA_PARTITIONS)
         self.DQ_TMA_REDUCE = gl.constexpr(DQ_TMA_REDUCE)
+        self.P_T_SMEM = gl.constexpr(P_T_SMEM)
+        self.DQ_IN_SLOT = gl.constexpr(DQ_IN_SLOT)
 
     @gluon.jit
     def create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, dq_desc, STAGES: gl.constexpr,
-               MMA_PARTITIONS: gl.constexpr, DQ_IN_SMEM: gl.constexpr):
-        """dq_desc: the accumulator's descriptor when dQ_partial is added by TMA, else None."""
+               MMA_PARTITIONS: gl.constexpr, DQ_IN_SMEM: gl.constexpr, P_T_SMEM: gl.constexpr,
+               DQ_IN_SLOT: gl.constexpr):
+        """dq_desc: the accumulator's descriptor when dQ_partial is added by TMA, else None; P_T_SMEM: P^T reaches
+        dV through two shared-memory buffers (query_step); DQ_IN_SLOT: dQ_partial is handed over in its query
+        block's ring slot, Q's and dO's buffers side by side (as many bytes as float32 dQ_partial)."""
         BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
         KEYS: gl.constexpr = k_desc.block_type.shape[1]  # per MMA partition
         HEAD_DIM: gl.constexpr = q_desc.block_type.shape[3]
         dtype: gl.constexpr = q_desc.dtype
-        q_smem = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
-        do_smem = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+        if DQ_IN_SLOT:
+            q_smem = gl.allocate_shared_memory(dtype, [2 * STAGES] + q_desc.block_type.shape, q_desc.layout)
+            do_smem = q_smem  # slot s: Q at 2s, dO at 2s + 1 (q_slot, do_slot)
+        else:
+            q_smem = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
+            do_smem = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
         lse2_smem = gl.allocate_shared_memory(gl.float32, [STAGES] + lse2_desc.block_type.shape, lse2_desc.layout)
         delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES] + delta_desc.block_type.shape, delta_desc.layout)
         k_smem = gl.allocate_shared_memory(dtype, [MMA_PARTITIONS] + k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(dtype, [MMA_PARTITIONS] + v_desc.block_type.shape, v_desc.layout)
         ds_smem = gl.allocate_shared_memory(dtype, [2, KEYS, BLOCK_M],
                                             gl.NVMMASharedLayout.get_default_for([KEYS, BLOCK_M], dtype))
-        if dq_desc is not None:
+        if P_T_SMEM:
+            pt_smem = gl.allocate_shared_memory(dtype, [2, KEYS, BLOCK_M],
+                                                gl.NVMMASharedLayout.get_default_for([KEYS, BLOCK_M], dtype))
+        else:
+            pt_smem = ds_smem  # placeholder: P^T stays in registers
+        if DQ_IN_SLOT:
+            dq_smem = q_smem._reinterpret(gl.float32, [STAGES] + dq_desc.block_type.shape, dq_desc.layout)
+        elif dq_desc is not None:
             dq_smem = gl.allocate_shared_memory(gl.float32, [MMA_PARTITIONS] + dq_desc.block_type.shape,
                                                 dq_desc.layout)
         elif DQ_IN_SMEM:
@@ -245,23 +269,33 @@ class Buffers:
         kv_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        dq_full = gl.allocate_shared_memory(gl.int64, [MMA_PARTITIONS, 1], mbarrier.MBarrierLayout())
-        dq_empty = gl.allocate_shared_memory(gl.int64, [MMA_PARTITIONS, 1], mbarrier.MBarrierLayout())
+        # DQ_IN_SLOT: one dq_full per ring slot, and no dq_empty (a slot's next load waits for the reduce-add).
+        DQ_BARRIERS: gl.constexpr = STAGES if DQ_IN_SLOT else MMA_PARTITIONS
+        dq_full = gl.allocate_shared_memory(gl.int64, [DQ_BARRIERS, 1], mbarrier.MBarrierLayout())
+        dq_empty = gl.allocate_shared_memory(gl.int64, [DQ_BARRIERS, 1], mbarrier.MBarrierLayout())
         mbarrier.init(kv_ready, count=1)
-        for g in gl.static_range(MMA_PARTITIONS):
+        for g in gl.static_range(DQ_BARRIERS):
             mbarrier.init(dq_full.index(g), count=1)
             mbarrier.init(dq_empty.index(g), count=1)
         for s in gl.static_range(STAGES):
             mbarrier.init(ready.index(s), count=1)
             mbarrier.init(q_empty.index(s), count=MMA_PARTITIONS)
         return Buffers(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, q_smem, k_smem, v_smem, do_smem,
-                       lse2_smem, delta_smem, ds_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty, STAGES,
-                       MMA_PARTITIONS, dq_desc is not None)
+                       lse2_smem, delta_smem, ds_smem, pt_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty,
+                       STAGES, MMA_PARTITIONS, dq_desc is not None, P_T_SMEM, DQ_IN_SLOT)
 
     @gluon.jit
     def dq_tile(self, g):
-        """Hand-over buffer g as [BLOCK_M, HEAD_DIM]."""
+        """Hand-over buffer g (DQ_IN_SLOT: ring slot g) as [BLOCK_M, HEAD_DIM]."""
         return self.dq_smem.index(g).reshape([self.q_desc.block_type.shape[1], self.q_desc.block_type.shape[3]])
+
+    @gluon.jit
+    def q_slot(self, stage):
+        return self.q_smem.index(2 * stage if self.DQ_IN_SLOT else stage)
+
+    @gluon.jit
+    def do_slot(self, stage):
+        return self.do_smem.index(2 * stage + 1 if self.DQ_IN_SLOT else stage)
 
     @gluon.jit
     def load_kv(self, w: Work):
@@ -282,8 +316,8 @@ class Buffers:
         bar = self.ready.index(stage)
         mbarrier.expect(bar, self.q_desc.block_type.nbytes + self.do_desc.block_type.nbytes +
                         2 * self.lse2_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(self.q_desc, [w.batch, row0, head, 0], bar, self.q_smem.index(stage))
-        tma.async_copy_global_to_shared(self.do_desc, [w.batch, row0, head, 0], bar, self.do_smem.index(stage))
+        tma.async_copy_global_to_shared(self.q_desc, [w.batch, row0, head, 0], bar, self.q_slot(stage))
+        tma.async_copy_global_to_shared(self.do_desc, [w.batch, row0, head, 0], bar, self.do_slot(stage))
         tma.async_copy_global_to_shared(self.lse2_desc, [stat0], bar, self.lse2_smem.index(stage))
         tma.async_copy_global_to_shared(self.delta_desc, [stat0], bar, self.delta_smem.index(stage))
 
@@ -330,8 +364,8 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
     KEYS: gl.constexpr = b.k_desc.block_type.shape[1]
     HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
     NW: gl.constexpr = gl.num_warps()
-    gl.static_assert(KEYS == 16 * NW, "the warps split the partition's keys 16 rows each")
-    kv_layout: gl.constexpr = keys_layout(NW, HEAD_DIM, b.q_desc.dtype)
+    gl.static_assert(KEYS == 16 * NW or 2 * KEYS == 16 * NW, "the warps split the partition's keys 16 rows each")
+    kv_layout: gl.constexpr = keys_layout(NW, KEYS, HEAD_DIM, b.q_desc.dtype)
 
     if not WARP_SPECIALIZE:
         b.load_kv(w)
@@ -340,7 +374,7 @@ def mma_partition(b: Buffers, w: Work, dk_desc, dv_desc, dq_acc_ptr, qk_scale, s
     k_box = b.k_smem.index(G)
     v_box = b.v_smem.index(G)
     key0 = w.key0 + G * KEYS
-    keys = key0 + gl.arange(0, KEYS, layout=gl.SliceLayout(1, keys_layout(NW, b.q_desc.block_type.shape[1],
+    keys = key0 + gl.arange(0, KEYS, layout=gl.SliceLayout(1, keys_layout(NW, KEYS, b.q_desc.block_type.shape[1],
                                                                           b.q_desc.dtype)))
     dk = gl.zeros([KEYS, HEAD_DIM], gl.float32, kv_layout)
     dv = gl.zeros([KEYS, HEAD_DIM], gl.float32, kv_layout)
@@ -378,8 +412,8 @@ def query_step(b: Buffers, w: Work, k_box, v_box, key0, keys, dk, dv, it, dq_acc
     HEAD_DIM: gl.constexpr = b.q_desc.block_type.shape[3]
     dtype: gl.constexpr = b.q_desc.dtype
     NW: gl.constexpr = gl.num_warps()
-    s_layout: gl.constexpr = keys_layout(NW, BLOCK_M, dtype)
-    kv_layout: gl.constexpr = keys_layout(NW, HEAD_DIM, dtype)
+    s_layout: gl.constexpr = keys_layout(NW, KEYS, BLOCK_M, dtype)
+    kv_layout: gl.constexpr = keys_layout(NW, KEYS, HEAD_DIM, dtype)
     op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=kv_layout, k_width=2)
     cols_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
     k = k_box.reshape([KEYS, HEAD_DIM])
@@ -389,8 +423,8 @@ def query_step(b: Buffers, w: Work, k_box, v_box, key0, keys, dk, dv, it, dq_acc
     stage = it % b.STAGES
     head, row0 = w.query_block(it)
     mbarrier.wait(b.ready.index(stage), (it // b.STAGES) & 1)
-    q = b.q_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
-    do = b.do_smem.index(stage).reshape([BLOCK_M, HEAD_DIM])
+    q = b.q_slot(stage).reshape([BLOCK_M, HEAD_DIM])
+    do = b.do_slot(stage).reshape([BLOCK_M, HEAD_DIM])
     s_t = warpgroup_mma(k, q.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
                         use_acc=False, is_async=True)
     dp_t = warpgroup_mma(v, do.permute((1, 0)), gl.zeros([KEYS, BLOCK_M], gl.float32, s_layout),
@@ -409,8 +443,14 @@ def query_step(b: Buffers, w: Work, k_box, v_box, key0, keys, dk, dv, it, dq_acc
     dp_t = warpgroup_mma_wait(0, deps=(dp_t, ))
     delta = b.delta_smem.index(stage).load(cols_layout)
     ds_t = p_t * (dp_t - gl.expand_dims(delta, 0)) * softmax_scale
-    p_op = gl.convert_layout(p_t.to(dtype), op_layout)
-    dv = warpgroup_mma(p_op, do, dv, is_async=True)
+    if b.P_T_SMEM:
+        # The warpgroups split the queries of P^T, and each needs all of them for its half of dV: P^T goes
+        # through shared memory, in place with dS^T at the barrier below (two buffers, as dS^T's).
+        pt_buf = b.pt_smem.index(it % 2)
+        pt_buf.store(p_t.to(dtype))
+    else:
+        p_op = gl.convert_layout(p_t.to(dtype), op_layout)
+        dv = warpgroup_mma(p_op, do, dv, is_async=True)
     if b.MMA_PARTITIONS == 1:
         ds_buf = b.ds_smem.index(it % 2)
     else:
@@ -426,7 +466,17 @@ def query_step(b: Buffers, w: Work, k_box, v_box, key0, keys, dk, dv, it, dq_acc
             if it - 1 + b.STAGES < w.total:
                 b.load_query_block(w, it - 1 + b.STAGES)
     dq_zero = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, dq_layout(NW, BLOCK_M, HEAD_DIM, dtype))
-    if FA3_DK_ORDER:
+    if b.P_T_SMEM:
+        # All three from shared memory; without DQ_IN_SLOT the slot goes back once dV and dK are complete, so
+        # that the next query block loads while dQ_partial runs and is handed over.
+        dv = warpgroup_mma(pt_buf, do, dv, is_async=True)
+        dk = warpgroup_mma(ds_buf, q, dk, is_async=True)
+        dq = warpgroup_mma(ds_buf.permute((1, 0)), k, dq_zero, use_acc=False, is_async=True)
+        dv, dk = warpgroup_mma_wait(1, deps=(dv, dk))
+        if WARP_SPECIALIZE and not b.DQ_IN_SLOT:
+            mbarrier.arrive(b.q_empty.index(stage))
+        dq = warpgroup_mma_wait(0, deps=(dq, ))
+    elif FA3_DK_ORDER:
         # dQ_partial first; dK, from dS^T in registers (as P^T for dV), issued once dV is complete and still
         # running while dQ_partial is handed over (or added), so the tensor cores stay busy through it.
         ds_op = gl.convert_layout(ds16, op_layout)
@@ -441,7 +491,17 @@ def query_step(b: Buffers, w: Work, k_box, v_box, key0, keys, dk, dv, it, dq_acc
         dv, p_op = warpgroup_mma_wait(1, deps=(dv, p_op))
         dq = warpgroup_mma(ds_buf.permute((1, 0)), k, dq_zero, use_acc=False, is_async=True)
         dq, dk = warpgroup_mma_wait(0, deps=(dq, dk))
-    if WARP_SPECIALIZE:
+    if b.DQ_IN_SLOT:
+        # Into this query block's slot, once both warpgroups' products have read Q and dO there; the worker adds it
+        # by TMA and only then loads the slot's next block.
+        if FA3_DK_ORDER:  # dK reads Q in the slot
+            dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
+        gl.thread_barrier()
+        b.dq_tile(stage).store(dq)
+        fence_async_shared()
+        gl.thread_barrier()
+        mbarrier.arrive(b.dq_full.index(stage))
+    elif WARP_SPECIALIZE:
         mbarrier.wait(b.dq_empty.index(G), (it & 1) ^ 1)  # the reducer has read the previous dQ_partial
         b.dq_tile(G).store(dq)
         if b.DQ_TMA_REDUCE:
@@ -450,9 +510,9 @@ def query_step(b: Buffers, w: Work, k_box, v_box, key0, keys, dk, dv, it, dq_acc
         mbarrier.arrive(b.dq_full.index(G))
     else:
         add_dq(dq, dq_acc_ptr, w, head, row0)
-    if FA3_DK_ORDER:  # dS^T's registers stay allocated until dK has read them
+    if FA3_DK_ORDER and not b.DQ_IN_SLOT:  # dS^T's registers stay allocated until dK has read them
         dk, ds_op = warpgroup_mma_wait(0, deps=(dk, ds_op))
-    if WARP_SPECIALIZE:
+    if WARP_SPECIALIZE and not b.P_T_SMEM and not b.DQ_IN_SLOT:
         mbarrier.arrive(b.q_empty.index(stage))  # every product reading this slot is complete
     return dk, dv
 
@@ -466,6 +526,9 @@ def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr, dq_desc):
     Loads run STAGES - 1 query blocks ahead of the reductions: loading block it waits for the MMA partitions
     to release block it - STAGES, which they do as they hand over its dQ_partials (reduced one step before)."""
     b.load_kv(w)
+    if b.DQ_IN_SLOT:
+        reduce_in_slots(b, w, dq_desc)
+        return
     for it in range(w.total + b.STAGES - 1):
         if it < w.total:
             # Ring slots start free: the first pass waits on the phase before 0, which counts as complete.
@@ -484,6 +547,21 @@ def load_reduce_partition(b: Buffers, w: Work, dq_acc_ptr, dq_desc):
                 add_dq_from_smem(b, w, dq_acc_ptr, head, row0)
             for g in gl.static_range(b.MMA_PARTITIONS):
                 mbarrier.arrive(b.dq_empty.index(g))
+
+
+@gluon.jit
+def reduce_in_slots(b: Buffers, w: Work, dq_desc):
+    """The worker with DQ_IN_SLOT: query block it loads into its ring slot once the TMA has read the dQ_partial
+    that the block STAGES before it left there (slots start free); the MMA partition needs no release."""
+    for it in range(w.total + b.STAGES):
+        j = it - b.STAGES
+        if j >= 0:
+            head, row0 = w.query_block(j)
+            mbarrier.wait(b.dq_full.index(j % b.STAGES), (j // b.STAGES) & 1)
+            tma_reduce_add(dq_desc, [w.batch, row0, head, 0], b.dq_smem.index(j % b.STAGES))
+            tma.store_wait(0)  # read: the slot is free (the adds themselves may still be in flight)
+        if it < w.total:
+            b.load_query_block(w, it)
 
 
 @gluon.jit
@@ -510,7 +588,8 @@ def add_dq_from_smem(b: Buffers, w: Work, dq_acc_ptr, head, row0):
 def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2_desc, delta_desc, dq_acc_ptr,
                          dq_desc, qk_scale, softmax_scale, nheads, group, seqlen_q, seqlen_k, seqlen_q_pad,
                          section_heads, CAUSAL: gl.constexpr, STAGES: gl.constexpr, WARP_SPECIALIZE: gl.constexpr,
-                         MMA_PARTITIONS: gl.constexpr, FA3_DK_ORDER: gl.constexpr, MASK_LOOP: gl.constexpr):
+                         MMA_PARTITIONS: gl.constexpr, FA3_DK_ORDER: gl.constexpr, MASK_LOOP: gl.constexpr,
+                         DQ_IN_SLOT: gl.constexpr):
     """q/k/v/do/dk/dv: 4-D TMA descriptors (batch, seq, head, dim), K/V/dK/dV boxes of one MMA partition's keys;
     lse2/delta: 1-D descriptors over the flat (batch, nheads, seqlen_q_pad) float32 LSE * log2(e) and
     rowsum(dO * O), +inf / 0 past seqlen_q; dq_acc: zeroed float32 like q; dq_desc: a 4-D descriptor of it
@@ -519,8 +598,11 @@ def attention_bwd_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2
     BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = MMA_PARTITIONS * k_desc.block_type.shape[1]
     w = Work.create(nheads, group, seqlen_q, seqlen_k, seqlen_q_pad, section_heads, BLOCK_M, BLOCK_N, CAUSAL)
+    # 64 keys on two MMA warpgroups (hd256): they split the head dim of dK, dV and dQ_partial and the queries of
+    # S^T and dP^T (keys_layout).
+    P_T_SMEM: gl.constexpr = k_desc.block_type.shape[1] < 16 * gl.num_warps()
     b = Buffers.create(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, dq_desc, STAGES, MMA_PARTITIONS,
-                       WARP_SPECIALIZE)
+                       WARP_SPECIALIZE, P_T_SMEM, DQ_IN_SLOT)
     if WARP_SPECIALIZE:
         if MMA_PARTITIONS == 2:
             gl.warp_specialize([

@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 
 from .bwd import BWD_TILES, FEW_KEYS_CAUSAL_BWD_TILES, BwdVariant, compile_backward
-from .report import common_counts, print_reports
+from .report import common_counts, key_block_loops, print_reports
 
 
 def alternative_tiles(head_dim):
@@ -19,10 +19,18 @@ def alternative_tiles(head_dim):
     from shared memory, `dkfirst`, or FA3's, `fa3dk`), the dQ adds it does not use (TMA reduce-adds, `dqtma`,
     or the worker's atomics, `dqatomic`), and both changes together; the causal masked blocks in a loop of their
     own or not (`ml`, `noml`); at hd 64 the 64-row tile it replaced (`m64`), and with that loop (`m64_ml`), the
-    tile of causal launches up to 1k keys."""
+    tile of causal launches up to 1k keys. The 64-key tile (hd 256) has neither split warpgroups nor FA3's dK
+    order."""
     base = BWD_TILES[head_dim]
-    order = "dkfirst" if base.fa3_dk_order else "fa3dk"
     add = "dqatomic" if base.dq_tma_reduce else "dqtma"
+    if base.block_n == 64:
+        # Without dQ_partial in the ring slots (`ownhandover`: a hand-over buffer of its own, one ring slot), the
+        # worker's atomics and no warp specialization need their own buffer or none.
+        own = replace(base, dq_in_slot=False, stages=1)
+        return {"nows": replace(base, warp_specialize=False, dq_tma_reduce=False, dq_in_slot=False),
+                "ownhandover": own, "dqatomic": replace(own, dq_tma_reduce=False),
+                "noml" if base.mask_loop else "ml": replace(base, mask_loop=not base.mask_loop)}
+    order = "dkfirst" if base.fa3_dk_order else "fa3dk"
     other_order = replace(base, fa3_dk_order=not base.fa3_dk_order)
     # Split at hd 128: 2 ring slots, and dK first (with FA3's order ptxas serializes every wgmma there, 56 waits).
     split = replace(base, split_warpgroups=True, stages=2 if head_dim == 128 else base.stages,
@@ -62,7 +70,8 @@ VARIANTS += [BwdVariant(torch.bfloat16, d, causal, tile) for d in BWD_TILES for 
 def tile_mode(tile, causal):
     mode = "split" if tile.split_warpgroups else "lockstep" if tile.warp_specialize else "nows"
     return (mode + ("_fa3dk" if tile.fa3_dk_order else "") + ("_dqtma" if tile.dq_tma_reduce else "")
-            + (f"_m{tile.block_m}" if tile.block_m != 64 else "") + ("_ml" if tile.mask_loop and causal else ""))
+            + (f"_m{tile.block_m}" if tile.block_m != 64 else "") + ("_slot" if tile.dq_in_slot else "")
+            + ("_ml" if tile.mask_loop and causal else ""))
 
 
 def variant_name(v: BwdVariant):
@@ -80,6 +89,8 @@ def compile_report(variant: BwdVariant, tmpdir: str):
         sass_f32_atomics=len(re.findall(r"\bREDG?\.E\.ADD\.F32", sass)),
         sass_tma_reduces=len(re.findall(r"\bUBLKRED|\bUTMAREDG", sass)),
         sass_wgmma_waits=sass.count("WARPGROUP.DEPBAR"),  # one per wgmma when ptxas serializes them
+        # local-memory accesses inside the query-block loops (those over a wgmma)
+        sass_loop_local_mem=sum(1 for body in key_block_loops(sass) for t in body if re.search(r"\b(?:LDL|STL)\b", t)),
     )
 
 

@@ -6,7 +6,7 @@ into the instructions FA3's backward relies on: wgmma for all five products,
 TMA loads and stores, float32 atomic adds or TMA reduce-adds for dQ.
 
 GPU (`hopper`): dq/dk/dv against float64 autograd of the reference on fresh
-random inputs (odd seqlens, causal both ways, GQA/MQA, head dims 64/128),
+random inputs (odd seqlens, causal both ways, GQA/MQA, head dims 64/128/256),
 FA's criterion: error at most 2x PyTorch's own bf16/fp16 error plus the
 reference's rounding to the dtype, on the max and the relative L2 error; each
 case with the tile the launch picks, the head dim's table tile, its other way of
@@ -23,7 +23,6 @@ from gluon_reports import compile_reports
 
 SMEM_LIMIT = 227 * 1024
 BARRIER_SLACK = 1024
-BLOCK_N = 128  # kernels.gluon.bwd.BWD_TILES; query rows a step are the tile's block_m
 # Split warpgroups: a few scalars (barrier addresses, loop bounds) that the warp-specialized partitions keep in
 # local memory (the 32-register load/reduce warpgroup most); an accumulator there would be hundreds of accesses.
 MAX_SPLIT_LOCAL_ACCESSES = 32
@@ -31,6 +30,9 @@ MAX_SPLIT_LOCAL_ACCESSES = 32
 # memory around the products, up to ~75 accesses in the causal kernels (none or 4 non-causal); the tile measured
 # faster than the 64-row one all the same (docs/tuning-gluon.md, B9). An accumulator there would be hundreds.
 MAX_M128_LOCAL_ACCESSES = 96
+# 64 keys (hd256), causal: three scalars stored before the mask loops and loaded after them (9 accesses on session
+# 41's compile), none inside a loop.
+MAX_N64_LOCAL_ACCESSES = 16
 # At most one wgmma wait per product group and a hand-over: ptxas serializing the products (a wait after every
 # wgmma) would leave the wgmma count unchanged but this count at 32.
 MAX_WGMMA_WAITS_PER_PARTITION = 5
@@ -61,32 +63,43 @@ def test_backward_compiles_to_wgmma_tma_and_atomics(reports, name):
     # The causal mask loop is a second copy of the loop body.
     bodies = 2 if name.endswith("_ml") else 1
     assert r["sass_wgmma_waits"] <= bodies * parts * MAX_WGMMA_WAITS_PER_PARTITION, "ptxas serialized the wgmmas"
-    keys = BLOCK_N // parts
+    keys = tile.block_n // parts
     rows = tile.block_m
     # m64nNk16 per warpgroup: S^T and dP^T d/16 steps each, dV and dK rows/16, dQ_partial (over the partition's
-    # keys) keys/16 per 64 rows a warpgroup holds; each MMA partition has its own copy of the code.
+    # keys) keys/16 per 64 rows a warpgroup holds; each MMA partition has its own copy of the code. (64 keys: the
+    # warpgroups split the N of every product, so the same counts.)
     row_tiles = rows // 64 if parts == 2 else 1  # one 8-warp partition: each warpgroup takes 64 of 128 rows
     assert r["ptx_wgmma"] == bodies * parts * (2 * d // 16 + 2 * rows // 16 + row_tiles * keys // 16), r
     assert r["sass_gmma"] == r["ptx_wgmma"], "wgmma must survive ptxas as HGMMA"
     assert r["sass_tma_load"] > 0 and r["sass_tma_store"] > 0, r
     dq_bytes = rows * d * 4
-    if tile.dq_tma_reduce:  # one TMA reduce-add per MMA partition's hand-over, nothing on the load/store unit
-        assert r["sass_f32_atomics"] == 0 and r["sass_tma_reduces"] == parts, r
+    # One TMA reduce-add per MMA partition's hand-over, nothing on the load/store unit; Gluon issues a box wider than
+    # 128 columns as several (hd256: two).
+    reduces = parts * max(1, d // 128)
+    if tile.dq_tma_reduce:
+        assert r["sass_f32_atomics"] == 0 and r["sass_tma_reduces"] == reduces, r
     elif tile.warp_specialize:
         # The worker warpgroup reads dQ_partial back 4 floats per thread over 128 threads (parts summed first).
         assert r["sass_f32_atomics"] == dq_bytes // 16 // 128, r
     if tile.warp_specialize:
         assert r["num_warps"] == 12 and 240 in r["setmaxnreg"] and 32 in r["setmaxnreg"], r
-        assert r["sass_tma_reduces"] == (parts if tile.dq_tma_reduce else 0), r
+        assert r["sass_tma_reduces"] == (reduces if tile.dq_tma_reduce else 0), r
         spill_limit = bodies * max(MAX_SPLIT_LOCAL_ACCESSES if tile.split_warpgroups else 0,
                                    MAX_M128_LOCAL_ACCESSES if rows == 128 else 0)
+        if tile.block_n == 64:
+            assert r["sass_loop_local_mem"] == 0, "the 64-key loops must not spill"
+            spill_limit = MAX_N64_LOCAL_ACCESSES
         assert r["sass_local_mem"] <= spill_limit, "the MMA warpgroups must not spill"
     else:
         # Two floats per atomic over 256 threads, one copy for whole blocks and one masked.
         assert r["sass_f32_atomics"] == bodies * 2 * (dq_bytes // 8 // 256), r
         assert r["num_warps"] == 8 and not r["setmaxnreg"], r
     ring = r["stages"] * (2 * rows * d * 2 + 2 * rows * 4)
-    expected = 2 * BLOCK_N * d * 2 + ring + 2 * keys * rows * 2 + (parts * dq_bytes if tile.warp_specialize else 0)
+    # K and V, the ring, two dS^T buffers (and two of P^T with 64 keys), the dQ_partial hand-overs (none of their
+    # own when dQ_partial is handed over in the ring slots).
+    p_t = 2 * keys * rows * 2 if tile.block_n == 64 else 0
+    hand_over = parts * dq_bytes if tile.warp_specialize and not tile.dq_in_slot else 0
+    expected = 2 * tile.block_n * d * 2 + ring + 2 * keys * rows * 2 + p_t + hand_over
     assert expected <= r["shared_bytes"] <= min(expected + BARRIER_SLACK, SMEM_LIMIT), r
 
 
@@ -114,6 +127,9 @@ GPU_CASES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, causal
     (1, 1101, 1101, 4, 2, 128, False),
     (2, 256, 256, 2, 2, 64, False),
     (1, 77, 300, 8, 2, 64, False),
+    (1, 1000, 517, 4, 2, 256, True),  # hd256: 64 keys a program, P^T through shared memory
+    (2, 333, 777, 2, 1, 256, True),
+    (1, 517, 1000, 4, 4, 256, False),
 ]
 
 
@@ -126,10 +142,12 @@ GPU_CASES = [  # batch, seqlen_q, seqlen_k, nheads, nheads_kv, head_dim, causal
 @pytest.mark.parametrize("variant", ["picked", "table", "other_dq_add", "no_mask_loop", "few_keys"])
 def test_gpu_backward_matches_float64(case, dtype, variant):
     from kernels.gluon.bwd import BWD_TILES, FEW_KEYS_CAUSAL_BWD_TILES, attention_backward
+    from kernels.gluon.bwd_report import alternative_tiles
     from kernels.reference import attention_ref
     b, sq, sk, h, h_kv, d, causal = case
+    other_add = alternative_tiles(d)["dqatomic" if BWD_TILES[d].dq_tma_reduce else "dqtma"]
     tile = {"picked": None, "table": BWD_TILES[d], "no_mask_loop": replace(BWD_TILES[d], mask_loop=False),
-            "other_dq_add": replace(BWD_TILES[d], dq_tma_reduce=not BWD_TILES[d].dq_tma_reduce)}.get(variant)
+            "other_dq_add": other_add}.get(variant)
     if variant == "no_mask_loop" and not causal:
         pytest.skip("the mask loop is causal only")
     if variant == "few_keys":
