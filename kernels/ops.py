@@ -4,9 +4,9 @@ Backends, chosen per call by the KERNELS_IMPL environment variable:
 - `auto` (default): on sm_90 the Gluon forward where it measured faster than
   Triton (GLUON_AUTO_*), Triton elsewhere on CUDA and on CPU under
   TRITON_INTERPRET=1, the PyTorch reference otherwise. On sm_90 the backward
-  is Gluon's at head dims 64 and 128 from GLUON_AUTO_MIN_SEQLEN_K keys (where it
-  beat Triton's), Triton's elsewhere and whenever `deterministic` is asked
-  (Gluon adds dQ with atomics).
+  is Gluon's at head dims 64, 128 and 256 from GLUON_BWD_AUTO_MIN_SEQLEN_K keys
+  (where it beat Triton's), Triton's elsewhere and whenever `deterministic` is
+  asked (Gluon adds dQ with atomics).
 - `gluon`, `triton`, `reference`: forced; an unavailable choice is an error.
   Forced `gluon` runs the backward where Gluon has one, as `auto` does.
 
@@ -37,6 +37,9 @@ IMPLS = ("auto", "gluon", "triton", "reference")
 # Shorter sequences were not measured, so auto keeps Triton there.
 GLUON_AUTO_HEAD_DIMS = (64, 128, 256)
 GLUON_AUTO_MIN_SEQLEN_K = 1024
+# Keys from which `auto` takes the Gluon backward, by head dim: at 512 keys, causal, Triton's backward measured
+# faster at hd64/128; at hd256 Gluon's ran 1.46x Triton's there (docs/tuning-gluon.md, B10, H100).
+GLUON_BWD_AUTO_MIN_SEQLEN_K = {64: GLUON_AUTO_MIN_SEQLEN_K, 128: GLUON_AUTO_MIN_SEQLEN_K, 256: 0}
 
 
 @functools.cache
@@ -72,11 +75,12 @@ def select_impl(device: torch.device, head_dim: int | None = None, seqlen_k: int
 
 def select_backward_impl(q: torch.Tensor, seqlen_k: int, deterministic: bool) -> str:
     """The backend of a backward on q's device: Gluon on sm_90 where it has tiles for the head dim and atomics
-    are allowed (not deterministic), unless KERNELS_IMPL forces triton or reference; auto also asks for
-    GLUON_AUTO_MIN_SEQLEN_K keys (at 512 keys, causal, Triton's backward measured faster)."""
+    are allowed (not deterministic), unless KERNELS_IMPL forces triton or reference; auto also asks for the head
+    dim's GLUON_BWD_AUTO_MIN_SEQLEN_K keys."""
     forced = os.environ.get("KERNELS_IMPL", "auto")
     impl = select_impl(q.device)
-    if impl == "reference" or forced == "triton" or (forced == "auto" and seqlen_k < GLUON_AUTO_MIN_SEQLEN_K):
+    min_keys = GLUON_BWD_AUTO_MIN_SEQLEN_K.get(q.shape[-1], GLUON_AUTO_MIN_SEQLEN_K)
+    if impl == "reference" or forced == "triton" or (forced == "auto" and seqlen_k < min_keys):
         return impl
     gluon = gluon_kernels() if is_sm90(q.device) else None
     gluon_applies = gluon is not None and not deterministic and q.shape[-1] in gluon.BWD_TILES

@@ -207,11 +207,12 @@ def test_backward_runs_on_gluon_where_it_applies(monkeypatch):
     q = lambda d: torch.empty(1, 1, 1, d, device="cuda")  # noqa: E731
     for impl in ("auto", "gluon"):
         monkeypatch.setenv("KERNELS_IMPL", impl)
-        assert select_backward_impl(q(128), 4096, False) == "gluon" == select_backward_impl(q(64), 4096, False)
-        assert select_backward_impl(q(256), 4096, False) == "triton"  # no Gluon tiles at head dim 256
+        assert all(select_backward_impl(q(d), 4096, False) == "gluon" for d in (64, 128, 256))
+        assert select_backward_impl(q(96), 4096, False) == "triton"  # no Gluon tile at head dim 96
         assert select_backward_impl(q(128), 4096, True) == "triton"  # Gluon's dQ uses atomics
     assert select_backward_impl(q(128), 512, False) == "gluon"  # forced: any length
     monkeypatch.setenv("KERNELS_IMPL", "auto")
     assert select_backward_impl(q(128), 512, False) == "triton"
+    assert select_backward_impl(q(256), 512, False) == "gluon"  # hd256: Gluon's from any length
     monkeypatch.setenv("KERNELS_IMPL", "triton")
     assert select_backward_impl(q(128), 4096, False) == "triton"
