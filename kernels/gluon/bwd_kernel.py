@@ -6,7 +6,9 @@ the Triton backward's causal grids take too). K and V stay in shared
 memory; the program walks the query blocks (BLOCK_M rows) of every query head
 of its GQA group, Q, dO, LSE2 and delta streaming through a TMA ring of
 STAGES slots. Two MMA warpgroups split the BLOCK_N keys, so every product but
-dQ runs with keys as its M dimension (FA3's "swapAB" layouts):
+dQ runs with keys as its M dimension (FA3's "swapAB" layouts); with 64 keys
+(hd256) the keys are one warpgroup's M and the two warpgroups split N instead
+(keys_layout), and P^T reaches dV through shared memory as dS^T reaches dK:
 
     S^T  = K Q^T,  dP^T = V dO^T            (SS wgmma)
     P^T  = exp2(S^T * scale*log2e - LSE2),   dS^T = P^T * (dP^T - delta) * scale
@@ -33,7 +35,9 @@ default tile keeps 1.
 Warp-specialized (WARP_SPECIALIZE): one extra warpgroup issues every TMA load
 (waiting on `q_empty` for ring slots) and adds the dQ_partials, handed over
 through shared memory (`dq_full` / `dq_empty`, one buffer per MMA partition;
-summed before the atomics, or each added by a TMA reduce-add), to the accumulator, so the MMA warpgroups never
+summed before the atomics, or each added by a TMA reduce-add; with DQ_IN_SLOT
+in the query block's own ring slot, which the worker refills only after its
+reduce-add has read it), to the accumulator, so the MMA warpgroups never
 wait for loads to be issued nor for atomics; setmaxnreg gives the MMA
 warpgroups 240 registers (232 to the first of two split ones: the launch's
 168 per thread caps the total). Without it one 8-warp partition issues loads
@@ -268,18 +272,26 @@ class Buffers:
             dq_smem = ds_smem  # placeholder: no hand-over without warp specialization
         kv_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        # DQ_IN_SLOT: one dq_full per ring slot, and no dq_empty (a slot's next load waits for the reduce-add).
-        DQ_BARRIERS: gl.constexpr = STAGES if DQ_IN_SLOT else MMA_PARTITIONS
-        dq_full = gl.allocate_shared_memory(gl.int64, [DQ_BARRIERS, 1], mbarrier.MBarrierLayout())
-        dq_empty = gl.allocate_shared_memory(gl.int64, [DQ_BARRIERS, 1], mbarrier.MBarrierLayout())
+        if DQ_IN_SLOT:
+            q_empty = ready  # unused: the worker frees a slot itself (reduce_in_slots)
+        else:
+            q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         mbarrier.init(kv_ready, count=1)
-        for g in gl.static_range(DQ_BARRIERS):
-            mbarrier.init(dq_full.index(g), count=1)
-            mbarrier.init(dq_empty.index(g), count=1)
+        if DQ_IN_SLOT:  # one dq_full per ring slot; no dq_empty: a slot's next load waits for the reduce-add
+            dq_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+            dq_empty = dq_full  # unused
+            for s in gl.static_range(STAGES):
+                mbarrier.init(dq_full.index(s), count=1)
+        else:
+            dq_full = gl.allocate_shared_memory(gl.int64, [MMA_PARTITIONS, 1], mbarrier.MBarrierLayout())
+            dq_empty = gl.allocate_shared_memory(gl.int64, [MMA_PARTITIONS, 1], mbarrier.MBarrierLayout())
+            for g in gl.static_range(MMA_PARTITIONS):
+                mbarrier.init(dq_full.index(g), count=1)
+                mbarrier.init(dq_empty.index(g), count=1)
         for s in gl.static_range(STAGES):
             mbarrier.init(ready.index(s), count=1)
-            mbarrier.init(q_empty.index(s), count=MMA_PARTITIONS)
+            if not DQ_IN_SLOT:
+                mbarrier.init(q_empty.index(s), count=MMA_PARTITIONS)
         return Buffers(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, q_smem, k_smem, v_smem, do_smem,
                        lse2_smem, delta_smem, ds_smem, pt_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty,
                        STAGES, MMA_PARTITIONS, dq_desc is not None, P_T_SMEM, DQ_IN_SLOT)
