@@ -272,26 +272,19 @@ class Buffers:
             dq_smem = ds_smem  # placeholder: no hand-over without warp specialization
         kv_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        if DQ_IN_SLOT:
-            q_empty = ready  # unused: the worker frees a slot itself (reduce_in_slots)
-        else:
-            q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        # DQ_IN_SLOT: one dq_full per ring slot; the worker frees a slot itself (reduce_in_slots), so q_empty and
+        # dq_empty are allocated and initialized but never waited on (left so: the build measured on the GPU).
+        DQ_BARRIERS: gl.constexpr = STAGES if DQ_IN_SLOT else MMA_PARTITIONS
+        dq_full = gl.allocate_shared_memory(gl.int64, [DQ_BARRIERS, 1], mbarrier.MBarrierLayout())
+        dq_empty = gl.allocate_shared_memory(gl.int64, [DQ_BARRIERS, 1], mbarrier.MBarrierLayout())
         mbarrier.init(kv_ready, count=1)
-        if DQ_IN_SLOT:  # one dq_full per ring slot; no dq_empty: a slot's next load waits for the reduce-add
-            dq_full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-            dq_empty = dq_full  # unused
-            for s in gl.static_range(STAGES):
-                mbarrier.init(dq_full.index(s), count=1)
-        else:
-            dq_full = gl.allocate_shared_memory(gl.int64, [MMA_PARTITIONS, 1], mbarrier.MBarrierLayout())
-            dq_empty = gl.allocate_shared_memory(gl.int64, [MMA_PARTITIONS, 1], mbarrier.MBarrierLayout())
-            for g in gl.static_range(MMA_PARTITIONS):
-                mbarrier.init(dq_full.index(g), count=1)
-                mbarrier.init(dq_empty.index(g), count=1)
+        for g in gl.static_range(DQ_BARRIERS):
+            mbarrier.init(dq_full.index(g), count=1)
+            mbarrier.init(dq_empty.index(g), count=1)
         for s in gl.static_range(STAGES):
             mbarrier.init(ready.index(s), count=1)
-            if not DQ_IN_SLOT:
-                mbarrier.init(q_empty.index(s), count=MMA_PARTITIONS)
+            mbarrier.init(q_empty.index(s), count=MMA_PARTITIONS)
         return Buffers(q_desc, k_desc, v_desc, do_desc, lse2_desc, delta_desc, q_smem, k_smem, v_smem, do_smem,
                        lse2_smem, delta_smem, ds_smem, pt_smem, dq_smem, kv_ready, ready, q_empty, dq_full, dq_empty,
                        STAGES, MMA_PARTITIONS, dq_desc is not None, P_T_SMEM, DQ_IN_SLOT)
