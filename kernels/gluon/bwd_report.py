@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 
 from .bwd import BWD_TILES, FEW_KEYS_CAUSAL_BWD_TILES, BwdVariant, compile_backward
-from .report import common_counts, key_block_loops, print_reports
+from .report import common_counts, key_block_loops, key_loops_local_mem, print_reports
 
 
 def alternative_tiles(head_dim):
@@ -89,8 +89,7 @@ def compile_report(variant: BwdVariant, tmpdir: str):
         sass_f32_atomics=len(re.findall(r"\bREDG?\.E\.ADD\.F32", sass)),
         sass_tma_reduces=len(re.findall(r"\bUBLKRED|\bUTMAREDG", sass)),
         sass_wgmma_waits=sass.count("WARPGROUP.DEPBAR"),  # one per wgmma when ptxas serializes them
-        # local-memory accesses inside the query-block loops (those over a wgmma)
-        sass_loop_local_mem=sum(1 for body in key_block_loops(sass) for t in body if re.search(r"\b(?:LDL|STL)\b", t)),
+        sass_key_loops_local_mem=key_loops_local_mem(key_block_loops(sass)),  # inside the query-block loops
     )
 
 

@@ -20,6 +20,9 @@ from .forward import HEAD_DIMS, TILE_CONFIGS, Variant, compile_forward, default_
 # A bar.sync of 128 threads: one warpgroup (a consumer) meeting itself.
 WARPGROUP_BAR = re.compile(r"\bBAR\.SYNC\.DEFER_BLOCKING 0x\w+, 0x80\b")
 
+# A local-memory access (a spill or its reload).
+LOCAL_MEM = re.compile(r"\b(?:LDL|STL)\b")
+
 # An RS wgmma in SASS: accumulator, then the A operand's first register, then B's descriptor (SS: one descriptor).
 RS_GMMA = re.compile(r"\b[HQ]GMMA\.\S+\s+R\d+,\s+R\d+,\s+gdesc")
 
@@ -151,6 +154,11 @@ def key_block_loops(sass: str):
             if not any(j <= c and d < i for c, d in over_mma if (c, d) != (j, i))]
 
 
+def key_loops_local_mem(loops):
+    """Local-memory accesses inside the loops key_block_loops found."""
+    return sum(1 for body in loops for t in body if LOCAL_MEM.search(t))
+
+
 def _sass_and_resources(cubin: bytes, tmpdir: str):
     path = os.path.join(tmpdir, "kernel.cubin")
     with open(path, "wb") as f:
@@ -173,7 +181,7 @@ def common_counts(ck, tmpdir: str):
         sass_gmma=len(re.findall(r"\b[HQ]GMMA\.", sass)),
         sass_tma_load=sass.count("UTMALDG"),
         sass_tma_store=sass.count("UTMASTG"),
-        sass_local_mem=len(re.findall(r"\b(?:LDL|STL)\b", sass)),
+        sass_local_mem=len(LOCAL_MEM.findall(sass)),
         **usage,
     )
 
@@ -192,14 +200,14 @@ def compile_report(variant: Variant, tmpdir: str, traced: bool = False):
         sass_shfl=len(re.findall(r"\bSHFL\.", sass)),  # row reductions, and FP8 P's conversion to the A operand
         ptx_griddep_wait=ptx.count("griddepcontrol.wait"),
         sass_key_loop=len(loop),
-        sass_key_loop_local_mem=sum(1 for t in loop if re.search(r"\b(?:LDL|STL)\b", t)),
+        sass_key_loop_local_mem=sum(1 for t in loop if LOCAL_MEM.search(t)),
         sass_key_loop_warpgroup_bars=sum(1 for t in loop if WARPGROUP_BAR.search(t)),
         # wgmma with the A operand from registers (RS: P for PV, and Q for QK^T with TileConfig.q_in_registers)
         sass_key_loop_rs_gmma=sum(1 for t in loop if RS_GMMA.search(t)),
         sass_key_loop_gmma=sum(1 for t in loop if re.search(r"\b[HQ]GMMA\.", t)),
         sass_key_loop_sizes=[len(body) for body in loops],
         sass_key_loops_prmt=sum(1 for body in loops for t in body if re.search(r"\bPRMT\b", t)),
-        sass_key_loops_local_mem=sum(1 for body in loops for t in body if re.search(r"\b(?:LDL|STL)\b", t)),
+        sass_key_loops_local_mem=key_loops_local_mem(loops),
         ptx_clock_reads=ptx.count("%clock64"),
     )
 

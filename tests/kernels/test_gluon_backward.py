@@ -87,7 +87,7 @@ def test_backward_compiles_to_wgmma_tma_and_atomics(reports, name):
         spill_limit = bodies * max(MAX_SPLIT_LOCAL_ACCESSES if tile.split_warpgroups else 0,
                                    MAX_M128_LOCAL_ACCESSES if rows == 128 else 0)
         if tile.block_n == 64:
-            assert r["sass_loop_local_mem"] == 0, "the 64-key loops must not spill"
+            assert r["sass_key_loops_local_mem"] == 0, "the 64-key loops must not spill"
             spill_limit = MAX_N64_LOCAL_ACCESSES
         assert r["sass_local_mem"] <= spill_limit, "the MMA warpgroups must not spill"
     else:
