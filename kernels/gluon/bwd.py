@@ -22,10 +22,10 @@ import triton
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from kernels.launch import Launcher, compile_for
+from kernels.launch import Launcher, compile_for, rebased
 from kernels.triton.bwd import (CAUSAL_SECTION_L2_BYTES, PREPROCESS_BLOCK_M, causal_section_heads, launch_preprocess,
                                program_grid)
-from kernels.triton.fwd import bsh_strides, set_descriptor_allocator
+from kernels.triton.fwd import set_descriptor_allocator
 
 from .bwd_kernel import attention_bwd_kernel
 from .forward import GL_DTYPES, HALF_DTYPES, HOPPER, LOG2_E, shared_layout
@@ -140,8 +140,8 @@ class BwdVariant:
 
     def descriptors(self, q, k, v, dout, dk, dv, lse2, delta, dq_acc):
         """TMA descriptors: 4-D with boxes of one (batch, head), Q/dO blocks of block_m rows, K/V/dK/dV of one MMA
-        partition's keys; LSE2 and delta flat 1-D, block_m values per box; the dQ accumulator with Q's box when
-        the tile adds into it by TMA, else None."""
+        partition's keys; LSE2 and delta (flat) block_m values per box; the dQ accumulator with Q's box when the
+        tile adds into it by TMA, else None."""
         q_block = [1, self.tile.block_m, 1, self.head_dim]
         kv_block = [1, self.tile.block_n // self.tile.mma_partitions, 1, self.head_dim]
 
@@ -149,10 +149,10 @@ class BwdVariant:
             return TensorDescriptor.from_tensor(t, block, shared_layout(tuple(block), GL_DTYPES[t.dtype]))
 
         def stat_desc(t):
-            return TensorDescriptor.from_tensor(t.view(-1), [self.tile.block_m], STAT_LAYOUT)
+            return TensorDescriptor.from_tensor(t, [self.tile.block_m], STAT_LAYOUT)
 
         return (desc(q, q_block), desc(k, kv_block), desc(v, kv_block), desc(dout, q_block), desc(dk, kv_block),
-                desc(dv, kv_block), stat_desc(lse2), stat_desc(delta), dq_acc,
+                desc(dv, kv_block), stat_desc(lse2), stat_desc(delta),
                 desc(dq_acc, q_block) if self.tile.dq_tma_reduce else None)
 
 
@@ -179,18 +179,55 @@ def _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic):
         raise ValueError("the Gluon backward adds dQ with atomics; use the Triton backward for deterministic=True")
 
 
-def _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad,
-                 section_l2_bytes=CAUSAL_SECTION_L2_BYTES):
-    _, seqlen_q, nheads, head_dim = q.shape
-    group = nheads // k.shape[2]
-    return (*variant.descriptors(q, k, v, dout, dk, dv, lse2, delta, dq_acc), softmax_scale * LOG2_E, softmax_scale,
-            nheads, group, seqlen_q, k.shape[1], seqlen_q_pad,
-            causal_section_heads(seqlen_q, head_dim, group, q.element_size() * 2 + 4, section_l2_bytes))
+def _kernel_args(descriptors, dq_acc, softmax_scale, scalars):
+    """The kernel's arguments: BwdVariant.descriptors (the dQ accumulator's pointer among them), the scale in log2
+    units and as given, then BwdPlan.scalars."""
+    return (*descriptors[:8], dq_acc, descriptors[8], softmax_scale * LOG2_E, softmax_scale, *scalars)
 
 
 def backward_grid(variant, batch, seqlen_k, nheads_kv):
     """One program per (key block, batch, kv head); causal as one dimension, ordered by the kernel."""
     return program_grid(triton.cdiv(seqlen_k, variant.tile.block_n), batch * nheads_kv, variant.causal)
+
+
+def padded_seqlen_q(variant, seqlen_q):
+    """LSE2 and delta's row length: whole query blocks of the kernel and of the preprocess."""
+    block = max(variant.tile.block_m, PREPROCESS_BLOCK_M)
+    return triton.cdiv(seqlen_q, block) * block
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: part of a Launcher key
+class BwdPlan:
+    """What a backward's two launches need but the tensors' addresses and the softmax scale, worked out once per
+    variant, shapes, strides and L2 budget (`backward_plan`); a call then allocates, rebases the descriptors and
+    launches. Building the descriptors and the per-argument launch key cost ~85 µs a call on our CPU."""
+    grid: tuple
+    descriptors: tuple  # of q, k, v, dout, dk, dv, lse2, delta, dQ accumulator (or None), over meta tensors
+    seqlen_q_pad: int
+    scalars: tuple  # nheads, GQA group, seqlen_q, seqlen_k, seqlen_q_pad, causal section heads
+    preprocess_grid: tuple
+    preprocess_scalars: tuple  # out's and dout's (batch, seqlen, head) strides, seqlen_q, seqlen_q_pad, heads, d
+
+
+@functools.lru_cache(maxsize=256)
+def backward_plan(variant: BwdVariant, q_shape, k_shape, strides, section_l2_bytes=CAUSAL_SECTION_L2_BYTES
+                  ) -> BwdPlan:
+    """The plan of a backward over tma_ready dout, q, k, v, out of these shapes and strides (dout's, q's, k's,
+    v's, out's); dk, dv and the dQ accumulator are fresh allocations, LSE2 and delta flat ones."""
+    batch, seqlen_q, nheads, head_dim = q_shape
+    seqlen_q_pad = padded_seqlen_q(variant, seqlen_q)
+    dout, q, k, v = (torch.empty_strided(shape, stride, dtype=variant.dtype, device="meta")
+                     for shape, stride in zip((q_shape, q_shape, k_shape, k_shape), strides))
+    dk = torch.empty(k_shape, dtype=variant.dtype, device="meta")
+    stats = torch.empty(batch * nheads * seqlen_q_pad, dtype=torch.float32, device="meta")
+    dq_acc = torch.empty(q_shape, dtype=torch.float32, device="meta")
+    group = nheads // k_shape[2]
+    section = causal_section_heads(seqlen_q, head_dim, group, variant.dtype.itemsize * 2 + 4, section_l2_bytes)
+    return BwdPlan(backward_grid(variant, batch, k_shape[1], k_shape[2]),
+                   variant.descriptors(q, k, v, dout, dk, dk, stats, stats, dq_acc),
+                   seqlen_q_pad, (nheads, group, seqlen_q, k_shape[1], seqlen_q_pad, section),
+                   (seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads),
+                   (strides[4][:3], strides[0][:3], seqlen_q, seqlen_q_pad, nheads, head_dim))
 
 
 def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False, *,
@@ -202,39 +239,37 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     `tile` overrides default_tile and `section_l2_bytes` the causal order's L2 budget (tuning).
     """
     _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic)
-    batch, seqlen_q, nheads, head_dim = q.shape
+    head_dim = q.shape[3]
     variant = cached_bwd_variant(q.dtype, head_dim, bool(causal), tile or default_tile(head_dim, causal, k.shape[1]))
-    t = variant.tile
-    seqlen_q_pad = triton.cdiv(seqlen_q, max(t.block_m, PREPROCESS_BLOCK_M)) * max(t.block_m, PREPROCESS_BLOCK_M)
-
-    set_descriptor_allocator(q.device)
-    lse2 = torch.empty((batch, nheads, seqlen_q_pad), dtype=torch.float32, device=q.device)
+    plan = backward_plan(variant, q.shape, k.shape, tuple(t.stride() for t in (dout, q, k, v, out)), section_l2_bytes)
+    dev = q.device
+    lse = lse.contiguous()
+    lse2 = torch.empty(plan.descriptors[6].base.shape, dtype=torch.float32, device=dev)
     delta = torch.empty_like(lse2)
-    launch_preprocess(
-        (seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads),
-        (out, dout, lse.contiguous(), lse2, delta, bsh_strides(out), bsh_strides(dout), seqlen_q, seqlen_q_pad,
-         nheads, head_dim),
-        dict(HEAD_DIM=head_dim, BLOCK_M=PREPROCESS_BLOCK_M), {},
-    )
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=dev)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=dev)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=dev)
 
-    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    args = _kernel_args(variant, dout, q, k, v, dk, dv, dq_acc, lse2, delta, softmax_scale, seqlen_q_pad,
-                        section_l2_bytes)
-    grid = backward_grid(variant, batch, k.shape[1], k.shape[2])
-    launch_backward(grid, args, variant.constexprs, variant.options)
+    set_descriptor_allocator(dev)
+    # The plan fixes the preprocess's specialization but for the alignment of the caller's tensors it reads by
+    # pointer (the rest are fresh allocations).
+    aligned = tuple(t.data_ptr() % 16 == 0 for t in (out, dout, lse))
+    launch_preprocess(plan.preprocess_grid, (out, dout, lse, lse2, delta, *plan.preprocess_scalars),
+                      dict(HEAD_DIM=head_dim, BLOCK_M=PREPROCESS_BLOCK_M), {}, plan=(plan, aligned))
+    tensors = (q, k, v, dout, dk, dv, lse2, delta, dq_acc)
+    descriptors = tuple(None if desc is None else rebased(desc, t) for desc, t in zip(plan.descriptors, tensors))
+    launch_backward(plan.grid, _kernel_args(descriptors, dq_acc, softmax_scale, plan.scalars), variant.constexprs,
+                    variant.options, plan=plan)
     return dq_acc.to(q.dtype), dk, dv
 
 
 def compile_backward(variant: BwdVariant, target=HOPPER):
     """Compile one variant ahead of time (no GPU needed); returns triton's CompiledKernel.
 
-    As `kernels.gluon.forward.compile_forward`: the launch path's specialization with every int 1; needs a
+    As `kernels.gluon.forward.compile_forward`: the launch path's specialization with every size 1; needs a
     process where TRITON_INTERPRET was unset when triton was imported.
     """
-    t = torch.empty(1, 1, 1, variant.head_dim, dtype=variant.dtype)
-    f32 = torch.empty(64)
-    dq_acc = torch.empty(1, 1, 1, variant.head_dim)
-    args = _kernel_args(variant, t, t, t, t, t, t, dq_acc, f32, f32, 1.0, 64)
+    shape = (1, 1, 1, variant.head_dim)
+    plan = backward_plan(variant, shape, shape, (torch.empty(shape).stride(),) * 5)
+    args = _kernel_args(plan.descriptors, torch.empty(shape), 1.0, plan.scalars)
     return compile_for(attention_bwd_kernel, args, variant.constexprs, variant.options, target)

@@ -56,12 +56,11 @@ def _launches():
     # hd128 adds dQ by TMA (its accumulator also goes in as a descriptor, which must be aligned), hd64 by atomics.
     for variant in (BwdVariant(torch.bfloat16, 128, True), BwdVariant(torch.bfloat16, 64, True)):
         t = torch.empty(2, 64, 2, variant.head_dim, dtype=torch.bfloat16)
+        dq_acc = torch.empty(2, 64, 2, variant.head_dim)
+        descriptors = variant.descriptors(t, t, t, t, t, t, f32(True), f32(True), dq_acc)
         for aligned, seqlen_pad in itertools.product((True, False), (64, 4160)):
-            if variant.tile.dq_tma_reduce:
-                dq_acc = torch.empty(2, 64, 2, variant.head_dim)
-            else:
-                dq_acc = f32(aligned)
-            args = bwd_args(variant, t, t, t, t, t, t, dq_acc, f32(True), f32(True), 0.5, seqlen_pad)
+            pointer = dq_acc if variant.tile.dq_tma_reduce else f32(aligned)
+            args = bwd_args(descriptors, pointer, 0.5, (2, 1, 64, 64, seqlen_pad, 16))
             launches.append((attention_bwd_kernel, args, variant.constexprs, variant.options))
 
     # The Triton kernels' hosts build their arguments inline: record them instead of launching (no GPU here).
@@ -95,10 +94,12 @@ def _rows():
 
 
 def _plan_rows():
-    """[(kernel, plan key, Launcher.key)] of the pre-pass and Gluon forward launches that pass a plan, over fresh
-    and offset (aligned) tensors of a few shapes, strides and scale alignments (recorded, not launched)."""
+    """[(kernel, plan key, Launcher.key)] of the launches that pass a plan (pre-pass, Gluon forward, Gluon backward
+    and its preprocess), over fresh and offset (aligned) tensors of a few shapes, strides and alignments of the
+    tensors passed by pointer (recorded, not launched)."""
     import torch
 
+    import kernels.gluon.bwd as gluon_bwd
     import kernels.gluon.forward as gluon_fwd
     import kernels.triton.fp8_quant as fp8_quant
     from kernels.launch import Launcher
@@ -134,6 +135,23 @@ def _plan_rows():
             gluon_fwd._launch(variant, x.q, x.k, x.v_t, (offset, x.k_scale, x.v_scale), 0.1, torch.bfloat16)
             gluon_fwd._launch(gluon_fwd.cached_variant(torch.bfloat16, shape[-1], False), q, k, v, (None,) * 3, 0.1,
                               torch.bfloat16)
+
+    gluon_bwd.launch_backward = recorder(gluon_bwd.launch_backward)
+    gluon_bwd.launch_preprocess = recorder(gluon_bwd.launch_preprocess)
+    gluon_bwd._check_inputs = lambda *args: None  # it asks for CUDA tensors
+    for shape, causal in itertools.product(((1, 128, 2, 128), (2, 300, 4, 64), (1, 64, 1, 256)), (False, True)):
+        b, s, h, d = shape
+        for trial in range(4):
+            # fresh tensors; views 16 bytes into larger buffers; q, k, v out of a packed qkv; lse 4 bytes off
+            if trial == 1:
+                n = torch.Size(shape).numel()
+                dout, q, k, v, out = (torch.randn(n + 8, dtype=torch.bfloat16)[8:].view(shape) for _ in range(5))
+            else:
+                dout, q, k, v, out = (torch.randn(shape, dtype=torch.bfloat16) for _ in range(5))
+            if trial == 2:
+                q, k, v = torch.randn(b, s, 3, h, d, dtype=torch.bfloat16).unbind(2)
+            lse = torch.randn(b * h * s + 1)[1 if trial == 3 else 0:][:b * h * s].view(b, h, s)
+            gluon_bwd.attention_backward(dout, q, k, v, out, lse, 0.1, causal)
     return rows
 
 
@@ -166,13 +184,14 @@ def test_launcher_key_determines_triton_specialization():
 
 
 def test_launch_plan_determines_launcher_key():
-    """A launch plan passed as the Launcher key (pre-pass, Gluon forward) stands for exactly one per-argument key:
-    launches that share a plan would have shared a compiled kernel without it."""
+    """A launch plan passed as the Launcher key (pre-pass, Gluon forward and backward, the backward's preprocess)
+    stands for exactly one per-argument key: launches that share a plan would have shared a compiled kernel
+    without it."""
     rows = _child_rows("plans")
     for (kernel, plan), keys in _values_by_key(rows).items():
         assert len(keys) == 1, f"{kernel} plan {plan} stands for several keys: {keys}"
     # Plans were reused (fresh and offset tensors), and told apart (shapes, strides, configs, scale alignment).
-    for kernel in ("_prepass_kernel", "attention_fwd_kernel"):
+    for kernel in ("_prepass_kernel", "attention_fwd_kernel", "attention_bwd_kernel", "_bwd_preprocess_kernel"):
         plans = [plan for name, plan, _ in rows if name == kernel]
         assert len(set(plans)) >= 6 and len(plans) > len(set(plans)), kernel
 
