@@ -27,12 +27,15 @@ Tiles past seqlen_k or seqlen_q load as zeros (see `head_view`): padded keys
 only touch dK/dV rows that are never stored and add ds * 0 to dQ, and padded
 queries get P = 0 from their +inf LSE, so sequence tails need no mask.
 """
+import functools
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from kernels.triton.fwd import (LOG2E, bsh_strides, exp2, head_view, interpreting, kv_block_range, query_tile_at,
+from kernels.triton.fwd import (LOG2E, exp2, head_view, interpreting, kv_block_range, query_tile_at,
                                 set_descriptor_allocator, to_operand)
 from kernels.device import takes_pdl
 from kernels.launch import Launcher
@@ -315,6 +318,52 @@ def dkdv_warp_specialized(tiles: Tiles, head_dim: int) -> bool:
     return tiles.warp_specialize and padded_head_dim(head_dim) <= 128
 
 
+@dataclass(frozen=True, eq=False)  # compared by identity: part of a Launcher key
+class BwdPlan:
+    """Every launch argument of a backward but its tensors and the softmax scale, with the grids, constexprs and
+    options, worked out once per shapes, strides, dtype, tiles and device (`backward_plan`): the three
+    per-argument launch keys cost ~60 µs a call on our CPU."""
+    seqlen_q_pad: int
+    section: int  # causal_program's heads per section
+    preprocess: tuple  # grid, arguments after the five tensors, constexprs
+    dkdv: tuple  # grid, strides and sizes (the arguments between the tensors and the scales), constexprs, options
+    dq: tuple
+
+
+@functools.lru_cache(maxsize=256)
+def backward_plan(q_shape, k_shape, strides, dtype, causal, tiles: BwdTiles, device,
+                  section_l2_bytes=CAUSAL_SECTION_L2_BYTES) -> BwdPlan:
+    """The plan of a backward over dout, q, k, v, out of these shapes and strides (dout's, q's, k's, v's, out's),
+    dq, dk and dv allocated contiguous."""
+    batch, seqlen_q, nheads, head_dim = q_shape
+    seqlen_k, nheads_kv = k_shape[1], k_shape[2]
+    dkdv_t, dq_t = tiles.dkdv, tiles.dq
+    d = padded_head_dim(head_dim)
+    pad = max(dkdv_t.block_m, dq_t.block_m, PREPROCESS_BLOCK_M)
+    seqlen_q_pad = triton.cdiv(seqlen_q, pad) * pad
+    upcast = interpreting()
+    pdl = tiles.dq_early and not upcast and takes_pdl(device)
+    section = (causal_section_heads(seqlen_q, d, nheads // nheads_kv, 2 * dtype.itemsize, section_l2_bytes)
+               if tiles.causal_sections else 1)
+    dout, q, k, v, out = (s[:3] for s in strides)  # (batch, seqlen, head) strides
+    dq, dk = (torch.empty(shape, device="meta").stride()[:3] for shape in (q_shape, k_shape))
+    sizes = (seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim)
+    preprocess = ((seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads),
+                  (out, dout, seqlen_q, seqlen_q_pad, nheads, head_dim), dict(HEAD_DIM=d, BLOCK_M=PREPROCESS_BLOCK_M))
+    dkdv = (program_grid(triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv, causal),
+            (q, k, v, dout, dk, dk, *sizes),
+            dict(HEAD_DIM=d, BLOCK_M=dkdv_t.block_m, BLOCK_N=dkdv_t.block_n, CAUSAL=causal, UPCAST=upcast,
+                 EXP2_POLY=0 if upcast else dkdv_t.exp2_poly, WARP_SPECIALIZE=dkdv_warp_specialized(dkdv_t, head_dim),
+                 PDL=pdl),
+            dict(num_warps=dkdv_t.num_warps, num_stages=dkdv_t.num_stages, maxnreg=dkdv_t.max_regs))
+    dq = (program_grid(triton.cdiv(seqlen_q, dq_t.block_m), batch * nheads, causal),
+          (q, k, v, dout, dq, *sizes),
+          dict(HEAD_DIM=d, BLOCK_M=dq_t.block_m, BLOCK_N=dq_t.block_n, CAUSAL=causal, UPCAST=upcast,
+               EXP2_POLY=0 if upcast else dq_t.exp2_poly, PDL=pdl),
+          dict(num_warps=dq_t.num_warps, num_stages=dq_t.num_stages, maxnreg=dq_t.max_regs, launch_pdl=pdl))
+    return BwdPlan(seqlen_q_pad, section, preprocess, dkdv, dq)
+
+
 def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False,
                               tiles: BwdTiles | None = None, section_l2_bytes: int = CAUSAL_SECTION_L2_BYTES):
     """(dq, dk, dv) for validated inputs; lse (b, h, sq) float32 natural log, contiguous.
@@ -323,52 +372,32 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     `deterministic` (FlashAttention's flag) changes nothing here.
     `tiles` overrides the tuned tile table and `section_l2_bytes` the causal order's L2 budget (tuning).
     """
-    batch, seqlen_q, nheads, head_dim = q.shape
-    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
+    batch, _, nheads, head_dim = q.shape
     tiles = tiles or bwd_tiles(head_dim, causal, q.device)
-    dkdv_t, dq_t = tiles.dkdv, tiles.dq
-    d = padded_head_dim(head_dim)
-    pad = max(dkdv_t.block_m, dq_t.block_m, PREPROCESS_BLOCK_M)
-    seqlen_q_pad = triton.cdiv(seqlen_q, pad) * pad
-    upcast = interpreting()
-    pdl = tiles.dq_early and not upcast and takes_pdl(q.device)
+    plan = backward_plan(q.shape, k.shape, tuple(t.stride() for t in (dout, q, k, v, out)), q.dtype, causal, tiles,
+                         q.device, section_l2_bytes)
+    # The plan fixes each launch's specialization but for the alignment of the caller's tensors (the rest are
+    # fresh allocations).
+    key = (plan, tuple(t.data_ptr() % 16 == 0 for t in (dout, q, k, v, out, lse)))
     # dK/dV may still run when dQ starts: its descriptor buffers stay allocated until both are launched, so that
     # neither dQ's buffers nor dq reuse them (a crash in the GQA tests before this).
     scratch = []
     set_descriptor_allocator(q.device, keep=scratch)
 
-    lse2 = torch.empty((batch, nheads, seqlen_q_pad), dtype=torch.float32, device=q.device)
+    lse2 = torch.empty((batch, nheads, plan.seqlen_q_pad), dtype=torch.float32, device=q.device)
     delta = torch.empty_like(lse2)
-    launch_preprocess(
-        (seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads),
-        (out, dout, lse, lse2, delta, bsh_strides(out), bsh_strides(dout), seqlen_q, seqlen_q_pad, nheads, head_dim),
-        dict(HEAD_DIM=d, BLOCK_M=PREPROCESS_BLOCK_M), {},
-    )
+    grid, (out_strides, dout_strides, *sizes), constexprs = plan.preprocess
+    launch_preprocess(grid, (out, dout, lse, lse2, delta, out_strides, dout_strides, *sizes), constexprs, {},
+                      plan=key)
 
     qk_scale = softmax_scale * LOG2E
-    section = (causal_section_heads(seqlen_q, d, nheads // nheads_kv, 2 * q.element_size(), section_l2_bytes)
-               if tiles.causal_sections else 1)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)
-    launch_dkdv(
-        program_grid(triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv, causal),
-        (q, k, v, dout, dk, dv, lse2, delta,
-         bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout), bsh_strides(dk), bsh_strides(dv),
-         seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale, section),
-        dict(HEAD_DIM=d, BLOCK_M=dkdv_t.block_m, BLOCK_N=dkdv_t.block_n, CAUSAL=causal, UPCAST=upcast,
-             EXP2_POLY=0 if upcast else dkdv_t.exp2_poly, WARP_SPECIALIZE=dkdv_warp_specialized(dkdv_t, head_dim),
-             PDL=pdl),
-        dict(num_warps=dkdv_t.num_warps, num_stages=dkdv_t.num_stages, maxnreg=dkdv_t.max_regs),
-    )
-
-    launch_dq(
-        program_grid(triton.cdiv(seqlen_q, dq_t.block_m), batch * nheads, causal),
-        (q, k, v, dout, dq, lse2, delta, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(dout),
-         bsh_strides(dq), seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim, qk_scale, softmax_scale,
-         section),
-        dict(HEAD_DIM=d, BLOCK_M=dq_t.block_m, BLOCK_N=dq_t.block_n, CAUSAL=causal, UPCAST=upcast,
-             EXP2_POLY=0 if upcast else dq_t.exp2_poly, PDL=pdl),
-        dict(num_warps=dq_t.num_warps, num_stages=dq_t.num_stages, maxnreg=dq_t.max_regs, launch_pdl=pdl),
-    )
+    grid, sizes, constexprs, options = plan.dkdv
+    launch_dkdv(grid, (q, k, v, dout, dk, dv, lse2, delta, *sizes, qk_scale, softmax_scale, plan.section),
+                constexprs, options, plan=key)
+    grid, sizes, constexprs, options = plan.dq
+    launch_dq(grid, (q, k, v, dout, dq, lse2, delta, *sizes, qk_scale, softmax_scale, plan.section),
+              constexprs, options, plan=key)
     return dq, dk, dv

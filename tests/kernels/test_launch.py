@@ -94,13 +94,14 @@ def _rows():
 
 
 def _plan_rows():
-    """[(kernel, plan key, Launcher.key)] of the launches that pass a plan (pre-pass, Gluon forward, Gluon backward
-    and its preprocess), over fresh and offset (aligned) tensors of a few shapes, strides and alignments of the
+    """[(kernel, plan key, Launcher.key)] of the launches that pass a plan (pre-pass, Gluon forward, Gluon and Triton
+    backward), over fresh and offset (aligned) tensors of a few shapes, strides and alignments of the
     tensors passed by pointer (recorded, not launched)."""
     import torch
 
     import kernels.gluon.bwd as gluon_bwd
     import kernels.gluon.forward as gluon_fwd
+    import kernels.triton.bwd as triton_bwd
     import kernels.triton.fp8_quant as fp8_quant
     from kernels.launch import Launcher
     from kernels.quant import FP8Config
@@ -139,6 +140,8 @@ def _plan_rows():
     gluon_bwd.launch_backward = recorder(gluon_bwd.launch_backward)
     gluon_bwd.launch_preprocess = recorder(gluon_bwd.launch_preprocess)
     gluon_bwd._check_inputs = lambda *args: None  # it asks for CUDA tensors
+    for name in ("launch_preprocess", "launch_dkdv", "launch_dq"):
+        setattr(triton_bwd, name, recorder(getattr(triton_bwd, name)))
     for shape, causal in itertools.product(((1, 128, 2, 128), (2, 300, 4, 64), (1, 64, 1, 256)), (False, True)):
         b, s, h, d = shape
         for trial in range(4):
@@ -152,6 +155,7 @@ def _plan_rows():
                 q, k, v = torch.randn(b, s, 3, h, d, dtype=torch.bfloat16).unbind(2)
             lse = torch.randn(b * h * s + 1)[1 if trial == 3 else 0:][:b * h * s].view(b, h, s)
             gluon_bwd.attention_backward(dout, q, k, v, out, lse, 0.1, causal)
+            triton_bwd.attention_backward_triton(dout, q, k, v, out, lse, 0.1, causal)
     return rows
 
 
@@ -184,14 +188,14 @@ def test_launcher_key_determines_triton_specialization():
 
 
 def test_launch_plan_determines_launcher_key():
-    """A launch plan passed as the Launcher key (pre-pass, Gluon forward and backward, the backward's preprocess)
-    stands for exactly one per-argument key: launches that share a plan would have shared a compiled kernel
-    without it."""
+    """A launch plan passed as the Launcher key (pre-pass, Gluon forward, Gluon and Triton backward) stands for
+    exactly one per-argument key: launches that share a plan would have shared a compiled kernel without it."""
     rows = _child_rows("plans")
     for (kernel, plan), keys in _values_by_key(rows).items():
         assert len(keys) == 1, f"{kernel} plan {plan} stands for several keys: {keys}"
     # Plans were reused (fresh and offset tensors), and told apart (shapes, strides, configs, scale alignment).
-    for kernel in ("_prepass_kernel", "attention_fwd_kernel", "attention_bwd_kernel", "_bwd_preprocess_kernel"):
+    for kernel in ("_prepass_kernel", "attention_fwd_kernel", "attention_bwd_kernel", "_bwd_preprocess_kernel",
+                   "_bwd_dkdv_kernel", "_bwd_dq_kernel"):
         plans = [plan for name, plan, _ in rows if name == kernel]
         assert len(set(plans)) >= 6 and len(plans) > len(set(plans)), kernel
 
