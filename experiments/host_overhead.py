@@ -44,8 +44,10 @@ SHAPES = [("gpt2", 32, 1024, 12, 64, True), ("hd128_1k", 16, 1024, 16, 128, Fals
           ("hd128_1k_causal", 16, 1024, 16, 128, True), ("hd64_1k", 16, 1024, 32, 64, False),
           ("hd64_1k_causal", 16, 1024, 32, 64, True),
           ("hd128_4k", 4, 4096, 16, 128, False), ("hd256_4k", 4, 4096, 8, 256, False)]
-# The backward bar's longest cells, on request only (~8 ms a call).
-LONG_SHAPES = [("hd128_16k", 1, 16384, 16, 128, False), ("hd128_16k_causal", 1, 16384, 16, 128, True)]
+# On request only: the backward bar's longest cells (~8 ms a call), and the shakespeare_char preset's attention
+# (256 keys: the Triton backward's, with the shortest GPU time per call).
+EXTRA_SHAPES = [("hd128_16k", 1, 16384, 16, 128, False), ("hd128_16k_causal", 1, 16384, 16, 128, True),
+                ("shakespeare", 64, 256, 6, 64, True)]
 CALLS = 50
 WINDOWS = 5
 
@@ -205,7 +207,7 @@ def main():
     parser.add_argument("--profile", action="store_true", help="cProfile each path at the first shape")
     parser.add_argument("--timeline", action="store_true", help="GPU kernels and idle gaps of each graphable path")
     parser.add_argument("--shapes", default=",".join(s[0] for s in SHAPES),
-                        help=f"comma-separated shape names of {[s[0] for s in SHAPES + LONG_SHAPES]}")
+                        help=f"comma-separated shape names of {[s[0] for s in SHAPES + EXTRA_SHAPES]}")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
@@ -216,7 +218,7 @@ def main():
             for path, fn, _ in paths(b, s, h, d, causal):
                 f.write(f"===== {name} {path} ({CALLS} calls)\n{profile(fn)}\n")
     rows = []
-    for name, b, s, h, d, causal in [shape for shape in SHAPES + LONG_SHAPES if shape[0] in args.shapes.split(",")]:
+    for name, b, s, h, d, causal in [shape for shape in SHAPES + EXTRA_SHAPES if shape[0] in args.shapes.split(",")]:
         for path, fn, graphable in paths(b, s, h, d, causal):
             row = dict(shape=name, path=path, host_us=host_us(fn),
                        bench_ms=triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))
