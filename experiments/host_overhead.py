@@ -45,7 +45,7 @@ SHAPES = [("gpt2", 32, 1024, 12, 64, True), ("hd128_1k", 16, 1024, 16, 128, Fals
           ("hd64_1k_causal", 16, 1024, 32, 64, True),
           ("hd128_4k", 4, 4096, 16, 128, False), ("hd256_4k", 4, 4096, 8, 256, False)]
 # On request only: the backward bar's longest cells (~8 ms a call), and the shakespeare_char preset's attention
-# (256 keys: the Triton backward's, with the shortest GPU time per call).
+# (256 keys: the shortest GPU time per call, so the most host-bound).
 EXTRA_SHAPES = [("hd128_16k", 1, 16384, 16, 128, False), ("hd128_16k_causal", 1, 16384, 16, 128, True),
                 ("shakespeare", 64, 256, 6, 64, True)]
 CALLS = 50

@@ -36,15 +36,15 @@ import torch
 
 from kernels.device import is_sm90
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
-from kernels.ops import (GLUON_AUTO_MIN_SEQLEN_K, dispatch_backward, eager_autograd, gluon_kernels, resolve_scale,
-                         select_impl)
+from kernels.ops import dispatch_backward, eager_autograd, gluon_kernels, resolve_scale, select_impl
 from kernels.quant import FP8QKV, FP8Config, check_fp8qkv, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref, rotate
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
 from kernels.triton.fp8_quant import prepare_quantize, quantize_checked
 
 BACKWARDS = ("fp8_operands", "bf16_inputs")
-# Where auto runs the Gluon FP8 forward on sm_90: it beat the Triton FP8 forward 1.15-2.0x at head dims 128
-# and 256 (4k-16k keys) and lost at head dim 64 (370 vs 537 TFLOPs/s) on the H200 (docs/tuning-gluon.md).
+# Where auto runs the Gluon FP8 forward on sm_90, at any length: it beat the Triton FP8 forward 1.15-2.0x at head
+# dims 128 and 256 (4k-16k keys) and lost at head dim 64 (370 vs 537 TFLOPs/s) on the H200; on an H100 from 128 to
+# 1k keys 1.17-1.75x at 256, 0.97-1.86x at 128 (one cell below 1.0), 0.90-1.09x at 64 (docs/tuning-gluon.md B12).
 GLUON_FP8_AUTO_HEAD_DIMS = (128, 256)
 # Whether flash_attn_fp8_func's pre-pass stores V^T in wgmma key order when the Gluon FP8 forward runs (P's
 # accumulator registers are then PV's A operand as they are: no SHFL/SEL/PRMT per key block). Alone it tied the
@@ -53,15 +53,14 @@ GLUON_FP8_AUTO_HEAD_DIMS = (128, 256)
 GLUON_FP8_WGMMA_V_ORDER = True
 
 
-def fp8_backend(device: torch.device, head_dim: int | None = None, seqlen_k: int | None = None) -> str:
+def fp8_backend(device: torch.device, head_dim: int | None = None) -> str:
     """Which FP8 forward a call on `device` runs: "gluon", "triton" or "reference" (KERNELS_IMPL, as for BF16).
 
-    With auto the shape (when given) picks Gluon on sm_90 (GLUON_FP8_AUTO_HEAD_DIMS, and as many keys as
-    kernels.ops.GLUON_AUTO_MIN_SEQLEN_K asks of the BF16 forward).
+    With auto the head dim (when given) picks Gluon on sm_90 (GLUON_FP8_AUTO_HEAD_DIMS).
     """
     impl = select_impl(device)
     if os.environ.get("KERNELS_IMPL", "auto") == "auto" and impl != "reference":
-        gluon_wins = head_dim in GLUON_FP8_AUTO_HEAD_DIMS and (seqlen_k or 0) >= GLUON_AUTO_MIN_SEQLEN_K
+        gluon_wins = head_dim in GLUON_FP8_AUTO_HEAD_DIMS
         return "gluon" if gluon_wins and is_sm90(device) and gluon_kernels() is not None else "triton"
     return impl
 
@@ -80,7 +79,7 @@ def quantize_qkv(q, k, v, config: FP8Config = FP8Config(), v_key_order: str = "a
     config = _check_config(config)
     check_qkv(q, k, v, config)
     if v_key_order == "auto":
-        v_key_order = _fast_v_key_order(fp8_backend(q.device, q.shape[-1], k.shape[1]))
+        v_key_order = _fast_v_key_order(fp8_backend(q.device, q.shape[-1]))
     return _quantize_on(select_impl(q.device), q, k, v, config, v_key_order)
 
 
@@ -105,7 +104,7 @@ def fp8_attention_forward(qkv: FP8QKV, softmax_scale=None, causal=False, out_dty
     if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise TypeError(f"out_dtype must be bfloat16, float16 or float32, got {out_dtype}")
     scale = resolve_scale(softmax_scale, qkv.q.shape[-1])
-    return _forward_on(fp8_backend(qkv.q.device, qkv.q.shape[-1], qkv.seqlen_k), qkv, scale, bool(causal), out_dtype)
+    return _forward_on(fp8_backend(qkv.q.device, qkv.q.shape[-1]), qkv, scale, bool(causal), out_dtype)
 
 
 def _forward_on(impl: str, qkv: FP8QKV, scale: float, causal: bool, out_dtype):
@@ -125,7 +124,7 @@ def _fp8_fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_sca
     # are for the backward.
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
     # One backend choice for both halves: the pre-pass lays V^T out for the forward that will read it.
-    impl = fp8_backend(q.device, q.shape[-1], k.shape[1])
+    impl = fp8_backend(q.device, q.shape[-1])
     if impl == "gluon":
         # Both launches prepared first (every check passed before either), then made back to back: the forward's
         # programmatic dependent launch is queued while the pre-pass runs whatever the host's speed. Its host work

@@ -1,11 +1,10 @@
 """The public attention op: input checks, backend dispatch, torch.library custom ops and autograd.
 
 Backends, chosen per call by the KERNELS_IMPL environment variable:
-- `auto` (default): on sm_90 the Gluon forward where it measured faster than
-  Triton (GLUON_AUTO_*), Triton elsewhere on CUDA and on CPU under
-  TRITON_INTERPRET=1, the PyTorch reference otherwise. On sm_90 the backward
-  is Gluon's at head dims 64, 128 and 256 from GLUON_BWD_AUTO_MIN_SEQLEN_K keys
-  (where it beat Triton's), Triton's elsewhere and whenever `deterministic` is
+- `auto` (default): on sm_90 the Gluon forward and backward at the head dims
+  where they measured faster than Triton (GLUON_AUTO_HEAD_DIMS, any length),
+  Triton elsewhere on CUDA and on CPU under TRITON_INTERPRET=1, the PyTorch
+  reference otherwise. The backward is Triton's whenever `deterministic` is
   asked (Gluon adds dQ with atomics).
 - `gluon`, `triton`, `reference`: forced; an unavailable choice is an error.
   Forced `gluon` runs the backward where Gluon has one, as `auto` does.
@@ -32,14 +31,10 @@ from kernels.triton import attention_backward_triton, attention_forward_triton
 from kernels.triton.fwd import interpreting
 
 IMPLS = ("auto", "gluon", "triton", "reference")
-# Where `auto` runs the Gluon forward on sm_90: where it beat our Triton forward on the H200
-# (docs/tuning-gluon.md: all 30 shapes from 1k to 16k keys, head dims 64/128/256, causal or not).
-# Shorter sequences were not measured, so auto keeps Triton there.
+# Head dims at which `auto` runs the Gluon forward on sm_90, at any length: it beat our Triton forward on the H200
+# at all 30 shapes from 1k to 16k keys, and on an H100 from 128 to 1k keys by 1.06-1.89x, causal or not (the same
+# for the Gluon backward there, 1.08-1.56x: docs/tuning-gluon.md B12).
 GLUON_AUTO_HEAD_DIMS = (64, 128, 256)
-GLUON_AUTO_MIN_SEQLEN_K = 1024
-# Keys from which `auto` takes the Gluon backward, by head dim: at 512 keys, causal, Triton's backward measured
-# faster at hd64/128; at hd256 Gluon's ran 1.46x Triton's there (docs/tuning-gluon.md, B10, H100).
-GLUON_BWD_AUTO_MIN_SEQLEN_K = {64: GLUON_AUTO_MIN_SEQLEN_K, 128: GLUON_AUTO_MIN_SEQLEN_K, 256: 0}
 
 
 @functools.cache
@@ -52,17 +47,17 @@ def gluon_kernels():
     return gluon if hasattr(gluon, "attention_forward") else None
 
 
-def select_impl(device: torch.device, head_dim: int | None = None, seqlen_k: int | None = None) -> str:
+def select_impl(device: torch.device, head_dim: int | None = None) -> str:
     """The backend a call on `device` runs on, from KERNELS_IMPL (read on every call).
 
-    With auto, the shape (when given) picks between Gluon and Triton on sm_90 (GLUON_AUTO_*).
+    With auto, the head dim (when given) picks between Gluon and Triton on sm_90 (GLUON_AUTO_HEAD_DIMS).
     """
     impl = os.environ.get("KERNELS_IMPL", "auto")
     if impl not in IMPLS:
         raise ValueError(f"KERNELS_IMPL must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         if device.type == "cuda":
-            gluon_wins = head_dim in GLUON_AUTO_HEAD_DIMS and (seqlen_k or 0) >= GLUON_AUTO_MIN_SEQLEN_K
+            gluon_wins = head_dim in GLUON_AUTO_HEAD_DIMS
             return "gluon" if gluon_wins and is_sm90(device) and gluon_kernels() is not None else "triton"
         return "triton" if interpreting() else "reference"
     if impl == "gluon" and not (is_sm90(device) and gluon_kernels() is not None):
@@ -73,14 +68,12 @@ def select_impl(device: torch.device, head_dim: int | None = None, seqlen_k: int
     return impl
 
 
-def select_backward_impl(q: torch.Tensor, seqlen_k: int, deterministic: bool) -> str:
+def select_backward_impl(q: torch.Tensor, deterministic: bool) -> str:
     """The backend of a backward on q's device: Gluon on sm_90 where it has tiles for the head dim and atomics
-    are allowed (not deterministic), unless KERNELS_IMPL forces triton or reference; auto also asks for the head
-    dim's GLUON_BWD_AUTO_MIN_SEQLEN_K keys."""
+    are allowed (not deterministic), unless KERNELS_IMPL forces triton or reference."""
     forced = os.environ.get("KERNELS_IMPL", "auto")
     impl = select_impl(q.device)
-    min_keys = GLUON_BWD_AUTO_MIN_SEQLEN_K.get(q.shape[-1], GLUON_AUTO_MIN_SEQLEN_K)
-    if impl == "reference" or forced == "triton" or (forced == "auto" and seqlen_k < min_keys):
+    if impl == "reference" or forced == "triton":
         return impl
     gluon = gluon_kernels() if is_sm90(q.device) else None
     gluon_applies = gluon is not None and not deterministic and q.shape[-1] in gluon.BWD_TILES
@@ -125,7 +118,7 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale=None, causal=False
 
 def dispatch_forward(q, k, v, softmax_scale: float, causal: bool):
     """`attention_forward` on checked inputs and a resolved scale."""
-    impl = select_impl(q.device, q.shape[-1], k.shape[1])
+    impl = select_impl(q.device, q.shape[-1])
     if impl == "reference":
         out, lse = attention_ref(q, k, v, causal, softmax_scale, dtype=torch.float32)
     elif impl == "gluon":
@@ -138,7 +131,7 @@ def dispatch_forward(q, k, v, softmax_scale: float, causal: bool):
 
 def dispatch_backward(dout, q, k, v, out, lse, softmax_scale: float, causal: bool, deterministic: bool):
     """`attention_backward` on checked inputs and a resolved scale."""
-    impl = select_backward_impl(q, k.shape[1], deterministic)
+    impl = select_backward_impl(q, deterministic)
     if impl == "reference":
         grads = attention_backward_ref(dout, q, k, v, out, lse, causal, softmax_scale, dtype=torch.float32)
     else:

@@ -68,13 +68,13 @@ def _first(out):
 def _bf16_backend(q, k, mode):
     from kernels.ops import select_backward_impl, select_impl
     if mode == "fwd":
-        return select_impl(q.device, q.shape[-1], k.shape[1])
-    return select_backward_impl(q, k.shape[1], deterministic=False)
+        return select_impl(q.device, q.shape[-1])
+    return select_backward_impl(q, deterministic=False)
 
 
 def _fp8_backend(q, k, mode):
     from kernels.fp8 import fp8_backend
-    return fp8_backend(q.device, q.shape[-1], k.shape[1])
+    return fp8_backend(q.device, q.shape[-1])
 
 
 # ---- ours -------------------------------------------------------------------------------------

@@ -98,8 +98,8 @@ def _methods(q, k, v):
     per_batch = lambda dtype: lambda: torch.stack(  # noqa: E731
         [attention_ref(q[b:b + 1].to(dtype), k[b:b + 1].to(dtype), v[b:b + 1].to(dtype), dtype=dtype)[0][0]
          for b in range(q.shape[0])])
-    bf16_impl = select_impl(q.device, q.shape[-1], k.shape[1])
-    fp8_impl = fp8_backend(q.device, q.shape[-1], k.shape[1])
+    bf16_impl = select_impl(q.device, q.shape[-1])
+    fp8_impl = fp8_backend(q.device, q.shape[-1])
     methods = {
         "baseline BF16": (per_batch(torch.bfloat16), "torch"),
         "baseline FP16": (per_batch(torch.float16), "torch"),

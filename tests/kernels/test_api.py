@@ -167,7 +167,7 @@ def test_dispatch(monkeypatch):
     for impl in ("auto", "triton", "reference"):
         monkeypatch.setenv("KERNELS_IMPL", impl)
         assert select_impl(cpu) == ("triton" if impl == "auto" else impl)
-        assert select_backward_impl(torch.empty(1, 1, 1, 64), 4096, False) == select_impl(cpu)
+        assert select_backward_impl(torch.empty(1, 1, 1, 64), False) == select_impl(cpu)
     monkeypatch.setenv("KERNELS_IMPL", "gluon")
     with pytest.raises(RuntimeError, match="gluon needs an sm_90 GPU"):
         select_impl(cpu)
@@ -193,13 +193,12 @@ def test_auto_picks_gluon_only_where_it_measured_faster(monkeypatch):
     from kernels.fp8 import fp8_backend
     monkeypatch.setenv("KERNELS_IMPL", "auto")
     cuda = torch.device("cuda")
-    for d in (64, 128, 256):
-        assert select_impl(cuda, d, 4096) == "gluon" and select_impl(cuda, d, 512) == "triton"
-    assert select_impl(cuda) == "triton"  # no shape given
-    assert fp8_backend(cuda, 128, 4096) == "gluon" and fp8_backend(cuda, 256, 4096) == "gluon"
-    assert fp8_backend(cuda, 64, 4096) == "triton" and fp8_backend(cuda, 128, 512) == "triton"
+    assert all(select_impl(cuda, d) == "gluon" for d in (64, 128, 256))
+    assert select_impl(cuda, 96) == "triton" and select_impl(cuda) == "triton"  # no Gluon tile, no shape given
+    assert fp8_backend(cuda, 128) == "gluon" and fp8_backend(cuda, 256) == "gluon"
+    assert fp8_backend(cuda, 64) == "triton"
     monkeypatch.setenv("KERNELS_IMPL", "triton")
-    assert fp8_backend(cuda, 128, 4096) == "triton"
+    assert fp8_backend(cuda, 128) == "triton"
 
 
 @pytest.mark.hopper
@@ -207,12 +206,8 @@ def test_backward_runs_on_gluon_where_it_applies(monkeypatch):
     q = lambda d: torch.empty(1, 1, 1, d, device="cuda")  # noqa: E731
     for impl in ("auto", "gluon"):
         monkeypatch.setenv("KERNELS_IMPL", impl)
-        assert all(select_backward_impl(q(d), 4096, False) == "gluon" for d in (64, 128, 256))
-        assert select_backward_impl(q(96), 4096, False) == "triton"  # no Gluon tile at head dim 96
-        assert select_backward_impl(q(128), 4096, True) == "triton"  # Gluon's dQ uses atomics
-    assert select_backward_impl(q(128), 512, False) == "gluon"  # forced: any length
-    monkeypatch.setenv("KERNELS_IMPL", "auto")
-    assert select_backward_impl(q(128), 512, False) == "triton"
-    assert select_backward_impl(q(256), 512, False) == "gluon"  # hd256: Gluon's from any length
+        assert all(select_backward_impl(q(d), False) == "gluon" for d in (64, 128, 256))
+        assert select_backward_impl(q(96), False) == "triton"  # no Gluon tile at head dim 96
+        assert select_backward_impl(q(128), True) == "triton"  # Gluon's dQ uses atomics
     monkeypatch.setenv("KERNELS_IMPL", "triton")
-    assert select_backward_impl(q(128), 4096, False) == "triton"
+    assert select_backward_impl(q(128), False) == "triton"
