@@ -24,7 +24,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.launch import Launcher, compile_for, rebased
 from kernels.triton.bwd import (CAUSAL_SECTION_L2_BYTES, PREPROCESS_BLOCK_M, causal_section_heads, launch_preprocess,
-                               program_grid)
+                               preprocess_launch, program_grid)
 from kernels.triton.fwd import set_descriptor_allocator
 
 from .bwd_kernel import attention_bwd_kernel
@@ -203,10 +203,8 @@ class BwdPlan:
     launches. Building the descriptors and the per-argument launch key cost ~85 µs a call on our CPU."""
     grid: tuple
     descriptors: tuple  # of q, k, v, dout, dk, dv, lse2, delta, dQ accumulator (or None), over meta tensors
-    seqlen_q_pad: int
     scalars: tuple  # nheads, GQA group, seqlen_q, seqlen_k, seqlen_q_pad, causal section heads
-    preprocess_grid: tuple
-    preprocess_scalars: tuple  # out's and dout's (batch, seqlen, head) strides, seqlen_q, seqlen_q_pad, heads, d
+    preprocess: tuple  # kernels.triton.bwd.preprocess_launch's
 
 
 @functools.lru_cache(maxsize=256)
@@ -225,9 +223,8 @@ def backward_plan(variant: BwdVariant, q_shape, k_shape, strides, section_l2_byt
     section = causal_section_heads(seqlen_q, head_dim, group, variant.dtype.itemsize * 2 + 4, section_l2_bytes)
     return BwdPlan(backward_grid(variant, batch, k_shape[1], k_shape[2]),
                    variant.descriptors(q, k, v, dout, dk, dk, stats, stats, dq_acc),
-                   seqlen_q_pad, (nheads, group, seqlen_q, k_shape[1], seqlen_q_pad, section),
-                   (seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads),
-                   (strides[4][:3], strides[0][:3], seqlen_q, seqlen_q_pad, nheads, head_dim))
+                   (nheads, group, seqlen_q, k_shape[1], seqlen_q_pad, section),
+                   preprocess_launch(q_shape, strides[4], strides[0], seqlen_q_pad))
 
 
 def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False, *,
@@ -254,8 +251,8 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     # The plan fixes the preprocess's specialization but for the alignment of the caller's tensors it reads by
     # pointer (the rest are fresh allocations).
     aligned = tuple(t.data_ptr() % 16 == 0 for t in (out, dout, lse))
-    launch_preprocess(plan.preprocess_grid, (out, dout, lse, lse2, delta, *plan.preprocess_scalars),
-                      dict(HEAD_DIM=head_dim, BLOCK_M=PREPROCESS_BLOCK_M), {}, plan=(plan, aligned))
+    grid, rest, constexprs = plan.preprocess
+    launch_preprocess(grid, (out, dout, lse, lse2, delta, *rest), constexprs, {}, plan=(plan, aligned))
     tensors = (q, k, v, dout, dk, dv, lse2, delta, dq_acc)
     descriptors = tuple(None if desc is None else rebased(desc, t) for desc, t in zip(plan.descriptors, tensors))
     launch_backward(plan.grid, _kernel_args(descriptors, dq_acc, softmax_scale, plan.scalars), variant.constexprs,

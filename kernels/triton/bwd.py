@@ -318,6 +318,15 @@ def dkdv_warp_specialized(tiles: Tiles, head_dim: int) -> bool:
     return tiles.warp_specialize and padded_head_dim(head_dim) <= 128
 
 
+def preprocess_launch(q_shape, out_strides, dout_strides, seqlen_q_pad):
+    """The preprocess's grid, its arguments after the five tensors (out, dout, lse, lse2, delta) and its constexprs,
+    for out and dout of q's shape and these strides, LSE2 and delta rows of seqlen_q_pad (both backwards' plans)."""
+    batch, seqlen_q, nheads, head_dim = q_shape
+    return ((seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads),
+            (out_strides[:3], dout_strides[:3], seqlen_q, seqlen_q_pad, nheads, head_dim),
+            dict(HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=PREPROCESS_BLOCK_M))
+
+
 @dataclass(frozen=True, eq=False)  # compared by identity: part of a Launcher key
 class BwdPlan:
     """Every launch argument of a backward but its tensors and the softmax scale, with the grids, constexprs and
@@ -325,7 +334,7 @@ class BwdPlan:
     per-argument launch keys cost ~60 µs a call on our CPU."""
     seqlen_q_pad: int
     section: int  # causal_program's heads per section
-    preprocess: tuple  # grid, arguments after the five tensors, constexprs
+    preprocess: tuple  # preprocess_launch's
     dkdv: tuple  # grid, strides and sizes (the arguments between the tensors and the scales), constexprs, options
     dq: tuple
 
@@ -345,11 +354,10 @@ def backward_plan(q_shape, k_shape, strides, dtype, causal, tiles: BwdTiles, dev
     pdl = tiles.dq_early and not upcast and takes_pdl(device)
     section = (causal_section_heads(seqlen_q, d, nheads // nheads_kv, 2 * dtype.itemsize, section_l2_bytes)
                if tiles.causal_sections else 1)
-    dout, q, k, v, out = (s[:3] for s in strides)  # (batch, seqlen, head) strides
+    dout, q, k, v = (s[:3] for s in strides[:4])  # (batch, seqlen, head) strides
     dq, dk = (torch.empty(shape, device="meta").stride()[:3] for shape in (q_shape, k_shape))
     sizes = (seqlen_q, seqlen_k, seqlen_q_pad, nheads, nheads_kv, head_dim)
-    preprocess = ((seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads),
-                  (out, dout, seqlen_q, seqlen_q_pad, nheads, head_dim), dict(HEAD_DIM=d, BLOCK_M=PREPROCESS_BLOCK_M))
+    preprocess = preprocess_launch(q_shape, strides[4], strides[0], seqlen_q_pad)
     dkdv = (program_grid(triton.cdiv(seqlen_k, dkdv_t.block_n), batch * nheads_kv, causal),
             (q, k, v, dout, dk, dk, *sizes),
             dict(HEAD_DIM=d, BLOCK_M=dkdv_t.block_m, BLOCK_N=dkdv_t.block_n, CAUSAL=causal, UPCAST=upcast,
@@ -386,9 +394,8 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
 
     lse2 = torch.empty((batch, nheads, plan.seqlen_q_pad), dtype=torch.float32, device=q.device)
     delta = torch.empty_like(lse2)
-    grid, (out_strides, dout_strides, *sizes), constexprs = plan.preprocess
-    launch_preprocess(grid, (out, dout, lse, lse2, delta, out_strides, dout_strides, *sizes), constexprs, {},
-                      plan=key)
+    grid, rest, constexprs = plan.preprocess
+    launch_preprocess(grid, (out, dout, lse, lse2, delta, *rest), constexprs, {}, plan=key)
 
     qk_scale = softmax_scale * LOG2E
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
