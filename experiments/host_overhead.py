@@ -143,6 +143,8 @@ def paths(batch, seqlen, heads, d, causal):
 
     import kernels
     from kernels.ops import gluon_kernels
+    from kernels.triton import attention_forward_triton
+    from kernels.triton.fp8_fwd import fp8_attention_forward_triton
     from kernels.triton.fp8_quant import quantize_qkv_triton
     q, k, v = (torch.randn(batch, seqlen, heads, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
@@ -158,6 +160,7 @@ def paths(batch, seqlen, heads, d, causal):
     gluon = gluon_kernels()
     if gluon is not None:
         out.append(("gluon_fwd_direct", lambda: gluon.attention_forward(q, k, v, None, causal), True))
+    out.append(("triton_fwd_direct", lambda: attention_forward_triton(q, k, v, scale, causal), True))
     qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
     dout = torch.randn_like(q)
     qtg, ktg, vtg = (t.transpose(1, 2) for t in (qg, kg, vg))
@@ -197,6 +200,7 @@ def paths(batch, seqlen, heads, d, causal):
         x = quantize_qkv_triton(q, k, v, cfg)
         out += [("fp8_prepass", lambda: quantize_qkv_triton(q, k, v, cfg), True),
                 ("fp8_fwd_on_prepassed", lambda: kernels.fp8_attention_forward(x, None, causal), True),
+                ("triton_fp8_fwd_direct", lambda: fp8_attention_forward_triton(x, scale, causal, q.dtype), True),
                 ("fp8_fwd", lambda: kernels.flash_attn_fp8_func(q, k, v, causal=causal, config=cfg), True)]
     return out
 

@@ -29,7 +29,7 @@ from experiments.paper.candidates import Unavailable, environment
 from experiments.paper.paper_figures import PAPER_SEQLENS, paper_series
 from experiments.rounds import round_order
 from kernels.flops import attention_flops, tflops_per_s
-from kernels.reference import attention_ref
+from kernels.reference import attention_ref, attention_ref_grads
 
 CPU_TIMING_NOTE = "CPU wall-clock median on tiny shapes: meaningless as speed, proves the pipeline only"
 
@@ -120,11 +120,26 @@ def time_ms(fn, opts, grad_to_none=None):
     return statistics.median(samples)
 
 
-def _inputs(problem, dtype, device, requires_grad):
+def _inputs(problem, dtype, device, mode):
+    """q, k, v (leaves that take gradients for "bwd") and, for "bwd", the output gradient every candidate gets."""
     gen = torch.Generator(device=device).manual_seed(0)
     shape = (problem.batch, problem.seqlen, problem.nheads, problem.headdim)
-    return [torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_(requires_grad)
-            for _ in range(3)]
+    qkv = [torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_(mode == "bwd")
+           for _ in range(3)]
+    dout = torch.randn(shape, generator=gen, device=device, dtype=dtype) if mode == "bwd" else None
+    return qkv, dout
+
+
+def _head0(t):
+    return t.detach()[:1, :, :1]
+
+
+def _reference(q, k, v, dout, causal):
+    """The float32 oracle on batch 0 / head 0 (a full one at 16k would not fit): the output for "fwd", or
+    (dq, dk, dv) for "bwd" (heads and batches do not mix, so one head's gradients need only its inputs)."""
+    if dout is None:
+        return [attention_ref(_head0(q), _head0(k), _head0(v), causal=causal, dtype=torch.float32)[0]]
+    return list(attention_ref_grads(_head0(q), _head0(k), _head0(v), _head0(dout), causal, dtype=torch.float32)[2:])
 
 
 def _failure(candidate, err):
@@ -140,17 +155,24 @@ def _failure(candidate, err):
     return "error", reason
 
 
-def _time_candidate(cand, problem, q, k, v, ref, mode, opts):
-    """{backend, max_abs_err, ms} of one candidate, one round; its graph and outputs die with this frame."""
+def _time_candidate(cand, problem, q, k, v, dout, ref, mode, opts):
+    """{backend, max_abs_err, ms} of one candidate, one round; its graph and outputs die with this frame.
+    The error is the output's for "fwd", the largest of dq's, dk's and dv's for "bwd"."""
     with environment(dict(cand.env)):
         call = cand.build(problem, q, k, v)
         backend = cand.backend(q, k, mode) if cand.backend else ""
         out = call()  # the first call compiles and rejects unsupported shapes before any timing
-        err = (out.detach()[:1, :, :1].float() - ref).abs().max().item()
+        if mode == "fwd":
+            got = [out]
+        else:
+            for t in (q, k, v):
+                t.grad = None
+            out.backward(dout, retain_graph=True)
+            got = [q.grad, k.grad, v.grad]
+        err = max((_head0(g).float() - r).abs().max().item() for g, r in zip(got, ref))
         if mode == "fwd":
             ms = time_ms(call, opts)
         else:
-            dout = torch.randn_like(out)
             ms = time_ms(lambda: out.backward(dout, retain_graph=True), opts, grad_to_none=[q, k, v])
     return dict(backend=backend, max_abs_err=err, ms=ms)
 
@@ -159,9 +181,8 @@ def measure(problem, candidates, mode, dtype, opts, figure):
     """One row per candidate for one problem: time (median of the rounds), TFLOPs/s, error against a float32
     reference. A candidate that fails in a round is not timed again."""
     device = opts.device()
-    q, k, v = _inputs(problem, dtype, device, requires_grad=(mode == "bwd"))
-    # The oracle on batch 0 / head 0 only: a full float32 reference at 16k would not fit.
-    ref, _ = attention_ref(*(t.detach()[:1, :, :1] for t in (q, k, v)), causal=problem.causal, dtype=torch.float32)
+    (q, k, v), dout = _inputs(problem, dtype, device, mode)
+    ref = _reference(q, k, v, dout, problem.causal)
     rows = {cand.name: dict(figure=figure, mode=mode, dtype=str(dtype).removeprefix("torch."), batch=problem.batch,
                             seqlen=problem.seqlen, nheads=problem.nheads, headdim=problem.headdim,
                             causal=problem.causal, impl=cand.name, kind=cand.kind, status="ok")
@@ -173,7 +194,7 @@ def measure(problem, candidates, mode, dtype, opts, figure):
             if row["status"] != "ok":
                 continue
             try:
-                timed = _time_candidate(cand, problem, q, k, v, ref, mode, opts)
+                timed = _time_candidate(cand, problem, q, k, v, dout, ref, mode, opts)
                 times[cand.name].append(timed.pop("ms"))
                 row.update(timed)
             except Exception as err:  # noqa: BLE001 -- one failing implementation must not stop the table

@@ -15,6 +15,7 @@ Each tile's P8 V8 starts from zero and joins acc in fp32: Hopper's FP8 MMAs add
 into their accumulator with ~14-bit precision, which over many key tiles
 would drift O. Q8 K8ᵀ (at most 8 MMA steps deep) keeps the fast path.
 """
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.device import is_sm90
+from kernels.launch import Launcher, rebased
 from kernels.quant import FP8QKV, LN2, LOG2E, P_LOG2_OFFSET
 from kernels.triton.fp8_quant import FP8_TL_DTYPES, INTERPRET, from_wgmma_keys, to_fp8
 
@@ -175,6 +177,46 @@ def _fp8_fwd_kernel(desc_q, desc_k, desc_v, desc_o, QS, KS, VS, Lse,
     tl.store(Lse + bh * seqlen_q + offs_m, lse, mask=offs_m < seqlen_q)
 
 
+launch_forward = Launcher(_fp8_fwd_kernel)
+
+
+@dataclass(frozen=True, eq=False)  # compared by identity: part of a Launcher key
+class FP8FwdPlan:
+    """A forward's grid, descriptors (over meta tensors, `kernels.launch.rebased` per call), the sizes between
+    the scale pointers and the softmax scale, constexprs and options, worked out once per pre-pass layout
+    (`forward_plan`)."""
+    grid: tuple
+    descriptors: tuple  # of q, k, v_t, out
+    sizes: tuple  # nheads, group, seqlen_q, seqlen_k, query and key scale blocks
+    constexprs: dict
+    options: dict
+
+
+@functools.lru_cache(maxsize=256)
+def forward_plan(shapes, strides, config, v_key_order, causal, out_dtype, tiles: FP8FwdTiles) -> FP8FwdPlan:
+    """The plan of a forward over pre-pass outputs of these shapes and strides (q's, k's, v_t's, q_scale's,
+    k_scale's), out allocated contiguous."""
+    q_shape, k_shape, v_shape, q_scale_shape, k_scale_shape = shapes
+    b, sq, h, d = q_shape
+    sk, hk = k_shape[1], k_shape[2]
+    block_m = min(tiles.block_m, config.block_m)
+    block_n = config.block_n
+    fp8 = config.dtype
+    q, k, v_t = (torch.empty_strided(shape, stride, dtype=fp8, device="meta")
+                 for shape, stride in zip(shapes, strides))
+    out = torch.empty(q_shape, dtype=out_dtype, device="meta")
+    descriptors = (TensorDescriptor(q, list(q.shape), list(q.stride()), [1, block_m, 1, d]),
+                   TensorDescriptor(k, list(k.shape), list(k.stride()), [1, block_n, 1, d]),
+                   TensorDescriptor(v_t, list(v_t.shape), list(v_t.stride()), [1, 1, d, block_n]),
+                   TensorDescriptor(out, list(out.shape), list(out.stride()), [1, block_m, 1, d]))
+    return FP8FwdPlan((triton.cdiv(sq, block_m), b * h), descriptors,
+                      (h, h // hk, sq, sk, q_scale_shape[2], k_scale_shape[2]),
+                      dict(BLOCK_M=block_m, BLOCK_N=block_n, SCALE_BLOCK_M=config.block_m, HEAD_DIM=d,
+                           CAUSAL=causal, V_WGMMA_KEYS=v_key_order == "wgmma", P_DTYPE=FP8_TL_DTYPES[fp8],
+                           INTERPRET=INTERPRET),
+                      dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs))
+
+
 def fp8_attention_forward_triton(x: FP8QKV, softmax_scale: float, causal: bool, out_dtype: torch.dtype,
                                  tiles=None):
     """The forward on pre-pass outputs: (out (batch, seqlen_q, nheads, headdim) in out_dtype,
@@ -182,24 +224,20 @@ def fp8_attention_forward_triton(x: FP8QKV, softmax_scale: float, causal: bool, 
 
     tiles: an FP8FwdTiles to override the table (tuning).
     """
-    cfg = x.config
     b, sq, h, d = x.q.shape
-    sk, hk = x.seqlen_k, x.k.shape[2]
+    if any(t.data_ptr() % 16 for t in (x.q, x.k, x.v_t)):
+        raise ValueError("FP8QKV's q, k and v_t must start 16-byte aligned for their tensor descriptors "
+                         "(the pre-pass allocates them so)")
     tiles = tiles or fwd_tiles(d, x.q.device)
-    block_m = min(tiles.block_m, cfg.block_m)
-    block_n = cfg.block_n
+    tensors = (x.q, x.k, x.v_t, x.q_scale, x.k_scale)
+    plan = forward_plan(tuple(t.shape for t in tensors), tuple(t.stride() for t in tensors[:3]), x.config,
+                        x.v_key_order, causal, out_dtype, tiles)
     out = torch.empty(b, sq, h, d, dtype=out_dtype, device=x.q.device)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=x.q.device)
-    desc_q = TensorDescriptor(x.q, list(x.q.shape), list(x.q.stride()), [1, block_m, 1, d])
-    desc_k = TensorDescriptor(x.k, list(x.k.shape), list(x.k.stride()), [1, block_n, 1, d])
-    desc_v = TensorDescriptor(x.v_t, list(x.v_t.shape), list(x.v_t.stride()), [1, 1, d, block_n])
-    desc_o = TensorDescriptor(out, list(out.shape), list(out.stride()), [1, block_m, 1, d])
-    grid = (triton.cdiv(sq, block_m), b * h)
-    _fp8_fwd_kernel[grid](
-        desc_q, desc_k, desc_v, desc_o, x.q_scale, x.k_scale, x.v_scale, lse,
-        h, h // hk, sq, sk, x.q_scale.shape[2], x.k_scale.shape[2], softmax_scale * LOG2E,
-        BLOCK_M=block_m, BLOCK_N=block_n, SCALE_BLOCK_M=cfg.block_m, HEAD_DIM=d, CAUSAL=causal,
-        V_WGMMA_KEYS=x.v_key_order == "wgmma", P_DTYPE=FP8_TL_DTYPES[cfg.dtype], INTERPRET=INTERPRET,
-        num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs,
-    )
+    descriptors = (rebased(desc, t) for desc, t in zip(plan.descriptors, (x.q, x.k, x.v_t, out)))
+    launch_forward(plan.grid, (*descriptors, x.q_scale, x.k_scale, x.v_scale, lse, *plan.sizes,
+                               softmax_scale * LOG2E),
+                   plan.constexprs, plan.options,
+                   # The plan fixes the specialization but for the scales' alignment (a caller's FP8QKV).
+                   plan=(plan, tuple(t.data_ptr() % 16 == 0 for t in (x.q_scale, x.k_scale, x.v_scale))))
     return out, lse

@@ -34,7 +34,9 @@ H200 it gains 1-2% in the warp-specialized hd128 forward, where each
 consumer's softmax is on its own critical path, and loses in the two-loop
 kernels (docs/tuning-triton.md, steps 3 and 5).
 """
+import functools
 import struct
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -408,38 +410,62 @@ launch_forward = Launcher(_attn_fwd_kernel)
 INTERPRETER_PROGRAMS = 3  # a persistent grid's size on the CPU: the tests' few tiles still come several per program
 
 
-def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None = None):
-    """(out, lse) for validated q (b, sq, h, d), k/v (b, sk, hkv, d); lse (b, h, sq) float32, natural log.
+@dataclass(frozen=True, eq=False)  # compared by identity: part of a Launcher key
+class FwdPlan:
+    """A forward's grid, its launch arguments between the tensors and the scale, constexprs and options, worked
+    out once per shapes, strides, tiles and device (`forward_plan`) rather than keyed argument by argument on
+    every call."""
+    grid: tuple
+    sizes: tuple  # strides of q, k, v, out; seqlen_q, seqlen_k, nheads, group, head_dim
+    batch_heads: int
+    constexprs: dict
+    options: dict
 
-    `tiles` overrides the tuned tile table (used by the tuning script).
-    """
-    batch, seqlen_q, nheads, head_dim = q.shape
-    seqlen_k, nheads_kv = k.shape[1], k.shape[2]
-    tiles = tiles or fwd_tiles(head_dim, causal, q.device)
+
+@functools.lru_cache(maxsize=256)
+def forward_plan(q_shape, k_shape, strides, dtype, causal, tiles: Tiles, device) -> FwdPlan:
+    """The plan of a forward over q, k, v of these shapes, (batch, seqlen, head) strides (q's, k's, v's) and dtype
+    (a key only: the kernel compiled for it is told apart by the plan), out allocated contiguous. Checks the tiles
+    against the shape."""
+    batch, seqlen_q, nheads, head_dim = q_shape
+    seqlen_k, nheads_kv = k_shape[1], k_shape[2]
     # The Hopper pass gives each of its two consumers 64 rows of a 128-row tile (docs/tuning-triton.md, step 4).
     if tiles.warp_specialize and tiles.block_m != 128:
         raise ValueError(f"a warp-specialized forward needs block_m 128, got {tiles}")
     if tiles.lazy_rescale and padded_head_dim(head_dim) < 128:
         raise ValueError(f"lazy_rescale skips 64 O registers a thread at once: head dim 128 or more, got {head_dim}")
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
-    set_descriptor_allocator(q.device)
     m_blocks = triton.cdiv(seqlen_q, tiles.block_m)
     if tiles.persistent:
-        programs = INTERPRETER_PROGRAMS if interpreting() else sm_count(q.device)
+        programs = INTERPRETER_PROGRAMS if interpreting() else sm_count(device)
         grid = (min(programs, m_blocks * batch * nheads), )
     else:
         grid = (m_blocks, batch * nheads)
-    launch_forward(
-        grid,
-        (q, k, v, out, lse, bsh_strides(q), bsh_strides(k), bsh_strides(v), bsh_strides(out),
-         seqlen_q, seqlen_k, nheads, nheads // nheads_kv, head_dim, softmax_scale * LOG2E, batch * nheads),
-        dict(HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, CAUSAL=causal,
-             UPCAST=interpreting(), EXP2_POLY=0 if interpreting() else tiles.exp2_poly,
-             WARP_SPECIALIZE=tiles.warp_specialize,
-             # Only the one-loop kernel reads this; False otherwise, so the two-loop kernel compiles once.
-             MASK_KEYS=tiles.warp_specialize and (causal or seqlen_k % tiles.block_n != 0),
-             PERSISTENT=tiles.persistent, LAZY=tiles.lazy_rescale),
-        dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs),
-    )
+    out_strides = torch.empty(q_shape, device="meta").stride()[:3]
+    sizes = (*strides, out_strides, seqlen_q, seqlen_k, nheads, nheads // nheads_kv, head_dim)
+    constexprs = dict(HEAD_DIM=padded_head_dim(head_dim), BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+                      CAUSAL=causal, UPCAST=interpreting(), EXP2_POLY=0 if interpreting() else tiles.exp2_poly,
+                      WARP_SPECIALIZE=tiles.warp_specialize,
+                      # Only the one-loop kernel reads this; False otherwise, so the two-loop kernel compiles once.
+                      MASK_KEYS=tiles.warp_specialize and (causal or seqlen_k % tiles.block_n != 0),
+                      PERSISTENT=tiles.persistent, LAZY=tiles.lazy_rescale)
+    options = dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.max_regs)
+    return FwdPlan(grid, sizes, batch * nheads, constexprs, options)
+
+
+def attention_forward_triton(q, k, v, softmax_scale, causal, tiles: Tiles | None = None):
+    """(out, lse) for validated q (b, sq, h, d), k/v (b, sk, hkv, d); lse (b, h, sq) float32, natural log.
+
+    `tiles` overrides the tuned tile table (used by the tuning script).
+    """
+    batch, seqlen_q, nheads, _ = q.shape
+    tiles = tiles or fwd_tiles(q.shape[-1], causal, q.device)
+    plan = forward_plan(q.shape, k.shape, tuple(bsh_strides(t) for t in (q, k, v)), q.dtype, causal, tiles,
+                        q.device)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((batch, nheads, seqlen_q), dtype=torch.float32, device=q.device)
+    set_descriptor_allocator(q.device)
+    launch_forward(plan.grid, (q, k, v, out, lse, *plan.sizes, softmax_scale * LOG2E, plan.batch_heads),
+                   plan.constexprs, plan.options,
+                   # The plan fixes the specialization but for the alignment of the caller's tensors.
+                   plan=(plan, tuple(t.data_ptr() % 16 == 0 for t in (q, k, v))))
     return out, lse

@@ -167,6 +167,36 @@ def test_rounds_interleave_candidates_and_report_the_median(tmp_path, monkeypatc
     assert rows["a"]["max_abs_err"] < 1e-6
 
 
+def test_backward_rows_check_gradients(tmp_path, monkeypatch):
+    """A backward row's error is its dq/dk/dv's against float32 autograd on batch 0 / head 0: a candidate with the
+    right output but a wrong gradient fails it, one whose error is only in another head passes."""
+    from kernels.reference import attention_ref
+
+    class HalveGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 0.5
+
+    def build(wrong_heads):
+        def call_factory(problem, q, k, v):
+            def call():
+                out = attention_ref(q, k, v, causal=problem.causal, dtype=torch.float32)[0]
+                return torch.cat([out[:, :, :wrong_heads], HalveGradient.apply(out[:, :, wrong_heads:])], dim=2)
+            return call
+        return call_factory
+
+    monkeypatch.setattr(runner, "time_ms", lambda fn, opts, grad_to_none=None: fn() or 1.0)
+    cands = [candidates.Candidate("wrong", "ours", build(0)), candidates.Candidate("other-head", "ours", build(1))]
+    rows = {r["impl"]: r for r in runner.measure(runner.Problem(2, 24, 2, 16, True), cands, "bwd", torch.float32,
+                                                 runner.Options(out=tmp_path, quick=True), "bwd")}
+    assert rows["other-head"]["max_abs_err"] < 1e-5
+    assert rows["wrong"]["max_abs_err"] > 0.05
+
+
 def test_rounds_must_be_positive():
     with pytest.raises(SystemExit):
         cli.parse(["fwd", "--rounds", "0"])

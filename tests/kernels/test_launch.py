@@ -10,6 +10,7 @@ forward, backward: ints and stride tuples specialized). The arguments it passes 
 launch passes. Runs in a child process: Gluon needs TRITON_INTERPRET unset
 when triton is imported.
 """
+import dataclasses
 import itertools
 import json
 import os
@@ -28,6 +29,7 @@ def _launches():
     import torch
 
     import kernels.triton.bwd as triton_bwd
+    import kernels.triton.fp8_fwd as fp8_fwd
     import kernels.triton.fp8_quant as fp8_quant
     import kernels.triton.fwd as triton_fwd
     from kernels.gluon.bwd import BwdVariant, _kernel_args as bwd_args, attention_bwd_kernel
@@ -68,12 +70,13 @@ def _launches():
         return lambda grid, args, constexprs, options, plan=None: launches.append((launcher.fn, args, constexprs,
                                                                                    options))
 
-    for module, name in ((fp8_quant, "launch_prepass"), (triton_fwd, "launch_forward"),
+    for module, name in ((fp8_quant, "launch_prepass"), (triton_fwd, "launch_forward"), (fp8_fwd, "launch_forward"),
                          (triton_bwd, "launch_preprocess"), (triton_bwd, "launch_dkdv"), (triton_bwd, "launch_dq")):
         setattr(module, name, recorder(getattr(module, name)))
     for dtype, seqlen, nheads in itertools.product((torch.bfloat16, torch.float16), (1, 128, 4133), (1, 16, 17)):
         q = torch.randn(1, seqlen, nheads, 128, dtype=dtype)
-        fp8_quant.quantize_qkv_triton(q, q, q, FP8Config())
+        x = fp8_quant.quantize_qkv_triton(q, q, q, FP8Config())
+        fp8_fwd.fp8_attention_forward_triton(x, 0.125, seqlen > 1, dtype)
         out, lse = triton_fwd.attention_forward_triton(q, q, q, 0.125, seqlen > 1)
         triton_bwd.attention_backward_triton(q, q, q, q, out, lse, 0.125, seqlen > 1)
     return launches
@@ -94,15 +97,18 @@ def _rows():
 
 
 def _plan_rows():
-    """[(kernel, plan key, Launcher.key)] of the launches that pass a plan (pre-pass, Gluon forward, Gluon and Triton
-    backward), over fresh and offset (aligned) tensors of a few shapes, strides and alignments of the
-    tensors passed by pointer (recorded, not launched)."""
+    """[(kernel, plan key, Launcher.key)] of the launches that pass a plan (pre-pass, every forward and backward),
+    over fresh and offset (aligned) tensors of a few shapes, strides and alignments of the tensors passed by pointer
+    (recorded, not launched)."""
+
     import torch
 
     import kernels.gluon.bwd as gluon_bwd
     import kernels.gluon.forward as gluon_fwd
     import kernels.triton.bwd as triton_bwd
+    import kernels.triton.fp8_fwd as fp8_fwd
     import kernels.triton.fp8_quant as fp8_quant
+    import kernels.triton.fwd as triton_fwd
     from kernels.launch import Launcher
     from kernels.quant import FP8Config
 
@@ -116,6 +122,8 @@ def _plan_rows():
 
     fp8_quant.launch_prepass = recorder(fp8_quant.launch_prepass)
     gluon_fwd.launch_forward = recorder(gluon_fwd.launch_forward)
+    fp8_fwd.launch_forward = recorder(fp8_fwd.launch_forward)
+    triton_fwd.launch_forward = recorder(triton_fwd.launch_forward)
     gluon_fwd.sm_count = lambda device: 132  # no GPU in this process
     for shape, config in itertools.product(((1, 128, 2, 128), (2, 300, 16, 128), (1, 64, 1, 64)),
                                            (FP8Config(), FP8Config(block_n=64, granularity="head"))):
@@ -134,6 +142,9 @@ def _plan_rows():
                                                v_wgmma_keys=True)
             offset = torch.empty(x.q_scale.numel() + 1)[trial % 2:][:x.q_scale.numel()].view(x.q_scale.shape)
             gluon_fwd._launch(variant, x.q, x.k, x.v_t, (offset, x.k_scale, x.v_scale), 0.1, torch.bfloat16)
+            natural = fp8_quant.quantize_qkv_triton(q, k, v, config)
+            fp8_fwd.fp8_attention_forward_triton(dataclasses.replace(natural, q_scale=offset), 0.1, trial == 1,
+                                                 torch.bfloat16)
             gluon_fwd._launch(gluon_fwd.cached_variant(torch.bfloat16, shape[-1], False), q, k, v, (None,) * 3, 0.1,
                               torch.bfloat16)
 
@@ -155,6 +166,7 @@ def _plan_rows():
                 q, k, v = torch.randn(b, s, 3, h, d, dtype=torch.bfloat16).unbind(2)
             lse = torch.randn(b * h * s + 1)[1 if trial == 3 else 0:][:b * h * s].view(b, h, s)
             gluon_bwd.attention_backward(dout, q, k, v, out, lse, 0.1, causal)
+            triton_fwd.attention_forward_triton(q, k, v, 0.1, causal)
             triton_bwd.attention_backward_triton(dout, q, k, v, out, lse, 0.1, causal)
     return rows
 
@@ -188,14 +200,14 @@ def test_launcher_key_determines_triton_specialization():
 
 
 def test_launch_plan_determines_launcher_key():
-    """A launch plan passed as the Launcher key (pre-pass, Gluon forward, Gluon and Triton backward) stands for
+    """A launch plan passed as the Launcher key (pre-pass, the forwards and backwards) stands for
     exactly one per-argument key: launches that share a plan would have shared a compiled kernel without it."""
     rows = _child_rows("plans")
     for (kernel, plan), keys in _values_by_key(rows).items():
         assert len(keys) == 1, f"{kernel} plan {plan} stands for several keys: {keys}"
     # Plans were reused (fresh and offset tensors), and told apart (shapes, strides, configs, scale alignment).
-    for kernel in ("_prepass_kernel", "attention_fwd_kernel", "attention_bwd_kernel", "_bwd_preprocess_kernel",
-                   "_bwd_dkdv_kernel", "_bwd_dq_kernel"):
+    for kernel in ("_prepass_kernel", "attention_fwd_kernel", "_attn_fwd_kernel", "_fp8_fwd_kernel",
+                   "attention_bwd_kernel", "_bwd_preprocess_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"):
         plans = [plan for name, plan, _ in rows if name == kernel]
         assert len(set(plans)) >= 6 and len(plans) > len(set(plans)), kernel
 
