@@ -18,7 +18,7 @@ backward alone comes as the paper tables time it, through autograd over a
 kept forward graph (`*_bwd_retained`), and as the direct call.
 Writes <out>/host_overhead.json and prints a table. `--profile` also writes
 <out>/host_profile.txt: cProfile's top functions (by own time) over the calls
-of each path at the first shape, to show where the host time goes.
+of each path at the first shape asked for, to show where the host time goes.
 `--timeline` adds to each graphable path's row (and the printed table)
 each GPU kernel of one call with its median duration and the median idle time
 before it (torch.profiler over calls that each follow an L2 flush, as in
@@ -208,7 +208,7 @@ def paths(batch, seqlen, heads, d, causal):
 def main():
     parser = argparse.ArgumentParser(prog="python -m experiments.host_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
-    parser.add_argument("--profile", action="store_true", help="cProfile each path at the first shape")
+    parser.add_argument("--profile", action="store_true", help="cProfile each path at the first shape asked for")
     parser.add_argument("--timeline", action="store_true", help="GPU kernels and idle gaps of each graphable path")
     parser.add_argument("--shapes", default=",".join(s[0] for s in SHAPES),
                         help=f"comma-separated shape names of {[s[0] for s in SHAPES + EXTRA_SHAPES]}")
@@ -216,13 +216,14 @@ def main():
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
+    shapes = [shape for shape in SHAPES + EXTRA_SHAPES if shape[0] in args.shapes.split(",")]
     if args.profile:
-        name, b, s, h, d, causal = SHAPES[0]
+        name, b, s, h, d, causal = shapes[0]
         with open(Path(args.out) / "host_profile.txt", "w") as f:
             for path, fn, _ in paths(b, s, h, d, causal):
                 f.write(f"===== {name} {path} ({CALLS} calls)\n{profile(fn)}\n")
     rows = []
-    for name, b, s, h, d, causal in [shape for shape in SHAPES + EXTRA_SHAPES if shape[0] in args.shapes.split(",")]:
+    for name, b, s, h, d, causal in shapes:
         for path, fn, graphable in paths(b, s, h, d, causal):
             row = dict(shape=name, path=path, host_us=host_us(fn),
                        bench_ms=triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))

@@ -4,9 +4,9 @@
 Triton backward's signature) and runs three steps:
 
 1. preprocess (the Triton backward's kernel): delta = rowsum(dO * O) and LSE
-   in log2 units, padded with +inf to whole query blocks;
+   in log2 units, padded with +inf to whole query blocks; the dQ accumulator zeroed;
 2. the main kernel (bwd_kernel.py): dK, dV written once per key block, dQ
-   added in float32 (atomics or TMA reduce-adds) into a zeroed
+   added in float32 (atomics or TMA reduce-adds) into the
    (batch, seqlen_q, nheads, d) accumulator;
 3. dQ = the accumulator cast to q's dtype (the softmax scale is already in it).
 
@@ -243,7 +243,7 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     lse = lse.contiguous()
     lse2 = torch.empty(plan.descriptors[6].base.shape, dtype=torch.float32, device=dev)
     delta = torch.empty_like(lse2)
-    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=dev)
+    dq_acc = torch.empty(q.shape, dtype=torch.float32, device=dev)  # zeroed by the preprocess
     dk = torch.empty(k.shape, dtype=k.dtype, device=dev)
     dv = torch.empty(v.shape, dtype=v.dtype, device=dev)
 
@@ -252,7 +252,7 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     # pointer (the rest are fresh allocations).
     aligned = tuple(t.data_ptr() % 16 == 0 for t in (out, dout, lse))
     grid, rest, constexprs = plan.preprocess
-    launch_preprocess(grid, (out, dout, lse, lse2, delta, *rest), constexprs, {}, plan=(plan, aligned))
+    launch_preprocess(grid, (out, dout, lse, lse2, delta, dq_acc, *rest), constexprs, {}, plan=(plan, aligned))
     tensors = (q, k, v, dout, dk, dv, lse2, delta, dq_acc)
     descriptors = tuple(None if desc is None else rebased(desc, t) for desc, t in zip(plan.descriptors, tensors))
     launch_backward(plan.grid, _kernel_args(descriptors, dq_acc, softmax_scale, plan.scalars), variant.constexprs,

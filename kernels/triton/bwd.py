@@ -48,7 +48,7 @@ LOG2E_JIT = tl.constexpr(LOG2E)
 # Run-time sizes are not specialized on (divisibility by 16, == 1), except the
 # padded row stride of lse2/delta, a multiple of 64 that keeps their loads vectorized.
 @triton.jit(do_not_specialize=["seqlen_q", "nheads", "head_dim"])
-def _bwd_preprocess_kernel(o_ptr, do_ptr, lse_ptr, lse2_ptr, delta_ptr, o_strides, do_strides,
+def _bwd_preprocess_kernel(o_ptr, do_ptr, lse_ptr, lse2_ptr, delta_ptr, dq_acc_ptr, o_strides, do_strides,
                            seqlen_q, seqlen_q_pad, nheads, head_dim, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -62,6 +62,13 @@ def _bwd_preprocess_kernel(o_ptr, do_ptr, lse_ptr, lse2_ptr, delta_ptr, o_stride
     lse = tl.load(lse_ptr + bh * seqlen_q + offs_m, mask=offs_m < seqlen_q, other=float("inf"))
     tl.store(lse2_ptr + bh * seqlen_q_pad + offs_m, lse * LOG2E_JIT)
     tl.store(delta_ptr + bh * seqlen_q_pad + offs_m, tl.sum(o * do, 1))
+    if dq_acc_ptr is not None:
+        # The Gluon backward's float32 dQ accumulator ((batch, seqlen_q, nheads, head_dim), contiguous) is zeroed
+        # here, as FA3's preprocess does, rather than by a memset launch of its own.
+        cols = tl.arange(0, HEAD_DIM)
+        rows = (batch * seqlen_q + offs_m).to(tl.int64) * nheads + head
+        tl.store(dq_acc_ptr + rows[:, None] * head_dim + cols[None, :], tl.zeros([BLOCK_M, HEAD_DIM], tl.float32),
+                 mask=(offs_m[:, None] < seqlen_q) & (cols[None, :] < head_dim))
 
 
 # Bytes of L2 that the causal order's sections keep the rows their heads stream in (FA3's backward budget; the
@@ -319,8 +326,9 @@ def dkdv_warp_specialized(tiles: Tiles, head_dim: int) -> bool:
 
 
 def preprocess_launch(q_shape, out_strides, dout_strides, seqlen_q_pad):
-    """The preprocess's grid, its arguments after the five tensors (out, dout, lse, lse2, delta) and its constexprs,
-    for out and dout of q's shape and these strides, LSE2 and delta rows of seqlen_q_pad (both backwards' plans)."""
+    """The preprocess's grid, its arguments after the six tensors (out, dout, lse, lse2, delta, and the Gluon
+    backward's dQ accumulator to zero or None) and its constexprs, for out and dout of q's shape and these strides,
+    LSE2 and delta rows of seqlen_q_pad (both backwards' plans)."""
     batch, seqlen_q, nheads, head_dim = q_shape
     return ((seqlen_q_pad // PREPROCESS_BLOCK_M, batch * nheads),
             (out_strides[:3], dout_strides[:3], seqlen_q, seqlen_q_pad, nheads, head_dim),
@@ -395,7 +403,7 @@ def attention_backward_triton(dout, q, k, v, out, lse, softmax_scale, causal, de
     lse2 = torch.empty((batch, nheads, plan.seqlen_q_pad), dtype=torch.float32, device=q.device)
     delta = torch.empty_like(lse2)
     grid, rest, constexprs = plan.preprocess
-    launch_preprocess(grid, (out, dout, lse, lse2, delta, *rest), constexprs, {}, plan=key)
+    launch_preprocess(grid, (out, dout, lse, lse2, delta, None, *rest), constexprs, {}, plan=key)
 
     qk_scale = softmax_scale * LOG2E
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)

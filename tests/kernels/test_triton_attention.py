@@ -246,6 +246,27 @@ def test_causal_sections_cover_every_block(section):
         assert torch.equal(x, y), f"d{name} differs between section orders"
 
 
+@on_interpreter
+def test_preprocess_zeroes_the_gluon_dq_accumulator():
+    """The backward's preprocess: delta and LSE2 against float64, and, handed the Gluon backward's float32 dQ
+    accumulator, all of it zeroed and nothing past it written (a head dim below the padded one, a query tail)."""
+    b, s, h, d, s_pad = 2, 100, 3, 48, 128
+    o, do = (torch.randn(b, s, h, d, dtype=torch.bfloat16) for _ in range(2))
+    lse = torch.randn(b, h, s)
+    lse2, delta = (torch.full((b, h, s_pad), float("nan")) for _ in range(2))
+    buffer = torch.full((o.numel() + 64,), float("nan"))
+    dq_acc = buffer[:o.numel()].view(o.shape)
+    grid, rest, constexprs = triton_bwd.preprocess_launch(o.shape, o.stride(), do.stride(), s_pad)
+    triton_bwd.set_descriptor_allocator(o.device)
+    triton_bwd.launch_preprocess(grid, (o, do, lse, lse2, delta, dq_acc, *rest), constexprs, {})
+    assert torch.equal(dq_acc, torch.zeros_like(dq_acc))
+    assert buffer[o.numel():].isnan().all()
+    ref_delta = (o.double() * do.double()).sum(-1).transpose(1, 2)
+    torch.testing.assert_close(delta[..., :s].double(), ref_delta, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse2[..., :s].double(), lse.double() * np.log2(np.e), rtol=1e-6, atol=1e-6)
+    assert torch.isinf(lse2[..., s:]).all() and torch.equal(delta[..., s:], torch.zeros(b, h, s_pad - s))
+
+
 def test_tiles_reject_warp_specialize_shapes_the_pass_cannot_split():
     dq = Tiles(32, 16, 4, 1)
     for bad in (Tiles(64, 128, 8, 2), Tiles(64, 128, 4, 2, max_regs=168)):  # 8 warps: dropped; regs: the pass's
