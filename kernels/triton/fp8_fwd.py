@@ -203,7 +203,7 @@ def forward_plan(shapes, strides, config, v_key_order, causal, out_dtype, tiles:
     block_n = config.block_n
     fp8 = config.dtype
     q, k, v_t = (torch.empty_strided(shape, stride, dtype=fp8, device="meta")
-                 for shape, stride in zip(shapes, strides))
+                 for shape, stride in zip((q_shape, k_shape, v_shape), strides))
     out = torch.empty(q_shape, dtype=out_dtype, device="meta")
     descriptors = (TensorDescriptor(q, list(q.shape), list(q.stride()), [1, block_m, 1, d]),
                    TensorDescriptor(k, list(k.shape), list(k.stride()), [1, block_n, 1, d]),

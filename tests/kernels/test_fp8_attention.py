@@ -256,6 +256,10 @@ def test_fp8_forward_refuses_inconsistent_pre_pass_outputs():
            (dataclasses.replace(x, v_scale=x.v_scale.double()), TypeError, "v_scale must be torch.float32"),
            (dataclasses.replace(x, k=x.k.transpose(1, 2).contiguous().transpose(1, 2)), ValueError, "contiguous"),
            (dataclasses.replace(x, k=x.k[:, :, :1].contiguous()), ValueError, "v_t must be")]
+    unaligned = torch.empty(x.q.numel() + 1, dtype=x.q.dtype, device=x.q.device)[1:].view(x.q.shape)
+    unaligned.copy_(x.q)
+    if kernels.fp8.fp8_backend(q.device, q.shape[-1]) == "triton":  # the descriptors' base must be aligned
+        bad.append((dataclasses.replace(x, q=unaligned), ValueError, "16-byte aligned"))
     for y, error, message in bad:
         with pytest.raises(error, match=message):
             fp8_attention_forward(y)
