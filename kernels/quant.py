@@ -181,6 +181,9 @@ def check_fp8qkv(x: FP8QKV) -> None:
         want = cfg.dtype if name in ("q", "k", "v_t") else torch.float32
         if t.dtype != want:
             raise TypeError(f"FP8QKV.{name} must be {want} (config fmt {cfg.fmt!r} for q, k, v_t), got {t.dtype}")
+        if name in ("q", "k", "v_t") and t.data_ptr() % 16:
+            # The forwards read them through TMA descriptors, whose base must be aligned (the pre-pass's are).
+            raise ValueError(f"FP8QKV.{name} must start 16-byte aligned, got address {t.data_ptr():#x}")
     if x.q.dim() != 4 or x.k.dim() != 4:
         raise ValueError(f"FP8QKV.q and .k must be (batch, seqlen, heads, headdim), got {tuple(x.q.shape)}, "
                          f"{tuple(x.k.shape)}")

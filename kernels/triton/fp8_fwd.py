@@ -219,15 +219,12 @@ def forward_plan(shapes, strides, config, v_key_order, causal, out_dtype, tiles:
 
 def fp8_attention_forward_triton(x: FP8QKV, softmax_scale: float, causal: bool, out_dtype: torch.dtype,
                                  tiles=None):
-    """The forward on pre-pass outputs: (out (batch, seqlen_q, nheads, headdim) in out_dtype,
-    lse (batch, nheads, seqlen_q) fp32).
+    """The forward on pre-pass outputs (kernels.quant.check_fp8qkv's layouts: q, k, v_t 16-byte aligned):
+    (out (batch, seqlen_q, nheads, headdim) in out_dtype, lse (batch, nheads, seqlen_q) fp32).
 
     tiles: an FP8FwdTiles to override the table (tuning).
     """
     b, sq, h, d = x.q.shape
-    if any(t.data_ptr() % 16 for t in (x.q, x.k, x.v_t)):
-        raise ValueError("FP8QKV's q, k and v_t must start 16-byte aligned for their tensor descriptors "
-                         "(the pre-pass allocates them so)")
     tiles = tiles or fwd_tiles(d, x.q.device)
     tensors = (x.q, x.k, x.v_t, x.q_scale, x.k_scale)
     plan = forward_plan(tuple(t.shape for t in tensors), tuple(t.stride() for t in tensors[:3]), x.config,

@@ -258,8 +258,7 @@ def test_fp8_forward_refuses_inconsistent_pre_pass_outputs():
            (dataclasses.replace(x, k=x.k[:, :, :1].contiguous()), ValueError, "v_t must be")]
     unaligned = torch.empty(x.q.numel() + 1, dtype=x.q.dtype, device=x.q.device)[1:].view(x.q.shape)
     unaligned.copy_(x.q)
-    if kernels.fp8.fp8_backend(q.device, q.shape[-1]) == "triton":  # the descriptors' base must be aligned
-        bad.append((dataclasses.replace(x, q=unaligned), ValueError, "16-byte aligned"))
+    bad.append((dataclasses.replace(x, q=unaligned), ValueError, "16-byte aligned"))  # TMA descriptors' base
     for y, error, message in bad:
         with pytest.raises(error, match=message):
             fp8_attention_forward(y)

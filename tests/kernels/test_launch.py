@@ -100,7 +100,6 @@ def _plan_rows():
     """[(kernel, plan key, Launcher.key)] of the launches that pass a plan (pre-pass, every forward and backward),
     over fresh and offset (aligned) tensors of a few shapes, strides and alignments of the tensors passed by pointer
     (recorded, not launched)."""
-
     import torch
 
     import kernels.gluon.bwd as gluon_bwd
