@@ -15,7 +15,9 @@ backward on the calling thread (`_1thread`: autograd's multithreading off,
 so no hand-over to the engine's CUDA device thread), and `autograd_floor`, a
 clone/identity autograd.Function's round trip (the engine's own cost). The
 backward alone comes as the paper tables time it, through autograd over a
-kept forward graph (`*_bwd_retained`), and as the direct call.
+kept forward graph (`*_bwd_retained`), and as the direct call. The FP8 op
+comes as its pre-pass, forward, forward + backward and backward (`fp8_*`).
+`--paths` times only the paths named.
 Writes <out>/host_overhead.json and prints a table. `--profile` also writes
 <out>/host_profile.txt: cProfile's top functions (by own time) over the calls
 of each path at the first shape asked for, to show where the host time goes.
@@ -142,6 +144,7 @@ def paths(batch, seqlen, heads, d, causal):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import kernels
+    from kernels.fp8 import _fp8_bwd_impl as fp8_backward
     from kernels.ops import gluon_kernels
     from kernels.triton import attention_forward_triton
     from kernels.triton.fp8_fwd import fp8_attention_forward_triton
@@ -202,6 +205,14 @@ def paths(batch, seqlen, heads, d, causal):
                 ("fp8_fwd_on_prepassed", lambda: kernels.fp8_attention_forward(x, None, causal), True),
                 ("triton_fp8_fwd_direct", lambda: fp8_attention_forward_triton(x, scale, causal, q.dtype), True),
                 ("fp8_fwd", lambda: kernels.flash_attn_fp8_func(q, k, v, causal=causal, config=cfg), True)]
+        # The FP8 op's backward (the pre-pass again, dequantized, the BF16 backward, dQ and dK rotated back):
+        # through autograd as users call it, and its implementation called directly (graphable: its GPU time).
+        o_fp8, lse_fp8 = kernels.flash_attn_fp8_func(q, k, v, causal=causal, config=cfg, return_attn_probs=True)
+        fields = (cfg.block_m, cfg.block_n, cfg.hadamard, cfg.granularity, cfg.fmt, cfg.seed)
+        out += [("fp8_fwd_bwd", lambda: torch.autograd.grad(
+                    kernels.flash_attn_fp8_func(qg, kg, vg, causal=causal, config=cfg), (qg, kg, vg), dout), False),
+                ("fp8_bwd_direct",
+                 lambda: fp8_backward(dout, q, k, v, o_fp8, lse_fp8, scale, causal, *fields, False), True)]
     return out
 
 
@@ -212,6 +223,7 @@ def main():
     parser.add_argument("--timeline", action="store_true", help="GPU kernels and idle gaps of each graphable path")
     parser.add_argument("--shapes", default=",".join(s[0] for s in SHAPES),
                         help=f"comma-separated shape names of {[s[0] for s in SHAPES + EXTRA_SHAPES]}")
+    parser.add_argument("--paths", default=None, help="comma-separated path names to time (default: all)")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
@@ -225,6 +237,8 @@ def main():
     rows = []
     for name, b, s, h, d, causal in shapes:
         for path, fn, graphable in paths(b, s, h, d, causal):
+            if args.paths and path not in args.paths.split(","):
+                continue
             row = dict(shape=name, path=path, host_us=host_us(fn),
                        bench_ms=triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))
             if graphable:

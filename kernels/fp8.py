@@ -37,9 +37,11 @@ import torch
 from kernels.device import is_sm90
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
 from kernels.ops import dispatch_backward, eager_autograd, gluon_kernels, resolve_scale, select_impl
-from kernels.quant import FP8QKV, FP8Config, check_fp8qkv, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref, rotate
+from kernels.quant import (FP8QKV, FP8Config, check_fp8qkv, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref,
+                           rotate)
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
-from kernels.triton.fp8_quant import prepare_quantize, quantize_checked
+from kernels.triton.fp8_quant import fake_quantize_checked, prepare_quantize, quantize_checked
+from kernels.triton.rotate import rotate_back
 
 BACKWARDS = ("fp8_operands", "bf16_inputs")
 # Where auto runs the Gluon FP8 forward on sm_90, at any length: it beat the Triton FP8 forward 1.15-2.0x at head
@@ -154,12 +156,20 @@ def _fp8_bwd_impl(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
                   granularity: str, fmt: str, seed: int,
                   deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """backward="fp8_operands": the BF16 backward on the forward's dequantized Q·M, K·M, V (recomputed by the
-    cheap pre-pass), so that exp(S - lse) is the forward's own softmax; dQ·Mᵀ, dK·Mᵀ map back to q, k."""
+    pre-pass in its dequantizing mode), so that exp(S - lse) is the forward's own softmax; dQ·Mᵀ, dK·Mᵀ map back
+    to q, k."""
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
-    operands = (t.to(q.dtype).contiguous() for t in dequantize(quantize_qkv(q, k, v, config, "natural")))
+    on_kernels = select_impl(q.device) != "reference"
+    if on_kernels:
+        operands = fake_quantize_checked(q, k, v, config)
+    else:
+        operands = (t.to(q.dtype) for t in dequantize(quantize_qkv_ref(q, k, v, config)))
     dq, dk, dv = dispatch_backward(dout, *operands, out, lse, softmax_scale, causal, deterministic)
     if hadamard:  # Q' = Q·M, so dQ = dQ'·Mᵀ (likewise K), straight-through the rounding
-        dq, dk = (rotate(g, seed, inverse=True).to(q.dtype) for g in (dq, dk))
+        if on_kernels:
+            dq, dk = (rotate_back(g, seed) for g in (dq, dk))
+        else:
+            dq, dk = (rotate(g, seed, inverse=True).to(q.dtype) for g in (dq, dk))
     return dq, dk, dv
 
 

@@ -115,19 +115,3 @@ def test_backward_traces_under_torch_compile(backward, monkeypatch):
     for g, w in zip(got, want):
         assert torch.equal(g, w)
 
-
-def test_fp8_operands_backward_reads_v_in_wgmma_order(monkeypatch):
-    """The backward's dequantize un-permutes V^T: with its pre-pass forced to the wgmma order, the gradients are
-    the natural order's, bit for bit, and match the float64 oracle."""
-    import kernels.fp8 as fp8
-    config = FP8Config()
-    (q, k, v), dout = inputs(logit_scale=4.0, seed=21)
-    natural = fp8_grads(q, k, v, dout, config, True, "fp8_operands")
-    quantize = fp8.quantize_qkv
-    monkeypatch.setattr(fp8, "quantize_qkv", lambda q, k, v, config, v_key_order="natural": quantize(
-        q, k, v, config, "wgmma"))
-    ours = fp8_grads(q, k, v, dout, config, True, "fp8_operands")
-    oracle = oracle_grads(q, k, v, dout, config, True)
-    for got, same, want in zip(ours, natural, oracle):
-        assert torch.equal(got, same)
-        assert rel(got, want) < 0.12

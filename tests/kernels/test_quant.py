@@ -6,7 +6,9 @@ import torch
 
 from kernels.quant import (BLOCK_SIZES, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, block_amax, check_qkv, dequantize,
                            from_wgmma_key_order, quantize_qkv_ref, rotate, rows_of, to_wgmma_key_order)
-from kernels.triton.fp8_quant import prepass_tiles, quantize_qkv_triton
+from kernels.hadamard import incoherence_matrix
+from kernels.triton.fp8_quant import fake_quantize_checked, prepass_tiles, quantize_qkv_triton
+from kernels.triton.rotate import rotate_back
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Mantissa bits and smallest normal exponent: a value's rounding error is at most
@@ -237,3 +239,40 @@ def test_prepass_plans_follow_strides_and_tensors():
             assert torch.equal(a, b) and torch.equal(a, c), name
         dist = fp8_ulp_distance(got[0].q, want.q)
         assert dist.max().item() <= 1 and (dist > 0).float().mean().item() < 1e-3
+
+
+@pytest.mark.parametrize("shape, cfg", [CASES[0], CASES[1], CASES[2], CASES[3], CASES[4], CASES[6], CASES[8]])
+def test_fake_quantization_is_the_prepass_dequantized(shape, cfg):
+    """The pre-pass's dequantizing mode (the FP8 backward's operands) is kernels.quant.dequantize of the pre-pass's
+    own outputs cast to the inputs' dtype, bit for bit: one-launch and two-launch (head granularity, blocks over a
+    program's registers) plans, head dims 64 to 256, GQA, fp8 formats, tails."""
+    q, k, v = make_qkv(*shape, seed=int(torch.randint(2**20, ())))
+    got = fake_quantize_checked(q, k, v, cfg)
+    want = [t.to(q.dtype) for t in dequantize(quantize_qkv_triton(q, k, v, cfg))]
+    for name, a, b, x in zip("qkv", got, want, (q, k, v)):
+        assert a.shape == x.shape and a.dtype == x.dtype and a.is_contiguous(), name
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), f"{name}: {int((a != b).sum())} differ"
+    # and the values are the inputs' (rotated) up to fp8 rounding, not, say, the codes without their scales
+    exact = [rotate(q, cfg.seed), rotate(k, cfg.seed), v.float()] if cfg.hadamard else [q.float(), k.float(), v.float()]
+    for a, e in zip(got, exact):
+        assert ((a.float() - e).norm() / e.norm()).item() < (0.1 if cfg.fmt == "e5m2" else 0.05)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rotate_back_is_x_times_m_transposed(head_dim, dtype):
+    """The backward's map of dQ·M-space gradients back to q: x·Mᵀ against float64, within one rounding to x's
+    dtype, and (the same arithmetic up to fp32 summation order) kernels.quant.rotate's almost everywhere."""
+    seed = int(torch.randint(2**20, ()))
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(2, 67, 3, head_dim, generator=gen) * 3).to(dtype=dtype, device=DEVICE)
+    got = rotate_back(x, seed)
+    want = x.double() @ incoherence_matrix(head_dim, seed, device=x.device).T
+    assert got.shape == x.shape and got.dtype == dtype
+    ulp = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11  # half an ulp, relative
+    # plus what fp32 sums of d terms may lose where they cancel
+    assert ((got.double() - want).abs() <= ulp * want.abs() + 1e-5 * x.abs().max().item()).all()
+    same = got == rotate(x, seed, inverse=True).to(dtype)
+    assert same.float().mean().item() > 0.99
+    with pytest.raises(ValueError, match="contiguous"):
+        rotate_back(x.transpose(1, 2), seed)
