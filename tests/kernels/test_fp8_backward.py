@@ -13,6 +13,10 @@ from kernels.hadamard import incoherence_matrix
 from kernels.quant import dequantize, quantize_qkv_ref
 
 
+# The tests that force the Triton kernels run them on the GPU where there is one, else in the interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def rel(a, b):
     return ((a.double() - b).norm() / b.norm()).item()
 
@@ -28,7 +32,9 @@ def oracle_grads(q, k, v, dout, config, causal):
     qd, kd, vd = (t.double().requires_grad_() for t in dequantize(quantize_qkv_ref(q, k, v, config)))
     out, _ = attention_ref(qd, kd, vd, causal=causal)
     out.backward(dout.double())
-    m_t = incoherence_matrix(q.shape[-1], config.seed).T if config.hadamard else torch.eye(q.shape[-1]).double()
+    d = q.shape[-1]
+    m_t = (incoherence_matrix(d, config.seed, device=q.device).T if config.hadamard
+           else torch.eye(d, dtype=torch.float64, device=q.device))
     return qd.grad @ m_t, kd.grad @ m_t, vd.grad
 
 
@@ -64,6 +70,7 @@ def test_fp8_operands_backward_on_the_kernels_matches_oracle(causal, monkeypatch
     their PyTorch reference: 0.046-0.061 measured at these shapes."""
     monkeypatch.setenv("KERNELS_IMPL", "triton")
     (q, k, v), dout = inputs(logit_scale=4.0, s=96)
+    q, k, v, dout = (t.to(DEVICE) for t in (q, k, v, dout))
     config = FP8Config(block_m=32, block_n=32)
     oracle = oracle_grads(q, k, v, dout, config, causal)
     for got, want in zip(fp8_grads(q, k, v, dout, config, causal, "fp8_operands"), oracle):
@@ -103,6 +110,7 @@ def test_backward_traces_under_torch_compile(backward, monkeypatch):
     # (the interpreter on CPU), not the plain-PyTorch reference, which would trace anyway.
     monkeypatch.setenv("KERNELS_IMPL", "triton")
     (q, k, v), dout = inputs(logit_scale=1.0, s=64, seed=2)
+    q, k, v, dout = (t.to(DEVICE) for t in (q, k, v, dout))
     config = FP8Config(block_m=64, block_n=64)
 
     def loss(q, k, v):
