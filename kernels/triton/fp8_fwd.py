@@ -26,7 +26,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from kernels.device import is_sm90
 from kernels.launch import Launcher, rebased
 from kernels.quant import FP8QKV, LN2, LOG2E, P_LOG2_OFFSET
-from kernels.triton.fp8_quant import FP8_TL_DTYPES, INTERPRET, from_wgmma_keys, to_fp8
+from kernels.triton.fp8_quant import FP8_TL_DTYPES, INTERPRET, cast_rne, from_wgmma_keys
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def _softmax(s, scale, m_i, l_i, P_DTYPE: tl.constexpr, INTERPRET: tl.constexpr)
     p = tl.math.exp2(s * scale - (m_safe - _P_OFFSET)[:, None])
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    return to_fp8(p, P_DTYPE, INTERPRET), alpha, m_new, l_i
+    return cast_rne(p, P_DTYPE, INTERPRET), alpha, m_new, l_i
 
 
 @triton.jit

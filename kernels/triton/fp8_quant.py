@@ -132,27 +132,20 @@ def _round_on_grid(x, MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr):
 
 
 @triton.jit
-def to_fp8(x, FP8_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
-    """Cast fp32 x (within ±fp8 max) to fp8, rounding to nearest even as the GPU's cvt does.
+def cast_rne(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
+    """Cast fp32 x to DTYPE (fp8 within ±its max, bfloat16 or float16), rounding to nearest even as the GPU's cvt
+    does.
 
-    The interpreter's own cast rounds ties up and drops the carry into the
-    exponent (1.97 becomes 1.0), so there x is first rounded onto the fp8
-    grid in fp32 and the cast is exact.
+    The interpreter's own casts do not: to fp8 it rounds ties up and drops the carry into the exponent (1.97
+    becomes 1.0), to 16 bits it truncates. So there x is first rounded onto the target's grid in fp32 and the
+    cast is exact.
     """
     if INTERPRET:
-        if FP8_DTYPE == tl.float8e4nv:
+        if DTYPE == tl.float8e4nv:
             x = _round_on_grid(x, 3, -6)
-        else:
+        elif DTYPE == tl.float8e5:
             x = _round_on_grid(x, 2, -14)
-    return x.to(FP8_DTYPE)
-
-
-@triton.jit
-def to_16bit(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
-    """Cast fp32 x to bfloat16 or float16, rounding to nearest even as the GPU's cvt does (the interpreter's own
-    cast truncates: there x is first rounded onto the target's grid in fp32)."""
-    if INTERPRET:
-        if DTYPE == tl.bfloat16:
+        elif DTYPE == tl.bfloat16:
             x = _round_on_grid(x, 7, -126)
         else:
             x = _round_on_grid(x, 10, -14)
@@ -182,9 +175,9 @@ def _store_quantized(desc_out, y, scale, inv_scale, fp8_max, b, h, row0, col0, R
     y = y * inv_scale
     if INTERPRET:  # on the GPU, cvt.rn.satfinite clamps to ±fp8 max itself (and, by PTX's spec, keeps NaN)
         y = tl.clamp(y, -fp8_max, fp8_max)
-    y8 = to_fp8(y, FP8_DTYPE, INTERPRET)
+    y8 = cast_rne(y, FP8_DTYPE, INTERPRET)
     if DEQUANTIZE:  # the fp8 value times its scale in fp32, rounded to the output's dtype: kernels.quant.dequantize
-        y16 = to_16bit(y8.to(tl.float32) * scale, desc_out.dtype, INTERPRET)
+        y16 = cast_rne(y8.to(tl.float32) * scale, desc_out.dtype, INTERPRET)
         desc_out.store([b, row0, h, col0], y16.reshape(1, ROWS, 1, COLS))
     elif TRANSPOSE_OUT:
         if not V_DOT:  # else y is V^T in its key order already

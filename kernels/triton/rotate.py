@@ -18,7 +18,7 @@ import triton.language as tl
 from kernels.device import sm_count
 from kernels.hadamard import hadamard_matrix, random_signs
 from kernels.launch import Launcher
-from kernels.triton.fp8_quant import to_16bit
+from kernels.triton.fp8_quant import cast_rne
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HALF_WIDTH = 128  # columns of H a program holds; head dim 256 is two halves
@@ -55,10 +55,10 @@ def _rotate_back_kernel(X, Y, H, Signs, n_rows, inv_sqrt_d, HEAD_DIM: tl.constex
             if INTERPRET:
                 x1 = x1.to(tl.float32)
             u1 = tl.dot(x1, h)
-            tl.store(Y + offs, to_16bit((u0 + u1) * s0[None, :], Y.dtype.element_ty, INTERPRET), mask=mask)
-            tl.store(Y + offs + COLS, to_16bit((u0 - u1) * s1[None, :], Y.dtype.element_ty, INTERPRET), mask=mask)
+            tl.store(Y + offs, cast_rne((u0 + u1) * s0[None, :], Y.dtype.element_ty, INTERPRET), mask=mask)
+            tl.store(Y + offs + COLS, cast_rne((u0 - u1) * s1[None, :], Y.dtype.element_ty, INTERPRET), mask=mask)
         else:
-            tl.store(Y + offs, to_16bit(u0 * s0[None, :], Y.dtype.element_ty, INTERPRET), mask=mask)
+            tl.store(Y + offs, cast_rne(u0 * s0[None, :], Y.dtype.element_ty, INTERPRET), mask=mask)
 
 
 launch_rotate_back = Launcher(_rotate_back_kernel)
