@@ -136,9 +136,9 @@ def cast_rne(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
     """Cast fp32 x to DTYPE (fp8 within ±its max, bfloat16 or float16), rounding to nearest even as the GPU's cvt
     does.
 
-    The interpreter's own casts do not: to fp8 it rounds ties up and drops the carry into the exponent (1.97
-    becomes 1.0), to 16 bits it truncates. So there x is first rounded onto the target's grid in fp32 and the
-    cast is exact.
+    The interpreter's own casts do not all: to fp8 it rounds ties up and drops the carry into the exponent (1.97
+    becomes 1.0), to bfloat16 it truncates (its float16 cast, NumPy's, rounds to nearest even). So there x is
+    first rounded onto the target's grid in fp32 and the cast is exact.
     """
     if INTERPRET:
         if DTYPE == tl.float8e4nv:
@@ -147,8 +147,6 @@ def cast_rne(x, DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
             x = _round_on_grid(x, 2, -14)
         elif DTYPE == tl.bfloat16:
             x = _round_on_grid(x, 7, -126)
-        else:
-            x = _round_on_grid(x, 10, -14)
     return x.to(DTYPE)
 
 
