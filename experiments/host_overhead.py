@@ -145,6 +145,7 @@ def paths(batch, seqlen, heads, d, causal):
 
     import kernels
     from kernels.fp8 import _fp8_bwd_impl as fp8_backward
+    from kernels.fp8 import _fp8_fwd_impl as fp8_forward
     from kernels.ops import gluon_kernels
     from kernels.triton import attention_forward_triton
     from kernels.triton.fp8_fwd import fp8_attention_forward_triton
@@ -205,14 +206,14 @@ def paths(batch, seqlen, heads, d, causal):
                 ("fp8_fwd_on_prepassed", lambda: kernels.fp8_attention_forward(x, None, causal), True),
                 ("triton_fp8_fwd_direct", lambda: fp8_attention_forward_triton(x, scale, causal, q.dtype), True),
                 ("fp8_fwd", lambda: kernels.flash_attn_fp8_func(q, k, v, causal=causal, config=cfg), True)]
-        # The FP8 op's backward (the pre-pass again, dequantized, the BF16 backward, dQ and dK rotated back):
+        # The FP8 op's backward (the saved pre-pass outputs dequantized, the BF16 backward, dQ and dK rotated back):
         # through autograd as users call it, and its implementation called directly (graphable: its GPU time).
-        o_fp8, lse_fp8 = kernels.flash_attn_fp8_func(q, k, v, causal=causal, config=cfg, return_attn_probs=True)
-        fields = (cfg.block_m, cfg.block_n, cfg.hadamard, cfg.granularity, cfg.fmt, cfg.seed)
+        fields = (cfg.block_m, cfg.block_n, cfg.hadamard, cfg.granularity, cfg.fmt, cfg.seed, x.v_key_order)
+        o_fp8, lse_fp8, *saved = fp8_forward(q, k, v, scale, causal, *fields, False, "fp8_operands")
         out += [("fp8_fwd_bwd", lambda: torch.autograd.grad(
                     kernels.flash_attn_fp8_func(qg, kg, vg, causal=causal, config=cfg), (qg, kg, vg), dout), False),
                 ("fp8_bwd_direct",
-                 lambda: fp8_backward(dout, q, k, v, o_fp8, lse_fp8, scale, causal, *fields, False), True)]
+                 lambda: fp8_backward(dout, *saved, o_fp8, lse_fp8, scale, causal, *fields, False), True)]
     return out
 
 

@@ -8,6 +8,9 @@ lse, straight-through the quantizer. `backward` picks the operands it
 recomputes the scores from:
 - "fp8_operands" (default): the dequantized FP8 Q·M, K·M and V, so that
   exp(S - lse) is the forward's own softmax; dQ and dK are rotated back by Mᵀ.
+  The forward keeps its pre-pass's fp8 outputs for it (1 byte an element
+  where q, k, v would take 2) and the backward dequantizes them
+  (kernels.triton.fp8_dequant).
 - "bf16_inputs": the original bf16 q, k, v. Their scores differ from the FP8
   ones by the quantization error, so exp(S - lse) no longer sums to 1 per row;
   once trained logits grow (std ~10), rows sum to 0.1-10 and the gradients
@@ -37,10 +40,11 @@ import torch
 from kernels.device import is_sm90
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
 from kernels.ops import dispatch_backward, eager_autograd, gluon_kernels, resolve_scale, select_impl
-from kernels.quant import (FP8QKV, FP8Config, check_fp8qkv, check_qkv, dequantize, fp8_forward_ref, quantize_qkv_ref,
-                           rotate)
+from kernels.quant import (FORMATS, FP8QKV, V_SEQ_ALIGN, FP8Config, check_fp8qkv, check_qkv, dequantize, fp8_forward_ref,
+                           quantize_qkv_ref, rotate)
+from kernels.triton.fp8_dequant import dequantize_checked
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
-from kernels.triton.fp8_quant import fake_quantize_checked, prepare_quantize, quantize_checked
+from kernels.triton.fp8_quant import prepare_quantize, quantize_checked
 from kernels.triton.rotate import rotate_back
 
 BACKWARDS = ("fp8_operands", "bf16_inputs")
@@ -120,56 +124,68 @@ def _forward_on(impl: str, qkv: FP8QKV, scale: float, causal: bool, out_dtype):
 
 
 def _fp8_fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,
-                        block_m: int, block_n: int, hadamard: bool, granularity: str, fmt: str, seed: int,
-                        deterministic: bool, backward: str) -> tuple[torch.Tensor, torch.Tensor]:
+                  block_m: int, block_n: int, hadamard: bool, granularity: str, fmt: str, seed: int, v_key_order: str,
+                  deterministic: bool, backward: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                               torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, lse) and the pre-pass's outputs (q8, k8, v_t, q_scale, k_scale, v_scale: kernels.quant.FP8QKV), which
+    the backward="fp8_operands" backward dequantizes: 1 byte an element kept for it instead of q, k, v's 2."""
     # FP8Config travels as its fields (custom op schemas take primitives); `deterministic` and `backward`
     # are for the backward.
     config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
-    # One backend choice for both halves: the pre-pass lays V^T out for the forward that will read it.
     impl = fp8_backend(q.device, q.shape[-1])
     if impl == "gluon":
         # Both launches prepared first (every check passed before either), then made back to back: the forward's
         # programmatic dependent launch is queued while the pre-pass runs whatever the host's speed. Its host work
         # (30-100 µs on the H200's hosts) used to fall between them, under the pre-pass's ~80 µs of GPU time; the
         # hosts measured hid it either way (docs/tuning-gluon.md, entry 45).
-        x, launch_prepass = prepare_quantize(q, k, v, config, v_key_order=_fast_v_key_order(impl))
+        x, launch_prepass = prepare_quantize(q, k, v, config, v_key_order=v_key_order)
         out, lse, launch_forward = gluon_kernels().prepare_fp8_attention_forward(x, softmax_scale, causal, q.dtype)
         launch_prepass()
         launch_forward()
-        return out, lse
-    return _forward_on(impl, _quantize_on(impl, q, k, v, config, _fast_v_key_order(impl)), softmax_scale, causal,
-                       q.dtype)
+    else:
+        x = _quantize_on(impl, q, k, v, config, v_key_order)
+        out, lse = _forward_on(impl, x, softmax_scale, causal, q.dtype)
+    return out, lse, x.q, x.k, x.v_t, x.q_scale, x.k_scale, x.v_scale
 
 
 _flash_attn_fp8_fwd = torch.library.custom_op("kernels::flash_attn_fp8_fwd", mutates_args=())(_fp8_fwd_impl)
 
 
 @_flash_attn_fp8_fwd.register_fake
-def _(q, k, v, softmax_scale, causal, block_m, block_n, hadamard, granularity, fmt, seed, deterministic, backward):
-    batch, seqlen_q, nheads, _ = q.shape
+def _(q, k, v, softmax_scale, causal, block_m, block_n, hadamard, granularity, fmt, seed, v_key_order, deterministic,
+      backward):
+    batch, seqlen_q, nheads, d = q.shape
+    seqlen_k, nheads_kv = k.shape[1:3]
+    fp8 = FORMATS[fmt]
+    blocks_q, blocks_k = -(-seqlen_q // block_m), -(-seqlen_k // block_n)
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
-            q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32))
+            q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32),
+            q.new_empty(q.shape, dtype=fp8), k.new_empty(k.shape, dtype=fp8),
+            k.new_empty((batch, nheads_kv, d, -(-seqlen_k // V_SEQ_ALIGN) * V_SEQ_ALIGN), dtype=fp8),
+            q.new_empty((batch, nheads, blocks_q), dtype=torch.float32),
+            *(k.new_empty((batch, nheads_kv, blocks_k), dtype=torch.float32) for _ in range(2)))
 
 
-def _fp8_bwd_impl(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                  lse: torch.Tensor, softmax_scale: float, causal: bool, block_m: int, block_n: int, hadamard: bool,
-                  granularity: str, fmt: str, seed: int,
+def _fp8_bwd_impl(dout: torch.Tensor, q8: torch.Tensor, k8: torch.Tensor, v_t: torch.Tensor, q_scale: torch.Tensor,
+                  k_scale: torch.Tensor, v_scale: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                  softmax_scale: float, causal: bool, block_m: int, block_n: int, hadamard: bool, granularity: str,
+                  fmt: str, seed: int, v_key_order: str,
                   deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """backward="fp8_operands": the BF16 backward on the forward's dequantized Q·M, K·M, V (recomputed by the
-    pre-pass in its dequantizing mode), so that exp(S - lse) is the forward's own softmax; dQ·Mᵀ, dK·Mᵀ map back
-    to q, k."""
-    config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
-    on_kernels = select_impl(q.device) != "reference"
+    """backward="fp8_operands": the BF16 backward on the forward's dequantized Q·M, K·M, V (from its saved pre-pass
+    outputs), so that exp(S - lse) is the forward's own softmax; dQ·Mᵀ, dK·Mᵀ map back to q, k."""
+    x = FP8QKV(q8, k8, v_t, q_scale, k_scale, v_scale, FP8Config(block_m, block_n, hadamard, granularity, fmt, seed),
+               v_key_order)
+    on_kernels = select_impl(q8.device) != "reference"
     if on_kernels:
-        operands = fake_quantize_checked(q, k, v, config)
+        operands = dequantize_checked(x, out.dtype)
     else:
-        operands = (t.to(q.dtype) for t in dequantize(quantize_qkv_ref(q, k, v, config)))
+        operands = (t.to(out.dtype) for t in dequantize(x))
     dq, dk, dv = dispatch_backward(dout, *operands, out, lse, softmax_scale, causal, deterministic)
     if hadamard:  # Q' = Q·M, so dQ = dQ'·Mᵀ (likewise K), straight-through the rounding
         if on_kernels:
             dq, dk = (rotate_back(g, seed) for g in (dq, dk))
         else:
-            dq, dk = (rotate(g, seed, inverse=True).to(q.dtype) for g in (dq, dk))
+            dq, dk = (rotate(g, seed, inverse=True).to(out.dtype) for g in (dq, dk))
     return dq, dk, dv
 
 
@@ -177,31 +193,33 @@ _flash_attn_fp8_bwd = torch.library.custom_op("kernels::flash_attn_fp8_bwd", mut
 
 
 @_flash_attn_fp8_bwd.register_fake
-def _(dout, q, k, v, out, lse, softmax_scale, causal, block_m, block_n, hadamard, granularity, fmt, seed,
-      deterministic):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+def _(dout, q8, k8, v_t, q_scale, k_scale, v_scale, out, lse, softmax_scale, causal, block_m, block_n, hadamard,
+      granularity, fmt, seed, v_key_order, deterministic):
+    return (torch.empty_like(out, memory_format=torch.contiguous_format),
+            *(k8.new_empty(k8.shape, dtype=out.dtype) for _ in range(2)))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, softmax_scale, causal, *fields, deterministic, backward = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, out, lse)
+    q, k, v, softmax_scale, causal, *fields, v_key_order, deterministic, backward = inputs
+    out, lse, *prepassed = output
+    ctx.mark_non_differentiable(lse, *prepassed)
+    # What the backward recomputes the scores from: the fp8 operands (half of q, k, v's bytes), or q, k, v.
+    ctx.save_for_backward(*(prepassed if backward == "fp8_operands" else (q, k, v)), out, lse)
     ctx.softmax_scale, ctx.causal, ctx.deterministic, ctx.backward = softmax_scale, causal, deterministic, backward
-    ctx.fields = fields
+    ctx.fields, ctx.v_key_order = fields, v_key_order
 
 
 def _backward_through(bf16_bwd, fp8_bwd):
     """The autograd backward, running the backward custom ops (traced by torch.compile) or, in eager calls,
     their implementations (kernels.ops.eager_autograd)."""
-    def backward(ctx, dout, dlse):
-        q, k, v, out, lse = ctx.saved_tensors
+    def backward(ctx, dout, *_):  # no gradient flows into lse or the pre-pass's outputs
+        *operands, out, lse = ctx.saved_tensors
         if ctx.backward == "fp8_operands":
-            dq, dk, dv = fp8_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal, *ctx.fields,
-                                 ctx.deterministic)
+            dq, dk, dv = fp8_bwd(dout, *operands, out, lse, ctx.softmax_scale, ctx.causal, *ctx.fields,
+                                 ctx.v_key_order, ctx.deterministic)
         else:
-            dq, dk, dv = bf16_bwd(dout, q, k, v, out, lse, ctx.softmax_scale, ctx.causal, ctx.deterministic)
-        return dq, dk, dv, *([None] * 10)
+            dq, dk, dv = bf16_bwd(dout, *operands, out, lse, ctx.softmax_scale, ctx.causal, ctx.deterministic)
+        return dq, dk, dv, *([None] * 11)
 
     return backward
 
@@ -227,6 +245,9 @@ def flash_attn_fp8_func(q, k, v, softmax_scale=None, causal=False, *, config: FP
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
     check_qkv(q, k, v, config)
     scale = resolve_scale(softmax_scale, q.shape[-1])
-    out, lse = _flash_attn_fp8(q, k, v, scale, bool(causal), config.block_m, config.block_n, config.hadamard,
-                                   config.granularity, config.fmt, config.seed, bool(deterministic), backward)
+    # One backend choice for both halves: the pre-pass lays V^T out for the forward that will read it.
+    v_key_order = _fast_v_key_order(fp8_backend(q.device, q.shape[-1]))
+    out, lse, *_ = _flash_attn_fp8(q, k, v, scale, bool(causal), config.block_m, config.block_n, config.hadamard,
+                                   config.granularity, config.fmt, config.seed, v_key_order, bool(deterministic),
+                                   backward)
     return (out, lse) if return_attn_probs else out

@@ -21,11 +21,9 @@ the kernel is built to read each element once and keep loads in flight:
   * few instructions per element between load and store (they were most of
     each block's chain): one NaN-keeping max per element for the amax, and
     no clamp before the cast (cvt.rn.satfinite saturates to ±fp8 max).
-A dequantizing mode (`fake_quantize_checked`) stores the fp8 values times
-their scales instead, in the inputs' layout and dtype: the FP8 op's backward
-operands, in one pass. Blocks too large for registers (and the "head"/"tensor"
-granularities) take two launches: per-chunk amax, then a quantization with the
-scales the host reduces from it (kernels.quant.scales_from_amax). The layouts and the
+Blocks too large for registers (and the "head"/"tensor" granularities) take
+two launches: per-chunk amax, then a quantization with the scales the host
+reduces from it (kernels.quant.scales_from_amax). The layouts and the
 arithmetic are kernels.quant's, which the tests hold this kernel to.
 On an H200 its GPU time (CUDA graph) is 3.4-3.5 TB/s at head dims 64/128 and
 2.2 TB/s at 256 (one 16-warp program per SM), against 4.2 TB/s for a copy;
@@ -167,17 +165,14 @@ def _abs_max(y):
 
 
 @triton.jit
-def _store_quantized(desc_out, y, scale, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr,
+def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr,
                TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, FP8_DTYPE: tl.constexpr,
-               DEQUANTIZE: tl.constexpr, INTERPRET: tl.constexpr):
+               INTERPRET: tl.constexpr):
     y = y * inv_scale
     if INTERPRET:  # on the GPU, cvt.rn.satfinite clamps to ±fp8 max itself (and, by PTX's spec, keeps NaN)
         y = tl.clamp(y, -fp8_max, fp8_max)
     y8 = cast_rne(y, FP8_DTYPE, INTERPRET)
-    if DEQUANTIZE:  # the fp8 value times its scale in fp32, rounded to the output's dtype: kernels.quant.dequantize
-        y16 = cast_rne(y8.to(tl.float32) * scale, desc_out.dtype, INTERPRET)
-        desc_out.store([b, row0, h, col0], y16.reshape(1, ROWS, 1, COLS))
-    elif TRANSPOSE_OUT:
+    if TRANSPOSE_OUT:
         if not V_DOT:  # else y is V^T in its key order already
             y8 = y8.T
             if WGMMA_KEYS:  # row0 is a multiple of the group
@@ -192,15 +187,14 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
                     inv_sqrt_d, fp8_max,
                     ROWS: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr, HADAMARD: tl.constexpr,
                     TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, MODE: tl.constexpr,
-                    FP8_DTYPE: tl.constexpr, DEQUANTIZE: tl.constexpr, NUM_STAGES: tl.constexpr,
-                    HEADS_FASTEST: tl.constexpr, INTERPRET: tl.constexpr):
+                    FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr,
+                    INTERPRET: tl.constexpr):
     """Items first, first + step, ... of one tensor; an item is rows [c*ROWS, (c+1)*ROWS) of one (batch, head),
     ordered (batch, c, head) if HEADS_FASTEST else (batch, head, c). TRANSPOSE_OUT: stored as (d, rows), the
     rows (keys) in wgmma order if WGMMA_KEYS (kernels.quant.to_wgmma_key_order), by a product with a key
     permutation matrix if V_DOT (then the tile is in the stored layout from the start). MODE "block": the item
     is a whole scale block, quantized with its own scale (stored); "amax": store the item's amax at
-    Scale[(batch, head), c]; "given": quantize with Scale[(batch, head), c // chunks_per_block]. DEQUANTIZE:
-    store the quantized values times their scale, in the input's layout and dtype, instead of the fp8 codes."""
+    Scale[(batch, head), c]; "given": quantize with Scale[(batch, head), c // chunks_per_block]."""
     TWO_HALVES: tl.constexpr = HEAD_DIM > COLS
     if HADAMARD:
         # D·H's first COLS columns: rows [0, COLS) are D0·H_COLS and, at head dim 256, rows [COLS, 2·COLS)
@@ -266,11 +260,11 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
             # Rows past seqlen read as 0 and are stored as 0 up to V's padded length (ROWS is a multiple of
             # V_SEQ_ALIGN); past the tensor, TMA drops them.
             inv_scale = tl.math.div_rn(1.0, scale)
-            _store_quantized(desc_out, y0, scale, inv_scale, fp8_max, b, h, row0, 0, ROWS, COLS, TRANSPOSE_OUT,
-                       WGMMA_KEYS, V_DOT, FP8_DTYPE, DEQUANTIZE, INTERPRET)
+            _store_fp8(desc_out, y0, inv_scale, fp8_max, b, h, row0, 0, ROWS, COLS, TRANSPOSE_OUT, WGMMA_KEYS,
+                       V_DOT, FP8_DTYPE, INTERPRET)
             if TWO_HALVES:
-                _store_quantized(desc_out, y1, scale, inv_scale, fp8_max, b, h, row0, COLS, ROWS, COLS, TRANSPOSE_OUT,
-                           WGMMA_KEYS, V_DOT, FP8_DTYPE, DEQUANTIZE, INTERPRET)
+                _store_fp8(desc_out, y1, inv_scale, fp8_max, b, h, row0, COLS, ROWS, COLS, TRANSPOSE_OUT,
+                           WGMMA_KEYS, V_DOT, FP8_DTYPE, INTERPRET)
 
 
 @triton.jit
@@ -279,30 +273,27 @@ def _prepass_kernel(desc_q, desc_k, desc_v, desc_q8, desc_k8, desc_vt, desc_dh, 
                     programs_q, programs_k, inv_sqrt_d, fp8_max,
                     ROWS_Q: tl.constexpr, ROWS_K: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr,
                     HADAMARD: tl.constexpr, V_WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, MODE: tl.constexpr,
-                    FP8_DTYPE: tl.constexpr, DEQUANTIZE: tl.constexpr, NUM_STAGES: tl.constexpr,
-                    HEADS_FASTEST: tl.constexpr, INTERPRET: tl.constexpr, EARLY_DEPENDENTS: tl.constexpr):
+                    FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr,
+                    INTERPRET: tl.constexpr, EARLY_DEPENDENTS: tl.constexpr):
     """Programs [0, programs_q) quantize Q, the next programs_k K, the rest V (items_k blocks, like K).
-    DEQUANTIZE: the outputs are Q·M, K·M and V as the FP8 forward sees them, in the inputs' layout and dtype (V
-    not transposed). EARLY_DEPENDENTS: a programmatic dependent launch after this one (the Gluon FP8 forward) may
-    start its programs as SMs free up, not only once the last program here has ended; it waits for this kernel
-    before reading."""
+    EARLY_DEPENDENTS: a programmatic dependent launch after this one (the Gluon FP8 forward) may start its programs
+    as SMs free up, not only once the last program here has ended; it waits for this kernel before reading."""
     if EARLY_DEPENDENTS:
         gdc_launch_dependents()
     pid = tl.program_id(0)
     if pid < programs_q:
         _quantize_items(desc_q, desc_q8, desc_dh, QS, pid, programs_q, items_q, nheads, nchunks_q, cpb_q,
                         inv_sqrt_d, fp8_max, ROWS_Q, COLS, HEAD_DIM, HADAMARD, False, False, False, MODE,
-                        FP8_DTYPE, DEQUANTIZE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
+                        FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
     elif pid < programs_q + programs_k:
         _quantize_items(desc_k, desc_k8, desc_dh, KS, pid - programs_q, programs_k, items_k, nheads_kv, nchunks_k,
                         cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, HADAMARD, False, False, False, MODE,
-                        FP8_DTYPE, DEQUANTIZE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
+                        FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
     else:
         programs_v = tl.num_programs(0) - programs_q - programs_k
         _quantize_items(desc_v, desc_vt, desc_dh, VS, pid - programs_q - programs_k, programs_v, items_k,
-                        nheads_kv, nchunks_k, cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, False,
-                        not DEQUANTIZE, V_WGMMA_KEYS, V_DOT, MODE, FP8_DTYPE, DEQUANTIZE, NUM_STAGES, HEADS_FASTEST,
-                        INTERPRET)
+                        nheads_kv, nchunks_k, cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, False, True,
+                        V_WGMMA_KEYS, V_DOT, MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
 
 
 def _item_rows(block: int, head_dim: int, num_warps: int) -> int:
@@ -318,8 +309,8 @@ class PrepassPlan:
     """What a pre-pass launch needs but the tensors' addresses, worked out once per configuration (`prepass_plan`);
     a call then allocates, rebases the descriptors and launches (host time per call: docs/tuning-gluon.md entry 45)."""
     grid: tuple
-    descriptors: tuple  # of q, k, v and the three outputs over meta tensors (kernels.launch.rebased), then D·H's
-    outputs: tuple  # (shape, dtype) of q8, k8, v_t, or (dequantizing) of Q·M, K·M, V
+    descriptors: tuple  # of q, k, v, q8, k8, v_t over meta tensors (kernels.launch.rebased), then D·H's (cached)
+    v_t_shape: tuple
     scale_shapes: tuple  # of q's, k's and v's scales: per (batch, head), one per scale block
     scalars: tuple  # the kernel's integer and float arguments after the scale pointers
     launches: tuple  # (MODE, constexprs, options) per launch: ("block", ...), or ("amax", ...), ("given", ...)
@@ -328,9 +319,8 @@ class PrepassPlan:
 
 @functools.lru_cache(maxsize=256)
 def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_key_order: str,
-                 tiles: PrepassTiles | None, dequantize: bool = False) -> PrepassPlan:
-    """The plan of a pre-pass over tma_ready q, k, v of these shapes, strides (q's, k's, v's) and dtype;
-    dequantize: one that outputs the dequantized values (`fake_quantize_checked`)."""
+                 tiles: PrepassTiles | None) -> PrepassPlan:
+    """The plan of a pre-pass over tma_ready q, k, v of these shapes, strides (q's, k's, v's) and dtype."""
     check_v_key_order(v_key_order)
     tiles = tiles or prepass_tiles(q_shape[3], device)
     b, sq, h, d = q_shape
@@ -345,21 +335,16 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
     nchunks_q, nchunks_k = nblocks_q * cpb_q, nblocks_k * cpb_k
     items_q, items_k = b * h * nchunks_q, b * hk * nchunks_k
     cols = min(d, HALF_WIDTH)
-    blocks = [[1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, rows_k, 1, cols]]
-    if dequantize:
-        outputs = tuple((shape, dtype) for shape in (q_shape, k_shape, k_shape))
-        blocks += blocks
-    else:
-        # The kernel also writes V^T's zero padding (MMAs read it: garbage could be NaN, and 0 * NaN = NaN).
-        v_t_shape = (b, hk, d, triton.cdiv(sk, V_SEQ_ALIGN) * V_SEQ_ALIGN)
-        outputs = tuple((shape, config.dtype) for shape in (q_shape, k_shape, v_t_shape))
-        blocks += [[1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, 1, cols, rows_k]]
+    # The kernel also writes the zero padding (MMAs read it: garbage could be NaN, and 0 * NaN = NaN).
+    v_t_shape = (b, hk, d, triton.cdiv(sk, V_SEQ_ALIGN) * V_SEQ_ALIGN)
     inputs = (torch.empty_strided(shape, stride, dtype=dtype, device="meta")
               for shape, stride in zip((q_shape, k_shape, k_shape), strides))
-    out_meta = (torch.empty(shape, dtype=out_dtype, device="meta") for shape, out_dtype in outputs)
+    outputs = (torch.empty(shape, dtype=config.dtype, device="meta") for shape in (q_shape, k_shape, v_t_shape))
+    blocks = ([1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, rows_k, 1, cols],
+              [1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, 1, cols, rows_k])
     dh = signed_hadamard(d, config.seed, dtype, device)
     descriptors = tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), block)
-                        for t, block in zip((*inputs, *out_meta, dh), (*blocks, [cols, cols])))
+                        for t, block in zip((*inputs, *outputs, dh), (*blocks, [cols, cols])))
 
     if INTERPRET or device.type != "cuda":
         programs = 3 * INTERPRETER_PROGRAMS_PER_TENSOR
@@ -372,29 +357,25 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
     programs_k = max(1, min(items_k, round(programs * items_k / weight)))
     programs_v = max(1, min(items_k, programs - programs_q - programs_k))
 
-    def launch_config(mode):
+    def launch_config(mode, tiles):
         constexprs = dict(ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
-                          V_WGMMA_KEYS=v_key_order == "wgmma" and not dequantize,
-                          V_DOT=tiles.v_by_dot and not dequantize, MODE=mode, FP8_DTYPE=FP8_TL_DTYPES[config.dtype],
-                          DEQUANTIZE=dequantize, NUM_STAGES=tiles.num_stages,
+                          V_WGMMA_KEYS=v_key_order == "wgmma", V_DOT=tiles.v_by_dot, MODE=mode,
+                          FP8_DTYPE=FP8_TL_DTYPES[config.dtype], NUM_STAGES=tiles.num_stages,
                           HEADS_FASTEST=tiles.heads_fastest, INTERPRET=INTERPRET,
                           EARLY_DEPENDENTS=not INTERPRET and takes_pdl(device))
         return mode, constexprs, dict(num_warps=tiles.num_warps)
 
-    one_launch = config.granularity == "block" and cpb_q == cpb_k == 1
-    if d == 256 and (dequantize or not one_launch):
-        # The two-launch path's amax launch and the 16-bit outputs' store buffers need more shared memory per stage:
-        # at head dim 256 three stages asked for 262 KB on the H200 (of 227) there, so they run with two, as the
-        # one-launch path did before its 2026-11-24 retune.
-        tiles = replace(tiles, num_stages=min(tiles.num_stages, 2))
-    if one_launch:
-        launches = (launch_config("block"),)
+    if config.granularity == "block" and cpb_q == cpb_k == 1:
+        launches = (launch_config("block", tiles),)
     else:
-        launches = (launch_config("amax"), launch_config("given"))
+        # This path's amax launch needs more shared memory per stage: at head dim 256 three stages asked for
+        # 262 KB on the H200 (of 227), so it runs with two, as the one-launch path did before its 2026-11-24 retune.
+        two_launch_tiles = replace(tiles, num_stages=min(tiles.num_stages, 2)) if d == 256 else tiles
+        launches = (launch_config("amax", two_launch_tiles), launch_config("given", two_launch_tiles))
     scale_shapes = ((b, h, nblocks_q), (b, hk, nblocks_k), (b, hk, nblocks_k))
     scalars = (h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
                1.0 / math.sqrt(d), config.fp8_max)
-    return PrepassPlan((programs_q + programs_k + programs_v,), descriptors, outputs, scale_shapes, scalars,
+    return PrepassPlan((programs_q + programs_k + programs_v,), descriptors, v_t_shape, scale_shapes, scalars,
                        launches, (cpb_q, cpb_k, cpb_k))
 
 
@@ -423,29 +404,14 @@ def prepare_quantize(q, k, v, config: FP8Config, tiles: PrepassTiles | None = No
     """The pre-pass's outputs, allocated, and the call that launches it to fill them (inputs checked as for
     quantize_checked). A caller can prepare the launch of a kernel that reads them before making that call: the
     FP8 op (kernels.fp8) launches the Gluon forward right behind the pre-pass that way."""
-    (q8, k8, v_t), (q_scale, k_scale, v_scale), launch = _prepare(q, k, v, config, tiles, v_key_order, False)
-    return FP8QKV(q=q8, k=k8, v_t=v_t, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, config=config,
-                  v_key_order=v_key_order), launch
-
-
-def fake_quantize_checked(q, k, v, config: FP8Config, tiles: PrepassTiles | None = None):
-    """(Q·M, K·M, V) as the FP8 forward sees them, in q's dtype and (contiguous) layout: the pre-pass's fp8 values
-    times their scales, rounded once, bit for bit `kernels.quant.dequantize` of its outputs cast to q's dtype.
-    One launch instead of the pre-pass plus a dequantization in PyTorch (the FP8 op's backward operands;
-    inputs checked as for quantize_checked)."""
-    outputs, _, launch = _prepare(q, k, v, config, tiles, "natural", True)
-    launch()
-    return outputs
-
-
-def _prepare(q, k, v, config: FP8Config, tiles, v_key_order: str, dequantize: bool):
-    """(outputs, scales, launch) of a pre-pass, its outputs and scales allocated, `launch` filling them."""
     q, k, v = (tma_ready(t) for t in (q, k, v))
     dev = q.device
     plan = prepass_plan(q.shape, k.shape, (q.stride(), k.stride(), v.stride()), q.dtype, dev, config, v_key_order,
-                        tiles, dequantize)
-    outputs = tuple(torch.empty(shape, dtype=dtype, device=dev) for shape, dtype in plan.outputs)
-    descs = (*(rebased(desc, t) for desc, t in zip(plan.descriptors, (q, k, v, *outputs))), plan.descriptors[-1])
+                        tiles)
+    q8 = torch.empty(q.shape, dtype=config.dtype, device=dev)
+    k8 = torch.empty(k.shape, dtype=config.dtype, device=dev)
+    v_t = torch.empty(plan.v_t_shape, dtype=config.dtype, device=dev)
+    descs = (*(rebased(desc, t) for desc, t in zip(plan.descriptors, (q, k, v, q8, k8, v_t))), plan.descriptors[-1])
     scales = tuple(torch.empty(shape, dtype=torch.float32, device=dev) for shape in plan.scale_shapes)
 
     def launch_one(launch_index, scale_args):
@@ -464,4 +430,6 @@ def _prepare(q, k, v, config: FP8Config, tiles, v_key_order: str, dequantize: bo
             s.copy_(scales_from_amax(a.view(*s.shape, cpb).amax(dim=3), config))
         launch_one(1, scales)
 
-    return outputs, scales, launch
+    q_scale, k_scale, v_scale = scales
+    return FP8QKV(q=q8, k=k8, v_t=v_t, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale, config=config,
+                  v_key_order=v_key_order), launch

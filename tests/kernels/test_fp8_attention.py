@@ -167,22 +167,30 @@ def test_backward_is_straight_through(causal):
 @pytest.mark.parametrize("layout", ["contiguous", "heads_first"])
 def test_custom_op_registration(layout):
     """Schema, fake (meta) implementations and autograd registration agree with the real ops, for both
-    directions and for dense but permuted inputs ((batch, heads, seqlen, d) storage seen as (b, s, h, d)), whose
-    outputs the real ops return contiguous: a fake that promised q's strides instead broke torch.compile's
+    directions (with the pre-pass outputs that the forward returns and the backward takes) and for dense but
+    permuted inputs ((batch, heads, seqlen, d) storage seen as (b, s, h, d)), whose outputs the real ops return
+    contiguous: a fake that promised q's strides instead broke torch.compile's
     inductor backend in the backward."""
-    q, k, v = make_qkv(1, 32, 32, 2, 2, 64, seed=5)
+    q, k, v = make_qkv(1, 40, 37, 2, 1, 64, seed=5)  # GQA, tails: V^T's padding in the fake's shapes too
     if layout == "heads_first":
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    fields = (32, 32, True, "block", "e4m3", 0, False)
-    torch.library.opcheck(torch.ops.kernels.flash_attn_fp8_fwd.default, (q, k, v, 0.125, True, *fields, "fp8_operands"),
+    fields = (32, 32, True, "block", "e4m3", 0)
+    fwd_args = (q, k, v, 0.125, True, *fields, "natural", False, "fp8_operands")
+    torch.library.opcheck(torch.ops.kernels.flash_attn_fp8_fwd.default, fwd_args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-    out, lse = torch.ops.kernels.flash_attn_fp8_fwd(q.detach(), k.detach(), v.detach(), 0.125, True, *fields,
-                                                    "fp8_operands")
+    out, lse, *prepassed = torch.ops.kernels.flash_attn_fp8_fwd(*(t.detach() for t in (q, k, v)), *fwd_args[3:])
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(6)).to(out)
-    bwd_args = (dout, *(t.detach() for t in (q, k, v)), out, lse, 0.125, True, *fields)
-    torch.library.opcheck(torch.ops.kernels.flash_attn_fp8_bwd.default, bwd_args,
-                          test_utils=("test_schema", "test_faketensor"))
+    bwd_args = (dout, *prepassed, out, lse, 0.125, True, *fields, "natural", False)
+    torch.library.opcheck(torch.ops.kernels.flash_attn_fp8_bwd.default, bwd_args, test_utils=("test_faketensor",))
+    # opcheck's schema test compares the inputs before and after by allclose, which has no fp8 kernel on the CPU:
+    # what it checks (no input mutated, no output aliasing one), on the bytes.
+    inputs = [t for t in bwd_args if isinstance(t, torch.Tensor)]
+    before = [t.clone() for t in inputs]
+    grads = torch.ops.kernels.flash_attn_fp8_bwd(*bwd_args)
+    assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(before, inputs))
+    storages = {t.untyped_storage().data_ptr() for t in inputs}
+    assert not any(g.untyped_storage().data_ptr() in storages for g in grads)
 
 
 def test_pre_pass_and_forward_compose_to_the_op():

@@ -97,6 +97,25 @@ def test_backward_modes_agree_at_small_logits():
         assert rel(x, y.double()) < 0.15
 
 
+@pytest.mark.parametrize("backward", ["fp8_operands", "bf16_inputs"])
+def test_what_the_forward_keeps_for_the_backward(backward):
+    """fp8_operands keeps the pre-pass's fp8 tensors and their scales (1 byte an element), not q, k, v (2 bytes);
+    both modes keep out and lse."""
+    (q, k, v), dout = inputs(logit_scale=1.0, s=64, seed=3)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = flash_attn_fp8_func(*leaves, backward=backward)
+    fp8, f32 = torch.float8_e4m3fn, torch.float32
+    if backward == "fp8_operands":
+        assert [t.dtype for t in saved] == [fp8] * 3 + [f32] * 3 + [q.dtype, f32]
+        assert sum(t.nbytes for t in saved[:3]) < 0.6 * sum(t.nbytes for t in (q, k, v))  # V^T's padding
+    else:
+        assert [t.dtype for t in saved] == [q.dtype] * 4 + [f32]
+    out.backward(dout)
+    assert all(torch.isfinite(t.grad).all() for t in leaves)
+
+
 def test_unknown_backward_mode_is_refused():
     (q, k, v), _ = inputs(logit_scale=1.0, s=64)
     with pytest.raises(ValueError, match="backward"):
