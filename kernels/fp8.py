@@ -40,7 +40,7 @@ import torch
 from kernels.device import is_sm90
 # Importing kernels.ops also registers kernels::flash_attn_bwd, the straight-through backward.
 from kernels.ops import dispatch_backward, eager_autograd, gluon_kernels, resolve_scale, select_impl
-from kernels.quant import (FORMATS, FP8QKV, V_SEQ_ALIGN, FP8Config, check_fp8qkv, check_qkv, dequantize, fp8_forward_ref,
+from kernels.quant import (FP8QKV, FP8Config, check_fp8qkv, check_qkv, dequantize, fp8_forward_ref, fp8qkv_shapes,
                            quantize_qkv_ref, rotate)
 from kernels.triton.fp8_dequant import dequantize_checked
 from kernels.triton.fp8_fwd import fp8_attention_forward_triton
@@ -154,16 +154,14 @@ _flash_attn_fp8_fwd = torch.library.custom_op("kernels::flash_attn_fp8_fwd", mut
 @_flash_attn_fp8_fwd.register_fake
 def _(q, k, v, softmax_scale, causal, block_m, block_n, hadamard, granularity, fmt, seed, v_key_order, deterministic,
       backward):
-    batch, seqlen_q, nheads, d = q.shape
-    seqlen_k, nheads_kv = k.shape[1:3]
-    fp8 = FORMATS[fmt]
-    blocks_q, blocks_k = -(-seqlen_q // block_m), -(-seqlen_k // block_n)
+    config = FP8Config(block_m, block_n, hadamard, granularity, fmt, seed)
+    shapes = fp8qkv_shapes(q.shape, k.shape, config)
+    batch, seqlen_q, nheads, _ = q.shape
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             q.new_empty((batch, nheads, seqlen_q), dtype=torch.float32),
-            q.new_empty(q.shape, dtype=fp8), k.new_empty(k.shape, dtype=fp8),
-            k.new_empty((batch, nheads_kv, d, -(-seqlen_k // V_SEQ_ALIGN) * V_SEQ_ALIGN), dtype=fp8),
-            q.new_empty((batch, nheads, blocks_q), dtype=torch.float32),
-            *(k.new_empty((batch, nheads_kv, blocks_k), dtype=torch.float32) for _ in range(2)))
+            q.new_empty(q.shape, dtype=config.dtype), k.new_empty(k.shape, dtype=config.dtype),
+            q.new_empty(shapes["v_t"], dtype=config.dtype),
+            *(q.new_empty(shapes[name], dtype=torch.float32) for name in ("q_scale", "k_scale", "v_scale")))
 
 
 def _fp8_bwd_impl(dout: torch.Tensor, q8: torch.Tensor, k8: torch.Tensor, v_t: torch.Tensor, q_scale: torch.Tensor,

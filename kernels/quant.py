@@ -163,6 +163,14 @@ def check_qkv(q, k, v, config: FP8Config) -> None:
         raise ValueError(f"FP8 attention supports head dims {HEAD_DIMS}, got {head_dim}")
 
 
+def fp8qkv_shapes(q_shape, k_shape, config: FP8Config) -> dict[str, tuple]:
+    """The shapes of FP8QKV's v_t (padded) and scales for q and k of these shapes (q8 and k8 keep theirs)."""
+    b, sq, h, d = q_shape
+    sk, hk = k_shape[1], k_shape[2]
+    return {"v_t": (b, hk, d, -(-sk // V_SEQ_ALIGN) * V_SEQ_ALIGN), "q_scale": (b, h, -(-sq // config.block_m)),
+            "k_scale": (b, hk, -(-sk // config.block_n)), "v_scale": (b, hk, -(-sk // config.block_n))}
+
+
 def check_fp8qkv(x: FP8QKV) -> None:
     """Raise a clear error unless x's tensors have the layouts, dtypes and scale shapes FP8QKV documents for
     its config (one made by hand, or with dataclasses.replace, may not)."""
@@ -194,9 +202,7 @@ def check_fp8qkv(x: FP8QKV) -> None:
                          "kv heads dividing heads)")
     if d not in HEAD_DIMS:
         raise ValueError(f"FP8 attention supports head dims {HEAD_DIMS}, got {d}")
-    shapes = {"v_t": (b, hk, d, -(-sk // V_SEQ_ALIGN) * V_SEQ_ALIGN), "q_scale": (b, h, -(-sq // cfg.block_m)),
-              "k_scale": (b, hk, -(-sk // cfg.block_n)), "v_scale": (b, hk, -(-sk // cfg.block_n))}
-    for name, want in shapes.items():
+    for name, want in fp8qkv_shapes(x.q.shape, x.k.shape, cfg).items():
         got = tuple(getattr(x, name).shape)
         if got != want:
             raise ValueError(f"FP8QKV.{name} must be {want} for q {tuple(x.q.shape)}, k {tuple(x.k.shape)} and "
@@ -251,9 +257,8 @@ def quantize_qkv_ref(q, k, v, config: FP8Config = FP8Config(), v_key_order: str 
         scale = scales_from_amax(block_amax(x, block), config)
         tensors[name] = quantize_rows(x, scale, block, config)
         tensors[name + "_scale"] = scale
-    b, sk, hk, d = k.shape
-    v_t = torch.zeros(b, hk, d, -(-sk // V_SEQ_ALIGN) * V_SEQ_ALIGN, dtype=config.dtype, device=v.device)
-    v_t[..., :sk] = tensors.pop("v").permute(0, 2, 3, 1)
+    v_t = torch.zeros(fp8qkv_shapes(q.shape, k.shape, config)["v_t"], dtype=config.dtype, device=v.device)
+    v_t[..., :k.shape[1]] = tensors.pop("v").permute(0, 2, 3, 1)
     if v_key_order == "wgmma":
         v_t = to_wgmma_key_order(v_t).contiguous()
     return FP8QKV(v_t=v_t, config=config, v_key_order=v_key_order, **tensors)

@@ -46,7 +46,7 @@ from kernels.device import is_sm90, sm_count, takes_pdl
 from kernels.hadamard import signed_hadamard
 from kernels.launch import Launcher, rebased
 from kernels.quant import (FP8QKV, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config, check_qkv, check_v_key_order,
-                           scales_from_amax)
+                           fp8qkv_shapes, scales_from_amax)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -335,8 +335,9 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
     nchunks_q, nchunks_k = nblocks_q * cpb_q, nblocks_k * cpb_k
     items_q, items_k = b * h * nchunks_q, b * hk * nchunks_k
     cols = min(d, HALF_WIDTH)
+    shapes = fp8qkv_shapes(q_shape, k_shape, config)
     # The kernel also writes the zero padding (MMAs read it: garbage could be NaN, and 0 * NaN = NaN).
-    v_t_shape = (b, hk, d, triton.cdiv(sk, V_SEQ_ALIGN) * V_SEQ_ALIGN)
+    v_t_shape = shapes["v_t"]
     inputs = (torch.empty_strided(shape, stride, dtype=dtype, device="meta")
               for shape, stride in zip((q_shape, k_shape, k_shape), strides))
     outputs = (torch.empty(shape, dtype=config.dtype, device="meta") for shape in (q_shape, k_shape, v_t_shape))
@@ -372,7 +373,7 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
         # 262 KB on the H200 (of 227), so it runs with two, as the one-launch path did before its 2026-11-24 retune.
         two_launch_tiles = replace(tiles, num_stages=min(tiles.num_stages, 2)) if d == 256 else tiles
         launches = (launch_config("amax", two_launch_tiles), launch_config("given", two_launch_tiles))
-    scale_shapes = ((b, h, nblocks_q), (b, hk, nblocks_k), (b, hk, nblocks_k))
+    scale_shapes = (shapes["q_scale"], shapes["k_scale"], shapes["v_scale"])
     scalars = (h, hk, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k, programs_q, programs_k,
                1.0 / math.sqrt(d), config.fp8_max)
     return PrepassPlan((programs_q + programs_k + programs_v,), descriptors, v_t_shape, scale_shapes, scalars,
