@@ -38,6 +38,7 @@ TARGETS = {
     "gluon_fp8_hd128_4k": (128, 4096, "fwd", "ours-fp8-gluon", False),
     "triton_fp8_hd128_4k": (128, 4096, "fwd", "ours-fp8-triton", False),
     "gluon_fp8kernel_hd128_16k": (128, 16384, "fwd", "ours-fp8-kernel", False),
+    "fp8op_hd256_16k": (256, 16384, "fwd", "ours-fp8-gluon", False),  # the pre-pass and the forward it feeds
     "fa3_fp8_hd128_16k": (128, 16384, "fwd", "fa3-fp8", False),
     "triton_fwd_hd128_8k": (128, 8192, "fwd", "ours-triton", False),
     "gluon_fwd_hd256_16k": (256, 16384, "fwd", "ours-gluon", False),
