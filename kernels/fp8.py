@@ -178,10 +178,12 @@ def _fp8_bwd_impl(dout: torch.Tensor, q8: torch.Tensor, k8: torch.Tensor, v_t: t
         operands = dequantize_checked(x, out.dtype)
     else:
         operands = (t.to(out.dtype) for t in dequantize(x))
-    dq, dk, dv = dispatch_backward(dout, *operands, out, lse, softmax_scale, causal, deterministic)
+    # With the rotation still to come, dQ' stays in fp32 where the backend accumulates it: one rounding, after it.
+    dq, dk, dv = dispatch_backward(dout, *operands, out, lse, softmax_scale, causal, deterministic,
+                                   dq_float32=hadamard)
     if hadamard:  # Q' = Q·M, so dQ = dQ'·Mᵀ (likewise K), straight-through the rounding
         if on_kernels:
-            dq, dk = (rotate_back(g, seed) for g in (dq, dk))
+            dq, dk = rotate_back(dq, dk, seed, out.dtype)
         else:
             dq, dk = (rotate(g, seed, inverse=True).to(out.dtype) for g in (dq, dk))
     return dq, dk, dv

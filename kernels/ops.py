@@ -129,8 +129,10 @@ def dispatch_forward(q, k, v, softmax_scale: float, causal: bool):
     return out.to(q.dtype).contiguous(), lse.contiguous()
 
 
-def dispatch_backward(dout, q, k, v, out, lse, softmax_scale: float, causal: bool, deterministic: bool):
-    """`attention_backward` on checked inputs and a resolved scale."""
+def dispatch_backward(dout, q, k, v, out, lse, softmax_scale: float, causal: bool, deterministic: bool,
+                      dq_float32: bool = False):
+    """`attention_backward` on checked inputs and a resolved scale. dq_float32: dq in float32 where the backend
+    accumulates it so (Gluon, the reference), unrounded; the Triton backend's is in q's dtype."""
     impl = select_backward_impl(q, deterministic)
     if impl == "reference":
         grads = attention_backward_ref(dout, q, k, v, out, lse, causal, softmax_scale, dtype=torch.float32)
@@ -138,10 +140,11 @@ def dispatch_backward(dout, q, k, v, out, lse, softmax_scale: float, causal: boo
         args = (*(tma_ready(t) for t in (dout, q, k, v, out)), lse.float().contiguous(), softmax_scale, causal,
                 deterministic)
         if impl == "gluon":
-            grads = gluon_kernels().attention_backward(*args)
+            grads = gluon_kernels().attention_backward(*args, dq_float32=dq_float32)
         else:
             grads = attention_backward_triton(*args)
-    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (q, k, v)))
+    dq, dk, dv = grads
+    return (dq if dq_float32 else dq.to(q.dtype)).contiguous(), dk.to(k.dtype).contiguous(), dv.to(v.dtype).contiguous()
 
 
 def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float, causal: bool,

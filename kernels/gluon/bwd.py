@@ -228,12 +228,14 @@ def backward_plan(variant: BwdVariant, q_shape, k_shape, strides, section_l2_byt
 
 
 def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, deterministic=False, *,
-                       tile: BwdTile | None = None, section_l2_bytes: int = CAUSAL_SECTION_L2_BYTES):
+                       tile: BwdTile | None = None, section_l2_bytes: int = CAUSAL_SECTION_L2_BYTES,
+                       dq_float32: bool = False):
     """(dq, dk, dv) like q, k, v, from the saved out and lse ((batch, nheads, seqlen_q) float32, natural log).
 
     Layout (batch, seqlen, nheads, headdim), 16-byte aligned strides (kernels.checks.tma_ready);
     GQA (dK/dV summed over each kv head's group), bottom-right causal, any seqlens.
     `tile` overrides default_tile and `section_l2_bytes` the causal order's L2 budget (tuning).
+    `dq_float32`: dq as accumulated, in float32 (for a caller that transforms it before rounding it).
     """
     _check_inputs(dout, q, k, v, out, lse, softmax_scale, deterministic)
     head_dim = q.shape[3]
@@ -257,7 +259,7 @@ def attention_backward(dout, q, k, v, out, lse, softmax_scale, causal, determini
     descriptors = tuple(None if desc is None else rebased(desc, t) for desc, t in zip(plan.descriptors, tensors))
     launch_backward(plan.grid, _kernel_args(descriptors, dq_acc, softmax_scale, plan.scalars), variant.constexprs,
                     variant.options, plan=plan)
-    return dq_acc.to(q.dtype), dk, dv
+    return (dq_acc if dq_float32 else dq_acc.to(q.dtype)), dk, dv
 
 
 def compile_backward(variant: BwdVariant, target=HOPPER):

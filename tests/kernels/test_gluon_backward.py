@@ -165,6 +165,26 @@ def test_gpu_backward_matches_float64(case, dtype, variant):
     _assert_close_to_float64(grads, q, k, v, dout, causal)
 
 
+@pytest.mark.gpu
+@pytest.mark.hopper
+@pytest.mark.parametrize("case", [GPU_CASES[1], GPU_CASES[6], GPU_CASES[10]],
+                         ids=lambda c: "b{}_sq{}_sk{}_h{}_hkv{}_d{}_causal{}".format(*c))
+def test_gpu_backward_hands_dq_over_in_float32(case):
+    """dq_float32: dQ's float32 accumulator itself, unrounded (the FP8 backward rotates it before its one rounding)."""
+    from kernels.gluon.bwd import attention_backward
+    from kernels.reference import attention_ref
+    b, sq, sk, h, h_kv, d, causal = case
+    q = torch.randn(b, sq, h, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(b, sk, h_kv, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    dout = torch.randn_like(q)
+    out, lse = attention_ref(q, k, v, causal, dtype=torch.float32)
+    dq, dk, dv = attention_backward(dout, q, k, v, out.to(q.dtype), lse, d ** -0.5, causal, dq_float32=True)
+    assert dq.dtype == torch.float32 and dq.shape == q.shape
+    assert (dq != dq.to(torch.bfloat16).float()).float().mean().item() > 0.9  # more bits than bf16 holds
+    _assert_close_to_float64((dq.to(q.dtype), dk, dv), q, k, v, dout, causal)
+
+
 def _assert_close_to_float64(grads, q, k, v, dout, causal):
     from kernels.reference import attention_ref_grads
     dtype = q.dtype
