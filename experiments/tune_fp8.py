@@ -50,14 +50,16 @@ FWD_CANDIDATES = {
     128: [(128, (64, 4, 2, None)), (128, (64, 4, 2, 168)), (128, (64, 4, 3, 168))],
     256: [(128, (64, 8, 2, None)), (128, (64, 8, 1, None))],
 }
-# Pre-pass variants per head dim: (num_warps, num_stages, programs_per_sm, heads_fastest[, v_share[, v_by_dot]]);
-# each fits its programs per SM in registers and shared memory (compiled for sm_90a on CPU: 122-128 registers a
-# thread). The first of each is the table's; v_share moves programs between V (no rotation, transposed store) and
-# Q/K; v_by_dot transposes V on the tensor cores.
+# Pre-pass variants per head dim: (num_warps, num_stages, programs_per_sm, heads_fastest[, v_share[, v_by_dot[,
+# flat]]]); each fits its programs per SM in registers and shared memory (compiled for sm_90a on CPU: 107-128
+# registers a thread). The first of each is the table's; v_share moves programs between V (no rotation, transposed
+# store) and Q/K; v_by_dot transposes V on the tensor cores; flat feeds Q's and K's dot from shared memory, whose
+# tile then stays in its buffer through the MMA: two stages take the shared memory three take without it
+# (114 / 214 KB at 128 / 256, one load in flight during a block's work instead of two).
 PREPASS_CANDIDATES = {
-    64: [(4, 3, 4, False, 1.33), (4, 3, 4, False, 1.33, True), (4, 3, 4, False, 1.0, True)],
-    128: [(8, 3, 2, False, 1.0, True), (8, 3, 2, False, 1.6), (8, 3, 2, False, 1.25, True)],
-    256: [(16, 3, 1, True, 1.0, True), (16, 3, 1, True, 1.25), (16, 3, 1, True, 1.25, True)],
+    64: [(4, 3, 4, False, 1.33), (4, 3, 4, False, 1.33, True), (4, 2, 4, False, 1.33, False, True)],
+    128: [(8, 3, 2, False, 1.0, True), (8, 3, 2, False, 1.6), (8, 2, 2, False, 1.0, True, True)],
+    256: [(16, 3, 1, True, 1.0, True), (16, 3, 1, True, 1.25), (16, 2, 1, True, 1.0, True, True)],
 }
 # V^T's key order the pre-pass steps time: the op's on the H200 (kernels.fp8.GLUON_FP8_WGMMA_V_ORDER).
 PREPASS_V_ORDER = "wgmma"

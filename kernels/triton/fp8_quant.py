@@ -70,6 +70,10 @@ class PrepassTiles:
     # V^T by a tensor-core product with a key permutation matrix (exact), stored as it comes out of the MMA,
     # instead of a register transpose before the store.
     v_by_dot: bool = False
+    # 2-D descriptors over (batch·seq, heads·dim) where every block lies inside one sequence (seq a multiple of
+    # the block, heads·dim contiguous): the tile comes out of TMA as the dot's operand, with no reshape, so the
+    # wgmma can read it from shared memory instead of a copy in registers.
+    flat: bool = False
 
 
 # H200, 16k tokens x hidden 2048 (docs/fp8.md): the tiles of session 2 (at 256 the third stage, a load in
@@ -165,9 +169,9 @@ def _abs_max(y):
 
 
 @triton.jit
-def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.constexpr, COLS: tl.constexpr,
-               TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, FP8_DTYPE: tl.constexpr,
-               INTERPRET: tl.constexpr):
+def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, nheads, seq_rows, row0, col0, ROWS: tl.constexpr,
+               COLS: tl.constexpr, HEAD_DIM: tl.constexpr, TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr,
+               V_DOT: tl.constexpr, FLAT: tl.constexpr, FP8_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
     y = y * inv_scale
     if INTERPRET:  # on the GPU, cvt.rn.satfinite clamps to ±fp8 max itself (and, by PTX's spec, keeps NaN)
         y = tl.clamp(y, -fp8_max, fp8_max)
@@ -177,7 +181,12 @@ def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.const
             y8 = y8.T
             if WGMMA_KEYS:  # row0 is a multiple of the group
                 y8 = to_wgmma_keys(y8, COLS, ROWS)
-        desc_out.store([b, h, col0, row0], y8.reshape(1, 1, COLS, ROWS))
+        if FLAT:  # (batch·heads·dim, keys)
+            desc_out.store([(b * nheads + h) * HEAD_DIM + col0, row0], y8)
+        else:
+            desc_out.store([b, h, col0, row0], y8.reshape(1, 1, COLS, ROWS))
+    elif FLAT:  # (batch·seq, heads·dim)
+        desc_out.store([b * seq_rows + row0, h * HEAD_DIM + col0], y8)
     else:
         desc_out.store([b, row0, h, col0], y8.reshape(1, ROWS, 1, COLS))
 
@@ -186,16 +195,18 @@ def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, row0, col0, ROWS: tl.const
 def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nheads, nchunks, chunks_per_block,
                     inv_sqrt_d, fp8_max,
                     ROWS: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr, HADAMARD: tl.constexpr,
-                    TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, MODE: tl.constexpr,
-                    FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr,
-                    INTERPRET: tl.constexpr):
+                    TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, FLAT: tl.constexpr,
+                    MODE: tl.constexpr, FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr,
+                    HEADS_FASTEST: tl.constexpr, INTERPRET: tl.constexpr):
     """Items first, first + step, ... of one tensor; an item is rows [c*ROWS, (c+1)*ROWS) of one (batch, head),
     ordered (batch, c, head) if HEADS_FASTEST else (batch, head, c). TRANSPOSE_OUT: stored as (d, rows), the
     rows (keys) in wgmma order if WGMMA_KEYS (kernels.quant.to_wgmma_key_order), by a product with a key
     permutation matrix if V_DOT (then the tile is in the stored layout from the start). MODE "block": the item
     is a whole scale block, quantized with its own scale (stored); "amax": store the item's amax at
-    Scale[(batch, head), c]; "given": quantize with Scale[(batch, head), c // chunks_per_block]."""
+    Scale[(batch, head), c]; "given": quantize with Scale[(batch, head), c // chunks_per_block]. FLAT: the
+    descriptors are 2-D (PrepassTiles.flat), a sequence nchunks·ROWS rows of them."""
     TWO_HALVES: tl.constexpr = HEAD_DIM > COLS
+    seq_rows = nchunks * ROWS
     if HADAMARD:
         # D·H's first COLS columns: rows [0, COLS) are D0·H_COLS and, at head dim 256, rows [COLS, 2·COLS)
         # are D1·H_COLS (D0, D1: the halves of D).
@@ -219,9 +230,14 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
             h = (item // nchunks) % nheads
         bh = b * nheads + h
         row0 = chunk * ROWS
-        x0 = desc_x.load([b, row0, h, 0]).reshape(ROWS, COLS)
-        if TWO_HALVES:
-            x1 = desc_x.load([b, row0, h, COLS]).reshape(ROWS, COLS)
+        if FLAT:
+            x0 = desc_x.load([b * seq_rows + row0, h * HEAD_DIM])
+            if TWO_HALVES:
+                x1 = desc_x.load([b * seq_rows + row0, h * HEAD_DIM + COLS])
+        else:
+            x0 = desc_x.load([b, row0, h, 0]).reshape(ROWS, COLS)
+            if TWO_HALVES:
+                x1 = desc_x.load([b, row0, h, COLS]).reshape(ROWS, COLS)
         if INTERPRET:  # numpy has no bf16 matmul; every branch below works in fp32 anyway
             x0 = x0.to(tl.float32)
             if TWO_HALVES:
@@ -260,11 +276,11 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
             # Rows past seqlen read as 0 and are stored as 0 up to V's padded length (ROWS is a multiple of
             # V_SEQ_ALIGN); past the tensor, TMA drops them.
             inv_scale = tl.math.div_rn(1.0, scale)
-            _store_fp8(desc_out, y0, inv_scale, fp8_max, b, h, row0, 0, ROWS, COLS, TRANSPOSE_OUT, WGMMA_KEYS,
-                       V_DOT, FP8_DTYPE, INTERPRET)
+            _store_fp8(desc_out, y0, inv_scale, fp8_max, b, h, nheads, seq_rows, row0, 0, ROWS, COLS, HEAD_DIM,
+                       TRANSPOSE_OUT, WGMMA_KEYS, V_DOT, FLAT, FP8_DTYPE, INTERPRET)
             if TWO_HALVES:
-                _store_fp8(desc_out, y1, inv_scale, fp8_max, b, h, row0, COLS, ROWS, COLS, TRANSPOSE_OUT,
-                           WGMMA_KEYS, V_DOT, FP8_DTYPE, INTERPRET)
+                _store_fp8(desc_out, y1, inv_scale, fp8_max, b, h, nheads, seq_rows, row0, COLS, ROWS, COLS,
+                           HEAD_DIM, TRANSPOSE_OUT, WGMMA_KEYS, V_DOT, FLAT, FP8_DTYPE, INTERPRET)
 
 
 @triton.jit
@@ -272,9 +288,9 @@ def _prepass_kernel(desc_q, desc_k, desc_v, desc_q8, desc_k8, desc_vt, desc_dh, 
                     nheads, nheads_kv, nchunks_q, nchunks_k, cpb_q, cpb_k, items_q, items_k,
                     programs_q, programs_k, inv_sqrt_d, fp8_max,
                     ROWS_Q: tl.constexpr, ROWS_K: tl.constexpr, COLS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    HADAMARD: tl.constexpr, V_WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, MODE: tl.constexpr,
-                    FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr, HEADS_FASTEST: tl.constexpr,
-                    INTERPRET: tl.constexpr, EARLY_DEPENDENTS: tl.constexpr):
+                    HADAMARD: tl.constexpr, V_WGMMA_KEYS: tl.constexpr, V_DOT: tl.constexpr, FLAT: tl.constexpr,
+                    MODE: tl.constexpr, FP8_DTYPE: tl.constexpr, NUM_STAGES: tl.constexpr,
+                    HEADS_FASTEST: tl.constexpr, INTERPRET: tl.constexpr, EARLY_DEPENDENTS: tl.constexpr):
     """Programs [0, programs_q) quantize Q, the next programs_k K, the rest V (items_k blocks, like K).
     EARLY_DEPENDENTS: a programmatic dependent launch after this one (the Gluon FP8 forward) may start its programs
     as SMs free up, not only once the last program here has ended; it waits for this kernel before reading."""
@@ -283,22 +299,27 @@ def _prepass_kernel(desc_q, desc_k, desc_v, desc_q8, desc_k8, desc_vt, desc_dh, 
     pid = tl.program_id(0)
     if pid < programs_q:
         _quantize_items(desc_q, desc_q8, desc_dh, QS, pid, programs_q, items_q, nheads, nchunks_q, cpb_q,
-                        inv_sqrt_d, fp8_max, ROWS_Q, COLS, HEAD_DIM, HADAMARD, False, False, False, MODE,
+                        inv_sqrt_d, fp8_max, ROWS_Q, COLS, HEAD_DIM, HADAMARD, False, False, False, FLAT, MODE,
                         FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
     elif pid < programs_q + programs_k:
         _quantize_items(desc_k, desc_k8, desc_dh, KS, pid - programs_q, programs_k, items_k, nheads_kv, nchunks_k,
-                        cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, HADAMARD, False, False, False, MODE,
-                        FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
+                        cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, HADAMARD, False, False, False, FLAT,
+                        MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
     else:
         programs_v = tl.num_programs(0) - programs_q - programs_k
         _quantize_items(desc_v, desc_vt, desc_dh, VS, pid - programs_q - programs_k, programs_v, items_k,
                         nheads_kv, nchunks_k, cpb_k, inv_sqrt_d, fp8_max, ROWS_K, COLS, HEAD_DIM, False, True,
-                        V_WGMMA_KEYS, V_DOT, MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
+                        V_WGMMA_KEYS, V_DOT, False, MODE, FP8_DTYPE, NUM_STAGES, HEADS_FASTEST, INTERPRET)
 
 
 def _item_rows(block: int, head_dim: int, num_warps: int) -> int:
     """Rows per item: the whole scale block if it fits VALUES_PER_THREAD registers a thread, else a chunk of it."""
     return min(block, VALUES_PER_THREAD * 32 * num_warps // head_dim)
+
+
+def _flattens(t: torch.Tensor) -> bool:
+    """Whether (batch, seq, heads, dim) tensor t is a 2-D (batch·seq, heads·dim) one with unit column stride."""
+    return t.stride(3) == 1 and t.stride(2) == t.shape[3] and t.stride(0) == t.shape[1] * t.stride(1)
 
 
 launch_prepass = Launcher(_prepass_kernel)
@@ -338,14 +359,21 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
     shapes = fp8qkv_shapes(q_shape, k_shape, config)
     # The kernel also writes the zero padding (MMAs read it: garbage could be NaN, and 0 * NaN = NaN).
     v_t_shape = shapes["v_t"]
-    inputs = (torch.empty_strided(shape, stride, dtype=dtype, device="meta")
-              for shape, stride in zip((q_shape, k_shape, k_shape), strides))
-    outputs = (torch.empty(shape, dtype=config.dtype, device="meta") for shape in (q_shape, k_shape, v_t_shape))
-    blocks = ([1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, rows_k, 1, cols],
-              [1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, 1, cols, rows_k])
+    inputs = [torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+              for shape, stride in zip((q_shape, k_shape, k_shape), strides)]
+    outputs = [torch.empty(shape, dtype=config.dtype, device="meta") for shape in (q_shape, k_shape, v_t_shape)]
+    flat = tiles.flat and sq % rows_q == 0 and sk % rows_k == 0 and all(map(_flattens, inputs[:2]))
+    views = [(list(t.shape), list(t.stride())) for t in inputs + outputs]
+    blocks = [[1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, rows_k, 1, cols],
+              [1, rows_q, 1, cols], [1, rows_k, 1, cols], [1, 1, cols, rows_k]]
+    if flat:  # q, k, q8, k8 as (batch·seq, heads·dim)
+        for i, t in ((0, inputs[0]), (1, inputs[1]), (3, outputs[0]), (4, outputs[1])):
+            views[i] = ([t.shape[0] * t.shape[1], t.shape[2] * t.shape[3]], [t.stride(1), 1])
+            blocks[i] = blocks[i][1::2]
     dh = signed_hadamard(d, config.seed, dtype, device)
-    descriptors = tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), block)
-                        for t, block in zip((*inputs, *outputs, dh), (*blocks, [cols, cols])))
+    views.append((list(dh.shape), list(dh.stride())))
+    descriptors = tuple(TensorDescriptor(t, shape, stride, block)
+                        for t, (shape, stride), block in zip((*inputs, *outputs, dh), views, (*blocks, [cols, cols])))
 
     if INTERPRET or device.type != "cuda":
         programs = 3 * INTERPRETER_PROGRAMS_PER_TENSOR
@@ -360,7 +388,7 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
 
     def launch_config(mode, tiles):
         constexprs = dict(ROWS_Q=rows_q, ROWS_K=rows_k, COLS=cols, HEAD_DIM=d, HADAMARD=config.hadamard,
-                          V_WGMMA_KEYS=v_key_order == "wgmma", V_DOT=tiles.v_by_dot, MODE=mode,
+                          V_WGMMA_KEYS=v_key_order == "wgmma", V_DOT=tiles.v_by_dot, FLAT=flat, MODE=mode,
                           FP8_DTYPE=FP8_TL_DTYPES[config.dtype], NUM_STAGES=tiles.num_stages,
                           HEADS_FASTEST=tiles.heads_fastest, INTERPRET=INTERPRET,
                           EARLY_DEPENDENTS=not INTERPRET and takes_pdl(device))

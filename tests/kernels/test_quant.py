@@ -8,7 +8,7 @@ from kernels.quant import (BLOCK_SIZES, V_SEQ_ALIGN, WGMMA_KEY_GROUP, FP8Config,
                            from_wgmma_key_order, quantize_qkv_ref, rotate, rows_of, to_wgmma_key_order)
 from kernels.hadamard import incoherence_matrix
 from kernels.triton.fp8_dequant import dequantize_checked
-from kernels.triton.fp8_quant import prepass_tiles, quantize_qkv_triton
+from kernels.triton.fp8_quant import prepass_plan, prepass_tiles, quantize_qkv_triton
 from kernels.triton.rotate import rotate_back
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -222,6 +222,42 @@ def test_v_transposed_on_the_tensor_cores_is_the_same_v_t(shape, cfg, v_key_orde
             for on in (False, True))
     assert torch.equal(a.v_scale, b.v_scale)
     assert torch.equal(a.v_t.float(), b.v_t.float())
+
+
+FLAT_CASES = [  # seqlens that are multiples of the blocks (else PrepassTiles.flat is declined)
+    ((2, 64, 96, 4, 2, 64), FP8Config(block_m=32, block_n=32)),
+    ((2, 64, 32, 2, 1, 256), FP8Config(block_m=32, block_n=32, seed=5)),
+    pytest.param((2, 1024, 2048, 16, 4, 128), FP8Config(), marks=pytest.mark.gpu),
+    pytest.param((1, 2048, 2048, 8, 8, 256), FP8Config(seed=1), marks=pytest.mark.gpu),
+]
+
+
+@pytest.mark.parametrize("shape, cfg", FLAT_CASES)
+def test_flat_descriptors_quantize_alike(shape, cfg):
+    """PrepassTiles.flat (q, k, q8, k8 through 2-D (batch·seq, heads·dim) descriptors) stores what the 4-D
+    descriptors store, bit for bit: contiguous q, k, v and q, k sliced out of a packed (b, s, 3, h, d) tensor."""
+    b, sq, sk, h, hk, d = shape
+    q, k, v = make_qkv(*shape, seed=int(torch.randint(2**20, ())))
+    packed = torch.stack([q, q, q], 2).unbind(2)[:2]  # row stride 3·h·d
+    tiles = prepass_tiles(d, q.device)
+    for inputs in ((q, k, v), (*packed, q)):
+        plan = prepass_plan(inputs[0].shape, inputs[1].shape, tuple(t.stride() for t in inputs), q.dtype, q.device,
+                            cfg, "wgmma", replace(tiles, flat=True))
+        assert plan.launches[0][1]["FLAT"]
+        a, f = (quantize_qkv_triton(*inputs, cfg, tiles=replace(tiles, flat=on), v_key_order="wgmma")
+                for on in (False, True))
+        for name in ("q", "k", "v_t", "q_scale", "k_scale", "v_scale"):
+            assert torch.equal(getattr(a, name).view(torch.uint8), getattr(f, name).view(torch.uint8)), name
+
+
+def test_flat_descriptors_are_declined_where_a_block_would_cross_a_sequence():
+    q, k, v = make_qkv(2, 70, 64, 2, 2, 64, seed=0)
+    cfg = FP8Config(block_m=32, block_n=32)
+    tiles = replace(prepass_tiles(64, q.device), flat=True)
+    plan = prepass_plan(q.shape, k.shape, (q.stride(), k.stride(), v.stride()), q.dtype, q.device, cfg, "wgmma", tiles)
+    assert not plan.launches[0][1]["FLAT"]
+    torch.testing.assert_close(quantize_qkv_triton(q, k, v, cfg, tiles=tiles).q_scale,
+                               quantize_qkv_ref(q, k, v, cfg).q_scale, rtol=1e-6, atol=0)
 
 
 def test_prepass_plans_follow_strides_and_tensors():
