@@ -236,10 +236,9 @@ FLAT_CASES = [  # seqlens that are multiples of the blocks (else PrepassTiles.fl
 def test_flat_descriptors_quantize_alike(shape, cfg):
     """PrepassTiles.flat (q, k, q8, k8 through 2-D (batch·seq, heads·dim) descriptors) stores what the 4-D
     descriptors store, bit for bit: contiguous q, k, v and q, k sliced out of a packed (b, s, 3, h, d) tensor."""
-    b, sq, sk, h, hk, d = shape
     q, k, v = make_qkv(*shape, seed=int(torch.randint(2**20, ())))
     packed = torch.stack([q, q, q], 2).unbind(2)[:2]  # row stride 3·h·d
-    tiles = prepass_tiles(d, q.device)
+    tiles = prepass_tiles(shape[-1], q.device)
     # The flat tile stays in its TMA buffer through the MMA: two stages take the shared memory three take 4-D.
     flat = replace(tiles, flat=True, num_stages=min(tiles.num_stages, 2))
     for inputs in ((q, k, v), (*packed, q)):
