@@ -169,7 +169,7 @@ def _abs_max(y):
 
 
 @triton.jit
-def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, nheads, seq_rows, row0, col0, ROWS: tl.constexpr,
+def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, seq_rows, row0, col0, ROWS: tl.constexpr,
                COLS: tl.constexpr, HEAD_DIM: tl.constexpr, TRANSPOSE_OUT: tl.constexpr, WGMMA_KEYS: tl.constexpr,
                V_DOT: tl.constexpr, FLAT: tl.constexpr, FP8_DTYPE: tl.constexpr, INTERPRET: tl.constexpr):
     y = y * inv_scale
@@ -181,11 +181,8 @@ def _store_fp8(desc_out, y, inv_scale, fp8_max, b, h, nheads, seq_rows, row0, co
             y8 = y8.T
             if WGMMA_KEYS:  # row0 is a multiple of the group
                 y8 = to_wgmma_keys(y8, COLS, ROWS)
-        if FLAT:  # (batch·heads·dim, keys)
-            desc_out.store([(b * nheads + h) * HEAD_DIM + col0, row0], y8)
-        else:
-            desc_out.store([b, h, col0, row0], y8.reshape(1, 1, COLS, ROWS))
-    elif FLAT:  # (batch·seq, heads·dim)
+        desc_out.store([b, h, col0, row0], y8.reshape(1, 1, COLS, ROWS))
+    elif FLAT:  # (batch·seq, heads·dim); V^T (TRANSPOSE_OUT) keeps its 4-D descriptor
         desc_out.store([b * seq_rows + row0, h * HEAD_DIM + col0], y8)
     else:
         desc_out.store([b, row0, h, col0], y8.reshape(1, ROWS, 1, COLS))
@@ -276,10 +273,10 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
             # Rows past seqlen read as 0 and are stored as 0 up to V's padded length (ROWS is a multiple of
             # V_SEQ_ALIGN); past the tensor, TMA drops them.
             inv_scale = tl.math.div_rn(1.0, scale)
-            _store_fp8(desc_out, y0, inv_scale, fp8_max, b, h, nheads, seq_rows, row0, 0, ROWS, COLS, HEAD_DIM,
+            _store_fp8(desc_out, y0, inv_scale, fp8_max, b, h, seq_rows, row0, 0, ROWS, COLS, HEAD_DIM,
                        TRANSPOSE_OUT, WGMMA_KEYS, V_DOT, FLAT, FP8_DTYPE, INTERPRET)
             if TWO_HALVES:
-                _store_fp8(desc_out, y1, inv_scale, fp8_max, b, h, nheads, seq_rows, row0, COLS, ROWS, COLS,
+                _store_fp8(desc_out, y1, inv_scale, fp8_max, b, h, seq_rows, row0, COLS, ROWS, COLS,
                            HEAD_DIM, TRANSPOSE_OUT, WGMMA_KEYS, V_DOT, FLAT, FP8_DTYPE, INTERPRET)
 
 
@@ -369,7 +366,7 @@ def prepass_plan(q_shape, k_shape, strides, dtype, device, config: FP8Config, v_
     if flat:  # q, k, q8, k8 as (batch·seq, heads·dim)
         for i, t in ((0, inputs[0]), (1, inputs[1]), (3, outputs[0]), (4, outputs[1])):
             views[i] = ([t.shape[0] * t.shape[1], t.shape[2] * t.shape[3]], [t.stride(1), 1])
-            blocks[i] = blocks[i][1::2]
+            blocks[i] = [blocks[i][1], cols]
     dh = signed_hadamard(d, config.seed, dtype, device)
     views.append((list(dh.shape), list(dh.stride())))
     descriptors = tuple(TensorDescriptor(t, shape, stride, block)
