@@ -261,9 +261,10 @@ def _quantize_items(desc_x, desc_out, desc_dh, Scale, first, step, n_items, nhea
         if MODE == "given":
             scale = tl.load(scale_ptr)
         else:
-            amax = _abs_max(y0)
-            if TWO_HALVES:
-                amax = tl.maximum(amax, _abs_max(y1), propagate_nan=tl.PropagateNan.ALL)
+            if TWO_HALVES:  # one cross-warp reduction for both halves (each one is a shared-memory round trip)
+                amax = _abs_max(_max_keep_nan(tl.abs(y0), tl.abs(y1)))
+            else:
+                amax = _abs_max(y0)
             if MODE == "amax":
                 tl.store(Scale + bh * nchunks + chunk, amax)
             else:
